@@ -1,0 +1,29 @@
+# Two commands do everything on a fresh machine (the venv is created on first use):
+#   make quickstart   run configs/quickstart.yaml on an embedded local Ray -> results/quickstart
+#   make test         run the test suite (unit tests + end-to-end tests on a real local Ray)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# torch pins of this project's machines (DEVELOPERS.md): the x86_64 build comes from local disk
+TORCH  := $(if $(filter aarch64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
+OUTPUT ?= results/quickstart
+
+.PHONY: quickstart test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(VENV)/bin/time-ray sweep configs/quickstart.yaml --output $(OUTPUT) $(if $(RESUME),--resume,)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -rs $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) results

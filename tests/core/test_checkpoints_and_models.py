@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from time_ray.core import models
+from time_ray.core.checkpoints import SafetensorsCheckpoint, save_atomic
+from time_ray.core.errors import CheckpointError, ConfigError
+
+
+def test_save_atomic_roundtrip_leaves_no_temp_files(tmp_path):
+    state = {"a": torch.arange(4.0), "b": torch.ones(2, 2)}
+    size = save_atomic(state, tmp_path / "x.safetensors")
+    ckpt = SafetensorsCheckpoint(tmp_path / "x.safetensors")
+    assert size > 0 and sorted(ckpt) == ["a", "b"] and torch.equal(ckpt["a"], state["a"])
+    assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]
+
+
+def test_tiny_clip_has_both_towers_and_a_learnable_temperature():
+    model = models.create_model("tiny-clip")
+    keys = models.state_dict_of(model).keys()
+    assert any(k.startswith("visual.transformer.resblocks.") for k in keys)
+    assert any(k.startswith("transformer.resblocks.") for k in keys)
+    assert "logit_scale" in keys
+
+
+def test_unknown_arch_suggests_a_close_name():
+    with pytest.raises(ConfigError, match="Did you mean tiny-clip"):
+        models.check_arch("tiny-clp")
+
+
+def test_checkpoint_of_another_architecture_names_the_first_mismatching_tensor(tmp_path):
+    model = models.create_model("tiny-clip")
+    state = models.state_dict_of(model)
+    state["visual.conv1.weight"] = torch.zeros(3, 3)
+    save_atomic(state, tmp_path / "other.safetensors")
+    loaded = models.load_state_dict(tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match=r"'visual.conv1.weight' has shape \(3, 3\)"):
+        models.load_into(model, loaded, "other.safetensors")
+
+
+def test_missing_checkpoint_and_offline_pretrained_tag_fail_clearly(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        models.load_state_dict(tmp_path / "nope.safetensors")
+    with pytest.raises(CheckpointError, match="could not load open_clip weights"):
+        models.open_clip_pretrained("RN50", "openai")
+
+
+def test_torch_checkpoints_are_read_with_weights_only(tmp_path):
+    torch.save({"state_dict": {"module.a": torch.ones(2)}}, tmp_path / "c.pt")
+    assert torch.equal(models.load_state_dict(tmp_path / "c.pt")["a"], torch.ones(2))
+    torch.save({"a": object()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="could not be read"):
+        models.load_state_dict(tmp_path / "evil.pt")

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+from time_ray.core.benchmark import BenchmarkSpec, build_benchmark
+from time_ray.core.stream import Mixture, MixtureSampler, make_stream
+
+SPEC = BenchmarkSpec(adaptation_datasets=3, heldout_datasets=2, classes_per_dataset=4, pretrain_classes=6,
+                     train_per_class=5, test_per_class=3)
+
+
+def test_benchmark_is_deterministic_and_structured():
+    a = build_benchmark(SPEC)
+    build_benchmark.cache_clear()
+    b = build_benchmark(SPEC)
+    assert torch.equal(a.train_images, b.train_images) and a.class_names == b.class_names
+    assert len(set(a.class_names)) == len(a.class_names) == 5 * 4 + 6
+    roles = [d.role for d in a.datasets.values()]
+    assert roles.count("adaptation") == 3 and roles.count("heldout") == 2
+    adaptation = {c for d in a.datasets.values() if d.role == "adaptation" for c in d.classes}
+    heldout = {c for d in a.datasets.values() if d.role == "heldout" for c in d.classes}
+    assert heldout <= set(a.pretrain_classes) and not adaptation & set(a.pretrain_classes)
+    assert a.train_images.shape == (26 * 5, 3, 32, 32) and a.test_images.shape == (26 * 3, 3, 32, 32)
+    assert a.caption(0) == a.datasets["adapt-00"].template.format(a.class_names[0])
+
+
+def test_other_seed_gives_other_data():
+    other = build_benchmark(BenchmarkSpec(**{**SPEC.__dict__, "seed": 1}))
+    assert not torch.equal(other.train_images, build_benchmark(SPEC).train_images)
+
+
+@pytest.mark.parametrize("order", ["dataset", "random", "reversed"])
+def test_stream_cuts_all_adaptation_pairs_into_t_chunks(order):
+    bench = build_benchmark(SPEC)
+    stream = make_stream(bench, 5, order, seed=0)
+    flat = [c for task in stream for c in task]
+    assert len(stream) == 5 and sorted(flat) == list(range(12)) and {len(t) for t in stream} <= {2, 3}
+    if order == "dataset":
+        assert stream[0] == [0, 1, 2]
+    if order == "reversed":
+        assert stream[0] == [11, 10, 9]
+
+
+def test_stream_rejects_more_tasks_than_classes():
+    with pytest.raises(ValueError, match="between 1 and 12"):
+        make_stream(build_benchmark(SPEC), 13)
+
+
+def test_mixture_counts_follow_the_spec():
+    assert Mixture().counts(100, first_task=False) == (33, 34, 33)
+    # first task: the replay share goes to the other two in proportion
+    assert Mixture().counts(100, first_task=True) == (49, 51, 0)
+    assert Mixture(0, 1, 0).counts(64, first_task=False) == (0, 64, 0)
+
+
+def test_sampler_draws_current_task_replay_and_pretraining():
+    bench = build_benchmark(SPEC)
+    stream = make_stream(bench, 3)
+    batch = MixtureSampler(bench, stream, 2, Mixture(), 30, seed=0).batch()
+    labels = bench.train_labels[batch].numpy()
+    assert len(batch) == 30
+    assert np.isin(labels[:10], bench.pretrain_classes).all()
+    assert np.isin(labels[10:20], stream[1]).all()
+    assert np.isin(labels[20:], stream[0]).all()

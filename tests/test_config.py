@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from time_ray.config import expand_policies, expand_trials, load_config, policy_of
+from time_ray.core.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_loads_and_names_its_command(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# time-ray sweep configs/" + path.name)
+    cfg = load_config(path)
+    assert expand_trials(cfg)
+
+
+def test_quickstart_expands_to_the_three_named_policies():
+    cfg = load_config("configs/quickstart.yaml")
+    got = {(p["policy"], p["init"], p["deploy"], p["merge"]) for p in expand_policies(cfg)}
+    assert got == {("sequential-ft", "ft", "ft", "average"), ("offline-merge", "zs", "all", "average"),
+                   ("best-in-time", "ema", "ema", "average")}
+    ids = [t["trial_id"] for t in expand_trials(cfg)]
+    assert len(set(ids)) == 3
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("stream: {tasks: 4\n", r"not valid YAML at line"),
+    ("strem: {}\n", r"strem: unknown field. Did you mean stream\?"),
+    ("stream: {order: randm}\n", r"stream.order: 'randm' is not allowed. Did you mean random\?"),
+    ("stream: {tasks: 0}\n", r"stream.tasks: must be between 1 and 40"),
+    ("budget: {steps_per_task: ten}\n", r"budget.steps_per_task: expected an integer, got 'ten'"),
+    ("policies: {presets: [best-in-tim]}\n", r"policies.presets\[0\]: 'best-in-tim' is not allowed. Did you mean best-in-time"),
+    ("policies: {presets: [], grid: {init: [zz]}}\n", r"policies.grid.init\[0\]: 'zz' is not allowed"),
+    ("policies: {presets: [], grid: {merge: [{technique: ties2}]}}\n", r"unknown merging technique 'ties2'"),
+    ("policies: {presets: [], grid: {ema_weight: [1.5]}}\n", r"ema_weight\[0\]: must be in \(0, 1\]"),
+    ("model: {arch: ViT-Q-99}\n", r"model.arch: unknown architecture 'ViT-Q-99'"),
+    ("training: {lr: -1}\n", r"training.lr: must be > 0"),
+])
+def test_bad_input_names_the_field_and_what_is_allowed(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config("configs/does-not-exist.yaml")
+
+
+def test_set_overrides_and_grid_expansion(tmp_path):
+    path = write(tmp_path, "policies:\n  presets: [best-in-time]\n  grid:\n    init: [zs, ft]\n    deploy: [ema]\n"
+                           "    merge: [{technique: task_arithmetic, lambda: [0.3, 1.0]}]\nseeds: [0, 1]\n")
+    cfg = load_config(path, ["budget.steps_per_task=7", "budget.multipliers=[1, 2]"])
+    assert cfg.budget.steps_per_task == 7
+    trials = expand_trials(cfg)
+    assert len(trials) == (1 + 2 * 2) * 2 * 2
+    assert {t["budget_steps"] for t in trials} == {7, 14}
+    ta = next(t for t in trials if t["merge"] == "task_arithmetic")
+    assert policy_of(ta).technique.lam in (0.3, 1.0)
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(path, ["budget.steps_per_task"])

@@ -1,0 +1,3 @@
+from time_ray.cli import main
+
+raise SystemExit(main())

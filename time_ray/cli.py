@@ -1,0 +1,89 @@
+"""The ``time-ray`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+
+from time_ray.core.errors import TimeRayError
+
+DESCRIPTION = """\
+time-ray: simulate temporal model merging (TIME, CVPR 2025) with Ray.
+
+A sweep config names a model, a task stream, a compute budget and a grid of policies
+(init strategy x deploy strategy x merging technique). `time-ray sweep` runs every policy as a
+Ray Tune trial (experts finetuned by Ray Train, checkpoints merged by a merge actor) and writes
+DIR/metrics.parquet (per trial, timestep, dataset) and DIR/timesteps.parquet (A_KA, A_ZS, GM and
+costs per trial and timestep)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="time-ray", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sweep = sub.add_parser("sweep", help="run every policy of a config (local embedded Ray, or the "
+                                          "cluster in RAY_ADDRESS)",
+                           description="Run a sweep. Without RAY_ADDRESS an embedded local Ray is "
+                                       "started on 127.0.0.1 and stopped at the end.")
+    sweep.add_argument("config", help="sweep YAML, e.g. configs/quickstart.yaml")
+    sweep.add_argument("--output", "-o", help="results directory (default: results/<config name>)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field, e.g. --set budget.steps_per_task=50 (repeatable)")
+    sweep.add_argument("--resume", action="store_true",
+                       help="finish an interrupted sweep in --output: finished trials are kept")
+    sweep.add_argument("--verbose", action="store_true", help="forward Ray's worker logs to the console")
+
+    plan = sub.add_parser("plan", help="list the trials a config expands to, without running anything")
+    plan.add_argument("config")
+    plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def cmd_sweep(args) -> int:
+    from pathlib import Path
+
+    from time_ray.config import load_config
+    from time_ray.orchestration.sweep import run_sweep, summary_table
+
+    cfg = load_config(args.config, args.overrides)
+    output = Path(args.output or Path("results") / cfg.name)
+    try:
+        steps = run_sweep(cfg, output, resume=args.resume, verbose=args.verbose)
+    finally:
+        from time_ray.orchestration.local_ray import shutdown_ray
+
+        shutdown_ray()
+    print(summary_table(steps))
+    print(f"\nresults: {output}/metrics.parquet, {output}/timesteps.parquet, {output}/config.yaml")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from time_ray.config import expand_trials, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    trials = expand_trials(cfg)
+    print(f"{cfg.name}: {len(trials)} trials x {cfg.stream.tasks} tasks "
+          f"({len(trials) * cfg.stream.tasks} expert trainings before deduplication)")
+    for t in trials:
+        print(f"  {t['trial_id']:<40} init={t['init']:<6} deploy={t['deploy']:<6} merge={t['merge']} "
+              f"{t['merge_params'] or ''} steps/task={t['budget_steps']} seed={t['seed']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"sweep": cmd_sweep, "plan": cmd_plan}[args.command](args)
+    except TimeRayError as exc:
+        print("time-ray: error: " + "\n".join(textwrap.wrap(str(exc), 100)), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("time-ray: interrupted; rerun with --resume to finish the sweep.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""Sweep configs: YAML validated into typed objects, every mistake reported with its field path and
+what is allowed, before any Ray work starts."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+import yaml
+
+from time_ray.core.base_model import BaseTraining
+from time_ray.core.benchmark import BenchmarkSpec
+from time_ray.core.errors import ConfigError
+from time_ray.core.merging import make_technique, technique_params
+from time_ray.core.strategies import DEPLOY_STRATEGIES, INIT_STRATEGIES, RECENCY_SCHEMES, Policy
+from time_ray.core.stream import ORDERS, Mixture
+
+PRESETS = {
+    "sequential-ft": ("ft", "ft"),
+    "offline-merge": ("zs", "all"),
+    "zs-merge": ("zs", "ema"),
+    "ft-merge": ("ft-zs", "ft-zs"),
+    "best-in-time": ("ema", "ema"),
+    "ema-merge": ("ema", "ema"),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "tiny-clip"
+    pretrained: str = "builtin"  # builtin | none | an open_clip tag | a local checkpoint path
+    base_training: BaseTraining = field(default_factory=BaseTraining)
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    benchmark: str = "builtin"
+    tasks: int = 4
+    order: str = "dataset"
+    seed: int = 0
+    mixture: Mixture = field(default_factory=Mixture)
+    builtin: BenchmarkSpec = field(default_factory=BenchmarkSpec)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.2
+    warmup: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    steps_per_task: int = 200
+    multipliers: tuple[float, ...] = (1.0,)
+
+
+@dataclass(frozen=True)
+class PoliciesConfig:
+    presets: tuple[str, ...] = ("sequential-ft", "offline-merge", "best-in-time")
+    grid: dict | None = None
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    workers_per_expert: int = 1
+    use_gpu: bool = False
+    max_concurrent_trials: int | None = None  # None: derived from the cluster's resources
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str = "sweep"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    policies: PoliciesConfig = field(default_factory=PoliciesConfig)
+    seeds: tuple[int, ...] = (0,)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- loading and type checking
+
+def _suggest(key: str, allowed) -> str:
+    close = difflib.get_close_matches(str(key), list(allowed), n=3)
+    return f" Did you mean {', '.join(close)}?" if close else ""
+
+
+def _convert(value, hint, path: str):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if is_dataclass(hint):
+        return _build(hint, value, path)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, arg, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if origin is tuple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(items))
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}.")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}.")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}.")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}.")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}.")
+        return value
+    return value
+
+
+def _build(cls, data, path: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping of {', '.join(f.name for f in fields(cls))}, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in names:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(f"{where}: unknown field.{_suggest(key, names)} Allowed: {', '.join(names)}.")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _convert(data[f.name], hints[f.name], f"{path}.{f.name}" if path else f.name)
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise ConfigError(f"{path}.{f.name}: required.")
+    return cls(**kwargs)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """``--set a.b.c=value`` (value parsed as YAML) onto the raw config mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. budget.steps_per_task=50.")
+        key, text = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part} is not a mapping.")
+        node[parts[-1]] = yaml.safe_load(text)
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config {path}: no such file.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config {path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}.") from exc
+    raw = apply_overrides(raw or {}, overrides or [])
+    config = _build(SweepConfig, raw, "")
+    validate(config)
+    return config
+
+
+# ---------------------------------------------------------------- semantic checks
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def _choice(value: str, allowed, field_path: str) -> None:
+    _check(value in allowed, f"{field_path}: {value!r} is not allowed.{_suggest(value, allowed)} "
+                             f"Allowed: {', '.join(allowed)}.")
+
+
+def validate(cfg: SweepConfig) -> None:
+    spec = cfg.stream.builtin
+    _check(cfg.stream.benchmark == "builtin", f"stream.benchmark: {cfg.stream.benchmark!r} is not allowed. Allowed: builtin.")
+    _choice(cfg.stream.order, ORDERS, "stream.order")
+    for name in ("adaptation_datasets", "heldout_datasets", "classes_per_dataset", "train_per_class", "test_per_class"):
+        _check(getattr(spec, name) >= 1, f"stream.builtin.{name}: must be at least 1, got {getattr(spec, name)}.")
+    _check(spec.pretrain_classes >= 0, "stream.builtin.pretrain_classes: must be 0 or more.")
+    n_pairs = spec.adaptation_datasets * spec.classes_per_dataset
+    _check(1 <= cfg.stream.tasks <= n_pairs,
+           f"stream.tasks: must be between 1 and {n_pairs} (the adaptation classes), got {cfg.stream.tasks}.")
+    mix = cfg.stream.mixture
+    _check(min(mix.pretrain, mix.current, mix.replay) >= 0 and mix.current > 0,
+           f"stream.mixture: shares must be >= 0 and current > 0, got {mix}.")
+    _check(cfg.budget.steps_per_task >= 1, f"budget.steps_per_task: must be at least 1, got {cfg.budget.steps_per_task}.")
+    _check(len(cfg.seeds) > 0, "seeds: must list at least one seed.")
+    _check(len(cfg.budget.multipliers) > 0, "budget.multipliers: must list at least one multiplier.")
+    _check(all(m > 0 for m in cfg.budget.multipliers), f"budget.multipliers: must be > 0, got {cfg.budget.multipliers}.")
+    t = cfg.training
+    _check(t.batch_size >= 2, f"training.batch_size: must be at least 2 (contrastive loss), got {t.batch_size}.")
+    _check(t.lr > 0, f"training.lr: must be > 0, got {t.lr}.")
+    _check(0 <= t.warmup < 1, f"training.warmup: must be in [0, 1), got {t.warmup}.")
+    _check(t.weight_decay >= 0 and t.grad_clip > 0, "training.weight_decay must be >= 0 and training.grad_clip > 0.")
+    _check(cfg.model.base_training.steps >= 1, "model.base_training.steps: must be at least 1.")
+    _check(cfg.resources.workers_per_expert >= 1, "resources.workers_per_expert: must be at least 1.")
+    from time_ray.core.models import check_arch
+
+    check_arch(cfg.model.arch)
+    trials = expand_trials(cfg)
+    _check(len(trials) > 0, "policies: names no policy; give presets or a grid.")
+
+
+# ---------------------------------------------------------------- policies and trials
+
+def _grid_values(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _merge_variants(entries, path: str) -> list[tuple[str, dict]]:
+    variants = []
+    for i, entry in enumerate(_grid_values(entries)):
+        here = f"{path}[{i}]"
+        if isinstance(entry, str):
+            entry = {"technique": entry}
+        _check(isinstance(entry, dict) and "technique" in entry, f"{here}: expected {{technique: NAME, ...}}, got {entry!r}.")
+        params = {k: _grid_values(v) for k, v in entry.items() if k != "technique"}
+        for combo in itertools.product(*params.values()):
+            kwargs = dict(zip(params, combo))
+            technique = make_technique(entry["technique"], f"{here}.technique", **kwargs)
+            variants.append((entry["technique"], technique_params(technique)))
+    return variants
+
+
+GRID_KEYS = ("init", "deploy", "merge", "ema_weight", "ema_with_base", "all_with_base", "recency")
+
+
+def expand_policies(cfg: SweepConfig) -> list[dict]:
+    """Every policy the config names: presets (weight averaging) plus the crossed grid, deduplicated."""
+    out: list[dict] = []
+    for i, name in enumerate(cfg.policies.presets):
+        _choice(name, list(PRESETS), f"policies.presets[{i}]")
+        init, deploy = PRESETS[name]
+        out.append({"policy": name, "init": init, "deploy": deploy, "merge": "average", "merge_params": {}})
+    grid = cfg.policies.grid
+    if grid:
+        for key in grid:
+            _check(key in GRID_KEYS, f"policies.grid.{key}: unknown field.{_suggest(key, GRID_KEYS)} Allowed: {', '.join(GRID_KEYS)}.")
+        inits = _grid_values(grid.get("init", ["zs"]))
+        deploys = _grid_values(grid.get("deploy", ["ft"]))
+        for i, v in enumerate(inits):
+            _choice(v, INIT_STRATEGIES, f"policies.grid.init[{i}]")
+        for i, v in enumerate(deploys):
+            _choice(v, DEPLOY_STRATEGIES, f"policies.grid.deploy[{i}]")
+        merges = _merge_variants(grid.get("merge", [{"technique": "average"}]), "policies.grid.merge")
+        extras = {k: _grid_values(grid[k]) for k in ("ema_weight", "ema_with_base", "all_with_base", "recency") if k in grid}
+        for i, v in enumerate(extras.get("recency", [])):
+            _choice(v, RECENCY_SCHEMES, f"policies.grid.recency[{i}]")
+        for i, v in enumerate(extras.get("ema_weight", [])):
+            _check(v == "running-mean" or (isinstance(v, (int, float)) and 0 < v <= 1),
+                   f"policies.grid.ema_weight[{i}]: must be in (0, 1] or 'running-mean', got {v!r}.")
+        for init, deploy, (merge, params), *rest in itertools.product(inits, deploys, merges, *extras.values()):
+            policy = {"policy": f"{init}/{deploy}", "init": init, "deploy": deploy, "merge": merge,
+                      "merge_params": params, **dict(zip(extras, rest))}
+            out.append(policy)
+    unique, seen = [], set()
+    for p in out:
+        key = json.dumps({k: v for k, v in p.items() if k != "policy"}, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def expand_trials(cfg: SweepConfig) -> list[dict]:
+    """One trial spec (JSON-able) per policy x budget multiplier x seed."""
+    trials = []
+    for policy, mult, seed in itertools.product(expand_policies(cfg), cfg.budget.multipliers, cfg.seeds):
+        steps = max(1, round(cfg.budget.steps_per_task * mult))
+        spec = {**policy, "budget_steps": steps, "seed": seed}
+        digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+        label = policy["policy"].replace("/", "-")
+        spec["trial_id"] = f"{label}-{policy['merge']}-{digest}"
+        trials.append(spec)
+    return trials
+
+
+def policy_of(trial: dict) -> Policy:
+    """The core Policy object of a trial spec."""
+    kwargs = {k: trial[k] for k in ("ema_weight", "ema_with_base", "all_with_base", "recency") if k in trial}
+    return Policy(init=trial["init"], deploy=trial["deploy"],
+                  technique=make_technique(trial["merge"], **trial["merge_params"]), **kwargs)

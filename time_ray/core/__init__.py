@@ -1,0 +1,1 @@
+"""The pure core: merging, strategies, data, models, finetuning, evaluation, metrics. No Ray here."""

@@ -1,0 +1,93 @@
+"""theta_0: the base model. ``builtin`` pretrains a tiny open_clip CLIP on the benchmark's
+pretraining pool and caches the result by the content hash of everything that produced it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from time_ray.core import models
+from time_ray.core.benchmark import Benchmark, BenchmarkSpec, build_benchmark
+from time_ray.core.checkpoints import save_atomic
+from time_ray.core.finetune import TrainSettings, finetune
+from time_ray.core.stream import PretrainSampler
+
+BASE_RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BaseTraining:
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    seed: int = 0
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TIME_RAY_CACHE", Path.home() / ".cache" / "time-ray"))
+
+
+def caption_tokens(bench: Benchmark, tokenize) -> torch.Tensor:
+    """Token ids of every class's caption, [n_classes, context_length]."""
+    return tokenize([bench.caption(c) for c in range(len(bench.class_names))])
+
+
+def builtin_key(arch: str, spec: BenchmarkSpec, recipe: BaseTraining) -> str:
+    arch_cfg = (models.MODEL_CONFIG_DIR / f"{arch}.json")
+    arch_text = arch_cfg.read_text() if arch_cfg.exists() else arch
+    payload = json.dumps({"arch": arch_text, "bench": asdict(spec), "recipe": asdict(recipe),
+                          "version": BASE_RECIPE_VERSION, "torch": torch.__version__.split("+")[0]},
+                         sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def builtin_base(arch: str, spec: BenchmarkSpec, recipe: BaseTraining, log=None) -> tuple[dict, Path]:
+    """The pretrained base weights, from the cache or trained now (and then cached)."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    path = cache_dir() / "base" / f"{arch}-{builtin_key(arch, spec, recipe)}.safetensors"
+    if path.exists():
+        log(f"base model: reusing {path}")
+        return load_file(str(path)), path
+    log(f"base model: pretraining {arch} for {recipe.steps} steps on the built-in pretraining pool "
+        f"(once; cached at {path})")
+    torch.manual_seed(recipe.seed)
+    model = models.create_model(arch)
+    bench = build_benchmark(spec)
+    captions = caption_tokens(bench, models.tokenizer(arch))
+    sampler = PretrainSampler(bench, recipe.batch_size, seed=recipe.seed)
+    every = max(1, recipe.steps // 10)
+
+    def progress(step, loss):
+        if step % every == 0 or step == recipe.steps:
+            log(f"  pretraining step {step}/{recipe.steps}  loss {loss:.3f}")
+
+    settings = TrainSettings(steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr,
+                             weight_decay=recipe.weight_decay, seed=recipe.seed)
+    finetune(model, bench, captions, sampler, settings, on_step=progress)
+    state = models.state_dict_of(model)
+    save_atomic(state, path)
+    return state, path
+
+
+def load_base(arch: str, pretrained: str, spec: BenchmarkSpec, recipe: BaseTraining, log=None) -> dict:
+    """theta_0 for ``model.pretrained``: builtin, none, a local checkpoint, or an open_clip tag."""
+    if pretrained == "builtin":
+        return builtin_base(arch, spec, recipe, log)[0]
+    if pretrained == "none":
+        torch.manual_seed(recipe.seed)
+        return models.state_dict_of(models.create_model(arch))
+    model = models.create_model(arch)
+    if Path(pretrained).suffix in (".safetensors", ".pt", ".bin", ".pth") or os.sep in pretrained:
+        state = models.load_state_dict(pretrained)
+    else:
+        state = models.open_clip_pretrained(arch, pretrained)
+    models.load_into(model, state, pretrained)
+    return models.state_dict_of(model)

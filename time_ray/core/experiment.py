@@ -1,0 +1,75 @@
+"""Everything one process needs to train experts on, and evaluate models over, a task stream.
+
+Built from plain settings (JSON-able), so the trial driver, the Train workers and a single-process
+simulation construct the same thing deterministically without shipping data around.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from time_ray.core import models
+from time_ray.core.base_model import caption_tokens
+from time_ray.core.benchmark import Benchmark, BenchmarkSpec, build_benchmark
+from time_ray.core.evaluate import evaluate_all
+from time_ray.core.finetune import NonFiniteLoss, TrainSettings, finetune, flops_per_step
+from time_ray.core.stream import Mixture, MixtureSampler, make_stream
+
+
+def task_seed(seed: int, t: int, rank: int = 0) -> int:
+    """The per-task seed of the spec (§6), distinct per data-parallel rank."""
+    return (seed * 1_000_003 + t * 7919 + rank * 104_729) % (2**31 - 1)
+
+
+@dataclass
+class Experiment:
+    arch: str
+    bench: Benchmark
+    stream: list[list[int]]
+    mixture: Mixture
+    training: dict  # batch_size, lr, weight_decay, warmup, grad_clip
+
+    @classmethod
+    def from_settings(cls, s: dict) -> "Experiment":
+        bench = build_benchmark(BenchmarkSpec(**s["benchmark"]))
+        return cls(arch=s["arch"], bench=bench,
+                   stream=make_stream(bench, s["tasks"], s["order"], s["stream_seed"]),
+                   mixture=Mixture(**s["mixture"]), training=dict(s["training"]))
+
+    @property
+    def tasks(self) -> int:
+        return len(self.stream)
+
+    def new_model(self, state: dict | None = None) -> torch.nn.Module:
+        model = models.create_model(self.arch)
+        if state is not None:
+            model.load_state_dict(state)
+        return model
+
+    def tokenize(self, texts):
+        return models.tokenizer(self.arch)(texts)
+
+    def captions(self) -> torch.Tensor:
+        return caption_tokens(self.bench, models.tokenizer(self.arch))
+
+    def sampler(self, t: int, seed: int, rank: int = 0) -> MixtureSampler:
+        return MixtureSampler(self.bench, self.stream, t, self.mixture, self.training["batch_size"],
+                              seed=task_seed(seed, t, rank))
+
+    def train_expert(self, model, t: int, steps: int, seed: int, device="cpu", rank: int = 0,
+                     label: str = "") -> dict:
+        """Finetunes ``model`` in place on task t; a non-finite loss names the policy, task and step."""
+        settings = TrainSettings(steps=steps, seed=task_seed(seed, t, rank), **self.training)
+        try:
+            return finetune(model, self.bench, self.captions().to(device), self.sampler(t, seed, rank),
+                            settings, device)
+        except NonFiniteLoss as exc:
+            raise NonFiniteLoss(f"policy {label or '?'}: task {t}: {exc}") from exc
+
+    def flops_per_step(self, model, device="cpu") -> float:
+        return flops_per_step(model, self.bench, self.captions().to(device), self.sampler(1, 0), device)
+
+    def evaluate(self, model, device="cpu") -> list[dict]:
+        return evaluate_all(model, self.bench, self.tokenize, device)

@@ -1,0 +1,109 @@
+"""Contrastive finetuning of both CLIP towers (TIME.md §6): symmetric InfoNCE with the model's
+learnable temperature, AdamW, grad-norm clipping, a fresh optimizer and a cosine schedule with
+linear warm-up per task, fp16 autocast on GPU, and a per-task seed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from time_ray.core.benchmark import Benchmark
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.2
+    warmup: float = 0.1  # fraction of steps with linear warm-up
+    min_lr_ratio: float = 1e-3  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    seed: int = 0
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def clip_loss(image_features, text_features, logit_scale) -> torch.Tensor:
+    """Symmetric contrastive loss: mean of image->text and text->image cross-entropy."""
+    logits = logit_scale * image_features @ text_features.T
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def lr_factor(step: int, total: int, warmup: float, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup * total`` steps, then cosine from 1 down to ``min_ratio``."""
+    warm = int(warmup * total)
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def batch_tensors(bench: Benchmark, captions: torch.Tensor, index, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and caption tokens of the train samples ``index``; ``captions`` holds tokens per class."""
+    index = torch.as_tensor(index)
+    return bench.train_images[index].to(device), captions[bench.train_labels[index]].to(device)
+
+
+def finetune(model, bench: Benchmark, captions: torch.Tensor, sampler, settings: TrainSettings,
+             device: torch.device | str = "cpu", on_step=None) -> dict:
+    """Trains ``model`` in place for ``settings.steps`` batches from ``sampler``.
+
+    ``captions`` is a [n_classes, context] token tensor. Returns steps, seconds and the final loss.
+    Raises :class:`NonFiniteLoss` naming the step where the loss stopped being finite.
+    """
+    torch.manual_seed(settings.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=settings.lr,
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, settings.steps, settings.warmup, settings.min_lr_ratio))
+    use_amp = torch.device(device).type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    model.train()
+    start, loss_value = time.perf_counter(), float("nan")
+    for step in range(settings.steps):
+        images, tokens = batch_tensors(bench, captions, sampler.batch(), device)
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.float16, enabled=use_amp):
+            image_features, text_features, logit_scale = model(images, tokens)[:3]
+            loss = clip_loss(image_features.float(), text_features.float(), logit_scale.float())
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"loss is {loss.item()} at step {step + 1} of {settings.steps}")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        schedule.step()
+        with torch.no_grad():  # CLIP's temperature clamp: logit_scale <= ln(100)
+            getattr(model, "module", model).logit_scale.clamp_(0, math.log(100))
+        loss_value = loss.item()
+        if on_step is not None:
+            on_step(step + 1, loss_value)
+    return {"steps": settings.steps, "seconds": time.perf_counter() - start, "loss": loss_value}
+
+
+def flops_per_step(model, bench: Benchmark, captions: torch.Tensor, sampler, device="cpu") -> float:
+    """FLOPs of one forward + backward pass on a real batch, counted by FlopCounterMode (spec §6)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    images, tokens = batch_tensors(bench, captions, sampler.batch(), device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        image_features, text_features, logit_scale = model(images, tokens)[:3]
+        clip_loss(image_features, text_features, logit_scale).backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())

@@ -1,0 +1,39 @@
+"""The results schema (ARCHITECTURE.md "Contracts") and atomic parquet writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+SCHEMA_VERSION = 1
+POLICY_COLUMNS = ["trial_id", "policy", "init", "deploy", "merge", "merge_params", "budget_steps", "seed"]
+METRICS_COLUMNS = POLICY_COLUMNS + ["timestep", "dataset", "role", "metric", "value", "n_eval"]
+TIMESTEP_COLUMNS = POLICY_COLUMNS + [
+    "timestep", "a_ka", "a_zs", "gm", "train_steps", "train_gflops", "train_seconds",
+    "merge_seconds", "eval_seconds", "pool_bytes", "expert_cache_hit",
+]
+
+
+def write_parquet_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Writes to a temp file in the same directory, then renames: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def metrics_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=METRICS_COLUMNS)
+
+
+def timesteps_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=TIMESTEP_COLUMNS)

@@ -1,0 +1,131 @@
+"""Initialization and deployment strategies (TIME.md §2-4): independent functions of the pool.
+
+theta^i_t (init) and theta^o_t (deploy) for timestep t, with M the policy's merging technique:
+
+  init  zs: theta_0           ft: theta^s_{t-1}         ema: r_{t-1}
+        all: M(theta^s_1..theta^s_{t-1}; theta_0)       ft-zs: M(theta^s_{t-1}, theta_0) with (1/2, 1/2)
+        (at t = 1 every init strategy is theta_0)
+  deploy ft: theta^s_t         ema: r_t                  all: M(theta^s_1..theta^s_t; theta_0)
+        ft-zs: M(theta^s_t, theta_0) with (1/2, 1/2)
+
+EMA chain: r_0 = theta_0 (or, without theta_0, r_1 = theta^s_1) and
+r_t = M(theta^s_t, r_{t-1}; anchor theta_0) with weights (w_t, 1 - w_t); w_t = 1/2 by default, or
+1/t (``running-mean``). With averaging and w = 1/2: r_t = 2^-t theta_0 + sum_k 2^-(t-k+1) theta^s_k.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+
+from time_ray.core.checkpoints import Checkpoint
+from time_ray.core.merging import Technique, WeightAveraging
+from time_ray.core.pool import CheckpointPool
+
+INIT_STRATEGIES = ("zs", "ft", "ema", "all", "ft-zs")
+DEPLOY_STRATEGIES = ("ft", "ema", "all", "ft-zs")
+
+RECENCY = {
+    "uniform": lambda i: 1.0,
+    "linear": lambda i: float(i),
+    "sqrt": lambda i: math.sqrt(i),
+    "quadratic": lambda i: float(i) ** 2,
+    "cubic": lambda i: float(i) ** 3,
+    "fifth": lambda i: float(i) ** 5,
+    "tenth": lambda i: float(i) ** 10,
+    "exp": lambda i: 2.0 ** (i - 1),
+    "log": lambda i: math.log(i + 1),
+}
+RECENCY_SCHEMES = tuple(RECENCY) + tuple(f"{k}-reversed" for k in RECENCY if k != "uniform")
+
+
+def recency_weights(n: int, scheme: str = "uniform") -> list[float]:
+    """w_i proportional to f(i) for experts i = 1..n (oldest first), normalised to sum 1;
+    ``<f>-reversed`` weights the oldest most."""
+    base, reverse = (scheme[: -len("-reversed")], True) if scheme.endswith("-reversed") else (scheme, False)
+    raw = [RECENCY[base](i) for i in range(1, n + 1)]
+    if reverse:
+        raw = raw[::-1]
+    total = sum(raw)
+    return [r / total for r in raw]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One point of the policy space: init strategy x deploy strategy x merging technique."""
+
+    init: str
+    deploy: str
+    technique: Technique = field(default_factory=WeightAveraging)
+    ema_weight: float | str = 0.5  # weight of the new expert in the EMA chain, or "running-mean"
+    ema_with_base: bool = True  # chain starts at r_0 = theta_0 (False: r_1 = theta^s_1)
+    all_with_base: bool = False  # deploy/init 'all' also merges theta_0 in
+    recency: str = "uniform"  # weights of 'all' over experts
+
+    def new_expert_weight(self, t: int) -> float:
+        if self.ema_weight == "running-mean":
+            return 1.0 / (t + 1) if self.ema_with_base else 1.0 / t
+        return float(self.ema_weight)
+
+
+def ema_chain(policy: Policy, pool: CheckpointPool, t: int) -> Checkpoint:
+    """r_t, computed once and kept in the pool, so each step costs one pairwise merge."""
+    if t == 0 or (t == 1 and not policy.ema_with_base):
+        return pool.base if t == 0 else pool.expert(1)
+    kind = chain_name(policy)
+    cached = pool.derived(kind, t)
+    if cached is not None:
+        return cached
+    w = policy.new_expert_weight(t)
+    r_t = policy.technique.merge([pool.expert(t), ema_chain(policy, pool, t - 1)], [w, 1.0 - w], pool.base)
+    return pool.put_derived(kind, t, r_t)
+
+
+def chain_name(policy: Policy) -> str:
+    """Pool name of an EMA chain: distinct for every setting that changes r_t."""
+    settings = json.dumps([policy.technique.name, policy.technique.params(), policy.ema_weight,
+                           policy.ema_with_base], sort_keys=True, default=str)
+    return "ema-" + hashlib.sha256(settings.encode()).hexdigest()[:8]
+
+
+def merge_all(policy: Policy, pool: CheckpointPool, n: int) -> Checkpoint:
+    """M(theta^s_1..theta^s_n; theta_0), optionally with theta_0 as one more (oldest) model."""
+    models = ([pool.base] if policy.all_with_base else []) + pool.experts(n)
+    return policy.technique.merge(models, recency_weights(len(models), policy.recency), pool.base)
+
+
+def with_zero_shot(policy: Policy, pool: CheckpointPool, expert: Checkpoint) -> Checkpoint:
+    """M(theta^s, theta_0) with weights (1/2, 1/2): exactly 1/2 theta^s + 1/2 theta_0 for averaging."""
+    return policy.technique.merge([expert, pool.base], [0.5, 0.5], pool.base)
+
+
+def init_weights(policy: Policy, pool: CheckpointPool, t: int) -> Checkpoint:
+    """theta^i_t: where training for task t starts."""
+    if t == 1 or policy.init == "zs":
+        return pool.base
+    if policy.init == "ft":
+        return pool.expert(t - 1)
+    if policy.init == "ema":
+        return ema_chain(policy, pool, t - 1)
+    if policy.init == "all":
+        return merge_all(policy, pool, t - 1)
+    if policy.init == "ft-zs":
+        return with_zero_shot(policy, pool, pool.expert(t - 1))
+    raise ValueError(f"unknown init strategy {policy.init!r}; allowed: {INIT_STRATEGIES}")
+
+
+def deploy_weights(policy: Policy, pool: CheckpointPool, t: int) -> Checkpoint:
+    """theta^o_t: the model served after task t (t = 0: the base model)."""
+    if t == 0:
+        return pool.base
+    if policy.deploy == "ft":
+        return pool.expert(t)
+    if policy.deploy == "ema":
+        return ema_chain(policy, pool, t)
+    if policy.deploy == "all":
+        return merge_all(policy, pool, t)
+    if policy.deploy == "ft-zs":
+        return with_zero_shot(policy, pool, pool.expert(t))
+    raise ValueError(f"unknown deploy strategy {policy.deploy!r}; allowed: {DEPLOY_STRATEGIES}")

@@ -1,0 +1,48 @@
+"""The merge actor: holds one policy's checkpoint pool and answers "where does task t start?"
+(init strategy) and "which model is served after task t?" (deploy strategy + merging technique)."""
+
+from __future__ import annotations
+
+import time
+
+import ray
+import torch
+
+from time_ray.core.checkpoints import materialize
+from time_ray.core.pool import CheckpointPool
+from time_ray.core.strategies import Policy, deploy_weights, init_weights
+
+
+@ray.remote(num_cpus=0)
+class MergeActor:
+    def __init__(self, pool_dir: str, base_path: str, policy: Policy, num_threads: int = 1):
+        torch.set_num_threads(num_threads)
+        self.pool = CheckpointPool(pool_dir, base_path)
+        self.policy = policy
+        self.merge_seconds: dict[int, float] = {}
+        self.expert_info: dict[int, dict] = {}
+
+    def _timed(self, t: int, fn):
+        start = time.perf_counter()
+        state = materialize(fn(self.policy, self.pool, t))
+        self.merge_seconds[t] = self.merge_seconds.get(t, 0.0) + time.perf_counter() - start
+        return state
+
+    def init_weights(self, t: int) -> dict:
+        """theta^i_t as an in-memory state dict (merge time is charged to timestep t)."""
+        return self._timed(t, init_weights)
+
+    def store_expert(self, t: int, state: dict, info: dict) -> int:
+        """Appends theta^s_t to the pool; ``info`` holds training steps, seconds and GFLOPs."""
+        self.expert_info[t] = info
+        return self.pool.add_expert(t, state)
+
+    def n_experts(self) -> int:
+        return self.pool.n_experts
+
+    def deployed(self, t: int) -> tuple[dict, dict]:
+        """theta^o_t plus the bookkeeping of timestep t: training info, merge seconds, pool bytes."""
+        state = self._timed(t, deploy_weights)
+        info = {**self.expert_info.get(t, {}), "merge_seconds": self.merge_seconds.get(t, 0.0),
+                "pool_bytes": self.pool.nbytes()}
+        return state, info

@@ -1,0 +1,156 @@
+"""A sweep: every trial of a config as a Ray Tune function trial, then one long-format table."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from time_ray.config import SweepConfig, expand_trials
+from time_ray.core.base_model import load_base
+from time_ray.core.checkpoints import save_atomic
+from time_ray.core.errors import TimeRayError
+from time_ray.core.results import METRICS_COLUMNS, TIMESTEP_COLUMNS, write_parquet_atomic
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def experiment_settings(cfg: SweepConfig) -> dict:
+    """What every process needs to rebuild the stream (see core.experiment.Experiment)."""
+    return {"arch": cfg.model.arch, "benchmark": asdict(cfg.stream.builtin), "tasks": cfg.stream.tasks,
+            "order": cfg.stream.order, "stream_seed": cfg.stream.seed, "mixture": asdict(cfg.stream.mixture),
+            "training": asdict(cfg.training)}
+
+
+def prepare_output(cfg: SweepConfig, output: Path, resume: bool) -> None:
+    """Claims ``output`` for this sweep: never mixes two sweeps' results in one directory."""
+    output.mkdir(parents=True, exist_ok=True)
+    marker = output / "sweep.json"
+    if marker.exists():
+        previous = json.loads(marker.read_text())
+        if previous.get("fingerprint") != cfg.fingerprint():
+            raise TimeRayError(
+                f"output {output}: holds the results of another sweep ({previous.get('name')!r}, config "
+                f"fingerprint {previous.get('fingerprint')}; this config is {cfg.fingerprint()}). "
+                "Choose another --output directory, or delete that one.")
+        if not resume:
+            raise TimeRayError(
+                f"output {output}: already holds results of this sweep. Pass --resume to finish the "
+                "unfinished trials, or choose another --output directory.")
+    marker.write_text(json.dumps({"name": cfg.name, "fingerprint": cfg.fingerprint()}, indent=2))
+    (output / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def finished(output: Path, trial: dict, tasks: int) -> bool:
+    path = output / "trials" / trial["trial_id"] / "timesteps.parquet"
+    return path.exists() and len(pd.read_parquet(path)) == tasks + 1
+
+
+def worker_resources(cfg: SweepConfig, cluster: dict, n_trials: int) -> tuple[dict, int]:
+    """CPUs (and GPUs) per Train worker and how many trials can run at once, from the cluster's
+    resources: all trials at once where each worker still gets half a CPU, never more trials than fit.
+    The trial driver itself asks for 0.01 CPU (it only waits, merges are in the actor)."""
+    workers = cfg.resources.workers_per_expert
+    cpus = float(cluster.get("CPU", 1))
+    share = min(max(0.5, cpus / (n_trials * workers)), max(cpus / workers, 0.01))
+    per_worker: dict = {"CPU": math.floor(share * 100) / 100}  # rounded down so that N shares fit
+    fit = math.floor(cpus / (workers * per_worker["CPU"]) + 1e-9)
+    if cfg.resources.use_gpu:
+        gpus = float(cluster.get("GPU", 0))
+        if gpus <= 0:
+            raise TimeRayError("resources.use_gpu: true, but the Ray cluster has no GPU.")
+        per_worker["GPU"] = min(1.0, gpus / (n_trials * workers))
+        fit = min(fit, math.floor(gpus / (workers * per_worker["GPU"]) + 1e-9))
+    limit = cfg.resources.max_concurrent_trials or n_trials
+    return per_worker, max(1, min(fit, limit, n_trials))
+
+
+def run_sweep(cfg: SweepConfig, output: str | Path, resume: bool = False, verbose: bool = False,
+              ray_temp_dir: str | None = None) -> pd.DataFrame:
+    """Runs the sweep and writes DIR/metrics.parquet, DIR/timesteps.parquet, DIR/config.yaml."""
+    output = Path(output).resolve()
+    prepare_output(cfg, output, resume)
+    trials = expand_trials(cfg)
+    todo = [t for t in trials if not (resume and finished(output, t, cfg.stream.tasks))]
+    for trial in todo:  # a trial that did not finish starts over from a clean slate
+        shutil.rmtree(output / "trials" / trial["trial_id"], ignore_errors=True)
+        shutil.rmtree(output / "pool" / trial["trial_id"], ignore_errors=True)
+    log(f"time-ray: sweep {cfg.name!r}: {len(trials)} trials, {cfg.stream.tasks} tasks each "
+        f"({len(trials) - len(todo)} already finished) -> {output}")
+
+    base_path = output / "base.safetensors"
+    if not base_path.exists():
+        save_atomic(load_base(cfg.model.arch, cfg.model.pretrained, cfg.stream.builtin,
+                              cfg.model.base_training, log), base_path)
+    if todo:
+        _run_trials(cfg, todo, output, base_path, verbose, ray_temp_dir)
+    return collect(output, trials)
+
+
+def _run_trials(cfg, todo, output, base_path, verbose, ray_temp_dir) -> None:
+    from ray import tune
+
+    from time_ray.orchestration.local_ray import init_ray
+    from time_ray.orchestration.progress import ProgressPrinter
+    from time_ray.orchestration.trial import run_trial
+
+    cluster = init_ray(verbose=verbose, temp_dir=ray_temp_dir)
+    per_worker, concurrent = worker_resources(cfg, cluster, len(todo))
+    log(f"time-ray: Ray resources {dict((k, v) for k, v in cluster.items() if k in ('CPU', 'GPU'))}; "
+        f"{concurrent} trials at a time, {cfg.resources.workers_per_expert} Train worker(s) each with {per_worker}")
+    run = {"output": str(output), "base_path": str(base_path), "settings": experiment_settings(cfg),
+           "workers": cfg.resources.workers_per_expert, "use_gpu": cfg.resources.use_gpu,
+           "resources_per_worker": per_worker}
+    tuner = tune.Tuner(
+        tune.with_resources(run_trial, {"cpu": 0.01}),
+        param_space={"trial": tune.grid_search(todo), "run": run},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent,
+                                    trial_dirname_creator=lambda t: t.config["trial"]["trial_id"],
+                                    trial_name_creator=lambda t: t.config["trial"]["trial_id"]),
+        run_config=tune.RunConfig(name="tune", storage_path=str(output / "ray"), verbose=0,
+                                  callbacks=[ProgressPrinter(len(todo), cfg.stream.tasks)]),
+    )
+    results = tuner.fit()
+    errors = [r for r in results if r.error is not None]
+    if errors:
+        details = "; ".join(f"{r.config['trial']['trial_id']}: {r.error}" for r in errors)
+        raise TimeRayError(f"{len(errors)} of {len(todo)} trials failed: {details}. Finished trials are "
+                           f"kept; rerun with --resume to retry the failed ones.")
+
+
+def collect(output: Path, trials: list[dict]) -> pd.DataFrame:
+    """Concatenates the trials' files into DIR/metrics.parquet and DIR/timesteps.parquet."""
+    metrics, steps = [], []
+    for trial in trials:
+        d = output / "trials" / trial["trial_id"]
+        if (d / "timesteps.parquet").exists():
+            metrics.append(pd.read_parquet(d / "metrics.parquet"))
+            steps.append(pd.read_parquet(d / "timesteps.parquet"))
+    metrics_df = pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(columns=METRICS_COLUMNS)
+    steps_df = pd.concat(steps, ignore_index=True) if steps else pd.DataFrame(columns=TIMESTEP_COLUMNS)
+    write_parquet_atomic(metrics_df, output / "metrics.parquet")
+    write_parquet_atomic(steps_df, output / "timesteps.parquet")
+    return steps_df
+
+
+def summary_table(steps: pd.DataFrame) -> str:
+    """Final A_KA, A_ZS, GM per policy, with the base model (timestep 0) as the first line."""
+    if steps.empty:
+        return "(no finished timesteps)"
+    last = steps.sort_values("timestep").groupby("trial_id").tail(1)
+    base = steps[steps.timestep == 0].iloc[0]
+    lines = [f"{'policy':<18}{'init':<7}{'deploy':<8}{'merge':<17}{'T':>3}{'A_KA':>8}{'A_ZS':>8}{'GM':>8}",
+             f"{'base model':<18}{'-':<7}{'-':<8}{'-':<17}{0:>3}{base.a_ka:>8.3f}{base.a_zs:>8.3f}{base.gm:>8.3f}"]
+    for row in last.sort_values("gm", ascending=False).itertuples():
+        lines.append(f"{row.policy:<18}{row.init:<7}{row.deploy:<8}{row.merge:<17}{row.timestep:>3}"
+                     f"{row.a_ka:>8.3f}{row.a_zs:>8.3f}{row.gm:>8.3f}")
+    return "\n".join(lines)
