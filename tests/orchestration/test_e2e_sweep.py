@@ -1,11 +1,10 @@
 """End to end on a real local Ray: a reduced quickstart through the CLI, then its parquet checked."""
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
@@ -55,9 +54,7 @@ def test_reduced_quickstart_on_local_ray(tmp_path, cache_dir):
     assert (out / "config.yaml").exists()
     assert "best-in-time" in proc.stdout and "A_KA" in proc.stdout  # the summary table
     assert "t=2/2" in proc.stderr  # progress lines while it ran
-    # node address stayed on loopback
-    logs = "\n".join(p.read_text(errors="ignore") for p in Path(ray_tmp).rglob("raylet.out"))
-    assert "127.0.0.1" in logs
+    assert "Ray node 127.0.0.1" in proc.stderr  # the embedded Ray stayed on loopback
 
     # a second sweep into the same directory is refused; --resume finds everything finished
     again = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), *sets], cache_dir, ray_tmp)
@@ -66,3 +63,4 @@ def test_reduced_quickstart_on_local_ray(tmp_path, cache_dir):
                       cache_dir, ray_tmp, timeout=120)
     assert resumed.returncode == 0 and "(3 already finished)" in resumed.stderr
     assert len(pd.read_parquet(out / "metrics.parquet")) == len(metrics)
+    shutil.rmtree(ray_tmp, ignore_errors=True)

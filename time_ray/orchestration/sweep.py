@@ -105,7 +105,8 @@ def _run_trials(cfg, todo, output, base_path, verbose, ray_temp_dir) -> None:
 
     cluster = init_ray(verbose=verbose, temp_dir=ray_temp_dir)
     per_worker, concurrent = worker_resources(cfg, cluster, len(todo))
-    log(f"time-ray: Ray resources {dict((k, v) for k, v in cluster.items() if k in ('CPU', 'GPU'))}; "
+    log(f"time-ray: Ray node {cluster['node_address']}, resources "
+        f"{dict((k, v) for k, v in cluster.items() if k in ('CPU', 'GPU'))}; "
         f"{concurrent} trials at a time, {cfg.resources.workers_per_expert} Train worker(s) each with {per_worker}")
     run = {"output": str(output), "base_path": str(base_path), "settings": experiment_settings(cfg),
            "workers": cfg.resources.workers_per_expert, "use_gpu": cfg.resources.use_gpu,
