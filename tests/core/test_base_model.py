@@ -1,0 +1,29 @@
+import torch
+
+from time_ray.core.base_model import BaseTraining, builtin_base, builtin_key, load_base
+from time_ray.core.benchmark import BenchmarkSpec
+
+SPEC = BenchmarkSpec(adaptation_datasets=1, heldout_datasets=1, classes_per_dataset=2, pretrain_classes=2,
+                     train_per_class=4, test_per_class=2)
+RECIPE = BaseTraining(steps=3, batch_size=8)
+
+
+def test_builtin_base_is_pretrained_once_then_reused_from_the_cache(cache_dir):
+    messages = []
+    first, path = builtin_base("tiny-clip", SPEC, RECIPE, messages.append)
+    second, again = builtin_base("tiny-clip", SPEC, RECIPE, messages.append)
+    assert path == again and path.is_relative_to(cache_dir)
+    assert "pretraining" in messages[0] and "reusing" in messages[-1]
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_cache_key_changes_with_anything_that_changes_the_weights():
+    key = builtin_key("tiny-clip", SPEC, RECIPE)
+    assert builtin_key("tiny-clip", SPEC, BaseTraining(steps=4, batch_size=8)) != key
+    assert builtin_key("tiny-clip", BenchmarkSpec(seed=1), RECIPE) != builtin_key("tiny-clip", BenchmarkSpec(), RECIPE)
+
+
+def test_local_checkpoint_path_is_loaded(tmp_path, cache_dir):
+    state, path = builtin_base("tiny-clip", SPEC, RECIPE, lambda m: None)
+    loaded = load_base("tiny-clip", str(path), SPEC, RECIPE)
+    assert torch.equal(loaded["logit_scale"], state["logit_scale"])

@@ -1,0 +1,55 @@
+"""Pure parts of the sweep layer (no Ray started)."""
+
+import pandas as pd
+import pytest
+
+from time_ray.config import SweepConfig, load_config
+from time_ray.core.errors import TimeRayError
+from time_ray.core.results import TIMESTEP_COLUMNS, write_parquet_atomic
+from time_ray.orchestration.sweep import prepare_output, summary_table, worker_resources
+
+
+def test_worker_resources_fit_the_cluster():
+    cfg = SweepConfig()
+    per_worker, concurrent = worker_resources(cfg, {"CPU": 2.0}, n_trials=3)
+    assert per_worker == {"CPU": 0.66} and concurrent == 3  # 3 x 0.66 <= 2: all run, none pending
+    per_worker, concurrent = worker_resources(cfg, {"CPU": 2.0}, n_trials=12)
+    assert per_worker == {"CPU": 0.5} and concurrent == 4
+    per_worker, concurrent = worker_resources(cfg, {"CPU": 16.0}, n_trials=2)
+    assert per_worker == {"CPU": 8.0} and concurrent == 2
+
+
+def test_use_gpu_without_gpus_is_refused():
+    cfg = load_config("configs/quickstart.yaml", ["resources.use_gpu=true"])
+    with pytest.raises(TimeRayError, match="no GPU"):
+        worker_resources(cfg, {"CPU": 2.0}, 3)
+
+
+def test_output_of_another_sweep_is_refused(tmp_path):
+    a = load_config("configs/quickstart.yaml")
+    b = load_config("configs/quickstart.yaml", ["budget.steps_per_task=7"])
+    prepare_output(a, tmp_path, resume=False)
+    with pytest.raises(TimeRayError, match="another sweep"):
+        prepare_output(b, tmp_path, resume=True)
+    with pytest.raises(TimeRayError, match="--resume"):
+        prepare_output(a, tmp_path, resume=False)
+    prepare_output(a, tmp_path, resume=True)
+
+
+def test_summary_table_lists_the_base_then_policies_by_gm():
+    rows = []
+    for trial, policy, gm in (("a", "sequential-ft", 0.5), ("b", "best-in-time", 0.7)):
+        for t, value in ((0, 0.3), (2, gm)):
+            rows.append({c: None for c in TIMESTEP_COLUMNS} | {
+                "trial_id": trial, "policy": policy, "init": "x", "deploy": "y", "merge": "average",
+                "timestep": t, "a_ka": value, "a_zs": 0.9, "gm": value})
+    lines = summary_table(pd.DataFrame(rows)).splitlines()
+    assert lines[1].startswith("base model") and lines[2].startswith("best-in-time")
+    assert lines[3].startswith("sequential-ft") and lines[3].rstrip().endswith("0.500")
+
+
+def test_parquet_writes_are_atomic(tmp_path):
+    write_parquet_atomic(pd.DataFrame({"x": [1, 2]}), tmp_path / "f.parquet")
+    write_parquet_atomic(pd.DataFrame({"x": [3]}), tmp_path / "f.parquet")
+    assert pd.read_parquet(tmp_path / "f.parquet").x.tolist() == [3]
+    assert [p.name for p in tmp_path.iterdir()] == ["f.parquet"]
