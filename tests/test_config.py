@@ -66,3 +66,11 @@ def test_set_overrides_and_grid_expansion(tmp_path):
     assert policy_of(ta).technique.lam in (0.3, 1.0)
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config(path, ["budget.steps_per_task"])
+
+
+def test_multitask_reference_gets_the_whole_stream_budget():
+    cfg = load_config("configs/quickstart.yaml", ["policies.multitask=true"])
+    trials = expand_trials(cfg)
+    multitask = [t for t in trials if t.get("multitask")]
+    assert len(trials) == 4 and len(multitask) == 1
+    assert multitask[0]["budget_steps"] == cfg.budget.steps_per_task * cfg.stream.tasks

@@ -66,6 +66,7 @@ class BudgetConfig:
 class PoliciesConfig:
     presets: tuple[str, ...] = ("sequential-ft", "offline-merge", "best-in-time")
     grid: dict | None = None
+    multitask: bool = False  # add the multitask reference: one expert on the union, same total compute
 
 
 @dataclass(frozen=True)
@@ -288,6 +289,9 @@ def expand_policies(cfg: SweepConfig) -> list[dict]:
             policy = {"policy": f"{init}/{deploy}", "init": init, "deploy": deploy, "merge": merge,
                       "merge_params": params, **dict(zip(extras, rest))}
             out.append(policy)
+    if cfg.policies.multitask:
+        out.append({"policy": "multitask", "init": "zs", "deploy": "ft", "merge": "average",
+                    "merge_params": {}, "multitask": True})
     unique, seen = [], set()
     for p in out:
         key = json.dumps({k: v for k, v in p.items() if k != "policy"}, sort_keys=True)
@@ -302,6 +306,8 @@ def expand_trials(cfg: SweepConfig) -> list[dict]:
     trials = []
     for policy, mult, seed in itertools.product(expand_policies(cfg), cfg.budget.multipliers, cfg.seeds):
         steps = max(1, round(cfg.budget.steps_per_task * mult))
+        if policy.get("multitask"):
+            steps *= cfg.stream.tasks  # the same total compute as the stream
         spec = {**policy, "budget_steps": steps, "seed": seed}
         digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
         label = policy["policy"].replace("/", "-")

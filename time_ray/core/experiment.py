@@ -32,11 +32,14 @@ class Experiment:
     training: dict  # batch_size, lr, weight_decay, warmup, grad_clip
 
     @classmethod
-    def from_settings(cls, s: dict) -> "Experiment":
+    def from_settings(cls, s: dict, multitask: bool = False) -> "Experiment":
+        """``multitask``: the reference run of the spec, one task holding the union of the stream."""
         bench = build_benchmark(BenchmarkSpec(**s["benchmark"]))
-        return cls(arch=s["arch"], bench=bench,
-                   stream=make_stream(bench, s["tasks"], s["order"], s["stream_seed"]),
-                   mixture=Mixture(**s["mixture"]), training=dict(s["training"]))
+        stream = make_stream(bench, s["tasks"], s["order"], s["stream_seed"])
+        if multitask:
+            stream = [[c for task in stream for c in task]]
+        return cls(arch=s["arch"], bench=bench, stream=stream, mixture=Mixture(**s["mixture"]),
+                   training=dict(s["training"]))
 
     @property
     def tasks(self) -> int:

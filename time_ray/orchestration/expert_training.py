@@ -18,7 +18,7 @@ def train_experts(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     actor = config["merge_actor"]
-    experiment = Experiment.from_settings(config["settings"])
+    experiment = Experiment.from_settings(config["settings"], config["multitask"])
     device = ray.train.torch.get_device()
     model = experiment.new_model()
     flops = experiment.flops_per_step(model) if rank == 0 else 0.0

@@ -9,8 +9,8 @@ from ray.tune import Callback
 
 
 class ProgressPrinter(Callback):
-    def __init__(self, n_trials: int, tasks: int):
-        self.total = n_trials * (tasks + 1)
+    def __init__(self, trials: list[dict], tasks: int):
+        self.total = sum(2 if t.get("multitask") else tasks + 1 for t in trials)
         self.done = 0
         self.start = time.time()
 

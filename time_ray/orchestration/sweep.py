@@ -52,7 +52,7 @@ def prepare_output(cfg: SweepConfig, output: Path, resume: bool) -> None:
 
 def finished(output: Path, trial: dict, tasks: int) -> bool:
     path = output / "trials" / trial["trial_id"] / "timesteps.parquet"
-    return path.exists() and len(pd.read_parquet(path)) == tasks + 1
+    return path.exists() and int(pd.read_parquet(path).timestep.max()) == tasks
 
 
 def worker_resources(cfg: SweepConfig, cluster: dict, n_trials: int) -> tuple[dict, int]:
@@ -118,7 +118,7 @@ def _run_trials(cfg, todo, output, base_path, verbose, ray_temp_dir) -> None:
                                     trial_dirname_creator=lambda t: t.config["trial"]["trial_id"],
                                     trial_name_creator=lambda t: t.config["trial"]["trial_id"]),
         run_config=tune.RunConfig(name="tune", storage_path=str(output / "ray"), verbose=0,
-                                  callbacks=[ProgressPrinter(len(todo), cfg.stream.tasks)]),
+                                  callbacks=[ProgressPrinter(todo, cfg.stream.tasks)]),
     )
     results = tuner.fit()
     errors = [r for r in results if r.error is not None]

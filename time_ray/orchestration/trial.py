@@ -58,12 +58,15 @@ def run_trial(config: dict) -> None:
     trial, run = config["trial"], config["run"]
     out = Path(run["output"])
     recorder = TrialRecorder(out / "trials" / trial["trial_id"], trial)
-    experiment = Experiment.from_settings(run["settings"])
+    multitask = bool(trial.get("multitask"))
+    experiment = Experiment.from_settings(run["settings"], multitask)
+    # the multitask reference trains once on the union; its result stands at the stream's end
+    timestep_of = (lambda t: run["settings"]["tasks"]) if multitask else (lambda t: t)
     actor = MergeActor.remote(str(out / "pool" / trial["trial_id"]), run["base_path"], policy_of(trial))
     trainer = TorchTrainer(
         train_experts,
         train_loop_config={"merge_actor": actor, "settings": run["settings"], "steps": trial["budget_steps"],
-                           "seed": trial["seed"], "trial_id": trial["trial_id"]},
+                           "seed": trial["seed"], "trial_id": trial["trial_id"], "multitask": multitask},
         scaling_config=ScalingConfig(num_workers=run["workers"], use_gpu=run["use_gpu"],
                                      resources_per_worker=run["resources_per_worker"]),
         run_config=RunConfig(name=f"{trial['trial_id']}-{int(time.time())}",
@@ -86,7 +89,7 @@ def run_trial(config: dict) -> None:
     start = time.perf_counter()
     records = experiment.evaluate(base_model)
     row = recorder.record(0, records, {**zero_cost, "eval_seconds": time.perf_counter() - start})
-    tune.report(_report(row, experiment.tasks))
+    tune.report(_report(row, run["settings"]["tasks"]))
 
     for t in range(1, experiment.tasks + 1):
         while ray.get(actor.n_experts.remote()) < t:
@@ -102,8 +105,8 @@ def run_trial(config: dict) -> None:
                  "train_seconds": info["train_seconds"], "merge_seconds": info["merge_seconds"],
                  "eval_seconds": time.perf_counter() - start, "pool_bytes": info["pool_bytes"],
                  "expert_cache_hit": False}
-        row = recorder.record(t, records, costs)
-        tune.report(_report(row, experiment.tasks))
+        row = recorder.record(timestep_of(t), records, costs)
+        tune.report(_report(row, run["settings"]["tasks"]))
     training.join()
     if failure:
         raise failure[0]
