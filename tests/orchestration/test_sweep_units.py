@@ -12,11 +12,15 @@ from time_ray.orchestration.sweep import prepare_output, summary_table, worker_r
 def test_worker_resources_fit_the_cluster():
     cfg = SweepConfig()
     per_worker, concurrent = worker_resources(cfg, {"CPU": 2.0}, n_trials=3)
-    assert per_worker == {"CPU": 0.66} and concurrent == 3  # 3 x 0.66 <= 2: all run, none pending
+    # 3 x (0.65 + 0.01 for the driver) <= 2: all run at once, none waits for a worker
+    assert per_worker == {"CPU": 0.65} and concurrent == 3
     per_worker, concurrent = worker_resources(cfg, {"CPU": 2.0}, n_trials=12)
-    assert per_worker == {"CPU": 0.5} and concurrent == 4
+    assert per_worker == {"CPU": 0.65} and concurrent == 3  # 4 x (0.5 + 0.01) would not fit in 2
     per_worker, concurrent = worker_resources(cfg, {"CPU": 16.0}, n_trials=2)
-    assert per_worker == {"CPU": 8.0} and concurrent == 2
+    assert per_worker == {"CPU": 7.99} and concurrent == 2
+    two_workers = load_config("configs/quickstart.yaml", ["resources.workers_per_expert=2"])
+    per_worker, concurrent = worker_resources(two_workers, {"CPU": 2.0}, n_trials=3)
+    assert concurrent == 1 and 2 * per_worker["CPU"] + 0.01 <= 2
 
 
 def test_use_gpu_without_gpus_is_refused():

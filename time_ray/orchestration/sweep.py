@@ -55,23 +55,26 @@ def finished(output: Path, trial: dict, tasks: int) -> bool:
     return path.exists() and int(pd.read_parquet(path).timestep.max()) == tasks
 
 
+DRIVER_CPU = 0.01  # a trial driver only waits and evaluates; merges run in the merge actor
+MIN_WORKER_CPU = 0.5
+
+
 def worker_resources(cfg: SweepConfig, cluster: dict, n_trials: int) -> tuple[dict, int]:
-    """CPUs (and GPUs) per Train worker and how many trials can run at once, from the cluster's
-    resources: all trials at once where each worker still gets half a CPU, never more trials than fit.
-    The trial driver itself asks for 0.01 CPU (it only waits, merges are in the actor)."""
+    """CPUs (and GPUs) per Train worker and how many trials run at once, from the cluster's
+    resources: as many trials as fit with at least half a CPU per worker (drivers' 0.01 CPU counted),
+    the CPUs shared equally among them, so no trial waits for a worker that cannot be placed."""
     workers = cfg.resources.workers_per_expert
     cpus = float(cluster.get("CPU", 1))
-    share = min(max(0.5, cpus / (n_trials * workers)), max(cpus / workers, 0.01))
-    per_worker: dict = {"CPU": math.floor(share * 100) / 100}  # rounded down so that N shares fit
-    fit = math.floor(cpus / (workers * per_worker["CPU"]) + 1e-9)
+    limit = min(n_trials, cfg.resources.max_concurrent_trials or n_trials)
+    concurrent = max(1, min(limit, math.floor(cpus / (workers * MIN_WORKER_CPU + DRIVER_CPU))))
+    share = (cpus - DRIVER_CPU * concurrent) / (concurrent * workers)
+    per_worker: dict = {"CPU": max(0.01, math.floor(share * 100) / 100)}  # rounded down: N shares fit
     if cfg.resources.use_gpu:
         gpus = float(cluster.get("GPU", 0))
         if gpus <= 0:
             raise TimeRayError("resources.use_gpu: true, but the Ray cluster has no GPU.")
-        per_worker["GPU"] = min(1.0, gpus / (n_trials * workers))
-        fit = min(fit, math.floor(gpus / (workers * per_worker["GPU"]) + 1e-9))
-    limit = cfg.resources.max_concurrent_trials or n_trials
-    return per_worker, max(1, min(fit, limit, n_trials))
+        per_worker["GPU"] = min(1.0, gpus / (concurrent * workers))
+    return per_worker, concurrent
 
 
 def run_sweep(cfg: SweepConfig, output: str | Path, resume: bool = False, verbose: bool = False,
@@ -112,7 +115,7 @@ def _run_trials(cfg, todo, output, base_path, verbose, ray_temp_dir) -> None:
            "workers": cfg.resources.workers_per_expert, "use_gpu": cfg.resources.use_gpu,
            "resources_per_worker": per_worker}
     tuner = tune.Tuner(
-        tune.with_resources(run_trial, {"cpu": 0.01}),
+        tune.with_resources(run_trial, {"cpu": DRIVER_CPU}),
         param_space={"trial": tune.grid_search(todo), "run": run},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent,
                                     trial_dirname_creator=lambda t: t.config["trial"]["trial_id"],
