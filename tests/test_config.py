@@ -35,7 +35,7 @@ def write(tmp_path, text: str) -> Path:
     ("stream: {tasks: 4\n", r"not valid YAML at line"),
     ("strem: {}\n", r"strem: unknown field. Did you mean stream\?"),
     ("stream: {order: randm}\n", r"stream.order: 'randm' is not allowed. Did you mean random\?"),
-    ("stream: {tasks: 0}\n", r"stream.tasks: must be between 1 and 40"),
+    ("stream: {tasks: 0}\n", r"stream.tasks: must be between 1 and 140"),
     ("budget: {steps_per_task: ten}\n", r"budget.steps_per_task: expected an integer, got 'ten'"),
     ("policies: {presets: [best-in-tim]}\n", r"policies.presets\[0\]: 'best-in-tim' is not allowed. Did you mean best-in-time"),
     ("policies: {presets: [], grid: {init: [zz]}}\n", r"policies.grid.init\[0\]: 'zz' is not allowed"),

@@ -44,6 +44,7 @@ class StreamConfig:
     order: str = "dataset"
     seed: int = 0
     mixture: Mixture = field(default_factory=Mixture)
+    captions: str = "template"  # train on class template captions, or on per-image captions ("image")
     builtin: BenchmarkSpec = field(default_factory=BenchmarkSpec)
 
 
@@ -210,9 +211,12 @@ def validate(cfg: SweepConfig) -> None:
     spec = cfg.stream.builtin
     _check(cfg.stream.benchmark == "builtin", f"stream.benchmark: {cfg.stream.benchmark!r} is not allowed. Allowed: builtin.")
     _choice(cfg.stream.order, ORDERS, "stream.order")
+    _choice(cfg.stream.captions, ("template", "image"), "stream.captions")
     for name in ("adaptation_datasets", "heldout_datasets", "classes_per_dataset", "train_per_class", "test_per_class"):
         _check(getattr(spec, name) >= 1, f"stream.builtin.{name}: must be at least 1, got {getattr(spec, name)}.")
     _check(spec.pretrain_classes >= 0, "stream.builtin.pretrain_classes: must be 0 or more.")
+    _check(0 <= spec.retrieval_datasets <= spec.heldout_datasets,
+           f"stream.builtin.retrieval_datasets: must be between 0 and heldout_datasets ({spec.heldout_datasets}).")
     n_pairs = spec.adaptation_datasets * spec.classes_per_dataset
     _check(1 <= cfg.stream.tasks <= n_pairs,
            f"stream.tasks: must be between 1 and {n_pairs} (the adaptation classes), got {cfg.stream.tasks}.")

@@ -59,7 +59,7 @@ def test_sampler_draws_current_task_replay_and_pretraining():
     batch = MixtureSampler(bench, stream, 2, Mixture(), 30, seed=0).batch()
     labels = bench.train_labels[batch].numpy()
     assert len(batch) == 30
-    assert np.isin(labels[:10], bench.pretrain_classes).all()
+    assert np.isin(labels[:10], bench.generic_classes).all()  # generic data, not held-out sets
     assert np.isin(labels[10:20], stream[1]).all()
     assert np.isin(labels[20:], stream[0]).all()
 

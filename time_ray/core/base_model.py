@@ -35,9 +35,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TIME_RAY_CACHE", Path.home() / ".cache" / "time-ray"))
 
 
-def caption_tokens(bench: Benchmark, tokenize) -> torch.Tensor:
-    """Token ids of every class's caption, [n_classes, context_length]."""
-    return tokenize([bench.caption(c) for c in range(len(bench.class_names))])
+def caption_tokens(bench: Benchmark, tokenize, per_image: bool = False) -> torch.Tensor:
+    """Token ids of every train sample's caption, [n_train, context_length]: its class caption
+    (the dataset template), or its own per-image caption with ``per_image``."""
+    if per_image and bench.train_captions is not None:
+        return tokenize(bench.train_captions)
+    return tokenize([bench.caption(c) for c in range(len(bench.class_names))])[bench.train_labels]
 
 
 def builtin_key(arch: str, spec: BenchmarkSpec, recipe: BaseTraining) -> str:

@@ -2,20 +2,32 @@
 
 Every *concept* (class) is a visual prototype: a smooth random colour field made of a dataset-level
 "style" shared by the dataset's classes plus a class-specific part, so classes within a dataset are
-fine-grained. Samples are augmented copies (shift, contrast, a smooth distractor, pixel noise).
-Class names are generated pseudo-words, so a base model knows a name only if it saw it.
+fine-grained. Samples are augmented copies (shift, contrast, a smooth distractor, pixel noise), and
+each image has its own caption naming its class, brightness and position. Class names are generated
+pseudo-words, so a base model knows a name only if it saw it.
 
-* held-out datasets: their classes are in the pretraining pool (the base model knows them);
+* held-out datasets: their classes are in the base model's pretraining pool (it knows them);
 * adaptation datasets: their classes are never pretrained on (the stream teaches them);
-* pretrain-only concepts: extra classes that only the pretraining pool holds.
+* generic concepts: classes only the pretraining pool holds. The "pretraining data" share of a
+  finetuning batch is drawn from these, as FoMo-in-Flux replays generic web data, not the
+  held-out evaluation sets; so finetuning can make the model forget what held-out data needs.
 
-Everything is a deterministic function of :class:`BenchmarkSpec` (seeded per class and split).
+Classification datasets are scored by zero-shot accuracy; ``retrieval`` datasets (the last
+``retrieval_datasets`` held-out ones) by the mean of image->text and text->image Recall@5 over the
+per-image captions.
+
+Everything is a deterministic function of :class:`BenchmarkSpec` (seeded per class and split) and
+cached on disk by its hash.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,18 +40,25 @@ TEMPLATES = (
     "a close-up photo of a {}.",
     "a rendering of a {}.",
     "a pattern called {}.",
+    "a blurry photo of a {}.",
+    "a cropped photo of the {}.",
 )
 _CONSONANTS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
+_BRIGHTNESS = ("dim", "plain", "bright")
+_POSITION = {(0, 0): "in the center", (0, -1): "on the left", (0, 1): "on the right",
+             (-1, 0): "at the top", (1, 0): "at the bottom"}
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
 class BenchmarkSpec:
     seed: int = 0
-    adaptation_datasets: int = 4
-    heldout_datasets: int = 2
+    adaptation_datasets: int = 14
+    heldout_datasets: int = 6
+    retrieval_datasets: int = 1  # of the held-out datasets, scored by Recall@5
     classes_per_dataset: int = 10
-    pretrain_classes: int = 40
+    pretrain_classes: int = 40  # generic concepts, pretraining pool only
     train_per_class: int = 40
     test_per_class: int = 20
     image_size: int = 32
@@ -51,35 +70,45 @@ class Dataset:
     role: str  # 'adaptation' | 'heldout'
     template: str
     classes: tuple[int, ...]  # global class ids
+    kind: str = "classification"  # 'classification' | 'retrieval'
 
 
 @dataclass
 class Benchmark:
-    """Images of every class (train and test splits) plus the dataset structure."""
+    """Images of every class (train and test splits), per-image captions, and the dataset structure."""
 
-    spec: BenchmarkSpec
     class_names: list[str]
-    class_dataset: list[str]  # dataset name of each class ("pretrain" for pretrain-only concepts)
+    class_dataset: list[str]  # dataset name of each class ("pretrain" for generic concepts)
     datasets: dict[str, Dataset]
-    train_images: torch.Tensor  # [n_classes * train_per_class, 3, H, W]
+    train_images: torch.Tensor  # [n, 3, H, W] (float16 on disk and in memory; cast per batch)
     train_labels: torch.Tensor  # class id of each train image
     test_images: torch.Tensor
     test_labels: torch.Tensor
+    train_captions: list[str] | None = None  # per-image captions (None: the class caption)
+    test_captions: list[str] | None = None
 
     def caption(self, class_id: int) -> str:
+        """The class caption: its dataset's template filled with the class name."""
         ds = self.datasets.get(self.class_dataset[class_id])
         template = ds.template if ds is not None else TEMPLATES[class_id % len(TEMPLATES)]
         return template.format(self.class_names[class_id])
 
     @property
+    def generic_classes(self) -> list[int]:
+        return [c for c, d in enumerate(self.class_dataset) if d == "pretrain"]
+
+    @property
     def pretrain_classes(self) -> list[int]:
-        """Concepts the base model is pretrained on: held-out datasets plus pretrain-only classes."""
+        """Concepts the base model is pretrained on: held-out datasets plus generic concepts."""
         held = [c for d in self.datasets.values() if d.role == "heldout" for c in d.classes]
-        only = [c for c, d in enumerate(self.class_dataset) if d == "pretrain"]
-        return held + only
+        return held + self.generic_classes
 
     def train_indices(self, classes) -> np.ndarray:
         mask = np.isin(self.train_labels.numpy(), np.asarray(list(classes), dtype=np.int64))
+        return np.nonzero(mask)[0]
+
+    def test_indices(self, classes) -> np.ndarray:
+        mask = np.isin(self.test_labels.numpy(), np.asarray(list(classes), dtype=np.int64))
         return np.nonzero(mask)[0]
 
 
@@ -100,21 +129,22 @@ def _smooth_field(rng: np.random.Generator, size: int, grid: int = 4) -> torch.T
     return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[0]
 
 
-def _samples(proto: torch.Tensor, n: int, rng: np.random.Generator) -> torch.Tensor:
+def _samples(proto: torch.Tensor, n: int, rng: np.random.Generator, name: str) -> tuple[torch.Tensor, list[str]]:
+    """n augmented copies of ``proto`` and a caption for each naming what was done to it."""
     size = proto.shape[-1]
-    out = torch.empty((n, 3, size, size))
+    out, captions = torch.empty((n, 3, size, size)), []
     for i in range(n):
-        dx, dy = rng.integers(-3, 4, size=2)
-        img = torch.roll(proto, shifts=(int(dy), int(dx)), dims=(1, 2)) * float(rng.uniform(0.7, 1.3))
-        img = img + 0.5 * _smooth_field(rng, size, grid=3)
-        img = img + 0.25 * torch.from_numpy(rng.normal(size=(3, size, size)).astype(np.float32))
-        out[i] = img
-    return out
+        (dy, dx), level = [(0, 0), (0, -1), (0, 1), (-1, 0), (1, 0)][rng.integers(5)], int(rng.integers(3))
+        jitter = rng.integers(-1, 2, size=2)
+        img = torch.roll(proto, shifts=(int(3 * dy + jitter[0]), int(3 * dx + jitter[1])), dims=(1, 2))
+        img = img * (0.7 + 0.3 * level) + 0.5 * _smooth_field(rng, size, grid=3)
+        out[i] = img + 0.25 * torch.from_numpy(rng.normal(size=(3, size, size)).astype(np.float32))
+        captions.append(f"a {_BRIGHTNESS[level]} {name} {_POSITION[(dy, dx)]}.")
+    return out, captions
 
 
-@functools.lru_cache(maxsize=4)
-def build_benchmark(spec: BenchmarkSpec) -> Benchmark:
-    """Generates the benchmark of ``spec`` (memoised per process; about a second at default size)."""
+def generate(spec: BenchmarkSpec) -> Benchmark:
+    """Generates the benchmark of ``spec`` (a few seconds at the default size)."""
     rng = np.random.default_rng([spec.seed, 0])
     n_datasets = spec.adaptation_datasets + spec.heldout_datasets
     n_classes = n_datasets * spec.classes_per_dataset + spec.pretrain_classes
@@ -125,29 +155,77 @@ def build_benchmark(spec: BenchmarkSpec) -> Benchmark:
     for d in range(n_datasets):
         role = "adaptation" if d < spec.adaptation_datasets else "heldout"
         index = d if role == "adaptation" else d - spec.adaptation_datasets
+        kind = "retrieval" if role == "heldout" and index >= spec.heldout_datasets - spec.retrieval_datasets else "classification"
         name = f"{'adapt' if role == 'adaptation' else 'heldout'}-{index:02d}"
         first = d * spec.classes_per_dataset
         classes = tuple(range(first, first + spec.classes_per_dataset))
-        datasets[name] = Dataset(name, role, TEMPLATES[int(rng.integers(len(TEMPLATES)))], classes)
+        datasets[name] = Dataset(name, role, TEMPLATES[int(rng.integers(len(TEMPLATES)))], classes, kind)
         class_dataset += [name] * spec.classes_per_dataset
         styles += [_smooth_field(np.random.default_rng([spec.seed, 1, d]), spec.image_size)] * spec.classes_per_dataset
     class_dataset += ["pretrain"] * spec.pretrain_classes
     styles += [torch.zeros(3, spec.image_size, spec.image_size)] * spec.pretrain_classes
 
-    train, test = [], []
+    train, test, train_caps, test_caps = [], [], [], []
     for c in range(n_classes):
-        proto_rng = np.random.default_rng([spec.seed, 2, c])
-        proto = 0.6 * styles[c] + _smooth_field(proto_rng, spec.image_size, grid=5)
-        train.append(_samples(proto, spec.train_per_class, np.random.default_rng([spec.seed, 3, c])))
-        test.append(_samples(proto, spec.test_per_class, np.random.default_rng([spec.seed, 4, c])))
+        proto = 0.6 * styles[c] + _smooth_field(np.random.default_rng([spec.seed, 2, c]), spec.image_size, grid=5)
+        images, caps = _samples(proto, spec.train_per_class, np.random.default_rng([spec.seed, 3, c]), names[c])
+        train.append(images.half())
+        train_caps += caps
+        images, caps = _samples(proto, spec.test_per_class, np.random.default_rng([spec.seed, 4, c]), names[c])
+        test.append(images.half())
+        test_caps += caps
     labels = torch.arange(n_classes)
     return Benchmark(
-        spec=spec,
-        class_names=names,
-        class_dataset=class_dataset,
-        datasets=datasets,
-        train_images=torch.cat(train),
-        train_labels=labels.repeat_interleave(spec.train_per_class),
-        test_images=torch.cat(test),
-        test_labels=labels.repeat_interleave(spec.test_per_class),
+        class_names=names, class_dataset=class_dataset, datasets=datasets,
+        train_images=torch.cat(train), train_labels=labels.repeat_interleave(spec.train_per_class),
+        test_images=torch.cat(test), test_labels=labels.repeat_interleave(spec.test_per_class),
+        train_captions=train_caps, test_captions=test_caps,
     )
+
+
+def _cache_path(spec: BenchmarkSpec) -> Path:
+    root = Path(os.environ.get("TIME_RAY_CACHE", Path.home() / ".cache" / "time-ray"))
+    key = hashlib.sha256(json.dumps({**asdict(spec), "v": GENERATOR_VERSION}, sort_keys=True).encode()).hexdigest()[:16]
+    return root / "benchmark" / f"builtin-{key}"
+
+
+def save_benchmark(bench: Benchmark, directory: Path) -> None:
+    """Tensors as safetensors + structure as JSON, written to a temp dir and renamed into place."""
+    from safetensors.torch import save_file
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({"train_images": bench.train_images, "train_labels": bench.train_labels,
+               "test_images": bench.test_images, "test_labels": bench.test_labels}, str(tmp / "tensors.safetensors"))
+    meta = {"class_names": bench.class_names, "class_dataset": bench.class_dataset,
+            "datasets": [asdict(d) for d in bench.datasets.values()],
+            "train_captions": bench.train_captions, "test_captions": bench.test_captions}
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    try:
+        os.replace(tmp, directory)
+    except OSError:  # another process cached it first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_benchmark(directory: Path) -> Benchmark:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(directory / "tensors.safetensors"))
+    meta = json.loads((directory / "meta.json").read_text())
+    datasets = {d["name"]: Dataset(**{**d, "classes": tuple(d["classes"])}) for d in meta["datasets"]}
+    return Benchmark(class_names=meta["class_names"], class_dataset=meta["class_dataset"], datasets=datasets,
+                     train_captions=meta["train_captions"], test_captions=meta["test_captions"], **tensors)
+
+
+@functools.lru_cache(maxsize=4)
+def build_benchmark(spec: BenchmarkSpec) -> Benchmark:
+    """The benchmark of ``spec``: from the disk cache when present, else generated and cached."""
+    path = _cache_path(spec)
+    if (path / "meta.json").exists():
+        return load_benchmark(path)
+    bench = generate(spec)
+    save_benchmark(bench, path)
+    return bench

@@ -30,6 +30,7 @@ class Experiment:
     stream: list[list[int]]
     mixture: Mixture
     training: dict  # batch_size, lr, weight_decay, warmup, grad_clip
+    per_image_captions: bool = False
 
     @classmethod
     def from_settings(cls, s: dict, multitask: bool = False) -> "Experiment":
@@ -39,7 +40,7 @@ class Experiment:
         if multitask:
             stream = [[c for task in stream for c in task]]
         return cls(arch=s["arch"], bench=bench, stream=stream, mixture=Mixture(**s["mixture"]),
-                   training=dict(s["training"]))
+                   training=dict(s["training"]), per_image_captions=s.get("captions", "template") == "image")
 
     @property
     def tasks(self) -> int:
@@ -55,7 +56,10 @@ class Experiment:
         return models.tokenizer(self.arch)(texts)
 
     def captions(self) -> torch.Tensor:
-        return caption_tokens(self.bench, models.tokenizer(self.arch))
+        """Caption tokens of every train sample (class template, or per-image captions)."""
+        if not hasattr(self, "_captions"):
+            self._captions = caption_tokens(self.bench, models.tokenizer(self.arch), self.per_image_captions)
+        return self._captions
 
     def sampler(self, t: int, seed: int, rank: int = 0) -> MixtureSampler:
         return MixtureSampler(self.bench, self.stream, t, self.mixture, self.training["batch_size"],
@@ -74,5 +78,6 @@ class Experiment:
     def flops_per_step(self, model, device="cpu") -> float:
         return flops_per_step(model, self.bench, self.captions().to(device), self.sampler(1, 0), device)
 
-    def evaluate(self, model, device="cpu") -> list[dict]:
-        return evaluate_all(model, self.bench, self.tokenize, device)
+    def evaluate(self, model, device="cpu", subset: bool = False, seed: int = 0) -> list[dict]:
+        """Every dataset; ``subset``: the class-balanced FoMo-size subsets used during the stream."""
+        return evaluate_all(model, self.bench, self.tokenize, device, subset, seed)

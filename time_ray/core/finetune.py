@@ -48,16 +48,17 @@ def lr_factor(step: int, total: int, warmup: float, min_ratio: float) -> float:
 
 
 def batch_tensors(bench: Benchmark, captions: torch.Tensor, index, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and caption tokens of the train samples ``index``; ``captions`` holds tokens per class."""
+    """Images (fp32) and caption tokens of the train samples ``index``; ``captions`` holds the tokens
+    of every train sample's caption, [n_train, context]."""
     index = torch.as_tensor(index)
-    return bench.train_images[index].to(device), captions[bench.train_labels[index]].to(device)
+    return bench.train_images[index].to(device).float(), captions[index].to(device)
 
 
 def finetune(model, bench: Benchmark, captions: torch.Tensor, sampler, settings: TrainSettings,
              device: torch.device | str = "cpu", on_step=None) -> dict:
     """Trains ``model`` in place for ``settings.steps`` batches from ``sampler``.
 
-    ``captions`` is a [n_classes, context] token tensor. Returns steps, seconds and the final loss.
+    ``captions`` is a [n_train, context] token tensor (see ``base_model.caption_tokens``). Returns steps, seconds and the final loss.
     Raises :class:`NonFiniteLoss` naming the step where the loss stopped being finite.
     """
     torch.manual_seed(settings.seed)

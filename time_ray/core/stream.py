@@ -55,12 +55,13 @@ def make_stream(bench: Benchmark, tasks: int, order: str = "dataset", seed: int 
 
 
 class MixtureSampler:
-    """Draws batches (indices into ``bench.train_images``) for task ``t`` of ``stream``."""
+    """Draws batches (indices into ``bench.train_images``) for task ``t`` of ``stream``: the
+    pretraining share from the generic concepts, the current task, and replay of tasks 1..t-1."""
 
     def __init__(self, bench: Benchmark, stream: list[list[int]], t: int, mixture: Mixture,
                  batch_size: int, seed: int):
         self.sources = (
-            bench.train_indices(bench.pretrain_classes),
+            bench.train_indices(bench.generic_classes),  # generic pretraining data, not held-out sets
             bench.train_indices(stream[t - 1]),
             bench.train_indices([c for task in stream[: t - 1] for c in task]),
         )

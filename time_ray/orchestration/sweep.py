@@ -28,7 +28,7 @@ def experiment_settings(cfg: SweepConfig) -> dict:
     """What every process needs to rebuild the stream (see core.experiment.Experiment)."""
     return {"arch": cfg.model.arch, "benchmark": asdict(cfg.stream.builtin), "tasks": cfg.stream.tasks,
             "order": cfg.stream.order, "stream_seed": cfg.stream.seed, "mixture": asdict(cfg.stream.mixture),
-            "training": asdict(cfg.training)}
+            "training": asdict(cfg.training), "captions": cfg.stream.captions}
 
 
 def prepare_output(cfg: SweepConfig, output: Path, resume: bool) -> None:

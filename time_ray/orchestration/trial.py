@@ -87,7 +87,8 @@ def run_trial(config: dict) -> None:
                  "pool_bytes": 0, "expert_cache_hit": False}
     base_model = experiment.new_model(ray.get(actor.deployed.remote(0))[0])
     start = time.perf_counter()
-    records = experiment.evaluate(base_model)
+    eval_seed = run["settings"]["stream_seed"]  # the same subsets for every policy
+    records = experiment.evaluate(base_model, subset=True, seed=eval_seed)
     row = recorder.record(0, records, {**zero_cost, "eval_seconds": time.perf_counter() - start})
     tune.report(_report(row, run["settings"]["tasks"]))
 
@@ -100,7 +101,8 @@ def run_trial(config: dict) -> None:
             time.sleep(POLL_SECONDS)
         state, info = ray.get(actor.deployed.remote(t))
         start = time.perf_counter()
-        records = experiment.evaluate(experiment.new_model(state))
+        final = t == experiment.tasks  # subsets during the stream, full test sets at its end
+        records = experiment.evaluate(experiment.new_model(state), subset=not final, seed=eval_seed)
         costs = {"train_steps": info["train_steps"], "train_gflops": info["train_gflops"],
                  "train_seconds": info["train_seconds"], "merge_seconds": info["merge_seconds"],
                  "eval_seconds": time.perf_counter() - start, "pool_bytes": info["pool_bytes"],

@@ -1,0 +1,137 @@
+"""Dense techniques: every entry of every expert counts (averaging, task arithmetic, SLERP, MagMax,
+Random, Model Stock)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from time_ray.core.merging.base import Technique, register, seeded_generator
+from time_ray.core.merging.lines import LinesOption
+
+
+@register
+@dataclass(frozen=True)
+class WeightAveraging(LinesOption, Technique):
+    """theta = sum_k w_k theta_k, with sum_k w_k = 1 (uniform by default).
+    With LiNeS: theta = theta_0 + s(layer) * (sum_k w_k theta_k - theta_0) (needs the base)."""
+
+    name: ClassVar[str] = "average"
+    lines: str | None = None
+    alpha: float = 0.5
+    beta: float = 0.5
+
+    def merge_key(self, key, thetas, weights, theta_0, plan):
+        average = self.merge_tensor(thetas, weights, theta_0)
+        if self.lines is None:
+            return average
+        return theta_0 + self.scale(key, plan) * (average - theta_0)
+
+    def merge_tensor(self, thetas, weights, theta_0):
+        merged = torch.zeros_like(thetas[0])
+        for w_k, theta_k in zip(weights, thetas):
+            merged.add_(theta_k, alpha=w_k)
+        return merged
+
+
+@register
+@dataclass(frozen=True)
+class TaskArithmetic(LinesOption, Technique):
+    """theta = theta_0 + lambda * sum_k tau_k (a sum, not a mean; strategy weights are not used).
+    With LiNeS, s(layer) replaces lambda."""
+
+    name: ClassVar[str] = "task_arithmetic"
+    needs_base: ClassVar[bool] = True
+    lam: float = 1.0
+    lines: str | None = None
+    alpha: float = 0.5
+    beta: float = 0.5
+
+    def merge_key(self, key, thetas, weights, theta_0, plan):
+        tau_sum = torch.zeros_like(theta_0)
+        for theta_k in thetas:
+            tau_sum.add_(theta_k - theta_0)
+        return theta_0 + self.scale(key, plan) * tau_sum
+
+
+# ---------------------------------------------------------------- SLERP, MagMax, Random, Model Stock
+
+@register
+@dataclass(frozen=True)
+class Slerp(Technique):
+    """Spherical interpolation of two models a, b (the weights themselves), per tensor: with the unit
+    directions of a and b, if |cos| > 0.9995 then (1-t) a + t b, else
+    sin((1-t) w)/sin(w) a + sin(t w)/sin(w) b with w = arccos(cos). Strategy weights are not used.
+    A zero tensor has no direction; it is interpolated linearly."""
+
+    name: ClassVar[str] = "slerp"
+    min_models: ClassVar[int] = 2
+    max_models: ClassVar[int | None] = 2
+    t: float = 0.5
+
+    def merge_tensor(self, thetas, weights, theta_0):
+        a, b = thetas
+        t = self.t
+        norm_a, norm_b = a.norm(), b.norm()
+        if norm_a == 0 or norm_b == 0:
+            return (1 - t) * a + t * b
+        cos = torch.dot(a.flatten() / norm_a, b.flatten() / norm_b).clamp(-1.0, 1.0)
+        if cos.abs() > 0.9995:
+            return (1 - t) * a + t * b
+        w = torch.arccos(cos)
+        return torch.sin((1 - t) * w) / torch.sin(w) * a + torch.sin(t * w) / torch.sin(w) * b
+
+
+@register
+@dataclass(frozen=True)
+class MagMax(Technique):
+    """Per entry the tau_k of largest magnitude (first expert on ties): theta = theta_0 + lambda * tau_max."""
+
+    name: ClassVar[str] = "magmax"
+    needs_base: ClassVar[bool] = True
+    lam: float = 1.0
+
+    def merge_tensor(self, thetas, weights, theta_0):
+        tau_max = thetas[0] - theta_0
+        for theta_k in thetas[1:]:
+            tau_k = theta_k - theta_0
+            tau_max = torch.where(tau_k.abs() > tau_max.abs(), tau_k, tau_max)
+        return theta_0 + self.lam * tau_max
+
+
+@register
+@dataclass(frozen=True)
+class RandomPick(Technique):
+    """Per entry the tau of a uniformly drawn expert: theta = theta_0 + lambda * tau_pick. The draw of a
+    tensor is seeded from ``seed`` and the tensor's name, so the same seed gives the same merge."""
+
+    name: ClassVar[str] = "random"
+    needs_base: ClassVar[bool] = True
+    lam: float = 1.0
+    seed: int = 0
+
+    def merge_key(self, key, thetas, weights, theta_0, plan):
+        pick = torch.randint(len(thetas), theta_0.shape, generator=seeded_generator(self.seed, key))
+        taus = torch.stack([theta_k - theta_0 for theta_k in thetas])
+        return theta_0 + self.lam * taus.gather(0, pick.unsqueeze(0)).squeeze(0)
+
+
+@register
+@dataclass(frozen=True)
+class ModelStock(Technique):
+    """Two models; per tensor cos = <tau_1, tau_2> / (|tau_1| |tau_2| + 1e-8), r = 2 cos / (cos + 1 + 1e-8),
+    theta = r (theta_1 + theta_2) / 2 + (1 - r) theta_0."""
+
+    name: ClassVar[str] = "model_stock"
+    needs_base: ClassVar[bool] = True
+    min_models: ClassVar[int] = 2
+    max_models: ClassVar[int | None] = 2
+
+    def merge_tensor(self, thetas, weights, theta_0):
+        theta_1, theta_2 = thetas
+        tau_1, tau_2 = theta_1 - theta_0, theta_2 - theta_0
+        cos = (tau_1 * tau_2).sum() / (tau_1.norm() * tau_2.norm() + 1e-8)
+        r = 2 * cos / (cos + 1 + 1e-8)
+        return r * (theta_1 + theta_2) / 2 + (1 - r) * theta_0

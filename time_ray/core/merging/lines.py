@@ -1,0 +1,44 @@
+"""LiNeS (Wang et al. 2025): layer-dependent scaling of a merged task vector, as an option of a technique."""
+
+from __future__ import annotations
+
+from time_ray.core.merging.base import BLOCK, LINES, tower_of
+
+
+def lines_depths(keys) -> dict[str, int]:
+    """L per tower: the number of distinct l in keys containing ``transformer.resblocks.l.``."""
+    blocks: dict[str, set] = {"image": set(), "text": set()}
+    for key in keys:
+        match = BLOCK.search(key)
+        if match:
+            blocks[tower_of(key)].add(int(match[1]))
+    return {tower: len(ls) for tower, ls in blocks.items()}
+
+
+class LinesOption:
+    """LiNeS (Wang et al. 2025) as an option of a task-vector technique: with ``lines`` set, the merged
+    task vector of a tensor in ``transformer.resblocks.l.`` (l of L blocks of its tower) is scaled by
+    alpha + beta * f(l / (L - 1)), f = identity (linear), square (quadratic) or sqrt; every other tensor
+    by alpha. This replaces lambda. ``alpha`` and ``beta`` are unused while ``lines`` is null."""
+
+    def uses_base(self) -> bool:
+        return self.needs_base or self.lines is not None
+
+    def scale(self, key: str, depths: dict[str, int] | None) -> float:
+        if self.lines is None:
+            return getattr(self, "lam", 1.0)
+        match = BLOCK.search(key)
+        if match is None:
+            return self.alpha
+        depth = depths[tower_of(key)]
+        return self.alpha + self.beta * LINES[self.lines](int(match[1]) / max(depth - 1, 1))
+
+    def plan(self, experts, base):
+        return lines_depths(experts[0]) if self.lines is not None else None
+
+    def params(self) -> dict:
+        params = super().params()
+        if self.lines is None:  # inactive: keeps params (and trial ids) of plain techniques unchanged
+            for name in ("lines", "alpha", "beta"):
+                params.pop(name)
+        return params
