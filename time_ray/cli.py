@@ -35,6 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="finish an interrupted sweep in --output: finished trials are kept")
     sweep.add_argument("--verbose", action="store_true", help="forward Ray's worker logs to the console")
 
+    data = sub.add_parser("data", help="inspect the benchmark of a config")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    stats = data_sub.add_parser(
+        "stats", help="measure the properties that make the stream worth simulating",
+        description="Builds (or loads) the base model, evaluates it, trains sequentially over the stream "
+                    "in one process (no Ray) and reports: held-out accuracy / chance (>= 3), adaptation "
+                    "accuracy / chance (<= 1.5), the task-1 expert's accuracy on task 1 (>= 0.8), and the "
+                    "held-out accuracy that sequential finetuning loses (> 0). Exit code 1 if one fails.")
+    stats.add_argument("config", nargs="?", default="configs/quickstart.yaml")
+    stats.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    stats.add_argument("--json", action="store_true", help="print the measurements as one JSON object")
+
     plan = sub.add_parser("plan", help="list the trials a config expands to, without running anything")
     plan.add_argument("config")
     plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -60,6 +72,32 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    import json
+
+    from time_ray.config import experiment_settings, load_config
+    from time_ray.core.base_model import load_base
+    from time_ray.core.data_stats import benchmark_stats
+    from time_ray.core.experiment import Experiment
+
+    cfg = load_config(args.config, args.overrides)
+    base = load_base(cfg.model.arch, cfg.model.pretrained, cfg.stream.builtin, cfg.model.base_training)
+    experiment = Experiment.from_settings(experiment_settings(cfg))
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log(f"sequential finetuning over {experiment.tasks} tasks, {cfg.budget.steps_per_task} steps each (no Ray)")
+    stats = benchmark_stats(experiment, base, cfg.budget.steps_per_task, cfg.seeds[0], log)
+    if args.json:
+        print(json.dumps(stats))
+    else:
+        print(f"datasets: {stats['datasets']['adaptation']} adaptation, {stats['datasets']['heldout']} held out "
+              f"({stats['retrieval_datasets']} retrieval); {stats['classes']} classes; "
+              f"{stats['train_images']} train images; {stats['tasks']} tasks")
+        for p in stats["properties"]:
+            print(f"  {p['property']:<42}{p['value']:>8.3f}   target {p['target']:<7} "
+                  f"{'holds' if p['holds'] else 'FAILS'}")
+    return 0 if all(p["holds"] for p in stats["properties"]) else 1
+
+
 def cmd_plan(args) -> int:
     from time_ray.config import expand_trials, load_config
 
@@ -76,7 +114,7 @@ def cmd_plan(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"sweep": cmd_sweep, "plan": cmd_plan}[args.command](args)
+        return {"sweep": cmd_sweep, "plan": cmd_plan, "data": cmd_data}[args.command](args)
     except TimeRayError as exc:
         print("time-ray: error: " + "\n".join(textwrap.wrap(str(exc), 100)), file=sys.stderr)
         return 2

@@ -320,6 +320,13 @@ def expand_trials(cfg: SweepConfig) -> list[dict]:
     return trials
 
 
+def experiment_settings(cfg: SweepConfig) -> dict:
+    """What every process needs to rebuild the stream (see core.experiment.Experiment)."""
+    return {"arch": cfg.model.arch, "benchmark": asdict(cfg.stream.builtin), "tasks": cfg.stream.tasks,
+            "order": cfg.stream.order, "stream_seed": cfg.stream.seed, "mixture": asdict(cfg.stream.mixture),
+            "training": asdict(cfg.training), "captions": cfg.stream.captions}
+
+
 def policy_of(trial: dict) -> Policy:
     """The core Policy object of a trial spec."""
     kwargs = {k: trial[k] for k in ("ema_weight", "ema_with_base", "all_with_base", "recency") if k in trial}

@@ -41,7 +41,7 @@ def test_reduced_quickstart_on_local_ray(tmp_path, cache_dir):
     assert len(metrics) == trials * (tasks + 1) * datasets
     assert len(steps) == trials * (tasks + 1)
     assert metrics.value.between(0, 1).all() and steps[["a_ka", "a_zs", "gm"]].stack().between(0, 1).all()
-    assert set(metrics.role) == {"adaptation", "heldout"} and set(metrics.metric) == {"accuracy"}
+    assert set(metrics.role) == {"adaptation", "heldout"} and set(metrics.metric) == {"accuracy", "recall@5"}
 
     base = metrics[metrics.timestep == 0].sort_values(["trial_id", "dataset"])
     per_trial = [g.value.to_numpy() for _, g in base.groupby("trial_id")]

@@ -7,13 +7,12 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from time_ray.config import SweepConfig, expand_trials
+from time_ray.config import SweepConfig, expand_trials, experiment_settings
 from time_ray.core.base_model import load_base
 from time_ray.core.checkpoints import save_atomic
 from time_ray.core.errors import TimeRayError
@@ -22,13 +21,6 @@ from time_ray.core.results import METRICS_COLUMNS, TIMESTEP_COLUMNS, write_parqu
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def experiment_settings(cfg: SweepConfig) -> dict:
-    """What every process needs to rebuild the stream (see core.experiment.Experiment)."""
-    return {"arch": cfg.model.arch, "benchmark": asdict(cfg.stream.builtin), "tasks": cfg.stream.tasks,
-            "order": cfg.stream.order, "stream_seed": cfg.stream.seed, "mixture": asdict(cfg.stream.mixture),
-            "training": asdict(cfg.training), "captions": cfg.stream.captions}
 
 
 def prepare_output(cfg: SweepConfig, output: Path, resume: bool) -> None:
