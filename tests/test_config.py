@@ -74,3 +74,40 @@ def test_multitask_reference_gets_the_whole_stream_budget():
     multitask = [t for t in trials if t.get("multitask")]
     assert len(trials) == 4 and len(multitask) == 1
     assert multitask[0]["budget_steps"] == cfg.budget.steps_per_task * cfg.stream.tasks
+
+
+def test_two_model_techniques_are_refused_with_the_all_strategy(tmp_path):
+    for merge in ("{technique: slerp}", "{technique: model_stock}", "{technique: towers, image: slerp, text: average}"):
+        path = write(tmp_path, f"policies:\n  presets: []\n  grid: {{init: [zs], deploy: [all], merge: [{merge}]}}\n")
+        with pytest.raises(ConfigError, match=r"merge exactly two models, but the 'all' strategy"):
+            load_config(path)
+
+
+def test_a_list_of_grids_is_expanded_grid_by_grid(tmp_path):
+    path = write(tmp_path, "policies:\n  presets: []\n  grid:\n    - {init: [ema], deploy: [ema], merge: [slerp]}\n"
+                           "    - {init: [zs], deploy: [all, ft]}\n    - {init: [zz]}\n")
+    with pytest.raises(ConfigError, match=r"policies.grid\[2\].init\[0\]: 'zz' is not allowed"):
+        load_config(path)
+    path = write(tmp_path, "policies:\n  presets: []\n  grid:\n    - {init: [ema], deploy: [ema], merge: [slerp]}\n"
+                           "    - {init: [zs], deploy: [all, ft]}\n")
+    got = [(p["init"], p["deploy"], p["merge"]) for p in expand_policies(load_config(path))]
+    assert got == [("ema", "ema", "slerp"), ("zs", "all", "average"), ("zs", "ft", "average")]
+
+
+def test_out_of_range_hyperparameters_name_the_grid_field(tmp_path):
+    path = write(tmp_path, "policies:\n  presets: []\n  grid: {merge: [{technique: ties, prune: [0.2, 1.2]}]}\n")
+    with pytest.raises(ConfigError, match=r"policies.grid.merge\[0\].prune: must be in \[0, 1\), got 1.2"):
+        load_config(path)
+
+
+def test_policy_space_config_reaches_every_strategy_technique_and_preset():
+    from time_ray.config import PRESETS
+    from time_ray.core.merging import TECHNIQUES
+    from time_ray.core.strategies import DEPLOY_STRATEGIES, INIT_STRATEGIES
+
+    cfg = load_config("configs/policy-space.yaml")
+    policies = expand_policies(cfg)
+    assert {p["merge"] for p in policies} == set(TECHNIQUES)
+    assert {(p["init"], p["deploy"]) for p in policies} >= {(i, d) for i in INIT_STRATEGIES for d in DEPLOY_STRATEGIES}
+    assert set(cfg.policies.presets) | {"ema-merge"} == set(PRESETS)
+    assert any(p.get("multitask") for p in policies)

@@ -66,7 +66,7 @@ class BudgetConfig:
 @dataclass(frozen=True)
 class PoliciesConfig:
     presets: tuple[str, ...] = ("sequential-ft", "offline-merge", "best-in-time")
-    grid: dict | None = None
+    grid: dict | list | None = None  # one grid (a mapping), or a list of grids expanded separately
     multitask: bool = False  # add the multitask reference: one expert on the union, same total compute
 
 
@@ -265,6 +265,44 @@ def _merge_variants(entries, path: str) -> list[tuple[str, dict]]:
 GRID_KEYS = ("init", "deploy", "merge", "ema_weight", "ema_with_base", "all_with_base", "recency")
 
 
+def _max_models(technique) -> int | None:
+    """The most models a technique merges (per-tower techniques: the stricter side)."""
+    sides = [getattr(technique, side) for side in ("image", "text") if hasattr(technique, side)]
+    limits = [s.max_models for s in sides or [technique] if s.max_models is not None]
+    return min(limits) if limits else None
+
+
+def _expand_grid(grid: dict, where: str) -> list[dict]:
+    """The policies of one grid: init x deploy x merge variants x chain/recency settings."""
+    out = []
+    for key in grid:
+        _check(key in GRID_KEYS, f"{where}.{key}: unknown field.{_suggest(key, GRID_KEYS)} Allowed: {', '.join(GRID_KEYS)}.")
+    inits = _grid_values(grid.get("init", ["zs"]))
+    deploys = _grid_values(grid.get("deploy", ["ft"]))
+    for i, v in enumerate(inits):
+        _choice(v, INIT_STRATEGIES, f"{where}.init[{i}]")
+    for i, v in enumerate(deploys):
+        _choice(v, DEPLOY_STRATEGIES, f"{where}.deploy[{i}]")
+    merges = _merge_variants(grid.get("merge", [{"technique": "average"}]), f"{where}.merge")
+    pairwise_only = sorted({m for m, p in merges if _max_models(make_technique(m, **p)) == 2})
+    if pairwise_only and "all" in inits + deploys:
+        raise ConfigError(
+            f"{where}.merge: {', '.join(pairwise_only)} merge exactly two models, but the 'all' "
+            "strategy merges every expert in the pool. Use them with the pairwise strategies (ema, "
+            "ft-zs), or put them in a separate grid without 'all'.")
+    extras = {k: _grid_values(grid[k]) for k in ("ema_weight", "ema_with_base", "all_with_base", "recency") if k in grid}
+    for i, v in enumerate(extras.get("recency", [])):
+        _choice(v, RECENCY_SCHEMES, f"{where}.recency[{i}]")
+    for i, v in enumerate(extras.get("ema_weight", [])):
+        _check(v == "running-mean" or (isinstance(v, (int, float)) and 0 < v <= 1),
+               f"{where}.ema_weight[{i}]: must be in (0, 1] or 'running-mean', got {v!r}.")
+    for init, deploy, (merge, params), *rest in itertools.product(inits, deploys, merges, *extras.values()):
+        policy = {"policy": f"{init}/{deploy}", "init": init, "deploy": deploy, "merge": merge,
+                  "merge_params": params, **dict(zip(extras, rest))}
+        out.append(policy)
+    return out
+
+
 def expand_policies(cfg: SweepConfig) -> list[dict]:
     """Every policy the config names: presets (weight averaging) plus the crossed grid, deduplicated."""
     out: list[dict] = []
@@ -272,27 +310,12 @@ def expand_policies(cfg: SweepConfig) -> list[dict]:
         _choice(name, list(PRESETS), f"policies.presets[{i}]")
         init, deploy = PRESETS[name]
         out.append({"policy": name, "init": init, "deploy": deploy, "merge": "average", "merge_params": {}})
-    grid = cfg.policies.grid
-    if grid:
-        for key in grid:
-            _check(key in GRID_KEYS, f"policies.grid.{key}: unknown field.{_suggest(key, GRID_KEYS)} Allowed: {', '.join(GRID_KEYS)}.")
-        inits = _grid_values(grid.get("init", ["zs"]))
-        deploys = _grid_values(grid.get("deploy", ["ft"]))
-        for i, v in enumerate(inits):
-            _choice(v, INIT_STRATEGIES, f"policies.grid.init[{i}]")
-        for i, v in enumerate(deploys):
-            _choice(v, DEPLOY_STRATEGIES, f"policies.grid.deploy[{i}]")
-        merges = _merge_variants(grid.get("merge", [{"technique": "average"}]), "policies.grid.merge")
-        extras = {k: _grid_values(grid[k]) for k in ("ema_weight", "ema_with_base", "all_with_base", "recency") if k in grid}
-        for i, v in enumerate(extras.get("recency", [])):
-            _choice(v, RECENCY_SCHEMES, f"policies.grid.recency[{i}]")
-        for i, v in enumerate(extras.get("ema_weight", [])):
-            _check(v == "running-mean" or (isinstance(v, (int, float)) and 0 < v <= 1),
-                   f"policies.grid.ema_weight[{i}]: must be in (0, 1] or 'running-mean', got {v!r}.")
-        for init, deploy, (merge, params), *rest in itertools.product(inits, deploys, merges, *extras.values()):
-            policy = {"policy": f"{init}/{deploy}", "init": init, "deploy": deploy, "merge": merge,
-                      "merge_params": params, **dict(zip(extras, rest))}
-            out.append(policy)
+    grids = cfg.policies.grid if isinstance(cfg.policies.grid, list) else [cfg.policies.grid]
+    for g, grid in enumerate(grids):
+        if grid:
+            where = f"policies.grid[{g}]" if isinstance(cfg.policies.grid, list) else "policies.grid"
+            _check(isinstance(grid, dict), f"{where}: expected a mapping of {', '.join(GRID_KEYS)}.")
+            out += _expand_grid(grid, where)
     if cfg.policies.multitask:
         out.append({"policy": "multitask", "init": "zs", "deploy": "ft", "merge": "average",
                     "merge_params": {}, "multitask": True})

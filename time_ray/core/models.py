@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -67,7 +68,9 @@ def create_model(arch: str) -> torch.nn.Module:
         quiet.setLevel(level)
 
 
+@functools.lru_cache(maxsize=8)
 def tokenizer(arch: str):
+    """open_clip's tokenizer for ``arch`` (built once per process: loading the BPE vocabulary is slow)."""
     _register_configs()
     import open_clip
 
