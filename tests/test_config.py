@@ -111,3 +111,36 @@ def test_policy_space_config_reaches_every_strategy_technique_and_preset():
     assert {(p["init"], p["deploy"]) for p in policies} >= {(i, d) for i in INIT_STRATEGIES for d in DEPLOY_STRATEGIES}
     assert set(cfg.policies.presets) | {"ema-merge"} == set(PRESETS)
     assert any(p.get("multitask") for p in policies)
+
+
+def test_budget_units_resolve_to_steps_per_task():
+    from time_ray.config import steps_per_task
+
+    q = "configs/quickstart.yaml"
+    base = ["budget.steps_per_task=null"]
+    assert steps_per_task(load_config(q)) == 200
+    assert steps_per_task(load_config(q, base + ["budget.samples_per_task=1000"])) == 16  # ceil(1000 / 64)
+    # horizon rule: a fixed total, steps per task scale as 1 / T
+    assert steps_per_task(load_config(q, base + ["budget.total_steps=800", "stream.tasks=4"])) == 200
+    assert steps_per_task(load_config(q, base + ["budget.total_steps=800", "stream.tasks=8"])) == 100
+    gflops = load_config(q, base + ["budget.gflops_per_task=50"])
+    assert steps_per_task(gflops, flops_per_step=0.25e9) == 200
+    trials = expand_trials(gflops, flops_per_step=0.5e9)
+    assert {t["budget_steps"] for t in trials} == {100}
+
+
+def test_budget_in_two_units_is_refused():
+    with pytest.raises(ConfigError, match="budget: give one of .* not steps_per_task and total_steps"):
+        load_config("configs/quickstart.yaml", ["budget.total_steps=800"])
+
+
+def test_gflops_budget_measures_the_real_training_step(cache_dir):
+    from time_ray.config import measure_flops_per_step, steps_per_task
+
+    cfg = load_config("configs/quickstart.yaml", [
+        "budget.steps_per_task=null", "budget.gflops_per_task=100",
+        "stream.builtin={adaptation_datasets: 2, heldout_datasets: 1, classes_per_dataset: 2, pretrain_classes: 2, "
+        "train_per_class: 4, test_per_class: 2}"])
+    flops = measure_flops_per_step(cfg)
+    assert 1e8 < flops < 1e11  # tiny-clip, batch 64 of 32x32 images and 12-token captions
+    assert steps_per_task(cfg, flops) == max(1, round(100e9 / flops))

@@ -75,7 +75,7 @@ def cmd_sweep(args) -> int:
 def cmd_data(args) -> int:
     import json
 
-    from time_ray.config import experiment_settings, load_config
+    from time_ray.config import experiment_settings, load_config, steps_per_task
     from time_ray.core.base_model import load_base
     from time_ray.core.data_stats import benchmark_stats
     from time_ray.core.experiment import Experiment
@@ -84,8 +84,9 @@ def cmd_data(args) -> int:
     base = load_base(cfg.model.arch, cfg.model.pretrained, cfg.stream.builtin, cfg.model.base_training)
     experiment = Experiment.from_settings(experiment_settings(cfg))
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    log(f"sequential finetuning over {experiment.tasks} tasks, {cfg.budget.steps_per_task} steps each (no Ray)")
-    stats = benchmark_stats(experiment, base, cfg.budget.steps_per_task, cfg.seeds[0], log)
+    steps = steps_per_task(cfg)
+    log(f"sequential finetuning over {experiment.tasks} tasks, {steps} steps each (no Ray)")
+    stats = benchmark_stats(experiment, base, steps, cfg.seeds[0], log)
     if args.json:
         print(json.dumps(stats))
     else:
@@ -99,12 +100,16 @@ def cmd_data(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from time_ray.config import expand_trials, load_config
+    from time_ray.config import expand_trials, load_config, measure_flops_per_step
 
     cfg = load_config(args.config, args.overrides)
-    trials = expand_trials(cfg)
+    flops = measure_flops_per_step(cfg)
+    trials = expand_trials(cfg, flops)
+    total_steps = sum(t["budget_steps"] * (1 if t.get("multitask") else cfg.stream.tasks) for t in trials)
     print(f"{cfg.name}: {len(trials)} trials x {cfg.stream.tasks} tasks "
           f"({len(trials) * cfg.stream.tasks} expert trainings before deduplication)")
+    print(f"training: {flops / 1e9:.3f} GFLOPs per step (measured, {cfg.model.arch}, batch "
+          f"{cfg.training.batch_size}); {total_steps} steps = {total_steps * flops / 1e9:,.0f} GFLOPs in all")
     for t in trials:
         print(f"  {t['trial_id']:<40} init={t['init']:<6} deploy={t['deploy']:<6} merge={t['merge']} "
               f"{t['merge_params'] or ''} steps/task={t['budget_steps']} seed={t['seed']}")

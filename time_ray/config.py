@@ -7,6 +7,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -39,7 +40,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class StreamConfig:
-    benchmark: str = "builtin"
+    benchmark: str = "builtin"  # builtin | fomo | folders | table (real data, options in `data`)
+    data: dict | None = None  # options of the real-data reader (see README "Real data")
     tasks: int = 4
     order: str = "dataset"
     seed: int = 0
@@ -57,9 +59,18 @@ class TrainingConfig:
     grad_clip: float = 1.0
 
 
+BUDGET_UNITS = ("steps_per_task", "samples_per_task", "gflops_per_task", "total_steps")
+
+
 @dataclass(frozen=True)
 class BudgetConfig:
-    steps_per_task: int = 200
+    """Compute per task, given in exactly one unit (spec §6). ``total_steps`` is the horizon rule:
+    a fixed total, so steps per task scale as 1/T. Multipliers scale it for budget sweeps."""
+
+    steps_per_task: int | None = None  # default 200 when no unit is given
+    samples_per_task: int | None = None  # steps = ceil(samples / batch_size)
+    gflops_per_task: float | None = None  # steps = GFLOPs / GFLOPs of one measured training step
+    total_steps: int | None = None  # steps per task = total_steps / tasks
     multipliers: tuple[float, ...] = (1.0,)
 
 
@@ -207,9 +218,27 @@ def _choice(value: str, allowed, field_path: str) -> None:
                              f"Allowed: {', '.join(allowed)}.")
 
 
+BENCHMARKS = ("builtin", "fomo", "folders", "table")
+
+
+def _validate_real(cfg: SweepConfig) -> None:
+    """Real data: the reader's options and files, checked without decoding images."""
+    from time_ray.core.real_data import validate_real_data
+
+    _check(isinstance(cfg.stream.data, dict),
+           f"stream.data: stream.benchmark {cfg.stream.benchmark!r} needs its reader's options here "
+           "(e.g. {root: DIR, heldout: [...]} for fomo).")
+    _check(cfg.model.pretrained != "builtin",
+           "model.pretrained: 'builtin' pretrains theta_0 on the built-in benchmark; with real data give an "
+           "open_clip pretrained tag, a local checkpoint path, or 'none'.")
+    validate_real_data(cfg.stream.benchmark, cfg.stream.data)
+
+
 def validate(cfg: SweepConfig) -> None:
     spec = cfg.stream.builtin
-    _check(cfg.stream.benchmark == "builtin", f"stream.benchmark: {cfg.stream.benchmark!r} is not allowed. Allowed: builtin.")
+    _choice(cfg.stream.benchmark, BENCHMARKS, "stream.benchmark")
+    if cfg.stream.benchmark != "builtin":
+        _validate_real(cfg)
     _choice(cfg.stream.order, ORDERS, "stream.order")
     _choice(cfg.stream.captions, ("template", "image"), "stream.captions")
     for name in ("adaptation_datasets", "heldout_datasets", "classes_per_dataset", "train_per_class", "test_per_class"):
@@ -218,12 +247,16 @@ def validate(cfg: SweepConfig) -> None:
     _check(0 <= spec.retrieval_datasets <= spec.heldout_datasets,
            f"stream.builtin.retrieval_datasets: must be between 0 and heldout_datasets ({spec.heldout_datasets}).")
     n_pairs = spec.adaptation_datasets * spec.classes_per_dataset
-    _check(1 <= cfg.stream.tasks <= n_pairs,
+    _check(cfg.stream.benchmark != "builtin" or 1 <= cfg.stream.tasks <= n_pairs,
            f"stream.tasks: must be between 1 and {n_pairs} (the adaptation classes), got {cfg.stream.tasks}.")
+    _check(cfg.stream.tasks >= 1, f"stream.tasks: must be at least 1, got {cfg.stream.tasks}.")
     mix = cfg.stream.mixture
     _check(min(mix.pretrain, mix.current, mix.replay) >= 0 and mix.current > 0,
            f"stream.mixture: shares must be >= 0 and current > 0, got {mix}.")
-    _check(cfg.budget.steps_per_task >= 1, f"budget.steps_per_task: must be at least 1, got {cfg.budget.steps_per_task}.")
+    given = [u for u in BUDGET_UNITS if getattr(cfg.budget, u) is not None]
+    _check(len(given) <= 1, f"budget: give one of {', '.join(BUDGET_UNITS)}, not {' and '.join(given)}.")
+    for unit in given:
+        _check(getattr(cfg.budget, unit) > 0, f"budget.{unit}: must be > 0, got {getattr(cfg.budget, unit)}.")
     _check(len(cfg.seeds) > 0, "seeds: must list at least one seed.")
     _check(len(cfg.budget.multipliers) > 0, "budget.multipliers: must list at least one multiplier.")
     _check(all(m > 0 for m in cfg.budget.multipliers), f"budget.multipliers: must be > 0, got {cfg.budget.multipliers}.")
@@ -237,8 +270,7 @@ def validate(cfg: SweepConfig) -> None:
     from time_ray.core.models import check_arch
 
     check_arch(cfg.model.arch)
-    trials = expand_trials(cfg)
-    _check(len(trials) > 0, "policies: names no policy; give presets or a grid.")
+    _check(len(expand_policies(cfg)) > 0, "policies: names no policy; give presets or a grid.")
 
 
 # ---------------------------------------------------------------- policies and trials
@@ -328,11 +360,35 @@ def expand_policies(cfg: SweepConfig) -> list[dict]:
     return unique
 
 
-def expand_trials(cfg: SweepConfig) -> list[dict]:
+def steps_per_task(cfg: SweepConfig, flops_per_step: float | None = None) -> int:
+    """Training steps per task from the budget, in whichever unit it was given. A GFLOPs budget
+    needs the FLOPs of one step (measured with FlopCounterMode on the real model and batch; see
+    ``measure_flops_per_step``)."""
+    b, tasks = cfg.budget, cfg.stream.tasks
+    if b.samples_per_task is not None:
+        return max(1, math.ceil(b.samples_per_task / cfg.training.batch_size))
+    if b.gflops_per_task is not None:
+        flops = flops_per_step if flops_per_step is not None else measure_flops_per_step(cfg)
+        return max(1, round(b.gflops_per_task * 1e9 / flops))
+    if b.total_steps is not None:
+        return max(1, round(b.total_steps / tasks))
+    return b.steps_per_task if b.steps_per_task is not None else 200
+
+
+def measure_flops_per_step(cfg: SweepConfig) -> float:
+    """FLOPs of one forward + backward training step of the configured model on a real batch."""
+    from time_ray.core.experiment import Experiment
+
+    experiment = Experiment.from_settings(experiment_settings(cfg))
+    return experiment.flops_per_step(experiment.new_model())
+
+
+def expand_trials(cfg: SweepConfig, flops_per_step: float | None = None) -> list[dict]:
     """One trial spec (JSON-able) per policy x budget multiplier x seed."""
     trials = []
+    per_task = steps_per_task(cfg, flops_per_step)
     for policy, mult, seed in itertools.product(expand_policies(cfg), cfg.budget.multipliers, cfg.seeds):
-        steps = max(1, round(cfg.budget.steps_per_task * mult))
+        steps = max(1, round(per_task * mult))
         if policy.get("multitask"):
             steps *= cfg.stream.tasks  # the same total compute as the stream
         spec = {**policy, "budget_steps": steps, "seed": seed}
@@ -346,6 +402,7 @@ def expand_trials(cfg: SweepConfig) -> list[dict]:
 def experiment_settings(cfg: SweepConfig) -> dict:
     """What every process needs to rebuild the stream (see core.experiment.Experiment)."""
     return {"arch": cfg.model.arch, "benchmark": asdict(cfg.stream.builtin), "tasks": cfg.stream.tasks,
+            "benchmark_kind": cfg.stream.benchmark, "data": cfg.stream.data,
             "order": cfg.stream.order, "stream_seed": cfg.stream.seed, "mixture": asdict(cfg.stream.mixture),
             "training": asdict(cfg.training), "captions": cfg.stream.captions}
 

@@ -74,7 +74,7 @@ def builtin_base(arch: str, spec: BenchmarkSpec, recipe: BaseTraining, log=None)
 
     settings = TrainSettings(steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr,
                              weight_decay=recipe.weight_decay, seed=recipe.seed)
-    finetune(model, bench, captions, sampler, settings, on_step=progress)
+    finetune(model, bench, captions, sampler, settings, on_step=progress, image_size=models.image_size(arch))
     state = models.state_dict_of(model)
     save_atomic(state, path)
     return state, path

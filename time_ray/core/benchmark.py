@@ -112,6 +112,14 @@ class Benchmark:
         return np.nonzero(mask)[0]
 
 
+def fit_images(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Images as fp32 at the model's input size (bilinear resize when the benchmark's size differs)."""
+    images = images.float()
+    if size is not None and images.shape[-1] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    return images
+
+
 def _pseudo_words(n: int, rng: np.random.Generator) -> list[str]:
     words: set[str] = set()
     out: list[str] = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from time_ray.core.benchmark import Benchmark, Dataset
+from time_ray.core.benchmark import Benchmark, Dataset, fit_images
 
 
 def eval_size(n_test: int, n_classes: int) -> int:
@@ -32,8 +32,15 @@ def eval_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 
 def _encode_images(model, images: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
-    return torch.cat([model.encode_image(chunk.to(device).float(), normalize=True)
+    size = _input_size(model)
+    return torch.cat([model.encode_image(fit_images(chunk.to(device), size), normalize=True)
                       for chunk in images.split(batch_size)])
+
+
+def _input_size(model) -> int | None:
+    """The image size an open_clip model expects (None for stand-ins without one)."""
+    size = getattr(getattr(model, "visual", None), "image_size", None)
+    return size[0] if isinstance(size, (tuple, list)) else size
 
 
 @torch.no_grad()

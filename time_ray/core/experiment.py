@@ -6,6 +6,8 @@ simulation construct the same thing deterministically without shipping data arou
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +18,14 @@ from time_ray.core.benchmark import Benchmark, BenchmarkSpec, build_benchmark
 from time_ray.core.evaluate import evaluate_all
 from time_ray.core.finetune import NonFiniteLoss, TrainSettings, finetune, flops_per_step
 from time_ray.core.stream import Mixture, MixtureSampler, make_stream
+
+
+@functools.lru_cache(maxsize=2)
+def _real_benchmark(kind: str, options_json: str, image_size: int):
+    """Real data, decoded once per process."""
+    from time_ray.core.real_data import load_real_benchmark
+
+    return load_real_benchmark(kind, json.loads(options_json), image_size)
 
 
 def task_seed(seed: int, t: int, rank: int = 0) -> int:
@@ -35,8 +45,12 @@ class Experiment:
     @classmethod
     def from_settings(cls, s: dict, multitask: bool = False) -> "Experiment":
         """``multitask``: the reference run of the spec, one task holding the union of the stream."""
-        bench = build_benchmark(BenchmarkSpec(**s["benchmark"]))
-        stream = make_stream(bench, s["tasks"], s["order"], s["stream_seed"])
+        kind = s.get("benchmark_kind", "builtin")
+        if kind == "builtin":
+            bench, pairs = build_benchmark(BenchmarkSpec(**s["benchmark"])), None
+        else:
+            bench, pairs = _real_benchmark(kind, json.dumps(s["data"], sort_keys=True), models.image_size(s["arch"]))
+        stream = make_stream(bench, s["tasks"], s["order"], s["stream_seed"], pairs)
         if multitask:
             stream = [[c for task in stream for c in task]]
         return cls(arch=s["arch"], bench=bench, stream=stream, mixture=Mixture(**s["mixture"]),
@@ -71,12 +85,13 @@ class Experiment:
         settings = TrainSettings(steps=steps, seed=task_seed(seed, t, rank), **self.training)
         try:
             return finetune(model, self.bench, self.captions().to(device), self.sampler(t, seed, rank),
-                            settings, device)
+                            settings, device, image_size=models.image_size(self.arch))
         except NonFiniteLoss as exc:
             raise NonFiniteLoss(f"policy {label or '?'}: task {t}: {exc}") from exc
 
     def flops_per_step(self, model, device="cpu") -> float:
-        return flops_per_step(model, self.bench, self.captions().to(device), self.sampler(1, 0), device)
+        return flops_per_step(model, self.bench, self.captions().to(device), self.sampler(1, 0), device,
+                              models.image_size(self.arch))
 
     def evaluate(self, model, device="cpu", subset: bool = False, seed: int = 0) -> list[dict]:
         """Every dataset; ``subset``: the class-balanced FoMo-size subsets used during the stream."""

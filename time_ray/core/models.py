@@ -77,6 +77,15 @@ def tokenizer(arch: str):
     return open_clip.get_tokenizer(arch)
 
 
+def image_size(arch: str) -> int:
+    """The input image size of ``arch`` (from its open_clip config)."""
+    _register_configs()
+    import open_clip
+
+    size = open_clip.get_model_config(arch)["vision_cfg"]["image_size"]
+    return size[0] if isinstance(size, (tuple, list)) else size
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Reads a checkpoint file: safetensors, or a torch file loaded with ``weights_only=True``."""
     path = Path(path)

@@ -35,14 +35,18 @@ class Mixture:
         return int(counts[0]), int(counts[1]), int(counts[2])
 
 
-def make_stream(bench: Benchmark, tasks: int, order: str = "dataset", seed: int = 0) -> list[list[int]]:
+def make_stream(bench: Benchmark, tasks: int, order: str = "dataset", seed: int = 0,
+                pairs: list[int] | None = None) -> list[list[int]]:
     """Class ids of each task t = 1..T (returned 0-based: element t-1 is task t).
 
     ``dataset``: datasets one after another (dataset-incremental); ``random``: all adaptation
     (dataset, class) pairs shuffled with ``seed`` (class-incremental); ``reversed``: dataset order
     backwards. The ordered pairs are cut into ``tasks`` contiguous, (nearly) equal chunks.
+    ``pairs`` gives the order explicitly (a FoMo-in-Flux stream file); ``order`` then applies to it.
     """
-    pairs = [c for d in bench.datasets.values() if d.role == "adaptation" for c in d.classes]
+    if pairs is None:
+        pairs = [c for d in bench.datasets.values() if d.role == "adaptation" for c in d.classes]
+    pairs = list(pairs)
     if order == "random":
         pairs = list(np.random.default_rng([seed, 7]).permutation(pairs))
     elif order == "reversed":

@@ -1,0 +1,281 @@
+"""Shared pieces of the real-data readers.
+
+Every layout reader first builds a :class:`Plan` (metadata only: datasets, one :class:`Item` per
+image, and the stream order when a stream file gives one). ``validate_real_data`` stops there;
+``load_real_benchmark`` hands the plan to :func:`assemble`, which numbers the classes, decodes
+the images and returns a :class:`~time_ray.core.benchmark.Benchmark`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
+import torch
+from PIL import Image
+
+from time_ray.core.benchmark import Benchmark, Dataset
+from time_ray.core.errors import ConfigError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DEFAULT_TEMPLATE = "a photo of a {}."
+ROLES = ("adaptation", "heldout", "pretrain")
+KINDS = ("classification", "retrieval")
+SPLITS = ("train", "test")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+COMMON_OPTIONS = ("max_per_class", "mean", "std", "workers")
+
+
+@dataclass
+class DatasetInfo:
+    name: str
+    role: str  # 'adaptation' | 'heldout' | 'pretrain'
+    template: str = DEFAULT_TEMPLATE
+    kind: str = "classification"
+
+
+@dataclass(frozen=True)
+class Item:
+    dataset: str
+    classname: str
+    split: str  # 'train' | 'test'
+    path: Path
+    caption: str
+
+
+@dataclass
+class Plan:
+    datasets: list[DatasetInfo]
+    items: list[Item]
+    stream: list[tuple[str, str]] | None = None  # (dataset, classname) in stream-file order
+
+
+def fail(kind: str, option: str, message: str) -> NoReturn:
+    raise ConfigError(f"real data ({kind}), option '{option}': {message}")
+
+
+def close_matches(word: str, candidates) -> str:
+    """' (did you mean ...?)' when difflib finds close candidates, else ''."""
+    found = difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(repr(f) for f in found)}?)" if found else ""
+
+
+def check_options(kind: str, options, allowed: tuple[str, ...]) -> dict:
+    """``options`` as a dict; an unknown key is an error listing the allowed ones."""
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"real data ({kind}): options must be a mapping, got {options!r}.")
+    for key in options:
+        if key not in allowed + COMMON_OPTIONS:
+            fail(kind, key, f"unknown option{close_matches(key, allowed + COMMON_OPTIONS)}; "
+                            f"allowed: {', '.join(allowed + COMMON_OPTIONS)}.")
+    common_settings(kind, options)
+    return options
+
+
+def name_list(kind: str, options: dict, key: str) -> list[str]:
+    """An optional option holding a dataset name or a list of them."""
+    value = options.get(key) or []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        fail(kind, key, f"expected a list of dataset names, got {value!r}.")
+    return list(value)
+
+
+def check_names_exist(kind: str, option: str, names, found) -> None:
+    for name in names:
+        if name not in found:
+            fail(kind, option, f"dataset {name!r} does not exist{close_matches(name, found)}; "
+                               f"datasets found: {', '.join(sorted(found))}.")
+
+
+def resolve_roles(kind: str, options: dict, found) -> tuple[dict[str, str], set[str]]:
+    """Role of each listed dataset from the ``heldout``/``pretrain`` lists, and the ``retrieval`` set."""
+    heldout, pretrain = name_list(kind, options, "heldout"), name_list(kind, options, "pretrain")
+    retrieval = name_list(kind, options, "retrieval")
+    for option, names in (("heldout", heldout), ("pretrain", pretrain), ("retrieval", retrieval)):
+        check_names_exist(kind, option, names, found)
+    both = sorted(set(heldout) & set(pretrain))
+    if both:
+        fail(kind, "pretrain", f"dataset(s) {', '.join(both)} also listed in 'heldout'; a dataset has one role.")
+    roles = {**{n: "heldout" for n in heldout}, **{n: "pretrain" for n in pretrain}}
+    return roles, set(retrieval)
+
+
+def templates_option(kind: str, options: dict) -> dict[str, str]:
+    value = options.get("templates") or {}
+    if not isinstance(value, dict):
+        fail(kind, "templates", f"expected a mapping of dataset name -> template, got {value!r}.")
+    for name, template in value.items():
+        check_template(kind, f"templates.{name}", template)
+    return value
+
+
+def check_template(kind: str, option: str, template) -> str:
+    if not isinstance(template, str) or template.count("{}") != 1:
+        fail(kind, option, f"a template must be a string with exactly one '{{}}', got {template!r}.")
+    return template
+
+
+def common_settings(kind: str, options: dict) -> tuple[torch.Tensor, torch.Tensor, int | None, int]:
+    """(mean, std, max_per_class, workers) from the options shared by every layout."""
+    stats = []
+    for key, default in (("mean", CLIP_MEAN), ("std", CLIP_STD)):
+        value = options.get(key, default)
+        if (not isinstance(value, (list, tuple)) or len(value) != 3
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            fail(kind, key, f"expected a list of 3 numbers (one per RGB channel), got {value!r}.")
+        stats.append(torch.tensor(value, dtype=torch.float32).view(3, 1, 1))
+    if not bool((stats[1] > 0).all()):
+        fail(kind, "std", f"every value must be > 0, got {options['std']!r}.")
+    cap = options.get("max_per_class")
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+        fail(kind, "max_per_class", f"expected a positive integer, got {cap!r}.")
+    workers = options.get("workers", min(8, os.cpu_count() or 1))
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        fail(kind, "workers", f"expected a positive integer, got {workers!r}.")
+    return stats[0], stats[1], cap, workers
+
+
+def existing_path(kind: str, options: dict, key: str, directory: bool) -> Path:
+    if options.get(key) in (None, ""):
+        fail(kind, key, "is required" + (" (the data directory)." if directory else " (the data file)."))
+    path = Path(os.path.expanduser(str(options[key])))
+    if not path.exists():
+        fail(kind, key, f"{path} does not exist.")
+    if directory and not path.is_dir():
+        fail(kind, key, f"{path} is not a directory.")
+    if not directory and not path.is_file():
+        fail(kind, key, f"{path} is not a file.")
+    return path
+
+
+def image_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def split_mask(classes: list[str], fraction: float, seed_parts: tuple) -> np.ndarray:
+    """Seeded class-stratified split: True for test. Each class gets floor(n_c * fraction) test
+    images, and the remainder to reach round(n * fraction) goes to the classes with the largest
+    fractional parts (ties broken at random), so even one-image classes share the test split."""
+    key = np.asarray(classes, dtype=object)
+    mask = np.zeros(len(classes), dtype=bool)
+    names = sorted(set(classes))
+    rng = np.random.default_rng([zlib.crc32(str(p).encode()) for p in seed_parts])
+    exact = np.array([fraction * np.sum(key == c) for c in names])
+    counts = np.floor(exact).astype(int)
+    order = rng.permutation(len(names))
+    order = order[np.argsort(-(exact - counts)[order], kind="stable")]
+    counts[order[: int(round(fraction * len(classes))) - counts.sum()]] += 1
+    for c, n in zip(names, counts):
+        members = np.nonzero(key == c)[0]
+        mask[rng.permutation(members)[:n]] = True
+    return mask
+
+
+def check_fraction(kind: str, option: str, value) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
+        fail(kind, option, f"expected a number strictly between 0 and 1, got {value!r}.")
+    return float(value)
+
+
+def check_plan(kind: str, plan: Plan) -> None:
+    """Every dataset has images, test images unless pretrain-only, train images unless held-out."""
+    counts = {(d.name, s): 0 for d in plan.datasets for s in SPLITS}
+    for item in plan.items:
+        counts[item.dataset, item.split] += 1
+    for d in plan.datasets:
+        train, test = counts[d.name, "train"], counts[d.name, "test"]
+        if train + test == 0:
+            fail(kind, "datasets", f"dataset {d.name!r} is empty (no images).")
+        if d.role != "pretrain" and test == 0:
+            fail(kind, "datasets", f"dataset {d.name!r} has no test images (it is evaluated as {d.role}).")
+        if d.role != "heldout" and train == 0:
+            fail(kind, "datasets", f"dataset {d.name!r} has no train images (a {d.role} dataset is trained on).")
+
+
+def cap_items(items: list[Item], cap: int | None) -> list[Item]:
+    """The first ``cap`` images of each (dataset, class, split), in listing order."""
+    if cap is None:
+        return items
+    seen: dict[tuple, int] = {}
+    kept = []
+    for item in items:
+        key = (item.dataset, item.classname, item.split)
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] <= cap:
+            kept.append(item)
+    return kept
+
+
+def load_image(path: Path, size: int) -> torch.Tensor:
+    """RGB, shorter side resized to ``size`` (bicubic), center crop; float32 [3, size, size] in [0, 1]."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+    except Exception as exc:  # PIL raises several types for unreadable files
+        raise ConfigError(f"real data: cannot read image {path}: {exc}") from None
+    w, h = image.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    image = image.resize((new_w, new_h), Image.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def _images(paths: list[Path], size: int, mean, std, workers: int) -> torch.Tensor:
+    out = torch.empty((len(paths), 3, size, size), dtype=torch.float16)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, image in enumerate(pool.map(lambda p: load_image(p, size), paths)):
+            out[i] = ((image - mean) / std).half()
+    return out
+
+
+def assemble(kind: str, plan: Plan, image_size: int, options: dict) -> tuple[Benchmark, list[int] | None]:
+    """Class ids (datasets in plan order, class names sorted within each), images and captions."""
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
+        raise ConfigError(f"real data ({kind}): image_size must be a positive integer, got {image_size!r}.")
+    mean, std, _, workers = common_settings(kind, options)
+    class_names, class_dataset, datasets, ids = [], [], {}, {}
+    for d in plan.datasets:
+        names = sorted({i.classname for i in plan.items if i.dataset == d.name})
+        first = len(class_names)
+        for offset, name in enumerate(names):
+            ids[d.name, name] = first + offset
+        class_names += names
+        class_dataset += ["pretrain" if d.role == "pretrain" else d.name] * len(names)
+        if d.role != "pretrain":
+            datasets[d.name] = Dataset(d.name, d.role, d.template, tuple(range(first, len(class_names))), d.kind)
+    splits = {}
+    for split in SPLITS:
+        items = sorted((i for i in plan.items if i.split == split), key=lambda i: ids[i.dataset, i.classname])
+        splits[split] = (_images([i.path for i in items], image_size, mean, std, workers),
+                         torch.tensor([ids[i.dataset, i.classname] for i in items], dtype=torch.int64),
+                         [i.caption for i in items])
+    bench = Benchmark(class_names=class_names, class_dataset=class_dataset, datasets=datasets,
+                      train_images=splits["train"][0], train_labels=splits["train"][1],
+                      test_images=splits["test"][0], test_labels=splits["test"][1],
+                      train_captions=splits["train"][2], test_captions=splits["test"][2])
+    stream = None if plan.stream is None else [ids[pair] for pair in plan.stream]
+    return bench, stream
+
+
+def is_missing(value) -> bool:
+    """None, NaN or a blank string (pandas fills absent CSV cells with NaN)."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, str) and not value.strip()
