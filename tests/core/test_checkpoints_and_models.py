@@ -50,3 +50,12 @@ def test_torch_checkpoints_are_read_with_weights_only(tmp_path):
     torch.save({"a": object()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="could not be read"):
         models.load_state_dict(tmp_path / "evil.pt")
+
+
+@pytest.mark.parametrize("arch", ["tiny-clip", "tiny-clip-wide"])
+def test_shipped_tiny_configs_build_and_run_a_forward_pass(arch):
+    model = models.create_model(arch)
+    size = models.image_size(arch)
+    tokens = models.tokenizer(arch)(["a photo of a bakoru."] * 2)
+    image, text, scale = model(torch.zeros(2, 3, size, size), tokens)[:3]
+    assert image.shape == text.shape and image.shape[0] == 2 and scale.numel() == 1
