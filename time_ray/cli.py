@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 
 from time_ray.core.errors import TimeRayError
 
@@ -46,6 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("config", nargs="?", default="configs/quickstart.yaml")
     stats.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     stats.add_argument("--json", action="store_true", help="print the measurements as one JSON object")
+
+    merge = sub.add_parser(
+        "merge", help="merge checkpoints with a named technique (no Ray)",
+        description="Merge safetensors (or weights-only torch) checkpoints tensor by tensor with a registered "
+                    "technique, e.g. time-ray merge a.safetensors b.safetensors --base theta0.safetensors "
+                    "--technique ties --param lambda=1.0 --param prune=0.2 --output merged.safetensors")
+    merge.add_argument("checkpoints", nargs="+", help="the models to merge (theta_1 .. theta_n)")
+    merge.add_argument("--technique", "-t", default="average", help="registered technique (default average)")
+    merge.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                       help="technique parameter, e.g. lambda=0.3 (repeatable)")
+    merge.add_argument("--weights", help="comma-separated weights w_k (default uniform)")
+    merge.add_argument("--base", help="theta_0, the anchor of task vectors (required by task-vector techniques)")
+    merge.add_argument("--output", "-o", required=True, help="where to write the merged .safetensors")
 
     plan = sub.add_parser("plan", help="list the trials a config expands to, without running anything")
     plan.add_argument("config")
@@ -99,6 +111,50 @@ def cmd_data(args) -> int:
     return 0 if all(p["holds"] for p in stats["properties"]) else 1
 
 
+def cmd_merge(args) -> int:
+    import yaml
+
+    from time_ray.core.checkpoints import SafetensorsCheckpoint, save_atomic
+    from time_ray.core.errors import ConfigError
+    from time_ray.core.merging import make_technique
+    from time_ray.core.models import load_state_dict
+
+    def open_checkpoint(path):
+        from pathlib import Path
+
+        if not Path(path).is_file():
+            raise ConfigError(f"checkpoint {path}: no such file.")
+        return SafetensorsCheckpoint(path) if str(path).endswith(".safetensors") else load_state_dict(path)
+
+    params = {}
+    for item in args.param:
+        if "=" not in item:
+            raise ConfigError(f"--param {item!r}: expected key=value, e.g. lambda=0.3.")
+        key, value = item.split("=", 1)
+        params[key] = yaml.safe_load(value)
+    technique = make_technique(args.technique, "--technique", **params)
+    experts = [open_checkpoint(p) for p in args.checkpoints]
+    base = open_checkpoint(args.base) if args.base else None
+    if technique.uses_base() and base is None:
+        raise ConfigError(f"--base: {args.technique} merges task vectors tau_k = theta_k - theta_0 and needs "
+                          "theta_0; give the base checkpoint with --base.")
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    if weights is not None and len(weights) != len(experts):
+        raise ConfigError(f"--weights: {len(weights)} weights for {len(experts)} checkpoints.")
+    names = set(experts[0])
+    for path, expert in zip(args.checkpoints[1:], experts[1:]):
+        if set(expert) != names:
+            raise ConfigError(f"checkpoint {path}: its tensors differ from {args.checkpoints[0]}'s "
+                              f"(first difference: {sorted(set(expert) ^ names)[0]!r}).")
+    try:
+        merged = technique.merge(experts, weights, base)
+    except ValueError as exc:
+        raise ConfigError(f"--technique {args.technique}: {exc}.") from exc
+    size = save_atomic(merged, args.output)
+    print(f"merged {len(experts)} checkpoints with {args.technique} {params or ''} -> {args.output} ({size / 2**20:.1f} MiB)")
+    return 0
+
+
 def cmd_plan(args) -> int:
     from time_ray.config import expand_trials, load_config, measure_flops_per_step
 
@@ -119,9 +175,9 @@ def cmd_plan(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"sweep": cmd_sweep, "plan": cmd_plan, "data": cmd_data}[args.command](args)
+        return {"sweep": cmd_sweep, "plan": cmd_plan, "data": cmd_data, "merge": cmd_merge}[args.command](args)
     except TimeRayError as exc:
-        print("time-ray: error: " + "\n".join(textwrap.wrap(str(exc), 100)), file=sys.stderr)
+        print(f"time-ray: error: {exc}", file=sys.stderr)  # one paragraph, the terminal wraps it
         return 2
     except KeyboardInterrupt:
         print("time-ray: interrupted; rerun with --resume to finish the sweep.", file=sys.stderr)
