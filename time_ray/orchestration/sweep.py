@@ -139,14 +139,22 @@ def collect(output: Path, trials: list[dict]) -> pd.DataFrame:
 
 
 def summary_table(steps: pd.DataFrame) -> str:
-    """Final A_KA, A_ZS, GM per policy, with the base model (timestep 0) as the first line."""
+    """Final A_KA, A_ZS, GM per trial, best GM first, with the base model (timestep 0) first."""
     if steps.empty:
         return "(no finished timesteps)"
     last = steps.sort_values("timestep").groupby("trial_id").tail(1)
     base = steps[steps.timestep == 0].iloc[0]
-    lines = [f"{'policy':<18}{'init':<7}{'deploy':<8}{'merge':<17}{'T':>3}{'A_KA':>8}{'A_ZS':>8}{'GM':>8}",
-             f"{'base model':<18}{'-':<7}{'-':<8}{'-':<17}{0:>3}{base.a_ka:>8.3f}{base.a_zs:>8.3f}{base.gm:>8.3f}"]
+    header = f"{'policy':<16}{'init':<7}{'deploy':<8}{'merge':<17}{'T':>3}{'A_KA':>8}{'A_ZS':>8}{'GM':>8}  settings"
+    lines = [header, f"{'base model':<16}{'-':<7}{'-':<8}{'-':<17}{0:>3}{base.a_ka:>8.3f}{base.a_zs:>8.3f}{base.gm:>8.3f}"]
     for row in last.sort_values("gm", ascending=False).itertuples():
-        lines.append(f"{row.policy:<18}{row.init:<7}{row.deploy:<8}{row.merge:<17}{row.timestep:>3}"
-                     f"{row.a_ka:>8.3f}{row.a_zs:>8.3f}{row.gm:>8.3f}")
+        lines.append(f"{row.policy:<16}{row.init:<7}{row.deploy:<8}{row.merge:<17}{row.timestep:>3}"
+                     f"{row.a_ka:>8.3f}{row.a_zs:>8.3f}{row.gm:>8.3f}  {_settings(row)}".rstrip())
     return "\n".join(lines)
+
+
+def _settings(row) -> str:
+    """What distinguishes trials of one init/deploy/merge: params, non-default chain settings, budget."""
+    parts = [f"{k}={v}" for k, v in json.loads(row.merge_params or "{}").items()]
+    defaults = {"ema_weight": "0.5", "ema_with_base": True, "all_with_base": False, "recency": "uniform"}
+    parts += [f"{k}={getattr(row, k)}" for k, v in defaults.items() if hasattr(row, k) and getattr(row, k) != v]
+    return " ".join(parts + [f"steps={row.budget_steps}", f"seed={row.seed}"])

@@ -29,9 +29,13 @@ POLL_SECONDS = 0.2
 
 
 def policy_columns(trial: dict) -> dict:
+    """The policy of a trial as result columns (EMA and 'all' settings with their defaults)."""
+    policy = policy_of(trial)
     return {"trial_id": trial["trial_id"], "policy": trial["policy"], "init": trial["init"],
             "deploy": trial["deploy"], "merge": trial["merge"],
             "merge_params": json.dumps(trial["merge_params"], sort_keys=True),
+            "ema_weight": str(policy.ema_weight), "ema_with_base": policy.ema_with_base,
+            "all_with_base": policy.all_with_base, "recency": policy.recency,
             "budget_steps": trial["budget_steps"], "seed": trial["seed"]}
 
 
