@@ -404,3 +404,41 @@ def test_half_precision_in_half_precision_out(technique):
     assert all(merged[k].dtype == base[k].dtype and merged[k].shape == base[k].shape for k in base)
     if technique.name != "model_stock":  # scalar tau of opposite signs: cos = -1, r = -2e8 (the formula's pole)
         assert all(torch.isfinite(merged[k].float()).all() for k in base)
+
+
+# --------------------------------------------------------------------------- chunked merging
+
+CHUNKED = [WeightAveraging(), WeightAveraging(lines="sqrt"),
+           TaskArithmetic(lam=0.7), TaskArithmetic(lines="linear"), Ties(), Ties(prune=0.0), Ties(disjoint="max"),
+           Ties(prune=0.3, disjoint="sum", lines="quadratic"), DareTies(prune=0.4, seed=2),
+           DareTies(prune=0.5, disjoint="max", seed=9), BreadcrumbsTies(prune=0.1, top=0.05), MagMax(lam=0.9),
+           RandomPick(seed=5), Towers(image=DareTies(prune=0.3, seed=1), text=RandomPick(seed=2))]
+
+
+@pytest.mark.parametrize("technique", CHUNKED, ids=lambda t: t.name)
+def test_chunking_a_tensor_does_not_change_the_merge(technique, monkeypatch):
+    """Element-wise techniques merge a tensor in chunks of base.CHUNK entries: any chunk size gives the same
+    bits (the thresholds, DARE's random scores and exact drop count, Random's picks, TIES' signs and sums)."""
+    import time_ray.core.merging.base as merging_base
+
+    g = torch.Generator().manual_seed(11)
+    shapes = {"visual.transformer.resblocks.0.w": (13, 5), "visual.transformer.resblocks.1.w": (29,),
+              "visual.b": (3,), "transformer.resblocks.0.w": (7, 3, 2), "transformer.resblocks.1.w": (6,),
+              "t": (17,), "logit_scale": ()}
+    base = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    base["t"][12:] = 0.0
+    taus = [{k: torch.randn(s, generator=g) * 0.1 for k, s in shapes.items()} for _ in range(4)]
+    for k, tau in enumerate(taus):
+        tau["t"][:6] = 0.0  # exact zeros and ties of |tau| (threshold ties)
+        tau["t"][6:12] = 0.25
+        tau["t"][12:] = (1 - 2 * k) * taus[0]["t"][12:] if k < 2 else 0.0  # tau sums exactly 0: sign left to the tower
+    experts = [shifted(base, tau) | {"step": torch.tensor([3])} for tau in taus]
+    base["step"] = torch.tensor([3])
+    whole = technique.merge(experts, base=base)
+    for chunk in (1, 7, 16):
+        monkeypatch.setattr(merging_base, "CHUNK", chunk)
+        chunked = technique.merge(experts, base=base)
+        assert sorted(chunked) == sorted(whole)
+        for key in whole:
+            assert chunked[key].shape == whole[key].shape and torch.equal(chunked[key], whole[key]), (chunk, key)
+    assert merging_base.chunk_spans(17) == [(0, 16), (16, 17)]

@@ -1,5 +1,6 @@
 """Merging techniques (TIME.md §5). Each technique is a small registered unit that merges
-checkpoints tensor by tensor, in fp32, over every parameter of both towers (logit_scale included).
+checkpoints tensor by tensor, in fp32, over every parameter of both towers (logit_scale included); element-wise
+techniques take each tensor in chunks of at most ``base.CHUNK`` entries, so memory stays O(experts x chunk).
 
 Notation: theta_0 is the base model (the anchor), theta_k the experts, tau_k = theta_k - theta_0
 their task vectors, w_k the weights a strategy asks for (uniform by default), lambda a scaling factor.
@@ -12,7 +13,8 @@ Breadcrumbs-TIES), ``towers`` (a technique per tower). Importing this package re
 
 from time_ray.core.merging.base import (
     BLOCK, DISJOINT, IMAGE_PREFIX, LINES, PARAM_ALIASES, RULES, TECHNIQUES, Technique, config_name,
-    derived_seed, make_technique, register, seeded_generator, technique_params, tower_of, uniform,
+    CascadeSum, Span, chunk_spans, derived_seed, make_technique, register, seeded_generator, technique_params,
+    tower_of, uniform,
 )
 from time_ray.core.merging.lines import LinesOption, lines_depths
 from time_ray.core.merging.basic import MagMax, ModelStock, RandomPick, Slerp, TaskArithmetic, WeightAveraging
@@ -22,8 +24,8 @@ from time_ray.core.merging.towers import Towers
 
 __all__ = [
     "BLOCK", "DISJOINT", "IMAGE_PREFIX", "LINES", "PARAM_ALIASES", "RULES", "TECHNIQUES",
-    "BreadcrumbsTies", "DareTies", "LinesOption", "MagMax", "ModelStock", "RadixSelect", "RandomPick",
-    "Slerp", "SparseConsensus", "TaskArithmetic", "Technique", "Ties", "Towers", "WeightAveraging",
-    "config_name", "derived_seed", "fraction_count", "kth_smallest", "lines_depths", "magnitude_keys",
+    "BreadcrumbsTies", "CascadeSum", "DareTies", "LinesOption", "MagMax", "ModelStock", "RadixSelect", "RandomPick",
+    "Slerp", "Span", "SparseConsensus", "TaskArithmetic", "Technique", "Ties", "Towers", "WeightAveraging",
+    "chunk_spans", "config_name", "derived_seed", "fraction_count", "kth_smallest", "lines_depths", "magnitude_keys",
     "make_technique", "register", "seeded_generator", "technique_params", "tower_of", "uniform",
 ]

@@ -64,6 +64,7 @@ class Technique:
     needs_base: ClassVar[bool] = False  # uses theta_0 as the anchor of task vectors
     min_models: ClassVar[int] = 1
     max_models: ClassVar[int | None] = None  # e.g. 2 for SLERP and Model Stock
+    elementwise: ClassVar[bool] = True  # each merged entry depends only on that entry of the inputs
 
     def __post_init__(self):
         for f in fields(self):
@@ -89,9 +90,15 @@ class Technique:
             if not tensors[0].is_floating_point():  # integer buffers are not merged
                 merged[key] = tensors[0].clone()
                 continue
-            theta_0 = base[key].float() if base is not None else None
-            dtype = tensors[0].dtype
-            merged[key] = self.merge_key(key, [t.float() for t in tensors], weights, theta_0, plan).to(dtype)
+            flats = [t.reshape(-1) for t in tensors]  # views of the (lazily loaded) inputs, not copies
+            flat_0 = base[key].reshape(-1) if base is not None else None
+            out = torch.empty(flats[0].numel(), dtype=tensors[0].dtype)
+            memo: dict = {}
+            for start, stop in chunk_spans(out.numel()) if self.elementwise else [(0, out.numel())]:
+                span = Span(start, stop, memo)
+                theta_0 = flat_0[start:stop].float() if flat_0 is not None else None
+                out[start:stop] = self.merge_key(key, _Chunks(flats, start, stop), weights, theta_0, plan, span)
+            merged[key] = out.view(tensors[0].shape)
         self.finish(merged, plan)
         return merged
 
@@ -102,11 +109,14 @@ class Technique:
         """What a technique must know about whole towers before merging tensor by tensor (passes over the inputs)."""
         return None
 
-    def merge_key(self, key: str, thetas: list[torch.Tensor], weights: list[float],
-                  theta_0: torch.Tensor | None, plan) -> torch.Tensor:
+    def merge_key(self, key: str, thetas: Sequence[torch.Tensor], weights: list[float],
+                  theta_0: torch.Tensor | None, plan, span: "Span") -> torch.Tensor:
+        """Merges the entries ``span`` of the flattened tensor ``key``: ``thetas`` are those entries of each
+        expert (fp32, 1-D, each converted when accessed), ``theta_0`` those of the base. Element-wise
+        techniques get the tensor chunk by chunk, in order; the others (``elementwise`` False) whole."""
         return self.merge_tensor(thetas, weights, theta_0)
 
-    def merge_tensor(self, thetas: list[torch.Tensor], weights: list[float],
+    def merge_tensor(self, thetas: Sequence[torch.Tensor], weights: list[float],
                      theta_0: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
@@ -115,6 +125,80 @@ class Technique:
 
     def params(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# ---------------------------------------------------------------- merging tensor by tensor, chunk by chunk
+
+CHUNK = 1 << 20  # entries of a flattened tensor merged at a time: the working set is O(experts x CHUNK)
+
+
+def chunk_spans(numel: int) -> list[tuple[int, int]]:
+    """(start, stop) of the consecutive chunks of at most ``CHUNK`` entries of a flattened tensor."""
+    return [(start, min(start + CHUNK, numel)) for start in range(0, numel, CHUNK)]
+
+
+@dataclass
+class Span:
+    """The entries start:stop of the flattened tensor being merged; ``memo`` is shared by all chunks of
+    the tensor (e.g. a random generator drawing the chunks in order)."""
+
+    start: int
+    stop: int
+    memo: dict
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+class _Chunks(Sequence):
+    """The entries start:stop of each expert's flattened tensor, as fp32, converted one at a time when
+    accessed (never all experts' fp32 copies at once unless a technique keeps them)."""
+
+    def __init__(self, flats: list[torch.Tensor], start: int, stop: int):
+        self.flats, self.start, self.stop = flats, start, stop
+
+    def __len__(self) -> int:
+        return len(self.flats)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(len(self))[k]]
+        return self.flats[k][self.start:self.stop].float()
+
+    def __iter__(self):
+        return (flat[self.start:self.stop].float() for flat in self.flats)
+
+
+class CascadeSum:
+    """Sums ``n`` tensors fed one at a time, adding them in the order ``torch.stack(xs).sum(0)`` does
+    along dim 0 on CPU (sequential runs of 2^p, p = max(4, ceil(log2 n) // 4), cascaded over 4 levels;
+    plain sequential for n <= 16), so a running sum matches the stacked one bit for bit without stacking."""
+
+    LEVELS = 4
+
+    def __init__(self, n: int, like: torch.Tensor):
+        self.power = max(4, math.ceil(math.log2(n)) // self.LEVELS) if n > 1 else 4
+        self.acc = [torch.zeros_like(like) for _ in range(self.LEVELS)]
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        self.acc[0] += x
+        self.count += 1
+        step = 1 << self.power
+        if self.count % step:
+            return
+        for j in range(1, self.LEVELS):  # a run of 2^p is complete: carry it up the levels
+            self.acc[j] += self.acc[j - 1]
+            self.acc[j - 1].zero_()
+            if self.count & ((step - 1) << (j * self.power)):
+                break
+
+    def result(self) -> torch.Tensor:
+        total = self.acc[0]
+        for j in range(1, self.LEVELS):
+            total += self.acc[j]
+        return total
 
 
 def uniform(n: int) -> list[float]:

@@ -23,15 +23,16 @@ class WeightAveraging(LinesOption, Technique):
     alpha: float = 0.5
     beta: float = 0.5
 
-    def merge_key(self, key, thetas, weights, theta_0, plan):
+    def merge_key(self, key, thetas, weights, theta_0, plan, span):
         average = self.merge_tensor(thetas, weights, theta_0)
         if self.lines is None:
             return average
         return theta_0 + self.scale(key, plan) * (average - theta_0)
 
     def merge_tensor(self, thetas, weights, theta_0):
-        merged = torch.zeros_like(thetas[0])
-        for w_k, theta_k in zip(weights, thetas):
+        merged = None
+        for w_k, theta_k in zip(weights, thetas):  # a running sum: one expert's entries at a time
+            merged = torch.zeros_like(theta_k) if merged is None else merged
             merged.add_(theta_k, alpha=w_k)
         return merged
 
@@ -49,7 +50,7 @@ class TaskArithmetic(LinesOption, Technique):
     alpha: float = 0.5
     beta: float = 0.5
 
-    def merge_key(self, key, thetas, weights, theta_0, plan):
+    def merge_key(self, key, thetas, weights, theta_0, plan, span):
         tau_sum = torch.zeros_like(theta_0)
         for theta_k in thetas:
             tau_sum.add_(theta_k - theta_0)
@@ -69,6 +70,7 @@ class Slerp(Technique):
     name: ClassVar[str] = "slerp"
     min_models: ClassVar[int] = 2
     max_models: ClassVar[int | None] = 2
+    elementwise: ClassVar[bool] = False  # norms and cosine over the whole tensor (two models: whole is fine)
     t: float = 0.5
 
     def merge_tensor(self, thetas, weights, theta_0):
@@ -94,10 +96,10 @@ class MagMax(Technique):
     lam: float = 1.0
 
     def merge_tensor(self, thetas, weights, theta_0):
-        tau_max = thetas[0] - theta_0
-        for theta_k in thetas[1:]:
+        tau_max = None
+        for theta_k in thetas:
             tau_k = theta_k - theta_0
-            tau_max = torch.where(tau_k.abs() > tau_max.abs(), tau_k, tau_max)
+            tau_max = tau_k if tau_max is None else torch.where(tau_k.abs() > tau_max.abs(), tau_k, tau_max)
         return theta_0 + self.lam * tau_max
 
 
@@ -105,17 +107,22 @@ class MagMax(Technique):
 @dataclass(frozen=True)
 class RandomPick(Technique):
     """Per entry the tau of a uniformly drawn expert: theta = theta_0 + lambda * tau_pick. The draw of a
-    tensor is seeded from ``seed`` and the tensor's name, so the same seed gives the same merge."""
+    tensor is seeded from ``seed`` and the tensor's name, so the same seed gives the same merge (the chunks
+    of a tensor draw in order from one generator: the same picks as drawing the whole tensor at once)."""
 
     name: ClassVar[str] = "random"
     needs_base: ClassVar[bool] = True
     lam: float = 1.0
     seed: int = 0
 
-    def merge_key(self, key, thetas, weights, theta_0, plan):
-        pick = torch.randint(len(thetas), theta_0.shape, generator=seeded_generator(self.seed, key))
-        taus = torch.stack([theta_k - theta_0 for theta_k in thetas])
-        return theta_0 + self.lam * taus.gather(0, pick.unsqueeze(0)).squeeze(0)
+    def merge_key(self, key, thetas, weights, theta_0, plan, span):
+        if "pick" not in span.memo:
+            span.memo["pick"] = seeded_generator(self.seed, key)
+        pick = torch.randint(len(thetas), theta_0.shape, generator=span.memo["pick"])
+        picked = torch.zeros_like(theta_0)
+        for k, theta_k in enumerate(thetas):
+            picked = torch.where(pick == k, theta_k - theta_0, picked)
+        return theta_0 + self.lam * picked
 
 
 @register
@@ -128,6 +135,7 @@ class ModelStock(Technique):
     needs_base: ClassVar[bool] = True
     min_models: ClassVar[int] = 2
     max_models: ClassVar[int | None] = 2
+    elementwise: ClassVar[bool] = False  # cosine over the whole tensor (two models: whole is fine)
 
     def merge_tensor(self, thetas, weights, theta_0):
         theta_1, theta_2 = thetas

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import torch
 
-from time_ray.core.merging.base import Technique, register, seeded_generator, tower_of
+from time_ray.core.merging.base import CascadeSum, Technique, chunk_spans, register, seeded_generator, tower_of
 from time_ray.core.merging.lines import LinesOption, lines_depths
 from time_ray.core.merging.select import RadixSelect, fraction_count, magnitude_keys
 
@@ -38,12 +38,15 @@ class _ConsensusPlan:
     undecided: list = field(default_factory=list)  # (key, flat index, value if +, value if -)
 
 
-def _task_vectors(experts, base) -> Iterator[tuple[str, list[torch.Tensor]]]:
+def _task_vector_chunks(experts, base) -> Iterator[tuple[str, int, Iterator[torch.Tensor]]]:
+    """Per floating-point key and expert k: the chunks of the flattened tau_k, in order (one at a time)."""
     for key in experts[0]:
-        thetas = [e[key] for e in experts]
-        if thetas[0].is_floating_point():
-            theta_0 = base[key].float()
-            yield key, [theta_k.float() - theta_0 for theta_k in thetas]
+        if not experts[0][key].is_floating_point():
+            continue
+        flat_0 = base[key].reshape(-1)
+        for k, expert in enumerate(experts):
+            flat = expert[key].reshape(-1)
+            yield key, k, (flat[a:b].float() - flat_0[a:b].float() for a, b in chunk_spans(flat.numel()))
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,11 @@ class SparseConsensus(LinesOption, Technique):
         """Non-negative int32 scores of the entries of tau_k; here |tau| (as its float32 bit pattern)."""
         return magnitude_keys(tau)
 
+    def score_stream(self, k: int, key: str):
+        """The scores of consecutive chunks of the flattened tau_k of ``key``, given in order: a function
+        of a chunk. Element-wise scores need no state across chunks."""
+        return lambda tau: self.scores(tau, k, key)
+
     def ranks(self, n: int) -> tuple[int, int]:
         """1-based ranks (lo, hi) among the n scores of a tower: keep lo-th smallest <= s <= hi-th smallest."""
         return fraction_count(n, self.prune), n
@@ -91,9 +99,10 @@ class SparseConsensus(LinesOption, Technique):
         if not self.drops_entries():  # nothing to drop: no pass over the inputs
             return _ConsensusPlan(defaultdict(_Bounds), depths)
         selects: dict[tuple[int, str], RadixSelect] = {}
-        for key, taus in _task_vectors(experts, base):  # pass 1: high-bit histograms of every expert and tower
-            for k, tau in enumerate(taus):
-                selects.setdefault((k, tower_of(key)), RadixSelect()).count_high(self.scores(tau, k, key))
+        for key, k, taus in _task_vector_chunks(experts, base):  # pass 1: high-bit histograms per expert, tower
+            select, stream = selects.setdefault((k, tower_of(key)), RadixSelect()), self.score_stream(k, key)
+            for tau in taus:
+                select.count_high(stream(tau))
         wanted = {}
         for (k, tower), select in selects.items():
             n = select.total
@@ -101,11 +110,11 @@ class SparseConsensus(LinesOption, Technique):
             wanted[k, tower] = (lo if lo >= 1 else None, hi if 1 <= hi < n else None, hi < 1)
             select.locate([r for r in wanted[k, tower][:2] if r is not None])
         if any(select.ranks for select in selects.values()):  # pass 2: low bits inside the located bins
-            for key, taus in _task_vectors(experts, base):
-                for k, tau in enumerate(taus):
-                    select = selects[k, tower_of(key)]
-                    if select.ranks:
-                        select.count_low(self.scores(tau, k, key))
+            for key, k, taus in _task_vector_chunks(experts, base):
+                select, stream = selects[k, tower_of(key)], self.score_stream(k, key)
+                if select.ranks:
+                    for tau in taus:
+                        select.count_low(stream(tau))
         bounds = {}
         for (k, tower), select in selects.items():
             lo_rank, hi_rank, keep_none = wanted[k, tower]
@@ -121,9 +130,9 @@ class SparseConsensus(LinesOption, Technique):
             bounds[k, tower] = b
         return _ConsensusPlan(bounds, depths)
 
-    def sparsify(self, tau: torch.Tensor, k: int, key: str, plan: _ConsensusPlan) -> torch.Tensor:
+    def sparsify(self, tau: torch.Tensor, k: int, key: str, plan: _ConsensusPlan, scores: torch.Tensor) -> torch.Tensor:
+        """tau: a chunk of the flattened tau_k (chunks of a tower come in order); scores: its scores."""
         b = plan.bounds[k, tower_of(key)]
-        scores = self.scores(tau, k, key)
         keep = torch.ones_like(scores, dtype=torch.bool)
         if b.lo is not None and not self.exact_count:
             keep = scores >= b.lo
@@ -137,25 +146,42 @@ class SparseConsensus(LinesOption, Technique):
             keep &= scores <= b.hi
         return torch.where(keep, tau, 0.0) * self.rescale
 
-    def disjoint_merge(self, sparse: torch.Tensor, gamma) -> torch.Tensor:
-        """sparse: the tau_k' stacked on dim 0; gamma: the elected sign (tensor or +-1)."""
-        agree = sparse * gamma > 0
-        picked = torch.where(agree, sparse, 0.0)
+    def disjoint_merge(self, sparse: list[torch.Tensor], gamma) -> torch.Tensor:
+        """sparse: the tau_k' (same shape); gamma: the elected sign (tensor or +-1). Running sums, counts
+        and maxima, one expert at a time (sums in the order of a sum over the stacked tau_k')."""
+        if self.disjoint == "max":
+            top = torch.zeros_like(sparse[0])
+            for tau in sparse:
+                top = torch.maximum(top, torch.where(tau * gamma > 0, tau, 0.0).abs())
+            return gamma * top
+        total = CascadeSum(len(sparse), sparse[0])
+        count = torch.zeros(sparse[0].shape, dtype=torch.int64)
+        for tau in sparse:
+            agree = tau * gamma > 0
+            total.add(torch.where(agree, tau, 0.0))
+            count += agree
         if self.disjoint == "sum":
-            return picked.sum(0)
-        if self.disjoint == "mean":
-            return picked.sum(0) / agree.sum(0).clamp(min=1)
-        return gamma * picked.abs().amax(0)
+            return total.result()
+        return total.result() / count.clamp(min=1)
 
-    def merge_key(self, key, thetas, weights, theta_0, plan):
-        sparse = torch.stack([self.sparsify(theta_k - theta_0, k, key, plan) for k, theta_k in enumerate(thetas)])
-        gamma = torch.sign(sparse.sum(0))
+    def merge_key(self, key, thetas, weights, theta_0, plan, span):
+        if "scores" not in span.memo:  # one stream per expert, over the chunks of this tensor
+            span.memo["scores"] = [self.score_stream(k, key) for k in range(len(thetas))]
+        streams = span.memo["scores"]
+        sparse, total = [], CascadeSum(len(thetas), theta_0)
+        nonzero = torch.zeros(theta_0.shape, dtype=torch.bool)
+        for k, theta_k in enumerate(thetas):
+            tau = theta_k - theta_0
+            sparse.append(self.sparsify(tau, k, key, plan, streams[k](tau)))
+            total.add(sparse[-1])
+            nonzero |= sparse[-1] != 0
+        gamma = torch.sign(total.result())
         plan.sign_sum[tower_of(key)] += int(gamma.sum(dtype=torch.float64))
         scale = self.scale(key, plan.depths)
-        undecided = ((gamma == 0) & (sparse != 0).any(0)).flatten().nonzero().squeeze(1)
+        undecided = ((gamma == 0) & nonzero).nonzero().squeeze(1)
         if undecided.numel():  # sum exactly 0 with non-zero entries: the tower's sign decides, in finish()
-            cols, anchor = sparse.reshape(len(thetas), -1)[:, undecided], theta_0.flatten()[undecided]
-            plan.undecided.append((key, undecided, anchor + scale * self.disjoint_merge(cols, 1.0),
+            cols, anchor = [tau[undecided] for tau in sparse], theta_0[undecided]
+            plan.undecided.append((key, undecided + span.start, anchor + scale * self.disjoint_merge(cols, 1.0),
                                    anchor + scale * self.disjoint_merge(cols, -1.0)))
         return theta_0 + scale * self.disjoint_merge(sparse, gamma)
 
@@ -189,8 +215,16 @@ class DareTies(SparseConsensus):
     exact_count: ClassVar[bool] = True
     seed: int = 0
 
-    def scores(self, tau, k, key):
-        return torch.randint(0, 2**31 - 1, tau.shape, dtype=torch.int32, generator=seeded_generator(self.seed, k, key))
+    def scores(self, tau, k, key, generator=None):
+        generator = seeded_generator(self.seed, k, key) if generator is None else generator
+        return torch.randint(0, 2**31 - 1, tau.shape, dtype=torch.int32, generator=generator)
+
+    def score_stream(self, k, key):
+        """The chunks of a tensor draw in order from one generator: the same scores as the whole tensor."""
+        if type(self).scores is not DareTies.scores:  # a subclass's own (element-wise) scores
+            return super().score_stream(k, key)
+        generator = seeded_generator(self.seed, k, key)
+        return lambda tau: self.scores(tau, k, key, generator)
 
     @property
     def rescale(self) -> float:
