@@ -49,8 +49,15 @@ def test_reduced_quickstart_on_local_ray(tmp_path, cache_dir):
 
     seq = steps[steps.policy == "sequential-ft"].set_index("timestep")
     assert seq.loc[tasks, "a_ka"] > seq.loc[0, "a_ka"]
-    assert (seq.loc[1:, "train_steps"] == 60).all() and (seq.loc[1:, "train_gflops"] > 0).all()
+    trained = steps[~steps.expert_cache_hit & (steps.timestep > 0)]
+    assert (trained.train_steps == 60).all() and (trained.train_gflops > 0).all()
     assert (steps[steps.timestep > 0].pool_bytes > 0).all()
+    # no expert is trained twice: task 1 starts from theta_0 in every policy, so its expert is trained
+    # once and reused twice; task 2 starts from three different models (expert 1, r_1, theta_0)
+    assert len(list((out / "experts").glob("*.safetensors"))) == 4
+    hits = steps[steps.expert_cache_hit]
+    assert len(hits) == 2 and set(hits.timestep) == {1} and (hits.train_steps == 0).all()
+    assert "experts trained 4, reused from the cache 2" in proc.stderr
     assert (out / "config.yaml").exists()
     assert "best-in-time" in proc.stdout and "A_KA" in proc.stdout  # the summary table
     assert "t=2/2" in proc.stderr  # progress lines while it ran

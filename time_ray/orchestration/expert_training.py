@@ -9,15 +9,22 @@ import ray.train
 import ray.train.torch
 import torch
 
+from safetensors.torch import load_file
+
 from time_ray.core import models
+from time_ray.core.checkpoints import save_atomic
 from time_ray.core.experiment import Experiment
+from time_ray.core.experts import expert_key
+from time_ray.orchestration.expert_cache import obtain
 
 
 def train_experts(config: dict) -> None:
-    """Train worker loop (every rank): for t = 1..T: init <- actor; finetune; rank 0 stores the expert."""
+    """Train worker loop (every rank): for t = 1..T: init <- actor; the expert from the sweep's cache
+    or finetuned now (then cached); rank 0 stores it in the policy's pool."""
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     actor = config["merge_actor"]
+    cache = ray.get_actor(config["expert_cache"]) if config.get("expert_cache") else None
     experiment = Experiment.from_settings(config["settings"], config["multitask"])
     device = ray.train.torch.get_device()
     model = experiment.new_model()
@@ -25,12 +32,32 @@ def train_experts(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     inner = getattr(model, "module", model)
     for t in range(1, experiment.tasks + 1):
-        inner.load_state_dict(ray.get(actor.init_weights.remote(t)))
-        stats = experiment.train_expert(model, t, config["steps"], config["seed"], device, rank,
-                                        label=config["trial_id"])
+        init = ray.get(actor.init_weights.remote(t))
+        key = expert_key(init, t, config["steps"], config["seed"], config["settings"], config["multitask"])
+        decision = [obtain(cache, key) if cache is not None and rank == 0 else "train"]
+        if world > 1:
+            torch.distributed.broadcast_object_list(decision, src=0)
+        if decision[0] == "hit":
+            if rank == 0:
+                info = {"train_steps": 0, "train_seconds": 0.0, "train_gflops": 0.0, "expert_cache_hit": True}
+                ray.get(actor.store_expert.remote(t, load_file(ray.get(cache.path.remote(key))), info))
+            continue
+        inner.load_state_dict(init)
+        try:
+            stats = experiment.train_expert(model, t, config["steps"], config["seed"], device, rank,
+                                            label=config["trial_id"])
+        except BaseException:
+            if cache is not None and rank == 0:
+                ray.get(cache.release.remote(key))
+            raise
         if rank == 0:
+            state = models.state_dict_of(inner)
+            if cache is not None:
+                save_atomic(state, ray.get(cache.path.remote(key)))
+                ray.get(cache.done.remote(key))
             info = {"train_steps": stats["steps"], "train_seconds": stats["seconds"],
-                    "train_gflops": flops * stats["steps"] * world / 1e9, "loss": stats["loss"]}
-            ray.get(actor.store_expert.remote(t, models.state_dict_of(inner), info))
+                    "train_gflops": flops * stats["steps"] * world / 1e9, "loss": stats["loss"],
+                    "expert_cache_hit": False}
+            ray.get(actor.store_expert.remote(t, state, info))
         if world > 1:
             torch.distributed.barrier()

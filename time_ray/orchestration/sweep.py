@@ -92,6 +92,7 @@ def run_sweep(cfg: SweepConfig, output: str | Path, resume: bool = False, verbos
 
 
 def _run_trials(cfg, todo, output, base_path, verbose, ray_temp_dir) -> None:
+    import ray
     from ray import tune
 
     from time_ray.orchestration.local_ray import init_ray
@@ -103,7 +104,12 @@ def _run_trials(cfg, todo, output, base_path, verbose, ray_temp_dir) -> None:
     log(f"time-ray: Ray node {cluster['node_address']}, resources "
         f"{dict((k, v) for k, v in cluster.items() if k in ('CPU', 'GPU'))}; "
         f"{concurrent} trials at a time, {cfg.resources.workers_per_expert} Train worker(s) each with {per_worker}")
+    from time_ray.orchestration.expert_cache import ExpertCache
+
+    cache_name = f"time-ray-experts-{cfg.fingerprint()}"
+    cache = ExpertCache.options(name=cache_name).remote(str(output / "experts"))
     run = {"output": str(output), "base_path": str(base_path), "settings": experiment_settings(cfg),
+           "expert_cache": cache_name,
            "workers": cfg.resources.workers_per_expert, "use_gpu": cfg.resources.use_gpu,
            "resources_per_worker": per_worker}
     tuner = tune.Tuner(
@@ -116,6 +122,8 @@ def _run_trials(cfg, todo, output, base_path, verbose, ray_temp_dir) -> None:
                                   callbacks=[ProgressPrinter(todo, cfg.stream.tasks)]),
     )
     results = tuner.fit()
+    counts = ray.get(cache.stats.remote())
+    log(f"time-ray: experts trained {counts['trained']}, reused from the cache {counts['hits']}")
     errors = [r for r in results if r.error is not None]
     if errors:
         details = "; ".join(f"{r.config['trial']['trial_id']}: {r.error}" for r in errors)

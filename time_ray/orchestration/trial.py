@@ -70,7 +70,8 @@ def run_trial(config: dict) -> None:
     trainer = TorchTrainer(
         train_experts,
         train_loop_config={"merge_actor": actor, "settings": run["settings"], "steps": trial["budget_steps"],
-                           "seed": trial["seed"], "trial_id": trial["trial_id"], "multitask": multitask},
+                           "seed": trial["seed"], "trial_id": trial["trial_id"], "multitask": multitask,
+                           "expert_cache": run.get("expert_cache")},
         scaling_config=ScalingConfig(num_workers=run["workers"], use_gpu=run["use_gpu"],
                                      resources_per_worker=run["resources_per_worker"]),
         run_config=RunConfig(name=f"{trial['trial_id']}-{int(time.time())}",
@@ -110,7 +111,7 @@ def run_trial(config: dict) -> None:
         costs = {"train_steps": info["train_steps"], "train_gflops": info["train_gflops"],
                  "train_seconds": info["train_seconds"], "merge_seconds": info["merge_seconds"],
                  "eval_seconds": time.perf_counter() - start, "pool_bytes": info["pool_bytes"],
-                 "expert_cache_hit": False}
+                 "expert_cache_hit": bool(info.get("expert_cache_hit", False))}
         row = recorder.record(timestep_of(t), records, costs)
         tune.report(_report(row, run["settings"]["tasks"]))
     training.join()

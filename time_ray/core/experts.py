@@ -1,0 +1,24 @@
+"""Content addresses of experts: an expert is determined by what produced it (the init weights, the
+task, the budget, the seed and every training and stream setting), so identical experts, wherever
+a sweep needs them, are trained once (ARCHITECTURE.md "Checkpoints")."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+
+import torch
+
+
+def expert_key(init_state: Mapping[str, torch.Tensor], task: int, steps: int, seed: int, settings: dict,
+               multitask: bool = False) -> str:
+    """sha256 over the init weights (names, dtypes, shapes, bytes) and the training recipe."""
+    digest = hashlib.sha256()
+    for name in sorted(init_state):
+        tensor = init_state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    recipe = {"task": task, "steps": steps, "seed": seed, "settings": settings, "multitask": multitask}
+    digest.update(json.dumps(recipe, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:32]
