@@ -52,5 +52,6 @@ def test_plan_lists_trials_and_measured_gflops(capsys):
                  "--set", "stream.builtin={adaptation_datasets: 2, heldout_datasets: 1, classes_per_dataset: 2, "
                  "pretrain_classes: 2, train_per_class: 4, test_per_class: 2}", "--set", "stream.tasks=2"]) == 0
     out = capsys.readouterr().out
-    assert "quickstart: 3 trials x 2 tasks" in out and "GFLOPs per step (measured" in out
+    assert "quickstart: 3 trials x 2 tasks; 6 expert trainings, 4 unique after deduplication" in out
+    assert "GFLOPs per step (measured" in out and "device-hours" in out and "storage: about" in out
     assert out.count("steps/task=10") == 3

@@ -59,9 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--base", help="theta_0, the anchor of task vectors (required by task-vector techniques)")
     merge.add_argument("--output", "-o", required=True, help="where to write the merged .safetensors")
 
-    plan = sub.add_parser("plan", help="list the trials a config expands to, without running anything")
+    plan = sub.add_parser("plan", help="trials, unique experts, GFLOPs, device-hours and storage of a config, "
+                                       "without running anything")
     plan.add_argument("config")
     plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    plan.add_argument("--device-tflops", type=float, default=100.0,
+                      help="sustained training TFLOP/s of one device, for the device-hours estimate (default 100)")
     return parser
 
 
@@ -156,17 +159,20 @@ def cmd_merge(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from time_ray.config import expand_trials, load_config, measure_flops_per_step
+    from time_ray.config import load_config
+    from time_ray.plan import make_plan
 
     cfg = load_config(args.config, args.overrides)
-    flops = measure_flops_per_step(cfg)
-    trials = expand_trials(cfg, flops)
-    total_steps = sum(t["budget_steps"] * (1 if t.get("multitask") else cfg.stream.tasks) for t in trials)
-    print(f"{cfg.name}: {len(trials)} trials x {cfg.stream.tasks} tasks "
-          f"({len(trials) * cfg.stream.tasks} expert trainings before deduplication)")
-    print(f"training: {flops / 1e9:.3f} GFLOPs per step (measured, {cfg.model.arch}, batch "
-          f"{cfg.training.batch_size}); {total_steps} steps = {total_steps * flops / 1e9:,.0f} GFLOPs in all")
-    for t in trials:
+    plan = make_plan(cfg, device_tflops=args.device_tflops)
+    print(f"{cfg.name}: {plan['trials']} trials x {plan['tasks']} tasks; {plan['expert_trainings']} expert trainings, "
+          f"{plan['unique_experts']} unique after deduplication "
+          f"({plan['expert_trainings'] - plan['unique_experts']} reused from the expert cache)")
+    print(f"training: {plan['gflops_per_step']:.3f} GFLOPs per step (measured: {cfg.model.arch}, batch "
+          f"{cfg.training.batch_size}); {plan['train_gflops']:,.0f} GFLOPs for the unique experts = "
+          f"{plan['device_hours']:.3g} device-hours at {plan['device_tflops']:g} TFLOP/s sustained")
+    print(f"storage: about {plan['storage_bytes'] / 2**30:.2f} GiB (model {plan['model_bytes'] / 2**20:.1f} MiB; "
+          "pools, EMA chains, expert cache, theta_0)")
+    for t in plan["trials_list"]:
         print(f"  {t['trial_id']:<40} init={t['init']:<6} deploy={t['deploy']:<6} merge={t['merge']} "
               f"{t['merge_params'] or ''} steps/task={t['budget_steps']} seed={t['seed']}")
     return 0

@@ -8,7 +8,9 @@ import tempfile
 import pandas as pd
 import pytest
 
+from time_ray.config import load_config
 from time_ray.core.results import METRICS_COLUMNS, TIMESTEP_COLUMNS
+from time_ray.plan import make_plan
 
 REDUCED = [
     "stream.tasks=2", "budget.steps_per_task=60", "training.batch_size=32",
@@ -55,6 +57,8 @@ def test_reduced_quickstart_on_local_ray(tmp_path, cache_dir):
     # no expert is trained twice: task 1 starts from theta_0 in every policy, so its expert is trained
     # once and reused twice; task 2 starts from three different models (expert 1, r_1, theta_0)
     assert len(list((out / "experts").glob("*.safetensors"))) == 4
+    plan = make_plan(load_config("configs/quickstart.yaml", REDUCED), flops_per_step=1e9, model_bytes=1)
+    assert plan["unique_experts"] == 4  # what `time-ray plan` predicts is what ran
     hits = steps[steps.expert_cache_hit]
     assert len(hits) == 2 and set(hits.timestep) == {1} and (hits.train_steps == 0).all()
     assert "experts trained 4, reused from the cache 2" in proc.stderr

@@ -1,0 +1,57 @@
+"""What a sweep will cost, before anything runs: trials, unique experts after deduplication,
+training GFLOPs and device hours, pool storage (`time-ray plan`)."""
+
+from __future__ import annotations
+
+import json
+
+from time_ray.config import SweepConfig, expand_trials, measure_flops_per_step
+
+DEFAULT_DEVICE_TFLOPS = 100.0  # sustained training throughput assumed for device-hours (state yours)
+
+
+def init_lineage(trial: dict, t: int) -> str:
+    """What expert t of a trial starts from, as a name: every trial whose experts share it trains the
+    same expert. Task 1 and the zs strategy start at theta_0; otherwise the start depends on the
+    trial's own history, which its init strategy (and the settings that strategy merges with) fixes."""
+    if t == 1 or trial["init"] == "zs":
+        return "theta_0"
+    settings = {"init": trial["init"]}
+    if trial["init"] in ("ema", "all", "ft-zs"):
+        settings |= {"merge": trial["merge"], "params": trial["merge_params"]}
+    if trial["init"] == "ema":
+        settings |= {k: trial.get(k) for k in ("ema_weight", "ema_with_base")}
+    if trial["init"] == "all":
+        settings |= {k: trial.get(k) for k in ("recency", "all_with_base")}
+    return json.dumps(settings, sort_keys=True)
+
+
+def unique_experts(trials: list[dict], tasks: int) -> set[tuple]:
+    keys = set()
+    for trial in trials:
+        for t in range(1, (1 if trial.get("multitask") else tasks) + 1):
+            keys.add((init_lineage(trial, t), t, trial["budget_steps"], trial["seed"], bool(trial.get("multitask"))))
+    return keys
+
+
+def make_plan(cfg: SweepConfig, flops_per_step: float | None = None, model_bytes: int | None = None,
+              device_tflops: float = DEFAULT_DEVICE_TFLOPS) -> dict:
+    flops = flops_per_step if flops_per_step is not None else measure_flops_per_step(cfg)
+    if model_bytes is None:
+        from time_ray.core.models import create_model
+
+        model_bytes = sum(p.numel() * p.element_size() for p in create_model(cfg.model.arch).state_dict().values())
+    trials = expand_trials(cfg, flops)
+    tasks = cfg.stream.tasks
+    experts = unique_experts(trials, tasks)
+    trainings = sum(1 if t.get("multitask") else tasks for t in trials)
+    gflops = sum(steps for _, _, steps, _, _ in experts) * flops / 1e9
+    chains = sum(tasks for t in trials if "ema" in (t["init"], t["deploy"]))
+    return {
+        "trials": len(trials), "trials_list": trials, "tasks": tasks, "expert_trainings": trainings,
+        "unique_experts": len(experts), "gflops_per_step": flops / 1e9, "train_gflops": gflops,
+        "device_hours": gflops / (device_tflops * 1e3) / 3600, "device_tflops": device_tflops,
+        "model_bytes": model_bytes,
+        # each trial's pool holds its experts and EMA chain; the sweep's expert cache the unique experts
+        "storage_bytes": model_bytes * (trainings + chains + len(experts) + 1),
+    }
