@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from time_ray.core.errors import TimeRayError
 
@@ -178,8 +180,14 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (e.g. a job being stopped): shut Ray down like Ctrl-C does
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return {"sweep": cmd_sweep, "plan": cmd_plan, "data": cmd_data, "merge": cmd_merge}[args.command](args)
     except TimeRayError as exc:
@@ -188,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("time-ray: interrupted; rerun with --resume to finish the sweep.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ def test_save_atomic_roundtrip_leaves_no_temp_files(tmp_path):
     size = save_atomic(state, tmp_path / "x.safetensors")
     ckpt = SafetensorsCheckpoint(tmp_path / "x.safetensors")
     assert size > 0 and sorted(ckpt) == ["a", "b"] and torch.equal(ckpt["a"], state["a"])
-    assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors", "x.safetensors.sha256"]
 
 
 def test_tiny_clip_has_both_towers_and_a_learnable_temperature():
@@ -59,3 +59,21 @@ def test_shipped_tiny_configs_build_and_run_a_forward_pass(arch):
     tokens = models.tokenizer(arch)(["a photo of a bakoru."] * 2)
     image, text, scale = model(torch.zeros(2, 3, size, size), tokens)[:3]
     assert image.shape == text.shape and image.shape[0] == 2 and scale.numel() == 1
+
+
+def test_altered_or_truncated_checkpoints_are_detected_by_their_content_hash(tmp_path):
+    path = tmp_path / "e.safetensors"
+    save_atomic({"a": torch.arange(1000.0)}, path)
+    assert (tmp_path / "e.safetensors.sha256").read_text().strip() != ""
+    SafetensorsCheckpoint(path)  # intact: opens
+    data = bytearray(path.read_bytes())
+    data[-8:] = b"\x00" * 8  # alter one value: still a valid safetensors file
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="altered or truncated"):
+        SafetensorsCheckpoint(path)
+    path.write_bytes(bytes(data[: len(data) // 2]))  # truncate
+    with pytest.raises(CheckpointError, match="altered or truncated"):
+        SafetensorsCheckpoint(path)
+    (tmp_path / "e.safetensors.sha256").unlink()  # no recorded hash: an unreadable file is still named
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        SafetensorsCheckpoint(path)

@@ -9,10 +9,8 @@ import ray.train
 import ray.train.torch
 import torch
 
-from safetensors.torch import load_file
-
 from time_ray.core import models
-from time_ray.core.checkpoints import save_atomic
+from time_ray.core.checkpoints import SafetensorsCheckpoint, materialize, save_atomic
 from time_ray.core.experiment import Experiment
 from time_ray.core.experts import expert_key
 from time_ray.orchestration.expert_cache import obtain
@@ -40,7 +38,8 @@ def train_experts(config: dict) -> None:
         if decision[0] == "hit":
             if rank == 0:
                 info = {"train_steps": 0, "train_seconds": 0.0, "train_gflops": 0.0, "expert_cache_hit": True}
-                ray.get(actor.store_expert.remote(t, load_file(ray.get(cache.path.remote(key))), info))
+                cached = SafetensorsCheckpoint(ray.get(cache.path.remote(key)))  # checked against its hash
+                ray.get(actor.store_expert.remote(t, materialize(cached), info))
             continue
         inner.load_state_dict(init)
         try:
