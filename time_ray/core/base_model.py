@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from time_ray.core import models
-from time_ray.core.benchmark import Benchmark, BenchmarkSpec, build_benchmark
+from time_ray.core.benchmark import Benchmark, BenchmarkSpec, build_benchmark, cache_dir
 from time_ray.core.checkpoints import save_atomic
 from time_ray.core.finetune import TrainSettings, finetune
 from time_ray.core.stream import PretrainSampler
@@ -29,10 +29,6 @@ class BaseTraining:
     lr: float = 1e-3
     weight_decay: float = 0.1
     seed: int = 0
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TIME_RAY_CACHE", Path.home() / ".cache" / "time-ray"))
 
 
 def caption_tokens(bench: Benchmark, tokenize, per_image: bool = False) -> torch.Tensor:

@@ -191,8 +191,13 @@ def generate(spec: BenchmarkSpec) -> Benchmark:
     )
 
 
+def cache_dir() -> Path:
+    """Where benchmarks and base models are cached: $TIME_RAY_CACHE, else ~/.cache/time-ray."""
+    return Path(os.environ.get("TIME_RAY_CACHE", Path.home() / ".cache" / "time-ray"))
+
+
 def _cache_path(spec: BenchmarkSpec) -> Path:
-    root = Path(os.environ.get("TIME_RAY_CACHE", Path.home() / ".cache" / "time-ray"))
+    root = cache_dir()
     key = hashlib.sha256(json.dumps({**asdict(spec), "v": GENERATOR_VERSION}, sort_keys=True).encode()).hexdigest()[:16]
     return root / "benchmark" / f"builtin-{key}"
 

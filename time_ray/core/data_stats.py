@@ -11,32 +11,23 @@ from __future__ import annotations
 
 import tempfile
 
-import torch
-
 from time_ray.core.checkpoints import materialize
+from time_ray.core.evaluate import zero_shot_accuracy
 from time_ray.core.experiment import Experiment
 from time_ray.core.pool import CheckpointPool
 from time_ray.core.simulate import simulate
 from time_ray.core.strategies import Policy
 
 
-@torch.no_grad()
 def task_accuracy(model, experiment: Experiment, t: int) -> float:
     """Zero-shot accuracy on the test images of task t's classes (argmax over each dataset's classes)."""
     bench, task = experiment.bench, set(experiment.stream[t - 1])
-    model.eval()
-    correct = total = 0
+    correct = total = 0.0
     for ds in bench.datasets.values():
-        classes = [c for c in ds.classes if c in task]
-        if not classes:
-            continue
-        prompts = experiment.tokenize([ds.template.format(bench.class_names[c]) for c in ds.classes])
-        text = model.encode_text(prompts, normalize=True)
-        index = torch.as_tensor(bench.test_indices(classes))
-        image = model.encode_image(bench.test_images[index].float(), normalize=True)
-        predicted = torch.tensor(ds.classes)[(image @ text.T).argmax(dim=1)]
-        correct += int((predicted == bench.test_labels[index]).sum())
-        total += len(index)
+        index = bench.test_indices([c for c in ds.classes if c in task])
+        if len(index):
+            correct += zero_shot_accuracy(model, bench, experiment.tokenize, ds, index) * len(index)
+            total += len(index)
     return correct / total
 
 
