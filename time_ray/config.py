@@ -86,6 +86,8 @@ class ResourcesConfig:
     workers_per_expert: int = 1
     use_gpu: bool = False
     max_concurrent_trials: int | None = None  # None: derived from the cluster's resources
+    cpus_per_worker: float | None = None  # None: the CPUs shared equally among concurrent workers
+    gpus_per_worker: float | None = None  # fractions share a GPU; None: derived (use_gpu only)
 
 
 @dataclass(frozen=True)
@@ -266,7 +268,15 @@ def validate(cfg: SweepConfig) -> None:
     _check(0 <= t.warmup < 1, f"training.warmup: must be in [0, 1), got {t.warmup}.")
     _check(t.weight_decay >= 0 and t.grad_clip > 0, "training.weight_decay must be >= 0 and training.grad_clip > 0.")
     _check(cfg.model.base_training.steps >= 1, "model.base_training.steps: must be at least 1.")
-    _check(cfg.resources.workers_per_expert >= 1, "resources.workers_per_expert: must be at least 1.")
+    r = cfg.resources
+    _check(r.workers_per_expert >= 1, "resources.workers_per_expert: must be at least 1.")
+    _check(r.max_concurrent_trials is None or r.max_concurrent_trials >= 1,
+           "resources.max_concurrent_trials: must be at least 1 (or left out to derive it).")
+    _check(r.cpus_per_worker is None or r.cpus_per_worker > 0, "resources.cpus_per_worker: must be > 0.")
+    _check(r.gpus_per_worker is None or (r.use_gpu and 0 < r.gpus_per_worker
+                                         and (r.gpus_per_worker <= 1 or float(r.gpus_per_worker).is_integer())),
+           f"resources.gpus_per_worker: must be a fraction in (0, 1] or a whole number of GPUs, with "
+           f"use_gpu: true; got {r.gpus_per_worker} (use_gpu: {r.use_gpu}).")
     from time_ray.core.models import check_arch
 
     check_arch(cfg.model.arch)

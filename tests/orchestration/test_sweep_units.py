@@ -6,6 +6,7 @@ import pytest
 from time_ray.config import SweepConfig, load_config
 from time_ray.core.errors import TimeRayError
 from time_ray.core.results import TIMESTEP_COLUMNS, write_parquet_atomic
+from time_ray.orchestration.storage import Storage
 from time_ray.orchestration.sweep import prepare_output, summary_table, worker_resources
 
 
@@ -32,12 +33,12 @@ def test_use_gpu_without_gpus_is_refused():
 def test_output_of_another_sweep_is_refused(tmp_path):
     a = load_config("configs/quickstart.yaml")
     b = load_config("configs/quickstart.yaml", ["budget.steps_per_task=7"])
-    prepare_output(a, tmp_path, resume=False)
+    prepare_output(a, Storage(tmp_path), resume=False)
     with pytest.raises(TimeRayError, match="another sweep"):
-        prepare_output(b, tmp_path, resume=True)
+        prepare_output(b, Storage(tmp_path), resume=True)
     with pytest.raises(TimeRayError, match="--resume"):
-        prepare_output(a, tmp_path, resume=False)
-    prepare_output(a, tmp_path, resume=True)
+        prepare_output(a, Storage(tmp_path), resume=False)
+    prepare_output(a, Storage(tmp_path), resume=True)
 
 
 def test_summary_table_lists_the_base_then_policies_by_gm():
@@ -60,3 +61,36 @@ def test_parquet_writes_are_atomic(tmp_path):
     write_parquet_atomic(pd.DataFrame({"x": [3]}), tmp_path / "f.parquet")
     assert pd.read_parquet(tmp_path / "f.parquet").x.tolist() == [3]
     assert [p.name for p in tmp_path.iterdir()] == ["f.parquet"]
+
+
+def test_gpu_slices_go_to_workers_and_evaluation_never_to_waiting_drivers():
+    cfg = load_config("configs/quickstart.yaml", ["resources.use_gpu=true"])
+    # 1 GPU, 3 trials: each Train worker (1/3 - 0.05 eval slice) -> 0.28 GPU; 3 x 0.33 <= 1 GPU
+    per_worker, concurrent = worker_resources(cfg, {"CPU": 8.0, "GPU": 1.0}, n_trials=3)
+    assert per_worker["GPU"] == 0.28 and concurrent == 3
+    assert concurrent * (per_worker["GPU"] + 0.05) <= 1.0
+    # 8 GPUs, 3 trials: a whole GPU per worker
+    per_worker, concurrent = worker_resources(cfg, {"CPU": 8.0, "GPU": 8.0}, n_trials=3)
+    assert per_worker["GPU"] == 1.0 and concurrent == 3
+    # an explicit half GPU per worker on 1 GPU: only one trial fits (0.5 + 0.05) x 2 > 1
+    half = load_config("configs/quickstart.yaml", ["resources.use_gpu=true", "resources.gpus_per_worker=0.5"])
+    per_worker, concurrent = worker_resources(half, {"CPU": 8.0, "GPU": 1.0}, n_trials=3)
+    assert per_worker["GPU"] == 0.5 and concurrent == 1
+
+
+def test_explicit_cpus_per_worker_limits_concurrency_and_too_big_is_explained():
+    cfg = load_config("configs/quickstart.yaml", ["resources.cpus_per_worker=1.5"])
+    per_worker, concurrent = worker_resources(cfg, {"CPU": 4.0}, n_trials=3)
+    assert per_worker == {"CPU": 1.5} and concurrent == 2
+    big = load_config("configs/quickstart.yaml", ["resources.cpus_per_worker=3"])
+    with pytest.raises(TimeRayError, match=r"needs 1 Train worker\(s\) x \(3.0 CPU\).*has 2 CPU"):
+        worker_resources(big, {"CPU": 2.0}, n_trials=3)
+
+
+def test_gpus_per_worker_needs_use_gpu_and_a_valid_amount():
+    from time_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match="gpus_per_worker.*use_gpu: False"):
+        load_config("configs/quickstart.yaml", ["resources.gpus_per_worker=0.5"])
+    with pytest.raises(ConfigError, match="whole number"):
+        load_config("configs/quickstart.yaml", ["resources.use_gpu=true", "resources.gpus_per_worker=1.5"])

@@ -1,56 +1,102 @@
 """The checkpoint pool of one policy: theta_0, the experts theta^s_1..theta^s_n, and merged models
-that strategies reuse (the EMA chain r_t), each a safetensors file written atomically."""
+that strategies reuse (the EMA chain r_t), each a safetensors file written atomically.
+
+An expert that already exists elsewhere (the sweep's content-addressed expert cache) enters the pool
+as a reference (``expert_003.ref`` holding the file's path relative to the pool), not as a copy.
+Files are immutable once written. Two optional hooks let a caller keep the pool on remote storage:
+``fetch(path)`` makes a file local before it is opened, ``publish(path)`` uploads one just written.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from time_ray.core.checkpoints import Checkpoint, SafetensorsCheckpoint, save_atomic
+
+Hook = Callable[[Path], None]
+
+
+def _noop(path: Path) -> None:
+    return None
 
 
 class CheckpointPool:
     """Files under ``root``; theta_0 is read from ``base_path`` (shared by every pool of a sweep)."""
 
-    def __init__(self, root: str | os.PathLike, base_path: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, base_path: str | os.PathLike,
+                 fetch: Hook | None = None, publish: Hook | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.base_path = Path(base_path)
+        self.fetch, self.publish = fetch or _noop, publish or _noop
+        if not self.base_path.is_file():
+            self.fetch(self.base_path)
         if not self.base_path.is_file():
             raise FileNotFoundError(f"pool {self.root}: base model {self.base_path} does not exist")
         self._cache: dict[str, SafetensorsCheckpoint] = {}
 
-    def _path(self, kind: str, t: int | None = None) -> Path:
-        return self.root / (f"{kind}.safetensors" if t is None else f"{kind}_{t:03d}.safetensors")
+    def _path(self, kind: str, t: int | None = None, suffix: str = ".safetensors") -> Path:
+        return self.root / (f"{kind}{suffix}" if t is None else f"{kind}_{t:03d}{suffix}")
 
     def _open(self, path: Path) -> SafetensorsCheckpoint:
         if str(path) not in self._cache:
+            if not path.exists():
+                self.fetch(path)
             self._cache[str(path)] = SafetensorsCheckpoint(path)
         return self._cache[str(path)]
+
+    def _write(self, path: Path, state: Checkpoint) -> int:
+        size = save_atomic(state, path)
+        self.publish(path)
+        return size
 
     @property
     def base(self) -> Checkpoint:
         """theta_0."""
         return self._open(self.base_path)
 
+    def _has_expert(self, t: int) -> bool:
+        return self._path("expert", t).exists() or self._path("expert", t, ".ref").exists()
+
     @property
     def n_experts(self) -> int:
         t = 0
-        while self._path("expert", t + 1).exists():
+        while self._has_expert(t + 1):
             t += 1
         return t
 
-    def add_expert(self, t: int, state: Checkpoint) -> int:
-        """Stores theta^s_t (t must be the next timestep); returns its size in bytes."""
+    def _check_next(self, t: int) -> None:
         if t != self.n_experts + 1:
             raise ValueError(f"expert {t} stored out of order: the pool holds {self.n_experts} experts")
-        return save_atomic(state, self._path("expert", t))
+
+    def add_expert(self, t: int, state: Checkpoint) -> int:
+        """Stores theta^s_t (t must be the next timestep); returns its size in bytes."""
+        self._check_next(t)
+        return self._write(self._path("expert", t), state)
+
+    def link_expert(self, t: int, target: str | os.PathLike) -> int:
+        """Adds the existing immutable file ``target`` as theta^s_t without copying it."""
+        self._check_next(t)
+        ref = self._path("expert", t, ".ref")
+        tmp = ref.with_name(f".{ref.name}.tmp")
+        tmp.write_text(os.path.relpath(Path(target).resolve(), self.root.resolve()) + "\n")
+        os.replace(tmp, ref)
+        self.publish(ref)
+        return self._expert_path(t).stat().st_size if self._expert_path(t).exists() else 0
+
+    def _expert_path(self, t: int) -> Path:
+        ref = self._path("expert", t, ".ref")
+        if ref.exists():
+            return (self.root / ref.read_text().strip()).resolve()
+        return self._path("expert", t)
 
     def expert(self, t: int) -> Checkpoint:
         """theta^s_t, 1-based."""
         if not 1 <= t <= self.n_experts:
             raise KeyError(f"expert {t} is not in the pool (it holds {self.n_experts})")
-        return self._open(self._path("expert", t))
+        return self._open(self._expert_path(t))
 
     def experts(self, n: int) -> list[Checkpoint]:
         return [self.expert(k) for k in range(1, n + 1)]
@@ -61,9 +107,13 @@ class CheckpointPool:
         return self._open(path) if path.exists() else None
 
     def put_derived(self, kind: str, t: int, state: Checkpoint) -> Checkpoint:
-        save_atomic(state, self._path(kind, t))
+        self._write(self._path(kind, t), state)
         return self._open(self._path(kind, t))
 
     def nbytes(self) -> int:
-        """Bytes of this pool's own files (experts and derived models; theta_0 is shared)."""
-        return sum(p.stat().st_size for p in self.root.glob("*.safetensors"))
+        """Bytes of the models this pool holds: its own files plus the experts it references
+        (theta_0 is shared by every pool and not counted)."""
+        own = sum(p.stat().st_size for p in self.root.glob("*.safetensors"))
+        linked = [self._expert_path(t) for t in range(1, self.n_experts + 1)
+                  if self._path("expert", t, ".ref").exists()]
+        return own + sum(p.stat().st_size for p in linked if p.exists())

@@ -1,30 +1,34 @@
-"""The sweep's expert cache: content-addressed expert files shared by all trials, and the claims
-that make two trials needing the same expert at the same time train it once."""
+"""The sweep's expert cache: content-addressed expert files shared by all trials (``experts/<key>``
+in the sweep's storage), and the claims that make two trials needing the same expert at the same
+time train it once."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import time
 
 import ray
+
+from time_ray.orchestration.storage import Storage
 
 POLL_SECONDS = 0.5
 
 
+def expert_file(key: str) -> str:
+    """Where the expert with content hash ``key`` lives, relative to the sweep's storage."""
+    return f"experts/{key}.safetensors"
+
+
 @ray.remote(num_cpus=0)
 class ExpertCache:
-    def __init__(self, root: str):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+    def __init__(self, storage: Storage):
+        self.storage = storage
         self.claimed: set[str] = set()
         self.trained = 0
         self.hits = 0
 
-    def path(self, key: str) -> str:
-        return str(self.root / f"{key}.safetensors")
-
     def claim(self, key: str) -> str:
         """'hit' (the file exists), 'train' (the caller trains it now) or 'wait' (another trial is)."""
-        if Path(self.path(key)).exists():
+        if self.storage.exists(expert_file(key)):
             self.hits += 1
             return "hit"
         if key in self.claimed:
@@ -46,8 +50,6 @@ class ExpertCache:
 
 def obtain(cache, key: str) -> str:
     """Claims ``key``, waiting while another trial trains it; returns 'hit' or 'train'."""
-    import time
-
     while (decision := ray.get(cache.claim.remote(key))) == "wait":
         time.sleep(POLL_SECONDS)
     return decision

@@ -10,10 +10,10 @@ import ray.train.torch
 import torch
 
 from time_ray.core import models
-from time_ray.core.checkpoints import SafetensorsCheckpoint, materialize, save_atomic
+from time_ray.core.checkpoints import save_atomic
 from time_ray.core.experiment import Experiment
 from time_ray.core.experts import expert_key
-from time_ray.orchestration.expert_cache import obtain
+from time_ray.orchestration.expert_cache import expert_file, obtain
 
 
 def train_experts(config: dict) -> None:
@@ -36,10 +36,9 @@ def train_experts(config: dict) -> None:
         if world > 1:
             torch.distributed.broadcast_object_list(decision, src=0)
         if decision[0] == "hit":
-            if rank == 0:
+            if rank == 0:  # the pool references the cached file (checked against its hash on open)
                 info = {"train_steps": 0, "train_seconds": 0.0, "train_gflops": 0.0, "expert_cache_hit": True}
-                cached = SafetensorsCheckpoint(ray.get(cache.path.remote(key)))  # checked against its hash
-                ray.get(actor.store_expert.remote(t, materialize(cached), info))
+                ray.get(actor.link_expert.remote(t, expert_file(key), info))
             continue
         inner.load_state_dict(init)
         try:
@@ -51,12 +50,16 @@ def train_experts(config: dict) -> None:
             raise
         if rank == 0:
             state = models.state_dict_of(inner)
-            if cache is not None:
-                save_atomic(state, ray.get(cache.path.remote(key)))
-                ray.get(cache.done.remote(key))
             info = {"train_steps": stats["steps"], "train_seconds": stats["seconds"],
                     "train_gflops": flops * stats["steps"] * world / 1e9, "loss": stats["loss"],
                     "expert_cache_hit": False}
-            ray.get(actor.store_expert.remote(t, state, info))
+            if cache is not None:  # written once into the sweep's cache, referenced by the pool
+                storage = config["storage"]
+                save_atomic(state, storage.local(expert_file(key)))
+                storage.push(expert_file(key))
+                ray.get(cache.done.remote(key))
+                ray.get(actor.link_expert.remote(t, expert_file(key), info))
+            else:
+                ray.get(actor.store_expert.remote(t, state, info))
         if world > 1:
             torch.distributed.barrier()

@@ -11,13 +11,19 @@ import torch
 from time_ray.core.checkpoints import materialize
 from time_ray.core.pool import CheckpointPool
 from time_ray.core.strategies import Policy, deploy_weights, init_weights
+from time_ray.orchestration.storage import Storage
 
 
 @ray.remote(num_cpus=0)
 class MergeActor:
-    def __init__(self, pool_dir: str, base_path: str, policy: Policy, num_threads: int = 1):
+    """The pool lives in ``storage`` under ``pool/<trial_id>``; theta_0 is ``base.safetensors``."""
+
+    def __init__(self, storage: Storage, trial_id: str, policy: Policy, num_threads: int = 1):
         torch.set_num_threads(num_threads)
-        self.pool = CheckpointPool(pool_dir, base_path)
+        self.storage = storage
+        storage.pull_tree(f"pool/{trial_id}")
+        self.pool = CheckpointPool(storage.local(f"pool/{trial_id}"), storage.local("base.safetensors"),
+                                   fetch=storage.fetch, publish=storage.push)
         self.policy = policy
         self.merge_seconds: dict[int, float] = {}
         self.expert_info: dict[int, dict] = {}
@@ -36,6 +42,12 @@ class MergeActor:
         """Appends theta^s_t to the pool; ``info`` holds training steps, seconds and GFLOPs."""
         self.expert_info[t] = info
         return self.pool.add_expert(t, state)
+
+    def link_expert(self, t: int, rel: str, info: dict) -> int:
+        """Appends the cached expert file ``rel`` (in the sweep's storage) as theta^s_t, by reference."""
+        self.expert_info[t] = info
+        self.storage.pull(rel)
+        return self.pool.link_expert(t, self.storage.local(rel))
 
     def n_experts(self) -> int:
         return self.pool.n_experts

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import yaml
@@ -17,81 +15,100 @@ from time_ray.core.base_model import load_base
 from time_ray.core.checkpoints import save_atomic
 from time_ray.core.errors import TimeRayError
 from time_ray.core.results import METRICS_COLUMNS, TIMESTEP_COLUMNS, write_parquet_atomic
+from time_ray.orchestration.storage import Storage
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def prepare_output(cfg: SweepConfig, output: Path, resume: bool) -> None:
-    """Claims ``output`` for this sweep: never mixes two sweeps' results in one directory."""
-    output.mkdir(parents=True, exist_ok=True)
-    marker = output / "sweep.json"
-    if marker.exists():
-        previous = json.loads(marker.read_text())
+def prepare_output(cfg: SweepConfig, storage: Storage, resume: bool) -> None:
+    """Claims the output location for this sweep: never mixes two sweeps' results in one place."""
+    previous_text = storage.read_text("sweep.json")
+    if previous_text is not None:
+        previous = json.loads(previous_text)
         if previous.get("fingerprint") != cfg.fingerprint():
             raise TimeRayError(
-                f"output {output}: holds the results of another sweep ({previous.get('name')!r}, config "
-                f"fingerprint {previous.get('fingerprint')}; this config is {cfg.fingerprint()}). "
+                f"output {storage.display()}: holds the results of another sweep ({previous.get('name')!r}, "
+                f"config fingerprint {previous.get('fingerprint')}; this config is {cfg.fingerprint()}). "
                 "Choose another --output directory, or delete that one.")
         if not resume:
             raise TimeRayError(
-                f"output {output}: already holds results of this sweep. Pass --resume to finish the "
-                "unfinished trials, or choose another --output directory.")
-    marker.write_text(json.dumps({"name": cfg.name, "fingerprint": cfg.fingerprint()}, indent=2))
-    (output / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+                f"output {storage.display()}: already holds results of this sweep. Pass --resume to finish "
+                "the unfinished trials, or choose another --output directory.")
+    storage.write_text("sweep.json", json.dumps({"name": cfg.name, "fingerprint": cfg.fingerprint()}, indent=2))
+    storage.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def finished(output: Path, trial: dict, tasks: int) -> bool:
-    path = output / "trials" / trial["trial_id"] / "timesteps.parquet"
-    return path.exists() and int(pd.read_parquet(path).timestep.max()) == tasks
+def finished(storage: Storage, trial: dict, tasks: int) -> bool:
+    path = storage.pull(f"trials/{trial['trial_id']}/timesteps.parquet", refresh=True)
+    return path is not None and int(pd.read_parquet(path).timestep.max()) == tasks
 
 
 DRIVER_CPU = 0.01  # a trial driver only waits and evaluates; merges run in the merge actor
 MIN_WORKER_CPU = 0.5
+EVAL_GPU = 0.05  # with use_gpu, a trial's evaluations run as short tasks on this slice of a GPU
 
 
 def worker_resources(cfg: SweepConfig, cluster: dict, n_trials: int) -> tuple[dict, int]:
-    """CPUs (and GPUs) per Train worker and how many trials run at once, from the cluster's
-    resources: as many trials as fit with at least half a CPU per worker (drivers' 0.01 CPU counted),
-    the CPUs shared equally among them, so no trial waits for a worker that cannot be placed."""
-    workers = cfg.resources.workers_per_expert
+    """Resources per Train worker and how many trials run at once, from the cluster's resources.
+
+    CPUs: as many trials as fit with at least half a CPU per worker (drivers' 0.01 CPU counted), the
+    CPUs shared equally among them, so no trial waits for a worker that cannot be placed. GPUs (with
+    ``use_gpu``): only Train workers and the short evaluation tasks hold GPU slices; drivers and merge
+    actors, which mostly wait, hold none. Explicit ``cpus_per_worker`` / ``gpus_per_worker`` win."""
+    r = cfg.resources
+    workers = r.workers_per_expert
     cpus = float(cluster.get("CPU", 1))
-    limit = min(n_trials, cfg.resources.max_concurrent_trials or n_trials)
-    concurrent = max(1, min(limit, math.floor(cpus / (workers * MIN_WORKER_CPU + DRIVER_CPU))))
-    share = (cpus - DRIVER_CPU * concurrent) / (concurrent * workers)
-    per_worker: dict = {"CPU": max(0.01, math.floor(share * 100) / 100)}  # rounded down: N shares fit
-    if cfg.resources.use_gpu:
+    limit = min(n_trials, r.max_concurrent_trials or n_trials)
+    per_trial_cpu = DRIVER_CPU * (2 if r.use_gpu else 1)  # + the evaluation task's share
+    concurrent = min(limit, math.floor(cpus / (workers * (r.cpus_per_worker or MIN_WORKER_CPU) + per_trial_cpu)))
+    gpu = 0.0
+    if r.use_gpu:
         gpus = float(cluster.get("GPU", 0))
         if gpus <= 0:
             raise TimeRayError("resources.use_gpu: true, but the Ray cluster has no GPU.")
-        per_worker["GPU"] = min(1.0, gpus / (concurrent * workers))
+        gpu = r.gpus_per_worker or min(1.0, math.floor((gpus / limit - EVAL_GPU) / workers * 100) / 100)
+        if gpu > 0:
+            concurrent = min(concurrent, math.floor(gpus / (workers * gpu + EVAL_GPU) + 1e-9))
+    if concurrent < 1 or (r.use_gpu and gpu <= 0):
+        worker = f"{r.cpus_per_worker or MIN_WORKER_CPU} CPU" + (f" + {gpu} GPU" if r.use_gpu else "")
+        driver = f"{per_trial_cpu} CPU" + (f" + {EVAL_GPU} GPU" if r.use_gpu else "")
+        has = f"{cpus:g} CPU" + (f" and {float(cluster.get('GPU', 0)):g} GPU" if r.use_gpu else "")
+        raise TimeRayError(
+            f"resources: one trial needs {workers} Train worker(s) x ({worker}) plus {driver} for its driver, "
+            f"but the cluster has {has}. Lower resources.workers_per_expert / cpus_per_worker / "
+            "gpus_per_worker, or add nodes.")
+    share = r.cpus_per_worker or (cpus - per_trial_cpu * concurrent) / (concurrent * workers)
+    per_worker: dict = {"CPU": max(0.01, math.floor(share * 100) / 100)}  # rounded down: N shares fit
+    if r.use_gpu:
+        per_worker["GPU"] = gpu
     return per_worker, concurrent
 
 
-def run_sweep(cfg: SweepConfig, output: str | Path, resume: bool = False, verbose: bool = False,
+def run_sweep(cfg: SweepConfig, output: str, resume: bool = False, verbose: bool = False,
               ray_temp_dir: str | None = None) -> pd.DataFrame:
     """Runs the sweep and writes DIR/metrics.parquet, DIR/timesteps.parquet, DIR/config.yaml."""
-    output = Path(output).resolve()
-    prepare_output(cfg, output, resume)
+    storage = Storage(output)
+    prepare_output(cfg, storage, resume)
     trials = expand_trials(cfg)
-    todo = [t for t in trials if not (resume and finished(output, t, cfg.stream.tasks))]
+    todo = [t for t in trials if not (resume and finished(storage, t, cfg.stream.tasks))]
     for trial in todo:  # a trial that did not finish starts over from a clean slate
-        shutil.rmtree(output / "trials" / trial["trial_id"], ignore_errors=True)
-        shutil.rmtree(output / "pool" / trial["trial_id"], ignore_errors=True)
+        storage.remove_tree(f"trials/{trial['trial_id']}")
+        storage.remove_tree(f"pool/{trial['trial_id']}")
     log(f"time-ray: sweep {cfg.name!r}: {len(trials)} trials, {cfg.stream.tasks} tasks each "
-        f"({len(trials) - len(todo)} already finished) -> {output}")
+        f"({len(trials) - len(todo)} already finished) -> {storage.display()}")
 
-    base_path = output / "base.safetensors"
-    if not base_path.exists():
+    if storage.pull("base.safetensors") is None:
         save_atomic(load_base(cfg.model.arch, cfg.model.pretrained, cfg.stream.builtin,
-                              cfg.model.base_training, log), base_path)
+                              cfg.model.base_training, log), storage.local("base.safetensors"))
+        storage.push("base.safetensors")
     if todo:
-        _run_trials(cfg, todo, output, base_path, verbose, ray_temp_dir)
-    return collect(output, trials)
+        _run_trials(cfg, todo, storage, verbose, ray_temp_dir)
+    return collect(storage, trials)
 
 
-def _run_trials(cfg, todo, output, base_path, verbose, ray_temp_dir) -> None:
+def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> None:
     import ray
     from ray import tune
 
@@ -107,18 +124,19 @@ def _run_trials(cfg, todo, output, base_path, verbose, ray_temp_dir) -> None:
     from time_ray.orchestration.expert_cache import ExpertCache
 
     cache_name = f"time-ray-experts-{cfg.fingerprint()}"
-    cache = ExpertCache.options(name=cache_name).remote(str(output / "experts"))
-    run = {"output": str(output), "base_path": str(base_path), "settings": experiment_settings(cfg),
+    cache = ExpertCache.options(name=cache_name).remote(storage)
+    run = {"storage": storage, "settings": experiment_settings(cfg),
            "expert_cache": cache_name,
            "workers": cfg.resources.workers_per_expert, "use_gpu": cfg.resources.use_gpu,
-           "resources_per_worker": per_worker}
+           "resources_per_worker": per_worker, "driver_cpu": DRIVER_CPU,
+           "eval_gpu": EVAL_GPU if cfg.resources.use_gpu else 0.0}
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"cpu": DRIVER_CPU}),
         param_space={"trial": tune.grid_search(todo), "run": run},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent,
                                     trial_dirname_creator=lambda t: t.config["trial"]["trial_id"],
                                     trial_name_creator=lambda t: t.config["trial"]["trial_id"]),
-        run_config=tune.RunConfig(name="tune", storage_path=str(output / "ray"), verbose=0,
+        run_config=tune.RunConfig(name="tune", storage_path=storage.ray_path("ray"), verbose=0,
                                   callbacks=[ProgressPrinter(todo, cfg.stream.tasks)]),
     )
     results = tuner.fit()
@@ -131,18 +149,19 @@ def _run_trials(cfg, todo, output, base_path, verbose, ray_temp_dir) -> None:
                            f"kept; rerun with --resume to retry the failed ones.")
 
 
-def collect(output: Path, trials: list[dict]) -> pd.DataFrame:
+def collect(storage: Storage, trials: list[dict]) -> pd.DataFrame:
     """Concatenates the trials' files into DIR/metrics.parquet and DIR/timesteps.parquet."""
     metrics, steps = [], []
     for trial in trials:
-        d = output / "trials" / trial["trial_id"]
-        if (d / "timesteps.parquet").exists():
-            metrics.append(pd.read_parquet(d / "metrics.parquet"))
-            steps.append(pd.read_parquet(d / "timesteps.parquet"))
+        d = f"trials/{trial['trial_id']}"
+        if storage.pull(f"{d}/timesteps.parquet", refresh=True) is not None:
+            metrics.append(pd.read_parquet(storage.pull(f"{d}/metrics.parquet", refresh=True)))
+            steps.append(pd.read_parquet(storage.local(f"{d}/timesteps.parquet")))
     metrics_df = pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(columns=METRICS_COLUMNS)
     steps_df = pd.concat(steps, ignore_index=True) if steps else pd.DataFrame(columns=TIMESTEP_COLUMNS)
-    write_parquet_atomic(metrics_df, output / "metrics.parquet")
-    write_parquet_atomic(steps_df, output / "timesteps.parquet")
+    for name, frame in (("metrics.parquet", metrics_df), ("timesteps.parquet", steps_df)):
+        write_parquet_atomic(frame, storage.local(name))
+        storage.push(name)
     return steps_df
 
 
