@@ -91,6 +91,25 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
+class EarlyStoppingConfig:
+    scheduler: str | None = None  # "asha": stop trials whose GM trails their peers' at a rung
+    metric: str = "gm"  # a_ka | a_zs | gm, maximized
+    grace_period: int = 1  # timesteps every trial runs before it can be stopped
+    reduction_factor: int = 2  # 1/reduction_factor of the trials go on at each rung
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Random or quasi-random search over continuous hyperparameters, crossed with the grid."""
+
+    samples: int = 0  # draws per grid policy that has a searched parameter (0: the grid only)
+    method: str = "sobol"  # sobol (scrambled quasi-random) | random
+    seed: int = 0
+    space: dict = field(default_factory=dict)  # name -> [low, high]: lambda, prune, top, t, alpha, beta, ema_weight
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+
+@dataclass(frozen=True)
 class SweepConfig:
     name: str = "sweep"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -100,6 +119,7 @@ class SweepConfig:
     policies: PoliciesConfig = field(default_factory=PoliciesConfig)
     seeds: tuple[int, ...] = (0,)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -277,6 +297,7 @@ def validate(cfg: SweepConfig) -> None:
                                          and (r.gpus_per_worker <= 1 or float(r.gpus_per_worker).is_integer())),
            f"resources.gpus_per_worker: must be a fraction in (0, 1] or a whole number of GPUs, with "
            f"use_gpu: true; got {r.gpus_per_worker} (use_gpu: {r.use_gpu}).")
+    _validate_search(cfg.search)
     from time_ray.core.models import check_arch
 
     check_arch(cfg.model.arch)
@@ -357,7 +378,7 @@ def expand_policies(cfg: SweepConfig) -> list[dict]:
         if grid:
             where = f"policies.grid[{g}]" if isinstance(cfg.policies.grid, list) else "policies.grid"
             _check(isinstance(grid, dict), f"{where}: expected a mapping of {', '.join(GRID_KEYS)}.")
-            out += _expand_grid(grid, where)
+            out += [v for p in _expand_grid(grid, where) for v in _apply_search(p, search_points(cfg.search))]
     if cfg.policies.multitask:
         out.append({"policy": "multitask", "init": "zs", "deploy": "ft", "merge": "average",
                     "merge_params": {}, "multitask": True})
@@ -368,6 +389,74 @@ def expand_policies(cfg: SweepConfig) -> list[dict]:
             seen.add(key)
             unique.append(p)
     return unique
+
+
+SEARCHABLE = ("lambda", "prune", "top", "t", "alpha", "beta", "ema_weight")
+SEARCH_METHODS = ("sobol", "random")
+SCHEDULERS = ("asha",)
+
+
+def _validate_search(search: SearchConfig) -> None:
+    _check(search.samples >= 0, f"search.samples: must be 0 or more, got {search.samples}.")
+    _choice(search.method, SEARCH_METHODS, "search.method")
+    _check(isinstance(search.space, dict), "search.space: expected a mapping of NAME: [low, high].")
+    for name, bounds in search.space.items():
+        _check(name in SEARCHABLE, f"search.space.{name}: not a continuous hyperparameter.{_suggest(name, SEARCHABLE)} "
+                                   f"Allowed: {', '.join(SEARCHABLE)}.")
+        _check(isinstance(bounds, (list, tuple)) and len(bounds) == 2
+               and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds) and bounds[0] < bounds[1],
+               f"search.space.{name}: expected [low, high] with low < high, got {bounds!r}.")
+        if name == "ema_weight":
+            _check(0 < bounds[0] and bounds[1] <= 1, f"search.space.ema_weight: must lie in (0, 1], got {bounds!r}.")
+    _check(not search.space or search.samples > 0, "search.space: given, but search.samples is 0; set how many draws.")
+    stop = search.early_stopping
+    if stop.scheduler is not None:
+        _choice(stop.scheduler, SCHEDULERS, "search.early_stopping.scheduler")
+    _choice(stop.metric, ("a_ka", "a_zs", "gm"), "search.early_stopping.metric")
+    _check(stop.grace_period >= 1, "search.early_stopping.grace_period: must be at least 1 timestep.")
+    _check(stop.reduction_factor >= 2, "search.early_stopping.reduction_factor: must be at least 2.")
+
+
+def search_points(search: SearchConfig) -> list[dict]:
+    """``samples`` points of the search space: scrambled Sobol (low-discrepancy) or uniform random,
+    seeded. The same points serve every policy (common random numbers), so techniques are compared
+    at the same draws. Values are rounded to 4 significant digits (readable trial ids and tables)."""
+    import torch
+
+    names = list(search.space)
+    if not names or search.samples == 0:
+        return []
+    if search.method == "sobol":
+        unit = torch.quasirandom.SobolEngine(len(names), scramble=True, seed=search.seed).draw(search.samples)
+    else:
+        unit = torch.rand(search.samples, len(names), generator=torch.Generator().manual_seed(search.seed))
+    points = []
+    for row in unit.double().tolist():
+        point = {}
+        for name, u in zip(names, row):
+            low, high = search.space[name]
+            point[name] = float(f"{low + u * (high - low):.4g}")
+        points.append(point)
+    return points
+
+
+def _apply_search(policy: dict, points: list[dict]) -> list[dict]:
+    """The policy at each search point, for the searched parameters it has (merge parameters of its
+    technique; ema_weight when an EMA strategy is used); unchanged when it has none of them."""
+    accepted = set(technique_params(make_technique(policy["merge"], **policy["merge_params"])))
+    if not policy["merge_params"].get("lines"):
+        accepted -= {"alpha", "beta"}  # LiNeS depth scaling is off: they would change nothing
+    uses_ema = "ema" in (policy["init"], policy["deploy"])
+    variants = []
+    for point in points:
+        params = {k: v for k, v in point.items() if k in accepted}
+        ema = {"ema_weight": point["ema_weight"]} if uses_ema and "ema_weight" in point else {}
+        if not params and not ema:
+            return [policy]
+        merge_params = {**policy["merge_params"], **params}
+        make_technique(policy["merge"], "search.space.technique", **merge_params)  # in range for this technique
+        variants.append({**policy, "merge_params": merge_params, **ema})
+    return variants or [policy]
 
 
 def steps_per_task(cfg: SweepConfig, flops_per_step: float | None = None) -> int:

@@ -34,6 +34,18 @@ def unique_experts(trials: list[dict], tasks: int) -> set[tuple]:
     return keys
 
 
+def asha_fraction(tasks: int, grace: int, reduction: int) -> float:
+    """Expected share of timesteps a trial runs under ASHA (promotion of the top 1/eta at each rung
+    r_k = grace * eta^k): e/T with e = g + sum_k (min(r_{k+1}, T) - r_k) / eta^(k+1)."""
+    grace = min(grace, tasks)
+    expected, rung, k = float(grace), grace, 0
+    while rung < tasks:
+        nxt = min(rung * reduction, tasks)
+        expected += (nxt - rung) / reduction ** (k + 1)
+        rung, k = nxt, k + 1
+    return expected / tasks
+
+
 def make_plan(cfg: SweepConfig, flops_per_step: float | None = None, model_bytes: int | None = None,
               device_tflops: float = DEFAULT_DEVICE_TFLOPS) -> dict:
     flops = flops_per_step if flops_per_step is not None else measure_flops_per_step(cfg)
@@ -47,7 +59,10 @@ def make_plan(cfg: SweepConfig, flops_per_step: float | None = None, model_bytes
     trainings = sum(1 if t.get("multitask") else tasks for t in trials)
     gflops = sum(steps for _, _, steps, _, _ in experts) * flops / 1e9
     chains = sum(tasks for t in trials if "ema" in (t["init"], t["deploy"]))
+    stop = cfg.search.early_stopping
+    fraction = asha_fraction(tasks, stop.grace_period, stop.reduction_factor) if stop.scheduler else 1.0
     return {
+        "early_stopping_fraction": fraction, "expected_trainings_with_stopping": round(trainings * fraction),
         "trials": len(trials), "trials_list": trials, "tasks": tasks, "expert_trainings": trainings,
         "unique_experts": len(experts), "gflops_per_step": flops / 1e9, "train_gflops": gflops,
         "device_hours": gflops / (device_tflops * 1e3) / 3600, "device_tflops": device_tflops,

@@ -16,6 +16,9 @@ TIMESTEP_COLUMNS = POLICY_COLUMNS + [
     "timestep", "a_ka", "a_zs", "gm", "train_steps", "train_gflops", "train_seconds",
     "merge_seconds", "eval_seconds", "pool_bytes", "expert_cache_hit",
 ]
+# trials.parquet: one row per trial of the sweep, finished or not
+TRIAL_STATUSES = ("finished", "stopped_early", "unfinished")
+TRIAL_COLUMNS = POLICY_COLUMNS + ["status", "last_timestep", "expert_trainings_saved", "train_steps_saved"]
 
 
 def write_parquet_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> None:
@@ -34,6 +37,10 @@ def write_parquet_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> None:
 
 def metrics_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=METRICS_COLUMNS)
+
+
+def trials_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
 
 
 def timesteps_frame(rows: list[dict]) -> pd.DataFrame:

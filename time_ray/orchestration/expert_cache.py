@@ -1,9 +1,15 @@
 """The sweep's expert cache: content-addressed expert files shared by all trials (``experts/<key>``
 in the sweep's storage), and the claims that make two trials needing the same expert at the same
-time train it once."""
+time train it once.
+
+A claim is a lease the trainer renews while it trains: when a trainer dies (a killed worker, a trial
+stopped early by the scheduler), its lease runs out and the next trial that needs the expert trains
+it, instead of waiting forever."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 
 import ray
@@ -11,6 +17,7 @@ import ray
 from time_ray.orchestration.storage import Storage
 
 POLL_SECONDS = 0.5
+LEASE_SECONDS = 60.0
 
 
 def expert_file(key: str) -> str:
@@ -22,7 +29,8 @@ def expert_file(key: str) -> str:
 class ExpertCache:
     def __init__(self, storage: Storage):
         self.storage = storage
-        self.claimed: set[str] = set()
+        self.claimed: dict[str, float] = {}  # key -> when its trainer last renewed the lease
+        self.lease_seconds = LEASE_SECONDS
         self.trained = 0
         self.hits = 0
 
@@ -31,21 +39,46 @@ class ExpertCache:
         if self.storage.exists(expert_file(key)):
             self.hits += 1
             return "hit"
-        if key in self.claimed:
+        now = time.monotonic()
+        if key in self.claimed and now - self.claimed[key] < self.lease_seconds:
             return "wait"
-        self.claimed.add(key)
+        self.claimed[key] = now  # new, or the previous trainer's lease ran out
         return "train"
 
+    def renew(self, key: str) -> None:
+        if key in self.claimed:
+            self.claimed[key] = time.monotonic()
+
     def done(self, key: str) -> None:
-        self.claimed.discard(key)
+        self.claimed.pop(key, None)
         self.trained += 1
 
     def release(self, key: str) -> None:
         """A claimant failed: the next claim trains the expert."""
-        self.claimed.discard(key)
+        self.claimed.pop(key, None)
+
+    def set_lease(self, seconds: float) -> None:
+        self.lease_seconds = seconds
 
     def stats(self) -> dict:
         return {"trained": self.trained, "hits": self.hits}
+
+
+@contextlib.contextmanager
+def lease(cache, key: str, every: float = LEASE_SECONDS / 6):
+    """Renews the claim on ``key`` in the background while the block (the training) runs."""
+    stop = threading.Event()
+
+    def renew():
+        while not stop.wait(every):
+            cache.renew.remote(key)
+
+    thread = threading.Thread(target=renew, name=f"lease-{key[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def obtain(cache, key: str) -> str:

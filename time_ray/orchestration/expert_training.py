@@ -4,6 +4,8 @@ the Train start-up (about 25 s here) is paid once per trial, not once per timest
 
 from __future__ import annotations
 
+import contextlib
+
 import ray
 import ray.train
 import ray.train.torch
@@ -13,7 +15,7 @@ from time_ray.core import models
 from time_ray.core.checkpoints import save_atomic
 from time_ray.core.experiment import Experiment
 from time_ray.core.experts import expert_key
-from time_ray.orchestration.expert_cache import expert_file, obtain
+from time_ray.orchestration.expert_cache import expert_file, lease, obtain
 
 
 def train_experts(config: dict) -> None:
@@ -42,8 +44,9 @@ def train_experts(config: dict) -> None:
             continue
         inner.load_state_dict(init)
         try:
-            stats = experiment.train_expert(model, t, config["steps"], config["seed"], device, rank,
-                                            label=config["trial_id"])
+            with lease(cache, key) if cache is not None and rank == 0 else contextlib.nullcontext():
+                stats = experiment.train_expert(model, t, config["steps"], config["seed"], device, rank,
+                                                label=config["trial_id"])
         except BaseException:
             if cache is not None and rank == 0:
                 ray.get(cache.release.remote(key))

@@ -14,7 +14,7 @@ from time_ray.config import SweepConfig, expand_trials, experiment_settings
 from time_ray.core.base_model import load_base
 from time_ray.core.checkpoints import save_atomic
 from time_ray.core.errors import TimeRayError
-from time_ray.core.results import METRICS_COLUMNS, TIMESTEP_COLUMNS, write_parquet_atomic
+from time_ray.core.results import METRICS_COLUMNS, TIMESTEP_COLUMNS, trials_frame, write_parquet_atomic
 from time_ray.orchestration.storage import Storage
 
 
@@ -41,8 +41,36 @@ def prepare_output(cfg: SweepConfig, storage: Storage, resume: bool) -> None:
 
 
 def finished(storage: Storage, trial: dict, tasks: int) -> bool:
+    """Done: every timestep recorded, or stopped early by the scheduler (not run again on --resume)."""
+    if storage.exists(f"trials/{trial['trial_id']}/stopped_early.json"):
+        return True
     path = storage.pull(f"trials/{trial['trial_id']}/timesteps.parquet", refresh=True)
     return path is not None and int(pd.read_parquet(path).timestep.max()) == tasks
+
+
+def scheduler(cfg: SweepConfig):
+    """ASHA on the chosen metric with the timestep as time (``search.early_stopping``), or None."""
+    stop = cfg.search.early_stopping
+    if stop.scheduler is None:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="timestep", metric=stop.metric, mode="max", max_t=cfg.stream.tasks,
+                         grace_period=min(stop.grace_period, cfg.stream.tasks),
+                         reduction_factor=stop.reduction_factor)
+
+
+def record_early_stops(storage: Storage, results, tasks: int) -> None:
+    """A trial that ended without error before its last timestep was stopped by the scheduler:
+    ``trials/<id>/stopped_early.json`` says at which timestep, and what it saved."""
+    for result in results:
+        last = int((result.metrics or {}).get("timestep", 0))
+        if last < tasks:
+            trial = result.config["trial"]
+            saved = 0 if trial.get("multitask") else tasks - last
+            storage.write_text(f"trials/{trial['trial_id']}/stopped_early.json", json.dumps(
+                {"stopped_at_timestep": last, "expert_trainings_saved": saved,
+                 "train_steps_saved": saved * trial["budget_steps"]}))
 
 
 DRIVER_CPU = 0.01  # a trial driver only waits and evaluates; merges run in the merge actor
@@ -105,7 +133,7 @@ def run_sweep(cfg: SweepConfig, output: str, resume: bool = False, verbose: bool
         storage.push("base.safetensors")
     if todo:
         _run_trials(cfg, todo, storage, verbose, ray_temp_dir)
-    return collect(storage, trials)
+    return collect(storage, trials, cfg.stream.tasks)
 
 
 def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> None:
@@ -133,7 +161,7 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> None:
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"cpu": DRIVER_CPU}),
         param_space={"trial": tune.grid_search(todo), "run": run},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent,
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, scheduler=scheduler(cfg),
                                     trial_dirname_creator=lambda t: t.config["trial"]["trial_id"],
                                     trial_name_creator=lambda t: t.config["trial"]["trial_id"]),
         run_config=tune.RunConfig(name="tune", storage_path=storage.ray_path("ray"), verbose=0,
@@ -142,6 +170,7 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> None:
     results = tuner.fit()
     counts = ray.get(cache.stats.remote())
     log(f"time-ray: experts trained {counts['trained']}, reused from the cache {counts['hits']}")
+    record_early_stops(storage, [r for r in results if r.error is None], cfg.stream.tasks)
     errors = [r for r in results if r.error is not None]
     if errors:
         details = "; ".join(f"{r.config['trial']['trial_id']}: {r.error}" for r in errors)
@@ -149,19 +178,36 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> None:
                            f"kept; rerun with --resume to retry the failed ones.")
 
 
-def collect(storage: Storage, trials: list[dict]) -> pd.DataFrame:
-    """Concatenates the trials' files into DIR/metrics.parquet and DIR/timesteps.parquet."""
-    metrics, steps = [], []
+def collect(storage: Storage, trials: list[dict], tasks: int) -> pd.DataFrame:
+    """Concatenates the trials' files into DIR/metrics.parquet and DIR/timesteps.parquet, and lists
+    every trial's status in DIR/trials.parquet (finished, stopped early and what that saved, or
+    unfinished)."""
+    from time_ray.orchestration.trial import policy_columns
+
+    metrics, steps, status = [], [], []
     for trial in trials:
         d = f"trials/{trial['trial_id']}"
+        last = 0
         if storage.pull(f"{d}/timesteps.parquet", refresh=True) is not None:
             metrics.append(pd.read_parquet(storage.pull(f"{d}/metrics.parquet", refresh=True)))
             steps.append(pd.read_parquet(storage.local(f"{d}/timesteps.parquet")))
+            last = int(steps[-1].timestep.max())
+        stop = json.loads(storage.read_text(f"{d}/stopped_early.json") or "null")
+        state = "stopped_early" if stop else "finished" if last == tasks else "unfinished"
+        status.append({**policy_columns(trial), "status": state, "last_timestep": last,
+                       "expert_trainings_saved": (stop or {}).get("expert_trainings_saved", 0),
+                       "train_steps_saved": (stop or {}).get("train_steps_saved", 0)})
     metrics_df = pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(columns=METRICS_COLUMNS)
     steps_df = pd.concat(steps, ignore_index=True) if steps else pd.DataFrame(columns=TIMESTEP_COLUMNS)
-    for name, frame in (("metrics.parquet", metrics_df), ("timesteps.parquet", steps_df)):
+    for name, frame in (("metrics.parquet", metrics_df), ("timesteps.parquet", steps_df),
+                        ("trials.parquet", trials_frame(status))):
         write_parquet_atomic(frame, storage.local(name))
         storage.push(name)
+    stopped = [s for s in status if s["status"] == "stopped_early"]
+    if stopped:
+        log(f"time-ray: early stopping ended {len(stopped)} of {len(trials)} trials before timestep {tasks}, "
+            f"saving {sum(s['expert_trainings_saved'] for s in stopped)} expert trainings "
+            f"({sum(s['train_steps_saved'] for s in stopped)} steps); see trials.parquet")
     return steps_df
 
 
