@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Run a sweep. Without RAY_ADDRESS an embedded local Ray is "
                                        "started on 127.0.0.1 and stopped at the end.")
     sweep.add_argument("config", help="sweep YAML, e.g. configs/quickstart.yaml")
-    sweep.add_argument("--output", "-o", help="results directory (default: results/<config name>)")
+    sweep.add_argument("--output", "-o", help="where results, expert cache and pools go: a directory (default: "
+                                              "results/<config name>) or a storage URI such as s3://bucket/path, "
+                                              "gs://bucket/path, file:///shared/path")
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config field, e.g. --set budget.steps_per_task=50 (repeatable)")
     sweep.add_argument("--resume", action="store_true",
@@ -67,7 +69,29 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     plan.add_argument("--device-tflops", type=float, default=100.0,
                       help="sustained training TFLOP/s of one device, for the device-hours estimate (default 100)")
+
+    report = sub.add_parser(
+        "report", help="which policy, at what cost: tables, figures and findings of a sweep directory",
+        description="Reads a sweep directory (finished, or partial: the trials that are missing are listed) and "
+                    "writes into --output: report.html (self-contained, figures embedded, opens offline), the "
+                    "figures as PNG files (A_KA/A_ZS trajectories, A_KA vs A_ZS, cost vs GM with the Pareto "
+                    "front, init x deploy GM, GM across merging techniques, the accuracy matrix of one policy, GM "
+                    "vs compute budget) and summary.md (accuracy and cost per policy with the spread over seeds, "
+                    "the findings of TIME with seed intervals, the variance of GM by decision).")
+    report.add_argument("dir", help="the --output directory of `time-ray sweep`, e.g. results/quickstart")
+    report.add_argument("--output", "-o", help="where to write the report (default: DIR/report)")
+    report.add_argument("--policy", help="the policy of the accuracy matrix, as named in the tables "
+                                         "(default: the best final GM)")
     return parser
+
+
+def cmd_report(args) -> int:
+    from analysis import build_report
+
+    result = build_report(args.dir, args.output, args.policy)
+    print(f"report of {result['finished']} of {result['trials']} finished trials: {result['html']}, "
+          f"{result['markdown']}, {len(result['figures'])} figures (accuracy matrix: {result['policy']})")
+    return 0
 
 
 def cmd_sweep(args) -> int:
@@ -77,7 +101,7 @@ def cmd_sweep(args) -> int:
     from time_ray.orchestration.sweep import run_sweep, summary_table
 
     cfg = load_config(args.config, args.overrides)
-    output = Path(args.output or Path("results") / cfg.name)
+    output = args.output or str(Path("results") / cfg.name)  # a directory or a storage URI
     try:
         steps = run_sweep(cfg, output, resume=args.resume, verbose=args.verbose)
     finally:
@@ -85,7 +109,9 @@ def cmd_sweep(args) -> int:
 
         shutdown_ray()
     print(summary_table(steps))
-    print(f"\nresults: {output}/metrics.parquet, {output}/timesteps.parquet, {output}/config.yaml")
+    where = output.split("?")[0].rstrip("/")
+    print(f"\nresults: {where}/metrics.parquet, {where}/timesteps.parquet, {where}/trials.parquet, "
+          f"{where}/config.yaml")
     return 0
 
 
@@ -174,6 +200,16 @@ def cmd_plan(args) -> int:
           f"{plan['device_hours']:.3g} device-hours at {plan['device_tflops']:g} TFLOP/s sustained")
     print(f"storage: about {plan['storage_bytes'] / 2**30:.2f} GiB (model {plan['model_bytes'] / 2**20:.1f} MiB; "
           "pools, EMA chains, expert cache, theta_0)")
+    if cfg.search.samples:
+        print(f"search: {cfg.search.samples} {cfg.search.method} draws of {', '.join(cfg.search.space)} per grid "
+              "policy that has them (the same draws for every policy)")
+    stop = cfg.search.early_stopping
+    if stop.scheduler:
+        print(f"early stopping: {stop.scheduler.upper()} on {stop.metric} (grace {stop.grace_period} timestep(s), "
+              f"reduction {stop.reduction_factor}): about {plan['expected_trainings_with_stopping']} of "
+              f"{plan['expert_trainings']} expert trainings expected to run "
+              f"({1 - plan['early_stopping_fraction']:.0%} saved before deduplication); after the run, "
+              "trials.parquet says which trials were stopped and what that saved")
     for t in plan["trials_list"]:
         print(f"  {t['trial_id']:<40} init={t['init']:<6} deploy={t['deploy']:<6} merge={t['merge']} "
               f"{t['merge_params'] or ''} steps/task={t['budget_steps']} seed={t['seed']}")
@@ -189,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     try:
-        return {"sweep": cmd_sweep, "plan": cmd_plan, "data": cmd_data, "merge": cmd_merge}[args.command](args)
+        return {"sweep": cmd_sweep, "plan": cmd_plan, "data": cmd_data, "merge": cmd_merge,
+                "report": cmd_report}[args.command](args)
     except TimeRayError as exc:
         print(f"time-ray: error: {exc}", file=sys.stderr)  # one paragraph, the terminal wraps it
         return 2
