@@ -14,20 +14,22 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 def init_ray(verbose: bool = False, temp_dir: str | None = None, num_cpus: int | None = None) -> dict:
     """Joins the cluster in RAY_ADDRESS (e.g. under ``ray job submit``) or starts an embedded local
     Ray kept on loopback. Returns the cluster's resources plus ``node_address``."""
-    for key, value in LOOPBACK_ENV.items():
-        os.environ.setdefault(key, value)
+    joined = bool(os.environ.get("RAY_ADDRESS"))
+    if not joined:  # an embedded Ray: single-node mode on 127.0.0.1
+        for key, value in LOOPBACK_ENV.items():
+            os.environ.setdefault(key, value)
     import ray
 
     if ray.is_initialized():
-        return {**ray.cluster_resources(), "node_address": _node_address()}
+        return {**ray.cluster_resources(), "node_address": _node_address(), "joined": joined}
     kwargs = dict(log_to_driver=verbose, configure_logging=True,
                   logging_level="INFO" if verbose else "WARNING")
-    if os.environ.get("RAY_ADDRESS"):
+    if joined:
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
     else:
         ray.init(address="local", dashboard_host="127.0.0.1", num_cpus=num_cpus, _temp_dir=temp_dir,
                  runtime_env={"env_vars": dict(LOOPBACK_ENV)}, **kwargs)
-    return {**ray.cluster_resources(), "node_address": _node_address()}
+    return {**ray.cluster_resources(), "node_address": _node_address(), "joined": joined}
 
 
 def _node_address() -> str:

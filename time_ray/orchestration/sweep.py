@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 
@@ -146,7 +147,8 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> None:
 
     cluster = init_ray(verbose=verbose, temp_dir=ray_temp_dir)
     per_worker, concurrent = worker_resources(cfg, cluster, len(todo))
-    log(f"time-ray: Ray node {cluster['node_address']}, resources "
+    where = f"joined the Ray cluster at {os.environ['RAY_ADDRESS']}" if cluster["joined"] else "started a local Ray"
+    log(f"time-ray: {where}; Ray node {cluster['node_address']}, resources "
         f"{dict((k, v) for k, v in cluster.items() if k in ('CPU', 'GPU'))}; "
         f"{concurrent} trials at a time, {cfg.resources.workers_per_expert} Train worker(s) each with {per_worker}")
     from time_ray.orchestration.expert_cache import ExpertCache
