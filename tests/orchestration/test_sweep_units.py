@@ -94,3 +94,16 @@ def test_gpus_per_worker_needs_use_gpu_and_a_valid_amount():
         load_config("configs/quickstart.yaml", ["resources.gpus_per_worker=0.5"])
     with pytest.raises(ConfigError, match="whole number"):
         load_config("configs/quickstart.yaml", ["resources.use_gpu=true", "resources.gpus_per_worker=1.5"])
+
+
+def test_worker_shares_fit_node_by_node():
+    cfg = load_config("configs/quickstart.yaml", ["resources.use_gpu=true"])
+    # a CPU-only head (0 CPUs offered) + two 8-CPU nodes with one GPU each, 3 trials: an equal share
+    # of the 16 CPUs (5.32) would fit once per node; 2 trials fit, each worker on its own node and GPU
+    nodes = [{"CPU": 0.0, "GPU": 0.0}, {"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}]
+    per_worker, concurrent = worker_resources(cfg, {"CPU": 16.0, "GPU": 2.0, "nodes": nodes}, n_trials=3)
+    assert concurrent == 2 and per_worker["GPU"] == 0.61 and per_worker["CPU"] <= 8.0
+    # CPU only: the shares shrink until 3 workers fit on two 3-CPU nodes (2 x floor(3 / 1.5) >= 3)
+    cpu = SweepConfig()
+    per_worker, concurrent = worker_resources(cpu, {"CPU": 6.0, "nodes": [{"CPU": 3.0}, {"CPU": 3.0}]}, n_trials=3)
+    assert concurrent == 3 and per_worker["CPU"] == 1.5

@@ -21,7 +21,7 @@ def init_ray(verbose: bool = False, temp_dir: str | None = None, num_cpus: int |
     import ray
 
     if ray.is_initialized():
-        return {**ray.cluster_resources(), "node_address": _node_address(), "joined": joined}
+        return {**ray.cluster_resources(), "node_address": _node_address(), "nodes": _nodes(), "joined": joined}
     kwargs = dict(log_to_driver=verbose, configure_logging=True,
                   logging_level="INFO" if verbose else "WARNING")
     if joined:
@@ -29,13 +29,20 @@ def init_ray(verbose: bool = False, temp_dir: str | None = None, num_cpus: int |
     else:
         ray.init(address="local", dashboard_host="127.0.0.1", num_cpus=num_cpus, _temp_dir=temp_dir,
                  runtime_env={"env_vars": dict(LOOPBACK_ENV)}, **kwargs)
-    return {**ray.cluster_resources(), "node_address": _node_address(), "joined": joined}
+    return {**ray.cluster_resources(), "node_address": _node_address(), "nodes": _nodes(), "joined": joined}
 
 
 def _node_address() -> str:
     import ray
 
     return ",".join(sorted({n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}))
+
+
+def _nodes() -> list[dict]:
+    """Each alive node's CPU and GPU count: a Train worker must fit on one node."""
+    import ray
+
+    return [{k: float(n["Resources"].get(k, 0)) for k in ("CPU", "GPU")} for n in ray.nodes() if n["Alive"]]
 
 
 def shutdown_ray() -> None:

@@ -108,11 +108,24 @@ def worker_resources(cfg: SweepConfig, cluster: dict, n_trials: int) -> tuple[di
             f"resources: one trial needs {workers} Train worker(s) x ({worker}) plus {driver} for its driver, "
             f"but the cluster has {has}. Lower resources.workers_per_expert / cpus_per_worker / "
             "gpus_per_worker, or add nodes.")
-    share = r.cpus_per_worker or (cpus - per_trial_cpu * concurrent) / (concurrent * workers)
-    per_worker: dict = {"CPU": max(0.01, math.floor(share * 100) / 100)}  # rounded down: N shares fit
+    nodes = cluster.get("nodes") or [{"CPU": cpus, "GPU": float(cluster.get("GPU", 0))}]
+    while True:  # shares that also fit node by node: a worker cannot span two nodes
+        share = r.cpus_per_worker or math.floor((cpus - per_trial_cpu * concurrent) / (concurrent * workers) * 100) / 100
+        while not r.cpus_per_worker and share > MIN_WORKER_CPU and _slots(nodes, "CPU", share) < concurrent * workers:
+            share = round(share - 0.01, 2)
+        if concurrent == 1 or (_slots(nodes, "CPU", share) >= concurrent * workers
+                               and (not r.use_gpu or _slots(nodes, "GPU", gpu) >= concurrent * workers)):
+            break
+        concurrent -= 1
+    per_worker: dict = {"CPU": max(0.01, share)}
     if r.use_gpu:
         per_worker["GPU"] = gpu
     return per_worker, concurrent
+
+
+def _slots(nodes: list[dict], key: str, amount: float) -> int:
+    """How many workers asking ``amount`` of ``key`` the nodes hold."""
+    return sum(math.floor(node.get(key, 0) / amount + 1e-9) for node in nodes) if amount > 0 else 1 << 30
 
 
 def run_sweep(cfg: SweepConfig, output: str, resume: bool = False, verbose: bool = False,
