@@ -1,5 +1,8 @@
 """The command line: exit codes, messages, and the merge and plan commands (no Ray)."""
 
+import re
+
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -55,3 +58,63 @@ def test_plan_lists_trials_and_measured_gflops(capsys):
     assert "quickstart: 3 trials x 2 tasks; 6 expert trainings, 4 unique after deduplication" in out
     assert "GFLOPs per step (measured" in out and "device-hours" in out and "storage: about" in out
     assert out.count("steps/task=10") == 3
+
+
+def _fomo_root(tmp_path):
+    from tests.core.test_real_data import write_fomo
+
+    return write_fomo(tmp_path / "fomo")
+
+
+def _other_arch_checkpoint(tmp_path):
+    from time_ray.core.checkpoints import save_atomic
+    from time_ray.core.models import create_model, state_dict_of
+
+    save_atomic(state_dict_of(create_model("tiny-clip-wide")), tmp_path / "wide.safetensors")
+    return ["--set", f"model.pretrained={tmp_path / 'wide.safetensors'}"]
+
+
+def _another_sweeps_output(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sweep.json").write_text('{"name": "other", "fingerprint": "0123456789abcdef"}')
+    return []
+
+
+NEW_USER_MISTAKES = {  # case -> (config text or None for the quickstart, extra args, expected message)
+    "malformed yaml": ("stream: {tasks: 4\nbudget: [\n", lambda p: [], r"not valid YAML at line \d+, column \d+"),
+    "unknown strategy": ("policies: {presets: [], grid: {init: [emma]}}\n", lambda p: [],
+                         r"policies.grid.init\[0\]: 'emma' is not allowed. Did you mean ema\?"),
+    "unknown technique": ("policies: {presets: [], grid: {merge: [{technique: tie}]}}\n", lambda p: [],
+                          r"unknown merging technique 'tie'. Did you mean ties"),
+    "out-of-range prune": ("policies: {presets: [], grid: {merge: [{technique: ties, prune: 1.5}]}}\n", lambda p: [],
+                           r"policies.grid.merge\[0\].prune: must be in \[0, 1\), got 1.5"),
+    "missing data path": (None, lambda p: ["--set", "stream.benchmark=folders", "--set", "model.pretrained=none",
+                                           "--set", f"stream.data={{root: {p / 'no-such-dir'}}}"],
+                          r"stream.data.*root.*no-such-dir.*does not exist"),
+    "missing stream file": (None, lambda p: ["--set", "stream.benchmark=fomo", "--set", "model.pretrained=none",
+                                             "--set", f"stream.data={{root: {_fomo_root(p)}, heldout: [pets], "
+                                                      f"stream_file: {p / 'nope.json'}}}"],
+                            r"stream_file.*nope.json does not exist"),
+    "another architecture": (None, _other_arch_checkpoint, r"'visual.*' has shape"),
+    "another sweep's output": (None, _another_sweeps_output, r"holds the results of another sweep \('other'"),
+}
+
+
+@pytest.mark.parametrize("case", list(NEW_USER_MISTAKES))
+def test_new_user_mistakes_get_one_paragraph_and_exit_2_before_ray(case, tmp_path, capsys, monkeypatch):
+    text, extra, message = NEW_USER_MISTAKES[case]
+    config = "configs/quickstart.yaml"
+    if text is not None:
+        config = str(tmp_path / "c.yaml")
+        (tmp_path / "c.yaml").write_text(text)
+    import ray
+
+    started = []
+    monkeypatch.setattr(ray, "init", lambda *a, **k: started.append(1))  # Ray must not be reached
+    code = main(["sweep", config, "--output", str(tmp_path / "out"), *extra(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and not started
+    assert err.startswith("time-ray: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.search(message, err), err
+    if case != "another sweep's output":
+        assert not (tmp_path / "out" / "sweep.json").exists()  # nothing claimed

@@ -31,3 +31,12 @@ def test_settings_that_change_the_init_change_the_experts(tmp_path):
     plan = plan_of([], path)
     # deploy does not change what ema init trains; the ema weight does: 1 + 2 chains x 2 tasks
     assert plan["unique_experts"] == 1 + 2 * 2
+
+
+def test_storage_counts_each_unique_expert_once_plus_the_ema_chains():
+    from time_ray.config import load_config
+    from time_ray.plan import make_plan
+
+    cfg = load_config("configs/quickstart.yaml")  # 3 trials x 4 tasks; best-in-time keeps r_1..r_4
+    plan = make_plan(cfg, flops_per_step=1e9, model_bytes=1)
+    assert plan["storage_bytes"] == plan["unique_experts"] + 4 + 1

@@ -62,3 +62,14 @@ def test_asha_expected_share_of_timesteps():
     plan = make_plan(cfg_with("search.early_stopping.scheduler=asha"), flops_per_step=1e9, model_bytes=1)
     assert plan["early_stopping_fraction"] == 0.5
     assert plan["expected_trainings_with_stopping"] == plan["expert_trainings"] // 2
+
+
+def test_the_shipped_search_config():
+    cfg = load_config("configs/search.yaml")
+    trials = expand_trials(cfg, flops_per_step=1e9)
+    # sequential-ft x 2 budgets + (2 init x 2 deploy x 3 techniques) x 6 Sobol draws x 2 budgets
+    assert len(trials) == 2 + 12 * 6 * 2
+    assert {t["merge_params"]["lambda"] for t in trials if t["merge"] == "ties"} == \
+        {p["lambda"] for p in search_points(cfg.search)}
+    plan = make_plan(cfg, flops_per_step=1e9, model_bytes=1)
+    assert plan["early_stopping_fraction"] == 0.5 and plan["expected_trainings_with_stopping"] == 146 * 4 // 2

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_report(args) -> int:
-    from analysis import build_report
+    from analysis.report import build_report
 
     result = build_report(args.dir, args.output, args.policy)
     print(f"report of {result['finished']} of {result['trials']} finished trials: {result['html']}, "
@@ -199,7 +199,7 @@ def cmd_plan(args) -> int:
           f"{cfg.training.batch_size}); {plan['train_gflops']:,.0f} GFLOPs for the unique experts = "
           f"{plan['device_hours']:.3g} device-hours at {plan['device_tflops']:g} TFLOP/s sustained")
     print(f"storage: about {plan['storage_bytes'] / 2**30:.2f} GiB (model {plan['model_bytes'] / 2**20:.1f} MiB; "
-          "pools, EMA chains, expert cache, theta_0)")
+          "the expert cache, which pools reference; EMA chains; theta_0)")
     if cfg.search.samples:
         print(f"search: {cfg.search.samples} {cfg.search.method} draws of {', '.join(cfg.search.space)} per grid "
               "policy that has them (the same draws for every policy)")

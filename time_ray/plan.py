@@ -67,6 +67,7 @@ def make_plan(cfg: SweepConfig, flops_per_step: float | None = None, model_bytes
         "unique_experts": len(experts), "gflops_per_step": flops / 1e9, "train_gflops": gflops,
         "device_hours": gflops / (device_tflops * 1e3) / 3600, "device_tflops": device_tflops,
         "model_bytes": model_bytes,
-        # each trial's pool holds its experts and EMA chain; the sweep's expert cache the unique experts
-        "storage_bytes": model_bytes * (trainings + chains + len(experts) + 1),
+        # the expert cache holds each unique expert once (pools reference it); each trial's pool
+        # holds its own EMA chain; plus theta_0
+        "storage_bytes": model_bytes * (len(experts) + chains + 1),
     }

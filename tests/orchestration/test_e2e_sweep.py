@@ -1,10 +1,8 @@
 """End to end on a real local Ray: a reduced quickstart through the CLI, then its parquet checked."""
 
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
+
 import pandas as pd
 import pytest
 
@@ -12,29 +10,14 @@ from time_ray.config import load_config
 from time_ray.core.results import METRICS_COLUMNS, TIMESTEP_COLUMNS
 from time_ray.plan import make_plan
 
-REDUCED = [
-    "stream.tasks=2", "budget.steps_per_task=60", "training.batch_size=32",
-    "stream.builtin={adaptation_datasets: 2, heldout_datasets: 2, classes_per_dataset: 5, "
-    "pretrain_classes: 10, train_per_class: 20, test_per_class: 10}",
-    "model.base_training={steps: 300, batch_size: 64, lr: 2.0e-3}",
-]
-
-
-def run_cli(args, cache_dir, ray_tmp, timeout=600):
-    env = {**os.environ, "TIME_RAY_CACHE": str(cache_dir), "RAY_TMPDIR": ray_tmp,
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "time_ray", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+from tests.orchestration.e2e_helpers import REDUCED, SETS, run_cli  # noqa: F401 (REDUCED: used by other tests)
 
 
 @pytest.mark.e2e
-def test_reduced_quickstart_on_local_ray(tmp_path, cache_dir):
-    out = tmp_path / "out"
-    ray_tmp = tempfile.mkdtemp(prefix="tr-", dir="/tmp")  # short path: Ray's socket names are limited
-    sets = [arg for s in REDUCED for arg in ("--set", s)]
-    proc = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), *sets], cache_dir, ray_tmp)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+def test_reduced_quickstart_on_local_ray(reduced_quickstart, cache_dir):
+    out, proc = reduced_quickstart
+    ray_tmp = tempfile.mkdtemp(prefix="tr-", dir="/tmp")
+    sets = SETS
 
     metrics = pd.read_parquet(out / "metrics.parquet")
     steps = pd.read_parquet(out / "timesteps.parquet")
@@ -75,3 +58,13 @@ def test_reduced_quickstart_on_local_ray(tmp_path, cache_dir):
     assert resumed.returncode == 0 and "(3 already finished)" in resumed.stderr
     assert len(pd.read_parquet(out / "metrics.parquet")) == len(metrics)
     shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    # the analysis layer on this real sweep: every output, the three policies, no trial missing
+    report = run_cli(["report", str(out)], cache_dir, ray_tmp, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    summary = (out / "report" / "summary.md").read_text()
+    assert "3 of 3 trials finished." in summary and "Missing trials" not in summary
+    assert all(p in summary for p in ("| sequential-ft | 60 |", "| offline-merge | 60 |", "| best-in-time | 60 |"))
+    assert summary.count("### Finding ") == 5 and "Finding 4: " in summary
+    assert len(list((out / "report").glob("*.png"))) == 6  # all but the technique spread (one technique)
+    assert (out / "report" / "report.html").read_text().count("data:image/png;base64,") == 6

@@ -89,3 +89,5 @@ def test_pool_references_cached_experts_instead_of_copying(tmp_path):
     with pytest.raises(ValueError, match="out of order"):
         pool.link_expert(2, tmp_path / "experts" / "abc.safetensors")
     assert pool.n_experts == 2
+    (tmp_path / "experts" / "abc.safetensors").unlink()  # a reference to a deleted file does not count
+    assert CheckpointPool(tmp_path / "pool" / "t", tmp_path / "base.safetensors").n_experts == 0

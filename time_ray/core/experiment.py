@@ -80,12 +80,13 @@ class Experiment:
                               seed=task_seed(seed, t, rank))
 
     def train_expert(self, model, t: int, steps: int, seed: int, device="cpu", rank: int = 0,
-                     label: str = "") -> dict:
-        """Finetunes ``model`` in place on task t; a non-finite loss names the policy, task and step."""
+                     label: str = "", on_step=None) -> dict:
+        """Finetunes ``model`` in place on task t; a non-finite loss names the policy, task and step.
+        ``on_step(step, loss)`` is called after every step."""
         settings = TrainSettings(steps=steps, seed=task_seed(seed, t, rank), **self.training)
         try:
             return finetune(model, self.bench, self.captions().to(device), self.sampler(t, seed, rank),
-                            settings, device, image_size=models.image_size(self.arch))
+                            settings, device, on_step=on_step, image_size=models.image_size(self.arch))
         except NonFiniteLoss as exc:
             raise NonFiniteLoss(f"policy {label or '?'}: task {t}: {exc}") from exc
 

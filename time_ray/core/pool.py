@@ -10,10 +10,12 @@ Files are immutable once written. Two optional hooks let a caller keep the pool 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from time_ray.core.checkpoints import Checkpoint, SafetensorsCheckpoint, save_atomic
+from time_ray.core.errors import CheckpointError
 
 Hook = Callable[[Path], None]
 
@@ -58,7 +60,16 @@ class CheckpointPool:
         return self._open(self.base_path)
 
     def _has_expert(self, t: int) -> bool:
-        return self._path("expert", t).exists() or self._path("expert", t, ".ref").exists()
+        """theta^s_t is stored here, or referenced and its file exists (a reference to a deleted
+        file does not count: the expert is then trained again and the reference rewritten)."""
+        if self._path("expert", t).exists():
+            return True
+        if not self._path("expert", t, ".ref").exists():
+            return False
+        target = self._expert_path(t)
+        if not target.exists():
+            self.fetch(target)
+        return target.exists()
 
     @property
     def n_experts(self) -> int:
@@ -80,7 +91,7 @@ class CheckpointPool:
         """Adds the existing immutable file ``target`` as theta^s_t without copying it."""
         self._check_next(t)
         ref = self._path("expert", t, ".ref")
-        tmp = ref.with_name(f".{ref.name}.tmp")
+        tmp = ref.with_name(f".{ref.name}.tmp")  # (replaces a reference to a deleted file)
         tmp.write_text(os.path.relpath(Path(target).resolve(), self.root.resolve()) + "\n")
         os.replace(tmp, ref)
         self.publish(ref)
@@ -102,9 +113,18 @@ class CheckpointPool:
         return [self.expert(k) for k in range(1, n + 1)]
 
     def derived(self, kind: str, t: int) -> Checkpoint | None:
-        """A stored merged model (e.g. ``ema`` r_t), or None."""
+        """A stored merged model (e.g. ``ema`` r_t), or None. One whose content hash does not match
+        is deleted and None returned: a derived model is rebuilt from the experts, never used."""
         path = self._path(kind, t)
-        return self._open(path) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            return self._open(path)
+        except CheckpointError as error:
+            warnings.warn(f"{error} Rebuilding it from the pool.", stacklevel=2)
+            for stale in (path, path.with_name(path.name + ".sha256")):
+                stale.unlink(missing_ok=True)
+            return None
 
     def put_derived(self, kind: str, t: int, state: Checkpoint) -> Checkpoint:
         self._write(self._path(kind, t), state)

@@ -17,7 +17,7 @@ TIMESTEP_COLUMNS = POLICY_COLUMNS + [
     "merge_seconds", "eval_seconds", "pool_bytes", "expert_cache_hit",
 ]
 # trials.parquet: one row per trial of the sweep, finished or not
-TRIAL_STATUSES = ("finished", "stopped_early", "unfinished")
+TRIAL_STATUSES = ("finished", "stopped_early", "failed", "unfinished")
 TRIAL_COLUMNS = POLICY_COLUMNS + ["status", "last_timestep", "expert_trainings_saved", "train_steps_saved"]
 
 

@@ -29,25 +29,27 @@ def expert_file(key: str) -> str:
 class ExpertCache:
     def __init__(self, storage: Storage):
         self.storage = storage
-        self.claimed: dict[str, float] = {}  # key -> when its trainer last renewed the lease
+        self.claimed: dict[str, tuple[str, float]] = {}  # key -> (trainer, when it last renewed its lease)
         self.lease_seconds = LEASE_SECONDS
         self.trained = 0
         self.hits = 0
 
-    def claim(self, key: str) -> str:
-        """'hit' (the file exists), 'train' (the caller trains it now) or 'wait' (another trial is)."""
+    def claim(self, key: str, owner: str = "") -> str:
+        """'hit' (the file exists), 'train' (the caller trains it now) or 'wait' (another trial is).
+        A trainer restarted after a crash (same ``owner``) takes its own claim back at once."""
         if self.storage.exists(expert_file(key)):
             self.hits += 1
             return "hit"
         now = time.monotonic()
-        if key in self.claimed and now - self.claimed[key] < self.lease_seconds:
+        holder = self.claimed.get(key)
+        if holder and holder[0] != owner and now - holder[1] < self.lease_seconds:
             return "wait"
-        self.claimed[key] = now  # new, or the previous trainer's lease ran out
+        self.claimed[key] = (owner, now)  # new, ours, or the previous trainer's lease ran out
         return "train"
 
     def renew(self, key: str) -> None:
         if key in self.claimed:
-            self.claimed[key] = time.monotonic()
+            self.claimed[key] = (self.claimed[key][0], time.monotonic())
 
     def done(self, key: str) -> None:
         self.claimed.pop(key, None)
@@ -81,8 +83,8 @@ def lease(cache, key: str, every: float = LEASE_SECONDS / 6):
         stop.set()
 
 
-def obtain(cache, key: str) -> str:
+def obtain(cache, key: str, owner: str = "") -> str:
     """Claims ``key``, waiting while another trial trains it; returns 'hit' or 'train'."""
-    while (decision := ray.get(cache.claim.remote(key))) == "wait":
+    while (decision := ray.get(cache.claim.remote(key, owner))) == "wait":
         time.sleep(POLL_SECONDS)
     return decision

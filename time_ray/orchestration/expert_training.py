@@ -14,7 +14,9 @@ import torch
 from time_ray.core import models
 from time_ray.core.checkpoints import save_atomic
 from time_ray.core.experiment import Experiment
+from time_ray.core.finetune import NonFiniteLoss
 from time_ray.core.experts import expert_key
+from time_ray.orchestration import faults
 from time_ray.orchestration.expert_cache import expert_file, lease, obtain
 
 
@@ -31,10 +33,12 @@ def train_experts(config: dict) -> None:
     flops = experiment.flops_per_step(model) if rank == 0 else 0.0
     model = ray.train.torch.prepare_model(model)
     inner = getattr(model, "module", model)
-    for t in range(1, experiment.tasks + 1):
+    # a restarted run (Train FailureConfig, a resumed trial) keeps the experts already in the pool:
+    # each is a deterministic function of its init and task seed, so nothing is lost
+    for t in range(ray.get(actor.n_experts.remote()) + 1, experiment.tasks + 1):
         init = ray.get(actor.init_weights.remote(t))
         key = expert_key(init, t, config["steps"], config["seed"], config["settings"], config["multitask"])
-        decision = [obtain(cache, key) if cache is not None and rank == 0 else "train"]
+        decision = [obtain(cache, key, owner=config["trial_id"]) if cache is not None and rank == 0 else "train"]
         if world > 1:
             torch.distributed.broadcast_object_list(decision, src=0)
         if decision[0] == "hit":
@@ -46,7 +50,13 @@ def train_experts(config: dict) -> None:
         try:
             with lease(cache, key) if cache is not None and rank == 0 else contextlib.nullcontext():
                 stats = experiment.train_expert(model, t, config["steps"], config["seed"], device, rank,
-                                                label=config["trial_id"])
+                                                label=config["trial_id"],
+                                                on_step=faults.train_step_hook(config["trial_id"], t, inner))
+        except NonFiniteLoss as exc:  # deterministic: a restart would fail the same way, so no retry
+            if cache is not None and rank == 0:
+                ray.get(cache.release.remote(key))
+            ray.get(actor.fail.remote(str(exc)))
+            return
         except BaseException:
             if cache is not None and rank == 0:
                 ray.get(cache.release.remote(key))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import ray
@@ -14,9 +15,12 @@ from time_ray.core.strategies import Policy, deploy_weights, init_weights
 from time_ray.orchestration.storage import Storage
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, max_restarts=3, max_task_retries=-1)
 class MergeActor:
-    """The pool lives in ``storage`` under ``pool/<trial_id>``; theta_0 is ``base.safetensors``."""
+    """The pool lives in ``storage`` under ``pool/<trial_id>``; theta_0 is ``base.safetensors``.
+
+    Restartable: everything it knows is in storage (experts, EMA chain, each expert's training info
+    in ``info_<t>.json``), so a restarted actor reloads its pool and calls made meanwhile are retried."""
 
     def __init__(self, storage: Storage, trial_id: str, policy: Policy, num_threads: int = 1):
         torch.set_num_threads(num_threads)
@@ -25,8 +29,11 @@ class MergeActor:
         self.pool = CheckpointPool(storage.local(f"pool/{trial_id}"), storage.local("base.safetensors"),
                                    fetch=storage.fetch, publish=storage.push)
         self.policy = policy
+        self.dir = f"pool/{trial_id}"
         self.merge_seconds: dict[int, float] = {}
-        self.expert_info: dict[int, dict] = {}
+        self.expert_info = {t: json.loads(storage.read_text(f"{self.dir}/info_{t:03d}.json") or "{}")
+                            for t in range(1, self.pool.n_experts + 1)}
+        self.failure: str | None = None
 
     def _timed(self, t: int, fn):
         start = time.perf_counter()
@@ -38,16 +45,31 @@ class MergeActor:
         """theta^i_t as an in-memory state dict (merge time is charged to timestep t)."""
         return self._timed(t, init_weights)
 
+    def _keep_info(self, t: int, info: dict) -> None:
+        self.expert_info[t] = info
+        self.storage.write_text(f"{self.dir}/info_{t:03d}.json", json.dumps(info))
+
     def store_expert(self, t: int, state: dict, info: dict) -> int:
         """Appends theta^s_t to the pool; ``info`` holds training steps, seconds and GFLOPs."""
-        self.expert_info[t] = info
+        if self.pool.n_experts >= t:  # a retried call after a restart: already stored
+            return 0
+        self._keep_info(t, info)
         return self.pool.add_expert(t, state)
 
     def link_expert(self, t: int, rel: str, info: dict) -> int:
         """Appends the cached expert file ``rel`` (in the sweep's storage) as theta^s_t, by reference."""
-        self.expert_info[t] = info
+        if self.pool.n_experts >= t:
+            return 0
+        self._keep_info(t, info)
         self.storage.pull(rel)
         return self.pool.link_expert(t, self.storage.local(rel))
+
+    def fail(self, message: str) -> None:
+        """A deterministic failure of the Train run (e.g. a NaN loss): the driver reports it."""
+        self.failure = message
+
+    def failed(self) -> str | None:
+        return self.failure
 
     def n_experts(self) -> int:
         return self.pool.n_experts

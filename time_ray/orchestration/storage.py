@@ -136,9 +136,19 @@ class Storage:
         return path.read_text() if path is not None else None
 
     def remove_tree(self, prefix: str) -> None:
-        shutil.rmtree(self.local(prefix), ignore_errors=True)
+        """Deletes a directory or a file, here and in the storage."""
+        local = self.local(prefix)
+        if local.is_dir():
+            shutil.rmtree(local, ignore_errors=True)
+        elif local.exists():
+            local.unlink()
         if self.remote and self.exists(prefix):
-            self._fs.delete_dir(self._remote(prefix))
+            import pyarrow.fs as pafs
+
+            if self._fs.get_file_info(self._remote(prefix)).type == pafs.FileType.Directory:
+                self._fs.delete_dir(self._remote(prefix))
+            else:
+                self._fs.delete_file(self._remote(prefix))
 
     def _upload(self, local: Path, rel: str) -> None:
         target = self._remote(rel)

@@ -25,6 +25,13 @@ def log(msg: str) -> None:
 
 def prepare_output(cfg: SweepConfig, storage: Storage, resume: bool) -> None:
     """Claims the output location for this sweep: never mixes two sweeps' results in one place."""
+    check_output(cfg, storage, resume)
+    storage.write_text("sweep.json", json.dumps({"name": cfg.name, "fingerprint": cfg.fingerprint()}, indent=2))
+    storage.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def check_output(cfg: SweepConfig, storage: Storage, resume: bool) -> None:
+    """Refuses an output location holding another sweep, or this sweep without --resume."""
     previous_text = storage.read_text("sweep.json")
     if previous_text is not None:
         previous = json.loads(previous_text)
@@ -37,8 +44,6 @@ def prepare_output(cfg: SweepConfig, storage: Storage, resume: bool) -> None:
             raise TimeRayError(
                 f"output {storage.display()}: already holds results of this sweep. Pass --resume to finish "
                 "the unfinished trials, or choose another --output directory.")
-    storage.write_text("sweep.json", json.dumps({"name": cfg.name, "fingerprint": cfg.fingerprint()}, indent=2))
-    storage.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def finished(storage: Storage, trial: dict, tasks: int) -> bool:
@@ -76,6 +81,7 @@ def record_early_stops(storage: Storage, results, tasks: int) -> None:
 
 DRIVER_CPU = 0.01  # a trial driver only waits and evaluates; merges run in the merge actor
 MIN_WORKER_CPU = 0.5
+TRIAL_MAX_FAILURES = 2  # Tune restarts a crashed trial, which resumes after its last recorded timestep
 EVAL_GPU = 0.05  # with use_gpu, a trial's evaluations run as short tasks on this slice of a GPU
 
 
@@ -132,25 +138,33 @@ def run_sweep(cfg: SweepConfig, output: str, resume: bool = False, verbose: bool
               ray_temp_dir: str | None = None) -> pd.DataFrame:
     """Runs the sweep and writes DIR/metrics.parquet, DIR/timesteps.parquet, DIR/config.yaml."""
     storage = Storage(output)
+    check_output(cfg, storage, resume)
+    # theta_0 before the output is claimed: a checkpoint of another architecture leaves no trace
+    base = None if storage.pull("base.safetensors") is not None else load_base(
+        cfg.model.arch, cfg.model.pretrained, cfg.stream.builtin, cfg.model.base_training, log)
     prepare_output(cfg, storage, resume)
     trials = expand_trials(cfg)
     todo = [t for t in trials if not (resume and finished(storage, t, cfg.stream.tasks))]
-    for trial in todo:  # a trial that did not finish starts over from a clean slate
-        storage.remove_tree(f"trials/{trial['trial_id']}")
-        storage.remove_tree(f"pool/{trial['trial_id']}")
+    for trial in todo:  # an unfinished trial continues after its last recorded timestep
+        storage.remove_tree(f"trials/{trial['trial_id']}/failed.json")
     log(f"time-ray: sweep {cfg.name!r}: {len(trials)} trials, {cfg.stream.tasks} tasks each "
         f"({len(trials) - len(todo)} already finished) -> {storage.display()}")
 
-    if storage.pull("base.safetensors") is None:
-        save_atomic(load_base(cfg.model.arch, cfg.model.pretrained, cfg.stream.builtin,
-                              cfg.model.base_training, log), storage.local("base.safetensors"))
+    if base is not None:
+        save_atomic(base, storage.local("base.safetensors"))
         storage.push("base.safetensors")
-    if todo:
-        _run_trials(cfg, todo, storage, verbose, ray_temp_dir)
-    return collect(storage, trials, cfg.stream.tasks)
+    failed = _run_trials(cfg, todo, storage, verbose, ray_temp_dir) if todo else {}
+    steps = collect(storage, trials, cfg.stream.tasks)  # what finished is always written
+    if failed:
+        details = "; ".join(f"{trial_id}: {error}" for trial_id, error in failed.items())
+        raise TimeRayError(f"{len(failed)} of {len(todo)} trials failed: {details}. Every recorded timestep "
+                           f"is kept in {storage.display()}; rerun with --resume to retry the failed trials "
+                           "from where they stopped.")
+    return steps
 
 
-def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> None:
+def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> dict[str, str]:
+    """Runs the trials on Ray; returns {trial_id: error} of the trials that failed."""
     import ray
     from ray import tune
 
@@ -180,17 +194,18 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> None:
                                     trial_dirname_creator=lambda t: t.config["trial"]["trial_id"],
                                     trial_name_creator=lambda t: t.config["trial"]["trial_id"]),
         run_config=tune.RunConfig(name="tune", storage_path=storage.ray_path("ray"), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=TRIAL_MAX_FAILURES),
                                   callbacks=[ProgressPrinter(todo, cfg.stream.tasks)]),
     )
     results = tuner.fit()
     counts = ray.get(cache.stats.remote())
     log(f"time-ray: experts trained {counts['trained']}, reused from the cache {counts['hits']}")
-    record_early_stops(storage, [r for r in results if r.error is None], cfg.stream.tasks)
-    errors = [r for r in results if r.error is not None]
-    if errors:
-        details = "; ".join(f"{r.config['trial']['trial_id']}: {r.error}" for r in errors)
-        raise TimeRayError(f"{len(errors)} of {len(todo)} trials failed: {details}. Finished trials are "
-                           f"kept; rerun with --resume to retry the failed ones.")
+    failed = {t["trial_id"]: json.loads(text)["error"] for t in todo
+              if (text := storage.read_text(f"trials/{t['trial_id']}/failed.json"))}
+    failed |= {r.config["trial"]["trial_id"]: str(r.error) for r in results if r.error is not None}
+    record_early_stops(storage, [r for r in results if r.config["trial"]["trial_id"] not in failed],
+                       cfg.stream.tasks)
+    return failed
 
 
 def collect(storage: Storage, trials: list[dict], tasks: int) -> pd.DataFrame:
@@ -208,7 +223,8 @@ def collect(storage: Storage, trials: list[dict], tasks: int) -> pd.DataFrame:
             steps.append(pd.read_parquet(storage.local(f"{d}/timesteps.parquet")))
             last = int(steps[-1].timestep.max())
         stop = json.loads(storage.read_text(f"{d}/stopped_early.json") or "null")
-        state = "stopped_early" if stop else "finished" if last == tasks else "unfinished"
+        state = ("stopped_early" if stop else "finished" if last == tasks
+                 else "failed" if storage.exists(f"{d}/failed.json") else "unfinished")
         status.append({**policy_columns(trial), "status": state, "last_timestep": last,
                        "expert_trainings_saved": (stop or {}).get("expert_trainings_saved", 0),
                        "train_steps_saved": (stop or {}).get("train_steps_saved", 0)})

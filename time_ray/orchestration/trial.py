@@ -4,6 +4,11 @@
   t = 0: evaluate theta_0
   for t in 1..T: wait for expert t in the pool -> deployed weights from the actor -> evaluate
                  -> append rows to the trial's parquet files (atomically) -> tune.report
+
+Resumable at every timestep: the rows recorded so far, the pool (experts, EMA chain, training info)
+and the expert cache are in storage, and each expert is a deterministic function of its init and its
+per-task seed, so a restarted trial continues after its last recorded timestep and gives the same
+numbers. A NaN loss is recorded in ``trials/<id>/failed.json`` instead of being retried.
 """
 
 from __future__ import annotations
@@ -13,21 +18,25 @@ import json
 import threading
 import time
 
+import pandas as pd
 import ray
 import torch
 from ray import tune
-from ray.train import RunConfig, ScalingConfig
+from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from time_ray.config import policy_of
+from time_ray.core.errors import CheckpointError
 from time_ray.core.experiment import Experiment
 from time_ray.core.metrics import summarize
 from time_ray.core.results import metrics_frame, timesteps_frame, write_parquet_atomic
+from time_ray.orchestration import faults
 from time_ray.orchestration.expert_training import train_experts
 from time_ray.orchestration.merge_actor import MergeActor
 from time_ray.orchestration.storage import Storage
 
 POLL_SECONDS = 0.2
+TRAIN_MAX_FAILURES = 3  # restarts of a Train run whose worker died
 
 
 def policy_columns(trial: dict) -> dict:
@@ -49,6 +58,19 @@ class TrialRecorder:
         self.cols = policy_columns(trial)
         self.metric_rows: list[dict] = []
         self.timestep_rows: list[dict] = []
+        # a resumed trial continues after its last recorded timestep
+        steps = storage.pull(f"{trial_dir}/timesteps.parquet", refresh=True)
+        if steps is not None:
+            done = pd.read_parquet(steps)
+            metrics = pd.read_parquet(storage.pull(f"{trial_dir}/metrics.parquet", refresh=True))
+            metrics = metrics[metrics.timestep.isin(done.timestep)]  # metrics are written first
+            self.timestep_rows = done.to_dict("records")
+            self.metric_rows = metrics.to_dict("records")
+
+    @property
+    def last_timestep(self) -> int:
+        """The last recorded timestep, -1 when none."""
+        return max((r["timestep"] for r in self.timestep_rows), default=-1)
 
     def record(self, t: int, records: list[dict], costs: dict) -> dict:
         summary = summarize(records)
@@ -63,15 +85,101 @@ class TrialRecorder:
         return row
 
 
+class Deterministic(Exception):
+    """A failure that a retry would repeat (a NaN loss, a damaged checkpoint)."""
+
+
+class TrialDriver:
+    """One trial: its recorder, merge actor, Train run and evaluation."""
+
+    def __init__(self, trial: dict, run: dict):
+        self.trial, self.run = trial, run
+        self.storage, self.trial_id = run["storage"], trial["trial_id"]
+        self.multitask = bool(trial.get("multitask"))
+        self.experiment = Experiment.from_settings(run["settings"], self.multitask)
+        self.tasks = run["settings"]["tasks"]
+        self.recorder = TrialRecorder(self.storage, f"trials/{self.trial_id}", trial)
+        self.actor = MergeActor.remote(self.storage, self.trial_id, policy_of(trial))
+        self.failure: list[BaseException] = []
+        self.training: threading.Thread | None = None
+
+    def timestep_of(self, t: int) -> int:
+        """The multitask reference trains once on the union; its result stands at the stream's end."""
+        return self.tasks if self.multitask else t
+
+    def evaluate(self, t: int, subset: bool) -> tuple[list[dict], dict, float]:
+        """Zero-shot evaluation of theta^o_t: here, or with use_gpu as a task holding a GPU slice
+        only while it evaluates. The same seeded subsets for every policy."""
+        state, info = self.actor.deployed.options(num_returns=2).remote(t)
+        seed, start = self.run["settings"]["stream_seed"], time.perf_counter()
+        try:
+            if self.run.get("eval_gpu"):
+                records = ray.get(evaluate_task.options(num_cpus=self.run["driver_cpu"], num_gpus=self.run["eval_gpu"])
+                                  .remote(self.run["settings"], self.multitask, state, subset, seed))
+            else:
+                model = self.experiment.new_model(ray.get(state))
+                records = self.experiment.evaluate(model, subset=subset, seed=seed)
+            return records, ray.get(info), time.perf_counter() - start
+        except ray.exceptions.RayTaskError as error:
+            if isinstance(error.cause, CheckpointError):
+                raise Deterministic(f"policy {self.trial_id}: timestep {t}: {error.cause}") from None
+            raise
+
+    def wait_for_expert(self, t: int) -> None:
+        while ray.get(self.actor.n_experts.remote()) < t:
+            if (message := ray.get(self.actor.failed.remote())) is not None:
+                raise Deterministic(message)
+            if self.training is None or not self.training.is_alive():
+                cause = self.failure[0] if self.failure else None
+                raise RuntimeError(f"policy {self.trial_id}: the Train run stopped before expert {t} was "
+                                   f"stored: {cause or 'no error reported'}") from cause
+            time.sleep(POLL_SECONDS)
+
+    def record(self, timestep: int, records: list[dict], costs: dict) -> None:
+        row = self.recorder.record(timestep, records, costs)
+        tune.report(_report(row, self.tasks))
+        faults.after_timestep(self.trial_id, timestep, self.actor)
+
+    def drive(self) -> None:
+        """Continues after the last recorded timestep (all of them for a new trial)."""
+        if ray.get(self.actor.n_experts.remote()) < self.experiment.tasks:  # else: resumed, nothing to train
+            self.training = _start_training(self.trial, self.run, self.actor, self.multitask, self.failure)
+        if self.recorder.last_timestep < 0:
+            records, _, seconds = self.evaluate(0, subset=True)
+            self.record(0, records, {**ZERO_COST, "eval_seconds": seconds})
+        for t in range(1, self.experiment.tasks + 1):
+            if self.timestep_of(t) <= self.recorder.last_timestep:
+                continue
+            self.wait_for_expert(t)
+            final = t == self.experiment.tasks  # subsets during the stream, full test sets at its end
+            records, info, seconds = self.evaluate(t, subset=not final)
+            self.record(self.timestep_of(t), records, {
+                **ZERO_COST, **{k: info[k] for k in ZERO_COST if k in info},
+                "expert_cache_hit": bool(info.get("expert_cache_hit", False)), "eval_seconds": seconds})
+        if self.training is not None:
+            self.training.join()
+        if self.failure:
+            raise self.failure[0]
+
+
+ZERO_COST = {"train_steps": 0, "train_gflops": 0.0, "train_seconds": 0.0, "merge_seconds": 0.0,
+             "pool_bytes": 0, "expert_cache_hit": False}
+
+
 def run_trial(config: dict) -> None:
-    trial, run = config["trial"], config["run"]
+    """The Tune function trial. A deterministic failure is recorded in ``trials/<id>/failed.json``
+    for the sweep's report and the trial ends, so Tune does not retry what would fail the same way."""
+    driver = TrialDriver(config["trial"], config["run"])
+    try:
+        driver.drive()
+    except Deterministic as error:
+        driver.storage.write_text(f"trials/{driver.trial_id}/failed.json", json.dumps({"error": str(error)}))
+
+
+def _start_training(trial: dict, run: dict, actor, multitask: bool, failure: list) -> threading.Thread:
+    """The trial's Train run in a thread: it trains the experts the pool does not hold yet; a killed
+    worker is replaced and the run goes on (FailureConfig)."""
     storage = run["storage"]
-    recorder = TrialRecorder(storage, f"trials/{trial['trial_id']}", trial)
-    multitask = bool(trial.get("multitask"))
-    experiment = Experiment.from_settings(run["settings"], multitask)
-    # the multitask reference trains once on the union; its result stands at the stream's end
-    timestep_of = (lambda t: run["settings"]["tasks"]) if multitask else (lambda t: t)
-    actor = MergeActor.remote(storage, trial["trial_id"], policy_of(trial))
     trainer = TorchTrainer(
         train_experts,
         train_loop_config={"merge_actor": actor, "settings": run["settings"], "steps": trial["budget_steps"],
@@ -80,55 +188,19 @@ def run_trial(config: dict) -> None:
         scaling_config=ScalingConfig(num_workers=run["workers"], use_gpu=run["use_gpu"],
                                      resources_per_worker=run["resources_per_worker"]),
         run_config=RunConfig(name=f"{trial['trial_id']}-{int(time.time())}",
-                             storage_path=storage.ray_path("ray/train")),
+                             storage_path=storage.ray_path("ray/train"),
+                             failure_config=FailureConfig(max_failures=TRAIN_MAX_FAILURES)),
     )
-    failure: list[BaseException] = []
 
     def fit():
         try:
             trainer.fit()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the driver below
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the driver
             failure.append(exc)
 
     training = threading.Thread(target=fit, name=f"train-{trial['trial_id']}", daemon=True)
     training.start()
-
-    zero_cost = {"train_steps": 0, "train_gflops": 0.0, "train_seconds": 0.0, "merge_seconds": 0.0,
-                 "pool_bytes": 0, "expert_cache_hit": False}
-    eval_seed = run["settings"]["stream_seed"]  # the same subsets for every policy
-
-    def evaluate(t: int, subset: bool) -> tuple[list[dict], dict, float]:
-        state, info = actor.deployed.options(num_returns=2).remote(t)
-        start = time.perf_counter()
-        if run.get("eval_gpu"):  # holds a GPU slice only while it evaluates
-            records = ray.get(evaluate_task.options(num_cpus=run["driver_cpu"], num_gpus=run["eval_gpu"])
-                              .remote(run["settings"], multitask, state, subset, eval_seed))
-        else:
-            records = experiment.evaluate(experiment.new_model(ray.get(state)), subset=subset, seed=eval_seed)
-        return records, ray.get(info), time.perf_counter() - start
-
-    records, _, seconds = evaluate(0, subset=True)
-    row = recorder.record(0, records, {**zero_cost, "eval_seconds": seconds})
-    tune.report(_report(row, run["settings"]["tasks"]))
-
-    for t in range(1, experiment.tasks + 1):
-        while ray.get(actor.n_experts.remote()) < t:
-            if not training.is_alive():
-                raise RuntimeError(
-                    f"policy {trial['trial_id']}: the Train run stopped before expert {t} was stored: "
-                    f"{failure[0] if failure else 'no error reported'}") from (failure[0] if failure else None)
-            time.sleep(POLL_SECONDS)
-        final = t == experiment.tasks  # subsets during the stream, full test sets at its end
-        records, info, seconds = evaluate(t, subset=not final)
-        costs = {"train_steps": info["train_steps"], "train_gflops": info["train_gflops"],
-                 "train_seconds": info["train_seconds"], "merge_seconds": info["merge_seconds"],
-                 "eval_seconds": seconds, "pool_bytes": info["pool_bytes"],
-                 "expert_cache_hit": bool(info.get("expert_cache_hit", False))}
-        row = recorder.record(timestep_of(t), records, costs)
-        tune.report(_report(row, run["settings"]["tasks"]))
-    training.join()
-    if failure:
-        raise failure[0]
+    return training
 
 
 @functools.lru_cache(maxsize=4)

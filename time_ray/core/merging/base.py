@@ -94,7 +94,8 @@ class Technique:
             flat_0 = base[key].reshape(-1) if base is not None else None
             out = torch.empty(flats[0].numel(), dtype=tensors[0].dtype)
             memo: dict = {}
-            for start, stop in chunk_spans(out.numel()) if self.elementwise else [(0, out.numel())]:
+            spans = chunk_spans(out.numel(), self.chunk_size(len(experts))) if self.elementwise else [(0, out.numel())]
+            for start, stop in spans:
                 span = Span(start, stop, memo)
                 theta_0 = flat_0[start:stop].float() if flat_0 is not None else None
                 out[start:stop] = self.merge_key(key, _Chunks(flats, start, stop), weights, theta_0, plan, span)
@@ -104,6 +105,10 @@ class Technique:
 
     def uses_base(self) -> bool:
         return self.needs_base
+
+    def chunk_size(self, n_models: int) -> int:
+        """Entries of a flattened tensor merged at a time (element-wise techniques)."""
+        return CHUNK
 
     def plan(self, experts: Sequence[Checkpoint], base: Checkpoint | None):
         """What a technique must know about whole towers before merging tensor by tensor (passes over the inputs)."""
@@ -132,9 +137,10 @@ class Technique:
 CHUNK = 1 << 20  # entries of a flattened tensor merged at a time: the working set is O(experts x CHUNK)
 
 
-def chunk_spans(numel: int) -> list[tuple[int, int]]:
-    """(start, stop) of the consecutive chunks of at most ``CHUNK`` entries of a flattened tensor."""
-    return [(start, min(start + CHUNK, numel)) for start in range(0, numel, CHUNK)]
+def chunk_spans(numel: int, size: int | None = None) -> list[tuple[int, int]]:
+    """(start, stop) of the consecutive chunks of at most ``size`` (default ``CHUNK``) entries of a flattened tensor."""
+    size = CHUNK if size is None else size
+    return [(start, min(start + size, numel)) for start in range(0, numel, size)]
 
 
 @dataclass
@@ -173,31 +179,42 @@ class _Chunks(Sequence):
 class CascadeSum:
     """Sums ``n`` tensors fed one at a time, adding them in the order ``torch.stack(xs).sum(0)`` does
     along dim 0 on CPU (sequential runs of 2^p, p = max(4, ceil(log2 n) // 4), cascaded over 4 levels;
-    plain sequential for n <= 16), so a running sum matches the stacked one bit for bit without stacking."""
+    plain sequential for n <= 16), so a running sum matches the stacked one bit for bit without stacking.
+    A level holds its own copy once something is added to it (an empty level adds nothing: x + 0 = x)."""
 
     LEVELS = 4
 
     def __init__(self, n: int, like: torch.Tensor):
         self.power = max(4, math.ceil(math.log2(n)) // self.LEVELS) if n > 1 else 4
-        self.acc = [torch.zeros_like(like) for _ in range(self.LEVELS)]
+        self.like = like
+        self.acc: list[torch.Tensor | None] = [None] * self.LEVELS
         self.count = 0
 
+    def _into(self, level: int, x: torch.Tensor) -> None:
+        if self.acc[level] is None:
+            self.acc[level] = x.clone()
+        else:
+            self.acc[level] += x
+
     def add(self, x: torch.Tensor) -> None:
-        self.acc[0] += x
+        self._into(0, x)
         self.count += 1
         step = 1 << self.power
         if self.count % step:
             return
         for j in range(1, self.LEVELS):  # a run of 2^p is complete: carry it up the levels
-            self.acc[j] += self.acc[j - 1]
-            self.acc[j - 1].zero_()
+            self._into(j, self.acc[j - 1])
+            self.acc[j - 1] = None
             if self.count & ((step - 1) << (j * self.power)):
                 break
 
     def result(self) -> torch.Tensor:
-        total = self.acc[0]
-        for j in range(1, self.LEVELS):
-            total += self.acc[j]
+        levels = [level for level in self.acc if level is not None]
+        if not levels:
+            return torch.zeros_like(self.like)
+        total = levels[0] if len(levels) == 1 else levels[0].clone()
+        for level in levels[1:]:
+            total += level
         return total
 
 

@@ -32,8 +32,10 @@ class WeightAveraging(LinesOption, Technique):
     def merge_tensor(self, thetas, weights, theta_0):
         merged = None
         for w_k, theta_k in zip(weights, thetas):  # a running sum: one expert's entries at a time
-            merged = torch.zeros_like(theta_k) if merged is None else merged
-            merged.add_(theta_k, alpha=w_k)
+            if merged is None:
+                merged = theta_k * w_k
+            else:
+                merged.add_(theta_k, alpha=w_k)
         return merged
 
 
@@ -51,9 +53,13 @@ class TaskArithmetic(LinesOption, Technique):
     beta: float = 0.5
 
     def merge_key(self, key, thetas, weights, theta_0, plan, span):
-        tau_sum = torch.zeros_like(theta_0)
-        for theta_k in thetas:
-            tau_sum.add_(theta_k - theta_0)
+        tau_sum = tau = None
+        for theta_k in thetas:  # tau_1 + tau_2 + ..., in order; one scratch tensor for tau_k
+            if tau_sum is None:
+                tau_sum = theta_k - theta_0
+            else:
+                tau = torch.sub(theta_k, theta_0, out=tau)
+                tau_sum += tau
         return theta_0 + self.scale(key, plan) * tau_sum
 
 
@@ -89,17 +95,34 @@ class Slerp(Technique):
 @register
 @dataclass(frozen=True)
 class MagMax(Technique):
-    """Per entry the tau_k of largest magnitude (first expert on ties): theta = theta_0 + lambda * tau_max."""
+    """Per entry the tau_k of largest magnitude (first expert on ties): theta = theta_0 + lambda * tau_max.
+
+    tau_max is the largest or the smallest tau_k, and x -> x - theta_0 is monotone in floating point, so
+    max_k tau_k = max_k(theta_k) - theta_0 exactly: a running max and min of the experts (two passes over
+    each, no per-expert subtraction); only entries where +m and -m both occur look for the first expert."""
 
     name: ClassVar[str] = "magmax"
     needs_base: ClassVar[bool] = True
     lam: float = 1.0
 
     def merge_tensor(self, thetas, weights, theta_0):
-        tau_max = None
+        high = low = None
         for theta_k in thetas:
-            tau_k = theta_k - theta_0
-            tau_max = tau_k if tau_max is None else torch.where(tau_k.abs() > tau_max.abs(), tau_k, tau_max)
+            if high is None:
+                high, low = theta_k.clone(), theta_k.clone()
+            else:
+                torch.maximum(high, theta_k, out=high)
+                torch.minimum(low, theta_k, out=low)
+        up, down = high.sub_(theta_0), low.sub_(theta_0)  # the largest and the smallest tau_k
+        tau_max = torch.where(up.abs() >= down.abs(), up, down)
+        tied = ((up == -down) & (up != 0)).nonzero().squeeze(1)  # +m and -m: the first expert's sign wins
+        if tied.numel():
+            first = torch.zeros(tied.shape, dtype=torch.bool)
+            for theta_k in thetas:
+                tau_k = theta_k[tied] - theta_0[tied]
+                hit = (tau_k.abs() == up[tied]) & ~first
+                tau_max[tied[hit]] = tau_k[hit]
+                first |= hit
         return theta_0 + self.lam * tau_max
 
 

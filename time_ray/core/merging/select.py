@@ -28,7 +28,7 @@ class RadixSelect:
         return int(self.high.sum())
 
     def count_high(self, keys: torch.Tensor) -> None:
-        self.high += torch.bincount((keys.flatten() >> 16).long(), minlength=self.BINS)
+        self.high += torch.bincount(keys.flatten() >> 16, minlength=self.BINS)
 
     def locate(self, ranks: Sequence[int]) -> None:
         """Ranks are 1-based, 1 <= rank <= total."""
@@ -41,7 +41,7 @@ class RadixSelect:
         keys = keys.flatten()
         high = keys >> 16
         for b, counts in self.low.items():
-            counts += torch.bincount((keys[high == b] & 0xFFFF).long(), minlength=self.BINS)
+            counts += torch.bincount(keys[high == b] & 0xFFFF, minlength=self.BINS)
 
     def results(self) -> list[tuple[int, int]]:
         """Per rank: (the k-th smallest key, how many keys are smaller)."""

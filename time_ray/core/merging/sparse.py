@@ -30,23 +30,41 @@ class _Bounds:
     ties_to_drop: int = 0  # exact-count variants: how many entries with s == lo are still to drop
 
 
+WORKING_SET = 1 << 19  # entries of the [experts x chunk] block of task vectors merged at a time (2 MiB)
+
+
 @dataclass
 class _ConsensusPlan:
     bounds: dict[tuple[int, str], _Bounds]
     depths: dict[str, int] | None
     sign_sum: dict[str, int] = field(default_factory=lambda: {"image": 0, "text": 0})
     undecided: list = field(default_factory=list)  # (key, flat index, value if +, value if -)
+    buffers: list = field(default_factory=list)  # two reused [experts x chunk] work blocks
+
+    def blocks(self, k: int, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.buffers:
+            self.buffers = [torch.empty(k * size), torch.empty(k * size)]
+        return tuple(b[: k * n].view(k, n) for b in self.buffers)
 
 
-def _task_vector_chunks(experts, base) -> Iterator[tuple[str, int, Iterator[torch.Tensor]]]:
-    """Per floating-point key and expert k: the chunks of the flattened tau_k, in order (one at a time)."""
+def _float(key: int) -> float:
+    """The float32 whose bit pattern is ``key``."""
+    return torch.tensor(key, dtype=torch.int32).view(torch.float32).item()
+
+
+def _tau_blocks(experts, base, size: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """Per floating-point key, chunk by chunk in order: (key, [k, n] block of tau_k = theta_k - theta_0), the
+    block a reused buffer (each theta_0 chunk read once for all experts)."""
+    buffer = torch.empty(len(experts) * size)
     for key in experts[0]:
         if not experts[0][key].is_floating_point():
             continue
-        flat_0 = base[key].reshape(-1)
-        for k, expert in enumerate(experts):
-            flat = expert[key].reshape(-1)
-            yield key, k, (flat[a:b].float() - flat_0[a:b].float() for a, b in chunk_spans(flat.numel()))
+        flat_0, flats = base[key].reshape(-1), [e[key].reshape(-1) for e in experts]
+        for a, b in chunk_spans(flat_0.numel(), size):
+            taus, theta_0 = buffer[: len(flats) * (b - a)].view(len(flats), b - a), flat_0[a:b].float()
+            for tau, flat in zip(taus, flats):
+                torch.sub(flat[a:b].float(), theta_0, out=tau)
+            yield key, taus
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,9 @@ class SparseConsensus(LinesOption, Technique):
     2) elect: gamma = sign(sum_k tau_k'); where the sum is 0, gamma = sign of the sum of gamma over the tower.
     3) disjoint merge of the tau_k' of gamma's sign: ``mean`` over them, ``sum``, or ``max``: gamma * max |tau_k'|.
     theta = theta_0 + lambda * tau_merged (LiNeS: s(layer) instead of lambda). Strategy weights are not used.
+
+    The inputs are read three times (two selection passes, one merge pass), each time as [experts x chunk]
+    blocks of task vectors that whole-block operations work on; sums over experts keep a stacked sum's order.
     """
 
     needs_base: ClassVar[bool] = True
@@ -92,17 +113,31 @@ class SparseConsensus(LinesOption, Technique):
     def drops_entries(self) -> bool:
         return self.prune > 0
 
+    def magnitude_scores(self) -> bool:
+        """Scores are |tau| (TIES, Breadcrumbs): thresholds apply to the values themselves."""
+        return type(self).scores is SparseConsensus.scores and type(self).score_stream is SparseConsensus.score_stream
+
     # --- the shared mechanism
+
+    def chunk_size(self, n_models: int) -> int:
+        return max(1, min(super().chunk_size(n_models), WORKING_SET // n_models))
+
+    def _score_pass(self, experts, base, selects, count) -> None:
+        """One pass over the inputs: ``count(select, scores)`` with each expert's scores of every chunk."""
+        streams, current = [], None
+        for key, taus in _tau_blocks(experts, base, self.chunk_size(len(experts))):
+            if key != current:  # one stream per expert, over the chunks of this tensor
+                streams, current = [self.score_stream(k, key) for k in range(len(experts))], key
+            rows = taus.abs_().view(torch.int32) if self.magnitude_scores() else [s(t) for s, t in zip(streams, taus)]
+            for k, scores in enumerate(rows):
+                count(selects[k, tower_of(key)], scores)
 
     def plan(self, experts, base):
         depths = lines_depths(experts[0]) if self.lines is not None else None
         if not self.drops_entries():  # nothing to drop: no pass over the inputs
             return _ConsensusPlan(defaultdict(_Bounds), depths)
-        selects: dict[tuple[int, str], RadixSelect] = {}
-        for key, k, taus in _task_vector_chunks(experts, base):  # pass 1: high-bit histograms per expert, tower
-            select, stream = selects.setdefault((k, tower_of(key)), RadixSelect()), self.score_stream(k, key)
-            for tau in taus:
-                select.count_high(stream(tau))
+        selects = defaultdict(RadixSelect)  # per (expert, tower)
+        self._score_pass(experts, base, selects, RadixSelect.count_high)  # pass 1: high-bit histograms
         wanted = {}
         for (k, tower), select in selects.items():
             n = select.total
@@ -110,11 +145,7 @@ class SparseConsensus(LinesOption, Technique):
             wanted[k, tower] = (lo if lo >= 1 else None, hi if 1 <= hi < n else None, hi < 1)
             select.locate([r for r in wanted[k, tower][:2] if r is not None])
         if any(select.ranks for select in selects.values()):  # pass 2: low bits inside the located bins
-            for key, k, taus in _task_vector_chunks(experts, base):
-                select, stream = selects[k, tower_of(key)], self.score_stream(k, key)
-                if select.ranks:
-                    for tau in taus:
-                        select.count_low(stream(tau))
+            self._score_pass(experts, base, selects, lambda select, scores: select.ranks and select.count_low(scores))
         bounds = {}
         for (k, tower), select in selects.items():
             lo_rank, hi_rank, keep_none = wanted[k, tower]
@@ -146,6 +177,19 @@ class SparseConsensus(LinesOption, Technique):
             keep &= scores <= b.hi
         return torch.where(keep, tau, 0.0) * self.rescale
 
+    def sparsify_magnitudes(self, tau: torch.Tensor, b: _Bounds) -> None:
+        """``sparsify`` for |tau| scores, in place: hardshrink(x, l) keeps |x| > l, and for floats |x| >= v
+        is |x| > the float just below v (bit pattern v - 1)."""
+        if b.hi is not None and b.hi < 0:
+            tau.zero_()
+            return
+        if b.hi is not None:
+            tau.sub_(torch.hardshrink(tau, _float(b.hi)))  # drop |tau| > hi
+        if b.lo is not None and b.lo > 0:
+            torch.hardshrink(tau, _float(b.lo - 1), out=tau)  # drop |tau| < lo
+        if self.rescale != 1.0:
+            tau.mul_(self.rescale)
+
     def disjoint_merge(self, sparse: list[torch.Tensor], gamma) -> torch.Tensor:
         """sparse: the tau_k' (same shape); gamma: the elected sign (tensor or +-1). Running sums, counts
         and maxima, one expert at a time (sums in the order of a sum over the stacked tau_k')."""
@@ -164,26 +208,45 @@ class SparseConsensus(LinesOption, Technique):
             return total.result()
         return total.result() / count.clamp(min=1)
 
+    def disjoint_merge_block(self, taus: torch.Tensor, gamma: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+        """``disjoint_merge`` of a [k, n] block: where(tau' * gamma > 0, tau', 0) is gamma * relu(tau' * gamma),
+        and a sum of negated terms is the negated sum, bit for bit."""
+        agree = torch.mul(taus, gamma, out=work).relu_()  # |tau'| where tau' has gamma's sign, else 0
+        if self.disjoint == "max":
+            return gamma * agree.amax(0)
+        total = CascadeSum(len(agree), gamma)
+        for row in agree:
+            total.add(row)
+        merged = gamma * total.result()
+        if self.disjoint == "sum":
+            return merged
+        return merged / agree.sign_().sum(0).clamp_(min=1)  # counts as sums of 0/1 floats: exact in any order
+
     def merge_key(self, key, thetas, weights, theta_0, plan, span):
-        if "scores" not in span.memo:  # one stream per expert, over the chunks of this tensor
+        tower = tower_of(key)
+        taus, work = plan.blocks(len(thetas), span.size, self.chunk_size(len(thetas)))
+        if not self.magnitude_scores() and "scores" not in span.memo:  # one stream per expert, over the chunks
             span.memo["scores"] = [self.score_stream(k, key) for k in range(len(thetas))]
-        streams = span.memo["scores"]
-        sparse, total = [], CascadeSum(len(thetas), theta_0)
-        nonzero = torch.zeros(theta_0.shape, dtype=torch.bool)
-        for k, theta_k in enumerate(thetas):
-            tau = theta_k - theta_0
-            sparse.append(self.sparsify(tau, k, key, plan, streams[k](tau)))
-            total.add(sparse[-1])
-            nonzero |= sparse[-1] != 0
+        for k, (tau, theta_k) in enumerate(zip(taus, thetas)):
+            torch.sub(theta_k, theta_0, out=tau)
+            if self.magnitude_scores():
+                self.sparsify_magnitudes(tau, plan.bounds[k, tower])
+            else:
+                tau.copy_(self.sparsify(tau, k, key, plan, span.memo["scores"][k](tau)))
+        total = CascadeSum(len(taus), theta_0)
+        for tau in taus:
+            total.add(tau)
         gamma = torch.sign(total.result())
-        plan.sign_sum[tower_of(key)] += int(gamma.sum(dtype=torch.float64))
+        plan.sign_sum[tower] += int(gamma.sum(dtype=torch.float64))
         scale = self.scale(key, plan.depths)
-        undecided = ((gamma == 0) & nonzero).nonzero().squeeze(1)
-        if undecided.numel():  # sum exactly 0 with non-zero entries: the tower's sign decides, in finish()
-            cols, anchor = [tau[undecided] for tau in sparse], theta_0[undecided]
+        zero = gamma == 0
+        zero = zero.nonzero().squeeze(1) if zero.any() else None
+        undecided = zero[(taus[:, zero] != 0).any(0)] if zero is not None else None
+        if undecided is not None and undecided.numel():  # sum 0, entries not all 0: the tower's sign, in finish()
+            cols, anchor = list(taus[:, undecided]), theta_0[undecided]
             plan.undecided.append((key, undecided + span.start, anchor + scale * self.disjoint_merge(cols, 1.0),
                                    anchor + scale * self.disjoint_merge(cols, -1.0)))
-        return theta_0 + scale * self.disjoint_merge(sparse, gamma)
+        return theta_0 + scale * self.disjoint_merge_block(taus, gamma, work)
 
     def finish(self, merged, plan):
         for key, index, if_positive, if_negative in plan.undecided:

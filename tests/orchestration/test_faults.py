@@ -1,0 +1,168 @@
+"""Fault injection on a real local Ray (real processes killed, real files damaged), each run checked
+against the uninterrupted reduced quickstart (`reduced_quickstart`): same metrics.parquet values,
+no duplicate or missing rows. Faults come from TIME_RAY_FAULTS (time_ray/orchestration/faults.py)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from time_ray.core.checkpoints import verify
+
+from tests.orchestration.e2e_helpers import SETS, run_cli
+
+KEYS = ["trial_id", "timestep", "dataset"]
+
+
+def assert_same_results(out: Path, reference: Path) -> None:
+    """Every (trial, timestep, dataset) value equals the uninterrupted run's; nothing twice, nothing missing."""
+    got, want = pd.read_parquet(out / "metrics.parquet"), pd.read_parquet(reference / "metrics.parquet")
+    assert not got.duplicated(KEYS).any()
+    merged = want.merge(got, on=KEYS, how="outer", suffixes=("_want", "_got"), indicator=True)
+    assert (merged._merge == "both").all(), merged[merged._merge != "both"][KEYS]
+    assert (merged.value_want == merged.value_got).all(), merged[merged.value_want != merged.value_got]
+    steps = pd.read_parquet(out / "timesteps.parquet")
+    assert not steps.duplicated(["trial_id", "timestep"]).any()
+    assert len(steps) == len(pd.read_parquet(reference / "timesteps.parquet"))
+
+
+def copy_results(reference: Path, to: Path) -> Path:
+    shutil.copytree(reference, to, ignore=shutil.ignore_patterns("ray", "report"))
+    return to
+
+
+def faults_env(monkeypatch, tmp_path, *faults) -> Path:
+    marks = tmp_path / "fault-marks"
+    marks.mkdir()
+    monkeypatch.setenv("TIME_RAY_FAULTS", json.dumps(list(faults)))
+    monkeypatch.setenv("TIME_RAY_FAULTS_DIR", str(marks))
+    return marks
+
+
+def ray_dir() -> str:
+    return tempfile.mkdtemp(prefix="tr-", dir="/tmp")
+
+
+@pytest.mark.e2e
+def test_killed_train_worker_and_merge_actor_give_the_same_answer(reduced_quickstart, cache_dir, tmp_path,
+                                                                  monkeypatch):
+    """Injected: SIGKILL of sequential-ft's Train worker at step 10 of task 2 (Train's FailureConfig
+    starts a new worker, which retrains that expert from its init), and ray.kill of best-in-time's
+    merge actor after timestep 1 (Ray restarts it; it reloads its pool, EMA chain and training info
+    from storage). Checked: both faults fired, the sweep succeeded, the results equal the reference."""
+    reference, _ = reduced_quickstart
+    marks = faults_env(monkeypatch, tmp_path,
+                       {"fault": "kill_train_worker", "trial": "sequential-ft", "task": 2, "step": 10},
+                       {"fault": "kill_merge_actor", "trial": "best-in-time", "after_timestep": 1})
+    out = tmp_path / "out"
+    proc = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), *SETS], cache_dir, ray_dir())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert len(list(marks.iterdir())) == 2  # both faults happened
+    assert_same_results(out, reference)
+
+
+@pytest.mark.e2e
+def test_killed_driver_resumes_where_it_stopped(reduced_quickstart, cache_dir, tmp_path):
+    """Injected: SIGKILL of the whole `time-ray sweep` process group (driver, embedded Ray and its
+    workers) once a trial has recorded timestep 1. Checked: `--resume` finishes only the unfinished
+    work (a trial with recorded timesteps does not report timestep 0 again) and the results equal
+    the reference."""
+    reference, _ = reduced_quickstart
+    out, ray_tmp = tmp_path / "out", ray_dir()
+    env = {**os.environ, "TIME_RAY_CACHE": str(cache_dir), "RAY_TMPDIR": ray_tmp}
+    env.pop("RAY_ADDRESS", None)
+    driver = subprocess.Popen([sys.executable, "-m", "time_ray", "sweep", "configs/quickstart.yaml", "--output",
+                               str(out), *SETS], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            done = [pd.read_parquet(p).timestep.max() for p in out.glob("trials/*/timesteps.parquet")]
+            if any(t >= 1 for t in done):
+                break
+            time.sleep(0.5)
+        assert driver.poll() is None, "the sweep ended before the fault could be injected"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(30)
+        subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)  # Ray processes that left the group
+    recorded = {p.parent.name: int(pd.read_parquet(p).timestep.max()) for p in out.glob("trials/*/timesteps.parquet")}
+    assert any(t >= 1 for t in recorded.values()) and not all(t == 2 for t in recorded.values())
+
+    resumed = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), "--resume", *SETS],
+                      cache_dir, ray_dir())
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-6000:]
+    assert resumed.stderr.count("t=0/2") == 3 - len(recorded)  # recorded timesteps are not redone
+    assert_same_results(out, reference)
+
+
+@pytest.mark.e2e
+def test_nan_loss_fails_the_trial_naming_policy_task_and_step(cache_dir, tmp_path, monkeypatch):
+    """Injected: the expert's weights turn NaN after step 3 of task 1 of offline-merge. Checked: the
+    sweep exits 2 with a message naming the policy, task and step; the trial is marked failed (not
+    retried: it would fail the same way); the base model's row was kept."""
+    faults_env(monkeypatch, tmp_path, {"fault": "nan", "trial": "offline-merge", "task": 1, "step": 3})
+    out = tmp_path / "out"
+    proc = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), *SETS,
+                    "--set", "policies.presets=[offline-merge]"], cache_dir, ray_dir())
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    assert "1 of 1 trials failed" in proc.stderr
+    assert "policy offline-merge" in proc.stderr and "task 1: loss is nan at step 4 of 60" in proc.stderr
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert trials.status.tolist() == ["failed"] and trials.last_timestep.tolist() == [0]
+    assert "--resume" in proc.stderr
+
+
+@pytest.mark.e2e
+def test_damaged_checkpoints_are_rebuilt_or_reported(reduced_quickstart, cache_dir, tmp_path):
+    """Injected: best-in-time's last timestep undone (as after a crash) and its stored EMA model r_2
+    overwritten with other bytes; then, a second time, r_2 removed and its expert 2 truncated.
+    Checked: the damaged r_2 is detected by its content hash and rebuilt, giving the reference's
+    values; the damaged expert (which cannot be rebuilt without training) is reported by name and
+    the trial marked failed; following the message's advice then finishes the sweep."""
+    reference, _ = reduced_quickstart
+    out = copy_results(reference, tmp_path / "out")
+    steps = pd.read_parquet(out / "timesteps.parquet")
+    trial = steps[steps.policy == "best-in-time"].trial_id.iloc[0]
+    pool = out / "pool" / trial
+
+    def undo_last_timestep():
+        for name in ("metrics.parquet", "timesteps.parquet"):
+            frame = pd.read_parquet(out / "trials" / trial / name)
+            frame[frame.timestep < 2].to_parquet(out / "trials" / trial / name, index=False)
+
+    undo_last_timestep()
+    [chain] = [p for p in pool.glob("*_002.safetensors") if not p.name.startswith("expert")]
+    chain.write_bytes(chain.read_bytes()[:-64] + bytes(64))
+    resumed = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), "--resume", *SETS],
+                      cache_dir, ray_dir())
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-6000:]
+    assert "(2 already finished)" in resumed.stderr
+    verify(chain)  # rebuilt, and its hash recorded again
+    assert_same_results(out, reference)
+
+    undo_last_timestep()
+    chain.unlink()
+    expert = (pool / (pool / "expert_002.ref").read_text().strip()).resolve()
+    expert.write_bytes(expert.read_bytes()[:1000])
+    failed = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), "--resume", *SETS],
+                     cache_dir, ray_dir())
+    assert failed.returncode == 2
+    assert f"policy {trial}: timestep 2" in failed.stderr and expert.name in failed.stderr
+    assert "altered or truncated" in failed.stderr
+    assert pd.read_parquet(out / "trials.parquet").set_index("trial_id").status[trial] == "failed"
+
+    expert.unlink()  # what the message says: delete it and resume; the expert is trained again
+    expert.with_name(expert.name + ".sha256").unlink()
+    again = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), "--resume", *SETS],
+                    cache_dir, ray_dir())
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert_same_results(out, reference)

@@ -1,0 +1,71 @@
+"""Fault injection for tests and drills: real failures at chosen points of a real sweep.
+
+``TIME_RAY_FAULTS`` holds a JSON list of faults; each fires once (a marker file in
+``TIME_RAY_FAULTS_DIR`` remembers it across process restarts):
+
+  {"fault": "kill_train_worker", "trial": "sequential-ft", "task": 2, "step": 10}
+      SIGKILL the Train worker after that step of that task (Train's FailureConfig restarts it)
+  {"fault": "kill_merge_actor", "trial": "best-in-time", "after_timestep": 1}
+      ray.kill the trial's merge actor after that timestep is recorded (Ray restarts it)
+  {"fault": "nan", "trial": "offline-merge", "task": 1, "step": 3}
+      make the model's weights NaN after that step: the next loss is NaN (a deterministic failure)
+
+``trial`` matches a substring of the trial id. Without ``TIME_RAY_FAULTS`` nothing here does anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import torch
+
+
+def _faults() -> list[dict]:
+    text = os.environ.get("TIME_RAY_FAULTS")
+    return json.loads(text) if text else []
+
+
+def _fire_once(fault: dict) -> bool:
+    """True the first time ``fault`` is reached (claimed atomically with an exclusive create)."""
+    marker = Path(os.environ.get("TIME_RAY_FAULTS_DIR", "/tmp")) / (
+        "fault-" + "-".join(f"{k}={v}" for k, v in sorted(fault.items())).replace("/", "_"))
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _matching(kind: str, trial_id: str, **where) -> dict | None:
+    for fault in _faults():
+        if fault["fault"] == kind and fault.get("trial", "") in trial_id and all(
+                fault.get(k) == v for k, v in where.items()):
+            return fault if _fire_once(fault) else None
+    return None
+
+
+def train_step_hook(trial_id: str, t: int, model):
+    """``on_step`` for training task t of ``trial_id``, or None when no fault targets it."""
+    if not any(f["fault"] in ("kill_train_worker", "nan") for f in _faults()):
+        return None
+
+    def on_step(step: int, loss: float) -> None:
+        if _matching("kill_train_worker", trial_id, task=t, step=step):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if _matching("nan", trial_id, task=t, step=step):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("nan"))
+
+    return on_step
+
+
+def after_timestep(trial_id: str, t: int, actor) -> None:
+    if _matching("kill_merge_actor", trial_id, after_timestep=t):
+        import ray
+
+        ray.kill(actor, no_restart=False)
