@@ -88,14 +88,14 @@ NEW_USER_MISTAKES = {  # case -> (config text or None for the quickstart, extra 
                           r"unknown merging technique 'tie'. Did you mean ties"),
     "out-of-range prune": ("policies: {presets: [], grid: {merge: [{technique: ties, prune: 1.5}]}}\n", lambda p: [],
                            r"policies.grid.merge\[0\].prune: must be in \[0, 1\), got 1.5"),
-    "missing data path": (None, lambda p: ["--set", "stream.benchmark=folders", "--set", "model.pretrained=none",
+    "missing data path": (None, lambda p: ["--set", "stream.benchmark=fomo", "--set", "model.pretrained=none",
                                            "--set", f"stream.data={{root: {p / 'no-such-dir'}}}"],
-                          r"stream.data.*root.*no-such-dir.*does not exist"),
+                          r"real data \(fomo\), option 'root'.*no-such-dir does not exist"),
     "missing stream file": (None, lambda p: ["--set", "stream.benchmark=fomo", "--set", "model.pretrained=none",
                                              "--set", f"stream.data={{root: {_fomo_root(p)}, heldout: [pets], "
                                                       f"stream_file: {p / 'nope.json'}}}"],
                             r"stream_file.*nope.json does not exist"),
-    "another architecture": (None, _other_arch_checkpoint, r"'visual.*' has shape"),
+    "another architecture": (None, _other_arch_checkpoint, r"tensor '[\w.]+' has shape \(16, 128\), the architecture expects \(12, 64\); it was saved from another"),
     "another sweep's output": (None, _another_sweeps_output, r"holds the results of another sweep \('other'"),
 }
 
