@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := $(if $(filter aarch64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
 OUTPUT ?= results/quickstart
 
-.PHONY: quickstart test venv clean
+.PHONY: quickstart test venv clean chromium
 
 venv: $(STAMP)
 
@@ -22,8 +22,14 @@ $(STAMP): pyproject.toml
 quickstart: $(STAMP)
 	$(VENV)/bin/time-ray sweep configs/quickstart.yaml --output $(OUTPUT) $(if $(RESUME),--resume,)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(VENV)/bin/python -m pytest -q -rs $(PYTEST_ARGS)
+
+# headless Chromium renders report.html in tests/analysis/test_browser.py (Debian's package)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (echo "installing Debian's chromium (report screenshot test)" && \
+	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+	  echo "could not install chromium: install it with your package manager, or the browser test fails"
 
 clean:
 	rm -rf $(VENV) results

@@ -1,0 +1,174 @@
+"""Reading a sweep directory (README "Output"; ARCHITECTURE.md "Contracts": the results schema).
+
+A finished sweep has DIR/metrics.parquet and DIR/timesteps.parquet; while it runs (or after it was
+interrupted) each trial's rows are in DIR/trials/<trial_id>/{metrics,timesteps}.parquet, rewritten
+atomically after every timestep. The per-trial files are read when they exist (they are never older
+than the top-level tables); DIR/config.yaml names the trials the sweep should have.
+
+Every row gets the columns the analysis groups by:
+  technique  the merging technique with its parameters, e.g. ``ties(lambda=1.0, prune=0.7)``
+  settings   non-default EMA-chain / 'all' settings, e.g. ``recency=linear`` ('' when default)
+  label      one name per policy (seeds and budgets aside): policy name + technique + settings
+  multitask  the multitask reference (one expert on the union of all tasks, TIME.md §3)
+  budget     training steps per task (the multitask reference: its steps / T, the same total)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from time_ray.core.errors import ConfigError, TimeRayError
+from time_ray.core.results import METRICS_COLUMNS, TIMESTEP_COLUMNS
+
+CHAIN_DEFAULTS = {"ema_weight": "0.5", "ema_with_base": True, "all_with_base": False, "recency": "uniform"}
+DESIGN = ["init", "deploy", "technique", "settings", "budget", "multitask"]  # one policy x budget
+MULTITASK = "multitask"
+
+
+class ReportError(TimeRayError):
+    """A directory that cannot be reported on (the CLI prints it as one paragraph, exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One sweep's results. ``steps``/``metrics``: the parquet rows plus the columns above and
+    ``finished`` (the trial reached timestep T). ``progress``: one row per trial, expected or seen,
+    with its last timestep and state (see _progress). ``notes``: what could not be read."""
+
+    path: Path
+    name: str
+    tasks: int
+    steps: pd.DataFrame
+    metrics: pd.DataFrame
+    progress: pd.DataFrame
+    notes: tuple[str, ...]
+
+    @property
+    def missing(self) -> pd.DataFrame:
+        """Trials without a final result that the sweep still owes: not started, unfinished, failed
+        (a trial its scheduler stopped early is done, and is not missing)."""
+        return self.progress[~self.progress.state.isin(["finished", "stopped early"])]
+
+
+def technique_label(merge: str, merge_params: str | dict | None) -> str:
+    """``average``, or ``ties(lambda=1.0, prune=0.7)``: the technique with its parameters."""
+    params = json.loads(merge_params or "{}") if isinstance(merge_params, str) else (merge_params or {})
+    shown = {k: v for k, v in params.items() if v is not None}
+    return f"{merge}({', '.join(f'{k}={v}' for k, v in shown.items())})" if shown else merge
+
+
+def settings_label(row) -> str:
+    """The EMA-chain and 'all' settings that differ from the defaults (TIME.md §3-4), e.g.
+    ``recency=exp``; '' when every setting is the default."""
+    return " ".join(f"{k}={row[k]}" for k, default in CHAIN_DEFAULTS.items()
+                    if k in row and not pd.isna(row[k]) and str(row[k]) != str(default))
+
+
+def annotate(frame: pd.DataFrame, tasks: int) -> pd.DataFrame:
+    """Adds technique, settings, label, multitask and budget (see the module docstring)."""
+    out = frame.copy()
+    if out.empty:
+        return out.assign(technique=[], settings=[], label=[], multitask=[], budget=[])
+    out["technique"] = [technique_label(m, p) for m, p in zip(out["merge"], out["merge_params"])]
+    out["settings"] = [settings_label(r) for r in out.to_dict("records")]
+    out["multitask"] = out["policy"] == MULTITASK
+    out["label"] = [p if mt else " ".join(x for x in (p, "" if t == "average" else t, s) if x)
+                    for p, t, s, mt in zip(out["policy"], out["technique"], out["settings"], out["multitask"])]
+    out["budget"] = [b / tasks if mt else float(b) for b, mt in zip(out["budget_steps"], out["multitask"])]
+    return out
+
+
+def _read_rows(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The per-trial files when DIR/trials exists, else the top-level tables."""
+    trial_dirs = sorted(d for d in (path / "trials").glob("*") if (d / "timesteps.parquet").exists())
+    if trial_dirs:
+        steps = pd.concat([pd.read_parquet(d / "timesteps.parquet") for d in trial_dirs], ignore_index=True)
+        parts = [pd.read_parquet(d / "metrics.parquet") for d in trial_dirs if (d / "metrics.parquet").exists()]
+        metrics = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=METRICS_COLUMNS)
+        return steps, metrics
+    if (path / "timesteps.parquet").exists():
+        metrics_path = path / "metrics.parquet"
+        metrics = pd.read_parquet(metrics_path) if metrics_path.exists() else pd.DataFrame(columns=METRICS_COLUMNS)
+        return pd.read_parquet(path / "timesteps.parquet"), metrics
+    return pd.DataFrame(columns=TIMESTEP_COLUMNS), pd.DataFrame(columns=METRICS_COLUMNS)
+
+
+def _expected_trials(path: Path, steps: pd.DataFrame) -> tuple[list[dict] | None, int | None, str, str | None]:
+    """The sweep's trial specs, T and name from DIR/config.yaml (None and a note when unreadable)."""
+    from time_ray.config import expand_trials, load_config
+
+    name = path.name
+    if (path / "sweep.json").exists():
+        name = json.loads((path / "sweep.json").read_text()).get("name") or name
+    if not (path / "config.yaml").exists():
+        return None, None, name, "DIR/config.yaml is missing: the expected trials are unknown, only the trials with rows are reported."
+    try:
+        cfg = load_config(path / "config.yaml")
+        trained = steps[pd.to_numeric(steps.get("train_steps"), errors="coerce").fillna(0) > 0]
+        flops = (float((trained.train_gflops / trained.train_steps).iloc[0]) * 1e9
+                 if cfg.budget.gflops_per_task is not None and len(trained) else None)
+        return expand_trials(cfg, flops), cfg.stream.tasks, cfg.name, None
+    except ConfigError as exc:
+        return None, None, name, f"DIR/config.yaml could not be expanded into trials ({exc}); only the trials with rows are reported."
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Reads a finished or partial sweep directory; raises ReportError when there is nothing to report."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ReportError(f"sweep directory {path}: no such directory. Give the --output directory of "
+                          "`time-ray sweep`, e.g. time-ray report results/quickstart.")
+    markers = ("sweep.json", "config.yaml", "timesteps.parquet", "trials")
+    if not any((path / m).exists() for m in markers):
+        raise ReportError(f"sweep directory {path}: not a sweep directory (it has none of {', '.join(markers)}). "
+                          "Give the --output directory of `time-ray sweep`.")
+    steps, metrics = _read_rows(path)
+    expected, tasks, name, note = _expected_trials(path, steps)
+    if steps.empty:
+        raise ReportError(f"sweep directory {path}: no results yet (no trial has finished a timestep). "
+                          "Rerun the report once the sweep has written rows (trials/<trial_id>/timesteps.parquet).")
+    tasks = tasks or int(steps.timestep.max())
+    steps, metrics = annotate(steps, tasks), annotate(metrics, tasks)
+    progress = _progress(path, steps, expected, tasks)
+    done = set(progress.trial_id[progress.finished])
+    steps["finished"] = steps.trial_id.isin(done)
+    metrics["finished"] = metrics.trial_id.isin(done)
+    return Sweep(path=path, name=name, tasks=tasks, steps=steps, metrics=metrics, progress=progress,
+                 notes=tuple(n for n in (note,) if n))
+
+
+def _progress(path: Path, steps: pd.DataFrame, expected: list[dict] | None, tasks: int) -> pd.DataFrame:
+    """Per trial (the config's, then any other with rows): label, budget, seed, the last timestep
+    recorded (NaN: none), its state and finished (state 'finished': it reached T). States: finished,
+    stopped early (the sweep's scheduler ended it: trials/<id>/stopped_early.json), failed
+    (trials/<id>/failed.json), unfinished (rows, but not up to T), not started."""
+    cols = ["trial_id", "label", "budget", "seed"]
+    trials = steps.drop_duplicates("trial_id")[cols]
+    if expected is not None:
+        specs = annotate(pd.DataFrame([_spec_columns(t) for t in expected]), tasks)[cols]
+        trials = pd.concat([specs, trials[~trials.trial_id.isin(specs.trial_id)]], ignore_index=True)
+    out = trials.assign(last_timestep=trials.trial_id.map(steps.groupby("trial_id").timestep.max()))
+    out["state"] = [_state(path / "trials" / t, last, tasks) for t, last in zip(out.trial_id, out.last_timestep)]
+    return out.assign(finished=out.state == "finished").reset_index(drop=True)
+
+
+def _state(trial_dir: Path, last: float, tasks: int) -> str:
+    if (trial_dir / "stopped_early.json").exists():
+        return "stopped early"
+    if last == tasks:
+        return "finished"
+    if (trial_dir / "failed.json").exists():
+        return "failed"
+    return "not started" if pd.isna(last) else "unfinished"
+
+
+def _spec_columns(spec: dict) -> dict:
+    """A trial spec (config.expand_trials) as the policy columns of the results schema."""
+    return {"trial_id": spec["trial_id"], "policy": spec["policy"], "init": spec["init"], "deploy": spec["deploy"],
+            "merge": spec["merge"], "merge_params": json.dumps(spec["merge_params"], sort_keys=True),
+            **{k: str(spec.get(k, d)) if k == "ema_weight" else spec.get(k, d) for k, d in CHAIN_DEFAULTS.items()},
+            "budget_steps": spec["budget_steps"], "seed": spec["seed"]}

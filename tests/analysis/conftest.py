@@ -1,0 +1,19 @@
+import pytest
+
+from analysis import build_report
+from tests.analysis.synthetic import write_sweep
+
+
+@pytest.fixture(scope="session")
+def synthetic_sweep(tmp_path_factory):
+    """The synthetic sweep (tests/analysis/synthetic.py): 78 finished trials with known answers."""
+    out = tmp_path_factory.mktemp("synthetic") / "sweep"
+    trials = write_sweep(out)
+    return out, trials
+
+
+@pytest.fixture(scope="session")
+def synthetic_report(synthetic_sweep):
+    """Its report, built once (rendering the figures takes seconds)."""
+    out, _ = synthetic_sweep
+    return build_report(out)

@@ -1,0 +1,107 @@
+"""A synthetic sweep directory with known answers, written in the results schema (no training).
+
+Final A_KA / A_ZS per init/deploy pair are set below (FINAL); every trajectory moves linearly from
+theta_0 (A_KA 0.10, A_ZS 0.80) to its final values; the larger budget adds BUDGET_KA to A_KA; seeds
+add SEED_NOISE * (seed - 1) to A_KA (mean 0 over seeds 0, 1, 2). Each timestep has two adaptation
+and two held-out datasets whose values are the mean -+ 0.02, so A_KA and A_ZS are exact means.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+from time_ray.config import expand_trials, load_config, policy_of
+from time_ray.core.results import metrics_frame, timesteps_frame, write_parquet_atomic
+
+CONFIG = """\
+# time-ray sweep synthetic.yaml
+name: synthetic
+stream: {tasks: 3}
+budget: {steps_per_task: 20, multipliers: [0.5, 1.0]}
+policies:
+  presets: [sequential-ft, offline-merge, best-in-time]
+  multitask: true
+  grid:
+    - {init: [zs, ft, ema], deploy: [ft, ema, all]}
+    - init: [ema]
+      deploy: [ema]
+      merge: [{technique: ties, lambda: 1.0, prune: 0.7}, {technique: magmax, lambda: 0.5}]
+    - {init: [zs], deploy: [all], recency: [exp]}
+seeds: [0, 1, 2]
+"""
+BASE = (0.10, 0.80)
+FINAL = {  # (init, deploy) -> final (A_KA, A_ZS) at the small budget, weight averaging
+    ("zs", "ft"): (0.40, 0.70), ("zs", "ema"): (0.35, 0.78), ("zs", "all"): (0.25, 0.79),
+    ("ft", "ft"): (0.80, 0.55), ("ft", "ema"): (0.70, 0.65), ("ft", "all"): (0.50, 0.70),
+    ("ema", "ft"): (0.72, 0.62), ("ema", "ema"): (0.75, 0.74), ("ema", "all"): (0.55, 0.75),
+}
+TECHNIQUE_KA = {"average": 0.0, "ties": 0.01, "magmax": -0.02}
+RECENCY_KA = {"uniform": 0.0, "exp": 0.10}
+MULTITASK = (0.80, 0.80)
+BUDGET_KA = 0.05
+SEED_NOISE = 0.004
+GFLOPS_PER_STEP = 1.5
+
+
+def designed_values(trial: dict) -> tuple[float, float]:
+    """The designed final (A_KA, A_ZS) of a trial spec."""
+    big = trial["budget_steps"] == 20  # the larger of the two budgets (10 and 20 steps per task)
+    if trial.get("multitask"):
+        ka, zs = MULTITASK
+        return ka, zs
+    ka, zs = FINAL[(trial["init"], trial["deploy"])]
+    ka += TECHNIQUE_KA[trial["merge"]] + RECENCY_KA[trial.get("recency", "uniform")]
+    return ka + (BUDGET_KA if big else 0.0) + SEED_NOISE * (trial["seed"] - 1), zs
+
+
+def policy_columns(trial: dict) -> dict:
+    """As orchestration.trial.policy_columns writes them (without importing Ray)."""
+    policy = policy_of(trial)
+    return {"trial_id": trial["trial_id"], "policy": trial["policy"], "init": trial["init"], "deploy": trial["deploy"],
+            "merge": trial["merge"], "merge_params": json.dumps(trial["merge_params"], sort_keys=True),
+            "ema_weight": str(policy.ema_weight), "ema_with_base": policy.ema_with_base,
+            "all_with_base": policy.all_with_base, "recency": policy.recency,
+            "budget_steps": trial["budget_steps"], "seed": trial["seed"]}
+
+
+def write_trial(out: Path, trial: dict, tasks: int, last: int | None = None) -> None:
+    """trials/<id>/{metrics,timesteps}.parquet up to timestep ``last`` (default: T)."""
+    cols = policy_columns(trial)
+    ka, zs = designed_values(trial)
+    timesteps = [0, tasks] if trial.get("multitask") else list(range(tasks + 1))
+    metric_rows, step_rows = [], []
+    for t in [t for t in timesteps if last is None or t <= last]:
+        frac = t / tasks
+        a_ka, a_zs = BASE[0] + frac * (ka - BASE[0]), BASE[1] + frac * (zs - BASE[1])
+        for name, role, value in (("a1", "adaptation", a_ka - 0.02), ("a2", "adaptation", a_ka + 0.02),
+                                  ("h1", "heldout", a_zs - 0.02), ("h2", "heldout", a_zs + 0.02)):
+            metric_rows.append({**cols, "timestep": t, "dataset": name, "role": role, "metric": "accuracy",
+                                "value": value, "n_eval": 40})
+        trained = t > 0
+        step_rows.append({**cols, "timestep": t, "a_ka": a_ka, "a_zs": a_zs, "gm": math.sqrt(a_ka * a_zs),
+                          "train_steps": trial["budget_steps"] if trained else 0,
+                          "train_gflops": trial["budget_steps"] * GFLOPS_PER_STEP if trained else 0.0,
+                          "train_seconds": 1.0 * trained, "merge_seconds": 0.0 if trial["deploy"] == "ft" else 0.1 * trained,
+                          "eval_seconds": 0.5, "pool_bytes": t * 1_000_000 * (2 if "ema" in (trial["init"], trial["deploy"]) else 1),
+                          "expert_cache_hit": False})
+    write_parquet_atomic(metrics_frame(metric_rows), out / "trials" / trial["trial_id"] / "metrics.parquet")
+    write_parquet_atomic(timesteps_frame(step_rows), out / "trials" / trial["trial_id"] / "timesteps.parquet")
+
+
+def write_sweep(out: Path, skip: int = 0, truncate: int = 0) -> list[dict]:
+    """The synthetic sweep in ``out``: config.yaml, sweep.json, trials/. The first ``skip`` trials get
+    no rows and the next ``truncate`` stop at timestep 1 (a partial sweep). Returns the trial specs."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "synthetic.yaml").write_text(CONFIG)
+    cfg = load_config(out / "synthetic.yaml")
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    (out / "sweep.json").write_text(json.dumps({"name": cfg.name, "fingerprint": cfg.fingerprint()}))
+    trials = expand_trials(cfg)
+    for i, trial in enumerate(trials):
+        if i >= skip:
+            write_trial(out, trial, cfg.stream.tasks, last=1 if i < skip + truncate else None)
+    return trials
