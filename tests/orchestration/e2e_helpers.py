@@ -12,7 +12,7 @@ REDUCED = [
 ]
 
 
-def run_cli(args, cache_dir, ray_tmp, timeout=600):
+def run_cli(args, cache_dir, ray_tmp, timeout=900):
     env = {**os.environ, "TIME_RAY_CACHE": str(cache_dir), "RAY_TMPDIR": ray_tmp,
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)

@@ -52,13 +52,13 @@ def test_sweep_to_s3_with_random_search_and_asha(tmp_path, cache_dir, monkeypatc
         read = lambda name: pd.read_parquet(fs.open_input_file(f"{root}/{name}"))
         trials, steps = read("trials.parquet"), read("timesteps.parquet")
         assert list(trials.columns) == TRIAL_COLUMNS and len(trials) == 3
-        ms = trials[trials.merge == "model_stock"]
+        ms = trials[trials["merge"] == "model_stock"]
         assert sorted(ms.ema_weight) == sorted(set(ms.ema_weight)) and len(ms) == 2  # two random draws
         assert all(0.3 <= float(w) <= 0.7 for w in ms.ema_weight)
         seq = trials[trials.policy == "sequential-ft"].iloc[0]
         assert seq.status == "finished" and seq.last_timestep == 2
         stopped = trials[trials.status == "stopped_early"]
-        assert len(stopped) >= 1 and (stopped.merge == "model_stock").all()
+        assert len(stopped) >= 1 and (stopped["merge"] == "model_stock").all()
         assert (stopped.last_timestep == 1).all() and (stopped.expert_trainings_saved == 1).all()
         assert (stopped.train_steps_saved == 60).all()
         for trial_id in stopped.trial_id:  # no rows after the stop
