@@ -7,7 +7,7 @@ their task vectors, w_k the weights a strategy asks for (uniform by default), la
 Towers: keys starting with ``visual.`` form the image tower, all other keys the text tower.
 
 Modules: ``base`` (registry, ``Technique``, building from config), ``lines`` (the LiNeS option),
-``basic`` (dense techniques), ``select`` (exact k-th value over a tower), ``sparse`` (TIES, DARE-TIES,
+``basic`` (dense techniques), ``select`` (exact k-th values over a tower), ``sparse`` (TIES, DARE-TIES,
 Breadcrumbs-TIES), ``towers`` (a technique per tower). Importing this package registers every technique.
 """
 
@@ -18,14 +18,14 @@ from time_ray.core.merging.base import (
 )
 from time_ray.core.merging.lines import LinesOption, lines_depths
 from time_ray.core.merging.basic import MagMax, ModelStock, RandomPick, Slerp, TaskArithmetic, WeightAveraging
-from time_ray.core.merging.select import RadixSelect, fraction_count, kth_smallest, magnitude_keys
+from time_ray.core.merging.select import BracketSelect, RadixSelect, fraction_count, kth_smallest, magnitude_keys
 from time_ray.core.merging.sparse import BreadcrumbsTies, DareTies, SparseConsensus, Ties
 from time_ray.core.merging.towers import Towers
 
 __all__ = [
     "BLOCK", "DISJOINT", "IMAGE_PREFIX", "LINES", "PARAM_ALIASES", "RULES", "TECHNIQUES",
-    "BreadcrumbsTies", "CascadeSum", "DareTies", "LinesOption", "MagMax", "ModelStock", "RadixSelect", "RandomPick",
-    "Slerp", "Span", "SparseConsensus", "TaskArithmetic", "Technique", "Ties", "Towers", "WeightAveraging",
+    "BracketSelect", "BreadcrumbsTies", "CascadeSum", "DareTies", "LinesOption", "MagMax", "ModelStock", "RadixSelect",
+    "RandomPick", "Slerp", "Span", "SparseConsensus", "TaskArithmetic", "Technique", "Ties", "Towers", "WeightAveraging",
     "chunk_spans", "config_name", "derived_seed", "fraction_count", "kth_smallest", "lines_depths", "magnitude_keys",
     "make_technique", "register", "seeded_generator", "technique_params", "tower_of", "uniform",
 ]

@@ -11,6 +11,8 @@ import torch
 from time_ray.core.merging.base import Technique, register, seeded_generator
 from time_ray.core.merging.lines import LinesOption
 
+CACHED_CHUNK = 1 << 17  # entries per chunk for techniques passing over a chunk several times: fits a core's L2
+
 
 @register
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ class TaskArithmetic(LinesOption, Technique):
     lines: str | None = None
     alpha: float = 0.5
     beta: float = 0.5
+
+    def chunk_size(self, n_models):
+        return min(super().chunk_size(n_models), CACHED_CHUNK)
 
     def merge_key(self, key, thetas, weights, theta_0, plan, span):
         tau_sum = tau = None
@@ -105,24 +110,30 @@ class MagMax(Technique):
     needs_base: ClassVar[bool] = True
     lam: float = 1.0
 
+    def chunk_size(self, n_models):
+        return min(super().chunk_size(n_models), CACHED_CHUNK)
+
     def merge_tensor(self, thetas, weights, theta_0):
-        high = low = None
-        for theta_k in thetas:
-            if high is None:
-                high, low = theta_k.clone(), theta_k.clone()
+        experts = iter(thetas)
+        high = low = next(experts)
+        for theta_k in experts:
+            if high is low:  # the first two: new tensors, updated in place from then on
+                high, low = torch.maximum(high, theta_k), torch.minimum(low, theta_k)
             else:
                 torch.maximum(high, theta_k, out=high)
                 torch.minimum(low, theta_k, out=low)
-        up, down = high.sub_(theta_0), low.sub_(theta_0)  # the largest and the smallest tau_k
-        tau_max = torch.where(up.abs() >= down.abs(), up, down)
-        tied = ((up == -down) & (up != 0)).nonzero().squeeze(1)  # +m and -m: the first expert's sign wins
-        if tied.numel():
-            first = torch.zeros(tied.shape, dtype=torch.bool)
+        up, down = high - theta_0, low - theta_0  # the largest and the smallest tau_k
+        balance = up + down  # up >= down, so |up| >= |down| exactly where up + down >= 0
+        tau_max = torch.where(balance >= 0, up, down)
+        tied = balance == 0
+        if tied.any():  # +m and -m (m > 0) both occur: the first expert reaching m decides the sign
+            tied = (tied & (up != 0)).nonzero().squeeze(1)
+            found = torch.zeros(tied.shape, dtype=torch.bool)
             for theta_k in thetas:
                 tau_k = theta_k[tied] - theta_0[tied]
-                hit = (tau_k.abs() == up[tied]) & ~first
+                hit = (tau_k.abs() == up[tied]) & ~found
                 tau_max[tied[hit]] = tau_k[hit]
-                first |= hit
+                found |= hit
         return theta_0 + self.lam * tau_max
 
 

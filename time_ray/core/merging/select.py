@@ -1,4 +1,6 @@
-"""Exact k-th value over a whole tower without concatenating it: a two-pass radix selection."""
+"""Exact k-th values over a whole tower without concatenating it: a one-pass selection inside a bracket
+known to hold them (``BracketSelect``), with a two-pass radix selection (``RadixSelect``) when there is none
+or the bracket misses."""
 
 from __future__ import annotations
 
@@ -28,7 +30,12 @@ class RadixSelect:
         return int(self.high.sum())
 
     def count_high(self, keys: torch.Tensor) -> None:
-        self.high += torch.bincount(keys.flatten() >> 16, minlength=self.BINS)
+        self.count_bins(keys.flatten() >> 16)
+
+    def count_bins(self, high: torch.Tensor) -> None:
+        """``count_high`` of keys already shifted right by 16 bits (1-D)."""
+        counts = torch.bincount(high)  # as long as the largest bin: no 2^16-bin histogram per call
+        self.high[: counts.numel()] += counts
 
     def locate(self, ranks: Sequence[int]) -> None:
         """Ranks are 1-based, 1 <= rank <= total."""
@@ -52,6 +59,42 @@ class RadixSelect:
             low = int(torch.searchsorted(cumulative, rank - below_bin))
             out.append(((b << 16) | low, below_bin + int(cumulative[low] - self.low[b][low])))
         return out
+
+
+class BracketSelect:
+    """Exact k-th smallest key of a stream of int32 keys in one pass, given a bracket [lo, hi] of keys that
+    probably holds it (from a sample, or from the keys' known distribution): counts the keys below lo and
+    keeps the few inside the bracket. ``result`` is exact, or None when the rank fell outside the bracket."""
+
+    def __init__(self, rank: int, lo: int, hi: int):
+        self.rank, self.lo, self.hi = rank, lo, hi
+        self.below = 0
+        self.inside: list[torch.Tensor] = []
+
+    def count(self, keys: torch.Tensor) -> None:
+        keys = keys.flatten()
+        below = keys < self.lo
+        self.below += int(below.sum(dtype=torch.int32))
+        self.inside.append(keys[(keys <= self.hi) ^ below])  # lo <= key <= hi (below implies <= hi)
+
+    def result(self) -> tuple[int, int] | None:
+        """(the rank-th smallest key, how many keys are smaller), or None: the rank is outside the bracket."""
+        inside = torch.cat(self.inside) if self.inside else torch.zeros(0, dtype=torch.int32)
+        j = self.rank - self.below
+        if not 1 <= j <= inside.numel():
+            return None
+        key = int(torch.kthvalue(inside, j).values)
+        return key, self.below + int((inside < key).sum())
+
+
+def sample_bracket(sample: torch.Tensor, rank: int, n: int, z: float = 5.0) -> tuple[int, int]:
+    """Keys bracketing the rank-th smallest of n keys, from a sample of them: the sample's order statistics
+    z binomial standard deviations (plus 2) either side of rank * m / n (m: the sample size)."""
+    m, q = sample.numel(), rank / n
+    half = z * math.sqrt(m * q * (1 - q)) + 2
+    lo, hi = math.floor(q * m - half), math.ceil(q * m + half)
+    return (int(torch.kthvalue(sample, lo).values) if lo >= 1 else 0,
+            int(torch.kthvalue(sample, hi).values) if hi <= m else 2**31 - 1)
 
 
 def magnitude_keys(x: torch.Tensor) -> torch.Tensor:

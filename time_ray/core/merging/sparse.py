@@ -18,7 +18,7 @@ import torch
 
 from time_ray.core.merging.base import CascadeSum, Technique, chunk_spans, register, seeded_generator, tower_of
 from time_ray.core.merging.lines import LinesOption, lines_depths
-from time_ray.core.merging.select import RadixSelect, fraction_count, magnitude_keys
+from time_ray.core.merging.select import BracketSelect, RadixSelect, fraction_count, magnitude_keys, sample_bracket
 
 
 @dataclass
@@ -31,6 +31,7 @@ class _Bounds:
 
 
 WORKING_SET = 1 << 19  # entries of the [experts x chunk] block of task vectors merged at a time (2 MiB)
+SAMPLE = 1 << 18  # |tau| entries sampled per (expert, tower) to bracket its thresholds
 
 
 @dataclass
@@ -73,13 +74,15 @@ class SparseConsensus(LinesOption, Technique):
 
     1) sparsify: each entry of tau_k gets a score (``scores``); over the expert's tower of N entries,
        entries scored below the ``ranks`` (lo, hi) k-th smallest scores are dropped, then the kept ones are
-       multiplied by ``rescale``. Thresholds are global per tower and per expert (``RadixSelect``).
+       multiplied by ``rescale``. Thresholds are global per tower and per expert (see ``select``).
     2) elect: gamma = sign(sum_k tau_k'); where the sum is 0, gamma = sign of the sum of gamma over the tower.
     3) disjoint merge of the tau_k' of gamma's sign: ``mean`` over them, ``sum``, or ``max``: gamma * max |tau_k'|.
     theta = theta_0 + lambda * tau_merged (LiNeS: s(layer) instead of lambda). Strategy weights are not used.
 
-    The inputs are read three times (two selection passes, one merge pass), each time as [experts x chunk]
-    blocks of task vectors that whole-block operations work on; sums over experts keep a stacked sum's order.
+    The inputs are read twice: one selection pass inside brackets of the thresholds (a sample's, or known
+    from the scores' distribution; two radix passes when there is none or it misses), one merge pass; each
+    time as [experts x chunk] blocks of task vectors that whole-block operations work on. Sums over experts
+    keep the order of ``CascadeSum``.
     """
 
     needs_base: ClassVar[bool] = True
@@ -122,43 +125,80 @@ class SparseConsensus(LinesOption, Technique):
     def chunk_size(self, n_models: int) -> int:
         return max(1, min(super().chunk_size(n_models), WORKING_SET // n_models))
 
-    def _score_pass(self, experts, base, selects, count) -> None:
-        """One pass over the inputs: ``count(select, scores)`` with each expert's scores of every chunk."""
+    def _score_pass(self, experts, base, visit) -> None:
+        """One pass over the inputs: ``visit(k, tower, scores)`` with expert k's scores of every chunk, in order."""
         streams, current = [], None
         for key, taus in _tau_blocks(experts, base, self.chunk_size(len(experts))):
             if key != current:  # one stream per expert, over the chunks of this tensor
                 streams, current = [self.score_stream(k, key) for k in range(len(experts))], key
             rows = taus.abs_().view(torch.int32) if self.magnitude_scores() else [s(t) for s, t in zip(streams, taus)]
             for k, scores in enumerate(rows):
-                count(selects[k, tower_of(key)], scores)
+                visit(k, tower_of(key), scores)
+
+    def brackets(self, experts, base, ranks: dict, sizes: dict) -> dict | None:
+        """Per (expert, tower), a (lo, hi) bracket of score keys for each wanted rank, or None if there is
+        no way to guess one. |tau| scores: from a strided sample of about ``SAMPLE`` entries of the tower."""
+        if not self.magnitude_scores():
+            return None
+        strides = {tower: max(1, n // SAMPLE) for tower, n in sizes.items()}
+        parts = defaultdict(list)
+        for key in experts[0]:
+            if not experts[0][key].is_floating_point():
+                continue
+            tower = tower_of(key)
+            flat_0 = base[key].reshape(-1)[:: strides[tower]].float()
+            for k, expert in enumerate(experts):
+                parts[k, tower].append(magnitude_keys(expert[key].reshape(-1)[:: strides[tower]].float() - flat_0))
+        return {(k, tower): [sample_bracket(torch.cat(part), rank, sizes[tower]) for rank in ranks[k, tower]]
+                for (k, tower), part in parts.items()}
+
+    def _select(self, experts, base, ranks: dict, sizes: dict) -> dict:
+        """(the rank-th smallest score key, how many are smaller) for each wanted rank per (expert, tower):
+        one pass inside the brackets when they hold every rank, else a two-pass radix selection."""
+        brackets = self.brackets(experts, base, ranks, sizes)
+        if brackets is not None:
+            selects = {at: [BracketSelect(rank, *b) for rank, b in zip(wanted, brackets[at])]
+                       for at, wanted in ranks.items()}
+            self._score_pass(experts, base, lambda k, tower, scores: [s.count(scores) for s in selects[k, tower]])
+            found = {at: [s.result() for s in sel] for at, sel in selects.items()}
+            if all(r is not None for results in found.values() for r in results):
+                return found
+        radix = defaultdict(RadixSelect)
+        self._score_pass(experts, base, lambda k, tower, scores: radix[k, tower].count_bins(scores.flatten() >> 16))
+        for at, wanted in ranks.items():
+            radix[at].locate(wanted)
+        if any(ranks.values()):  # pass 2: low bits inside the located bins
+            self._score_pass(experts, base, lambda k, tower, scores: radix[k, tower].ranks and
+                             radix[k, tower].count_low(scores))
+        return {at: radix[at].results() for at in ranks}
 
     def plan(self, experts, base):
         depths = lines_depths(experts[0]) if self.lines is not None else None
         if not self.drops_entries():  # nothing to drop: no pass over the inputs
             return _ConsensusPlan(defaultdict(_Bounds), depths)
-        selects = defaultdict(RadixSelect)  # per (expert, tower)
-        self._score_pass(experts, base, selects, RadixSelect.count_high)  # pass 1: high-bit histograms
+        sizes: dict[str, int] = defaultdict(int)  # entries per tower
+        for key in experts[0]:
+            if experts[0][key].is_floating_point():
+                sizes[tower_of(key)] += experts[0][key].numel()
         wanted = {}
-        for (k, tower), select in selects.items():
-            n = select.total
-            lo, hi = self.ranks(n)
-            wanted[k, tower] = (lo if lo >= 1 else None, hi if 1 <= hi < n else None, hi < 1)
-            select.locate([r for r in wanted[k, tower][:2] if r is not None])
-        if any(select.ranks for select in selects.values()):  # pass 2: low bits inside the located bins
-            self._score_pass(experts, base, selects, lambda select, scores: select.ranks and select.count_low(scores))
+        for k in range(len(experts)):
+            for tower, n in sizes.items():
+                lo, hi = self.ranks(n)
+                wanted[k, tower] = (lo if lo >= 1 else None, hi if 1 <= hi < n else None, hi < 1)
+        ranks = {at: [r for r in w[:2] if r is not None] for at, w in wanted.items()}
+        found = self._select(experts, base, ranks, sizes)
         bounds = {}
-        for (k, tower), select in selects.items():
-            lo_rank, hi_rank, keep_none = wanted[k, tower]
-            found = iter(select.results())
+        for at, (lo_rank, hi_rank, keep_none) in wanted.items():
+            results = iter(found[at])
             b = _Bounds()
             if lo_rank is not None:
-                b.lo, smaller = next(found)
+                b.lo, smaller = next(results)
                 b.ties_to_drop = lo_rank - smaller
             if hi_rank is not None:
-                b.hi, _ = next(found)
+                b.hi, _ = next(results)
             if keep_none:
                 b.hi = -1
-            bounds[k, tower] = b
+            bounds[at] = b
         return _ConsensusPlan(bounds, depths)
 
     def sparsify(self, tau: torch.Tensor, k: int, key: str, plan: _ConsensusPlan, scores: torch.Tensor) -> torch.Tensor:
@@ -281,6 +321,21 @@ class DareTies(SparseConsensus):
     def scores(self, tau, k, key, generator=None):
         generator = seeded_generator(self.seed, k, key) if generator is None else generator
         return torch.randint(0, 2**31 - 1, tau.shape, dtype=torch.int32, generator=generator)
+
+    def brackets(self, experts, base, ranks, sizes):
+        """The default scores are uniform on [0, 2^31 - 1): the rank-th smallest of n lies within a few
+        binomial standard deviations of rank / n * 2^31, known without looking at the scores."""
+        if type(self).scores is not DareTies.scores or type(self).score_stream is not DareTies.score_stream:
+            return None
+        out = {}
+        for (k, tower), wanted in ranks.items():
+            n, out[k, tower] = sizes[tower], []
+            for rank in wanted:
+                q = rank / n
+                half = 5.0 * math.sqrt(q * (1 - q) / n) + 2 / n
+                out[k, tower].append((max(0, math.floor((q - half) * 2**31)),
+                                      min(2**31 - 1, math.ceil((q + half) * 2**31))))
+        return out
 
     def score_stream(self, k, key):
         """The chunks of a tensor draw in order from one generator: the same scores as the whole tensor."""
