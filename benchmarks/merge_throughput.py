@@ -1,0 +1,255 @@
+"""Merge throughput: each merging technique merging k experts the size of an OpenCLIP ViT-B/16
+(149.6M parameters, fp32: 598 MB per expert), next to a plain copy and a plain mean of the same tensors.
+
+    .venv/bin/python benchmarks/merge_throughput.py [--quick]
+
+* theta_0 and max(k) experts theta_0 + tau_k are written as safetensors to a temporary directory through the
+  project's CheckpointPool, and merged through the real lazy path: ``make_technique(name).merge(pool.experts(k),
+  base=pool.base)``, default parameters, torch on ``--threads`` threads (default 1, the merge actor's setting).
+* Page cache warm: every file is read once before timing and the pool's opened checkpoints (their mappings)
+  are reused, as in the merge actor. Expert data read = k x 598 MB per merge (theta_0 not counted);
+  GB/s = that / the median wall time of ``--repeats`` interleaved rounds.
+* Baselines on the same tensors in the same rounds: ``copy`` (each tensor copied into a reused buffer),
+  ``mean`` (running in-place sum of whole tensors, / k: the fastest plain mean) and ``stack_mean``
+  (``torch.stack(tensors).mean(0)``, the idiomatic one).
+* Peak anonymous memory above the level before each merge (RssAnon, sampled every 5 ms; mmapped checkpoint
+  pages are file-backed and not counted), the merged model itself included.
+* Exactness on a smaller model (tiny-clip-wide, 8M parameters; ``--quick``: tiny-clip), k = 3 and k = 20,
+  text tower task vectors quantized (ties at thresholds, zero sums): each technique against a straightforward
+  reference written here (whole towers at once, ``torch.kthvalue`` thresholds, a stable sort for DARE's exact
+  drop count, sums over experts in the documented order of ``CascadeSum``, which changes above 16 experts):
+  bit-identical, except ``average`` within rtol 1e-6 (the reference rounds w_k * theta_k separately).
+* The naive threshold: ``torch.kthvalue`` over each expert tower's concatenated |tau|, at k = 10.
+
+Targets: average and task_arithmetic >= 0.7x the mean's throughput; ties, dare_ties, breadcrumbs_ties and
+magmax within 3x of average's time at k = 10; peak extra anonymous memory <= the merged model + 256 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from _common import MIB, emit, interleaved, log, machine, median, model_shapes, synthetic_pool, verdict  # noqa: E402
+from time_ray.core.checkpoints import materialize  # noqa: E402
+from time_ray.core.merging import CascadeSum, make_technique, tower_of  # noqa: E402
+
+TECHNIQUES = ["average", "task_arithmetic", "ties", "dare_ties", "breadcrumbs_ties", "magmax"]
+SPARSE = ["ties", "dare_ties", "breadcrumbs_ties", "magmax"]
+WORKING_SET_MIB = 256
+
+
+# ---------------------------------------------------------------- baselines
+
+def plain_copy(experts):
+    buffer = torch.empty(max(experts[0][key].numel() for key in experts[0]))
+    for key in experts[0]:
+        for expert in experts:
+            x = expert[key].reshape(-1)
+            buffer[: x.numel()].copy_(x)
+
+
+def plain_mean(experts):
+    merged = {}
+    for key in experts[0]:
+        acc = experts[0][key].clone()
+        for expert in experts[1:]:
+            acc += expert[key]
+        merged[key] = acc.div_(len(experts))
+    return merged
+
+
+def stack_mean(experts):
+    return {key: torch.stack([e[key] for e in experts]).mean(0) for key in experts[0]}
+
+
+# ---------------------------------------------------------------- straightforward references (whole towers)
+
+def expert_sum(rows):
+    """Sum over experts (the rows) in the project's documented order (sequential up to 16, then cascaded)."""
+    total = CascadeSum(len(rows), rows[0])
+    for row in rows:
+        total.add(row)
+    return total.result()
+
+
+def consensus(sparse, disjoint):
+    """TIES elect + disjoint merge of a [k, N] tower: zero sums take the sign of the tower's sum of signs."""
+    gamma = torch.sign(expert_sum(sparse))
+    undecided = (gamma == 0) & (sparse != 0).any(0)
+    gamma = torch.where(undecided, torch.sign(gamma.sum()), gamma)
+    agree = sparse * gamma > 0
+    kept = torch.where(agree, sparse, 0.0)
+    if disjoint == "max":
+        return gamma * kept.abs().amax(0)
+    if disjoint == "sum":
+        return expert_sum(kept)
+    return expert_sum(kept) / agree.sum(0).clamp(min=1)
+
+
+def kth(values, rank):
+    return torch.kthvalue(values, rank).values
+
+
+def reference_tower(technique, thetas, theta_0, keys, scores):
+    """The merged [N] tower of a technique; thetas [k, N], theta_0 [N] (keys: the tower's tensors)."""
+    name, taus, n = technique.name, thetas - theta_0, theta_0.numel()
+    if name == "average":
+        return sum(w * x for w, x in zip([1 / len(thetas)] * len(thetas), thetas))
+    if name == "task_arithmetic":
+        return theta_0 + technique.lam * sum(tau for tau in taus)
+    if name == "magmax":
+        return theta_0 + technique.lam * taus.gather(0, taus.abs().argmax(0, keepdim=True))[0]
+    keep = torch.ones_like(taus, dtype=torch.bool)
+    lo = math.floor(n * Fraction(str(technique.prune)))
+    for k, tau in enumerate(taus):
+        if name == "dare_ties":  # drop exactly lo: the smallest scores, ties by position
+            keep[k, torch.sort(scores[k], stable=True).indices[:lo]] = False
+            continue
+        if lo >= 1:
+            keep[k] &= tau.abs() >= kth(tau.abs(), lo)
+        if name == "breadcrumbs_ties":
+            hi = n - math.ceil(n * Fraction(str(technique.top)))
+            keep[k] &= tau.abs() <= kth(tau.abs(), hi) if hi >= 1 else torch.zeros_like(keep[k])
+    rescale = 1 / (1 - technique.prune) if name == "dare_ties" else 1.0
+    return theta_0 + technique.lam * consensus(torch.where(keep, taus, 0.0) * rescale, technique.disjoint)
+
+
+def reference_merge(technique, experts, base):
+    merged = {}
+    for tower in ("image", "text"):
+        keys = [k for k in base if tower_of(k) == tower]
+        flat = lambda state: torch.cat([state[k].reshape(-1).float() for k in keys])  # noqa: E731
+        scores = None
+        if technique.name == "dare_ties":
+            scores = [torch.cat([technique.scores(e[k].reshape(-1) - base[k].reshape(-1), i, k) for k in keys])
+                      for i, e in enumerate(experts)]
+        out = reference_tower(technique, torch.stack([flat(e) for e in experts]), flat(base), keys, scores)
+        for key, part in zip(keys, out.split([base[k].numel() for k in keys])):
+            merged[key] = part.view(base[key].shape)
+    return merged
+
+
+def check_exactness(root: Path, techniques: list[str], arch: str) -> dict:
+    shapes = model_shapes(arch)
+    pool, _ = synthetic_pool(root, shapes, 20, seed=1, quantized_text=True)
+    base = materialize(pool.base)
+    report = {}
+    for k in (3, 20):
+        experts = [materialize(e) for e in pool.experts(k)]
+        for name in techniques:
+            technique = make_technique(name)
+            ours, ref = technique.merge(pool.experts(k), base=pool.base), reference_merge(technique, experts, base)
+            differing = sum(int((ours[key] != ref[key]).sum()) for key in ref)
+            worst = max(float((ours[key] - ref[key]).abs().max()) for key in ref)
+            close = all(torch.allclose(ours[key], ref[key], rtol=1e-6, atol=1e-9) for key in ref)
+            exact = differing == 0 or (name == "average" and close)
+            report[f"{name}_k{k}"] = {"differing_entries": differing, "max_abs_diff": worst, "exact": exact}
+            log(f"  exactness {name:<17} k={k:<3} differing entries {differing:>7}  max |diff| {worst:.3g}"
+                f"  {'ok' if exact else 'NOT EXACT'}")
+    return report
+
+
+# ---------------------------------------------------------------- timing
+
+def naive_threshold(experts, base):
+    """Naive TIES threshold: torch.kthvalue over each expert tower's concatenated |tau| (p = 0.2)."""
+    for expert in experts:
+        for tower in ("image", "text"):
+            keys = [k for k in base if tower_of(k) == tower]
+            magnitudes = torch.cat([(expert[k] - base[k]).abs().reshape(-1) for k in keys])
+            kth(magnitudes, math.floor(magnitudes.numel() * 0.2))
+            del magnitudes
+
+
+def measure(pool, k: int, techniques: list[str], repeats: int, model_bytes: int) -> dict:
+    experts, base = pool.experts(k), pool.base
+    candidates = {"copy": lambda: plain_copy(experts), "mean": lambda: plain_mean(experts),
+                  "stack_mean": lambda: stack_mean(experts)}
+    for name in techniques:
+        candidates[name] = lambda name=name: make_technique(name).merge(experts, base=base)
+    peaks: dict[str, float] = {}
+    times = interleaved(candidates, repeats, lambda name, s, peak: peaks.__setitem__(
+        name, max(peaks.get(name, 0.0), peak.extra_mib)))
+    data_gb = k * model_bytes / 1e9
+    return {name: {"seconds": round(median(t), 3), "gb_per_s": round(data_gb / median(t), 2),
+                   "peak_anon_extra_mib": peaks[name], "runs": [round(x, 3) for x in t]}
+            for name, t in times.items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny-clip(-wide), k = 2, 5, one round (a smoke run)")
+    parser.add_argument("--arch", default=None, help="open_clip architecture of the experts (default ViT-B-16)")
+    parser.add_argument("--ks", default=None, help="comma-separated pool sizes (default 2,5,10,20)")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the merge actor)")
+    parser.add_argument("--techniques", default=",".join(TECHNIQUES))
+    parser.add_argument("--dir", default=None, help="where the temporary checkpoints go (default: the system temp dir)")
+    args = parser.parse_args(argv)
+    arch = args.arch or ("tiny-clip-wide" if args.quick else "ViT-B-16")
+    ks = [int(k) for k in (args.ks or ("2,5" if args.quick else "2,5,10,20")).split(",")]
+    repeats = args.repeats or (1 if args.quick else 3)
+    techniques = args.techniques.split(",")
+    torch.set_num_threads(args.threads)
+    results = {"benchmark": "merge_throughput", "arch": arch, "ks": ks, "repeats": repeats,
+               "machine": machine(args.threads), "page_cache": "warm (files read once before timing)"}
+    with tempfile.TemporaryDirectory(prefix="tr-merge-", dir=args.dir) as tmp:
+        exact_arch = "tiny-clip" if args.quick else "tiny-clip-wide"
+        log(f"exactness against the references ({exact_arch})")
+        results["exactness"] = check_exactness(Path(tmp) / "exact", techniques, exact_arch)
+        shapes = model_shapes(arch)
+        log(f"writing theta_0 and {max(ks)} experts of {arch} ({sum(map(math.prod, shapes.values())) / 1e6:.1f}M "
+            f"parameters) to {tmp}")
+        pool, model_bytes = synthetic_pool(Path(tmp) / "bench", shapes, max(ks))
+        results["params"], results["expert_mb"] = model_bytes // 4, round(model_bytes / 1e6, 1)
+        plain_copy(pool.experts(max(ks)) + [pool.base])  # page cache and mappings warm
+        results["by_k"] = {}
+        for k in ks:
+            log(f"k = {k}")
+            results["by_k"][str(k)] = measure(pool, k, techniques, repeats, model_bytes)
+        naive_k = max(k for k in ks if k <= 10)
+        start = time.perf_counter()
+        naive_threshold(pool.experts(naive_k), pool.base)
+        results["naive_kthvalue_threshold"] = {"k": naive_k, "seconds": round(time.perf_counter() - start, 2)}
+    naive = results["naive_kthvalue_threshold"]
+    scale = naive["seconds"] / results["by_k"][str(naive["k"])]["mean"]["seconds"]
+    emit(results, verdicts(results, techniques, model_bytes),
+         [f"for scale: the naive kthvalue threshold alone takes {scale:.1f}x the plain mean's time at k={naive['k']}"])
+    return 0
+
+
+def verdicts(results: dict, techniques: list[str], model_bytes: int) -> list[str]:
+    by_k = results["by_k"]
+    ref_k = "10" if "10" in by_k else max(by_k, key=int)
+    at = by_k[ref_k]
+    lines = []
+    for name in ("average", "task_arithmetic"):
+        if name in techniques:
+            ratio = at["mean"]["seconds"] / at[name]["seconds"]
+            lines.append(verdict(f"{name} at k={ref_k}: throughput vs plain mean", ratio, ">= 0.7x", ratio >= 0.7))
+    for name in SPARSE:
+        if name in techniques and "average" in techniques:
+            ratio = at[name]["seconds"] / at["average"]["seconds"]
+            lines.append(verdict(f"{name} at k={ref_k}: time vs average", ratio, "<= 3x", ratio <= 3))
+    exact = all(v["exact"] for v in results["exactness"].values())
+    lines.append(f"exactness against the references: {'all exact' if exact else 'NOT EXACT'} "
+                 f"(target: bit-identical, average rtol 1e-6) {'OK' if exact else 'MISS'}")
+    bound = model_bytes / MIB + WORKING_SET_MIB
+    worst = max(v[name]["peak_anon_extra_mib"] for v in by_k.values() for name in techniques)
+    lines.append(verdict("peak extra anonymous memory of any technique at any k", worst,
+                         f"<= merged model + {WORKING_SET_MIB} = {bound:.0f} MiB", worst <= bound, unit=" MiB"))
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Smoke tests of benchmarks/ (run: .venv/bin/python -m pytest benchmarks/test_smoke.py; not yet in `make test`, see issue 8): each benchmark runs with --quick and prints one JSON line with its fields,
+then one OK/MISS line per target; the merge benchmark's exactness checks pass. No timing is asserted:
+speed targets are what the benchmarks print, on the machine they run on."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TECHNIQUES = ["average", "task_arithmetic", "ties", "dare_ties", "breadcrumbs_ties", "magmax"]
+
+
+def run_quick(script: str) -> tuple[dict, list[str]]:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    first, *rest = proc.stdout.strip().splitlines()
+    results = json.loads(first)
+    verdicts = [line for line in rest if line.endswith((" OK", " MISS"))]
+    assert verdicts and "(target " in verdicts[-1]
+    assert results["targets"] == len(verdicts) and results["targets_held"] == sum(v.endswith(" OK") for v in verdicts)
+    assert results["machine"]["cpus"] >= 1 and "load_1min_at_start" in results["machine"]
+    return results, rest
+
+
+def test_merge_throughput_quick_measures_every_technique_and_is_exact():
+    results, lines = run_quick("merge_throughput.py")
+    assert results["ks"] == [2, 5]
+    for k in ("2", "5"):
+        for name in ["copy", "mean", "stack_mean", *TECHNIQUES]:
+            entry = results["by_k"][k][name]
+            assert entry["seconds"] > 0 and entry["gb_per_s"] > 0 and entry["peak_anon_extra_mib"] >= 0, (k, name)
+    exactness = results["exactness"]
+    assert set(exactness) == {f"{name}_k{k}" for name in TECHNIQUES for k in (3, 20)}
+    assert all(check["exact"] for check in exactness.values())
+    assert all(check["differing_entries"] == 0 for name, check in exactness.items() if not name.startswith("average"))
+    assert results["naive_kthvalue_threshold"]["seconds"] > 0
+    assert any(line.startswith("exactness") and line.endswith(" OK") for line in lines)
+
+
+def test_pool_scaling_quick_covers_every_deploy_strategy():
+    results, _ = run_quick("pool_scaling.py")
+    for technique in ("average", "ties"):
+        for strategy in ("ft", "ema", "all", "ft-zs"):
+            for n in ("2", "5"):
+                entry = results["by_technique"][technique][strategy][n]
+                assert entry["seconds"] > 0 and entry["peak_anon_extra_mib"] >= 0
+
+
+@pytest.mark.e2e
+def test_training_overhead_quick_times_plain_and_ray_train():
+    results, _ = run_quick("training_overhead.py")
+    entry = results["steps_5"]
+    for kind in ("plain", "ray"):
+        assert entry[kind]["wall_s"] >= entry[kind]["first_step_s"] > 0 and entry[kind]["torch_threads"] >= 1
+    assert entry["overhead"] == pytest.approx(entry["ray"]["wall_s"] / entry["plain"]["wall_s"] - 1, abs=1e-3)
+    assert results["ray_init_s"] > 0 and results["ray_worker_resources"]["CPU"] > 0
+    assert all(v > 0 for v in results["thread_probe"].values())
+
+
+@pytest.mark.e2e
+def test_sweep_efficiency_quick_accounts_for_the_reduced_quickstart():
+    results, _ = run_quick("sweep_efficiency.py")
+    quick = results["quickstart"]
+    assert quick["trials"] == 3 and quick["trainings"] == 4 and quick["trainings_saved_by_dedup"] == 2
+    assert quick["cache_log"] == "experts trained 4, reused from the cache 2"
+    assert quick["busy_cpu_s"]["train"] > 0 and quick["busy_cpu_s"]["eval"] > 0
+    assert 0 < quick["busy_fraction"] and 0 < quick["cpu_utilization"] and quick["wall_s"] > 0
