@@ -180,7 +180,9 @@ class CascadeSum:
     """Sums ``n`` tensors fed one at a time, adding them in the order ``torch.stack(xs).sum(0)`` does
     along dim 0 on CPU (sequential runs of 2^p, p = max(4, ceil(log2 n) // 4), cascaded over 4 levels;
     plain sequential for n <= 16), so a running sum matches the stacked one bit for bit without stacking.
-    A level holds its own copy once something is added to it (an empty level adds nothing: x + 0 = x)."""
+    (torch adds the few trailing columns its vectorized loop leaves over in another order: this order, not
+    torch's, is the definition, the same bits for any chunking.) A level holds its own copy once something
+    is added to it (an empty level adds nothing: x + 0 = x)."""
 
     LEVELS = 4
 

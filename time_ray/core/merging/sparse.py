@@ -30,7 +30,8 @@ class _Bounds:
     ties_to_drop: int = 0  # exact-count variants: how many entries with s == lo are still to drop
 
 
-WORKING_SET = 1 << 19  # entries of the [experts x chunk] block of task vectors merged at a time (2 MiB)
+WORKING_SET = 1 << 19  # entries of the [experts x chunk] block of task vectors merged at a time (2 MiB)...
+MIN_CHUNK = 1 << 16  # ...unless chunks would get shorter than this (per-operation overhead)
 SAMPLE = 1 << 18  # |tau| entries sampled per (expert, tower) to bracket its thresholds
 
 
@@ -123,7 +124,7 @@ class SparseConsensus(LinesOption, Technique):
     # --- the shared mechanism
 
     def chunk_size(self, n_models: int) -> int:
-        return max(1, min(super().chunk_size(n_models), WORKING_SET // n_models))
+        return min(super().chunk_size(n_models), max(MIN_CHUNK, WORKING_SET // n_models))
 
     def _score_pass(self, experts, base, visit) -> None:
         """One pass over the inputs: ``visit(k, tower, scores)`` with expert k's scores of every chunk, in order."""
@@ -141,16 +142,17 @@ class SparseConsensus(LinesOption, Technique):
         if not self.magnitude_scores():
             return None
         strides = {tower: max(1, n // SAMPLE) for tower, n in sizes.items()}
-        parts = defaultdict(list)
-        for key in experts[0]:
-            if not experts[0][key].is_floating_point():
-                continue
-            tower = tower_of(key)
-            flat_0 = base[key].reshape(-1)[:: strides[tower]].float()
-            for k, expert in enumerate(experts):
-                parts[k, tower].append(magnitude_keys(expert[key].reshape(-1)[:: strides[tower]].float() - flat_0))
-        return {(k, tower): [sample_bracket(torch.cat(part), rank, sizes[tower]) for rank in ranks[k, tower]]
-                for (k, tower), part in parts.items()}
+        keys = [key for key in experts[0] if experts[0][key].is_floating_point()]
+        out = {}
+        for k, expert in enumerate(experts):  # one expert's samples at a time
+            parts = defaultdict(list)
+            for key in keys:
+                stride = strides[tower_of(key)]
+                tau = expert[key].reshape(-1)[::stride].float() - base[key].reshape(-1)[::stride].float()
+                parts[tower_of(key)].append(magnitude_keys(tau))
+            for tower, part in parts.items():
+                out[k, tower] = [sample_bracket(torch.cat(part), rank, sizes[tower]) for rank in ranks[k, tower]]
+        return out
 
     def _select(self, experts, base, ranks: dict, sizes: dict) -> dict:
         """(the rank-th smallest score key, how many are smaller) for each wanted rank per (expert, tower):
@@ -232,7 +234,7 @@ class SparseConsensus(LinesOption, Technique):
 
     def disjoint_merge(self, sparse: list[torch.Tensor], gamma) -> torch.Tensor:
         """sparse: the tau_k' (same shape); gamma: the elected sign (tensor or +-1). Running sums, counts
-        and maxima, one expert at a time (sums in the order of a sum over the stacked tau_k')."""
+        and maxima, one expert at a time (sums in ``CascadeSum``'s order)."""
         if self.disjoint == "max":
             top = torch.zeros_like(sparse[0])
             for tau in sparse:
@@ -280,12 +282,13 @@ class SparseConsensus(LinesOption, Technique):
         plan.sign_sum[tower] += int(gamma.sum(dtype=torch.float64))
         scale = self.scale(key, plan.depths)
         zero = gamma == 0
-        zero = zero.nonzero().squeeze(1) if zero.any() else None
-        undecided = zero[(taus[:, zero] != 0).any(0)] if zero is not None else None
-        if undecided is not None and undecided.numel():  # sum 0, entries not all 0: the tower's sign, in finish()
-            cols, anchor = list(taus[:, undecided]), theta_0[undecided]
-            plan.undecided.append((key, undecided + span.start, anchor + scale * self.disjoint_merge(cols, 1.0),
-                                   anchor + scale * self.disjoint_merge(cols, -1.0)))
+        if zero.any():  # sum exactly 0 with non-zero entries: the tower's sign decides, in finish()
+            zero = zero.nonzero().squeeze(1)
+            undecided = zero[(taus[:, zero] != 0).any(0)]
+            if undecided.numel():
+                cols, anchor = list(taus[:, undecided]), theta_0[undecided]
+                plan.undecided.append((key, undecided + span.start, anchor + scale * self.disjoint_merge(cols, 1.0),
+                                       anchor + scale * self.disjoint_merge(cols, -1.0)))
         return theta_0 + scale * self.disjoint_merge_block(taus, gamma, work)
 
     def finish(self, merged, plan):
