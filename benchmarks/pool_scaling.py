@@ -63,10 +63,9 @@ def main(argv=None) -> int:
             materialize(checkpoint)
         for name in args.techniques.split(","):
             policies = {s: Policy(init="zs", deploy=s, technique=make_technique(name)) for s in DEPLOY_STRATEGIES}
-            for n in sizes:  # r_1 .. r_{n-1} exist, as after the previous timestep
-                if n > 1:
-                    ema_chain(policies["ema"], pool, n - 1)
-            candidates = {f"{s} n={n}": (lambda p=p, n=n: deploy(p, pool, n)) for s, p in policies.items() for n in sizes}
+            ema_chain(policies["ema"], pool, max(sizes) - 1)  # r_1 .. r_{n-1} exist, as after timestep n - 1
+            candidates = {f"{s} n={n}": (lambda p=p, n=n: deploy(p, pool, n))
+                          for s, p in policies.items() for n in sizes}
             peaks: dict[str, float] = {}
             log(f"{name}: {len(candidates)} cases x {repeats} rounds")
             times = interleaved(candidates, repeats, lambda c, s, peak: peaks.__setitem__(

@@ -8,17 +8,18 @@ versus waiting, starting up and serializing; and how many expert trainings dedup
   x 3 deploy strategies, 3 tasks of 100 steps). ``--quick``: the quickstart reduced like the end-to-end test
   (2 tasks of 60 steps, a small benchmark). The benchmark data and base model are built (or read from the
   cache) before the clock starts: wall time is the sweep, not the one-time pretraining.
-* Accounting, from timesteps.parquet (per timestep: train_seconds, merge_seconds, eval_seconds) and the
-  resources the sweep logs (CPU share per Train worker, trials at a time):
-    busy CPU-seconds = sum(train_seconds) x workers per expert x the CPUs a worker is given (its Ray CPU
-                       share: what it gets while the concurrent trials all train; a lone worker's single
-                       thread can use more, so this undercounts then)
-                     + sum(merge_seconds) x 1 (the merge actor runs torch on one thread)
-                     + sum(eval_seconds) x 1 (the trial driver evaluates on one thread)
-    busy fraction    = busy CPU-seconds / (wall seconds x cores)
-  Independently, the CPU time of the sweep's whole process tree (CLI, raylet, GCS, workers, actors) is
-  sampled from /proc every 0.5 s: cpu utilization = that / (wall x cores); what it holds beyond the busy
-  CPU-seconds is start-up, serialization and Ray's own processes; the rest of wall x cores is idle.
+* Accounting. The CPU time of the sweep's whole process tree (CLI, raylet, GCS, workers, actors) is sampled
+  from /proc every 0.5 s, per process (named by Ray's process titles). Each activity's busy CPU-seconds are
+  the smaller of what timesteps.parquet says and what its processes used in all:
+    train = min(sum(train_seconds) x workers per expert x a worker's Ray CPU share, CPU of the Train workers)
+            (a worker runs torch on max(1, floor(share)) threads; the share is what it gets while the
+            concurrent trials all train)
+    merge = min(sum(merge_seconds) x 1 thread, CPU of the merge actors)
+    eval  = min(sum(eval_seconds) x 1 thread, CPU of the trial drivers, which evaluate)
+    (wall seconds overcount when activities share the cores; process CPU overcounts by start-up and polling.)
+  busy fraction = (train + merge + eval) / (wall seconds x cores); cpu utilization = the tree's CPU /
+  (wall x cores); what the tree used beyond the busy seconds is start-up, serialization and Ray's own
+  processes (overhead); the rest of wall x cores is idle.
 * Deduplication: timesteps served from the expert cache (expert_cache_hit) are trainings saved; their
   cost is estimated at the median train_seconds of trained timesteps.
 Target: busy fraction >= 75% on this machine.
@@ -40,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, emit, log, machine, median, verdict  # noqa: E402
+from _common import REPO, emit, log, machine, verdict  # noqa: E402
 
 # the end-to-end test's reduction of the quickstart (tests/orchestration/test_e2e_sweep.py)
 QUICK = ["stream.tasks=2", "budget.steps_per_task=60", "training.batch_size=32",
@@ -48,6 +49,7 @@ QUICK = ["stream.tasks=2", "budget.steps_per_task=60", "training.batch_size=32",
          "pretrain_classes: 10, train_per_class: 20, test_per_class: 10}",
          "model.base_training={steps: 300, batch_size: 64, lr: 2.0e-3}"]
 TICK = os.sysconf("SC_CLK_TCK")
+ROLES = {"train": "ray::RayTrainWo", "merge": "ray::MergeActor", "eval": "ray::ImplicitFu"}  # process titles
 
 
 def process_tree_cpu(root: int, seen: dict[int, tuple[str, float]]) -> None:
@@ -99,7 +101,8 @@ def run_sweep(config: Path, sets: list[str], out: Path) -> dict:
     reader.join()
     shutil.rmtree(ray_tmp, ignore_errors=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"time-ray sweep {config} failed ({proc.returncode}): " + "\n".join(l for _, l in lines[-20:]))
+        tail = "\n".join(line for _, line in lines[-20:])
+        raise RuntimeError(f"time-ray sweep {config} failed ({proc.returncode}):\n{tail}")
     by_name: dict[str, float] = {}
     for name, seconds in seen.values():
         by_name[name] = by_name.get(name, 0.0) + seconds
@@ -119,18 +122,21 @@ def account(run: dict, out: Path, cores: int) -> dict:
     workers = int(re.search(r"trials at a time, (\d+) Train worker", text)[1])
     trained = steps[(steps.timestep > 0) & ~steps.expert_cache_hit]
     hits = steps[steps.expert_cache_hit]
-    train = float(trained.train_seconds.sum()) * workers * share
-    merge, evaluate = float(steps.merge_seconds.sum()), float(steps.eval_seconds.sum())
+    process = run["cpu_by_process"]
+    activity = {"train": float(trained.train_seconds.sum()) * workers * share,
+                "merge": float(steps.merge_seconds.sum()), "eval": float(steps.eval_seconds.sum())}
+    busy = {name: min(seconds, process.get(ROLES[name], 0.0)) for name, seconds in activity.items()}
     capacity = run["wall"] * cores
-    measured = sum(run["cpu_by_process"].values())
-    top = sorted(run["cpu_by_process"].items(), key=lambda kv: -kv[1])[:8]
+    measured = sum(process.values())
+    top = sorted(process.items(), key=lambda kv: -kv[1])[:10]
     return {
         "wall_s": round(run["wall"], 1), "trials": int(steps.trial_id.nunique()),
         "cpu_share_per_worker": share, "workers_per_expert": workers,
-        "busy_cpu_s": {"train": round(train, 1), "merge": round(merge, 1), "eval": round(evaluate, 1)},
-        "busy_fraction": round((train + merge + evaluate) / capacity, 3),
+        "activity_cpu_s": {name: round(s, 1) for name, s in activity.items()},
+        "busy_cpu_s": {name: round(s, 1) for name, s in busy.items()},
+        "busy_fraction": round(sum(busy.values()) / capacity, 3),
         "cpu_utilization": round(measured / capacity, 3),
-        "overhead_fraction": round(max(0.0, measured - train - merge - evaluate) / capacity, 3),
+        "overhead_fraction": round(max(0.0, measured - sum(busy.values())) / capacity, 3),
         "idle_fraction": round(max(0.0, 1 - measured / capacity), 3),
         "cpu_s_by_process": {name: round(s, 1) for name, s in top},
         "ray_up_s": first_time(run["lines"], r"Ray node"), "first_trial_s": first_time(run["lines"], r": started"),

@@ -87,14 +87,16 @@ class BracketSelect:
         return key, self.below + int((inside < key).sum())
 
 
-def sample_bracket(sample: torch.Tensor, rank: int, n: int, z: float = 5.0) -> tuple[int, int]:
+def sample_bracket(sample: torch.Tensor, rank: int, n: int, z: float = 5.0) -> tuple[int, int, float]:
     """Keys bracketing the rank-th smallest of n keys, from a sample of them: the sample's order statistics
-    z binomial standard deviations (plus 2) either side of rank * m / n (m: the sample size)."""
+    z binomial standard deviations (plus 2) either side of rank * m / n (m: the sample size); with the
+    fraction of the sample inside the bracket (many equal keys make it large)."""
     m, q = sample.numel(), rank / n
     half = z * math.sqrt(m * q * (1 - q)) + 2
     lo, hi = math.floor(q * m - half), math.ceil(q * m + half)
-    return (int(torch.kthvalue(sample, lo).values) if lo >= 1 else 0,
-            int(torch.kthvalue(sample, hi).values) if hi <= m else 2**31 - 1)
+    lo_key = int(torch.kthvalue(sample, lo).values) if lo >= 1 else 0
+    hi_key = int(torch.kthvalue(sample, hi).values) if hi <= m else 2**31 - 1
+    return lo_key, hi_key, float(((sample >= lo_key) & (sample <= hi_key)).sum()) / m
 
 
 def magnitude_keys(x: torch.Tensor) -> torch.Tensor:

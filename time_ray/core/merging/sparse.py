@@ -33,6 +33,7 @@ class _Bounds:
 WORKING_SET = 1 << 19  # entries of the [experts x chunk] block of task vectors merged at a time (2 MiB)...
 MIN_CHUNK = 1 << 16  # ...unless chunks would get shorter than this (per-operation overhead)
 SAMPLE = 1 << 18  # |tau| entries sampled per (expert, tower) to bracket its thresholds
+INSIDE_BYTES = 256 << 20  # at most this many bytes of scores kept inside the brackets, else a radix selection
 
 
 @dataclass
@@ -137,8 +138,9 @@ class SparseConsensus(LinesOption, Technique):
                 visit(k, tower_of(key), scores)
 
     def brackets(self, experts, base, ranks: dict, sizes: dict) -> dict | None:
-        """Per (expert, tower), a (lo, hi) bracket of score keys for each wanted rank, or None if there is
-        no way to guess one. |tau| scores: from a strided sample of about ``SAMPLE`` entries of the tower."""
+        """Per (expert, tower), a (lo, hi, expected fraction of the scores inside) bracket of score keys for
+        each wanted rank, or None if there is no way to guess one. |tau| scores: from a strided sample of
+        about ``SAMPLE`` entries of the tower."""
         if not self.magnitude_scores():
             return None
         strides = {tower: max(1, n // SAMPLE) for tower, n in sizes.items()}
@@ -158,8 +160,9 @@ class SparseConsensus(LinesOption, Technique):
         """(the rank-th smallest score key, how many are smaller) for each wanted rank per (expert, tower):
         one pass inside the brackets when they hold every rank, else a two-pass radix selection."""
         brackets = self.brackets(experts, base, ranks, sizes)
-        if brackets is not None:
-            selects = {at: [BracketSelect(rank, *b) for rank, b in zip(wanted, brackets[at])]
+        inside = 4 * sum(b[2] * sizes[tower] for (_, tower), bs in (brackets or {}).items() for b in bs)
+        if brackets is not None and inside <= INSIDE_BYTES:  # wide brackets (many equal scores): radix
+            selects = {at: [BracketSelect(rank, *b[:2]) for rank, b in zip(wanted, brackets[at])]
                        for at, wanted in ranks.items()}
             self._score_pass(experts, base, lambda k, tower, scores: [s.count(scores) for s in selects[k, tower]])
             found = {at: [s.result() for s in sel] for at, sel in selects.items()}
@@ -337,7 +340,7 @@ class DareTies(SparseConsensus):
                 q = rank / n
                 half = 5.0 * math.sqrt(q * (1 - q) / n) + 2 / n
                 out[k, tower].append((max(0, math.floor((q - half) * 2**31)),
-                                      min(2**31 - 1, math.ceil((q + half) * 2**31))))
+                                      min(2**31 - 1, math.ceil((q + half) * 2**31)), 2 * half))
         return out
 
     def score_stream(self, k, key):
