@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 from fractions import Fraction
 
+import numpy as np
 import torch
 
 
@@ -50,14 +51,15 @@ class RadixSelect:
         for b, counts in self.low.items():
             counts += torch.bincount(keys[high == b] & 0xFFFF, minlength=self.BINS)
 
-    def results(self) -> list[tuple[int, int]]:
-        """Per rank: (the k-th smallest key, how many keys are smaller)."""
+    def results(self, with_ties: bool = False) -> list[tuple]:
+        """Per rank: (the k-th smallest key, how many keys are smaller[, how many equal it])."""
         out = []
         for rank, b in zip(self.ranks, self.bins):
             below_bin = int(self.high[:b].sum())
             cumulative = self.low[b].cumsum(0)
             low = int(torch.searchsorted(cumulative, rank - below_bin))
-            out.append(((b << 16) | low, below_bin + int(cumulative[low] - self.low[b][low])))
+            found = ((b << 16) | low, below_bin + int(cumulative[low] - self.low[b][low]))
+            out.append(found + (int(self.low[b][low]),) if with_ties else found)
         return out
 
 
@@ -77,14 +79,15 @@ class BracketSelect:
         self.below += int(below.sum(dtype=torch.int32))
         self.inside.append(keys[(keys <= self.hi) ^ below])  # lo <= key <= hi (below implies <= hi)
 
-    def result(self) -> tuple[int, int] | None:
-        """(the rank-th smallest key, how many keys are smaller), or None: the rank is outside the bracket."""
+    def result(self) -> tuple[int, int, int] | None:
+        """(the rank-th smallest key, how many keys are smaller, how many equal it), or None: the rank is
+        outside the bracket."""
         inside = torch.cat(self.inside) if self.inside else torch.zeros(0, dtype=torch.int32)
         j = self.rank - self.below
         if not 1 <= j <= inside.numel():
             return None
         key = int(torch.kthvalue(inside, j).values)
-        return key, self.below + int((inside < key).sum())
+        return key, self.below + int((inside < key).sum()), int((inside == key).sum())
 
 
 def sample_bracket(sample: torch.Tensor, rank: int, n: int, z: float = 5.0) -> tuple[int, int, float]:
@@ -94,8 +97,10 @@ def sample_bracket(sample: torch.Tensor, rank: int, n: int, z: float = 5.0) -> t
     m, q = sample.numel(), rank / n
     half = z * math.sqrt(m * q * (1 - q)) + 2
     lo, hi = math.floor(q * m - half), math.ceil(q * m + half)
-    lo_key = int(torch.kthvalue(sample, lo).values) if lo >= 1 else 0
-    hi_key = int(torch.kthvalue(sample, hi).values) if hi <= m else 2**31 - 1
+    at = [j - 1 for j in (lo, hi) if 1 <= j <= m]
+    order = np.partition(sample.numpy(), at) if at else None  # both order statistics in one selection
+    lo_key = int(order[lo - 1]) if lo >= 1 else 0
+    hi_key = int(order[hi - 1]) if hi <= m else 2**31 - 1
     return lo_key, hi_key, float(((sample >= lo_key) & (sample <= hi_key)).sum()) / m
 
 

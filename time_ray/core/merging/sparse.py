@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import ClassVar
 
+import numpy as np
 import torch
 
-from time_ray.core.merging.base import CascadeSum, Technique, chunk_spans, register, seeded_generator, tower_of
+from time_ray.core.merging import kernels
+from time_ray.core.merging.base import CascadeSum, Technique, chunk_spans, derived_seed, register, tower_of
 from time_ray.core.merging.lines import LinesOption, lines_depths
 from time_ray.core.merging.select import BracketSelect, RadixSelect, fraction_count, magnitude_keys, sample_bracket
 
@@ -28,12 +30,14 @@ class _Bounds:
     lo: int | None = None
     hi: int | None = None
     ties_to_drop: int = 0  # exact-count variants: how many entries with s == lo are still to drop
+    equal: int = 0  # how many entries of the tower have s == lo
 
 
 WORKING_SET = 1 << 19  # entries of the [experts x chunk] block of task vectors merged at a time (2 MiB)...
 MIN_CHUNK = 1 << 16  # ...unless chunks would get shorter than this (per-operation overhead)
 SAMPLE = 1 << 18  # |tau| entries sampled per (expert, tower) to bracket its thresholds
 INSIDE_BYTES = 256 << 20  # at most this many bytes of scores kept inside the brackets, else a radix selection
+INSIDE_SLACK = 4096  # room for this many scores more than expected inside a bracket (kernel selection)
 
 
 @dataclass
@@ -43,16 +47,55 @@ class _ConsensusPlan:
     sign_sum: dict[str, int] = field(default_factory=lambda: {"image": 0, "text": 0})
     undecided: list = field(default_factory=list)  # (key, flat index, value if +, value if -)
     buffers: list = field(default_factory=list)  # two reused [experts x chunk] work blocks
+    kernel: bool = False  # the fused kernels merge (kernels.merge_block)
+    scratch: dict = field(default_factory=dict)  # their reused buffers
 
     def blocks(self, k: int, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.buffers:
             self.buffers = [torch.empty(k * size), torch.empty(k * size)]
         return tuple(b[: k * n].view(k, n) for b in self.buffers)
 
+    def kernel_buffers(self, k: int, n: int, size: int) -> dict:
+        """Contiguous views of n entries of the kernel's reused buffers (allocated for chunks of ``size``)."""
+        if not self.scratch:
+            self.scratch = {"work": np.empty(k * size, np.float32), "acc": np.empty(4 * size, np.float32),
+                            "gamma": np.empty(size, np.float32), "total": np.empty(size, np.float32),
+                            "count": np.empty(size, np.float32), "keys": np.empty(size, np.int32),
+                            "undecided": np.empty(size, np.int64),
+                            "undecided_taus": np.empty((size, k), np.float32)}
+        b = self.scratch
+        return {"work": b["work"][: k * n].reshape(k, n), "acc": b["acc"][: 4 * n].reshape(4, n),
+                "gamma": b["gamma"][:n], "total": b["total"][:n], "count": b["count"][:n], "keys": b["keys"][:n],
+                "undecided": b["undecided"], "undecided_taus": b["undecided_taus"]}
+
+    def kernel_bounds(self, tower: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) per expert as int64 arrays: keep lo <= s <= hi (lo < s for exact counts); -1 / NO_HI: no bound."""
+        if ("bounds", tower) not in self.scratch:
+            bounds = [self.bounds[j, tower] for j in range(k)]
+            self.scratch["bounds", tower] = (
+                np.array([-1 if b.lo is None else b.lo for b in bounds], np.int64),
+                np.array([kernels.NO_HI if b.hi is None else b.hi for b in bounds], np.int64))
+        return self.scratch["bounds", tower]
+
 
 def _float(key: int) -> float:
     """The float32 whose bit pattern is ``key``."""
     return torch.tensor(key, dtype=torch.int32).view(torch.float32).item()
+
+
+def _chunks(experts, base, size: int) -> Iterator[tuple[str, int, torch.Tensor, list[torch.Tensor]]]:
+    """Per floating-point key, chunk by chunk: (key, start, theta_0 chunk, the experts' chunks), fp32 and
+    contiguous (views of fp32 inputs, copies of others)."""
+    for key in experts[0]:
+        if not experts[0][key].is_floating_point():
+            continue
+        flat_0, flats = base[key].reshape(-1), [e[key].reshape(-1) for e in experts]
+        for a, b in chunk_spans(flat_0.numel(), size):
+            yield key, a, flat_0[a:b].float().contiguous(), [flat[a:b].float().contiguous() for flat in flats]
+
+
+def _pointers(chunks: list[torch.Tensor]) -> np.ndarray:
+    return np.array([c.data_ptr() for c in chunks], dtype=np.int64)
 
 
 def _tau_blocks(experts, base, size: int) -> Iterator[tuple[str, torch.Tensor]]:
@@ -122,6 +165,13 @@ class SparseConsensus(LinesOption, Technique):
         """Scores are |tau| (TIES, Breadcrumbs): thresholds apply to the values themselves."""
         return type(self).scores is SparseConsensus.scores and type(self).score_stream is SparseConsensus.score_stream
 
+    def kernel_mode(self) -> int | None:
+        """The fused kernels' score mode for these scores, or None (a subclass's own scores: torch ops)."""
+        return kernels.MAGNITUDE if self.magnitude_scores() and kernels.enabled() else None
+
+    def kernel_seeds(self, n_experts: int, key: str) -> np.ndarray:
+        return np.zeros((n_experts, 2), np.int64)
+
     # --- the shared mechanism
 
     def chunk_size(self, n_models: int) -> int:
@@ -162,25 +212,69 @@ class SparseConsensus(LinesOption, Technique):
         brackets = self.brackets(experts, base, ranks, sizes)
         inside = 4 * sum(b[2] * sizes[tower] for (_, tower), bs in (brackets or {}).items() for b in bs)
         if brackets is not None and inside <= INSIDE_BYTES:  # wide brackets (many equal scores): radix
-            selects = {at: [BracketSelect(rank, *b[:2]) for rank, b in zip(wanted, brackets[at])]
-                       for at, wanted in ranks.items()}
-            self._score_pass(experts, base, lambda k, tower, scores: [s.count(scores) for s in selects[k, tower]])
-            found = {at: [s.result() for s in sel] for at, sel in selects.items()}
+            if self.kernel_mode() is not None:
+                found = self._kernel_select(experts, base, ranks, sizes, brackets)
+            else:
+                selects = {at: [BracketSelect(rank, *b[:2]) for rank, b in zip(wanted, brackets[at])]
+                           for at, wanted in ranks.items()}
+                self._score_pass(experts, base, lambda k, tower, scores: [s.count(scores) for s in selects[k, tower]])
+                found = {at: [s.result() for s in sel] for at, sel in selects.items()}
             if all(r is not None for results in found.values() for r in results):
                 return found
-        radix = defaultdict(RadixSelect)
+        radix: dict = defaultdict(RadixSelect)
         self._score_pass(experts, base, lambda k, tower, scores: radix[k, tower].count_bins(scores.flatten() >> 16))
         for at, wanted in ranks.items():
             radix[at].locate(wanted)
         if any(ranks.values()):  # pass 2: low bits inside the located bins
             self._score_pass(experts, base, lambda k, tower, scores: radix[k, tower].ranks and
                              radix[k, tower].count_low(scores))
-        return {at: radix[at].results() for at in ranks}
+        return {at: radix[at].results(with_ties=True) for at in ranks}
+
+    def _kernel_select(self, experts, base, ranks: dict, sizes: dict, brackets: dict) -> dict:
+        """``BracketSelect`` for every (expert, tower, rank) in one fused pass (kernels.count_bracket);
+        a result is None where the rank fell outside its bracket or the bracket held more than planned."""
+        n_experts, size, mode = len(experts), self.chunk_size(len(experts)), self.kernel_mode()
+        state = {}
+        for tower, n in sizes.items():
+            wanted = [ranks[k, tower] for k in range(n_experts)]
+            if not wanted[0]:
+                continue
+            bs = [brackets[k, tower] for k in range(n_experts)]
+            expected = max(b[2] for row in bs for b in row) * n
+            cap = int(1.25 * expected + 8 * math.sqrt(expected) + INSIDE_SLACK)
+            r = len(wanted[0])
+            state[tower] = {"lo": np.array([[b[0] for b in row] for row in bs], np.int64),
+                            "hi": np.array([[b[1] for b in row] for row in bs], np.int64),
+                            "below": np.zeros((n_experts, r), np.int64), "filled": np.zeros((n_experts, r), np.int64),
+                            "inside": np.empty((n_experts, r, min(cap, n)), np.int32)}
+        keys, flags = np.empty(size, np.int32), np.empty(size + 8, np.uint8)
+        reads = mode == kernels.MAGNITUDE  # hashed scores need only the index, not the experts
+        for key, start, theta_0, chunks in _chunks(experts if reads else experts[:1], base, size):
+            if (s := state.get(tower_of(key))) is None:
+                continue
+            ptrs = _pointers(chunks) if reads else np.full(n_experts, theta_0.data_ptr(), np.int64)
+            kernels.count_bracket(mode, ptrs, theta_0.numpy(), self.kernel_seeds(n_experts, key), start,
+                                  s["lo"], s["hi"], s["below"], s["inside"], s["filled"], keys[: theta_0.numel()],
+                                  flags)
+        found = {}
+        for (k, tower), wanted in ranks.items():
+            found[k, tower] = []
+            for r, rank in enumerate(wanted):
+                s = state[tower]
+                filled, below = int(s["filled"][k, r]), int(s["below"][k, r])
+                j = rank - below
+                if filled > s["inside"].shape[2] or not 1 <= j <= filled:
+                    found[k, tower].append(None)
+                    continue
+                inside = torch.from_numpy(s["inside"][k, r, :filled])
+                key = int(torch.kthvalue(inside, j).values)
+                found[k, tower].append((key, below + int((inside < key).sum()), int((inside == key).sum())))
+        return found
 
     def plan(self, experts, base):
         depths = lines_depths(experts[0]) if self.lines is not None else None
         if not self.drops_entries():  # nothing to drop: no pass over the inputs
-            return _ConsensusPlan(defaultdict(_Bounds), depths)
+            return _ConsensusPlan(defaultdict(_Bounds), depths, kernel=self.kernel_mode() is not None)
         sizes: dict[str, int] = defaultdict(int)  # entries per tower
         for key in experts[0]:
             if experts[0][key].is_floating_point():
@@ -197,14 +291,19 @@ class SparseConsensus(LinesOption, Technique):
             results = iter(found[at])
             b = _Bounds()
             if lo_rank is not None:
-                b.lo, smaller = next(results)
+                b.lo, smaller, *equal = next(results)
                 b.ties_to_drop = lo_rank - smaller
+                b.equal = equal[0] if equal else -1  # -1: not counted
             if hi_rank is not None:
-                b.hi, _ = next(results)
+                b.hi, *_ = next(results)
             if keep_none:
                 b.hi = -1
             bounds[at] = b
-        return _ConsensusPlan(bounds, depths)
+        # exact counts drop the first ties at lo by position (sequential): the kernels keep s > lo, which is
+        # the same only when every tie at lo is dropped
+        kernel = self.kernel_mode() is not None and (
+            not self.exact_count or all(b.lo is None or b.ties_to_drop == b.equal for b in bounds.values()))
+        return _ConsensusPlan(bounds, depths, kernel=kernel)
 
     def sparsify(self, tau: torch.Tensor, k: int, key: str, plan: _ConsensusPlan, scores: torch.Tensor) -> torch.Tensor:
         """tau: a chunk of the flattened tau_k (chunks of a tower come in order); scores: its scores."""
@@ -268,6 +367,8 @@ class SparseConsensus(LinesOption, Technique):
         return merged / agree.sign_().sum(0).clamp_(min=1)  # counts as sums of 0/1 floats: exact in any order
 
     def merge_key(self, key, thetas, weights, theta_0, plan, span):
+        if plan.kernel:
+            return self._kernel_merge_key(key, thetas, theta_0, plan, span)
         tower = tower_of(key)
         taus, work = plan.blocks(len(thetas), span.size, self.chunk_size(len(thetas)))
         if not self.magnitude_scores() and "scores" not in span.memo:  # one stream per expert, over the chunks
@@ -293,6 +394,31 @@ class SparseConsensus(LinesOption, Technique):
                 plan.undecided.append((key, undecided + span.start, anchor + scale * self.disjoint_merge(cols, 1.0),
                                        anchor + scale * self.disjoint_merge(cols, -1.0)))
         return theta_0 + scale * self.disjoint_merge_block(taus, gamma, work)
+
+    def _kernel_merge_key(self, key, thetas, theta_0, plan, span):
+        """``merge_key`` in one fused pass (kernels.merge_block): the same arithmetic in the same order."""
+        n_experts, n = len(thetas), span.size
+        chunks = [t.contiguous() for t in thetas]
+        theta_0 = theta_0.contiguous()
+        b = plan.kernel_buffers(n_experts, n, self.chunk_size(n_experts))
+        lo, hi = plan.kernel_bounds(tower_of(key), n_experts)
+        if "seeds" not in span.memo:
+            span.memo["seeds"] = self.kernel_seeds(n_experts, key)
+        scale = self.scale(key, plan.depths)
+        out = torch.empty(n)
+        sign_sum, n_undecided = kernels.merge_block(
+            self.kernel_mode(), _pointers(chunks), theta_0.numpy(), span.memo["seeds"], span.start, lo, hi,
+            self.exact_count, np.float32(self.rescale), CascadeSum(n_experts, theta_0).power,
+            kernels.DISJOINT_CODES[self.disjoint], np.float32(scale), b["work"], b["acc"], b["gamma"], b["total"],
+            b["count"], b["keys"], out.numpy(), b["undecided"], b["undecided_taus"])
+        plan.sign_sum[tower_of(key)] += int(sign_sum)
+        if n_undecided:  # sum exactly 0 with non-zero entries: the tower's sign decides, in finish()
+            index = torch.from_numpy(b["undecided"][:n_undecided].copy())
+            cols = list(torch.from_numpy(b["undecided_taus"][:n_undecided].copy()).T)
+            anchor = theta_0[index]
+            plan.undecided.append((key, index + span.start, anchor + scale * self.disjoint_merge(cols, 1.0),
+                                   anchor + scale * self.disjoint_merge(cols, -1.0)))
+        return out
 
     def finish(self, merged, plan):
         for key, index, if_positive, if_negative in plan.undecided:
@@ -324,14 +450,24 @@ class DareTies(SparseConsensus):
     exact_count: ClassVar[bool] = True
     seed: int = 0
 
-    def scores(self, tau, k, key, generator=None):
-        generator = seeded_generator(self.seed, k, key) if generator is None else generator
-        return torch.randint(0, 2**31 - 1, tau.shape, dtype=torch.int32, generator=generator)
+    def scores(self, tau, k, key, offset: int = 0):
+        """Scores of the entries offset, offset + 1, ... of the flattened tensor: a counter-based hash of the
+        flat index seeded from (seed, k, key) (``kernels.hashed_scores``), so any chunking draws the same."""
+        return kernels.hashed_scores(derived_seed(self.seed, k, key), offset, tau.numel()).view(tau.shape)
+
+    def builtin_scores(self) -> bool:
+        return type(self).scores is DareTies.scores and type(self).score_stream is DareTies.score_stream
+
+    def kernel_mode(self):
+        return kernels.HASHED if self.builtin_scores() and kernels.enabled() else None
+
+    def kernel_seeds(self, n_experts, key):
+        return np.array([kernels.split_seed(derived_seed(self.seed, k, key)) for k in range(n_experts)], np.int64)
 
     def brackets(self, experts, base, ranks, sizes):
-        """The default scores are uniform on [0, 2^31 - 1): the rank-th smallest of n lies within a few
+        """The default scores are uniform on [0, 2^31): the rank-th smallest of n lies within a few
         binomial standard deviations of rank / n * 2^31, known without looking at the scores."""
-        if type(self).scores is not DareTies.scores or type(self).score_stream is not DareTies.score_stream:
+        if not self.builtin_scores():
             return None
         out = {}
         for (k, tower), wanted in ranks.items():
@@ -344,11 +480,16 @@ class DareTies(SparseConsensus):
         return out
 
     def score_stream(self, k, key):
-        """The chunks of a tensor draw in order from one generator: the same scores as the whole tensor."""
+        """The chunks of a tensor, given in order, get the scores of their flat indices."""
         if type(self).scores is not DareTies.scores:  # a subclass's own (element-wise) scores
             return super().score_stream(k, key)
-        generator = seeded_generator(self.seed, k, key)
-        return lambda tau: self.scores(tau, k, key, generator)
+        offset = [0]
+
+        def stream(tau):
+            scores = self.scores(tau, k, key, offset[0])
+            offset[0] += tau.numel()
+            return scores
+        return stream
 
     @property
     def rescale(self) -> float:

@@ -1,0 +1,144 @@
+"""The fused merging kernels (time_ray/core/merging/kernels.py) against the torch path they replace:
+the same bits for every TIES-family variant, the DARE score hash against its written definition, and the
+exact fall-backs (a bracket that misses or overflows, ties an exact count must split by position)."""
+
+import pytest
+import torch
+
+import time_ray.core.merging.base as merging_base
+import time_ray.core.merging.sparse as sparse
+from time_ray.core.merging import BreadcrumbsTies, DareTies, Ties, derived_seed, kernels
+
+pytestmark = pytest.mark.skipif(kernels.numba is None, reason="numba is not installed")
+
+VARIANTS = [Ties(), Ties(prune=0.0), Ties(disjoint="max"), Ties(prune=0.3, disjoint="sum", lines="quadratic"),
+            DareTies(prune=0.4, seed=2), DareTies(prune=0.5, disjoint="max", seed=9), DareTies(prune=0.0),
+            BreadcrumbsTies(prune=0.1, top=0.05), BreadcrumbsTies(prune=0.2, top=0.1, disjoint="mean", lam=0.7)]
+
+
+def models(n_experts: int, seed: int = 11):
+    """A base and experts over both towers, with exact zeros in tau, ties of |tau| at the thresholds, and
+    entries whose task vectors sum to exactly 0 (their sign is left to the tower's majority)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"visual.transformer.resblocks.0.w": (130, 5), "visual.transformer.resblocks.1.w": (290,),
+              "visual.b": (3,), "transformer.resblocks.0.w": (70, 3, 2), "transformer.resblocks.1.w": (60,),
+              "t": (170,), "logit_scale": ()}
+    base = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    taus = [{k: torch.randn(s, generator=g) * 0.1 for k, s in shapes.items()} for _ in range(n_experts)]
+    for k, tau in enumerate(taus):
+        tau["t"][:30] = 0.0
+        tau["t"][30:90] = 0.25
+        tau["t"][90:130] = (1 - 2 * (k % 2)) * taus[0]["t"][90:130] if k < n_experts // 2 * 2 else 0.0
+    experts = [{key: base[key] + tau[key] for key in base} | {"step": torch.tensor([3])} for tau in taus]
+    return experts, base | {"step": torch.tensor([3])}
+
+
+def merge_both(technique, experts, base, monkeypatch):
+    """(kernel result, torch result, how many chunks the kernel merged)."""
+    calls = []
+    merge_block = kernels.merge_block
+    monkeypatch.setattr(kernels, "merge_block", lambda *a: calls.append(1) or merge_block(*a))
+    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "1")
+    fused = technique.merge(experts, base=base)
+    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "0")
+    reference = technique.merge(experts, base=base)
+    return fused, reference, len(calls)
+
+
+def assert_same_bits(a, b):
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), (key, (a[key] - b[key]).abs().max())
+
+
+@pytest.mark.parametrize("n_experts", [1, 3, 17, 40])  # 17, 40: CascadeSum carries runs of 16 up its levels
+@pytest.mark.parametrize("technique", VARIANTS, ids=lambda t: f"{t.name}-{t.disjoint}")
+def test_kernels_give_the_torch_paths_bits(technique, n_experts, monkeypatch):
+    experts, base = models(n_experts)
+    fused, reference, chunks = merge_both(technique, experts, base, monkeypatch)
+    assert chunks > 0  # the kernel did merge
+    assert_same_bits(fused, reference)
+
+
+@pytest.mark.parametrize("technique", [Ties(), DareTies(prune=0.3, seed=1), BreadcrumbsTies()], ids=lambda t: t.name)
+def test_kernels_give_the_same_bits_in_any_chunking(technique, monkeypatch):
+    experts, base = models(5)
+    whole, _, _ = merge_both(technique, experts, base, monkeypatch)
+    for chunk in (1, 7, 64):
+        monkeypatch.setattr(merging_base, "CHUNK", chunk)
+        monkeypatch.setattr(sparse, "MIN_CHUNK", 1)
+        chunked, reference, _ = merge_both(technique, experts, base, monkeypatch)
+        assert_same_bits(chunked, whole)
+        assert_same_bits(reference, whole)
+
+
+def test_hashed_scores_follow_their_written_definition():
+    def fmix32(h):
+        h ^= h >> 16
+        h = (h * 0x85EBCA6B) % 2**32
+        h ^= h >> 13
+        h = (h * 0xC2B2AE35) % 2**32
+        return h ^ (h >> 16)
+
+    seed = derived_seed(4, 1, "visual.w")
+    s1, s2 = seed % 2**32, (seed >> 32) % 2**32
+    expected = [fmix32(fmix32((j * 0x9E3779B1 + s1) % 2**32) ^ s2) >> 1 for j in range(1000, 1010)]
+    assert kernels.hashed_scores(seed, 1000, 10).tolist() == expected
+    many = kernels.hashed_scores(seed, 0, 100_000)
+    assert many.dtype == torch.int32 and int(many.min()) >= 0
+    assert torch.equal(torch.cat([kernels.hashed_scores(seed, 0, 40_000), kernels.hashed_scores(seed, 40_000, 60_000)]),
+                       many)  # a function of the index: any chunking draws the same scores
+    assert abs(float(many.double().mean()) / 2**31 - 0.5) < 0.01  # uniform on [0, 2^31)
+    assert not torch.equal(kernels.hashed_scores(seed + 1, 0, 100), many[:100])
+
+
+def test_dare_scores_are_the_hash_of_seed_expert_and_tensor():
+    tau = torch.zeros(3, 4)
+    scores = DareTies(seed=7).scores(tau, 2, "visual.w")
+    assert torch.equal(scores, kernels.hashed_scores(derived_seed(7, 2, "visual.w"), 0, 12).view(3, 4))
+
+
+def test_a_bracket_that_misses_or_overflows_falls_back_to_exact_radix_selection(monkeypatch):
+    experts, base = models(4)
+    technique = BreadcrumbsTies(prune=0.2, top=0.1)
+    _, reference, _ = merge_both(technique, experts, base, monkeypatch)
+    radix = []
+    results = sparse.RadixSelect.results
+    monkeypatch.setattr(sparse.RadixSelect, "results", lambda self, **kw: radix.append(1) or results(self, **kw))
+    monkeypatch.setattr(sparse.SparseConsensus, "brackets", lambda self, e, b, ranks, sizes: {
+        at: [(0, 1, 0.0) for _ in wanted] for at, wanted in ranks.items()})  # holds no threshold
+    missed, _, _ = merge_both(technique, experts, base, monkeypatch)
+    assert_same_bits(missed, reference)
+    assert radix  # the radix selection found the thresholds
+    radix.clear()
+    monkeypatch.setattr(sparse.SparseConsensus, "brackets", lambda self, e, b, ranks, sizes: {
+        at: [(0, 2**31 - 1, 0.0) for _ in wanted] for at, wanted in ranks.items()})  # holds everything...
+    monkeypatch.setattr(sparse, "INSIDE_SLACK", 3)  # ...with room for 3 scores
+    overflowed, _, _ = merge_both(technique, experts, base, monkeypatch)
+    assert_same_bits(overflowed, reference)
+    assert radix
+
+
+def test_ties_an_exact_count_splits_by_position_use_the_torch_path(monkeypatch):
+    """DARE drops exactly floor(N p) entries: when more scores equal the threshold than are to drop, which
+    ones go depends on position, which the kernels do not track; the torch path merges then."""
+    experts, base = models(3)
+    experts = [{k: v for k, v in e.items() if k != "step"} for e in experts]
+    base = {k: v for k, v in base.items() if k != "step"}
+    technique = DareTies(prune=0.3, seed=3)
+    honest = technique.plan(experts, base)
+    assert honest.kernel and all(b.ties_to_drop == b.equal == 1 for b in honest.bounds.values())
+    select = sparse.SparseConsensus._select
+    monkeypatch.setattr(sparse.SparseConsensus, "_select", lambda self, *a: {  # one more score equals lo
+        at: [(key, smaller, equal + 1) for key, smaller, equal in found] for at, found in select(self, *a).items()})
+    tied = technique.plan(experts, base)
+    assert not tied.kernel
+    assert Ties(prune=0.3).plan(experts, base).kernel  # keeping every tie (TIES) needs no position
+
+
+def test_the_environment_switch_turns_the_kernels_off(monkeypatch):
+    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "0")
+    assert not kernels.enabled() and Ties().kernel_mode() is None and DareTies().kernel_mode() is None
+    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "1")
+    assert kernels.enabled() and Ties().kernel_mode() == kernels.MAGNITUDE
+    assert DareTies().kernel_mode() == kernels.HASHED
