@@ -7,7 +7,7 @@ import torch
 
 import time_ray.core.merging.base as merging_base
 import time_ray.core.merging.sparse as sparse
-from time_ray.core.merging import BreadcrumbsTies, DareTies, Ties, derived_seed, kernels
+from time_ray.core.merging import BreadcrumbsTies, DareTies, TaskArithmetic, Ties, derived_seed, kernels
 
 pytestmark = pytest.mark.skipif(kernels.numba is None, reason="numba is not installed")
 
@@ -142,3 +142,45 @@ def test_the_environment_switch_turns_the_kernels_off(monkeypatch):
     monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "1")
     assert kernels.enabled() and Ties().kernel_mode() == kernels.MAGNITUDE
     assert DareTies().kernel_mode() == kernels.HASHED
+
+
+@pytest.mark.parametrize("technique", [TaskArithmetic(), TaskArithmetic(lam=0.3), TaskArithmetic(lines="sqrt")],
+                         ids=["lam1", "lam0.3", "lines"])
+def test_task_arithmetic_kernel_gives_the_torch_paths_bits(technique, monkeypatch):
+    experts, base = models(6)
+    calls = []
+    task_sum = kernels.task_sum_block
+    monkeypatch.setattr(kernels, "task_sum_block", lambda *a: calls.append(1) or task_sum(*a))
+    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "1")
+    fused = technique.merge(experts, base=base)
+    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "0")
+    assert calls and len(calls) == len([k for k in base if base[k].is_floating_point()])
+    assert_same_bits(fused, technique.merge(experts, base=base))
+
+
+def test_thresholds_of_file_experts_are_remembered_and_only_new_experts_are_read(tmp_path, monkeypatch):
+    """A pool merges the same experts again at every timestep: their |tau| thresholds are found once (per
+    content, base and rank); a new expert is the only one read for thresholds; results are unchanged."""
+    from time_ray.core.checkpoints import SafetensorsCheckpoint, save_atomic
+
+    experts, base = models(4)
+    for i, state in enumerate([base] + experts):
+        save_atomic(state, tmp_path / f"m{i}.safetensors")
+    files = [SafetensorsCheckpoint(tmp_path / f"m{i}.safetensors") for i in range(5)]
+    monkeypatch.setattr(sparse, "SELECTIONS", sparse.OrderedDict())
+    selected = []
+    select = sparse.SparseConsensus._select
+    monkeypatch.setattr(sparse.SparseConsensus, "_select",
+                        lambda self, e, *a: selected.append(len(e)) or select(self, e, *a))
+    technique = BreadcrumbsTies(prune=0.2, top=0.1)
+    first = technique.merge(files[1:4], base=files[0])
+    assert selected == [3]
+    again = technique.merge(files[1:4], base=files[0])
+    assert selected == [3] and all(torch.equal(first[k], again[k]) for k in first)
+    grown = technique.merge(files[1:5], base=files[0])
+    assert selected == [3, 1]  # only the new expert
+    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "0")
+    assert_same_bits(grown, technique.merge(experts, base=base))  # dicts: no fingerprint, selected afresh
+    assert selected == [3, 1, 4]
+    Ties(prune=0.3).merge(files[1:3], base=files[0])  # another rank: found afresh
+    assert selected == [3, 1, 4, 2]

@@ -1,10 +1,14 @@
 """Checkpoints as mappings from tensor name to tensor. Safetensors files are read lazily, one tensor
-at a time, so a merge over many experts holds one tensor per expert, not whole models."""
+at a time, so a merge over many experts holds one tensor per expert, not whole models; a tensor is a
+view of the memory-mapped file (no copy: the page cache serves it), private to this process."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import mmap
 import os
+import struct
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -26,16 +30,26 @@ class SafetensorsCheckpoint(Mapping):
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         verify(self.path)
+        sidecar = self.path.with_name(self.path.name + ".sha256")
+        stat = self.path.stat()  # what identifies the content: its hash when written with one, else the file
+        self.fingerprint = (sidecar.read_text().strip() if sidecar.exists()
+                            else f"{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
         try:
             self._file = safe_open(str(self.path), framework="pt", device="cpu")
         except Exception as exc:  # noqa: BLE001 - unreadable file: one clear message
             raise CheckpointError(f"checkpoint {self.path}: not a readable safetensors file ({exc}).") from exc
         self._keys = list(self._file.keys())
+        self._map, self._layout = _map_tensors(self.path)
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self._keys:
             raise KeyError(key)
-        return self._file.get_tensor(key)
+        if self._layout is None or key not in self._layout:
+            return self._file.get_tensor(key)
+        dtype, shape, offset, nbytes = self._layout[key]
+        if nbytes == 0:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(self._map, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset).view(shape)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
@@ -45,6 +59,31 @@ class SafetensorsCheckpoint(Mapping):
 
     def __repr__(self) -> str:
         return f"SafetensorsCheckpoint({str(self.path)!r})"
+
+
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                      "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _map_tensors(path: Path) -> tuple[mmap.mmap | None, dict | None]:
+    """The file mapped copy-on-write (writes to a tensor stay in this process, as with a loaded copy) and
+    each tensor's (dtype, shape, byte offset, byte size) from the safetensors header (8-byte little-endian
+    length, then JSON); (None, None) if the layout is one we do not map (other dtypes): then tensors are
+    read with safetensors (a copy)."""
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+            layout = {}
+            for key, meta in header.items():
+                if key == "__metadata__":
+                    continue
+                start, end = meta["data_offsets"]
+                layout[key] = (SAFETENSORS_DTYPES[meta["dtype"]], list(meta["shape"]), 8 + length + start, end - start)
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY), layout
+    except (KeyError, ValueError, OSError, struct.error):
+        return None, None
 
 
 def file_sha256(path: Path) -> str:

@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 
+from time_ray.core.merging import kernels
 from time_ray.core.merging.base import Technique, register, seeded_generator
 from time_ray.core.merging.lines import LinesOption
 
@@ -58,6 +60,14 @@ class TaskArithmetic(LinesOption, Technique):
         return min(super().chunk_size(n_models), CACHED_CHUNK)
 
     def merge_key(self, key, thetas, weights, theta_0, plan, span):
+        if kernels.enabled():  # the same sums in one fused pass per expert
+            chunks, theta_0 = [t.contiguous() for t in thetas], theta_0.contiguous()
+            out = torch.empty(span.size)
+            if "acc" not in span.memo:
+                span.memo["acc"] = np.empty(self.chunk_size(len(thetas)), np.float32)
+            kernels.task_sum_block(np.array([c.data_ptr() for c in chunks], np.int64), theta_0.numpy(),
+                                   np.float32(self.scale(key, plan)), span.memo["acc"][: span.size], out.numpy())
+            return out
         tau_sum = tau = None
         for theta_k in thetas:  # tau_1 + tau_2 + ..., in order; one scratch tensor for tau_k
             if tau_sum is None:

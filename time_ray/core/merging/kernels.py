@@ -108,30 +108,14 @@ if numba is not None:
         x = (np.uint64(j) * _GOLDEN + s1) & _U32
         return np.int32(_fmix32(_fmix32(x) ^ s2) >> _S1)
 
-    @numba.njit(cache=True, nogil=True)
-    def _scores(mode, x, t0, n, s1, s2, offset, keys):
-        """keys[:n] <- the scores of one expert's chunk."""
-        if mode == MAGNITUDE:
-            for i in range(n):
-                keys[i] = _bits(x[i] - t0[i]) & _ABS
-        else:
-            for i in range(n):
-                keys[i] = _hashed(offset + i, s1, s2)
+    @numba.njit(inline="always")
+    def _score(mode, x, t0, i, s1, s2, offset):
+        return _bits(x[i] - t0[i]) & _ABS if mode == MAGNITUDE else _hashed(offset + i, s1, s2)
 
-    @numba.njit(cache=True, nogil=True)
-    def _count_row(keys, n, low, high, flags, inside, at):
-        """#keys < low; the keys in [low, high] stored at inside[at:] (at counts past the capacity).
-        A vectorized pass marks them, then a scan 8 marks at a time collects the few marked."""
-        width = np.uint32(high - low) if high >= low else np.uint32(0)
-        low32 = np.int32(low)
-        empty = high < low
-        count = 0
-        for i in range(n):
-            s = keys[i]
-            count += np.int32(s < low32)
-            flags[i] = np.uint8(np.uint32(s - low32) <= width)
-        if empty:
-            return count, at
+    @numba.njit(inline="always")
+    def _collect(mode, x, t0, s1, s2, offset, flags, n, inside, at):
+        """Stores the scores marked in flags at inside[at:] (at counts past the capacity), scanning the
+        marks 8 at a time: few are marked, and their scores are computed again rather than kept."""
         cap = inside.shape[0]
         whole = n // 8 * 8
         words = flags[:whole].view(np.uint64)
@@ -140,27 +124,48 @@ if numba is not None:
                 for i in range(w * 8, w * 8 + 8):
                     if flags[i]:
                         if at < cap:
-                            inside[at] = keys[i]
+                            inside[at] = _score(mode, x, t0, i, s1, s2, offset)
                         at += 1
         for i in range(whole, n):
             if flags[i]:
                 if at < cap:
-                    inside[at] = keys[i]
+                    inside[at] = _score(mode, x, t0, i, s1, s2, offset)
                 at += 1
-        return count, at
+        return at
 
     @numba.njit(cache=True, nogil=True)
-    def count_bracket(mode, ptrs, t0, seeds, offset, lo, hi, below, inside, filled, keys, flags):
+    def count_bracket(mode, ptrs, t0, seeds, offset, lo, hi, below, inside, filled, flags):
         """For each expert k (data at ptrs[k], n = len(t0) entries) and bracket r: below[k, r] += #scores
         < lo[k, r]; the scores in [lo, hi] appended to inside[k, r, filled[k, r]:] (filled counts past the
-        capacity: the caller then knows the bracket overflowed). Brackets are narrow: few are stored."""
+        capacity: the caller then knows the bracket overflowed). One vectorized loop scores, counts and
+        marks; brackets are narrow, so few marked scores are collected."""
         n = t0.shape[0]
         for k in range(ptrs.shape[0]):
             x = numba.carray(_f32_at(ptrs[k]), (n,))
-            _scores(mode, x, t0, n, np.uint64(seeds[k, 0]), np.uint64(seeds[k, 1]), offset, keys)
+            s1, s2 = np.uint64(seeds[k, 0]), np.uint64(seeds[k, 1])
             for r in range(lo.shape[1]):
-                count, filled[k, r] = _count_row(keys, n, lo[k, r], hi[k, r], flags, inside[k, r], filled[k, r])
+                low, high = lo[k, r], hi[k, r]
+                if high < low:
+                    continue
+                low32, width = np.int32(low), np.uint32(high - low)
+                count, marked = 0, 0
+                if mode == MAGNITUDE:
+                    for i in range(n):
+                        s = _bits(x[i] - t0[i]) & _ABS
+                        count += np.int32(s < low32)
+                        m = np.uint32(s - low32) <= width
+                        flags[i] = np.uint8(m)
+                        marked += np.int32(m)
+                else:
+                    for i in range(n):
+                        s = _hashed(offset + i, s1, s2)
+                        count += np.int32(s < low32)
+                        m = np.uint32(s - low32) <= width
+                        flags[i] = np.uint8(m)
+                        marked += np.int32(m)
                 below[k, r] += count
+                if marked:
+                    filled[k, r] = _collect(mode, x, t0, s1, s2, offset, flags, n, inside[k, r], filled[k, r])
 
     @numba.njit(inline="always")
     def _into(acc, has, level, src, n):
@@ -216,17 +221,27 @@ if numba is not None:
         for k in range(k_models):  # sparsify, and the sum for the election
             x = numba.carray(_f32_at(ptrs[k]), (n,))
             w = work[k]
-            low, high, first = lo[k], hi[k], not has[0]
-            if mode == HASHED:
+            low = max(lo[k] + 1 if strict else lo[k], 0)  # integer scores: s > lo is s >= lo + 1
+            low32, width = np.int32(low), np.uint32(hi[k] - low if hi[k] >= low else 0)
+            if hi[k] < low:  # keeps nothing
                 for i in range(n):
-                    keys[i] = _hashed(offset + i, np.uint64(seeds[k, 0]), np.uint64(seeds[k, 1]))
-            for i in range(n):
-                t = x[i] - t0[i]
-                s = keys[i] if mode == HASHED else _bits(t) & _ABS
-                keep = ((s > low) if strict else (s >= low)) & (s <= high)
-                v = t * rescale if keep else np.float32(0.0)
-                w[i] = v
-                acc0[i] = v if first else acc0[i] + v
+                    w[i] = 0.0
+            elif mode == HASHED:  # lo <= s <= hi as one unsigned compare: s - lo <= hi - lo
+                s1, s2 = np.uint64(seeds[k, 0]), np.uint64(seeds[k, 1])
+                for i in range(n):
+                    keep = np.uint32(_hashed(offset + i, s1, s2) - low32) <= width
+                    w[i] = (x[i] - t0[i]) * rescale if keep else np.float32(0.0)
+            else:
+                for i in range(n):
+                    t = x[i] - t0[i]
+                    keep = np.uint32((_bits(t) & _ABS) - low32) <= width
+                    w[i] = t * rescale if keep else np.float32(0.0)
+            if has[0]:
+                for i in range(n):
+                    acc0[i] += w[i]
+            else:
+                for i in range(n):
+                    acc0[i] = w[i]
             has[0] = True
             added = _carry(acc, has, added, n, power)
         _cascade_result(acc, has, n, total)
@@ -287,3 +302,19 @@ if numba is not None:
                 merged = merged / (c if c > 1 else np.float32(1.0))
             out[i] = t0[i] + scale * merged
         return sign_sum, n_undecided
+
+    @numba.njit(cache=True, nogil=True)
+    def task_sum_block(ptrs, t0, scale, acc, out):
+        """Task arithmetic over a chunk: out = theta_0 + scale * (tau_1 + tau_2 + ...), summed in order,
+        each tau_k = theta_k - theta_0 formed and added in one pass over theta_k."""
+        n = t0.shape[0]
+        for k in range(ptrs.shape[0]):
+            x = numba.carray(_f32_at(ptrs[k]), (n,))
+            if k == 0:
+                for i in range(n):
+                    acc[i] = x[i] - t0[i]
+            else:
+                for i in range(n):
+                    acc[i] += x[i] - t0[i]
+        for i in range(n):
+            out[i] = t0[i] + scale * acc[i]

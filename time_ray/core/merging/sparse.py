@@ -8,7 +8,7 @@ merge). The variants differ only in the sparsification.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -38,6 +38,8 @@ MIN_CHUNK = 1 << 16  # ...unless chunks would get shorter than this (per-operati
 SAMPLE = 1 << 18  # |tau| entries sampled per (expert, tower) to bracket its thresholds
 INSIDE_BYTES = 256 << 20  # at most this many bytes of scores kept inside the brackets, else a radix selection
 INSIDE_SLACK = 4096  # room for this many scores more than expected inside a bracket (kernel selection)
+SELECTIONS: OrderedDict = OrderedDict()  # thresholds of |tau| found before, by (expert, base, tower, ranks)
+SELECTIONS_KEPT = 4096  # entries (a few integers each)
 
 
 @dataclass
@@ -230,6 +232,29 @@ class SparseConsensus(LinesOption, Technique):
                              radix[k, tower].count_low(scores))
         return {at: radix[at].results(with_ties=True) for at in ranks}
 
+    def _remembered_select(self, experts, base, ranks: dict, sizes: dict) -> dict:
+        """``_select``, remembering |tau| thresholds of checkpoints with a content fingerprint (files): an
+        expert's threshold in its tower depends only on it, theta_0 and the rank, and a pool merges the same
+        experts again at every timestep, so only new experts are read for thresholds."""
+        prints = [getattr(e, "fingerprint", None) for e in experts]
+        anchor = getattr(base, "fingerprint", None)
+        if not self.magnitude_scores() or anchor is None or None in prints:
+            return self._select(experts, base, ranks, sizes)
+        ids = {(k, tower): (prints[k], anchor, tower, sizes[tower], tuple(wanted)) for (k, tower), wanted in ranks.items()}
+        found = {at: SELECTIONS[i] for at, i in ids.items() if i in SELECTIONS}
+        new = sorted({k for at in ranks if at not in found for k in at[:1]})
+        if new:
+            fresh = self._select([experts[k] for k in new], base,
+                                 {(j, t): ranks[k, t] for j, k in enumerate(new) for t in sizes}, sizes)
+            for j, k in enumerate(new):
+                for tower in sizes:
+                    found[k, tower] = SELECTIONS[ids[k, tower]] = fresh[j, tower]
+        for i in ids.values():
+            SELECTIONS.move_to_end(i)
+        while len(SELECTIONS) > SELECTIONS_KEPT:
+            SELECTIONS.popitem(last=False)
+        return found
+
     def _kernel_select(self, experts, base, ranks: dict, sizes: dict, brackets: dict) -> dict:
         """``BracketSelect`` for every (expert, tower, rank) in one fused pass (kernels.count_bracket);
         a result is None where the rank fell outside its bracket or the bracket held more than planned."""
@@ -247,15 +272,14 @@ class SparseConsensus(LinesOption, Technique):
                             "hi": np.array([[b[1] for b in row] for row in bs], np.int64),
                             "below": np.zeros((n_experts, r), np.int64), "filled": np.zeros((n_experts, r), np.int64),
                             "inside": np.empty((n_experts, r, min(cap, n)), np.int32)}
-        keys, flags = np.empty(size, np.int32), np.empty(size + 8, np.uint8)
+        flags = np.empty(size + 8, np.uint8)
         reads = mode == kernels.MAGNITUDE  # hashed scores need only the index, not the experts
         for key, start, theta_0, chunks in _chunks(experts if reads else experts[:1], base, size):
             if (s := state.get(tower_of(key))) is None:
                 continue
             ptrs = _pointers(chunks) if reads else np.full(n_experts, theta_0.data_ptr(), np.int64)
             kernels.count_bracket(mode, ptrs, theta_0.numpy(), self.kernel_seeds(n_experts, key), start,
-                                  s["lo"], s["hi"], s["below"], s["inside"], s["filled"], keys[: theta_0.numel()],
-                                  flags)
+                                  s["lo"], s["hi"], s["below"], s["inside"], s["filled"], flags)
         found = {}
         for (k, tower), wanted in ranks.items():
             found[k, tower] = []
@@ -285,7 +309,7 @@ class SparseConsensus(LinesOption, Technique):
                 lo, hi = self.ranks(n)
                 wanted[k, tower] = (lo if lo >= 1 else None, hi if 1 <= hi < n else None, hi < 1)
         ranks = {at: [r for r in w[:2] if r is not None] for at, w in wanted.items()}
-        found = self._select(experts, base, ranks, sizes)
+        found = self._remembered_select(experts, base, ranks, sizes)
         bounds = {}
         for at, (lo_rank, hi_rank, keep_none) in wanted.items():
             results = iter(found[at])
