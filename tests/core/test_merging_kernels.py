@@ -7,7 +7,7 @@ import torch
 
 import time_ray.core.merging.base as merging_base
 import time_ray.core.merging.sparse as sparse
-from time_ray.core.merging import BreadcrumbsTies, DareTies, TaskArithmetic, Ties, derived_seed, kernels
+from time_ray.core.merging import BreadcrumbsTies, DareTies, MagMax, TaskArithmetic, Ties, derived_seed, kernels
 
 pytestmark = pytest.mark.skipif(kernels.numba is None, reason="numba is not installed")
 
@@ -184,3 +184,23 @@ def test_thresholds_of_file_experts_are_remembered_and_only_new_experts_are_read
     assert selected == [3, 1, 4]
     Ties(prune=0.3).merge(files[1:3], base=files[0])  # another rank: found afresh
     assert selected == [3, 1, 4, 2]
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.7])
+def test_magmax_kernel_gives_the_torch_paths_bits_ties_included(lam, monkeypatch):
+    experts, base = models(5)
+    experts[1]["t"] = experts[1]["t"].clone()
+    experts[1]["t"][130:150] = base["t"][130:150] - (experts[0]["t"][130:150] - base["t"][130:150])  # +m, -m
+    zero = {k: torch.zeros_like(v) for k, v in base.items()}
+    signs = [{k: s * torch.ones_like(v) for k, v in base.items()} for s in (-1.0, 1.0, -1.0)]  # exact ties
+    technique = MagMax(lam=lam)
+    calls = []
+    magmax = kernels.magmax_block
+    monkeypatch.setattr(kernels, "magmax_block", lambda *a: calls.append(1) or magmax(*a))
+    for models_, anchor in ((experts, base), (signs, zero)):
+        monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "1")
+        fused = technique.merge(models_, base=anchor)
+        monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "0")
+        assert_same_bits(fused, technique.merge(models_, base=anchor))
+    assert calls
+    assert torch.equal(fused["t"], -lam * torch.ones_like(base["t"]))  # the first expert reaching m decides

@@ -123,6 +123,20 @@ class MagMax(Technique):
     def chunk_size(self, n_models):
         return min(super().chunk_size(n_models), CACHED_CHUNK)
 
+    def merge_key(self, key, thetas, weights, theta_0, plan, span):
+        if kernels.enabled():  # one fused pass per expert; the rare chunks with ties take the torch path
+            chunks, theta_0 = [t.contiguous() for t in thetas], theta_0.contiguous()
+            if "buffers" not in span.memo:
+                size = self.chunk_size(len(thetas))
+                span.memo["buffers"] = (np.empty(size, np.float32), np.empty(size, np.float32))
+            high, low = (b[: span.size] for b in span.memo["buffers"])
+            out = torch.empty(span.size)
+            tied = kernels.magmax_block(np.array([c.data_ptr() for c in chunks], np.int64), theta_0.numpy(),
+                                        np.float32(self.lam), high, low, out.numpy())
+            if not tied:
+                return out
+        return self.merge_tensor(thetas, weights, theta_0)
+
     def merge_tensor(self, thetas, weights, theta_0):
         experts = iter(thetas)
         high = low = next(experts)

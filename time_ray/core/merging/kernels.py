@@ -318,3 +318,28 @@ if numba is not None:
                     acc[i] += x[i] - t0[i]
         for i in range(n):
             out[i] = t0[i] + scale * acc[i]
+
+    @numba.njit(cache=True, nogil=True)
+    def magmax_block(ptrs, t0, lam, high, low, out):
+        """MagMax over a chunk: running max and min of the theta_k, then out = theta_0 + lam * tau_max with
+        tau_max = up if up + down >= 0 else down (up = max - theta_0, down = min - theta_0). Returns how many
+        entries have +m and -m both (up + down == 0, up != 0): the caller decides those by expert order."""
+        n = t0.shape[0]
+        for k in range(ptrs.shape[0]):
+            x = numba.carray(_f32_at(ptrs[k]), (n,))
+            if k == 0:
+                for i in range(n):
+                    high[i] = x[i]
+                    low[i] = x[i]
+            else:
+                for i in range(n):
+                    v = x[i]
+                    high[i] = v if v > high[i] else high[i]
+                    low[i] = v if v < low[i] else low[i]
+        tied = 0
+        for i in range(n):
+            up, down = high[i] - t0[i], low[i] - t0[i]
+            balance = up + down
+            out[i] = t0[i] + lam * (up if balance >= 0 else down)
+            tied += (balance == 0) & (up != 0)
+        return tied
