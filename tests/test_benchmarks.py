@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/ (run: .venv/bin/python -m pytest benchmarks/test_smoke.py; not yet in `make test`, see issue 8): each benchmark runs with --quick and prints one JSON line with its fields,
+"""Smoke tests of benchmarks/: each benchmark runs with --quick and prints one JSON line with its fields,
 then one OK/MISS line per target; the merge benchmark's exactness checks pass. No timing is asserted:
 speed targets are what the benchmarks print, on the machine they run on."""
 
@@ -30,7 +30,7 @@ def test_merge_throughput_quick_measures_every_technique_and_is_exact():
     results, lines = run_quick("merge_throughput.py")
     assert results["ks"] == [2, 5]
     for k in ("2", "5"):
-        for name in ["copy", "mean", "stack_mean", *TECHNIQUES]:
+        for name in ["copy", "mean", "stack_mean", *TECHNIQUES, "ties_warm", "breadcrumbs_ties_warm"]:
             entry = results["by_k"][k][name]
             assert entry["seconds"] > 0 and entry["gb_per_s"] > 0 and entry["peak_anon_extra_mib"] >= 0, (k, name)
     exactness = results["exactness"]
@@ -39,6 +39,7 @@ def test_merge_throughput_quick_measures_every_technique_and_is_exact():
     assert all(check["differing_entries"] == 0 for name, check in exactness.items() if not name.startswith("average"))
     assert results["naive_kthvalue_threshold"]["seconds"] > 0
     assert any(line.startswith("exactness") and line.endswith(" OK") for line in lines)
+    assert any(line.startswith("warm (") for line in lines)
 
 
 def test_pool_scaling_quick_covers_every_deploy_strategy():
@@ -47,7 +48,9 @@ def test_pool_scaling_quick_covers_every_deploy_strategy():
         for strategy in ("ft", "ema", "all", "ft-zs"):
             for n in ("2", "5"):
                 entry = results["by_technique"][technique][strategy][n]
-                assert entry["seconds"] > 0 and entry["peak_anon_extra_mib"] >= 0
+                # serving the latest expert (ft) is a lookup of a memory-mapped file: it may round to 0 s
+                assert entry["seconds"] >= 0 if strategy == "ft" else entry["seconds"] > 0
+                assert entry["peak_anon_extra_mib"] >= 0
 
 
 @pytest.mark.e2e
