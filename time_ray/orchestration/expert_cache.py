@@ -4,7 +4,9 @@ time train it once.
 
 A claim is a lease the trainer renews while it trains: when a trainer dies (a killed worker, a trial
 stopped early by the scheduler), its lease runs out and the next trial that needs the expert trains
-it, instead of waiting forever."""
+it, instead of waiting forever. Claims are made by a trial's driver (lazy Train start: it links
+cached experts itself and holds the claim on the first one to train while its Train run starts) and
+by its Train worker, both as owner = the trial id, so the worker takes the driver's claim over."""
 
 from __future__ import annotations
 
@@ -47,8 +49,10 @@ class ExpertCache:
         self.claimed[key] = (owner, now)  # new, ours, or the previous trainer's lease ran out
         return "train"
 
-    def renew(self, key: str) -> None:
-        if key in self.claimed:
+    def renew(self, key: str, owner: str | None = None) -> None:
+        """Extends the lease on ``key``; with ``owner``, only while that owner still holds it (a lease
+        kept by one trial never extends another trial's claim on the same key)."""
+        if key in self.claimed and (owner is None or self.claimed[key][0] == owner):
             self.claimed[key] = (self.claimed[key][0], time.monotonic())
 
     def done(self, key: str) -> None:
@@ -67,13 +71,14 @@ class ExpertCache:
 
 
 @contextlib.contextmanager
-def lease(cache, key: str, every: float = LEASE_SECONDS / 6):
-    """Renews the claim on ``key`` in the background while the block (the training) runs."""
+def lease(cache, key: str, every: float = LEASE_SECONDS / 6, owner: str | None = None):
+    """Renews the claim on ``key`` in the background while the block (the training) runs; with
+    ``owner``, only while ``owner`` holds the claim."""
     stop = threading.Event()
 
     def renew():
         while not stop.wait(every):
-            cache.renew.remote(key)
+            cache.renew.remote(key, owner)
 
     thread = threading.Thread(target=renew, name=f"lease-{key[:8]}", daemon=True)
     thread.start()

@@ -1,6 +1,8 @@
 """The Ray Train run of one trial: a single TorchTrainer run that finetunes every expert of the
 stream in turn, asking the merge actor for each task's init weights and handing it each expert, so
-the Train start-up (about 25 s here) is paid once per trial, not once per timestep."""
+the Train start-up (about 25 s here) is paid once per trial, not once per timestep. With the sweep's
+expert cache the trial driver links the leading cached experts itself and starts this run only at
+the first expert that must be trained, or not at all (trial.py, "lazy Train start")."""
 
 from __future__ import annotations
 
@@ -20,6 +22,16 @@ from time_ray.orchestration import faults
 from time_ray.orchestration.expert_cache import expert_file, lease, obtain
 
 
+def expert_key_of(init: dict, t: int, config: dict) -> str:
+    """The cache address of expert t of the trial that ``config`` (the Train loop config) describes."""
+    return expert_key(init, t, config["steps"], config["seed"], config["settings"], config["multitask"])
+
+
+def hit_info() -> dict:
+    """The training info of an expert taken from the sweep's cache: no training cost."""
+    return {"train_steps": 0, "train_seconds": 0.0, "train_gflops": 0.0, "expert_cache_hit": True}
+
+
 def train_experts(config: dict) -> None:
     """Train worker loop (every rank): for t = 1..T: init <- actor; the expert from the sweep's cache
     or finetuned now (then cached); rank 0 stores it in the policy's pool."""
@@ -35,20 +47,23 @@ def train_experts(config: dict) -> None:
     inner = getattr(model, "module", model)
     # a restarted run (Train FailureConfig, a resumed trial) keeps the experts already in the pool:
     # each is a deterministic function of its init and task seed, so nothing is lost
+    first, given = config.get("first_init") or (0, None)
     for t in range(ray.get(actor.n_experts.remote()) + 1, experiment.tasks + 1):
-        init = ray.get(actor.init_weights.remote(t))
-        key = expert_key(init, t, config["steps"], config["seed"], config["settings"], config["multitask"])
+        # the trial driver already asked the actor for the first task's init (lazy start): reused,
+        # so its merge time is charged once
+        init = ray.get(given if t == first else actor.init_weights.remote(t))
+        key = expert_key_of(init, t, config)
         decision = [obtain(cache, key, owner=config["trial_id"]) if cache is not None and rank == 0 else "train"]
         if world > 1:
             torch.distributed.broadcast_object_list(decision, src=0)
         if decision[0] == "hit":
             if rank == 0:  # the pool references the cached file (checked against its hash on open)
-                info = {"train_steps": 0, "train_seconds": 0.0, "train_gflops": 0.0, "expert_cache_hit": True}
-                ray.get(actor.link_expert.remote(t, expert_file(key), info))
+                ray.get(actor.link_expert.remote(t, expert_file(key), hit_info()))
             continue
         inner.load_state_dict(init)
         try:
-            with lease(cache, key) if cache is not None and rank == 0 else contextlib.nullcontext():
+            with (lease(cache, key, owner=config["trial_id"]) if cache is not None and rank == 0
+                  else contextlib.nullcontext()):
                 stats = experiment.train_expert(model, t, config["steps"], config["seed"], device, rank,
                                                 label=config["trial_id"],
                                                 on_step=faults.train_step_hook(config["trial_id"], t, inner))

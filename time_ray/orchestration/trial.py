@@ -1,6 +1,8 @@
 """The Tune function trial: the driver of one policy's temporal loop (ARCHITECTURE.md data flow).
 
-  start the merge actor and the Train run (which trains experts 1..T in turn)
+  start the merge actor and the Train run (which trains experts 1..T in turn); with the sweep's
+  expert cache the Train run starts lazily: the driver links the leading cached experts itself and
+  starts it at the first expert to train, or never when every expert is in the cache
   t = 0: evaluate theta_0
   for t in 1..T: wait for expert t in the pool -> deployed weights from the actor -> evaluate
                  -> append rows to the trial's parquet files (atomically) -> tune.report
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 import threading
 import time
 
@@ -31,7 +34,8 @@ from time_ray.core.experiment import Experiment
 from time_ray.core.metrics import summarize
 from time_ray.core.results import metrics_frame, timesteps_frame, write_parquet_atomic
 from time_ray.orchestration import faults
-from time_ray.orchestration.expert_training import train_experts
+from time_ray.orchestration.expert_cache import expert_file, lease, obtain
+from time_ray.orchestration.expert_training import expert_key_of, hit_info, train_experts
 from time_ray.orchestration.merge_actor import MergeActor
 from time_ray.orchestration.storage import Storage
 
@@ -126,10 +130,15 @@ class TrialDriver:
             raise
 
     def wait_for_expert(self, t: int) -> None:
-        while ray.get(self.actor.n_experts.remote()) < t:
+        while True:
+            # read before the pool: a thread that had ended by then did all it would do (with a lazy
+            # start it ends right after linking the last cached expert, with no Train run at all)
+            alive = self.training is not None and self.training.is_alive()
+            if ray.get(self.actor.n_experts.remote()) >= t:
+                return
             if (message := ray.get(self.actor.failed.remote())) is not None:
                 raise Deterministic(message)
-            if self.training is None or not self.training.is_alive():
+            if not alive:
                 cause = self.failure[0] if self.failure else None
                 raise RuntimeError(f"policy {self.trial_id}: the Train run stopped before expert {t} was "
                                    f"stored: {cause or 'no error reported'}") from cause
@@ -143,7 +152,10 @@ class TrialDriver:
     def drive(self) -> None:
         """Continues after the last recorded timestep (all of them for a new trial)."""
         if ray.get(self.actor.n_experts.remote()) < self.experiment.tasks:  # else: resumed, nothing to train
-            self.training = _start_training(self.trial, self.run, self.actor, self.multitask, self.failure)
+            if self.run.get("expert_cache") and not self.multitask:
+                self.training = _in_thread(self.train_lazily, f"experts-{self.trial_id}", self.failure)
+            else:
+                self.training = _start_training(self.trial, self.run, self.actor, self.multitask, self.failure)
         if self.recorder.last_timestep < 0:
             records, _, seconds = self.evaluate(0, subset=True)
             self.record(0, records, {**ZERO_COST, "eval_seconds": seconds})
@@ -161,6 +173,44 @@ class TrialDriver:
         if self.failure:
             raise self.failure[0]
 
+    def train_lazily(self) -> None:
+        """Lazy Train start (runs in a thread while the driver evaluates): for t = n_experts+1, ...
+        the driver asks the cache itself, exactly as the Train worker would, and links each hit into
+        the pool; the TorchTrainer starts only at the first expert that must be trained, there, and
+        not at all when every expert is in the cache. Expert t is in the pool as soon as it is linked,
+        so timestep t is evaluated meanwhile. An expert another trial is training is waited for
+        here (``obtain``), as the worker would, but without holding a Train worker's resources.
+
+        Lease handoff: a 'train' answer is this trial's claim (owner = trial id). The driver keeps
+        renewing it until the Train run ends, since Train's start-up (or a wait for its resources)
+        can outlast the lease; the Train worker's own claim with the same owner takes it back at once,
+        and renewals only extend a claim this trial still holds (not one another trial took after a
+        release). Releasing it instead and letting the worker claim it afresh would also be correct,
+        but then other trials needing that expert could claim it during the start-up and start Train
+        runs of their own; held, they wait and take it from the cache."""
+        cache = ray.get_actor(self.run["expert_cache"])
+        config = train_loop_config(self.trial, self.run, self.actor, self.multitask)
+        first = ray.get(self.actor.n_experts.remote()) + 1
+        for t in range(first, self.experiment.tasks + 1):
+            init_ref = self.actor.init_weights.remote(t)
+            try:
+                key = expert_key_of(ray.get(init_ref), t, config)
+            except ray.exceptions.RayTaskError as error:  # a damaged expert: training cannot help
+                if isinstance(error.cause, CheckpointError):
+                    ray.get(self.actor.fail.remote(f"policy {self.trial_id}: init of task {t}: {error.cause}"))
+                    return
+                raise
+            if obtain(cache, key, owner=self.trial_id) == "hit":
+                ray.get(self.actor.link_expert.remote(t, expert_file(key), hit_info()))
+                continue
+            # the worker starts at t (the pool's next expert) and reuses this init: merge time once
+            with lease(cache, key, owner=self.trial_id):
+                _trainer(self.trial, self.run, {**config, "first_init": (t, init_ref)}).fit()
+            return
+        which = f"all {self.experiment.tasks}" if first == 1 else f"{self.experiment.tasks - first + 1} remaining"
+        print(f"policy {self.trial_id}: {which} experts from the expert cache, no Train run",
+              file=sys.stderr, flush=True)
+
 
 ZERO_COST = {"train_steps": 0, "train_gflops": 0.0, "train_seconds": 0.0, "merge_seconds": 0.0,
              "pool_bytes": 0, "expert_cache_hit": False}
@@ -176,31 +226,44 @@ def run_trial(config: dict) -> None:
         driver.storage.write_text(f"trials/{driver.trial_id}/failed.json", json.dumps({"error": str(error)}))
 
 
-def _start_training(trial: dict, run: dict, actor, multitask: bool, failure: list) -> threading.Thread:
-    """The trial's Train run in a thread: it trains the experts the pool does not hold yet; a killed
-    worker is replaced and the run goes on (FailureConfig)."""
-    storage = run["storage"]
-    trainer = TorchTrainer(
+def train_loop_config(trial: dict, run: dict, actor, multitask: bool) -> dict:
+    """What the Train workers of the trial's run get (expert_training.train_experts)."""
+    return {"merge_actor": actor, "settings": run["settings"], "steps": trial["budget_steps"],
+            "seed": trial["seed"], "trial_id": trial["trial_id"], "multitask": multitask,
+            "expert_cache": run.get("expert_cache"), "storage": run["storage"]}
+
+
+def _trainer(trial: dict, run: dict, config: dict) -> TorchTrainer:
+    """The trial's Train run: it trains the experts the pool does not hold yet; a killed worker is
+    replaced and the run goes on (FailureConfig). Its directory: ray/train/<trial_id>-<time>."""
+    return TorchTrainer(
         train_experts,
-        train_loop_config={"merge_actor": actor, "settings": run["settings"], "steps": trial["budget_steps"],
-                           "seed": trial["seed"], "trial_id": trial["trial_id"], "multitask": multitask,
-                           "expert_cache": run.get("expert_cache"), "storage": storage},
+        train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=run["workers"], use_gpu=run["use_gpu"],
                                      resources_per_worker=run["resources_per_worker"]),
         run_config=RunConfig(name=f"{trial['trial_id']}-{int(time.time())}",
-                             storage_path=storage.ray_path("ray/train"),
+                             storage_path=run["storage"].ray_path("ray/train"),
                              failure_config=FailureConfig(max_failures=TRAIN_MAX_FAILURES)),
     )
 
-    def fit():
+
+def _start_training(trial: dict, run: dict, actor, multitask: bool, failure: list) -> threading.Thread:
+    """The trial's Train run, started now, in a thread."""
+    trainer = _trainer(trial, run, train_loop_config(trial, run, actor, multitask))
+    return _in_thread(trainer.fit, f"train-{trial['trial_id']}", failure)
+
+
+def _in_thread(work, name: str, failure: list) -> threading.Thread:
+    """Runs ``work`` in a daemon thread; what it raises goes to ``failure`` (re-raised by the driver)."""
+    def run():
         try:
-            trainer.fit()
+            work()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the driver
             failure.append(exc)
 
-    training = threading.Thread(target=fit, name=f"train-{trial['trial_id']}", daemon=True)
-    training.start()
-    return training
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 @functools.lru_cache(maxsize=4)
