@@ -21,7 +21,8 @@
   bit-identical, except ``average`` within rtol 1e-6 (the reference rounds w_k * theta_k separately).
 * The naive threshold: ``torch.kthvalue`` over each expert tower's concatenated |tau|, at k = 10.
 * Cold and warm: TIES and Breadcrumbs remember each file expert's |tau| thresholds (per content, theta_0 and
-  rank), so a pool merging the same experts again reads only new experts for thresholds. The targets are
+  rank), DARE its thresholds (per seed, expert index, tensors and rank: its scores do not depend on the
+  weights), so a pool merging the same experts again selects thresholds for new experts only. The targets are
   checked cold (remembered thresholds cleared before every merge); ``<name>_warm`` times the merge with
   every threshold remembered (the second pass alone), reported beside it.
 
@@ -50,7 +51,7 @@ from time_ray.core.merging.sparse import SELECTIONS  # noqa: E402
 
 TECHNIQUES = ["average", "task_arithmetic", "ties", "dare_ties", "breadcrumbs_ties", "magmax"]
 SPARSE = ["ties", "dare_ties", "breadcrumbs_ties", "magmax"]
-REMEMBERED = ["ties", "breadcrumbs_ties"]  # |tau| thresholds of file experts are remembered across merges
+REMEMBERED = ["ties", "dare_ties", "breadcrumbs_ties"]  # thresholds remembered across merges of a pool
 WORKING_SET_MIB = 256
 
 

@@ -30,7 +30,7 @@ def test_merge_throughput_quick_measures_every_technique_and_is_exact():
     results, lines = run_quick("merge_throughput.py")
     assert results["ks"] == [2, 5]
     for k in ("2", "5"):
-        for name in ["copy", "mean", "stack_mean", *TECHNIQUES, "ties_warm", "breadcrumbs_ties_warm"]:
+        for name in ["copy", "mean", "stack_mean", *TECHNIQUES, "ties_warm", "dare_ties_warm", "breadcrumbs_ties_warm"]:
             entry = results["by_k"][k][name]
             assert entry["seconds"] > 0 and entry["gb_per_s"] > 0 and entry["peak_anon_extra_mib"] >= 0, (k, name)
     exactness = results["exactness"]

@@ -129,8 +129,10 @@ def test_ties_an_exact_count_splits_by_position_use_the_torch_path(monkeypatch):
     honest = technique.plan(experts, base)
     assert honest.kernel and all(b.ties_to_drop == b.equal == 1 for b in honest.bounds.values())
     select = sparse.SparseConsensus._select
-    monkeypatch.setattr(sparse.SparseConsensus, "_select", lambda self, *a: {  # one more score equals lo
-        at: [(key, smaller, equal + 1) for key, smaller, equal in found] for at, found in select(self, *a).items()})
+    monkeypatch.setattr(sparse, "SELECTIONS", sparse.OrderedDict())  # found afresh
+    monkeypatch.setattr(sparse.SparseConsensus, "_select", lambda self, *a, **kw: {  # one more score equals lo
+        at: [(key, smaller, equal + 1) for key, smaller, equal in found]
+        for at, found in select(self, *a, **kw).items()})
     tied = technique.plan(experts, base)
     assert not tied.kernel
     assert Ties(prune=0.3).plan(experts, base).kernel  # keeping every tie (TIES) needs no position
@@ -171,7 +173,7 @@ def test_thresholds_of_file_experts_are_remembered_and_only_new_experts_are_read
     selected = []
     select = sparse.SparseConsensus._select
     monkeypatch.setattr(sparse.SparseConsensus, "_select",
-                        lambda self, e, *a: selected.append(len(e)) or select(self, e, *a))
+                        lambda self, e, *a, **kw: selected.append(len(e)) or select(self, e, *a, **kw))
     technique = BreadcrumbsTies(prune=0.2, top=0.1)
     first = technique.merge(files[1:4], base=files[0])
     assert selected == [3]
@@ -204,3 +206,26 @@ def test_magmax_kernel_gives_the_torch_paths_bits_ties_included(lam, monkeypatch
         assert_same_bits(fused, technique.merge(models_, base=anchor))
     assert calls
     assert torch.equal(fused["t"], -lam * torch.ones_like(base["t"]))  # the first expert reaching m decides
+
+
+@pytest.mark.parametrize("kernel", ["1", "0"])
+def test_dare_thresholds_depend_on_seed_index_and_layout_only_and_are_remembered(kernel, monkeypatch):
+    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", kernel)
+    experts, base = models(5)
+    monkeypatch.setattr(sparse, "SELECTIONS", sparse.OrderedDict())
+    selected = []
+    select = sparse.SparseConsensus._select
+    monkeypatch.setattr(sparse.SparseConsensus, "_select",
+                        lambda self, e, *a, **kw: selected.append(len(e)) or select(self, e, *a, **kw))
+    technique = DareTies(prune=0.3, seed=4)
+    technique.merge(experts[:3], base=base)
+    grown = technique.merge(experts, base=base)
+    assert selected == [3, 2]  # experts 4 and 5 only, drawn as the 4th and 5th
+    other = [{k: v + 1.0 if v.is_floating_point() else v for k, v in e.items()} for e in experts]
+    technique.merge(other, base=base)  # other content, same seed, indices and tensors: nothing to select
+    assert selected == [3, 2]
+    sparse.SELECTIONS.clear()
+    assert_same_bits(grown, technique.merge(experts, base=base))
+    assert selected == [3, 2, 5]
+    DareTies(prune=0.3, seed=5).merge(experts[:2], base=base)
+    assert selected == [3, 2, 5, 2]

@@ -171,20 +171,29 @@ class SparseConsensus(LinesOption, Technique):
         """The fused kernels' score mode for these scores, or None (a subclass's own scores: torch ops)."""
         return kernels.MAGNITUDE if self.magnitude_scores() and kernels.enabled() else None
 
-    def kernel_seeds(self, n_experts: int, key: str) -> np.ndarray:
-        return np.zeros((n_experts, 2), np.int64)
+    def kernel_seeds(self, indices, key: str) -> np.ndarray:
+        """Per expert (its index in the merge), the seeds of its scores of ``key`` (hashed scores)."""
+        return np.zeros((len(indices), 2), np.int64)
+
+    def selection_id(self, experts, base, k: int, tower: str, wanted: tuple, layout: dict):
+        """What expert k's thresholds in ``tower`` depend on, or None (not remembered): |tau| thresholds
+        on the content of the expert and of theta_0 (files only: they have a fingerprint) and the ranks."""
+        if not self.magnitude_scores():
+            return None
+        prints = getattr(experts[k], "fingerprint", None), getattr(base, "fingerprint", None)
+        return None if None in prints else ("magnitude", *prints, tower, layout[tower], wanted)
 
     # --- the shared mechanism
 
     def chunk_size(self, n_models: int) -> int:
         return min(super().chunk_size(n_models), max(MIN_CHUNK, WORKING_SET // n_models))
 
-    def _score_pass(self, experts, base, visit) -> None:
+    def _score_pass(self, experts, base, visit, indices=None) -> None:
         """One pass over the inputs: ``visit(k, tower, scores)`` with expert k's scores of every chunk, in order."""
         streams, current = [], None
         for key, taus in _tau_blocks(experts, base, self.chunk_size(len(experts))):
             if key != current:  # one stream per expert, over the chunks of this tensor
-                streams, current = [self.score_stream(k, key) for k in range(len(experts))], key
+                streams, current = [self.score_stream(k, key) for k in indices or range(len(experts))], key
             rows = taus.abs_().view(torch.int32) if self.magnitude_scores() else [s(t) for s, t in zip(streams, taus)]
             for k, scores in enumerate(rows):
                 visit(k, tower_of(key), scores)
@@ -208,44 +217,49 @@ class SparseConsensus(LinesOption, Technique):
                 out[k, tower] = [sample_bracket(torch.cat(part), rank, sizes[tower]) for rank in ranks[k, tower]]
         return out
 
-    def _select(self, experts, base, ranks: dict, sizes: dict) -> dict:
+    def _select(self, experts, base, ranks: dict, sizes: dict, indices=None) -> dict:
         """(the rank-th smallest score key, how many are smaller) for each wanted rank per (expert, tower):
         one pass inside the brackets when they hold every rank, else a two-pass radix selection."""
         brackets = self.brackets(experts, base, ranks, sizes)
         inside = 4 * sum(b[2] * sizes[tower] for (_, tower), bs in (brackets or {}).items() for b in bs)
         if brackets is not None and inside <= INSIDE_BYTES:  # wide brackets (many equal scores): radix
             if self.kernel_mode() is not None:
-                found = self._kernel_select(experts, base, ranks, sizes, brackets)
+                found = self._kernel_select(experts, base, ranks, sizes, brackets, indices)
             else:
                 selects = {at: [BracketSelect(rank, *b[:2]) for rank, b in zip(wanted, brackets[at])]
                            for at, wanted in ranks.items()}
-                self._score_pass(experts, base, lambda k, tower, scores: [s.count(scores) for s in selects[k, tower]])
+                self._score_pass(experts, base, lambda k, tower, scores: [s.count(scores) for s in selects[k, tower]],
+                                 indices)
                 found = {at: [s.result() for s in sel] for at, sel in selects.items()}
             if all(r is not None for results in found.values() for r in results):
                 return found
         radix: dict = defaultdict(RadixSelect)
-        self._score_pass(experts, base, lambda k, tower, scores: radix[k, tower].count_bins(scores.flatten() >> 16))
+        self._score_pass(experts, base, lambda k, tower, scores: radix[k, tower].count_bins(scores.flatten() >> 16),
+                         indices)
         for at, wanted in ranks.items():
             radix[at].locate(wanted)
         if any(ranks.values()):  # pass 2: low bits inside the located bins
             self._score_pass(experts, base, lambda k, tower, scores: radix[k, tower].ranks and
-                             radix[k, tower].count_low(scores))
+                             radix[k, tower].count_low(scores), indices)
         return {at: radix[at].results(with_ties=True) for at in ranks}
 
     def _remembered_select(self, experts, base, ranks: dict, sizes: dict) -> dict:
-        """``_select``, remembering |tau| thresholds of checkpoints with a content fingerprint (files): an
-        expert's threshold in its tower depends only on it, theta_0 and the rank, and a pool merges the same
-        experts again at every timestep, so only new experts are read for thresholds."""
-        prints = [getattr(e, "fingerprint", None) for e in experts]
-        anchor = getattr(base, "fingerprint", None)
-        if not self.magnitude_scores() or anchor is None or None in prints:
+        """``_select``, remembering thresholds that can be told apart (``selection_id``): a pool merges the
+        same experts again at every timestep, so only new experts are read for thresholds."""
+        layout: dict = defaultdict(list)
+        for key in experts[0]:
+            if experts[0][key].is_floating_point():
+                layout[tower_of(key)].append((key, experts[0][key].numel()))
+        layout = {tower: tuple(entries) for tower, entries in layout.items()}
+        ids = {(k, tower): self.selection_id(experts, base, k, tower, tuple(wanted), layout)
+               for (k, tower), wanted in ranks.items()}
+        if None in ids.values():
             return self._select(experts, base, ranks, sizes)
-        ids = {(k, tower): (prints[k], anchor, tower, sizes[tower], tuple(wanted)) for (k, tower), wanted in ranks.items()}
         found = {at: SELECTIONS[i] for at, i in ids.items() if i in SELECTIONS}
         new = sorted({k for at in ranks if at not in found for k in at[:1]})
         if new:
             fresh = self._select([experts[k] for k in new], base,
-                                 {(j, t): ranks[k, t] for j, k in enumerate(new) for t in sizes}, sizes)
+                                 {(j, t): ranks[k, t] for j, k in enumerate(new) for t in sizes}, sizes, indices=new)
             for j, k in enumerate(new):
                 for tower in sizes:
                     found[k, tower] = SELECTIONS[ids[k, tower]] = fresh[j, tower]
@@ -255,7 +269,7 @@ class SparseConsensus(LinesOption, Technique):
             SELECTIONS.popitem(last=False)
         return found
 
-    def _kernel_select(self, experts, base, ranks: dict, sizes: dict, brackets: dict) -> dict:
+    def _kernel_select(self, experts, base, ranks: dict, sizes: dict, brackets: dict, indices=None) -> dict:
         """``BracketSelect`` for every (expert, tower, rank) in one fused pass (kernels.count_bracket);
         a result is None where the rank fell outside its bracket or the bracket held more than planned."""
         n_experts, size, mode = len(experts), self.chunk_size(len(experts)), self.kernel_mode()
@@ -278,7 +292,8 @@ class SparseConsensus(LinesOption, Technique):
             if (s := state.get(tower_of(key))) is None:
                 continue
             ptrs = _pointers(chunks) if reads else np.full(n_experts, theta_0.data_ptr(), np.int64)
-            kernels.count_bracket(mode, ptrs, theta_0.numpy(), self.kernel_seeds(n_experts, key), start,
+            seeds = self.kernel_seeds(indices or range(n_experts), key)
+            kernels.count_bracket(mode, ptrs, theta_0.numpy(), seeds, start,
                                   s["lo"], s["hi"], s["below"], s["inside"], s["filled"], flags)
         found = {}
         for (k, tower), wanted in ranks.items():
@@ -427,7 +442,7 @@ class SparseConsensus(LinesOption, Technique):
         b = plan.kernel_buffers(n_experts, n, self.chunk_size(n_experts))
         lo, hi = plan.kernel_bounds(tower_of(key), n_experts)
         if "seeds" not in span.memo:
-            span.memo["seeds"] = self.kernel_seeds(n_experts, key)
+            span.memo["seeds"] = self.kernel_seeds(range(n_experts), key)
         scale = self.scale(key, plan.depths)
         out = torch.empty(n)
         sign_sum, n_undecided = kernels.merge_block(
@@ -485,8 +500,14 @@ class DareTies(SparseConsensus):
     def kernel_mode(self):
         return kernels.HASHED if self.builtin_scores() and kernels.enabled() else None
 
-    def kernel_seeds(self, n_experts, key):
-        return np.array([kernels.split_seed(derived_seed(self.seed, k, key)) for k in range(n_experts)], np.int64)
+    def kernel_seeds(self, indices, key):
+        return np.array([kernels.split_seed(derived_seed(self.seed, k, key)) for k in indices], np.int64)
+
+    def selection_id(self, experts, base, k, tower, wanted, layout):
+        """The hashed scores depend only on (seed, expert index, tensor, index): so do their thresholds."""
+        if not self.builtin_scores():
+            return None
+        return ("hashed", self.seed, k, tower, layout[tower], wanted)
 
     def brackets(self, experts, base, ranks, sizes):
         """The default scores are uniform on [0, 2^31): the rank-th smallest of n lies within a few
