@@ -73,17 +73,18 @@ def test_kernels_give_the_same_bits_in_any_chunking(technique, monkeypatch):
 
 
 def test_hashed_scores_follow_their_written_definition():
-    def fmix32(h):
-        h ^= h >> 16
-        h = (h * 0x85EBCA6B) % 2**32
-        h ^= h >> 13
-        h = (h * 0xC2B2AE35) % 2**32
-        return h ^ (h >> 16)
+    def score(j, seed):  # the docstring's formula, in Python integers
+        x = (j + seed) * 0x9E3779B97F4A7C15 % 2**64
+        x ^= x >> 32
+        x = x * 0xD6E8FEB86659FD93 % 2**64
+        x ^= x >> 32
+        return x >> 33
 
     seed = derived_seed(4, 1, "visual.w")
-    s1, s2 = seed % 2**32, (seed >> 32) % 2**32
-    expected = [fmix32(fmix32((j * 0x9E3779B1 + s1) % 2**32) ^ s2) >> 1 for j in range(1000, 1010)]
+    expected = [score(j, seed) for j in range(1000, 1010)]
     assert kernels.hashed_scores(seed, 1000, 10).tolist() == expected
+    big = 2**63 - 5  # j + seed past 2^63: the sums and products wrap mod 2^64
+    assert kernels.hashed_scores(big, 0, 10).tolist() == [score(j, big) for j in range(10)]
     many = kernels.hashed_scores(seed, 0, 100_000)
     assert many.dtype == torch.int32 and int(many.min()) >= 0
     assert torch.equal(torch.cat([kernels.hashed_scores(seed, 0, 40_000), kernels.hashed_scores(seed, 40_000, 60_000)]),
@@ -119,23 +120,31 @@ def test_a_bracket_that_misses_or_overflows_falls_back_to_exact_radix_selection(
     assert radix
 
 
-def test_ties_an_exact_count_splits_by_position_use_the_torch_path(monkeypatch):
-    """DARE drops exactly floor(N p) entries: when more scores equal the threshold than are to drop, which
-    ones go depends on position, which the kernels do not track; the torch path merges then."""
-    experts, base = models(3)
-    experts = [{k: v for k, v in e.items() if k != "step"} for e in experts]
-    base = {k: v for k, v in base.items() if k != "step"}
-    technique = DareTies(prune=0.3, seed=3)
-    honest = technique.plan(experts, base)
-    assert honest.kernel and all(b.ties_to_drop == b.equal == 1 for b in honest.bounds.values())
-    select = sparse.SparseConsensus._select
-    monkeypatch.setattr(sparse, "SELECTIONS", sparse.OrderedDict())  # found afresh
-    monkeypatch.setattr(sparse.SparseConsensus, "_select", lambda self, *a, **kw: {  # one more score equals lo
-        at: [(key, smaller, equal + 1) for key, smaller, equal in found]
-        for at, found in select(self, *a, **kw).items()})
-    tied = technique.plan(experts, base)
-    assert not tied.kernel
-    assert Ties(prune=0.3).plan(experts, base).kernel  # keeping every tie (TIES) needs no position
+def test_ties_of_an_exact_count_at_the_threshold_are_split_by_position_as_in_torch(monkeypatch):
+    """DARE drops exactly floor(N p) entries: when more scores equal the threshold than are to drop, the
+    first ones (in flat order, across chunks) go. 2^20 random 31-bit scores hold a few hundred equal
+    pairs: p is chosen so that the threshold is one of them."""
+    from fractions import Fraction
+
+    n = 1 << 20
+    technique = DareTies(seed=3)
+    scores = torch.sort(technique.scores(torch.zeros(n), 0, "visual.w")).values
+    rank = int((scores[1:] == scores[:-1]).nonzero()[0]) + 1  # the rank-th and (rank+1)-th smallest are equal
+    prune = float(Fraction(2 * rank + 1, 2 * n))  # floor(n * prune) = rank
+    g = torch.Generator().manual_seed(0)
+    base = {"visual.w": torch.randn(n, generator=g), "t": torch.randn(5, generator=g)}
+    experts = [{k: v + torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(2)]
+    technique = DareTies(prune=prune, seed=3)
+    plan = technique.plan(experts, base)
+    assert plan.bounds[0, "image"].ties_to_drop < plan.bounds[0, "image"].equal  # ties split by position
+    for chunk in (1 << 20, 1000):
+        monkeypatch.setattr(merging_base, "CHUNK", chunk)
+        monkeypatch.setattr(sparse, "MIN_CHUNK", 1)
+        fused, reference, chunks = merge_both(technique, experts, base, monkeypatch)
+        assert chunks > 0
+        assert_same_bits(fused, reference)
+    alone = technique.merge(experts[:1], base=base)  # one expert: dropped entries are theta_0 exactly
+    assert int((alone["visual.w"] == base["visual.w"]).sum()) == rank
 
 
 def test_the_environment_switch_turns_the_kernels_off(monkeypatch):

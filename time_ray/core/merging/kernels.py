@@ -38,7 +38,7 @@ MAGNITUDE, HASHED = 0, 1
 NO_HI = 2**31  # an upper bound no int32 score reaches
 DISJOINT_CODES = {"mean": 0, "sum": 1, "max": 2}
 M32 = 0xFFFFFFFF
-GOLDEN, MIX1, MIX2 = 0x9E3779B1, 0x85EBCA6B, 0xC2B2AE35
+GOLDEN, MIX = 0x9E3779B97F4A7C15, 0xD6E8FEB86659FD93  # odd 64-bit constants of the hash
 
 
 def enabled() -> bool:
@@ -47,34 +47,27 @@ def enabled() -> bool:
 
 # ---------------------------------------------------------------- DARE's scores, in torch (the definition)
 
-def split_seed(seed: int) -> tuple[int, int]:
-    return seed & M32, (seed >> 32) & M32
+def _signed(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
 
 
 def hashed_scores(seed: int, start: int, n: int) -> torch.Tensor:
-    """int32 scores in [0, 2^31) of flat indices start .. start + n - 1 for a 63-bit ``seed``:
-    x = (j * 0x9E3779B1 + s1) mod 2^32, then murmur3's fmix32 twice (the second after xor with s2),
-    halved. fmix32(h): h ^= h >> 16; h *= 0x85EBCA6B; h ^= h >> 13; h *= 0xC2B2AE35; h ^= h >> 16 (mod 2^32)."""
-    s1, s2 = split_seed(seed)
-    x = (torch.arange(start, start + n, dtype=torch.int64) * GOLDEN + s1) & M32
-    x = _fmix32_torch(_fmix32_torch(x) ^ s2)
-    return (x >> 1).to(torch.int32)
-
-
-def _fmix32_torch(h: torch.Tensor) -> torch.Tensor:
-    h = h ^ (h >> 16)
-    h = (h * MIX1) & M32  # products of two 32-bit values wrap mod 2^64: the low 32 bits are exact
-    h = h ^ (h >> 13)
-    h = (h * MIX2) & M32
-    return h ^ (h >> 16)
+    """int32 scores in [0, 2^31) of flat indices j = start .. start + n - 1 for a 63-bit ``seed``, all
+    arithmetic mod 2^64: x = (j + seed) * 0x9E3779B97F4A7C15; x ^= x >> 32; x *= 0xD6E8FEB86659FD93;
+    x ^= x >> 32; score = x >> 33 (a multiply-xorshift hash of a counter: two multiplications)."""
+    x = (torch.arange(start, start + n, dtype=torch.int64) + _signed(seed)) * _signed(GOLDEN)  # int64 wraps
+    x = x ^ ((x >> 32) & M32)  # >> of int64 is arithmetic: the mask makes it logical
+    x = x * _signed(MIX)
+    x = x ^ ((x >> 32) & M32)
+    return ((x >> 33) & 0x7FFFFFFF).to(torch.int32)
 
 
 # ---------------------------------------------------------------- kernels
 
 if numba is not None:
     _U32 = np.uint64(M32)
-    _GOLDEN, _MIX1, _MIX2 = np.uint64(GOLDEN), np.uint64(MIX1), np.uint64(MIX2)
-    _S16, _S13, _S1 = np.uint64(16), np.uint64(13), np.uint64(1)
+    _GOLDEN, _MIX = np.uint64(GOLDEN), np.uint64(MIX)
+    _S33, _S32, _S3, _S1 = np.uint64(33), np.uint64(32), np.uint64(3), np.uint64(1)
     _ABS = np.int32(0x7FFFFFFF)
 
     @intrinsic
@@ -95,41 +88,47 @@ if numba is not None:
             return builder.bitcast(args[0], ir.IntType(32))
         return sig, codegen
 
-    @numba.njit(inline="always")
-    def _fmix32(h):
-        h ^= h >> _S16
-        h = (h * _MIX1) & _U32
-        h ^= h >> _S13
-        h = (h * _MIX2) & _U32
-        return h ^ (h >> _S16)
+    @intrinsic
+    def _trailing_zeros(typingctx, x):
+        """The number of trailing zero bits of a non-zero uint64 (LLVM's cttz)."""
+        sig = types.uint64(types.uint64)
+
+        def codegen(context, builder, signature, args):
+            return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
+        return sig, codegen
 
     @numba.njit(inline="always")
-    def _hashed(j, s1, s2):
-        x = (np.uint64(j) * _GOLDEN + s1) & _U32
-        return np.int32(_fmix32(_fmix32(x) ^ s2) >> _S1)
+    def _hashed(j, seed):
+        x = (np.uint64(j) + seed) * _GOLDEN
+        x ^= x >> _S32
+        x *= _MIX
+        x ^= x >> _S32
+        return np.int32(x >> _S33)
 
     @numba.njit(inline="always")
-    def _score(mode, x, t0, i, s1, s2, offset):
-        return _bits(x[i] - t0[i]) & _ABS if mode == MAGNITUDE else _hashed(offset + i, s1, s2)
+    def _score(mode, x, t0, i, seed, offset):
+        return _bits(x[i] - t0[i]) & _ABS if mode == MAGNITUDE else _hashed(offset + i, seed)
 
     @numba.njit(inline="always")
-    def _collect(mode, x, t0, s1, s2, offset, flags, n, inside, at):
-        """Stores the scores marked in flags at inside[at:] (at counts past the capacity), scanning the
-        marks 8 at a time: few are marked, and their scores are computed again rather than kept."""
+    def _collect(mode, x, t0, seed, offset, flags, n, inside, at):
+        """Stores the scores marked in flags (0/1 bytes) at inside[at:] (at counts past the capacity): the
+        marks are read 8 at a time and each set one found by its trailing zero bits; few are marked, and
+        their scores are computed again rather than kept."""
         cap = inside.shape[0]
         whole = n // 8 * 8
         words = flags[:whole].view(np.uint64)
         for w in range(words.shape[0]):
-            if words[w]:
-                for i in range(w * 8, w * 8 + 8):
-                    if flags[i]:
-                        if at < cap:
-                            inside[at] = _score(mode, x, t0, i, s1, s2, offset)
-                        at += 1
+            v = words[w]
+            while v:
+                i = w * 8 + np.int64(_trailing_zeros(v) >> _S3)
+                if at < cap:
+                    inside[at] = _score(mode, x, t0, i, seed, offset)
+                at += 1
+                v &= v - _S1
         for i in range(whole, n):
             if flags[i]:
                 if at < cap:
-                    inside[at] = _score(mode, x, t0, i, s1, s2, offset)
+                    inside[at] = _score(mode, x, t0, i, seed, offset)
                 at += 1
         return at
 
@@ -142,7 +141,7 @@ if numba is not None:
         n = t0.shape[0]
         for k in range(ptrs.shape[0]):
             x = numba.carray(_f32_at(ptrs[k]), (n,))
-            s1, s2 = np.uint64(seeds[k, 0]), np.uint64(seeds[k, 1])
+            seed = np.uint64(seeds[k])
             for r in range(lo.shape[1]):
                 low, high = lo[k, r], hi[k, r]
                 if high < low:
@@ -158,14 +157,14 @@ if numba is not None:
                         marked += np.int32(m)
                 else:
                     for i in range(n):
-                        s = _hashed(offset + i, s1, s2)
+                        s = _hashed(offset + i, seed)
                         count += np.int32(s < low32)
                         m = np.uint32(s - low32) <= width
                         flags[i] = np.uint8(m)
                         marked += np.int32(m)
                 below[k, r] += count
                 if marked:
-                    filled[k, r] = _collect(mode, x, t0, s1, s2, offset, flags, n, inside[k, r], filled[k, r])
+                    filled[k, r] = _collect(mode, x, t0, seed, offset, flags, n, inside[k, r], filled[k, r])
 
     @numba.njit(inline="always")
     def _into(acc, has, level, src, n):
@@ -209,11 +208,12 @@ if numba is not None:
                 out[i] = 0.0
 
     @numba.njit(cache=True, nogil=True)
-    def merge_block(mode, ptrs, t0, seeds, offset, lo, hi, strict, rescale, power, disjoint, scale,
+    def merge_block(mode, ptrs, t0, seeds, offset, lo, hi, ties, strict, rescale, power, disjoint, scale,
                     work, acc, gamma, total, count, keys, out, undecided, undecided_taus):
         """One chunk of the TIES merge (see the module doc); returns (sum of gamma, number undecided): the
         first entries of ``undecided`` are their indices, the rows of ``undecided_taus`` their tau_k'.
-        Each loop adds its row into the cascade's level 0 itself (one pass over the row)."""
+        ``strict`` (exact counts): keep s > lo, except that of the scores equal to lo only the first
+        ties[k] (in flat order, over the chunks given in order) are dropped: ties[k] counts down."""
         k_models, n = ptrs.shape[0], t0.shape[0]
         has = np.zeros(4, dtype=np.bool_)
         acc0 = acc[0]
@@ -227,10 +227,23 @@ if numba is not None:
                 for i in range(n):
                     w[i] = 0.0
             elif mode == HASHED:  # lo <= s <= hi as one unsigned compare: s - lo <= hi - lo
-                s1, s2 = np.uint64(seeds[k, 0]), np.uint64(seeds[k, 1])
+                seed, at_lo = np.uint64(seeds[k]), np.int32(lo[k]) if lo[k] >= 0 else np.int32(-1)
+                equal = 0
                 for i in range(n):
-                    keep = np.uint32(_hashed(offset + i, s1, s2) - low32) <= width
+                    s = _hashed(offset + i, seed)
+                    keep = np.uint32(s - low32) <= width
+                    equal += np.int32(s == at_lo)
                     w[i] = (x[i] - t0[i]) * rescale if keep else np.float32(0.0)
+                if strict and equal:  # ties at lo: rare, so walked in order only when present
+                    if ties[k] >= equal:
+                        ties[k] -= equal
+                    else:
+                        for i in range(n):
+                            if _hashed(offset + i, seed) == at_lo:
+                                if ties[k] > 0:
+                                    ties[k] -= 1
+                                elif lo[k] <= hi[k]:
+                                    w[i] = (x[i] - t0[i]) * rescale
             else:
                 for i in range(n):
                     t = x[i] - t0[i]

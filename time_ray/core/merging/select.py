@@ -90,7 +90,7 @@ class BracketSelect:
         return key, self.below + int((inside < key).sum()), int((inside == key).sum())
 
 
-def sample_bracket(sample: torch.Tensor, rank: int, n: int, z: float = 5.0) -> tuple[int, int, float]:
+def sample_bracket(sample: torch.Tensor, rank: int, n: int, z: float = 4.0) -> tuple[int, int, float]:
     """Keys bracketing the rank-th smallest of n keys, from a sample of them: the sample's order statistics
     z binomial standard deviations (plus 2) either side of rank * m / n (m: the sample size); with the
     fraction of the sample inside the bracket (many equal keys make it large)."""

@@ -70,13 +70,15 @@ class _ConsensusPlan:
                 "gamma": b["gamma"][:n], "total": b["total"][:n], "count": b["count"][:n], "keys": b["keys"][:n],
                 "undecided": b["undecided"], "undecided_taus": b["undecided_taus"]}
 
-    def kernel_bounds(self, tower: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(lo, hi) per expert as int64 arrays: keep lo <= s <= hi (lo < s for exact counts); -1 / NO_HI: no bound."""
+    def kernel_bounds(self, tower: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lo, hi, ties) per expert as int64 arrays: keep lo <= s <= hi (lo < s for exact counts, but for
+        the scores equal to lo after the first ``ties``, which the kernel counts down); -1 / NO_HI: no bound."""
         if ("bounds", tower) not in self.scratch:
             bounds = [self.bounds[j, tower] for j in range(k)]
             self.scratch["bounds", tower] = (
                 np.array([-1 if b.lo is None else b.lo for b in bounds], np.int64),
-                np.array([kernels.NO_HI if b.hi is None else b.hi for b in bounds], np.int64))
+                np.array([kernels.NO_HI if b.hi is None else b.hi for b in bounds], np.int64),
+                np.array([b.ties_to_drop for b in bounds], np.int64))
         return self.scratch["bounds", tower]
 
 
@@ -173,7 +175,7 @@ class SparseConsensus(LinesOption, Technique):
 
     def kernel_seeds(self, indices, key: str) -> np.ndarray:
         """Per expert (its index in the merge), the seeds of its scores of ``key`` (hashed scores)."""
-        return np.zeros((len(indices), 2), np.int64)
+        return np.zeros(len(indices), np.int64)
 
     def selection_id(self, experts, base, k: int, tower: str, wanted: tuple, layout: dict):
         """What expert k's thresholds in ``tower`` depend on, or None (not remembered): |tau| thresholds
@@ -338,11 +340,7 @@ class SparseConsensus(LinesOption, Technique):
             if keep_none:
                 b.hi = -1
             bounds[at] = b
-        # exact counts drop the first ties at lo by position (sequential): the kernels keep s > lo, which is
-        # the same only when every tie at lo is dropped
-        kernel = self.kernel_mode() is not None and (
-            not self.exact_count or all(b.lo is None or b.ties_to_drop == b.equal for b in bounds.values()))
-        return _ConsensusPlan(bounds, depths, kernel=kernel)
+        return _ConsensusPlan(bounds, depths, kernel=self.kernel_mode() is not None)
 
     def sparsify(self, tau: torch.Tensor, k: int, key: str, plan: _ConsensusPlan, scores: torch.Tensor) -> torch.Tensor:
         """tau: a chunk of the flattened tau_k (chunks of a tower come in order); scores: its scores."""
@@ -440,13 +438,13 @@ class SparseConsensus(LinesOption, Technique):
         chunks = [t.contiguous() for t in thetas]
         theta_0 = theta_0.contiguous()
         b = plan.kernel_buffers(n_experts, n, self.chunk_size(n_experts))
-        lo, hi = plan.kernel_bounds(tower_of(key), n_experts)
+        lo, hi, ties = plan.kernel_bounds(tower_of(key), n_experts)
         if "seeds" not in span.memo:
             span.memo["seeds"] = self.kernel_seeds(range(n_experts), key)
         scale = self.scale(key, plan.depths)
         out = torch.empty(n)
         sign_sum, n_undecided = kernels.merge_block(
-            self.kernel_mode(), _pointers(chunks), theta_0.numpy(), span.memo["seeds"], span.start, lo, hi,
+            self.kernel_mode(), _pointers(chunks), theta_0.numpy(), span.memo["seeds"], span.start, lo, hi, ties,
             self.exact_count, np.float32(self.rescale), CascadeSum(n_experts, theta_0).power,
             kernels.DISJOINT_CODES[self.disjoint], np.float32(scale), b["work"], b["acc"], b["gamma"], b["total"],
             b["count"], b["keys"], out.numpy(), b["undecided"], b["undecided_taus"])
@@ -501,7 +499,7 @@ class DareTies(SparseConsensus):
         return kernels.HASHED if self.builtin_scores() and kernels.enabled() else None
 
     def kernel_seeds(self, indices, key):
-        return np.array([kernels.split_seed(derived_seed(self.seed, k, key)) for k in indices], np.int64)
+        return np.array([derived_seed(self.seed, k, key) for k in indices], np.int64)
 
     def selection_id(self, experts, base, k, tower, wanted, layout):
         """The hashed scores depend only on (seed, expert index, tensor, index): so do their thresholds."""
