@@ -134,37 +134,50 @@ if numba is not None:
 
     @numba.njit(cache=True, nogil=True)
     def count_bracket(mode, ptrs, t0, seeds, offset, lo, hi, below, inside, filled, flags):
-        """For each expert k (data at ptrs[k], n = len(t0) entries) and bracket r: below[k, r] += #scores
-        < lo[k, r]; the scores in [lo, hi] appended to inside[k, r, filled[k, r]:] (filled counts past the
-        capacity: the caller then knows the bracket overflowed). One vectorized loop scores, counts and
-        marks; brackets are narrow, so few marked scores are collected."""
-        n = t0.shape[0]
+        """For each expert k (data at ptrs[k], n = len(t0) entries) and bracket r (one or two): below[k, r]
+        += #scores < lo[k, r]; the scores in [lo, hi] appended to inside[k, r, filled[k, r]:] (filled counts
+        past the capacity: the caller then knows the bracket overflowed). One vectorized loop scores,
+        counts and marks (flags[r]) for every bracket; brackets are narrow, so few marks are collected.
+        An empty bracket (hi < lo) marks nothing."""
+        n, brackets = t0.shape[0], lo.shape[1]
         for k in range(ptrs.shape[0]):
             x = numba.carray(_f32_at(ptrs[k]), (n,))
             seed = np.uint64(seeds[k])
-            for r in range(lo.shape[1]):
-                low, high = lo[k, r], hi[k, r]
-                if high < low:
-                    continue
-                low32, width = np.int32(low), np.uint32(high - low)
-                count, marked = 0, 0
-                if mode == MAGNITUDE:
-                    for i in range(n):
-                        s = _bits(x[i] - t0[i]) & _ABS
-                        count += np.int32(s < low32)
-                        m = np.uint32(s - low32) <= width
-                        flags[i] = np.uint8(m)
-                        marked += np.int32(m)
-                else:
-                    for i in range(n):
-                        s = _hashed(offset + i, seed)
-                        count += np.int32(s < low32)
-                        m = np.uint32(s - low32) <= width
-                        flags[i] = np.uint8(m)
-                        marked += np.int32(m)
-                below[k, r] += count
-                if marked:
-                    filled[k, r] = _collect(mode, x, t0, seed, offset, flags, n, inside[k, r], filled[k, r])
+            low0, width0 = np.int32(lo[k, 0]), np.uint32(max(hi[k, 0] - lo[k, 0] + 1, 0))
+            low1, width1 = low0, width0
+            if brackets > 1:
+                low1, width1 = np.int32(lo[k, 1]), np.uint32(max(hi[k, 1] - lo[k, 1] + 1, 0))
+            count0, count1 = 0, 0
+            marks0, marks1 = flags[0], flags[1]
+            if mode == MAGNITUDE and brackets == 1:
+                for i in range(n):
+                    s = _bits(x[i] - t0[i]) & _ABS
+                    count0 += np.int32(s < low0)
+                    marks0[i] = np.uint8(np.uint32(s - low0) < width0)
+            elif mode == MAGNITUDE:
+                for i in range(n):
+                    s = _bits(x[i] - t0[i]) & _ABS
+                    count0 += np.int32(s < low0)
+                    marks0[i] = np.uint8(np.uint32(s - low0) < width0)
+                    count1 += np.int32(s < low1)
+                    marks1[i] = np.uint8(np.uint32(s - low1) < width1)
+            elif brackets == 1:
+                for i in range(n):
+                    s = _hashed(offset + i, seed)
+                    count0 += np.int32(s < low0)
+                    marks0[i] = np.uint8(np.uint32(s - low0) < width0)
+            else:
+                for i in range(n):
+                    s = _hashed(offset + i, seed)
+                    count0 += np.int32(s < low0)
+                    marks0[i] = np.uint8(np.uint32(s - low0) < width0)
+                    count1 += np.int32(s < low1)
+                    marks1[i] = np.uint8(np.uint32(s - low1) < width1)
+            below[k, 0] += count0
+            filled[k, 0] = _collect(mode, x, t0, seed, offset, marks0, n, inside[k, 0], filled[k, 0])
+            if brackets > 1:
+                below[k, 1] += count1
+                filled[k, 1] = _collect(mode, x, t0, seed, offset, marks1, n, inside[k, 1], filled[k, 1])
 
     @numba.njit(inline="always")
     def _into(acc, has, level, src, n):

@@ -288,7 +288,7 @@ class SparseConsensus(LinesOption, Technique):
                             "hi": np.array([[b[1] for b in row] for row in bs], np.int64),
                             "below": np.zeros((n_experts, r), np.int64), "filled": np.zeros((n_experts, r), np.int64),
                             "inside": np.empty((n_experts, r, min(cap, n)), np.int32)}
-        flags = np.empty(size + 8, np.uint8)
+        flags = np.empty((2, size + 8), np.uint8)
         reads = mode == kernels.MAGNITUDE  # hashed scores need only the index, not the experts
         for key, start, theta_0, chunks in _chunks(experts if reads else experts[:1], base, size):
             if (s := state.get(tower_of(key))) is None:
