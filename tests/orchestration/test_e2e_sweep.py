@@ -48,6 +48,7 @@ def test_reduced_quickstart_on_local_ray(reduced_quickstart, cache_dir):
     assert (out / "config.yaml").exists()
     assert "best-in-time" in proc.stdout and "A_KA" in proc.stdout  # the summary table
     assert "t=2/2" in proc.stderr  # progress lines while it ran
+    assert proc.stderr.count("(expert from the cache)") == 2  # the two reused experts, shown as such
     assert "Ray node 127.0.0.1" in proc.stderr  # the embedded Ray stayed on loopback
 
     # a second sweep into the same directory is refused; --resume finds everything finished

@@ -23,8 +23,9 @@ class ProgressPrinter(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.done += 1
+        cached = "  (expert from the cache)" if result.get("expert_cache_hit") else ""
         self._print(f"{result['policy']:<16} t={result['timestep']}/{result['tasks']}  "
-                    f"A_KA {result['a_ka']:.3f}  A_ZS {result['a_zs']:.3f}  GM {result['gm']:.3f}")
+                    f"A_KA {result['a_ka']:.3f}  A_ZS {result['a_zs']:.3f}  GM {result['gm']:.3f}{cached}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(f"{trial.config['trial']['trial_id']}: FAILED (see the error below)")

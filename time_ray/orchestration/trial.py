@@ -146,7 +146,7 @@ class TrialDriver:
 
     def record(self, timestep: int, records: list[dict], costs: dict) -> None:
         row = self.recorder.record(timestep, records, costs)
-        tune.report(_report(row, self.tasks))
+        tune.report(_report(row, self.tasks) | {"expert_cache_hit": bool(costs.get("expert_cache_hit", False))})
         faults.after_timestep(self.trial_id, timestep, self.actor)
 
     def drive(self) -> None:
