@@ -33,11 +33,11 @@ def models(n_experts: int, seed: int = 11):
     return experts, base | {"step": torch.tensor([3])}
 
 
-def merge_both(technique, experts, base, monkeypatch):
-    """(kernel result, torch result, how many chunks the kernel merged)."""
+def merge_both(technique, experts, base, monkeypatch, kernel="merge_block"):
+    """(kernel result, torch result, how many chunks the kernel ``kernel`` merged)."""
     calls = []
-    merge_block = kernels.merge_block
-    monkeypatch.setattr(kernels, "merge_block", lambda *a: calls.append(1) or merge_block(*a))
+    merge_block = getattr(kernels, kernel)
+    monkeypatch.setattr(kernels, kernel, lambda *a: calls.append(1) or merge_block(*a))
     monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "1")
     fused = technique.merge(experts, base=base)
     monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "0")
@@ -159,14 +159,9 @@ def test_the_environment_switch_turns_the_kernels_off(monkeypatch):
                          ids=["lam1", "lam0.3", "lines"])
 def test_task_arithmetic_kernel_gives_the_torch_paths_bits(technique, monkeypatch):
     experts, base = models(6)
-    calls = []
-    task_sum = kernels.task_sum_block
-    monkeypatch.setattr(kernels, "task_sum_block", lambda *a: calls.append(1) or task_sum(*a))
-    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "1")
-    fused = technique.merge(experts, base=base)
-    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "0")
-    assert calls and len(calls) == len([k for k in base if base[k].is_floating_point()])
-    assert_same_bits(fused, technique.merge(experts, base=base))
+    fused, reference, chunks = merge_both(technique, experts, base, monkeypatch, kernel="task_sum_block")
+    assert chunks and chunks == len([k for k in base if base[k].is_floating_point()])
+    assert_same_bits(fused, reference)
 
 
 def test_thresholds_of_file_experts_are_remembered_and_only_new_experts_are_read(tmp_path, monkeypatch):
