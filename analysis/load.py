@@ -82,18 +82,36 @@ def annotate(frame: pd.DataFrame, tasks: int) -> pd.DataFrame:
     return out
 
 
+def _read_parquet(path: Path, columns: list[str]) -> pd.DataFrame:
+    """One results table, or ReportError naming the file: damaged, or not a time-ray table."""
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
+        raise ReportError(f"{path}: not a readable parquet file ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}). "
+                          "It may be damaged: rerun the sweep with --resume to rewrite the tables, or delete "
+                          "the file.") from None
+    missing = [c for c in ("trial_id", "timestep") if c in columns and c not in frame.columns]
+    if missing:
+        raise ReportError(f"{path}: not a time-ray results table (no column {missing[0]!r}; expected "
+                          f"{', '.join(columns[:6])}, ...).")
+    return frame
+
+
 def _read_rows(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The per-trial files when DIR/trials exists, else the top-level tables."""
     trial_dirs = sorted(d for d in (path / "trials").glob("*") if (d / "timesteps.parquet").exists())
     if trial_dirs:
-        steps = pd.concat([pd.read_parquet(d / "timesteps.parquet") for d in trial_dirs], ignore_index=True)
-        parts = [pd.read_parquet(d / "metrics.parquet") for d in trial_dirs if (d / "metrics.parquet").exists()]
+        steps = pd.concat([_read_parquet(d / "timesteps.parquet", TIMESTEP_COLUMNS) for d in trial_dirs],
+                          ignore_index=True)
+        parts = [_read_parquet(d / "metrics.parquet", METRICS_COLUMNS) for d in trial_dirs
+                 if (d / "metrics.parquet").exists()]
         metrics = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=METRICS_COLUMNS)
         return steps, metrics
     if (path / "timesteps.parquet").exists():
         metrics_path = path / "metrics.parquet"
-        metrics = pd.read_parquet(metrics_path) if metrics_path.exists() else pd.DataFrame(columns=METRICS_COLUMNS)
-        return pd.read_parquet(path / "timesteps.parquet"), metrics
+        metrics = (_read_parquet(metrics_path, METRICS_COLUMNS) if metrics_path.exists()
+                   else pd.DataFrame(columns=METRICS_COLUMNS))
+        return _read_parquet(path / "timesteps.parquet", TIMESTEP_COLUMNS), metrics
     return pd.DataFrame(columns=TIMESTEP_COLUMNS), pd.DataFrame(columns=METRICS_COLUMNS)
 
 
@@ -102,8 +120,11 @@ def _expected_trials(path: Path, steps: pd.DataFrame) -> tuple[list[dict] | None
     from time_ray.config import expand_trials, load_config
 
     name = path.name
-    if (path / "sweep.json").exists():
-        name = json.loads((path / "sweep.json").read_text()).get("name") or name
+    try:
+        owner = json.loads((path / "sweep.json").read_text()) if (path / "sweep.json").exists() else {}
+        name = (owner.get("name") if isinstance(owner, dict) else None) or name
+    except (OSError, ValueError):
+        pass  # a damaged sweep.json only names the sweep: the directory's name does too
     if not (path / "config.yaml").exists():
         return None, None, name, "DIR/config.yaml is missing: the expected trials are unknown, only the trials with rows are reported."
     try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import signal
 import sys
 import threading
@@ -100,8 +102,11 @@ def cmd_sweep(args) -> int:
     from time_ray.config import load_config
     from time_ray.orchestration.sweep import run_sweep, summary_table
 
+    from time_ray.orchestration.storage import resolve_output
+
     cfg = load_config(args.config, args.overrides)
-    output = args.output or str(Path("results") / cfg.name)  # a directory or a storage URI
+    # a directory (made absolute here, once: Ray runs trials in directories of its own) or a storage URI
+    output = resolve_output(args.output or str(Path("results") / cfg.name))
     try:
         steps = run_sweep(cfg, output, resume=args.resume, verbose=args.verbose)
     finally:
@@ -169,9 +174,7 @@ def cmd_merge(args) -> int:
     if technique.uses_base() and base is None:
         raise ConfigError(f"--base: {args.technique} merges task vectors tau_k = theta_k - theta_0 and needs "
                           "theta_0; give the base checkpoint with --base.")
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
-    if weights is not None and len(weights) != len(experts):
-        raise ConfigError(f"--weights: {len(weights)} weights for {len(experts)} checkpoints.")
+    weights = _weights(args.weights, len(experts)) if args.weights is not None else None
     names = set(experts[0])
     for path, expert in zip(args.checkpoints[1:], experts[1:]):
         if set(expert) != names:
@@ -184,6 +187,26 @@ def cmd_merge(args) -> int:
     size = save_atomic(merged, args.output)
     print(f"merged {len(experts)} checkpoints with {args.technique} {params or ''} -> {args.output} ({size / 2**20:.1f} MiB)")
     return 0
+
+
+def _weights(text: str, n: int) -> list[float]:
+    """``--weights 0.25,0.75``: one finite number per checkpoint."""
+    import math
+
+    from time_ray.core.errors import ConfigError
+
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        weights = [float(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"--weights {text!r}: expected comma-separated numbers, e.g. 0.25,0.75.") from None
+    if len(weights) != n:
+        raise ConfigError(f"--weights: {len(weights)} weights for {n} checkpoints.")
+    bad = [p for p, w in zip(parts, weights) if not math.isfinite(w)]
+    if bad:
+        raise ConfigError(f"--weights {text!r}: {bad[0]} is not a finite number; give one finite weight per "
+                          "checkpoint.")
+    return weights
 
 
 def cmd_plan(args) -> int:
@@ -220,15 +243,87 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt  # SIGTERM (e.g. a job being stopped): shut Ray down like Ctrl-C does
 
 
+PATH_VARIABLES = ("TIME_RAY_CACHE", "RAY_TMPDIR", "TIME_RAY_FAULTS_DIR")
+
+
+def _absolute_environment() -> None:
+    """Directories named by environment variables, made absolute before any Ray process inherits them."""
+    import os
+
+    for name in PATH_VARIABLES:
+        value = os.environ.get(name)
+        if value and not os.path.isabs(os.path.expanduser(value)):
+            os.environ[name] = os.path.abspath(os.path.expanduser(value))
+
+
+def _internal_error(exc: BaseException) -> int:
+    """An error we cannot explain: one line, and the traceback in a log file for the bug report."""
+    import tempfile
+    import time
+    import traceback
+    from pathlib import Path
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    where = None
+    for directory in (Path.home() / ".cache" / "time-ray" / "logs", Path(tempfile.gettempdir())):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            where = directory / f"time-ray-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+            where.write_text(f"time-ray {' '.join(sys.argv[1:])}\n\n{text}")
+            break
+        except OSError:
+            where = None
+    message = " ".join(str(exc).split())[:300] or "no message"
+    print(f"time-ray: internal error: {type(exc).__name__}: {message} "
+          f"({f'traceback in {where}' if where else 'no log file could be written'}; please report it)",
+          file=sys.stderr)
+    return 1
+
+
+def _os_error(exc: OSError) -> str:
+    """A file system error as the file and what went wrong (a full disk, a read-only directory, ...)."""
+    name = exc.filename if exc.filename is not None else ""
+    other = f" -> {exc.filename2}" if getattr(exc, "filename2", None) else ""
+    return f"{name}{other}: {exc.strerror or exc}" if name else str(exc)
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to the current sys.stderr (which tests and pipes replace)."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("time-ray: %(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _console_logging() -> None:
+    """time-ray's own messages (``logging.getLogger(__name__)`` in every module) on stderr, once."""
+    root = logging.getLogger("time_ray")
+    if not any(isinstance(h, _Stderr) for h in root.handlers):
+        root.addHandler(_Stderr())
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
+    _absolute_environment()
+    _console_logging()
     try:
         return {"sweep": cmd_sweep, "plan": cmd_plan, "data": cmd_data, "merge": cmd_merge,
                 "report": cmd_report}[args.command](args)
     except TimeRayError as exc:
-        print(f"time-ray: error: {exc}", file=sys.stderr)  # one paragraph, the terminal wraps it
+        # one line (a library's multi-line message folded into it); the terminal wraps it
+        print(f"time-ray: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("time-ray: interrupted; rerun with --resume to finish the sweep.", file=sys.stderr)
@@ -236,6 +331,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
+    except MemoryError:
+        print("time-ray: error: out of memory; lower the sizes in the config (stream.builtin, training.batch_size, "
+              "resources.max_concurrent_trials).", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the environment: a full disk, a directory we may not write, a vanished file
+        print(f"time-ray: error: {_os_error(exc)}.", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - anything else is our bug: one line plus a log file
+        return _internal_error(exc)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import logging
 import math
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
@@ -20,6 +21,8 @@ from time_ray.core.errors import ConfigError
 from time_ray.core.merging import make_technique, technique_params
 from time_ray.core.strategies import DEPLOY_STRATEGIES, INIT_STRATEGIES, RECENCY_SCHEMES, Policy
 from time_ray.core.stream import ORDERS, Mixture
+
+logger = logging.getLogger(__name__)
 
 PRESETS = {
     "sequential-ft": ("ft", "ft"),
@@ -168,6 +171,8 @@ def _convert(value, hint, path: str):
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}.")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}.")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -202,30 +207,83 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. budget.steps_per_task=50.")
         key, text = item.split("=", 1)
-        node = raw
         parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: {part} is not a mapping.")
-        node[parts[-1]] = yaml.safe_load(text)
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: {key!r} is not a field path; expected names joined by dots, "
+                              "e.g. budget.steps_per_task=50.")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: the value {text!r} is not valid YAML ({getattr(exc, 'problem', exc)}); "
+                              "quote strings that contain YAML syntax, e.g. --set name='\"a: b\"'.") from None
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[:i + 1])
+                raise ConfigError(f"--set {key}: {where} holds {type(child).__name__} {child!r}, not a mapping of "
+                                  f"fields; set it as a whole instead, e.g. --set {where}=...")
+            node = child
+        node[parts[-1]] = value
     return raw
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config {path}: no such file.")
+        raise ConfigError(f"config {path}: {'a directory, not a file' if path.is_dir() else 'no such file'}.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8 "
+                          "YAML.") from None
+    except OSError as exc:
+        raise ConfigError(f"config {path}: cannot be read ({exc.strerror or exc}).") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"config {path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}.") from exc
-    raw = apply_overrides(raw or {}, overrides or [])
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path}: expected a mapping of fields (name, model, stream, ...), got "
+                          f"{type(raw).__name__} {raw!r:.60}.")
+    raw = apply_overrides(raw, overrides or [])
     config = _build(SweepConfig, raw, "")
+    config = absolute_paths(config)
     validate(config)
     return config
+
+
+PATH_OPTIONS = ("root", "info_dir", "stream_file", "path")  # real-data options that name files or directories
+
+
+def _absolute(value):
+    """A relative path that exists from the current directory, made absolute: Ray runs trials and Train
+    workers in directories of its own, so every path the user typed is fixed here, once."""
+    if not isinstance(value, str) or "://" in value:
+        return value
+    path = Path(value).expanduser()
+    return str(path.resolve()) if not path.is_absolute() and path.exists() else str(path) if path.is_absolute() else value
+
+
+def absolute_paths(cfg: SweepConfig) -> SweepConfig:
+    """The config with its file and directory names absolute (``stream.data`` paths, a checkpoint in
+    ``model.pretrained``), as seen from the directory the command was typed in."""
+    from dataclasses import replace
+
+    data = cfg.stream.data
+    if isinstance(data, dict):
+        data = {k: _absolute(v) if k in PATH_OPTIONS else v for k, v in data.items()}
+        if isinstance(data.get("datasets"), list):
+            data["datasets"] = [{**d, "path": _absolute(d["path"])} if isinstance(d, dict) and "path" in d else d
+                                for d in data["datasets"]]
+    pretrained = cfg.model.pretrained
+    if pretrained not in ("builtin", "none"):
+        pretrained = _absolute(pretrained)
+    return replace(cfg, stream=replace(cfg.stream, data=data), model=replace(cfg.model, pretrained=pretrained))
 
 
 # ---------------------------------------------------------------- semantic checks
@@ -241,6 +299,8 @@ def _choice(value: str, allowed, field_path: str) -> None:
 
 
 BENCHMARKS = ("builtin", "fomo", "folders", "table")
+MAX_BATCH = 65536
+MAX_BENCHMARK_GIB = 4
 
 
 def _validate_real(cfg: SweepConfig) -> None:
@@ -266,6 +326,14 @@ def validate(cfg: SweepConfig) -> None:
     for name in ("adaptation_datasets", "heldout_datasets", "classes_per_dataset", "train_per_class", "test_per_class"):
         _check(getattr(spec, name) >= 1, f"stream.builtin.{name}: must be at least 1, got {getattr(spec, name)}.")
     _check(spec.pretrain_classes >= 0, "stream.builtin.pretrain_classes: must be 0 or more.")
+    _check(8 <= spec.image_size <= 512, f"stream.builtin.image_size: must be between 8 and 512, got {spec.image_size}.")
+    images = ((spec.adaptation_datasets + spec.heldout_datasets) * spec.classes_per_dataset + spec.pretrain_classes) \
+        * (spec.train_per_class + spec.test_per_class)
+    gib = images * 3 * spec.image_size ** 2 * 2 / 2**30  # float16 pixels, held by every process that trains or evaluates
+    _check(gib <= MAX_BENCHMARK_GIB,
+           f"stream.builtin: {images:,} images of {spec.image_size}x{spec.image_size} would take {gib:,.1f} GiB in every "
+           f"process that trains or evaluates (at most {MAX_BENCHMARK_GIB} GiB); lower classes_per_dataset, "
+           "train_per_class, test_per_class, the dataset counts or image_size.")
     _check(0 <= spec.retrieval_datasets <= spec.heldout_datasets,
            f"stream.builtin.retrieval_datasets: must be between 0 and heldout_datasets ({spec.heldout_datasets}).")
     n_pairs = spec.adaptation_datasets * spec.classes_per_dataset
@@ -280,16 +348,30 @@ def validate(cfg: SweepConfig) -> None:
     for unit in given:
         _check(getattr(cfg.budget, unit) > 0, f"budget.{unit}: must be > 0, got {getattr(cfg.budget, unit)}.")
     _check(len(cfg.seeds) > 0, "seeds: must list at least one seed.")
+    for i, seed in enumerate(cfg.seeds):
+        _check(0 <= seed < 2**31, f"seeds[{i}]: must be an integer in [0, 2^31), got {seed}.")
+    twice = sorted({s for s in cfg.seeds if cfg.seeds.count(s) > 1})
+    _check(not twice, f"seeds: {', '.join(map(str, twice))} listed more than once; each seed runs every policy "
+                      f"once, so a repeated seed would run the same trials twice. Got {list(cfg.seeds)}.")
+    for name, seed in (("stream.seed", cfg.stream.seed), ("stream.builtin.seed", spec.seed),
+                       ("model.base_training.seed", cfg.model.base_training.seed), ("search.seed", cfg.search.seed)):
+        _check(0 <= seed < 2**31, f"{name}: must be an integer in [0, 2^31), got {seed}.")
+    _check(len(set(cfg.budget.multipliers)) == len(cfg.budget.multipliers),
+           f"budget.multipliers: a multiplier is listed more than once: {list(cfg.budget.multipliers)}.")
     _check(len(cfg.budget.multipliers) > 0, "budget.multipliers: must list at least one multiplier.")
     _check(all(m > 0 for m in cfg.budget.multipliers), f"budget.multipliers: must be > 0, got {cfg.budget.multipliers}.")
     t = cfg.training
-    _check(t.batch_size >= 2, f"training.batch_size: must be at least 2 (contrastive loss), got {t.batch_size}.")
+    _check(2 <= t.batch_size <= MAX_BATCH, f"training.batch_size: must be between 2 (contrastive loss) and {MAX_BATCH}, "
+                                           f"got {t.batch_size}.")
+    _check(2 <= cfg.model.base_training.batch_size <= MAX_BATCH,
+           f"model.base_training.batch_size: must be between 2 and {MAX_BATCH}, got {cfg.model.base_training.batch_size}.")
     _check(t.lr > 0, f"training.lr: must be > 0, got {t.lr}.")
     _check(0 <= t.warmup < 1, f"training.warmup: must be in [0, 1), got {t.warmup}.")
     _check(t.weight_decay >= 0 and t.grad_clip > 0, "training.weight_decay must be >= 0 and training.grad_clip > 0.")
     _check(cfg.model.base_training.steps >= 1, "model.base_training.steps: must be at least 1.")
     r = cfg.resources
-    _check(r.workers_per_expert >= 1, "resources.workers_per_expert: must be at least 1.")
+    _check(1 <= r.workers_per_expert <= 1024,
+           f"resources.workers_per_expert: must be between 1 and 1024, got {r.workers_per_expert}.")
     _check(r.max_concurrent_trials is None or r.max_concurrent_trials >= 1,
            "resources.max_concurrent_trials: must be at least 1 (or left out to derive it).")
     _check(r.cpus_per_worker is None or r.cpus_per_worker > 0, "resources.cpus_per_worker: must be > 0.")
@@ -404,8 +486,9 @@ def _validate_search(search: SearchConfig) -> None:
         _check(name in SEARCHABLE, f"search.space.{name}: not a continuous hyperparameter.{_suggest(name, SEARCHABLE)} "
                                    f"Allowed: {', '.join(SEARCHABLE)}.")
         _check(isinstance(bounds, (list, tuple)) and len(bounds) == 2
-               and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds) and bounds[0] < bounds[1],
-               f"search.space.{name}: expected [low, high] with low < high, got {bounds!r}.")
+               and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
+               and bounds[0] < bounds[1],
+               f"search.space.{name}: expected [low, high], finite numbers with low < high, got {bounds!r}.")
         if name == "ema_weight":
             _check(0 < bounds[0] and bounds[1] <= 1, f"search.space.ema_weight: must lie in (0, 1], got {bounds!r}.")
     _check(not search.space or search.samples > 0, "search.space: given, but search.samples is 0; set how many draws.")
@@ -484,18 +567,26 @@ def measure_flops_per_step(cfg: SweepConfig) -> float:
 
 def expand_trials(cfg: SweepConfig, flops_per_step: float | None = None) -> list[dict]:
     """One trial spec (JSON-able) per policy x budget multiplier x seed."""
-    trials = []
+    trials: dict[str, dict] = {}
     per_task = steps_per_task(cfg, flops_per_step)
+    merged: dict[int, list[float]] = {}
     for policy, mult, seed in itertools.product(expand_policies(cfg), cfg.budget.multipliers, cfg.seeds):
         steps = max(1, round(per_task * mult))
+        merged.setdefault(steps, [])
+        if mult not in merged[steps]:
+            merged[steps].append(mult)
         if policy.get("multitask"):
             steps *= cfg.stream.tasks  # the same total compute as the stream
         spec = {**policy, "budget_steps": steps, "seed": seed}
         digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
         label = policy["policy"].replace("/", "-")
         spec["trial_id"] = f"{label}-{policy['merge']}-{digest}"
-        trials.append(spec)
-    return trials
+        trials.setdefault(spec["trial_id"], spec)  # the same spec twice is one trial, run once
+    for steps, mults in merged.items():
+        if len(mults) > 1:
+            logger.warning("budget.multipliers %s all give %d steps per task (of %d): their trials are the same and "
+                           "run once", ", ".join(f"{m:g}" for m in mults), steps, per_task)
+    return list(trials.values())
 
 
 def experiment_settings(cfg: SweepConfig) -> dict:

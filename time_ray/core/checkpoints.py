@@ -51,6 +51,16 @@ class SafetensorsCheckpoint(Mapping):
             return torch.empty(shape, dtype=dtype)
         return torch.frombuffer(self._map, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset).view(shape)
 
+    def meta(self, key: str) -> tuple[torch.dtype, tuple[int, ...]]:
+        """dtype and shape of tensor ``key`` from the file's header (no tensor is read)."""
+        if key not in self._keys:
+            raise KeyError(key)
+        if self._layout is not None and key in self._layout:
+            dtype, shape, _, _ = self._layout[key]
+            return dtype, tuple(shape)
+        tensor = self[key]
+        return tensor.dtype, tuple(tensor.shape)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
 

@@ -97,8 +97,16 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any read failure becomes one clear message
         raise CheckpointError(f"checkpoint {path}: could not be read ({exc}).") from exc
-    if isinstance(state, dict) and "state_dict" in state:
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"checkpoint {path}: holds {type(state).__name__ if state is not None else 'None'}"
+                              f"{' (empty)' if isinstance(state, dict) else ''}, not a state dict (a mapping from "
+                              "tensor names to tensors, e.g. what model.state_dict() returns).")
+    bad = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path}: entry {bad!r} is a {type(state[bad]).__name__}, not a tensor; "
+                              "expected a state dict (tensor names to tensors).")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 

@@ -8,8 +8,24 @@ import time
 from ray.tune import Callback
 
 
+def last_line(error) -> str:
+    """The message of an error as one line: Ray wraps a trial's exception in its traceback, whose last
+    non-empty line is the exception itself."""
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "no error reported"
+
+
+def trial_error(trial) -> str:
+    """The cause of a trial's latest failure, as one line."""
+    try:
+        return last_line(trial.get_error())
+    except Exception:  # noqa: BLE001 - the cause is a courtesy; never fail the sweep over it
+        return "no error reported"
+
+
 class ProgressPrinter(Callback):
-    def __init__(self, trials: list[dict], tasks: int):
+    def __init__(self, trials: list[dict], tasks: int, max_failures: int = 0):
+        self.attempts = max_failures + 1
         self.total = sum(2 if t.get("multitask") else tasks + 1 for t in trials)
         self.done = 0
         self.start = time.time()
@@ -27,5 +43,10 @@ class ProgressPrinter(Callback):
         self._print(f"{result['policy']:<16} t={result['timestep']}/{result['tasks']}  "
                     f"A_KA {result['a_ka']:.3f}  A_ZS {result['a_zs']:.3f}  GM {result['gm']:.3f}{cached}")
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._print(f"policy {trial.config['trial']['trial_id']}: attempt {trial.num_failures + 1} of "
+                    f"{self.attempts} after: {trial_error(trial)}")
+
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._print(f"{trial.config['trial']['trial_id']}: FAILED (see the error below)")
+        self._print(f"policy {trial.config['trial']['trial_id']}: failed after {trial.num_failures} attempt(s): "
+                    f"{trial_error(trial)}")

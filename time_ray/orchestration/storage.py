@@ -36,15 +36,17 @@ class Storage:
     def __init__(self, location: str | os.PathLike):
         self.location = str(location)
         self.remote = is_uri(self.location)
+        if not self.remote:  # absolute once, here: Ray runs trials and workers in directories of its own
+            self.location = str(Path(self.location).expanduser().resolve())
         if self.remote:
             self._fs, self._root = _filesystem(self.location)
             from time_ray.core.benchmark import cache_dir
 
             digest = hashlib.sha256(self.location.encode()).hexdigest()[:16]
             self.staging = (cache_dir() / "staging" / digest).resolve()
-        else:
-            self.staging = Path(self.location).resolve()
-        self.staging.mkdir(parents=True, exist_ok=True)
+            self.staging.mkdir(parents=True, exist_ok=True)
+        else:  # created by the first write: a sweep refused before it claims the directory leaves nothing
+            self.staging = Path(self.location)
 
     def __reduce__(self):
         return Storage, (self.location,)
@@ -190,3 +192,32 @@ def _filesystem(uri: str):
                 f"output {uri}: no file system for {scheme!r}: pyarrow said {arrow_error}; fsspec said "
                 f"{fsspec_error}. Use a local directory, file://, s3://, gs://, hdfs://, or an fsspec "
                 "protocol whose package is installed (e.g. s3fs for s3 via fsspec).") from None
+
+
+def resolve_output(output: str) -> str:
+    """The ``--output`` of a sweep, checked without creating anything: a storage URI as given, a
+    directory made absolute (Ray runs trials and workers in directories of its own, so a relative name
+    would mean another place there). Refused: a file, a directory under a file, a place we cannot
+    write."""
+    if is_uri(output):
+        return output
+    text = str(output).strip()
+    if not text:
+        raise TimeRayError("--output: empty; give a directory such as results/quickstart.")
+    path = Path(text).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise TimeRayError(f"output {output}: {path} is a file, not a directory; choose a directory for the "
+                           "sweep's results.")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise TimeRayError(f"output {output}: {existing} is a file, so no directory can be made under it; choose "
+                           "another --output.")
+    try:  # a probe file: read-only file systems and permissions both show here (root ignores mode bits)
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise TimeRayError(f"output {output}: cannot write in {existing} ({exc.strerror or exc}); choose a "
+                           "directory you can write to.") from None
+    return str(path.resolve())

@@ -34,7 +34,14 @@ def check_output(cfg: SweepConfig, storage: Storage, resume: bool) -> None:
     """Refuses an output location holding another sweep, or this sweep without --resume."""
     previous_text = storage.read_text("sweep.json")
     if previous_text is not None:
-        previous = json.loads(previous_text)
+        try:
+            previous = json.loads(previous_text)
+            if not isinstance(previous, dict):
+                raise ValueError(f"a JSON {type(previous).__name__}, not an object")
+        except ValueError as exc:
+            raise TimeRayError(
+                f"output {storage.display('sweep.json')}: damaged ({exc}); it says which sweep owns this "
+                "directory. Choose another --output directory, or delete this one.") from None
         if previous.get("fingerprint") != cfg.fingerprint():
             raise TimeRayError(
                 f"output {storage.display()}: holds the results of another sweep ({previous.get('name')!r}, "
@@ -137,13 +144,13 @@ def _slots(nodes: list[dict], key: str, amount: float) -> int:
 def run_sweep(cfg: SweepConfig, output: str, resume: bool = False, verbose: bool = False,
               ray_temp_dir: str | None = None) -> pd.DataFrame:
     """Runs the sweep and writes DIR/metrics.parquet, DIR/timesteps.parquet, DIR/config.yaml."""
+    trials = expand_trials(cfg)  # the last of the validation, before the output directory is touched
     storage = Storage(output)
     check_output(cfg, storage, resume)
     # theta_0 before the output is claimed: a checkpoint of another architecture leaves no trace
     base = None if storage.pull("base.safetensors") is not None else load_base(
         cfg.model.arch, cfg.model.pretrained, cfg.stream.builtin, cfg.model.base_training, log)
     prepare_output(cfg, storage, resume)
-    trials = expand_trials(cfg)
     todo = [t for t in trials if not (resume and finished(storage, t, cfg.stream.tasks))]
     for trial in todo:  # an unfinished trial continues after its last recorded timestep
         storage.remove_tree(f"trials/{trial['trial_id']}/failed.json")
@@ -169,7 +176,7 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> dict[str,
     from ray import tune
 
     from time_ray.orchestration.local_ray import init_ray
-    from time_ray.orchestration.progress import ProgressPrinter
+    from time_ray.orchestration.progress import ProgressPrinter, last_line
     from time_ray.orchestration.trial import run_trial
 
     cluster = init_ray(verbose=verbose, temp_dir=ray_temp_dir)
@@ -186,7 +193,8 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> dict[str,
            "expert_cache": cache_name,
            "workers": cfg.resources.workers_per_expert, "use_gpu": cfg.resources.use_gpu,
            "resources_per_worker": per_worker, "driver_cpu": DRIVER_CPU,
-           "eval_gpu": EVAL_GPU if cfg.resources.use_gpu else 0.0}
+           "eval_gpu": EVAL_GPU if cfg.resources.use_gpu else 0.0,
+           "loopback": cluster["node_address"] == "127.0.0.1"}  # Train's process group: no listener beyond it
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"cpu": DRIVER_CPU}),
         param_space={"trial": tune.grid_search(todo), "run": run},
@@ -195,16 +203,22 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> dict[str,
                                     trial_name_creator=lambda t: t.config["trial"]["trial_id"]),
         run_config=tune.RunConfig(name="tune", storage_path=storage.ray_path("ray"), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=TRIAL_MAX_FAILURES),
-                                  callbacks=[ProgressPrinter(todo, cfg.stream.tasks)]),
+                                  callbacks=[ProgressPrinter(todo, cfg.stream.tasks, TRIAL_MAX_FAILURES)]),
     )
+    # Ctrl-C raises KeyboardInterrupt out of fit() (the CLI exits 130 and --resume finishes): Tune's own
+    # handler would end fit() normally, and the unfinished trials would look finished or stopped early
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    if not verbose:  # a failed attempt is one progress line; Tune keeps the traceback in the trial's error.txt
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     results = tuner.fit()
     counts = ray.get(cache.stats.remote())
     log(f"time-ray: experts trained {counts['trained']}, reused from the cache {counts['hits']}")
     failed = {t["trial_id"]: json.loads(text)["error"] for t in todo
               if (text := storage.read_text(f"trials/{t['trial_id']}/failed.json"))}
-    failed |= {r.config["trial"]["trial_id"]: str(r.error) for r in results if r.error is not None}
-    record_early_stops(storage, [r for r in results if r.config["trial"]["trial_id"] not in failed],
-                       cfg.stream.tasks)
+    failed |= {r.config["trial"]["trial_id"]: last_line(r.error) for r in results if r.error is not None}
+    if cfg.search.early_stopping.scheduler is not None:  # only a scheduler ends a trial early without error
+        record_early_stops(storage, [r for r in results if r.config["trial"]["trial_id"] not in failed],
+                           cfg.stream.tasks)
     return failed
 
 

@@ -36,6 +36,7 @@ from time_ray.core.results import metrics_frame, timesteps_frame, write_parquet_
 from time_ray.orchestration import faults
 from time_ray.orchestration.expert_cache import expert_file, lease, obtain
 from time_ray.orchestration.expert_training import expert_key_of, hit_info, train_experts
+from time_ray.orchestration.loopback_torch import torch_config
 from time_ray.orchestration.merge_actor import MergeActor
 from time_ray.orchestration.storage import Storage
 
@@ -239,6 +240,7 @@ def _trainer(trial: dict, run: dict, config: dict) -> TorchTrainer:
     return TorchTrainer(
         train_experts,
         train_loop_config=config,
+        torch_config=torch_config(run.get("loopback", False)),
         scaling_config=ScalingConfig(num_workers=run["workers"], use_gpu=run["use_gpu"],
                                      resources_per_worker=run["resources_per_worker"]),
         run_config=RunConfig(name=f"{trial['trial_id']}-{int(time.time())}",

@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 
 from time_ray.core.checkpoints import Checkpoint
-from time_ray.core.errors import ConfigError
+from time_ray.core.errors import CheckpointError, ConfigError
 
 TECHNIQUES: dict[str, type["Technique"]] = {}
 
@@ -82,7 +82,8 @@ class Technique:
             raise ValueError(f"{self.name} merges at most {self.max_models} models, got {len(experts)}")
         if self.uses_base() and base is None:
             raise ValueError(f"{self.name} needs the base model theta_0 as anchor")
-        weights = uniform(len(experts)) if weights is None else [float(w) for w in weights]
+        weights = check_weights(weights, len(experts))
+        check_compatible(experts, base if self.uses_base() else None)
         plan = self.plan(experts, base)
         merged = {}
         for key in experts[0]:
@@ -218,6 +219,59 @@ class CascadeSum:
         for level in levels[1:]:
             total += level
         return total
+
+
+def check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
+    """The weights w_k as floats (uniform when None): one finite number per expert."""
+    if weights is None:
+        return uniform(n)
+    weights = [float(w) for w in weights]
+    if len(weights) != n:
+        raise ValueError(f"{len(weights)} weights for {n} models")
+    bad = [w for w in weights if not math.isfinite(w)]
+    if bad:
+        raise ValueError(f"weights must be finite numbers, got {bad[0]} in {weights}")
+    return weights
+
+
+def _label(checkpoint: Checkpoint, what: str) -> str:
+    path = getattr(checkpoint, "path", None)
+    return f"{what} ({path})" if path is not None else what
+
+
+def tensor_meta(checkpoint: Checkpoint, key: str) -> tuple[torch.dtype, tuple[int, ...]]:
+    """dtype and shape of one tensor, from a file's header when the checkpoint has one (nothing read)."""
+    meta = getattr(checkpoint, "meta", None)
+    if meta is not None:
+        return meta(key)
+    tensor = checkpoint[key]
+    return tensor.dtype, tuple(tensor.shape)
+
+
+def check_compatible(experts: Sequence[Checkpoint], base: Checkpoint | None = None) -> None:
+    """Every expert (and theta_0) holds the same tensors with the same shape and dtype as the first
+    expert; else CheckpointError naming the tensor and the checkpoint. Merging mismatched tensors would
+    read past a buffer's end, broadcast, or truncate."""
+    models = [(_label(e, f"model {i + 1}"), e) for i, e in enumerate(experts)]
+    if base is not None:
+        models.insert(0, (_label(base, "theta_0"), base))
+    (ref_name, ref) = models[0]
+    names = list(ref)
+    want = {key: tensor_meta(ref, key) for key in names}
+    for name, model in models[1:]:
+        if len(model) != len(names) or any(key not in want for key in model):
+            extra = sorted(set(model) - set(names))
+            missing = sorted(set(names) - set(model))
+            what = f"has tensor {extra[0]!r}, which" if extra else f"lacks tensor {missing[0]!r}, which"
+            raise CheckpointError(f"{name} {what} {ref_name} {'lacks' if extra else 'has'}: they are not the same "
+                                  "architecture.")
+        for key in names:
+            dtype, shape = tensor_meta(model, key)
+            if (dtype, shape) != want[key]:
+                raise CheckpointError(
+                    f"tensor {key!r}: {name} has shape {list(shape)} and dtype {str(dtype).removeprefix('torch.')}, "
+                    f"{ref_name} has shape {list(want[key][1])} and dtype {str(want[key][0]).removeprefix('torch.')}; "
+                    "only checkpoints of the same architecture and precision can be merged.")
 
 
 def uniform(n: int) -> list[float]:

@@ -8,7 +8,9 @@ from typing import ClassVar
 
 from time_ray.core.checkpoints import Checkpoint
 from time_ray.core.errors import ConfigError
-from time_ray.core.merging.base import Technique, make_technique, register, technique_params, tower_of
+from time_ray.core.merging.base import (
+    Technique, check_compatible, make_technique, register, technique_params, tower_of,
+)
 from time_ray.core.merging.basic import WeightAveraging
 
 
@@ -61,6 +63,7 @@ class Towers(Technique):
     def merge(self, experts, weights=None, base=None):
         if not experts:
             raise ValueError("merge needs at least one checkpoint")
+        check_compatible(experts, base if self.uses_base() else None)
         parts = {}
         for tower, technique in (("image", self.image), ("text", self.text)):
             views = [_TowerView(e, tower) for e in experts]
