@@ -46,7 +46,7 @@ SWEEP_CASES = {
     "huge benchmark": (["--set", "stream.builtin.train_per_class=10000000"], ["stream.builtin:", "GiB"]),
     "huge image size": (["--set", "stream.builtin.image_size=100000"], ["stream.builtin.image_size", "512"]),
     "infinite search bound": (["--set", "search={samples: 2, space: {lambda: [0, .inf]}}"],
-                              ["search.space.lambda", "finite"]),
+                              ["search.space.lambda", "finite numbers"]),
     "string for a number": (["--set", "training.lr=fast"], ["training.lr", "expected a number"]),
     "unknown field": (["--set", "budget.step_per_task=5"], ["budget.step_per_task: unknown field", "steps_per_task"]),
     "too many workers": (["--set", "resources.workers_per_expert=100000"], ["resources.workers_per_expert"]),

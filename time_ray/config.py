@@ -488,7 +488,7 @@ def _validate_search(search: SearchConfig) -> None:
         _check(isinstance(bounds, (list, tuple)) and len(bounds) == 2
                and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
                and bounds[0] < bounds[1],
-               f"search.space.{name}: expected [low, high], finite numbers with low < high, got {bounds!r}.")
+               f"search.space.{name}: expected [low, high] with low < high (finite numbers), got {bounds!r}.")
         if name == "ema_weight":
             _check(0 < bounds[0] and bounds[1] <= 1, f"search.space.ema_weight: must lie in (0, 1], got {bounds!r}.")
     _check(not search.space or search.samples > 0, "search.space: given, but search.samples is 0; set how many draws.")

@@ -198,7 +198,7 @@ def test_magmax_kernel_gives_the_torch_paths_bits_ties_included(lam, monkeypatch
     experts[1]["t"] = experts[1]["t"].clone()
     experts[1]["t"][130:150] = base["t"][130:150] - (experts[0]["t"][130:150] - base["t"][130:150])  # +m, -m
     zero = {k: torch.zeros_like(v) for k, v in base.items()}
-    signs = [{k: s * torch.ones_like(v) for k, v in base.items()} for s in (-1.0, 1.0, -1.0)]  # exact ties
+    signs = [{k: (s * torch.ones_like(v)).to(v.dtype) for k, v in base.items()} for s in (-1.0, 1.0, -1.0)]  # exact ties
     technique = MagMax(lam=lam)
     calls = []
     magmax = kernels.magmax_block

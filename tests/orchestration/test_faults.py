@@ -55,18 +55,27 @@ def ray_dir() -> str:
 def test_killed_train_worker_and_merge_actor_give_the_same_answer(reduced_quickstart, cache_dir, tmp_path,
                                                                   monkeypatch):
     """Injected: SIGKILL of sequential-ft's Train worker at step 10 of task 2 (Train's FailureConfig
-    starts a new worker, which retrains that expert from its init), and ray.kill of best-in-time's
+    starts a new worker, which retrains that expert from its init), ray.kill of best-in-time's
     merge actor after timestep 1 (Ray restarts it; it reloads its pool, EMA chain and training info
-    from storage). Checked: both faults fired, the sweep succeeded, the results equal the reference."""
+    from storage), and a crash of offline-merge's trial driver after timestep 1 (Tune retries the
+    trial, which resumes after its last recorded timestep). Checked: every fault fired, the sweep
+    succeeded, the results equal the reference, the retry was one console line."""
     reference, _ = reduced_quickstart
     marks = faults_env(monkeypatch, tmp_path,
                        {"fault": "kill_train_worker", "trial": "sequential-ft", "task": 2, "step": 10},
-                       {"fault": "kill_merge_actor", "trial": "best-in-time", "after_timestep": 1})
+                       {"fault": "kill_merge_actor", "trial": "best-in-time", "after_timestep": 1},
+                       {"fault": "crash_trial", "trial": "offline-merge", "after_timestep": 1})
     out = tmp_path / "out"
     proc = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), *SETS], cache_dir, ray_dir())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    assert len(list(marks.iterdir())) == 2  # both faults happened
+    assert len(list(marks.iterdir())) == 3  # every fault happened
     assert_same_results(out, reference)
+    # Tune retried the crashed trial: one console line saying so, no traceback
+    retry = [line for line in proc.stderr.splitlines() if "attempt 2 of 3 after:" in line]
+    assert len(retry) == 1 and "policy offline-merge-" in retry[0], proc.stderr[-6000:]
+    assert retry[0].endswith("InjectedCrash: injected crash of " + retry[0].split("policy ")[1].split(":")[0]
+                             + " after timestep 1"), retry[0]
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.e2e

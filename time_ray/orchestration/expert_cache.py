@@ -16,6 +16,7 @@ import time
 
 import ray
 
+from time_ray.orchestration import faults
 from time_ray.orchestration.storage import Storage
 
 POLL_SECONDS = 0.5
@@ -32,9 +33,10 @@ class ExpertCache:
     def __init__(self, storage: Storage):
         self.storage = storage
         self.claimed: dict[str, tuple[str, float]] = {}  # key -> (trainer, when it last renewed its lease)
-        self.lease_seconds = LEASE_SECONDS
+        self.lease_seconds = faults.lease_seconds(LEASE_SECONDS)
         self.trained = 0
         self.hits = 0
+        self.taken_over = 0  # claims whose lease ran out while another trial held them
 
     def claim(self, key: str, owner: str = "") -> str:
         """'hit' (the file exists), 'train' (the caller trains it now) or 'wait' (another trial is).
@@ -46,6 +48,8 @@ class ExpertCache:
         holder = self.claimed.get(key)
         if holder and holder[0] != owner and now - holder[1] < self.lease_seconds:
             return "wait"
+        if holder and holder[0] != owner:
+            self.taken_over += 1
         self.claimed[key] = (owner, now)  # new, ours, or the previous trainer's lease ran out
         return "train"
 
@@ -67,7 +71,7 @@ class ExpertCache:
         self.lease_seconds = seconds
 
     def stats(self) -> dict:
-        return {"trained": self.trained, "hits": self.hits}
+        return {"trained": self.trained, "hits": self.hits, "taken_over": self.taken_over}
 
 
 @contextlib.contextmanager

@@ -7,8 +7,15 @@
       SIGKILL the Train worker after that step of that task (Train's FailureConfig restarts it)
   {"fault": "kill_merge_actor", "trial": "best-in-time", "after_timestep": 1}
       ray.kill the trial's merge actor after that timestep is recorded (Ray restarts it)
+  {"fault": "crash_trial", "trial": "best-in-time", "after_timestep": 1}
+      raise in the trial's driver after that timestep is recorded (Tune retries the trial, which resumes)
   {"fault": "nan", "trial": "offline-merge", "task": 1, "step": 3}
       make the model's weights NaN after that step: the next loss is NaN (a deterministic failure)
+
+  {"fault": "short_lease", "seconds": 1}
+      the sweep's expert-cache claims expire after 1 s instead of 60 s while renewals stay every 10 s, so
+      leases run out during Train start-up and other trials take the claims over (a busy machine, where
+      renewals come late). Results must not change: a taken-over expert is trained again, identically.
 
 ``trial`` matches a substring of the trial id. Without ``TIME_RAY_FAULTS`` nothing here does anything.
 """
@@ -64,8 +71,22 @@ def train_step_hook(trial_id: str, t: int, model):
     return on_step
 
 
+class InjectedCrash(RuntimeError):
+    """A ``crash_trial`` fault."""
+
+
 def after_timestep(trial_id: str, t: int, actor) -> None:
+    if _matching("crash_trial", trial_id, after_timestep=t):
+        raise InjectedCrash(f"injected crash of {trial_id} after timestep {t}")
     if _matching("kill_merge_actor", trial_id, after_timestep=t):
         import ray
 
         ray.kill(actor, no_restart=False)
+
+
+def lease_seconds(default: float) -> float:
+    """How long an expert-cache claim lasts without renewal: ``default``, or a ``short_lease`` fault's."""
+    for fault in _faults():
+        if fault["fault"] == "short_lease":
+            return float(fault["seconds"])
+    return default

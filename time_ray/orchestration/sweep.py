@@ -212,7 +212,9 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> dict[str,
         os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     results = tuner.fit()
     counts = ray.get(cache.stats.remote())
-    log(f"time-ray: experts trained {counts['trained']}, reused from the cache {counts['hits']}")
+    expired = (f"; {counts['taken_over']} claim(s) taken over after their lease ran out (the expert was trained "
+               "again: a busy machine)") if counts.get("taken_over") else ""
+    log(f"time-ray: experts trained {counts['trained']}, reused from the cache {counts['hits']}{expired}")
     failed = {t["trial_id"]: json.loads(text)["error"] for t in todo
               if (text := storage.read_text(f"trials/{t['trial_id']}/failed.json"))}
     failed |= {r.config["trial"]["trial_id"]: last_line(r.error) for r in results if r.error is not None}
