@@ -9,6 +9,10 @@ from __future__ import annotations
 import os
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# A busy machine (other programs saturating the CPUs) can take minutes to start a Train worker group;
+# Ray Train's default gives up after 60 s. Every trial's workers fit at once (sweep.worker_resources),
+# so a longer wait only ever waits for a slow machine, never for resources that cannot come.
+PATIENT_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "900"}
 
 
 def init_ray(verbose: bool = False, temp_dir: str | None = None, num_cpus: int | None = None) -> dict:
@@ -28,7 +32,8 @@ def init_ray(verbose: bool = False, temp_dir: str | None = None, num_cpus: int |
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
     else:
         ray.init(address="local", dashboard_host="127.0.0.1", num_cpus=num_cpus, _temp_dir=temp_dir,
-                 runtime_env={"env_vars": dict(LOOPBACK_ENV)}, **kwargs)
+                 runtime_env={"env_vars": {**LOOPBACK_ENV, **{k: os.environ.get(k, v) for k, v in PATIENT_ENV.items()}}},
+                 **kwargs)
     return {**ray.cluster_resources(), "node_address": _node_address(), "nodes": _nodes(), "joined": joined}
 
 

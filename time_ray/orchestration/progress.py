@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -16,8 +17,13 @@ def last_line(error) -> str:
 
 
 def trial_error(trial) -> str:
-    """The cause of a trial's latest failure, as one line."""
+    """The cause of a trial's latest failure, as one line: the end of the error file Tune has just
+    appended it to (in the trial's local directory; the copy in storage is synced later)."""
     try:
+        path = trial.error_file
+        if path and os.path.exists(path):
+            with open(path) as f:
+                return last_line(f.read())
         return last_line(trial.get_error())
     except Exception:  # noqa: BLE001 - the cause is a courtesy; never fail the sweep over it
         return "no error reported"
