@@ -122,11 +122,13 @@ def reference_tower(technique, thetas, theta_0, keys, scores):
         if name == "dare_ties":  # drop exactly lo: the smallest scores, ties by position
             keep[k, torch.sort(scores[k], stable=True).indices[:lo]] = False
             continue
-        if lo >= 1:
+        if name == "breadcrumbs_ties":  # sorted |tau|: keep sorted[lo] <= |tau| <= sorted[N - top - 1] (0-based)
+            top = math.floor(n * Fraction(str(technique.top)))
+            ordered = tau.abs().sort().values
+            keep[k] = (tau.abs() >= ordered[lo]) & (tau.abs() <= ordered[n - top - 1])
+            continue
+        if lo >= 1:  # TIES: keep |tau| >= the lo-th smallest
             keep[k] &= tau.abs() >= kth(tau.abs(), lo)
-        if name == "breadcrumbs_ties":
-            hi = n - math.ceil(n * Fraction(str(technique.top)))
-            keep[k] &= tau.abs() <= kth(tau.abs(), hi) if hi >= 1 else torch.zeros_like(keep[k])
     rescale = 1 / (1 - technique.prune) if name == "dare_ties" else 1.0
     return theta_0 + technique.lam * consensus(torch.where(keep, taus, 0.0) * rescale, technique.disjoint)
 

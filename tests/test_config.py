@@ -9,10 +9,16 @@ CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.ya
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_every_shipped_config_loads_and_names_its_command(path):
+def test_every_shipped_config_loads_and_names_its_command(path, tmp_path_factory):
     first = path.read_text().splitlines()[0]
     assert first.startswith("# time-ray sweep configs/" + path.name)
-    cfg = load_config(path)
+    overrides = []
+    if path.name == "fomo-in-flux.yaml":  # its data paths are placeholders: a small tree in the authors' layout
+        from tests.core.test_fomo_layout import fomo_overrides, write_authors_layout
+
+        overrides = fomo_overrides(write_authors_layout(tmp_path_factory.mktemp("fomo_in_flux")))
+        assert all(f"--set {o.split('=')[0]}=" in first for o in overrides)  # the command names them
+    cfg = load_config(path, overrides)
     assert expand_trials(cfg)
 
 

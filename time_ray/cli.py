@@ -51,6 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("config", nargs="?", default="configs/quickstart.yaml")
     stats.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     stats.add_argument("--json", action="store_true", help="print the measurements as one JSON object")
+    show = data_sub.add_parser(
+        "show", help="list the datasets and the task stream of a config, without decoding any image",
+        description="Reads the config's data (info files, stream file: no image is decoded, no model built) and "
+                    "prints per dataset its role (adaptation / heldout / pretrain / retrieval), classes, train and "
+                    "test images, prompt template and first training caption, then the stream cut into tasks. "
+                    "--json prints {\"datasets\": [{name, role, classes, n_train, n_test, template, caption}, ...], "
+                    "\"tasks\": [[\"DATASET+++classname\", ...], ...]}.")
+    show.add_argument("config")
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    show.add_argument("--json", action="store_true", help="print one JSON object")
 
     merge = sub.add_parser(
         "merge", help="merge checkpoints with a named technique (no Ray)",
@@ -120,9 +130,57 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_data_show(args) -> int:
+    """``time-ray data show``: the datasets and the task stream of a config, no image decoded."""
+    import json
+
+    from time_ray.config import load_config
+    from time_ray.core.errors import ConfigError
+    from time_ray.core.real_data import dataset_row, outline_real_data
+    from time_ray.core.stream import make_stream
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.stream.benchmark == "builtin":
+        from time_ray.core.benchmark import build_benchmark
+
+        bench, pairs, size = build_benchmark(cfg.stream.builtin), None, cfg.stream.builtin.image_size
+        rows = [dataset_row(bench, d.name, d.role, d.kind, d.template, d.classes) for d in bench.datasets.values()]
+        if bench.generic_classes:
+            rows.append(dataset_row(bench, "pretrain", "pretrain", "classification", None, bench.generic_classes))
+    else:
+        from time_ray.core.models import image_size
+
+        rows, bench, pairs = outline_real_data(cfg.stream.benchmark, cfg.stream.data)
+        size = image_size(cfg.model.arch)
+    try:
+        stream = make_stream(bench, cfg.stream.tasks, cfg.stream.order, cfg.stream.seed, pairs)
+    except ValueError as exc:
+        raise ConfigError(f"stream: {exc}.") from None
+    tasks = [[f"{bench.class_dataset[c]}+++{bench.class_names[c]}" for c in task] for task in stream]
+    if args.json:
+        print(json.dumps({"datasets": rows, "tasks": tasks}))
+        return 0
+    images = sum(r["n_train"] + r["n_test"] for r in rows)
+    print(f"{cfg.name}: {len(rows)} datasets, {sum(r['classes'] for r in rows)} classes, {images:,} images "
+          f"({images * 3 * size * size * 2 / 2**30:,.2f} GiB decoded at {size} px, in every process that trains or "
+          "evaluates)")
+    print(f"  {'dataset':<20} {'role':<11} {'classes':>7} {'train':>8} {'test':>7}  template | first caption")
+    for r in rows:
+        print(f"  {r['name']:<20} {r['role']:<11} {r['classes']:>7} {r['n_train']:>8} {r['n_test']:>7}  "
+              f"{r['template'] or '-'} | {r['caption'] or '-'}")
+    low, high = min(map(len, tasks)), max(map(len, tasks))
+    print(f"stream: {len(tasks)} tasks of {low if low == high else f'{low}-{high}'} (dataset, class) pairs")
+    for t, task in enumerate(tasks, 1):
+        shown = ", ".join(task[:3]) + (f", ... ({len(task) - 3} more)" if len(task) > 3 else "")
+        print(f"  task {t}: {shown}")
+    return 0
+
+
 def cmd_data(args) -> int:
     import json
 
+    if args.data_command == "show":
+        return cmd_data_show(args)
     from time_ray.config import experiment_settings, load_config, steps_per_task
     from time_ray.core.base_model import load_base
     from time_ray.core.data_stats import benchmark_stats

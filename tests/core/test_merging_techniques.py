@@ -67,10 +67,13 @@ def test_slerp_on_nearly_parallel_tensors_is_lerp():
     assert torch.allclose(merged, 0.5 * (a["w"] + b["w"]), rtol=0, atol=1e-7)
 
 
-def test_slerp_ignores_weights_and_base_and_takes_two_models():
+def test_slerp_with_t_set_ignores_weights_and_base_and_takes_two_models():
     a, b = {"w": T(1.0, 0.0)}, {"w": T(0.0, 1.0)}
-    plain = Slerp().merge([a, b])["w"]
-    assert torch.equal(Slerp().merge([a, b], [0.9, 0.1], base={"w": T(5.0, 5.0)})["w"], plain)
+    plain = Slerp(t=0.5).merge([a, b])["w"]
+    assert torch.equal(Slerp(t=0.5).merge([a, b], [0.9, 0.1], base={"w": T(5.0, 5.0)})["w"], plain)
+    # t unset: t is the second model's weight (0.1); the base is still ignored
+    unset = Slerp().merge([a, b], [0.9, 0.1], base={"w": T(5.0, 5.0)})["w"]
+    assert torch.equal(unset, Slerp(t=0.1).merge([a, b])["w"])
     with pytest.raises(ValueError, match="at most 2"):
         Slerp().merge([a, b, a])
     with pytest.raises(ValueError, match="exactly 2"):
@@ -206,11 +209,12 @@ def test_breadcrumbs_drops_both_tails_per_tower_and_sums_by_default():
     technique = BreadcrumbsTies(prune=0.2, top=0.1)
     assert technique.disjoint == "sum"
     merged = technique.merge([a, b], base=base)
-    # image, a: keep 2nd smallest (2) <= |tau| <= 9th smallest (9); b: all ones, every entry at both thresholds
-    assert torch.allclose(merged["visual.w"], T(1.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 1.0))
-    # text, a: N = 4, lo = floor(0.8) = 0, hi = 4 - ceil(0.4) = 3 -> drop 4; b: all kept
-    # sums [0, 1, 2, -1]: entry 0 takes the tower sign (+), agreeing sum: a's 1 -> 1
-    assert torch.allclose(merged["t"], T(1.0, 2.0, 3.0, -1.0))
+    # image, N = 10: a drops floor(2) = 2 at the bottom (1, 2) and floor(1) = 1 at the top (10), keeping
+    # 3rd smallest (3) <= |tau| <= 9th smallest (9); b: all ones, every entry at both thresholds: all kept
+    assert torch.allclose(merged["visual.w"], T(1.0, 1.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 1.0))
+    # text, N = 4: floor(0.8) = 0 and floor(0.4) = 0 -> nothing dropped (a ceil at the top would drop the 4)
+    # sums [0, 1, 2, 3]: entry 0 takes the tower sign (+), agreeing sum: a's 1 -> 1
+    assert torch.allclose(merged["t"], T(1.0, 2.0, 3.0, 4.0))
 
 
 # --------------------------------------------------------------------------- MagMax, Random, Model Stock
@@ -402,8 +406,8 @@ def test_half_precision_in_half_precision_out(technique):
     experts = [{k: v.half() if v.is_floating_point() else v for k, v in random_state(s).items()} for s in (1, 2)]
     merged = technique.merge(experts, base=base)
     assert all(merged[k].dtype == base[k].dtype and merged[k].shape == base[k].shape for k in base)
-    if technique.name != "model_stock":  # scalar tau of opposite signs: cos = -1, r = -2e8 (the formula's pole)
-        assert all(torch.isfinite(merged[k].float()).all() for k in base)
+    # model_stock too: a scalar (logit_scale) is averaged, not put at the formula's pole cos = -1
+    assert all(torch.isfinite(merged[k].float()).all() for k in base)
 
 
 # --------------------------------------------------------------------------- chunked merging

@@ -43,23 +43,24 @@ def class_of(image, names):
 
 
 def write_fomo(root, n_train=3, n_test=1):
-    """cars/birds as sub-dirs with JSON info files, pets as CSV info files, web as flat parquet files."""
+    """The authors' layout with the info files in ``root`` itself (``info_dir`` left out): dict-keyed
+    ``<DATASET>_{train,test}.json`` and ``<DATASET>_classnames.json``, images under ``root/<DATASET>/``.
+    Captions are native (``default_caption``); the template comes from ``primer_caption``.
+    (tests/core/test_fomo_layout.py covers the full layout: separate info_dir, val splits, resized
+    variants, caption-only sets, per-dataset streams.)"""
+    root.mkdir(parents=True, exist_ok=True)
     for dataset, (classes, template) in FOMO.items():
-        base = root if dataset == "web" else root / dataset
+        (root / f"{dataset}_classnames.json").write_text(json.dumps(classes))
         for split, n in (("train", n_train), ("test", n_test)):
-            records = []
-            for c in classes:
+            records = {}
+            for target, c in enumerate(classes):
                 for i in range(n):
                     image = f"img_{dataset}/{split}/{c.replace(' ', '_')}_{i}.png"
-                    png(base / image, COLOURS[c])
-                    records.append({"image": image, "classname": c, "template_caption": template.format(c),
-                                    "caption": f"{c} number {i} in {split}"})
-            if dataset == "pets":
-                pd.DataFrame(records).to_csv(base / f"{split}.csv", index=False)
-            elif dataset == "web":
-                pd.DataFrame(records).to_parquet(base / f"web_{split}.parquet")
-            else:
-                (base / f"{split}.json").write_text(json.dumps(records))
+                    png(root / dataset / image, COLOURS[c])
+                    records[image] = {"classname": c, "default_caption": f"{c} number {i} in {split}",
+                                      "primer_caption": template.format(c), "synthetic_caption": None,
+                                      "synthetic_merged_caption": [f"synthetic {c}"], "target": target}
+            (root / f"{dataset}_{split}.json").write_text(json.dumps(records))
     return root
 
 
@@ -73,54 +74,54 @@ def fomo_options(root, **extra):
 def test_fomo_loads_images_labels_roles_templates_and_captions(tmp_path):
     root = write_fomo(tmp_path / "fomo")
     bench, stream = load_real_benchmark("fomo", fomo_options(root), image_size=16)
-    assert stream is None
-    assert bench.class_names == ["owl", "robin", "sparrow", "blue car", "red car", "cat", "dog", "house", "tree"]
+    # class ids follow <DATASET>_classnames.json; without a stream file every adaptation class, in id order
+    assert bench.class_names == ["sparrow", "robin", "owl", "red car", "blue car", "cat", "dog", "tree", "house"]
+    assert stream == [0, 1, 2, 3, 4]
     assert bench.class_dataset == ["birds"] * 3 + ["cars"] * 2 + ["pets"] * 2 + ["pretrain"] * 2
     assert list(bench.datasets) == ["birds", "cars", "pets"]
     roles = {n: d.role for n, d in bench.datasets.items()}
     assert roles == {"birds": "adaptation", "cars": "adaptation", "pets": "heldout"}
     assert bench.datasets["cars"].classes == (3, 4) and bench.datasets["pets"].classes == (5, 6)
-    assert bench.datasets["cars"].template == "a photo of a {}, a type of car."
+    assert bench.datasets["cars"].template == "a photo of a {}, a type of car."  # from primer_caption
     assert bench.datasets["pets"].template == "a photo of my {}."
     assert all(d.kind == "classification" for d in bench.datasets.values())
     assert bench.generic_classes == [7, 8] and set(bench.pretrain_classes) == {5, 6, 7, 8}
-    assert bench.train_images.shape == (9 * 3, 3, 16, 16) and bench.test_images.shape == (9, 3, 16, 16)
+    # held-out sets read their test split, pretrain-only ones their train split
+    assert bench.train_images.shape == (7 * 3, 3, 16, 16) and bench.test_images.shape == (7, 3, 16, 16)
     assert bench.train_images.dtype == torch.float16 and bench.test_images.dtype == torch.float16
     assert bench.train_labels.dtype == torch.int64
-    assert bench.train_labels.tolist() == [c for c in range(9) for _ in range(3)]
-    assert len(bench.train_captions) == 27 and len(bench.test_captions) == 9
+    assert bench.train_labels.tolist() == [c for c in (0, 1, 2, 3, 4, 7, 8) for _ in range(3)]
+    assert len(bench.train_captions) == 21 and len(bench.test_captions) == 7
     for images, labels, captions in ((bench.train_images, bench.train_labels, bench.train_captions),
                                      (bench.test_images, bench.test_labels, bench.test_captions)):
         for image, label, caption in zip(images, labels.tolist(), captions):
             name = bench.class_names[label]
             assert class_of(image, COLOURS) == name  # pixels belong to the labelled class
-            assert caption.startswith(f"{name} number ")  # the native caption of that image
-    assert bench.test_captions[3] == "blue car number 0 in test"
-    assert bench.caption(3) == "a photo of a blue car, a type of car."
+            assert caption.startswith(f"{name} number ")  # default_caption wins over the synthetic one
+    assert bench.test_captions[4] == "blue car number 0 in test"
+    assert bench.caption(4) == "a photo of a blue car, a type of car."
 
 
-def test_fomo_template_captions_max_per_class_and_retrieval(tmp_path):
+def test_fomo_max_per_class_retrieval_and_templates(tmp_path):
     root = write_fomo(tmp_path / "fomo", n_train=4, n_test=2)
-    bench, _ = load_real_benchmark("fomo", fomo_options(root, captions="template", max_per_class=2,
-                                                         retrieval=["pets"]), image_size=16)
-    assert bench.train_images.shape[0] == 9 * 2 and bench.test_images.shape[0] == 9 * 2
-    generic = set(bench.generic_classes)  # pretrain-only classes: their own dataset's template caption
-    assert [c for c, l in zip(bench.train_captions, bench.train_labels.tolist()) if l not in generic] == [
-        bench.caption(c) for c in bench.train_labels.tolist() if c not in generic]
-    assert bench.train_captions[-1] == "a web photo of a tree."
+    bench, _ = load_real_benchmark("fomo", fomo_options(root, max_per_class=2, retrieval=["pets"],
+                                                         templates={"cars": "a car: {}."}), image_size=16)
+    assert bench.train_images.shape[0] == 7 * 2 and bench.test_images.shape[0] == 7 * 2
+    assert bench.train_captions[:2] == ["sparrow number 0 in train", "sparrow number 1 in train"]
     assert bench.datasets["pets"].kind == "retrieval" and bench.datasets["cars"].kind == "classification"
+    assert bench.datasets["cars"].template == "a car: {}."
 
 
 def test_fomo_stream_file_gives_class_ids_in_file_order_and_selects_adaptation_datasets(tmp_path):
     root = write_fomo(tmp_path / "fomo")
     entries = ["birds+++robin", "cars+++red car", "birds+++owl", "birds+++sparrow", "cars+++blue car"]
-    (root / "stream.json").write_text(json.dumps(entries))
-    bench, stream = load_real_benchmark("fomo", fomo_options(root, stream_file=str(root / "stream.json")), 16)
+    (tmp_path / "stream.json").write_text(json.dumps(entries))
+    bench, stream = load_real_benchmark("fomo", fomo_options(root, stream_file=str(tmp_path / "stream.json")), 16)
     assert isinstance(stream, list) and all(type(c) is int for c in stream)
     assert [f"{bench.class_dataset[c]}+++{bench.class_names[c]}" for c in stream] == entries
     # only datasets named in the stream are adaptation datasets: drop "cars" from the stream
-    (root / "stream.json").write_text(json.dumps(["birds+++owl", "birds+++robin"]))
-    bench, stream = load_real_benchmark("fomo", fomo_options(root, stream_file="stream.json"), 16)  # relative to root
+    (tmp_path / "stream.json").write_text(json.dumps(["BIRDS+++owl", "birds+++robin"]))  # handles ignore case
+    bench, stream = load_real_benchmark("fomo", fomo_options(root, stream_file=str(tmp_path / "stream.json")), 16)
     assert list(bench.datasets) == ["birds", "pets"] and [bench.class_names[c] for c in stream] == ["owl", "robin"]
 
 
@@ -133,27 +134,27 @@ def test_fomo_errors_name_the_option_file_and_close_matches(tmp_path):
     found = "datasets found: birds, cars, pets, web"
     with pytest.raises(ConfigError, match=rf"'heldout'.*'petz' does not exist.*did you mean 'pets'.*{found}"):
         validate_real_data("fomo", {"root": str(root), "heldout": ["petz"]})
-    for entry, pattern in (("bird+++owl", r"'bird\+\+\+owl' names unknown dataset 'bird'.*did you mean 'birds'"),
-                           ("birds+++robn", r"'birds\+\+\+robn'.*no class 'robn'.*did you mean 'robin'"),
-                           ("pets+++cat", r"'pets\+\+\+cat' names dataset 'pets'.*heldout"),
+    stream = tmp_path / "s.json"
+    for entry, pattern in (("bird+++owl", r"'bird\+\+\+owl' in .*s.json names unknown dataset 'bird'.*did you mean "
+                                          r"'birds'"),
+                           ("birds+++robn", r"'birds\+\+\+robn' in .*s.json: .*no class 'robn'.*did you mean 'robin'"),
+                           ("pets+++cat", r"'pets\+\+\+cat' in .*s.json names dataset 'pets'.*heldout"),
                            ("birds-owl", "not a \"DATASET\\+\\+\\+classname\" string")):
-        (root / "s.json").write_text(json.dumps(["birds+++owl", entry] if "owl" not in entry else [entry]))
+        stream.write_text(json.dumps(["birds+++owl", entry] if "owl" not in entry else [entry]))
         with pytest.raises(ConfigError, match=pattern):
-            validate_real_data("fomo", fomo_options(root, stream_file=str(root / "s.json")))
+            validate_real_data("fomo", fomo_options(root, stream_file=str(stream)))
     with pytest.raises(ConfigError, match="'stream_file'.*missing.json does not exist"):
-        validate_real_data("fomo", fomo_options(root, stream_file="missing.json"))
+        validate_real_data("fomo", fomo_options(root, stream_file=str(tmp_path / "missing.json")))
     with pytest.raises(ConfigError, match="unknown option.*did you mean 'heldout'"):
         validate_real_data("fomo", {"root": str(root), "held_out": ["pets"]})
     with pytest.raises(ConfigError, match="unknown kind 'imagenet'"):
         validate_real_data("imagenet", {})
-    (root / "cars" / "test.json").write_text("[]")
-    with pytest.raises(ConfigError, match="'cars' has no test images"):
+    (root / "cars_test.json").write_text("{}")
+    with pytest.raises(ConfigError, match="cars_test.json holds no records"):
         validate_real_data("fomo", fomo_options(root))
-    (root / "cars" / "train.json").write_text("[]")
-    with pytest.raises(ConfigError, match="'cars' is empty"):
-        validate_real_data("fomo", fomo_options(root))
-    (root / "cars" / "test.json").unlink()
-    with pytest.raises(ConfigError, match="'cars' has a train.json info file but no test info file"):
+    (root / "cars_test.json").unlink()
+    with pytest.raises(ConfigError, match="'cars' \\(adaptation\\) needs a test info file: no cars_test.json or "
+                                          "cars_val.json"):
         validate_real_data("fomo", fomo_options(root))
 
 

@@ -76,6 +76,16 @@ def builtin_base(arch: str, spec: BenchmarkSpec, recipe: BaseTraining, log=None)
     return state, path
 
 
+def is_checkpoint_path(arch: str, pretrained: str) -> bool:
+    """Whether ``model.pretrained`` names a local checkpoint file rather than an open_clip tag: it has a
+    checkpoint suffix or a directory separator, or it is an existing file and not a tag of ``arch``
+    (``weights.bin`` in the current directory is a file; ``laion2b_s34b_b88k`` is a tag)."""
+    path = Path(pretrained).expanduser()
+    if path.suffix in models.CHECKPOINT_SUFFIXES or "/" in pretrained or os.sep in pretrained:
+        return True
+    return path.is_file() and not models.is_pretrained_tag(arch, pretrained)
+
+
 def load_base(arch: str, pretrained: str, spec: BenchmarkSpec, recipe: BaseTraining, log=None) -> dict:
     """theta_0 for ``model.pretrained``: builtin, none, a local checkpoint, or an open_clip tag."""
     if pretrained == "builtin":
@@ -83,10 +93,8 @@ def load_base(arch: str, pretrained: str, spec: BenchmarkSpec, recipe: BaseTrain
     if pretrained == "none":
         torch.manual_seed(recipe.seed)
         return models.state_dict_of(models.create_model(arch))
+    if not is_checkpoint_path(arch, pretrained):
+        return models.open_clip_pretrained(arch, pretrained)  # open_clip builds the model and checks the fit
     model = models.create_model(arch)
-    if Path(pretrained).suffix in (".safetensors", ".pt", ".bin", ".pth") or os.sep in pretrained:
-        state = models.load_state_dict(pretrained)
-    else:
-        state = models.open_clip_pretrained(arch, pretrained)
-    models.load_into(model, state, pretrained)
+    models.load_into(model, models.load_state_dict(pretrained), pretrained)
     return models.state_dict_of(model)

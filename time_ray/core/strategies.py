@@ -11,6 +11,11 @@ theta^i_t (init) and theta^o_t (deploy) for timestep t, with M the policy's merg
 EMA chain: r_0 = theta_0 (or, without theta_0, r_1 = theta^s_1) and
 r_t = M(theta^s_t, r_{t-1}; anchor theta_0) with weights (w_t, 1 - w_t); w_t = 1/2 by default, or
 1/t (``running-mean``). With averaging and w = 1/2: r_t = 2^-t theta_0 + sum_k 2^-(t-k+1) theta^s_k.
+
+The weights reach the technique with the models: techniques that use them (averaging, and SLERP when its
+``t`` is unset: t = the second model's weight, 1 - w_t in the chain, 1/2 for ``ft-zs``) follow the
+strategy; techniques with their own coefficients (task arithmetic, TIES family, MagMax, Random, Model Stock, or
+SLERP with ``t`` set) ignore them.
 """
 
 from __future__ import annotations

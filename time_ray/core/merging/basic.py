@@ -85,18 +85,39 @@ class TaskArithmetic(LinesOption, Technique):
 class Slerp(Technique):
     """Spherical interpolation of two models a, b (the weights themselves), per tensor: with the unit
     directions of a and b, if |cos| > 0.9995 then (1-t) a + t b, else
-    sin((1-t) w)/sin(w) a + sin(t w)/sin(w) b with w = arccos(cos). Strategy weights are not used.
-    A zero tensor has no direction; it is interpolated linearly."""
+    sin((1-t) w)/sin(w) a + sin(t w)/sin(w) b with w = arccos(cos). A zero tensor has no direction; it is
+    interpolated linearly.
+
+    t: when set (a number in [0, 1]) it is used as is and the strategy's weights are ignored. When unset
+    (None, the default) t is the weight of the second model b: the strategies call a merge with weights
+    (w_a, w_b) = (1 - t, t) (EMA chain: (w, 1 - w) for (theta^s_t, r_{t-1}), so t = 1 - w; ``ft-zs``:
+    (1/2, 1/2), so t = 1/2), and without weights they are uniform, t = 1/2. Weights that do not sum to 1
+    or give t outside [0, 1] are refused (ValueError). (The TIME authors' ``SLERP`` takes its t from its
+    weight list too, as ``weight_coefficients[0]``, uniform by default.)"""
 
     name: ClassVar[str] = "slerp"
     min_models: ClassVar[int] = 2
     max_models: ClassVar[int | None] = 2
     elementwise: ClassVar[bool] = False  # norms and cosine over the whole tensor (two models: whole is fine)
-    t: float = 0.5
+    t: float | None = None
+
+    def __post_init__(self):
+        if self.t is not None:  # None (take t from the weights) is valid; numbers are checked by RULES["t"]
+            super().__post_init__()
+
+    def interpolation(self, weights) -> float:
+        """t for this merge: the set ``t``, else the weight of the second model."""
+        if self.t is not None:
+            return self.t
+        w_a, w_b = weights
+        if abs(w_a + w_b - 1.0) > 1e-6 or not 0.0 <= w_b <= 1.0:
+            raise ValueError(f"slerp without t takes t from the weights (w_a, w_b) = (1 - t, t): they must sum to 1 "
+                             f"with t in [0, 1], got {list(weights)}")
+        return w_b
 
     def merge_tensor(self, thetas, weights, theta_0):
         a, b = thetas
-        t = self.t
+        t = self.interpolation(weights)
         norm_a, norm_b = a.norm(), b.norm()
         if norm_a == 0 or norm_b == 0:
             return (1 - t) * a + t * b
@@ -187,7 +208,16 @@ class RandomPick(Technique):
 @dataclass(frozen=True)
 class ModelStock(Technique):
     """Two models; per tensor cos = <tau_1, tau_2> / (|tau_1| |tau_2| + 1e-8), r = 2 cos / (cos + 1 + 1e-8),
-    theta = r (theta_1 + theta_2) / 2 + (1 - r) theta_0."""
+    theta = r (theta_1 + theta_2) / 2 + (1 - r) theta_0.
+
+    The formula applies to every tensor of more than one entry, 1-D ones (biases, LayerNorm weights)
+    included, as in the TIME authors' ``ModelStock.compute_angle`` / ``compute_ratio`` (per state-dict key,
+    whatever its shape). A scalar or one-entry tensor (e.g. ``logit_scale``) is plainly averaged,
+    theta = (theta_1 + theta_2) / 2: its cos is sign(tau_1 tau_2) * |tau_1 tau_2| / (|tau_1 tau_2| + 1e-8),
+    about +-1, which carries no angle and, for opposite signs, puts r near the formula's pole at cos = -1
+    (r of order -1e8 |tau_1 tau_2|: a 1.05 logit scale became 98,800). Here we deliberately differ from the
+    authors, who apply the formula to those too (for task vectors of the same sign their r is about 1, the
+    average; for opposite signs they blow up the same way)."""
 
     name: ClassVar[str] = "model_stock"
     needs_base: ClassVar[bool] = True
@@ -197,6 +227,8 @@ class ModelStock(Technique):
 
     def merge_tensor(self, thetas, weights, theta_0):
         theta_1, theta_2 = thetas
+        if theta_0.numel() <= 1:  # no angle between one-entry task vectors: the plain average
+            return (theta_1 + theta_2) / 2
         tau_1, tau_2 = theta_1 - theta_0, theta_2 - theta_0
         cos = (tau_1 * tau_2).sum() / (tau_1.norm() * tau_2.norm() + 1e-8)
         r = 2 * cos / (cos + 1 + 1e-8)

@@ -11,7 +11,6 @@ import math
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import ClassVar
 
 import numpy as np
@@ -155,7 +154,9 @@ class SparseConsensus(LinesOption, Technique):
         return lambda tau: self.scores(tau, k, key)
 
     def ranks(self, n: int) -> tuple[int, int]:
-        """1-based ranks (lo, hi) among the n scores of a tower: keep lo-th smallest <= s <= hi-th smallest."""
+        """1-based ranks (lo, hi) among the n scores of a tower: keep lo-th smallest <= s <= hi-th smallest
+        (lo = 0: no lower bound; hi = n: no upper bound). TIES: lo = floor(N p), which keeps the floor(N p)-th
+        smallest itself (the authors' ``TIES.sparsify``: kthvalue(k), keep >= it)."""
         return fraction_count(n, self.prune), n
 
     @property
@@ -542,16 +543,27 @@ class DareTies(SparseConsensus):
 @register
 @dataclass(frozen=True)
 class BreadcrumbsTies(SparseConsensus):
-    """Model Breadcrumbs with TIES (Davari & Belilovsky 2024): per expert drop the entries of the tower
-    below the p-quantile (the floor(N p)-th smallest |tau|, as TIES) and above the (1-top)-quantile
-    (the floor(N (1-top))-th smallest |tau|) of |tau|, then elect + disjoint merge (sum by default)."""
+    """Model Breadcrumbs with TIES (Davari & Belilovsky 2024): per expert, over the N entries of its tower
+    (flattened, as every ``SparseConsensus``), ranked by |tau|, drop floor(N p) entries at the bottom and
+    floor(N top) at the top, then elect + disjoint merge (sum by default).
+
+    Kept: the (floor(N p) + 1)-th smallest |tau| <= |tau| <= the (N - floor(N top))-th smallest |tau|
+    (nothing dropped at an end whose count is 0). With distinct magnitudes at the two thresholds exactly
+    floor(N p) and floor(N top) entries go; entries equal to a threshold are all kept (ties can only
+    make fewer drops, never depend on position). This is the rule of the TIME authors' code
+    (``BreadcrumbsTIES.filter_tensor_nd_magnitude`` in fomo_in_flux ``continual_lib/merge.py``: sorted
+    |tau|, keep sorted[bottom_k] <= |tau| <= sorted[-top_k - 1], bottom_k = int(p N), top_k = int(top N),
+    over each merged module's flattened state dict, i.e. per tower). Unlike TIES, whose trim keeps the
+    floor(N p)-th smallest and so drops one entry fewer. If floor(N p) + floor(N top) >= N, the two
+    thresholds cross and (ties aside) nothing of the tower is kept (the authors raise an error there)."""
 
     name: ClassVar[str] = "breadcrumbs_ties"
     disjoint: str = "sum"
     top: float = 0.01
 
     def ranks(self, n):
-        return fraction_count(n, self.prune), n - math.ceil(n * Fraction(str(self.top)))
+        bottom, top = fraction_count(n, self.prune), fraction_count(n, self.top)
+        return (bottom + 1 if bottom else 0), n - top
 
     def drops_entries(self) -> bool:
         return self.prune > 0 or self.top > 0

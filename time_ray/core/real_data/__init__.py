@@ -2,11 +2,9 @@
 
 Three layouts (``kind``), one module each:
 
-* ``fomo`` (:mod:`.fomo`): FoMo-in-Flux style per-dataset info files (``classname``, a class
-  template caption, native/generated captions) and an optional stream file, a JSON list of
-  ``"DATASET+++classname"`` strings (TIME.md §6). The layout details are assumptions, documented
-  in :mod:`.fomo`: the public FoMo-in-Flux repository held only a placeholder README when this
-  was written.
+* ``fomo`` (:mod:`.fomo`): the FoMo-in-Flux info files exactly as the TIME authors' repository ships
+  them (``data_lib/00_info/<DATASET>_{train,test}.json``, ``<DATASET>_classnames.json``, images under
+  ``<root>/<DATASET>/``) and their stream files, JSON lists of ``"DATASET+++classname"`` (TIME.md §6).
 * ``folders`` (:mod:`.folders`): one directory per dataset with one sub-folder per class.
 * ``table`` (:mod:`.table`): one CSV/parquet file, a row per image.
 
@@ -23,11 +21,12 @@ from __future__ import annotations
 from time_ray.core.benchmark import Benchmark
 from time_ray.core.errors import ConfigError
 from time_ray.core.real_data import fomo, folders, table
-from time_ray.core.real_data.common import CLIP_MEAN, CLIP_STD, Plan, assemble
+from time_ray.core.real_data.common import CLIP_MEAN, CLIP_STD, Plan, assemble, dataset_row, describe
 
 READERS = {"fomo": fomo, "folders": folders, "table": table}
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "READERS", "load_real_benchmark", "validate_real_data"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "READERS", "dataset_row", "load_real_benchmark", "outline_real_data",
+           "validate_real_data"]
 
 
 def _plan(kind: str, options: dict) -> Plan:
@@ -42,6 +41,16 @@ def validate_real_data(kind: str, options: dict) -> None:
 
 
 def load_real_benchmark(kind: str, options: dict, image_size: int) -> tuple[Benchmark, list[int] | None]:
-    """The benchmark of the real data, and for ``fomo`` with a ``stream_file`` the global class
-    ids of the adaptation stream in file order (the caller cuts it into T chunks); else None."""
+    """The benchmark of the real data, and for ``fomo`` the global class ids of the adaptation stream
+    (the stream file's order, else every adaptation class with training images; the caller cuts it
+    into T chunks); None for the other layouts (all adaptation classes, dataset by dataset)."""
     return assemble(kind, _plan(kind, options or {}), image_size, options or {})
+
+
+def outline_real_data(kind: str, options: dict) -> tuple[list[dict], Benchmark, list[int] | None]:
+    """What ``time-ray data show`` prints, without decoding any image: one :func:`dataset_row` per
+    dataset (pretrain-only ones included), the benchmark with empty image tensors (labels, captions
+    and datasets complete) and the stream as in :func:`load_real_benchmark`."""
+    plan = _plan(kind, options or {})
+    bench, stream = assemble(kind, plan, None, options or {})
+    return describe(plan, bench), bench, stream

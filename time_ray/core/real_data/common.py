@@ -40,6 +40,7 @@ class DatasetInfo:
     role: str  # 'adaptation' | 'heldout' | 'pretrain'
     template: str = DEFAULT_TEMPLATE
     kind: str = "classification"
+    classes: tuple[str, ...] | None = None  # class order (ids follow it); None: the class names sorted
 
 
 @dataclass(frozen=True)
@@ -243,14 +244,17 @@ def _images(paths: list[Path], size: int, mean, std, workers: int) -> torch.Tens
     return out
 
 
-def assemble(kind: str, plan: Plan, image_size: int, options: dict) -> tuple[Benchmark, list[int] | None]:
-    """Class ids (datasets in plan order, class names sorted within each), images and captions."""
-    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
-        raise ConfigError(f"real data ({kind}): image_size must be a positive integer, got {image_size!r}.")
-    mean, std, _, workers = common_settings(kind, options)
-    class_names, class_dataset, datasets, ids = [], [], {}, {}
+def number_classes(plan: Plan) -> tuple[list[str], list[str], dict[str, Dataset], dict[tuple[str, str], int]]:
+    """Class ids: datasets in plan order, classes in each dataset's ``classes`` order (else sorted).
+    Returns class names, the dataset of each class ("pretrain" for pretrain-only data), the
+    evaluated datasets and the id of each (dataset, class name)."""
+    class_names: list[str] = []
+    class_dataset: list[str] = []
+    datasets: dict[str, Dataset] = {}
+    ids: dict[tuple[str, str], int] = {}
     for d in plan.datasets:
-        names = sorted({i.classname for i in plan.items if i.dataset == d.name})
+        names = (list(d.classes) if d.classes is not None
+                 else sorted({i.classname for i in plan.items if i.dataset == d.name}))
         first = len(class_names)
         for offset, name in enumerate(names):
             ids[d.name, name] = first + offset
@@ -258,11 +262,23 @@ def assemble(kind: str, plan: Plan, image_size: int, options: dict) -> tuple[Ben
         class_dataset += ["pretrain" if d.role == "pretrain" else d.name] * len(names)
         if d.role != "pretrain":
             datasets[d.name] = Dataset(d.name, d.role, d.template, tuple(range(first, len(class_names))), d.kind)
+    return class_names, class_dataset, datasets, ids
+
+
+def assemble(kind: str, plan: Plan, image_size: int | None, options: dict) -> tuple[Benchmark, list[int] | None]:
+    """The benchmark of the plan (class ids from :func:`number_classes`) and the stream as class ids.
+    ``image_size`` None: no image is decoded (every image tensor has shape [n, 3, 0, 0]; labels and
+    captions are complete), for looking at the data before paying for it."""
+    if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1):
+        raise ConfigError(f"real data ({kind}): image_size must be a positive integer, got {image_size!r}.")
+    mean, std, _, workers = common_settings(kind, options)
+    class_names, class_dataset, datasets, ids = number_classes(plan)
     splits = {}
     for split in SPLITS:
         items = sorted((i for i in plan.items if i.split == split), key=lambda i: ids[i.dataset, i.classname])
-        splits[split] = (_images([i.path for i in items], image_size, mean, std, workers),
-                         torch.tensor([ids[i.dataset, i.classname] for i in items], dtype=torch.int64),
+        images = (torch.empty((len(items), 3, 0, 0), dtype=torch.float16) if image_size is None
+                  else _images([i.path for i in items], image_size, mean, std, workers))
+        splits[split] = (images, torch.tensor([ids[i.dataset, i.classname] for i in items], dtype=torch.int64),
                          [i.caption for i in items])
     bench = Benchmark(class_names=class_names, class_dataset=class_dataset, datasets=datasets,
                       train_images=splits["train"][0], train_labels=splits["train"][1],
@@ -270,6 +286,28 @@ def assemble(kind: str, plan: Plan, image_size: int, options: dict) -> tuple[Ben
                       train_captions=splits["train"][2], test_captions=splits["test"][2])
     stream = None if plan.stream is None else [ids[pair] for pair in plan.stream]
     return bench, stream
+
+
+def dataset_row(bench: Benchmark, name: str, role: str, kind: str, template: str | None, classes) -> dict:
+    """What ``time-ray data show`` prints of one dataset: role ('adaptation', 'heldout', 'pretrain', or
+    'retrieval' for a held-out set scored by Recall@5), classes, train and test images, prompt template,
+    and the first training caption (the first test caption when it has no training images)."""
+    train, test = bench.train_indices(classes), bench.test_indices(classes)
+    captions = [(bench.train_captions, train), (bench.test_captions, test)]
+    caption = next((texts[int(index[0])] for texts, index in captions if texts is not None and len(index)), None)
+    role = "retrieval" if kind == "retrieval" and role == "heldout" else role
+    return {"name": name, "role": role, "classes": len(classes),
+            "n_train": int(len(train)), "n_test": int(len(test)), "template": template, "caption": caption}
+
+
+def describe(plan: Plan, bench: Benchmark) -> list[dict]:
+    """:func:`dataset_row` of every dataset of the plan (pretrain-only ones included), in plan order."""
+    _, _, _, ids = number_classes(plan)
+    rows = []
+    for d in plan.datasets:
+        classes = [c for (dataset, _), c in ids.items() if dataset == d.name]
+        rows.append(dataset_row(bench, d.name, d.role, d.kind, d.template, classes))
+    return rows
 
 
 def is_missing(value) -> bool:

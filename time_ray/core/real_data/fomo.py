@@ -1,139 +1,244 @@
-"""The FoMo-in-Flux layout (TIME.md §6): per-dataset info files plus an optional stream file.
+"""The FoMo-in-Flux layout, as the TIME authors' code base ships it (pseudope/fomo_in_flux, ``data_lib/``;
+TIME.md §6). Nothing is moved or renamed: ``info_dir`` is their ``data_lib/00_info`` (default: ``root``),
+``root`` their data directory, ``stream_file`` one of their ``stream_construction/*.json`` files.
 
-``root`` holds, per dataset, either a sub-directory ``<DATASET>/`` with the info files
-``train.{json,csv,parquet}`` and ``test.{json,csv,parquet}``, or flat files
-``<DATASET>_train.{json,csv,parquet}`` / ``<DATASET>_test...``. Image paths in an info file are
-relative to the directory that holds it (absolute paths are used as they are).
+Info files, all in ``info_dir``:
 
-An info file lists one record per image: a JSON list of objects, a JSON object mapping the image
-path to its record, or a CSV/parquet table with one row per image. Keys (first alias present wins):
+* ``<DATASET>_<split>.json``: a JSON object mapping an image path, relative to ``<root>/<DATASET>/``, to
+  its record ``{classname, default_caption, primer_caption, synthetic_caption, synthetic_merged_caption,
+  target}``. The train split is ``train`` (else ``train_mini``), the test split ``test`` (else ``val``):
+  ``MTSD_{train,val}``, ``iNATURALIST2021_{train_mini,val}``. A dataset with a test file only is an
+  evaluation-only (held-out) set.
+* ``<DATASET>_<split>_<N>.json``: the variant resized to N px (their ``create_resized_variant_if_possible``);
+  its paths start with the folder ``<DATASET>_<split>_<N>/`` inside ``<root>/<DATASET>/``. With
+  ``resized: N`` it replaces ``<DATASET>_<split>.json`` where both it and that folder exist (their rule).
+* ``<DATASET>_classnames.json``: a JSON list of class names in ``target`` order. Class ids follow it (a
+  record's own ``classname`` may be spelled differently, e.g. "femur-left" for "femur left").
 
-* image path: ``image``, ``image_path``, ``path``, ``file``, ``filename``, ``filepath``;
-* ``classname`` (or ``class_name``), required;
-* class template caption: ``template_caption``, ``default_caption``, ``class_caption`` (optional);
-* native or generated caption: ``caption``, ``native_caption``, ``generated_caption``, ``captions``
-  (a list: its first entry), optional.
+Captions (their rule): ``default_caption`` when not null, else ``synthetic_merged_caption``; a list gives
+its first entry; with neither, the class caption. A dataset's prompt template is ``templates[DATASET]``,
+else its ``primer_caption`` with the record's class name replaced by ``{}`` (``"A photo of a {} texture."``
+for DTD), else ``"A photo of a {}."``. Records whose ``classname`` is null are caption-only: such a dataset
+is a retrieval set (Recall@5), one class per distinct caption, template ``"{}"``.
 
-A dataset's prompt template is ``templates[<DATASET>]`` if given, else its first template caption
-with the class name replaced by ``{}``, else ``"a photo of a {}."``. The stream file is a JSON list
-of ``"DATASET+++classname"`` strings; it names the adaptation datasets (other datasets not listed in
-``heldout``/``pretrain`` are then left out), and its order is returned as class ids.
+Roles: ``heldout`` and ``pretrain`` list datasets (their test / train split is read); the adaptation
+datasets are those of the stream file, else every other dataset with a train file. The stream file is a
+JSON list of ``"DATASET+++classname"``: DATASET is the info-file name (``DTD``, their combined streams) or
+its lower-case handle (``dtd``, ``oxford_pets`` for ``OXFORDPETS``; their per-dataset streams), compared
+ignoring case and any character but letters and digits; dataset options accept both spellings too.
+Without a stream file the stream is every adaptation class with training images, in class-id order.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from time_ray.core.real_data.common import (
-    DEFAULT_TEMPLATE, SPLITS, DatasetInfo, Item, Plan, cap_items, check_options, check_plan,
-    check_names_exist, close_matches, common_settings, existing_path, fail, is_missing, resolve_roles, templates_option,
+    SPLITS, DatasetInfo, Item, Plan, cap_items, check_names_exist, check_options, check_plan, close_matches,
+    common_settings, existing_path, fail, name_list, resolve_roles, templates_option,
 )
 
 KIND = "fomo"
-OPTIONS = ("root", "stream_file", "heldout", "pretrain", "retrieval", "captions", "templates")
-INFO_SUFFIXES = (".json", ".csv", ".parquet")
-KEYS = {
-    "image": ("image", "image_path", "path", "file", "filename", "filepath"),
-    "classname": ("classname", "class_name"),
-    "template": ("template_caption", "default_caption", "class_caption"),
-    "caption": ("caption", "native_caption", "generated_caption", "captions"),
-}
+OPTIONS = ("root", "info_dir", "stream_file", "heldout", "pretrain", "retrieval", "resized", "templates")
 SEPARATOR = "+++"
+DEFAULT_TEMPLATE = "A photo of a {}."  # the authors' default primer (DatasetScaffold)
+SPLIT_NAMES = {"train": ("train", "train_mini"), "test": ("test", "val")}
+INFO_FILE = re.compile(r"^(?P<dataset>.+?)_(?P<split>train_mini|train|test|val)(?:_(?P<size>\d+))?\.json$")
+CLASSNAMES_FILE = re.compile(r"^(?P<dataset>.+)_classnames\.json$")
+RECORD = "{classname, default_caption, primer_caption, synthetic_caption, synthetic_merged_caption, target}"
+READS = {"adaptation": SPLITS, "heldout": ("test",), "pretrain": ("train",)}  # the splits each role uses
 
 
-def find_info_files(root: Path) -> dict[str, dict[str, Path]]:
-    """{dataset: {split: info file}} from both the sub-directory and the flat layout."""
-    found: dict[str, dict[str, Path]] = {}
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
+@dataclass
+class DatasetFiles:
+    info: dict[tuple[str, int | None], Path] = field(default_factory=dict)  # (split name, size) -> file
+    classnames: Path | None = None
+
+    def split_file(self, split: str, images: Path, resized: int | None) -> Path | None:
+        """The info file of our split 'train' or 'test': the first of its split names present, the
+        resized variant when asked for and its image folder exists."""
+        for name in SPLIT_NAMES[split]:
+            if resized and (name, resized) in self.info and (images / f"{images.name}_{name}_{resized}").is_dir():
+                return self.info[name, resized]
+            if (name, None) in self.info:
+                return self.info[name, None]
+        return None
+
+
+def find_datasets(info_dir: Path) -> dict[str, DatasetFiles]:
+    """Every dataset with an info file in ``info_dir``, by its name (the file-name prefix)."""
+    found: dict[str, DatasetFiles] = {}
+    classnames: dict[str, Path] = {}
+    for path in sorted(info_dir.iterdir()):
+        if not path.is_file():
             continue
-        if entry.is_dir():
-            for split in SPLITS:
-                files = [entry / f"{split}{s}" for s in INFO_SUFFIXES if (entry / f"{split}{s}").is_file()]
-                if files:
-                    found.setdefault(entry.name, {})[split] = files[0]
-        elif entry.suffix in INFO_SUFFIXES:
-            stem = entry.name[: -len(entry.suffix)]
-            for split in SPLITS:
-                if stem.endswith(f"_{split}") and len(stem) > len(split) + 1:
-                    found.setdefault(stem[: -len(split) - 1], {})[split] = entry
+        if match := CLASSNAMES_FILE.match(path.name):
+            classnames[match["dataset"]] = path
+        elif match := INFO_FILE.match(path.name):
+            size = int(match["size"]) if match["size"] else None
+            found.setdefault(match["dataset"], DatasetFiles()).info[match["split"], size] = path
     if not found:
-        fail(KIND, "root", f"no dataset info files in {root}; expected <DATASET>/train.json and "
-                           f"<DATASET>/test.json (or .csv/.parquet, or flat <DATASET>_train.json).")
-    for name, files in found.items():
-        for split in SPLITS:
-            if split not in files:
-                fail(KIND, "root", f"dataset {name!r} has a {'/'.join(f.name for f in files.values())} info "
-                                   f"file but no {split} info file ({split}.json, .csv or .parquet).")
+        fail(KIND, "info_dir", f"no info files <DATASET>_train.json / <DATASET>_test.json in {info_dir} (the "
+                               "authors ship them in data_lib/00_info of their repository; set info_dir to that).")
+    for name, path in classnames.items():
+        if name in found:
+            found[name].classnames = path
     return found
 
 
-def read_records(path: Path) -> list[dict]:
-    """The records of one info file (JSON list or mapping, CSV, parquet)."""
+def handle(name: str) -> str:
+    """What two spellings of a dataset share: 'OXFORDPETS' and 'oxford_pets' give 'oxfordpets'."""
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+def canonical(name: str, found, option: str) -> str:
+    """The dataset name ``name`` stands for (itself, or the one dataset with the same handle);
+    ``name`` unchanged when none matches (the caller reports it)."""
+    if name in found:
+        return name
+    matches = [f for f in found if handle(f) == handle(name)]
+    if len(matches) > 1:
+        fail(KIND, option, f"dataset {name!r} could mean {', '.join(matches)}; use the exact name.")
+    return matches[0] if matches else name
+
+
+def read_json(path: Path, what: str):
     try:
-        if path.suffix == ".json":
-            data = json.loads(path.read_text())
-            if isinstance(data, dict):
-                data = [{"image": key, **value} if isinstance(value, dict) else value for key, value in data.items()]
-            if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-                raise ValueError("expected a JSON list of objects or an object of objects")
-            return data
-        import pandas as pd
-
-        frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
-        return frame.to_dict("records")
-    except Exception as exc:
-        fail(KIND, "root", f"cannot read info file {path}: {exc}")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        fail(KIND, "info_dir", f"cannot read {what} {path} as JSON: {' '.join(str(exc).split())}")
 
 
-def field(record: dict, key: str):
-    """The first non-missing alias of ``key`` in ``record`` (a caption list gives its first entry)."""
-    for alias in KEYS[key]:
-        value = record.get(alias)
-        if isinstance(value, (list, tuple)):
-            value = next((v for v in value if not is_missing(v)), None)
-        if not is_missing(value):
-            return str(value)
+def read_info(path: Path) -> dict[str, dict]:
+    """The records of one info file: image path -> record, checked for the keys every record has."""
+    data = read_json(path, "info file")
+    if not isinstance(data, dict):
+        fail(KIND, "info_dir", f"info file {path}: expected a JSON object mapping each image path (relative to "
+                               f"<root>/<DATASET>/) to its record {RECORD}; got a JSON {type(data).__name__}.")
+    for key, record in data.items():
+        if not isinstance(record, dict):
+            fail(KIND, "info_dir", f"info file {path}: the record of {key!r} must be an object {RECORD}, "
+                                   f"got {record!r:.80}.")
+        missing = [k for k in ("classname", "target") if k not in record]
+        if missing:
+            fail(KIND, "info_dir", f"info file {path}: the record of {key!r} lacks {', '.join(missing)} "
+                                   f"(keys found: {', '.join(map(str, record))}; expected {RECORD}).")
+    return data
+
+
+def read_classnames(name: str, files: DatasetFiles, info_dir: Path) -> list[str]:
+    if files.classnames is None:
+        fail(KIND, "info_dir", f"dataset {name!r} has class labels but no {info_dir / f'{name}_classnames.json'} "
+                               "(expected a JSON list of class names in target order).")
+    names = read_json(files.classnames, "class-name file")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        fail(KIND, "info_dir", f"class-name file {files.classnames}: expected a non-empty JSON list of class names "
+                               f"in target order, got {names!r:.80}.")
+    twice = sorted(n for n, count in Counter(names).items() if count > 1)
+    if twice:
+        fail(KIND, "info_dir", f"class-name file {files.classnames}: {', '.join(map(repr, twice))} listed twice.")
+    return names
+
+
+def first_text(value) -> str | None:
+    """A caption field: a string, or a list whose first non-blank string is taken."""
+    for text in value if isinstance(value, list) else [value]:
+        if isinstance(text, str) and text.strip():
+            return text.strip()
     return None
 
 
-def derive_template(records: list[dict]) -> str:
+def record_caption(record: dict) -> str | None:
+    """The authors' rule: ``default_caption`` when not null, else ``synthetic_merged_caption``."""
+    for key in ("default_caption", "synthetic_merged_caption"):
+        if (text := first_text(record.get(key))) is not None:
+            return text
+    return None
+
+
+def primer_template(records) -> str | None:
+    """The template behind the records' ``primer_caption``: the first primer with one occurrence of its
+    class name replaced by ``{}``, the occurrence that reproduces the most primers of other classes
+    ("A photo of a {}, a type of bird." and not "A photo of a bird, a type of {}.")."""
+    samples: dict[str, str] = {}  # one primer per class name
     for record in records:
-        caption, name = field(record, "template"), field(record, "classname")
-        if caption and name and name in caption:
-            return caption.replace("{", "{{").replace("}", "}}").replace(name, "{}", 1)
-    return DEFAULT_TEMPLATE
+        primer, name = record.get("primer_caption"), record.get("classname")
+        if isinstance(primer, str) and isinstance(name, str) and name and name in primer:
+            samples.setdefault(name, primer)
+    if not samples:
+        return None
+    name, primer = next(iter(samples.items()))
+
+    def escape(text: str) -> str:
+        return text.replace("{", "{{").replace("}", "}}")
+
+    starts = [m.start() for m in re.finditer(re.escape(name), primer)]
+    candidates = [escape(primer[:i]) + "{}" + escape(primer[i + len(name):]) for i in starts]
+    return max(candidates, key=lambda t: sum(t.format(n) == p for n, p in samples.items()))
 
 
-def dataset_items(name: str, files: dict[str, Path], template: str | None, mode: str) -> tuple[list[Item], str]:
-    records = {split: read_records(files[split]) for split in SPLITS}
-    template = template or derive_template(records["train"] + records["test"])
+def dataset_plan(name: str, role: str, files: DatasetFiles, root: Path, info_dir: Path,
+                 options: dict, template: str | None) -> tuple[DatasetInfo, list[Item]]:
+    """The dataset's info (template, kind, class order) and one item per image of the splits its role reads."""
+    images, resized = root / name, options.get("resized")
+    paths = {split: files.split_file(split, images, resized) for split in READS[role]}
+    for split, path in paths.items():
+        if path is None:
+            expected = " or ".join(f"{name}_{s}.json" for s in SPLIT_NAMES[split])
+            fail(KIND, "info_dir", f"dataset {name!r} ({role}) needs a {split} info file: no {expected} in {info_dir}.")
+    if not images.is_dir():
+        fail(KIND, "root", f"{images} is not a directory: the images of {name} are read from <root>/{name}/<path in "
+                           f"{next(iter(paths.values())).name}>.")
+    records = {split: read_info(path) for split, path in paths.items()}
+    for split, recs in records.items():
+        if not recs:
+            fail(KIND, "info_dir", f"info file {paths[split]} holds no records (dataset {name!r} needs {split} "
+                                   "images).")
+    labelled = {split: [r["classname"] is not None for r in recs.values()] for split, recs in records.items()}
+    if any(any(flags) for flags in labelled.values()) and not all(all(flags) for flags in labelled.values()):
+        where = ", ".join(str(paths[s]) for s in paths)
+        fail(KIND, "info_dir", f"dataset {name!r} mixes records with a classname and caption-only records (classname "
+                               f"null) in {where}; a dataset is either classified or caption-only (retrieval).")
+    caption_only = not any(any(flags) for flags in labelled.values())
+    classes: list[str] = [] if caption_only else read_classnames(name, files, info_dir)
+    template = template or ("{}" if caption_only else None)
+    template = template or primer_template(r for recs in records.values() for r in recs.values()) or DEFAULT_TEMPLATE
     items = []
-    for split in SPLITS:
-        for n, record in enumerate(records[split]):
-            image, classname = field(record, "image"), field(record, "classname")
-            if image is None or classname is None:
-                missing = "an image path" if image is None else "classname"
-                fail(KIND, "root", f"{files[split]} record {n} lacks {missing} "
-                                   f"(keys found: {', '.join(map(str, record))}).")
-            class_caption = field(record, "template") or template.format(classname)
-            caption = (field(record, "caption") if mode == "native" else None) or class_caption
-            items.append(Item(name, classname, split, files[split].parent / image, caption))
-    return items, template
+    for split, recs in records.items():
+        for key, record in recs.items():
+            caption = record_caption(record)
+            if caption_only:
+                if caption is None:
+                    fail(KIND, "info_dir", f"info file {paths[split]}: the record of {key!r} has neither a classname "
+                                           "nor a caption (default_caption or synthetic_merged_caption).")
+                classname = caption
+            else:
+                target = record["target"]
+                if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < len(classes):
+                    fail(KIND, "info_dir", f"info file {paths[split]}: the record of {key!r} has target {target!r}; "
+                                           f"expected an index into the {len(classes)} names of {files.classnames}.")
+                classname = classes[target]
+                caption = caption or template.format(classname)
+            items.append(Item(name, classname, split, images / key, caption))
+    if caption_only:
+        classes = list(dict.fromkeys(item.classname for item in items))
+    kind = "retrieval" if caption_only or name in options.get("retrieval", []) else "classification"
+    return DatasetInfo(name, role, template, kind, tuple(classes)), items
 
 
-def read_stream(options: dict, root: Path) -> list[tuple[str, str, str]]:
-    """(dataset, classname, entry) per stream-file entry, in file order."""
-    path = Path(str(options["stream_file"])).expanduser()
-    if not path.exists() and not path.is_absolute() and (root / path).exists():
-        path = root / path
+def read_stream(path_text: str, found, info_dir: Path) -> list[tuple[str, str, str]]:
+    """(dataset, classname, entry) per stream-file entry, in file order; the dataset name canonical."""
+    path = Path(path_text).expanduser()
     if not path.is_file():
-        fail(KIND, "stream_file", f"{path} does not exist.")
+        fail(KIND, "stream_file", f"{path} does not exist." if not path.exists() else f"{path} is not a file.")
     try:
-        entries = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        fail(KIND, "stream_file", f"cannot read {path} as JSON: {exc}")
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        fail(KIND, "stream_file", f"cannot read {path} as JSON: {' '.join(str(exc).split())}")
     if not isinstance(entries, list) or not entries:
         fail(KIND, "stream_file", f"{path} must hold a non-empty JSON list of \"DATASET+++classname\" strings.")
     pairs = []
@@ -141,31 +246,33 @@ def read_stream(options: dict, root: Path) -> list[tuple[str, str, str]]:
         if not isinstance(entry, str) or SEPARATOR not in entry:
             fail(KIND, "stream_file", f"entry {entry!r} in {path} is not a \"DATASET+++classname\" string.")
         dataset, classname = entry.split(SEPARATOR, 1)
+        dataset = canonical(dataset, found, "stream_file")
+        if dataset not in found:
+            fail(KIND, "stream_file", f"entry {entry!r} in {path} names unknown dataset {dataset!r}"
+                                      f"{close_matches(dataset, found)}: no info file {dataset}_train.json in "
+                                      f"{info_dir}; datasets found: {', '.join(sorted(found))}.")
         pairs.append((dataset, classname, entry))
     return pairs
 
 
-def check_stream_datasets(stream, roles: dict[str, str], found) -> None:
-    for dataset, _, entry in stream:
-        if dataset not in found:
-            fail(KIND, "stream_file", f"entry {entry!r} names unknown dataset {dataset!r}"
-                                      f"{close_matches(dataset, found)}; datasets found: {', '.join(sorted(found))}.")
-        if roles.get(dataset, "adaptation") != "adaptation":
-            fail(KIND, "stream_file", f"entry {entry!r} names dataset {dataset!r}, which is listed as "
-                                      f"{roles[dataset]}; the stream holds adaptation datasets only.")
-
-
-def check_stream_classes(stream, items: list[Item]) -> list[tuple[str, str]]:
-    classes: dict[str, set[str]] = {}
-    for item in items:
-        classes.setdefault(item.dataset, set()).add(item.classname)
+def check_stream(stream, path: str, datasets: list[DatasetInfo], items: list[Item], files,
+                 root: Path, resized: int | None) -> list[tuple[str, str]]:
+    """Every entry a class of an adaptation dataset that has training images, each once."""
+    info = {d.name: d for d in datasets}
+    trained = {(i.dataset, i.classname) for i in items if i.split == "train"}
     seen = set()
     for dataset, classname, entry in stream:
-        if classname not in classes[dataset]:
-            fail(KIND, "stream_file", f"entry {entry!r}: dataset {dataset!r} has no class {classname!r}"
-                                      f"{close_matches(classname, classes[dataset])}.")
+        where = f"entry {entry!r} in {path}"
+        classes = info[dataset].classes or ()
+        if classname not in classes:
+            source = files[dataset].classnames or "its info files"
+            fail(KIND, "stream_file", f"{where}: dataset {dataset!r} has no class {classname!r}"
+                                      f"{close_matches(classname, classes)} (its classes: {source}).")
+        if (dataset, classname) not in trained:
+            train_file = files[dataset].split_file("train", root / dataset, resized)
+            fail(KIND, "stream_file", f"{where}: class {classname!r} has no training images in {train_file}.")
         if (dataset, classname) in seen:
-            fail(KIND, "stream_file", f"entry {entry!r} appears more than once.")
+            fail(KIND, "stream_file", f"{where} appears more than once.")
         seen.add((dataset, classname))
     return [(d, c) for d, c, _ in stream]
 
@@ -173,26 +280,42 @@ def check_stream_classes(stream, items: list[Item]) -> list[tuple[str, str]]:
 def scan(options: dict) -> Plan:
     options = check_options(KIND, options, OPTIONS)
     root = existing_path(KIND, options, "root", directory=True)
-    found = find_info_files(root)
-    roles, retrieval = resolve_roles(KIND, options, found)
-    templates = templates_option(KIND, options)
+    info_dir = existing_path(KIND, options, "info_dir", directory=True) if options.get("info_dir") else root
+    resized = options.get("resized")
+    if resized is not None and (isinstance(resized, bool) or not isinstance(resized, int) or resized < 1):
+        fail(KIND, "resized", f"expected the image size of the resized variant (e.g. 224), got {resized!r}.")
+    found = find_datasets(info_dir)
+    names = {key: [canonical(n, found, key) for n in name_list(KIND, options, key)]
+             for key in ("heldout", "pretrain", "retrieval")}
+    templates = {canonical(n, found, "templates"): t for n, t in templates_option(KIND, options).items()}
     check_names_exist(KIND, "templates", templates, found)
-    mode = options.get("captions", "native")
-    if mode not in ("native", "template"):
-        fail(KIND, "captions", f"expected 'native' or 'template', got {mode!r}.")
-    stream = read_stream(options, root) if options.get("stream_file") else None
-    if stream:
-        check_stream_datasets(stream, roles, found)
-    adaptation = {d for d, _, _ in stream} if stream else set(found) - set(roles)
+    options = {**options, **names}
+    roles, _ = resolve_roles(KIND, options, found)
+    stream = read_stream(options["stream_file"], found, info_dir) if options.get("stream_file") else None
+    for dataset, _, entry in stream or []:
+        if roles.get(dataset, "adaptation") != "adaptation":
+            fail(KIND, "stream_file", f"entry {entry!r} in {options['stream_file']} names dataset {dataset!r}, "
+                                      f"which is listed as {roles[dataset]}; the stream holds adaptation datasets "
+                                      "only.")
+    if stream is not None:
+        adaptation = {d for d, _, _ in stream}
+    else:
+        adaptation = {n for n, f in found.items() if n not in roles and f.split_file("train", root / n, None)}
     order = {"adaptation": 0, "heldout": 1, "pretrain": 2}
-    names = sorted(adaptation | set(roles), key=lambda n: (order[roles.get(n, "adaptation")], n))
+    used = sorted(adaptation | set(roles), key=lambda n: (order[roles.get(n, "adaptation")], n))
     datasets, items = [], []
-    for name in names:
-        ds_items, template = dataset_items(name, found[name], templates.get(name), mode)
-        kind = "retrieval" if name in retrieval else "classification"
-        datasets.append(DatasetInfo(name, roles.get(name, "adaptation"), template, kind))
+    for name in used:
+        info, ds_items = dataset_plan(name, roles.get(name, "adaptation"), found[name], root, info_dir, options,
+                                      templates.get(name))
+        datasets.append(info)
         items += ds_items
-    pairs = check_stream_classes(stream, items) if stream else None
-    plan = Plan(datasets, cap_items(items, common_settings(KIND, options)[2]), pairs)
+    items = cap_items(items, common_settings(KIND, options)[2])
+    if stream is not None:
+        pairs = check_stream(stream, options["stream_file"], datasets, items, found, root, resized)
+    else:
+        trained = {(i.dataset, i.classname) for i in items if i.split == "train"}
+        pairs = [(d.name, c) for d in datasets if d.role == "adaptation" for c in d.classes or ()
+                 if (d.name, c) in trained]
+    plan = Plan(datasets, items, pairs)
     check_plan(KIND, plan)
     return plan
