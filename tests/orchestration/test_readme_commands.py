@@ -137,8 +137,11 @@ def test_ctrl_c_then_resume_gives_every_row(reduced_quickstart, cache_dir, relat
     reference, _ = reduced_quickstart
     out = relative_outputs("ctrl-c")
     env = user_env(cache_dir)
+    # as in a terminal, where the foreground job has SIGINT's default action: a test run started in the
+    # background (`make test &`, some CI runners) hands its children SIGINT ignored, which exec keeps
     sweep = subprocess.Popen(quickstart_command(out), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 900
     try:
         while time.time() < deadline and sweep.poll() is None:
