@@ -334,6 +334,9 @@ def validate(cfg: SweepConfig) -> None:
            f"stream.builtin: {images:,} images of {spec.image_size}x{spec.image_size} would take {gib:,.1f} GiB in every "
            f"process that trains or evaluates (at most {MAX_BENCHMARK_GIB} GiB); lower classes_per_dataset, "
            "train_per_class, test_per_class, the dataset counts or image_size.")
+    _check(0 <= spec.adaptation_known <= 1,
+           f"stream.builtin.adaptation_known: must be in [0, 1] (the fraction of each adaptation dataset's classes "
+           f"the base model is pretrained on), got {spec.adaptation_known}.")
     _check(0 <= spec.retrieval_datasets <= spec.heldout_datasets,
            f"stream.builtin.retrieval_datasets: must be between 0 and heldout_datasets ({spec.heldout_datasets}).")
     n_pairs = spec.adaptation_datasets * spec.classes_per_dataset

@@ -8,7 +8,7 @@ from time_ray.core.data_stats import benchmark_stats
 from time_ray.core.experiment import Experiment
 from time_ray.core.stream import Mixture
 
-SPEC = BenchmarkSpec(adaptation_datasets=4, heldout_datasets=2, retrieval_datasets=0, classes_per_dataset=5,
+SPEC = BenchmarkSpec(adaptation_datasets=4, heldout_datasets=5, retrieval_datasets=0, classes_per_dataset=5,
                      pretrain_classes=20, train_per_class=30, test_per_class=10)
 
 
@@ -19,7 +19,7 @@ def test_small_builtin_benchmark_has_the_properties_that_make_it_worth_simulatin
                                                             "warmup": 0.1, "grad_clip": 1.0}}
     stats = benchmark_stats(Experiment.from_settings(settings), base, steps=100)
     values = {p["property"]: p for p in stats["properties"]}
-    assert stats["datasets"] == {"adaptation": 4, "heldout": 2}
+    assert stats["datasets"] == {"adaptation": 4, "heldout": 5}
     failing = [p for p in stats["properties"] if not p["holds"]]
     assert not failing, values
     assert len(stats["trajectory"]) == 3

@@ -19,7 +19,15 @@ def test_benchmark_is_deterministic_and_structured():
     assert roles.count("adaptation") == 3 and roles.count("heldout") == 2
     adaptation = {c for d in a.datasets.values() if d.role == "adaptation" for c in d.classes}
     heldout = {c for d in a.datasets.values() if d.role == "heldout" for c in d.classes}
-    assert heldout <= set(a.pretrain_classes) and not adaptation & set(a.pretrain_classes)
+    assert heldout <= set(a.pretrain_classes)
+    # half of each adaptation dataset's 4 classes is known to the base model (adaptation_known = 0.5), the
+    # same ones after a reload from the disk cache
+    known = adaptation & set(a.pretrain_classes)
+    assert known == set(a.known_classes) == set(b.known_classes) and len(known) == 3 * 2
+    assert all(len(known & set(d.classes)) == 2 for d in a.datasets.values() if d.role == "adaptation")
+    none = build_benchmark(BenchmarkSpec(**{**SPEC.__dict__, "adaptation_known": 0.0}))
+    assert not adaptation & set(none.pretrain_classes)
+    assert torch.equal(none.train_images, a.train_images)  # which classes are known changes no image
     assert a.train_images.shape == (26 * 5, 3, 32, 32) and a.test_images.shape == (26 * 3, 3, 32, 32)
     assert a.caption(0) == a.datasets["adapt-00"].template.format(a.class_names[0])
 

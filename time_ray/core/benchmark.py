@@ -7,7 +7,9 @@ each image has its own caption naming its class, brightness and position. Class 
 pseudo-words, so a base model knows a name only if it saw it.
 
 * held-out datasets: their classes are in the base model's pretraining pool (it knows them);
-* adaptation datasets: their classes are never pretrained on (the stream teaches them);
+* adaptation datasets: a fraction ``adaptation_known`` of each one's classes (half by default) is in the
+  pretraining pool too, the rest never (the stream teaches them): the domains are partly known, as
+  FoMo-in-Flux's adaptation sets are to OpenCLIP (its zero-shot A_KA is 0.57 of its A_ZS);
 * generic concepts: classes only the pretraining pool holds. The "pretraining data" share of a
   finetuning batch is drawn from these, as FoMo-in-Flux replays generic web data, not the
   held-out evaluation sets; so finetuning can make the model forget what held-out data needs.
@@ -26,7 +28,7 @@ import functools
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,9 @@ class BenchmarkSpec:
     train_per_class: int = 40
     test_per_class: int = 20
     image_size: int = 32
+    # of each adaptation dataset's classes, the fraction in the base model's pretraining pool: the
+    # adaptation domains are partly known, as FoMo-in-Flux's are to OpenCLIP (base A_KA / A_ZS = 0.57)
+    adaptation_known: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,7 @@ class Benchmark:
     test_labels: torch.Tensor
     train_captions: list[str] | None = None  # per-image captions (None: the class caption)
     test_captions: list[str] | None = None
+    known_classes: tuple[int, ...] = ()  # adaptation classes the base model is pretrained on too
 
     def caption(self, class_id: int) -> str:
         """The class caption: its dataset's template filled with the class name."""
@@ -99,9 +105,10 @@ class Benchmark:
 
     @property
     def pretrain_classes(self) -> list[int]:
-        """Concepts the base model is pretrained on: held-out datasets plus generic concepts."""
+        """Concepts the base model is pretrained on: held-out datasets, the known part of the adaptation
+        datasets, and generic concepts."""
         held = [c for d in self.datasets.values() if d.role == "heldout" for c in d.classes]
-        return held + self.generic_classes
+        return held + sorted(self.known_classes) + self.generic_classes
 
     def train_indices(self, classes) -> np.ndarray:
         mask = np.isin(self.train_labels.numpy(), np.asarray(list(classes), dtype=np.int64))
@@ -151,6 +158,18 @@ def _samples(proto: torch.Tensor, n: int, rng: np.random.Generator, name: str) -
     return out, captions
 
 
+def known_adaptation_classes(spec: BenchmarkSpec) -> tuple[int, ...]:
+    """round(adaptation_known x classes_per_dataset) classes of each adaptation dataset, drawn with a
+    seed of their own (the images do not depend on it)."""
+    n = round(spec.adaptation_known * spec.classes_per_dataset)
+    known: list[int] = []
+    for d in range(spec.adaptation_datasets):
+        first = d * spec.classes_per_dataset
+        picked = np.random.default_rng([spec.seed, 5, d]).permutation(spec.classes_per_dataset)[:n]
+        known += [first + int(i) for i in sorted(picked)]
+    return tuple(known)
+
+
 def generate(spec: BenchmarkSpec) -> Benchmark:
     """Generates the benchmark of ``spec`` (a few seconds at the default size)."""
     rng = np.random.default_rng([spec.seed, 0])
@@ -187,7 +206,7 @@ def generate(spec: BenchmarkSpec) -> Benchmark:
         class_names=names, class_dataset=class_dataset, datasets=datasets,
         train_images=torch.cat(train), train_labels=labels.repeat_interleave(spec.train_per_class),
         test_images=torch.cat(test), test_labels=labels.repeat_interleave(spec.test_per_class),
-        train_captions=train_caps, test_captions=test_caps,
+        train_captions=train_caps, test_captions=test_caps, known_classes=known_adaptation_classes(spec),
     )
 
 
@@ -238,7 +257,7 @@ def build_benchmark(spec: BenchmarkSpec) -> Benchmark:
     """The benchmark of ``spec``: from the disk cache when present, else generated and cached."""
     path = _cache_path(spec)
     if (path / "meta.json").exists():
-        return load_benchmark(path)
+        return replace(load_benchmark(path), known_classes=known_adaptation_classes(spec))
     bench = generate(spec)
     save_benchmark(bench, path)
     return bench
