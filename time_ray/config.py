@@ -266,7 +266,9 @@ def _absolute(value):
     if not isinstance(value, str) or "://" in value:
         return value
     path = Path(value).expanduser()
-    return str(path.resolve()) if not path.is_absolute() and path.exists() else str(path) if path.is_absolute() else value
+    if path.is_absolute():
+        return str(path)
+    return str(path.resolve()) if path.exists() else value  # a missing path is reported as typed
 
 
 def absolute_paths(cfg: SweepConfig) -> SweepConfig:

@@ -67,9 +67,6 @@ class ExpertCache:
         """A claimant failed: the next claim trains the expert."""
         self.claimed.pop(key, None)
 
-    def set_lease(self, seconds: float) -> None:
-        self.lease_seconds = seconds
-
     def stats(self) -> dict:
         return {"trained": self.trained, "hits": self.hits, "taken_over": self.taken_over}
 
