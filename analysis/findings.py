@@ -1,12 +1,13 @@
 """The five findings of TIME.md §7, each tested on a sweep's final values (which decisions matter
 overall is analysis.stats.variance_decomposition).
 
-Every test compares policies at one budget (the sweep's largest per-task budget unless the finding
-is about budgets) on the seeds both policies ran, as paired per-seed differences d_s with the 95%
+Every test compares policies at one budget (tables.main_budget: the one with the most policies,
+unless the finding is about budgets) on the seeds both policies ran, as paired per-seed differences d_s with the 95%
 t-interval of their mean (analysis.stats.seed_interval). A claim "X > Y" is *supported* when the
 interval of X - Y lies above 0 (with one seed: when X - Y > 0, stated as such), *not supported*
 otherwise, and *not testable with this sweep* when the sweep lacks the policies (the verdict says
-which are needed). Thresholds that turn a qualitative claim into a test are stated in the test text.
+which are needed). Replay (finding 2) and model size (finding 5) are settings of a whole sweep: they
+are read from companion sweeps (analysis.companions) given to the same report. Thresholds that turn a qualitative claim into a test are stated in the test text.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from analysis.companions import Companion
 from analysis.stats import Interval, seed_interval
+from analysis.tables import final_values
 
 SUPPORTED, NOT_SUPPORTED, NOT_TESTABLE = "supported", "not supported", "not testable with this sweep"
 
@@ -115,36 +118,97 @@ def finding_1(final: pd.DataFrame, base: pd.Series, budget: float) -> Finding:
     return Finding(1, CLAIMS[1], test, verdict, tuple(evidence))
 
 
-def finding_2(final: pd.DataFrame, budget: float) -> Finding:
-    """Recency: GM(zs/all with recency r) - GM(zs/all uniform) > 0 for the best r, and the best
-    continual policy (any init other than zs, any technique) still beats it: GM(best continual) -
-    GM(best recency) > 0. Replay is a stream setting (one per sweep): it needs a second sweep."""
-    replay_note = ("the replay half needs two sweeps that differ only in stream.mixture.replay (e.g. 0.33 and "
-                   "0) -- a sweep has one data mixture")
+REPLAY_NOTE = ("the replay half needs two sweeps that differ only in stream.mixture.replay (e.g. 0.33 and 0) -- a "
+               "sweep has one data mixture: give both to time-ray report")
+MIXTURE_KEYS = frozenset({"stream.mixture.pretrain", "stream.mixture.current", "stream.mixture.replay"})
+
+
+def replay_companion(companions: tuple[Companion, ...]) -> Companion | None:
+    """The companion that differs from the report's sweep only in its data mixture, with less replay."""
+    for c in companions:
+        replay = c.value("stream.mixture.replay")
+        if replay is not None and c.keys <= MIXTURE_KEYS and float(replay[1]) < float(replay[0]):
+            return c
+    return None
+
+
+def _recency_half(final: pd.DataFrame, budget: float) -> tuple[str, str, list[str], list[Interval]] | str:
+    """(verdict, test, evidence, intervals) of the recency half, or what it needs."""
     uniform = cell(final, "zs", "all", budget)
     offline = final[(final.init == "zs") & (final.deploy == "all") & (final.technique == "average")
                     & (final.budget == budget) & final.settings.str.fullmatch(r"recency=\S+") & ~final.multitask]
     continual = final[(final.init != "zs") & (final.budget == budget) & ~final.multitask]
     if uniform.empty or offline.empty or continual.empty:
-        return _not_testable(2, CLAIMS[2], "offline-merge (zs/all) with uniform and with recency weights "
-                                           f"(policies.grid recency: [linear, exp]) and a continual policy; {replay_note}")
+        return ("offline-merge (zs/all) with uniform and with recency weights (policies.grid recency: [linear, exp]) "
+                "and a continual policy")
     evidence, gains = [], {}
     for settings, g in offline.groupby("settings"):
         gains[settings] = paired(g.set_index("seed").gm, uniform.gm)
         evidence.append(f"GM(offline, {settings}) - GM(offline, uniform) = {gains[settings].text()}")
     best = max(gains, key=lambda s: gains[s].mean)
     best_rec = offline[offline.settings == best].set_index("seed")
-    best_label = continual.groupby("label").gm.mean().idxmax()
-    gap = paired(continual[continual.label == best_label].set_index("seed").gm, best_rec.gm)
+    best_label, gap = _best_continual_gap(continual, best_rec.gm)
     evidence.append(f"best continual policy {best_label} (GM {continual[continual.label == best_label].gm.mean():.3f}) "
                     f"- best recency-weighted offline merge ({best}, GM {best_rec.gm.mean():.3f}) = {gap.text()}")
-    helps, gap_stays = _holds(gains[best]), _holds(gap)
-    verdict = _verdict([("help", helps, f"{best} raises GM by {gains[best].text()}"),
-                        ("gap", gap_stays, f"the best continual policy leads by {gap.text()}")], gains[best], gap)
+    verdict = _verdict([("help", _holds(gains[best]), f"{best} raises GM by {gains[best].text()}"),
+                        ("gap", _holds(gap), f"the best continual policy leads by {gap.text()}")], gains[best], gap)
     test = ("Recency half: the best recency weighting raises offline merging's final GM (interval above 0), and the "
             "best continual policy (init other than zs) still has a higher GM (interval above 0).")
-    return Finding(2, CLAIMS[2], test, f"recency weighting: {verdict}; replay: {NOT_TESTABLE} ({replay_note})",
-                   tuple(evidence))
+    return verdict, test, evidence, [gains[best], gap]
+
+
+def _best_continual_gap(continual: pd.DataFrame, offline_gm: pd.Series) -> tuple[str, Interval]:
+    best_label = continual.groupby("label").gm.mean().idxmax()
+    return best_label, paired(continual[continual.label == best_label].set_index("seed").gm, offline_gm)
+
+
+def _replay_half(final: pd.DataFrame, budget: float, companion: Companion | None
+                 ) -> tuple[str, str, list[str], list[Interval]] | str:
+    """(verdict, test, evidence, intervals) of the replay half, or what it needs."""
+    if companion is None:
+        return REPLAY_NOTE
+    other = final_values(companion.sweep)
+    with_replay, without = cell(final, "zs", "all", budget), cell(other, "zs", "all", budget) if len(other) else other
+    continual = final[(final.init != "zs") & (final.budget == budget) & ~final.multitask]
+    if with_replay.empty or without.empty or continual.empty:
+        return (f"needs offline-merge (zs/all, uniform) at {budget:g} steps per task in both {companion.sweep.name} and the "
+                "replay sweep, and a continual policy")
+    replay = companion.value("stream.mixture.replay")
+    gain = paired(with_replay.gm, without.gm)
+    best_label, gap = _best_continual_gap(continual, with_replay.gm)
+    evidence = [f"GM(offline, replay {replay[0]}) - GM(offline, replay {replay[1]}; sweep {companion.sweep.name}) = "
+                f"{gain.text()}",
+                f"best continual policy {best_label} (GM {continual[continual.label == best_label].gm.mean():.3f}) - "
+                f"offline merge with replay (GM {with_replay.gm.mean():.3f}) = {gap.text()}"]
+    for label, g in final[(final.budget == budget) & (final.label != "offline-merge")].groupby("label"):
+        theirs = other[(other.label == label) & (other.budget == budget)] if len(other) else other
+        if len(theirs):
+            evidence.append(f"for comparison, {label}: GM with replay - without = "
+                            f"{paired(g.set_index('seed').gm, theirs.set_index('seed').gm).text()}")
+    verdict = _verdict([("help", _holds(gain), f"replay changes offline merging's GM by {gain.text()}"),
+                        ("gap", _holds(gap), f"the best continual policy leads by {gap.text()}")], gain, gap)
+    test = (f"Replay half (sweep {companion.sweep.name}: {companion.label}): offline merging's final GM is higher with "
+            "replay (paired by seed, interval above 0), and the best continual policy still has a higher GM than offline "
+            "merging with replay (interval above 0).")
+    return verdict, test, evidence, [gain, gap]
+
+
+def finding_2(final: pd.DataFrame, budget: float, companions: tuple[Companion, ...] = ()) -> Finding:
+    """Recency: GM(zs/all with recency r) - GM(zs/all uniform) > 0 for the best r, and the best
+    continual policy (any init other than zs, any technique) still beats it: GM(best continual) -
+    GM(best recency) > 0. Replay (a stream setting, one per sweep) from a companion sweep without
+    replay: GM(zs/all, replay) - GM(zs/all, no replay) > 0 and GM(best continual) - GM(zs/all,
+    replay) > 0."""
+    recency = _recency_half(final, budget)
+    replay = _replay_half(final, budget, replay_companion(companions))
+    if isinstance(recency, str) and isinstance(replay, str):
+        return _not_testable(2, CLAIMS[2], f"{recency}; {replay}")
+    halves = {"recency weighting": "needs " + recency if isinstance(recency, str) else recency, "replay": replay}
+    verdict = "; ".join(f"{name}: {NOT_TESTABLE} ({h})" if isinstance(h, str) else f"{name}: {h[0]}"
+                        for name, h in halves.items())
+    tests = " ".join(h[1] for h in halves.values() if not isinstance(h, str))
+    evidence = tuple(e for h in halves.values() if not isinstance(h, str) for e in h[2])
+    return Finding(2, CLAIMS[2], tests, verdict, evidence)
 
 
 def _pairs(final: pd.DataFrame, budget: float) -> pd.DataFrame:
@@ -229,36 +293,99 @@ def finding_4(final: pd.DataFrame, budget: float) -> Finding:
     return Finding(4, CLAIMS[4], test, verdict, evidence)
 
 
-def finding_5(final: pd.DataFrame) -> Finding:
-    """Compute half, between the smallest budget lo and the largest hi at which both Best-in-TIME and
-    the multitask reference ran: (a) GM_BIT(hi) - GM_BIT(lo) > 0; (b) the gap to multitask shrinks:
-    |GM_MT(lo) - GM_BIT(lo)| - |GM_MT(hi) - GM_BIT(hi)| > 0 (per seed). Model size needs several sweeps."""
-    size_note = "the model-size half needs sweeps over model.arch (e.g. tiny-clip and tiny-clip-wide)"
-    bit_b = set(final[(final.init == "ema") & (final.deploy == "ema") & (final.technique == "average")
-                      & (final.settings == "") & ~final.multitask].budget)
-    budgets = sorted(bit_b & set(final[final.multitask].budget))
+SIZE_NOTE = ("the model-size half needs a second sweep that differs only in model.arch (e.g. tiny-clip and "
+             "tiny-clip-wide): give both to time-ray report")
+
+
+def _bit_and_mt(final: pd.DataFrame) -> set[float]:
+    """The budgets at which both Best-in-TIME (ema/ema, averaging) and the multitask reference finished."""
+    if final.empty:
+        return set()
+    bit = set(final[(final.init == "ema") & (final.deploy == "ema") & (final.technique == "average")
+                    & (final.settings == "") & ~final.multitask].budget)
+    return bit & set(final[final.multitask].budget)
+
+
+def _compute_half(final: pd.DataFrame) -> tuple[str, str, list[str], list[Interval]] | str:
+    budgets = sorted(_bit_and_mt(final))
     if len(budgets) < 2:
-        return _not_testable(5, CLAIMS[5], "best-in-time (ema/ema) and the multitask reference (policies.multitask: "
-                                           f"true) at two or more budgets (budget.multipliers); {size_note}")
+        return ("needs best-in-time (ema/ema) and the multitask reference (policies.multitask: true) at two or more "
+                "budgets (budget.multipliers)")
     lo, hi = budgets[0], budgets[-1]
-    bit = {b: cell(final, "ema", "ema", b).gm for b in (lo, hi)}
-    mt = {b: multitask_cell(final, b).gm for b in (lo, hi)}
+    bit = {b: cell(final, "ema", "ema", b).gm for b in budgets}
+    mt = {b: multitask_cell(final, b).gm for b in budgets}
     growth = paired(bit[hi], bit[lo])
-    gap = {b: (mt[b] - bit[b]).dropna() for b in (lo, hi)}
+    gap = {b: (mt[b] - bit[b]).dropna() for b in budgets}
     shrink = paired(gap[lo].abs(), gap[hi].abs())
-    evidence = tuple(f"{b:g} steps/task: Best-in-TIME GM {bit[b].mean():.3f}, multitask GM {mt[b].mean():.3f}, "
-                     f"multitask - Best-in-TIME {gap[b].mean():+.3f}" for b in budgets if b in (lo, hi)) + (
-        f"GM(Best-in-TIME, {hi:g}) - GM(Best-in-TIME, {lo:g}) = {growth.text()}",
-        f"|gap to multitask| at {lo:g} - at {hi:g} = {shrink.text()}")
-    a, b = _holds(growth), _holds(shrink)
-    verdict = _verdict([("(a)", a, f"GM grows by {growth.text()}"),
-                        ("(b)", b, f"the gap to multitask shrinks by {shrink.text()}")], growth, shrink)
+    evidence = [f"{b:g} steps/task: Best-in-TIME GM {bit[b].mean():.3f}, multitask GM {mt[b].mean():.3f}, "
+                f"multitask - Best-in-TIME {gap[b].mean():+.3f}" for b in budgets]
+    evidence += [f"GM(Best-in-TIME, {hi:g}) - GM(Best-in-TIME, {lo:g}) = {growth.text()}",
+                 f"|gap to multitask| at {lo:g} - at {hi:g} = {shrink.text()}"]
+    verdict = _verdict([("(a)", _holds(growth), f"GM grows by {growth.text()}"),
+                        ("(b)", _holds(shrink), f"the gap to multitask shrinks by {shrink.text()}")], growth, shrink)
     test = (f"Compute half, {lo:g} -> {hi:g} steps per task: (a) Best-in-TIME's final GM grows; (b) its distance to the "
             "multitask reference at the same compute shrinks (both per seed, interval above 0).")
-    return Finding(5, CLAIMS[5], test, f"compute: {verdict}; model size: {NOT_TESTABLE} ({size_note})", evidence)
+    return verdict, test, evidence, [growth, shrink]
 
 
-def all_findings(final: pd.DataFrame, base: pd.Series, budget: float) -> list[Finding]:
-    """The five findings at ``budget`` (finding 5 compares budgets)."""
-    return [finding_1(final, base, budget), finding_2(final, budget), finding_3(final, budget),
-            finding_4(final, budget), finding_5(final)]
+def size_companion(companions: tuple[Companion, ...]) -> Companion | None:
+    """The companion that differs from the report's sweep only in its model."""
+    return next((c for c in companions if c.value("model.arch") is not None
+                 and all(k.startswith("model.") for k in c.keys)), None)
+
+
+def _size_half(final: pd.DataFrame, companion: Companion | None) -> tuple[str, str, list[str], list[Interval]] | str:
+    """Between the two models at the largest budget where both ran Best-in-TIME and multitask, the
+    larger one (more training GFLOPs for the same steps): (a) GM_BIT(large) - GM_BIT(small) > 0;
+    (b) |GM_MT(small) - GM_BIT(small)| - |GM_MT(large) - GM_BIT(large)| > 0 (per seed)."""
+    if companion is None:
+        return SIZE_NOTE
+    other = final_values(companion.sweep)
+    common = sorted(_bit_and_mt(final) & _bit_and_mt(other))
+    if not common:
+        return (f"needs best-in-time (ema/ema) and the multitask reference at a common budget in both this sweep and "
+                f"{companion.sweep.name}")
+    b = common[-1]
+    arch = companion.value("model.arch")
+    sides = sorted([(str(arch[0]), final), (str(arch[1]), other)],
+                   key=lambda side: cell(side[1], "ema", "ema", b).train_gflops.mean())
+    (s_name, _), (l_name, _) = sides
+    bit = {name: cell(f, "ema", "ema", b) for name, f in sides}
+    gap = {name: (multitask_cell(f, b).gm - bit[name].gm).dropna() for name, f in sides}
+    growth = paired(bit[l_name].gm, bit[s_name].gm)
+    shrink = paired(gap[s_name].abs(), gap[l_name].abs())
+    evidence = [f"{name} at {b:g} steps/task: Best-in-TIME GM {bit[name].gm.mean():.3f} "
+                f"({bit[name].train_gflops.mean():,.0f} training GFLOPs), multitask - Best-in-TIME {gap[name].mean():+.3f}"
+                for name in (s_name, l_name)]
+    evidence += [f"GM(Best-in-TIME, {l_name}) - GM(Best-in-TIME, {s_name}) = {growth.text()}",
+                 f"|gap to multitask| with {s_name} - with {l_name} = {shrink.text()}"]
+    verdict = _verdict([("(a)", _holds(growth), f"GM grows by {growth.text()}"),
+                        ("(b)", _holds(shrink), f"the gap to multitask shrinks by {shrink.text()}")], growth, shrink)
+    test = (f"Model-size half, {s_name} -> {l_name} at {b:g} steps per task (sweep {companion.sweep.name}): (a) "
+            "Best-in-TIME's final GM grows with the larger model; (b) its distance to the multitask reference of the same "
+            "model shrinks (both per seed, interval above 0).")
+    return verdict, test, evidence, [growth, shrink]
+
+
+def finding_5(final: pd.DataFrame, companions: tuple[Companion, ...] = ()) -> Finding:
+    """Compute half, between the smallest budget lo and the largest hi at which both Best-in-TIME and
+    the multitask reference ran: (a) GM_BIT(hi) - GM_BIT(lo) > 0; (b) the gap to multitask shrinks:
+    |GM_MT(lo) - GM_BIT(lo)| - |GM_MT(hi) - GM_BIT(hi)| > 0 (per seed). Model-size half from a
+    companion sweep with another model.arch (_size_half)."""
+    compute, size = _compute_half(final), _size_half(final, size_companion(companions))
+    if isinstance(compute, str) and isinstance(size, str):
+        return _not_testable(5, CLAIMS[5], f"{compute.removeprefix('needs ')}; {size}")
+    halves = {"compute": compute, "model size": size}
+    verdict = "; ".join(f"{name}: {NOT_TESTABLE} ({h})" if isinstance(h, str) else f"{name}: {h[0]}"
+                        for name, h in halves.items())
+    tests = " ".join(h[1] for h in halves.values() if not isinstance(h, str))
+    evidence = tuple(e for h in halves.values() if not isinstance(h, str) for e in h[2])
+    return Finding(5, CLAIMS[5], tests, verdict, evidence)
+
+
+def all_findings(final: pd.DataFrame, base: pd.Series, budget: float,
+                 companions: tuple[Companion, ...] = ()) -> list[Finding]:
+    """The five findings at ``budget`` (finding 5 compares budgets); findings 2 and 5 also read the
+    companion sweeps (analysis.companions) without replay and with another model."""
+    return [finding_1(final, base, budget), finding_2(final, budget, companions), finding_3(final, budget),
+            finding_4(final, budget), finding_5(final, companions)]

@@ -46,6 +46,7 @@ class Sweep:
     metrics: pd.DataFrame
     progress: pd.DataFrame
     notes: tuple[str, ...]
+    sources: tuple[Path, ...] = ()  # the directories read (several when sweeps are pooled, analysis.companions)
 
     @property
     def missing(self) -> pd.DataFrame:
@@ -159,7 +160,7 @@ def load_sweep(path: str | Path) -> Sweep:
     steps["finished"] = steps.trial_id.isin(done)
     metrics["finished"] = metrics.trial_id.isin(done)
     return Sweep(path=path, name=name, tasks=tasks, steps=steps, metrics=metrics, progress=progress,
-                 notes=tuple(n for n in (note,) if n))
+                 notes=tuple(n for n in (note,) if n), sources=(path,))
 
 
 def _progress(path: Path, steps: pd.DataFrame, expected: list[dict] | None, tasks: int) -> pd.DataFrame:

@@ -1,4 +1,6 @@
-"""``time-ray report DIR``: the answer to "which policy, at what cost?" for one sweep directory.
+"""``time-ray report DIR [DIR ...]``: the answer to "which policy, at what cost?" for a sweep
+directory, pooled with further sweeps of the same setting and compared with companion sweeps of
+another setting (analysis.companions).
 
 Writes into the output directory
   report.html  self-contained (figures embedded as base64 PNG, no scripts, no external files)
@@ -18,8 +20,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import figures
-from analysis.findings import all_findings
-from analysis.load import ReportError, Sweep, load_sweep
+from analysis.companions import Companion, load_sweeps
+from analysis.findings import all_findings, paired
+from analysis.load import ReportError, Sweep
 from analysis.stats import pareto_front, variance_decomposition
 from analysis.tables import (Table, accuracy_table, base_values, cost_table, final_values, main_budget,
                              policy_table)
@@ -125,10 +128,35 @@ def _answer(table: pd.DataFrame, budget: float, base: pd.Series) -> list[str]:
     return lines
 
 
-def build_report(sweep_dir: str | Path, output: str | Path | None = None, policy: str | None = None) -> dict:
-    """Reads DIR, writes report.html, summary.md and the PNGs into ``output`` (default DIR/report);
-    returns the paths and the number of finished / expected trials."""
-    sweep = load_sweep(sweep_dir)
+def companion_table(companion: Companion, final: pd.DataFrame) -> Table:
+    """Every policy and budget both the report's sweep and the companion finished: final GM, A_KA and
+    A_ZS here and there, and the companion's paired per-seed difference with its 95% interval."""
+    other = final_values(companion.sweep)
+    rows = []
+    if len(final) and len(other):
+        for (label, budget), here in final.groupby(["label", "budget"], sort=False):
+            there = other[(other.label == label) & (other.budget == budget)]
+            if there.empty:
+                continue
+            here, there = here.set_index("seed"), there.set_index("seed")
+            rows.append([label, f"{budget:g}", str(len(here.index.intersection(there.index))),
+                         f"{here.gm.mean():.3f}", f"{there.gm.mean():.3f}", paired(there.gm, here.gm).text(),
+                         paired(there.a_ka, here.a_ka).text(), paired(there.a_zs, here.a_zs).text()])
+    n_done = int(companion.sweep.progress.finished.sum())
+    return Table(f"Companion {companion.sweep.name}: {companion.label}",
+                 ["policy", "steps/task", "seeds", "GM here", "GM there", "GM there - here", "A_KA there - here",
+                  "A_ZS there - here"], rows,
+                 f"{n_done} of {len(companion.sweep.progress)} trials finished in {', '.join(map(str, companion.sweep.sources))}. "
+                 "Each difference is the mean over the seeds both sweeps ran of the per-seed difference (the same seed: "
+                 "the same task order), with its 95% t-interval."
+                 + ("" if rows else " No policy finished at the same budget in both sweeps."))
+
+
+def build_report(sweep_dir: str | Path | list, output: str | Path | None = None, policy: str | None = None) -> dict:
+    """Reads DIR (or several: the first pooled with those of its setting, the others its companions),
+    writes report.html, summary.md and the PNGs into ``output`` (default DIR/report); returns the paths
+    and the number of finished / expected trials."""
+    sweep, companions = load_sweeps(sweep_dir if isinstance(sweep_dir, list | tuple) else [sweep_dir])
     final = final_values(sweep)
     base = base_values(sweep)
     stream_steps = sweep.steps[~sweep.steps.multitask]
@@ -164,8 +192,10 @@ def build_report(sweep_dir: str | Path, output: str | Path | None = None, policy
         FigureBlock("budget_gm.png", "Final GM vs training compute per policy across budgets.",
                     figures.budget_curves(table, colours) if len(final) else None, need_final),
     )}
+    where = (f"Sweep directory {sweep.path}" if len(sweep.sources) < 2 else
+             f"Sweep directories {', '.join(map(str, sweep.sources))} (the same setting, pooled)")
     blocks: list = [("h1", f"time-ray report: {sweep.name}"),
-                    ("p", f"Sweep directory {sweep.path}; {sweep.tasks} tasks; {n_done} of {n_all} trials finished"
+                    ("p", f"{where}; {sweep.tasks} tasks; {n_done} of {n_all} trials finished"
                           + (f"; {n_stopped} stopped early by the scheduler" if n_stopped else "")
                           + (f" (a partial sweep: {len(sweep.missing)} missing, see Missing trials)."
                              if len(sweep.missing) else ".")),
@@ -177,12 +207,19 @@ def build_report(sweep_dir: str | Path, output: str | Path | None = None, policy
         blocks += [b for b in (missing,) if b] + [("h2", "Tables"), accuracy_table(table, base),
                                                   cost_table(table, policy_front(table))]
         blocks += [("h2", "Findings of TIME (spec section 7)"),
-                   ("p", f"Read at {budget:g} steps per task (the sweep's largest budget); intervals are 95% t-intervals "
-                         "over seeds of paired per-seed differences.")]
-        for f in all_findings(final, base, budget):
+                   ("p", f"Read at {budget:g} steps per task (the budget with the most policies); intervals are 95% "
+                         "t-intervals over seeds of paired per-seed differences"
+                         + (f"; findings 2 and 5 also read the companion sweeps ({', '.join(c.sweep.name for c in companions)})."
+                            if companions else "."))]
+        for f in all_findings(final, base, budget, companions):
             blocks += [("h3", f"Finding {f.number}: {f.verdict}"), ("p", f"Claim: {f.claim}")]
             if f.test != "-":
                 blocks += [("p", f"Test: {f.test}"), ("ul", list(f.evidence))]
+        if companions:
+            blocks += [("h2", "Companion sweeps"),
+                       ("p", "Sweeps with another setting (data mixture, model, ...): the same policies compared seed by "
+                             "seed with this sweep.")]
+            blocks += [companion_table(c, final) for c in companions]
         blocks += [_variance_block(final), ("h2", "More figures")]
         blocks += [fig[n] for n in ("trajectories.png", "init_deploy_gm.png", "technique_gm.png",
                                     "accuracy_matrix.png", "budget_gm.png")]

@@ -73,9 +73,13 @@ def policy_table(final: pd.DataFrame) -> pd.DataFrame:
 
 
 def main_budget(final: pd.DataFrame) -> float:
-    """The largest per-task budget of the stream policies: the budget the findings are read at."""
+    """The budget the findings are read at: the per-task budget at which the most stream policies
+    finished, the largest of those on a tie (one sweep over several budgets: its largest; a sweep
+    pooled with a compute companion that runs a few policies at other budgets: the common one)."""
     stream = final[~final.multitask]
-    return float((stream if len(stream) else final).budget.max())
+    rows = stream if len(stream) else final
+    counts = rows.groupby("budget").label.nunique()
+    return float(max(counts.index, key=lambda b: (counts[b], b)))
 
 
 # ---------------------------------------------------------------- rendering

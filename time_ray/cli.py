@@ -91,9 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "figures as PNG files (A_KA/A_ZS trajectories, A_KA vs A_ZS, cost vs GM with the Pareto "
                     "front, init x deploy GM, GM across merging techniques, the accuracy matrix of one policy, GM "
                     "vs compute budget) and summary.md (accuracy and cost per policy with the spread over seeds, "
-                    "the findings of TIME with seed intervals, the variance of GM by decision).")
-    report.add_argument("dir", help="the --output directory of `time-ray sweep`, e.g. results/quickstart")
-    report.add_argument("--output", "-o", help="where to write the report (default: DIR/report)")
+                    "the findings of TIME with seed intervals, the variance of GM by decision). Several "
+                    "directories make one report: those whose sweep has the first one's setting (model, stream, "
+                    "training, budget unit; e.g. the same experiment at other budgets or seeds) are pooled with it, "
+                    "the others are companions, compared with it policy by policy and seed by seed (a sweep without "
+                    "replay for finding 2, another model for finding 5).",
+        epilog="example: time-ray report results/findings-t20 results/findings-t20-compute "
+               "results/findings-t20-noreplay results/findings-t20-wide --output analysis/reports/findings-t20")
+    report.add_argument("dir", nargs="+", help="the --output directory of `time-ray sweep`, e.g. results/quickstart; "
+                                               "more directories: pooled or companion sweeps (see above)")
+    report.add_argument("--output", "-o", help="where to write the report (default: DIR/report of the first DIR)")
     report.add_argument("--policy", help="the policy of the accuracy matrix, as named in the tables "
                                          "(default: the best final GM)")
     return parser

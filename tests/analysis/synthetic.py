@@ -1,9 +1,16 @@
 """A synthetic sweep directory with known answers, written in the results schema (no training).
 
 Final A_KA / A_ZS per init/deploy pair are set below (FINAL); every trajectory moves linearly from
-theta_0 (A_KA 0.10, A_ZS 0.80) to its final values; the larger budget adds BUDGET_KA to A_KA; seeds
-add SEED_NOISE * (seed - 1) to A_KA (mean 0 over seeds 0, 1, 2). Each timestep has two adaptation
-and two held-out datasets whose values are the mean -+ 0.02, so A_KA and A_ZS are exact means.
+theta_0 (A_KA 0.10, A_ZS 0.80) to its final values; every 10 steps per task beyond 10 add BUDGET_KA
+to A_KA; seeds add SEED_NOISE * (seed - 1) to A_KA (mean 0 over seeds 0, 1, 2). Each timestep has two
+adaptation and two held-out datasets whose values are the mean -+ 0.02, so A_KA and A_ZS are exact
+means.
+
+Companions (analysis.companions), each written by write_sweep with its config:
+  COMPUTE   the same setting, best-in-time and multitask at 40 steps per task: pooled with the sweep
+  NOREPLAY  no replay: A_KA lower by NOREPLAY_KA (offline merging) or NOREPLAY_KA_OTHERS (the rest)
+  WIDE      tiny-clip-wide: A_KA higher by WIDE_KA (stream policies), WIDE_MT_KA (multitask),
+            WIDE_GFLOPS per training step
 """
 
 from __future__ import annotations
@@ -45,17 +52,37 @@ MULTITASK = (0.80, 0.80)
 BUDGET_KA = 0.05
 SEED_NOISE = 0.004
 GFLOPS_PER_STEP = 1.5
+COMPANION = """\
+# time-ray sweep {name}.yaml
+name: {name}
+{setting}stream: {{tasks: 3{mixture}}}
+budget: {{steps_per_task: 20, multipliers: {multipliers}}}
+policies:
+  presets: {presets}
+  multitask: true
+seeds: [0, 1, 2]
+"""
+COMPUTE = COMPANION.format(name="synthetic-compute", setting="", mixture="", multipliers="[2.0]",
+                           presets="[best-in-time]")
+NOREPLAY = COMPANION.format(name="synthetic-noreplay", setting="",
+                            mixture=", mixture: {pretrain: 0.33, current: 0.67, replay: 0.0}", multipliers="[1.0]",
+                            presets="[offline-merge, best-in-time, sequential-ft]")
+WIDE = COMPANION.format(name="synthetic-wide", setting="model: {arch: tiny-clip-wide}\n", mixture="",
+                        multipliers="[1.0]", presets="[best-in-time]")
+NOREPLAY_KA, NOREPLAY_KA_OTHERS = 0.05, 0.01
+WIDE_KA, WIDE_MT_KA, WIDE_GFLOPS = 0.06, 0.02, 4.0
 
 
-def designed_values(trial: dict) -> tuple[float, float]:
-    """The designed final (A_KA, A_ZS) of a trial spec."""
-    big = trial["budget_steps"] == 20  # the larger of the two budgets (10 and 20 steps per task)
+def designed_values(trial: dict, variant: str = "synthetic") -> tuple[float, float]:
+    """The designed final (A_KA, A_ZS) of a trial spec in the sweep named ``variant``."""
     if trial.get("multitask"):
         ka, zs = MULTITASK
-        return ka, zs
+        return ka + (WIDE_MT_KA if variant == "synthetic-wide" else 0.0), zs
     ka, zs = FINAL[(trial["init"], trial["deploy"])]
     ka += TECHNIQUE_KA[trial["merge"]] + RECENCY_KA[trial.get("recency", "uniform")]
-    return ka + (BUDGET_KA if big else 0.0) + SEED_NOISE * (trial["seed"] - 1), zs
+    ka += {"synthetic-noreplay": -(NOREPLAY_KA if trial["policy"] == "offline-merge" else NOREPLAY_KA_OTHERS),
+           "synthetic-wide": WIDE_KA}.get(variant, 0.0)
+    return ka + BUDGET_KA * (trial["budget_steps"] - 10) / 10 + SEED_NOISE * (trial["seed"] - 1), zs
 
 
 def policy_columns(trial: dict) -> dict:
@@ -68,10 +95,11 @@ def policy_columns(trial: dict) -> dict:
             "budget_steps": trial["budget_steps"], "seed": trial["seed"]}
 
 
-def write_trial(out: Path, trial: dict, tasks: int, last: int | None = None) -> None:
+def write_trial(out: Path, trial: dict, tasks: int, last: int | None = None, variant: str = "synthetic",
+                gflops_per_step: float = GFLOPS_PER_STEP) -> None:
     """trials/<id>/{metrics,timesteps}.parquet up to timestep ``last`` (default: T)."""
     cols = policy_columns(trial)
-    ka, zs = designed_values(trial)
+    ka, zs = designed_values(trial, variant)
     timesteps = [0, tasks] if trial.get("multitask") else list(range(tasks + 1))
     metric_rows, step_rows = [], []
     for t in [t for t in timesteps if last is None or t <= last]:
@@ -84,7 +112,7 @@ def write_trial(out: Path, trial: dict, tasks: int, last: int | None = None) -> 
         trained = t > 0
         step_rows.append({**cols, "timestep": t, "a_ka": a_ka, "a_zs": a_zs, "gm": math.sqrt(a_ka * a_zs),
                           "train_steps": trial["budget_steps"] if trained else 0,
-                          "train_gflops": trial["budget_steps"] * GFLOPS_PER_STEP if trained else 0.0,
+                          "train_gflops": trial["budget_steps"] * gflops_per_step if trained else 0.0,
                           "train_seconds": 1.0 * trained, "merge_seconds": 0.0 if trial["deploy"] == "ft" else 0.1 * trained,
                           "eval_seconds": 0.5, "pool_bytes": t * 1_000_000 * (2 if "ema" in (trial["init"], trial["deploy"]) else 1),
                           "expert_cache_hit": False})
@@ -92,16 +120,19 @@ def write_trial(out: Path, trial: dict, tasks: int, last: int | None = None) -> 
     write_parquet_atomic(timesteps_frame(step_rows), out / "trials" / trial["trial_id"] / "timesteps.parquet")
 
 
-def write_sweep(out: Path, skip: int = 0, truncate: int = 0) -> list[dict]:
-    """The synthetic sweep in ``out``: config.yaml, sweep.json, trials/. The first ``skip`` trials get
-    no rows and the next ``truncate`` stop at timestep 1 (a partial sweep). Returns the trial specs."""
+def write_sweep(out: Path, skip: int = 0, truncate: int = 0, config: str = CONFIG) -> list[dict]:
+    """The synthetic sweep (or a companion: ``config``) in ``out``: config.yaml, sweep.json, trials/.
+    The first ``skip`` trials get no rows and the next ``truncate`` stop at timestep 1 (a partial
+    sweep). Returns the trial specs."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "synthetic.yaml").write_text(CONFIG)
+    (out / "synthetic.yaml").write_text(config)
     cfg = load_config(out / "synthetic.yaml")
+    gflops = WIDE_GFLOPS if cfg.model.arch == "tiny-clip-wide" else GFLOPS_PER_STEP
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     (out / "sweep.json").write_text(json.dumps({"name": cfg.name, "fingerprint": cfg.fingerprint()}))
     trials = expand_trials(cfg)
     for i, trial in enumerate(trials):
         if i >= skip:
-            write_trial(out, trial, cfg.stream.tasks, last=1 if i < skip + truncate else None)
+            write_trial(out, trial, cfg.stream.tasks, last=1 if i < skip + truncate else None, variant=cfg.name,
+                        gflops_per_step=gflops)
     return trials

@@ -78,7 +78,8 @@ def test_a_quickstart_like_sweep_says_what_it_cannot_test(final):
     verdicts = {f.number: f.verdict for f in all_findings(named, base, 20.0)}
     assert verdicts[2] == f"{NOT_TESTABLE} (needs offline-merge (zs/all) with uniform and with recency weights " \
                           "(policies.grid recency: [linear, exp]) and a continual policy; the replay half needs two " \
-                          "sweeps that differ only in stream.mixture.replay (e.g. 0.33 and 0) -- a sweep has one data mixture)"
+                          "sweeps that differ only in stream.mixture.replay (e.g. 0.33 and 0) -- a sweep has one data mixture: give " \
+                          "both to time-ray report)"
     assert verdicts[3].startswith(NOT_TESTABLE + " (needs at least two init x deploy pairs")
     assert verdicts[5].startswith(NOT_TESTABLE + " (needs best-in-time (ema/ema) and the multitask reference")
     # one seed: the point estimates decide, and the verdict says so
