@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := $(if $(filter aarch64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
 OUTPUT ?= results/quickstart
 
-.PHONY: quickstart test venv clean chromium
+.PHONY: quickstart test lint venv clean chromium
 
 venv: $(STAMP)
 
@@ -22,8 +22,14 @@ $(STAMP): pyproject.toml
 quickstart: $(STAMP)
 	$(VENV)/bin/time-ray sweep configs/quickstart.yaml --output $(OUTPUT) $(if $(RESUME),--resume,)
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium lint
 	$(VENV)/bin/python -m pytest -q -rs $(PYTEST_ARGS)
+
+# ruff (lint + format) over the repo and mypy over time_ray/core, configured in pyproject.toml
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # headless Chromium renders report.html in tests/analysis/test_browser.py (Debian's package)
 chromium:

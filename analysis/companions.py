@@ -66,8 +66,10 @@ def setting_of(path: Path) -> dict[str, object]:
     try:
         config = yaml.safe_load(source.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ReportError(f"{source}: cannot be read ({type(exc).__name__}); with several sweep directories the "
-                          "report needs each one's config.yaml to tell pooled sweeps from companions.") from None
+        raise ReportError(
+            f"{source}: cannot be read ({type(exc).__name__}); with several sweep directories the "
+            "report needs each one's config.yaml to tell pooled sweeps from companions."
+        ) from None
     if not isinstance(config, dict):
         raise ReportError(f"{source}: not a time-ray sweep config (a YAML {type(config).__name__}).")
     flat = _flatten({k: v for k, v in config.items() if k in SETTING_SECTIONS})
@@ -80,8 +82,11 @@ def pool(sweeps: list[Sweep]) -> Sweep:
     if len(sweeps) == 1:
         return sweeps[0]
     if len({s.tasks for s in sweeps}) > 1:  # the setting includes stream.tasks; config-less sweeps may differ
-        raise ReportError("sweeps " + ", ".join(f"{s.path} (T = {s.tasks})" for s in sweeps)
-                          + " have different horizons and cannot be pooled.")
+        raise ReportError(
+            "sweeps "
+            + ", ".join(f"{s.path} (T = {s.tasks})" for s in sweeps)
+            + " have different horizons and cannot be pooled."
+        )
 
     def rows(frames: list[pd.DataFrame], key: list[str]) -> pd.DataFrame:
         both = pd.concat(frames, ignore_index=True)
@@ -89,13 +94,22 @@ def pool(sweeps: list[Sweep]) -> Sweep:
         return first.drop_duplicates(key).sort_index().reset_index(drop=True)
 
     progress = pd.concat([s.progress for s in sweeps], ignore_index=True)
-    progress = (progress.assign(_rank=progress.state.map({"finished": 0, "stopped early": 1}).fillna(2))
-                .sort_values("_rank", kind="stable").drop_duplicates("trial_id").sort_index().drop(columns="_rank"))
-    return replace(sweeps[0], name=" + ".join(s.name for s in sweeps),
-                   steps=rows([s.steps for s in sweeps], ["trial_id", "timestep"]),
-                   metrics=rows([s.metrics for s in sweeps], ["trial_id", "timestep", "dataset", "metric"]),
-                   progress=progress.reset_index(drop=True), notes=tuple(n for s in sweeps for n in s.notes),
-                   sources=tuple(p for s in sweeps for p in s.sources))
+    progress = (
+        progress.assign(_rank=progress.state.map({"finished": 0, "stopped early": 1}).fillna(2))
+        .sort_values("_rank", kind="stable")
+        .drop_duplicates("trial_id")
+        .sort_index()
+        .drop(columns="_rank")
+    )
+    return replace(
+        sweeps[0],
+        name=" + ".join(s.name for s in sweeps),
+        steps=rows([s.steps for s in sweeps], ["trial_id", "timestep"]),
+        metrics=rows([s.metrics for s in sweeps], ["trial_id", "timestep", "dataset", "metric"]),
+        progress=progress.reset_index(drop=True),
+        notes=tuple(n for s in sweeps for n in s.notes),
+        sources=tuple(p for s in sweeps for p in s.sources),
+    )
 
 
 def load_sweeps(paths: list[str | Path]) -> tuple[Sweep, tuple[Companion, ...]]:

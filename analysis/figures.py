@@ -74,24 +74,38 @@ def ka_zs_scatter(table: pd.DataFrame, base: pd.Series, colours: dict) -> Figure
         if r.multitask:
             ax.scatter(r.a_ka, r.a_zs, label="multitask reference", **MULTITASK_STYLE)
             continue
-        ax.errorbar(r.a_ka, r.a_zs, xerr=np.nan_to_num(r.a_ka_sd), yerr=np.nan_to_num(r.a_zs_sd),
-                    fmt=INIT_MARKERS.get(r.init, "o"), color=colours[r.label], ms=8, capsize=2, label=r.label)
+        ax.errorbar(
+            r.a_ka,
+            r.a_zs,
+            xerr=np.nan_to_num(r.a_ka_sd),
+            yerr=np.nan_to_num(r.a_zs_sd),
+            fmt=INIT_MARKERS.get(r.init, "o"),
+            color=colours[r.label],
+            ms=8,
+            capsize=2,
+            label=r.label,
+        )
     ax.scatter(base.a_ka, base.a_zs, label="zero-shot theta_0", **BASE_STYLE)
     ax.set_xlim(x_lo, x_hi)
     ax.set_ylim(y_lo, y_hi)
     ax.set_xlabel("A_KA (final, adaptation datasets)")
     ax.set_ylabel("A_ZS (final, held-out datasets)")
-    ax.set_title("Accumulation vs retention at the end of the stream\n(marker: init strategy o zs, "
-                 "square ft, triangle ema; dotted: constant GM)", fontsize=11)
+    ax.set_title(
+        "Accumulation vs retention at the end of the stream\n(marker: init strategy o zs, "
+        "square ft, triangle ema; dotted: constant GM)",
+        fontsize=11,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     return fig
 
 
-COST_AXES = (("train_gflops", "training GFLOPs (policy on its own)", 1.0),
-             ("merge_seconds", "merge seconds", 1.0),
-             ("pool_bytes", "checkpoint pool (MiB)", 2.0**-20))
+COST_AXES = (
+    ("train_gflops", "training GFLOPs (policy on its own)", 1.0),
+    ("merge_seconds", "merge seconds", 1.0),
+    ("pool_bytes", "checkpoint pool (MiB)", 2.0**-20),
+)
 
 
 def cost_vs_gm(table: pd.DataFrame, colours: dict) -> Figure:
@@ -106,21 +120,35 @@ def cost_vs_gm(table: pd.DataFrame, colours: dict) -> Figure:
         front = ~table.multitask.to_numpy(dtype=bool)  # the multitask reference is no candidate
         front[front] = pareto_front(cost[front], table.gm.to_numpy()[front])
         for r, c in zip(table.itertuples(), cost):
-            ax.scatter(c, r.gm, color="black" if r.multitask else colours[r.label], s=28,
-                       marker="D" if r.multitask else "o", alpha=0.8)
+            ax.scatter(
+                c,
+                r.gm,
+                color="black" if r.multitask else colours[r.label],
+                s=28,
+                marker="D" if r.multitask else "o",
+                alpha=0.8,
+            )
         order = np.argsort(cost[front], kind="stable")
         fx, fy = cost[front][order], table.gm.to_numpy()[front][order]
         ax.step(fx, fy, where="post", color="red", lw=1.5)
-        names = [f"{lab} @ {b:g} steps: GM {y:.3f}" for lab, b, y in
-                 zip(table.label.to_numpy()[front][order], table.budget.to_numpy()[front][order], fy)]
+        names = [
+            f"{lab} @ {b:g} steps: GM {y:.3f}"
+            for lab, b, y in zip(table.label.to_numpy()[front][order], table.budget.to_numpy()[front][order], fy)
+        ]
         for x, y, text in zip(fx, fy, names):
             ax.scatter(x, y, facecolors="none", edgecolors="red", s=110, lw=1.5, label=text)
         ax.set_xlabel(name)
         ax.set_ylabel("GM (final)")
         ax.margins(x=0.08, y=0.08)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False,
-                  title="Pareto front (red)", title_fontsize=8)
+        ax.legend(
+            fontsize=7,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.13),
+            frameon=False,
+            title="Pareto front (red)",
+            title_fontsize=8,
+        )
     fig.suptitle("Cost vs GM; every point is a policy at one budget (diamond: multitask reference)")
     fig.tight_layout()
     return fig
@@ -144,8 +172,15 @@ def init_deploy_heatmap(table: pd.DataFrame) -> Figure | None:
     for i in range(len(rows)):
         for j in range(len(cols)):
             v = pivot.iat[i, j]
-            ax.text(j, i, "not run" if np.isnan(v) else f"{v:.3f}", ha="center", va="center",
-                    color="black" if np.isnan(v) or v > data.mean() else "white", fontsize=10)
+            ax.text(
+                j,
+                i,
+                "not run" if np.isnan(v) else f"{v:.3f}",
+                ha="center",
+                va="center",
+                color="black" if np.isnan(v) or v > data.mean() else "white",
+                fontsize=10,
+            )
     ax.set_xticks(range(len(cols)), [f"deploy {c}" for c in cols])
     ax.set_yticks(range(len(rows)), [f"init {r}" for r in rows])
     ax.set_title("GM (final) of init x deploy, weight averaging")
@@ -171,8 +206,13 @@ def technique_spread(final: pd.DataFrame) -> Figure | None:
         techniques = ["average"] + sorted(t for t in g.technique.unique() if t != "average")
         techniques = [t for t in techniques if t in set(g.technique)]
         if len(averaged) >= 2:
-            ax.axhspan(averaged.min(), averaged.max(), color="grey", alpha=0.15,
-                       label=f"range over {len(averaged)} init x deploy pairs (averaging)")
+            ax.axhspan(
+                averaged.min(),
+                averaged.max(),
+                color="grey",
+                alpha=0.15,
+                label=f"range over {len(averaged)} init x deploy pairs (averaging)",
+            )
         for x, tech in enumerate(techniques):
             vals = g[g.technique == tech].gm
             ax.bar(x, vals.mean(), color="tab:blue" if tech == "average" else "tab:orange", alpha=0.6, width=0.6)
@@ -193,7 +233,7 @@ def accuracy_matrix(metrics: pd.DataFrame, label: str) -> Figure:
     deployed after task t), columns datasets (adaptation first, then held-out; retrieval sets show
     Recall@5), mean over seeds."""
     cells = metrics.groupby(["timestep", "dataset", "role"]).value.mean().reset_index()
-    order = (cells.drop_duplicates("dataset").sort_values(["role", "dataset"]))
+    order = cells.drop_duplicates("dataset").sort_values(["role", "dataset"])
     datasets = list(order.dataset)
     n_adapt = int((order.role == "adaptation").sum())
     pivot = cells.pivot_table(index="timestep", columns="dataset", values="value").reindex(columns=datasets)
@@ -203,12 +243,24 @@ def accuracy_matrix(metrics: pd.DataFrame, label: str) -> Figure:
     for i in range(pivot.shape[0]):
         for j in range(pivot.shape[1]):
             v = pivot.iat[i, j]
-            ax.text(j, i, "" if np.isnan(v) else f"{100 * v:.0f}", ha="center", va="center", fontsize=7,
-                    color="white" if v < 0.6 else "black")
+            ax.text(
+                j,
+                i,
+                "" if np.isnan(v) else f"{100 * v:.0f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if v < 0.6 else "black",
+            )
     ax.axvline(n_adapt - 0.5, color="cyan", lw=2)
     retrieval = set(metrics.dataset[metrics.metric == "recall@5"])
-    ax.set_xticks(range(len(datasets)), [f"{d} (R@5)" if d in retrieval else d for d in datasets],
-                  rotation=60, ha="right", fontsize=7)
+    ax.set_xticks(
+        range(len(datasets)),
+        [f"{d} (R@5)" if d in retrieval else d for d in datasets],
+        rotation=60,
+        ha="right",
+        fontsize=7,
+    )
     ax.set_yticks(range(len(pivot)), [f"t={t}" for t in pivot.index])
     ax.set_title(f"Accuracy matrix (x100) of {label}\nadaptation datasets | held-out datasets", fontsize=10)
     fig.colorbar(im, ax=ax, label="accuracy", fraction=0.03)
@@ -223,8 +275,17 @@ def budget_curves(table: pd.DataFrame, colours: dict) -> Figure:
     ax = fig.subplots()
     for label, g in table.sort_values("train_gflops").groupby("label", sort=True):
         mt = bool(g.multitask.iloc[0])
-        ax.errorbar(g.train_gflops, g.gm, yerr=np.nan_to_num(g.gm_sd), marker="D" if mt else "o", capsize=2,
-                    ls="--" if mt else "-", color="black" if mt else colours[label], label=label, lw=2 if mt else 1.3)
+        ax.errorbar(
+            g.train_gflops,
+            g.gm,
+            yerr=np.nan_to_num(g.gm_sd),
+            marker="D" if mt else "o",
+            capsize=2,
+            ls="--" if mt else "-",
+            color="black" if mt else colours[label],
+            label=label,
+            lw=2 if mt else 1.3,
+        )
     budgets = sorted(table.budget.unique())
     ax.set_xscale("log")
     ticks = sorted(table.train_gflops.unique())
@@ -232,8 +293,10 @@ def budget_curves(table: pd.DataFrame, colours: dict) -> Figure:
     ax.minorticks_off()
     ax.set_xlabel("training GFLOPs over the stream (log scale)")
     ax.set_ylabel("GM (final)")
-    ax.set_title(f"GM vs compute budget ({len(budgets)} budget{'s' if len(budgets) != 1 else ''}: "
-                 f"{', '.join(f'{b:g}' for b in budgets)} steps per task)")
+    ax.set_title(
+        f"GM vs compute budget ({len(budgets)} budget{'s' if len(budgets) != 1 else ''}: "
+        f"{', '.join(f'{b:g}' for b in budgets)} steps per task)"
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()

@@ -65,8 +65,11 @@ def technique_label(merge: str, merge_params: str | dict | None) -> str:
 def settings_label(row) -> str:
     """The EMA-chain and 'all' settings that differ from the defaults (TIME.md §3-4), e.g.
     ``recency=exp``; '' when every setting is the default."""
-    return " ".join(f"{k}={row[k]}" for k, default in CHAIN_DEFAULTS.items()
-                    if k in row and not pd.isna(row[k]) and str(row[k]) != str(default))
+    return " ".join(
+        f"{k}={row[k]}"
+        for k, default in CHAIN_DEFAULTS.items()
+        if k in row and not pd.isna(row[k]) and str(row[k]) != str(default)
+    )
 
 
 def annotate(frame: pd.DataFrame, tasks: int) -> pd.DataFrame:
@@ -77,8 +80,10 @@ def annotate(frame: pd.DataFrame, tasks: int) -> pd.DataFrame:
     out["technique"] = [technique_label(m, p) for m, p in zip(out["merge"], out["merge_params"])]
     out["settings"] = [settings_label(r) for r in out.to_dict("records")]
     out["multitask"] = out["policy"] == MULTITASK
-    out["label"] = [p if mt else " ".join(x for x in (p, "" if t == "average" else t, s) if x)
-                    for p, t, s, mt in zip(out["policy"], out["technique"], out["settings"], out["multitask"])]
+    out["label"] = [
+        p if mt else " ".join(x for x in (p, "" if t == "average" else t, s) if x)
+        for p, t, s, mt in zip(out["policy"], out["technique"], out["settings"], out["multitask"])
+    ]
     out["budget"] = [b / tasks if mt else float(b) for b, mt in zip(out["budget_steps"], out["multitask"])]
     return out
 
@@ -88,13 +93,16 @@ def _read_parquet(path: Path, columns: list[str]) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
-        raise ReportError(f"{path}: not a readable parquet file ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}). "
-                          "It may be damaged: rerun the sweep with --resume to rewrite the tables, or delete "
-                          "the file.") from None
+        raise ReportError(
+            f"{path}: not a readable parquet file ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}). "
+            "It may be damaged: rerun the sweep with --resume to rewrite the tables, or delete "
+            "the file."
+        ) from None
     missing = [c for c in ("trial_id", "timestep") if c in columns and c not in frame.columns]
     if missing:
-        raise ReportError(f"{path}: not a time-ray results table (no column {missing[0]!r}; expected "
-                          f"{', '.join(columns[:6])}, ...).")
+        raise ReportError(
+            f"{path}: not a time-ray results table (no column {missing[0]!r}; expected {', '.join(columns[:6])}, ...)."
+        )
     return frame
 
 
@@ -102,16 +110,23 @@ def _read_rows(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The per-trial files when DIR/trials exists, else the top-level tables."""
     trial_dirs = sorted(d for d in (path / "trials").glob("*") if (d / "timesteps.parquet").exists())
     if trial_dirs:
-        steps = pd.concat([_read_parquet(d / "timesteps.parquet", TIMESTEP_COLUMNS) for d in trial_dirs],
-                          ignore_index=True)
-        parts = [_read_parquet(d / "metrics.parquet", METRICS_COLUMNS) for d in trial_dirs
-                 if (d / "metrics.parquet").exists()]
+        steps = pd.concat(
+            [_read_parquet(d / "timesteps.parquet", TIMESTEP_COLUMNS) for d in trial_dirs], ignore_index=True
+        )
+        parts = [
+            _read_parquet(d / "metrics.parquet", METRICS_COLUMNS)
+            for d in trial_dirs
+            if (d / "metrics.parquet").exists()
+        ]
         metrics = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=METRICS_COLUMNS)
         return steps, metrics
     if (path / "timesteps.parquet").exists():
         metrics_path = path / "metrics.parquet"
-        metrics = (_read_parquet(metrics_path, METRICS_COLUMNS) if metrics_path.exists()
-                   else pd.DataFrame(columns=METRICS_COLUMNS))
+        metrics = (
+            _read_parquet(metrics_path, METRICS_COLUMNS)
+            if metrics_path.exists()
+            else pd.DataFrame(columns=METRICS_COLUMNS)
+        )
         return _read_parquet(path / "timesteps.parquet", TIMESTEP_COLUMNS), metrics
     return pd.DataFrame(columns=TIMESTEP_COLUMNS), pd.DataFrame(columns=METRICS_COLUMNS)
 
@@ -127,40 +142,67 @@ def _expected_trials(path: Path, steps: pd.DataFrame) -> tuple[list[dict] | None
     except (OSError, ValueError):
         pass  # a damaged sweep.json only names the sweep: the directory's name does too
     if not (path / "config.yaml").exists():
-        return None, None, name, "DIR/config.yaml is missing: the expected trials are unknown, only the trials with rows are reported."
+        return (
+            None,
+            None,
+            name,
+            "DIR/config.yaml is missing: the expected trials are unknown, only the trials with rows are reported.",
+        )
     try:
         cfg = load_config(path / "config.yaml")
         trained = steps[pd.to_numeric(steps.get("train_steps"), errors="coerce").fillna(0) > 0]
-        flops = (float((trained.train_gflops / trained.train_steps).iloc[0]) * 1e9
-                 if cfg.budget.gflops_per_task is not None and len(trained) else None)
+        flops = (
+            float((trained.train_gflops / trained.train_steps).iloc[0]) * 1e9
+            if cfg.budget.gflops_per_task is not None and len(trained)
+            else None
+        )
         return expand_trials(cfg, flops), cfg.stream.tasks, cfg.name, None
     except ConfigError as exc:
-        return None, None, name, f"DIR/config.yaml could not be expanded into trials ({exc}); only the trials with rows are reported."
+        return (
+            None,
+            None,
+            name,
+            f"DIR/config.yaml could not be expanded into trials ({exc}); only the trials with rows are reported.",
+        )
 
 
 def load_sweep(path: str | Path) -> Sweep:
     """Reads a finished or partial sweep directory; raises ReportError when there is nothing to report."""
     path = Path(path)
     if not path.is_dir():
-        raise ReportError(f"sweep directory {path}: no such directory. Give the --output directory of "
-                          "`time-ray sweep`, e.g. time-ray report results/quickstart.")
+        raise ReportError(
+            f"sweep directory {path}: no such directory. Give the --output directory of "
+            "`time-ray sweep`, e.g. time-ray report results/quickstart."
+        )
     markers = ("sweep.json", "config.yaml", "timesteps.parquet", "trials")
     if not any((path / m).exists() for m in markers):
-        raise ReportError(f"sweep directory {path}: not a sweep directory (it has none of {', '.join(markers)}). "
-                          "Give the --output directory of `time-ray sweep`.")
+        raise ReportError(
+            f"sweep directory {path}: not a sweep directory (it has none of {', '.join(markers)}). "
+            "Give the --output directory of `time-ray sweep`."
+        )
     steps, metrics = _read_rows(path)
     expected, tasks, name, note = _expected_trials(path, steps)
     if steps.empty:
-        raise ReportError(f"sweep directory {path}: no results yet (no trial has finished a timestep). "
-                          "Rerun the report once the sweep has written rows (trials/<trial_id>/timesteps.parquet).")
+        raise ReportError(
+            f"sweep directory {path}: no results yet (no trial has finished a timestep). "
+            "Rerun the report once the sweep has written rows (trials/<trial_id>/timesteps.parquet)."
+        )
     tasks = tasks or int(steps.timestep.max())
     steps, metrics = annotate(steps, tasks), annotate(metrics, tasks)
     progress = _progress(path, steps, expected, tasks)
     done = set(progress.trial_id[progress.finished])
     steps["finished"] = steps.trial_id.isin(done)
     metrics["finished"] = metrics.trial_id.isin(done)
-    return Sweep(path=path, name=name, tasks=tasks, steps=steps, metrics=metrics, progress=progress,
-                 notes=tuple(n for n in (note,) if n), sources=(path,))
+    return Sweep(
+        path=path,
+        name=name,
+        tasks=tasks,
+        steps=steps,
+        metrics=metrics,
+        progress=progress,
+        notes=tuple(n for n in (note,) if n),
+        sources=(path,),
+    )
 
 
 def _progress(path: Path, steps: pd.DataFrame, expected: list[dict] | None, tasks: int) -> pd.DataFrame:
@@ -190,7 +232,14 @@ def _state(trial_dir: Path, last: float, tasks: int) -> str:
 
 def _spec_columns(spec: dict) -> dict:
     """A trial spec (config.expand_trials) as the policy columns of the results schema."""
-    return {"trial_id": spec["trial_id"], "policy": spec["policy"], "init": spec["init"], "deploy": spec["deploy"],
-            "merge": spec["merge"], "merge_params": json.dumps(spec["merge_params"], sort_keys=True),
-            **{k: str(spec.get(k, d)) if k == "ema_weight" else spec.get(k, d) for k, d in CHAIN_DEFAULTS.items()},
-            "budget_steps": spec["budget_steps"], "seed": spec["seed"]}
+    return {
+        "trial_id": spec["trial_id"],
+        "policy": spec["policy"],
+        "init": spec["init"],
+        "deploy": spec["deploy"],
+        "merge": spec["merge"],
+        "merge_params": json.dumps(spec["merge_params"], sort_keys=True),
+        **{k: str(spec.get(k, d)) if k == "ema_weight" else spec.get(k, d) for k, d in CHAIN_DEFAULTS.items()},
+        "budget_steps": spec["budget_steps"],
+        "seed": spec["seed"],
+    }

@@ -24,8 +24,7 @@ from analysis.companions import Companion, load_sweeps
 from analysis.findings import all_findings, paired
 from analysis.load import ReportError, Sweep
 from analysis.stats import pareto_front, variance_decomposition
-from analysis.tables import (Table, accuracy_table, base_values, cost_table, final_values, main_budget,
-                             policy_table)
+from analysis.tables import Table, accuracy_table, base_values, cost_table, final_values, main_budget, policy_table
 
 
 @dataclass(frozen=True)
@@ -51,9 +50,11 @@ def choose_policy(final: pd.DataFrame, steps: pd.DataFrame, policy: str | None) 
     if policy is not None:
         if policy not in labels:
             close = difflib.get_close_matches(policy, labels, n=3)
-            raise ReportError(f"--policy {policy!r}: no such policy in this sweep."
-                              f"{' Did you mean ' + ', '.join(close) + '?' if close else ''} "
-                              f"Policies: {', '.join(labels)}.")
+            raise ReportError(
+                f"--policy {policy!r}: no such policy in this sweep."
+                f"{' Did you mean ' + ', '.join(close) + '?' if close else ''} "
+                f"Policies: {', '.join(labels)}."
+            )
         return policy
     stream = final[~final.multitask] if len(final) else final
     if len(stream):
@@ -67,14 +68,28 @@ def _missing_table(sweep: Sweep) -> Table | None:
     rows = sweep.progress[~sweep.progress.finished]
     if rows.empty:
         return None
-    cells = [[r.trial_id, r.label, f"{r.budget:g}", str(r.seed),
-              r.state + ("" if pd.isna(r.last_timestep) else f" at t={int(r.last_timestep)} of {sweep.tasks}")]
-             for r in rows.sort_values("state", key=lambda s: s == "stopped early", kind="stable").itertuples()]
-    return Table(f"Missing trials ({len(sweep.missing)} of {len(sweep.progress)} not finished"
-                 + (f"; {len(rows) - len(sweep.missing)} stopped early by the scheduler)" if len(rows) > len(sweep.missing) else ")"),
-                 ["trial", "policy", "steps/task", "seed", "state"], cells,
-                 "Trials without a final result appear in the trajectories up to their last timestep and nowhere "
-                 "else. Finish the missing ones with time-ray sweep CONFIG --output DIR --resume.")
+    cells = [
+        [
+            r.trial_id,
+            r.label,
+            f"{r.budget:g}",
+            str(r.seed),
+            r.state + ("" if pd.isna(r.last_timestep) else f" at t={int(r.last_timestep)} of {sweep.tasks}"),
+        ]
+        for r in rows.sort_values("state", key=lambda s: s == "stopped early", kind="stable").itertuples()
+    ]
+    return Table(
+        f"Missing trials ({len(sweep.missing)} of {len(sweep.progress)} not finished"
+        + (
+            f"; {len(rows) - len(sweep.missing)} stopped early by the scheduler)"
+            if len(rows) > len(sweep.missing)
+            else ")"
+        ),
+        ["trial", "policy", "steps/task", "seed", "state"],
+        cells,
+        "Trials without a final result appear in the trajectories up to their last timestep and nowhere "
+        "else. Finish the missing ones with time-ray sweep CONFIG --output DIR --resume.",
+    )
 
 
 def _variance_block(final: pd.DataFrame) -> Table | tuple:
@@ -84,14 +99,23 @@ def _variance_block(final: pd.DataFrame) -> Table | tuple:
     varied = split[split.contexts > 0].sort_values("share", ascending=False)
     fixed = ", ".join(split.axis[split.contexts == 0])
     if varied.empty:
-        return ("p", "Which decisions matter: this sweep varies no decision while holding the others fixed, so GM "
-                     "cannot be split by axis (add a grid, budget multipliers or seeds).")
-    rows = [[r.axis, str(r.levels), str(r.contexts), f"{r.std:.4f}", f"{100 * r.share:.1f}%"] for r in varied.itertuples()]
-    return Table("Which decisions matter: variance of final GM by axis", ["axis", "levels", "contexts", "GM std", "share"],
-                 rows, "For each axis, the variance of final GM (mean over seeds) across the axis's levels with every "
-                       "other axis held fixed, averaged over the contexts where the axis varies; seed: the variance "
-                       "across seeds of one policy. share = component / sum of components."
-                       + (f" Not varied in this sweep: {fixed}." if fixed else ""))
+        return (
+            "p",
+            "Which decisions matter: this sweep varies no decision while holding the others fixed, so GM "
+            "cannot be split by axis (add a grid, budget multipliers or seeds).",
+        )
+    rows = [
+        [r.axis, str(r.levels), str(r.contexts), f"{r.std:.4f}", f"{100 * r.share:.1f}%"] for r in varied.itertuples()
+    ]
+    return Table(
+        "Which decisions matter: variance of final GM by axis",
+        ["axis", "levels", "contexts", "GM std", "share"],
+        rows,
+        "For each axis, the variance of final GM (mean over seeds) across the axis's levels with every "
+        "other axis held fixed, averaged over the contexts where the axis varies; seed: the variance "
+        "across seeds of one policy. share = component / sum of components."
+        + (f" Not varied in this sweep: {fixed}." if fixed else ""),
+    )
 
 
 FRONT_COSTS = ["train_gflops", "pool_bytes"]  # deterministic; merge seconds are timings, noisy at this scale
@@ -113,18 +137,21 @@ def _answer(table: pd.DataFrame, budget: float, base: pd.Series) -> list[str]:
     if stream.empty:
         return ["No stream policy has finished yet; only the multitask reference has a final result."]
     best = stream.iloc[stream.gm.argmax()]
-    lines = [f"Best final GM at {budget:g} steps per task: **{best.label}**, GM {best.gm:.3f} "
-             f"(A_KA {best.a_ka:.3f}, A_ZS {best.a_zs:.3f}; zero-shot theta_0: GM {base.gm:.3f}, A_KA "
-             f"{base.a_ka:.3f}, A_ZS {base.a_zs:.3f}).",
-             f"It costs {best.train_gflops:,.0f} training GFLOPs, {best.merge_seconds:.2f} s of merging and a "
-             f"{best.pool_bytes / 2**20:.1f} MiB checkpoint pool."]
+    lines = [
+        f"Best final GM at {budget:g} steps per task: **{best.label}**, GM {best.gm:.3f} "
+        f"(A_KA {best.a_ka:.3f}, A_ZS {best.a_zs:.3f}; zero-shot theta_0: GM {base.gm:.3f}, A_KA "
+        f"{base.a_ka:.3f}, A_ZS {base.a_zs:.3f}).",
+        f"It costs {best.train_gflops:,.0f} training GFLOPs, {best.merge_seconds:.2f} s of merging and a "
+        f"{best.pool_bytes / 2**20:.1f} MiB checkpoint pool.",
+    ]
     mt = table[table.multitask & (table.budget == budget)]
     if len(mt):
         lines.append(f"The multitask reference at the same compute reaches GM {mt.gm.iloc[0]:.3f}.")
     front = table[policy_front(table)]
-    lines.append("Pareto-optimal (no other policy has a GM at least as high at no more training GFLOPs and pool "
-                 "size): " + "; ".join(f"{r.label} at {r.budget:g} steps (GM {r.gm:.3f})" for r in front.itertuples())
-                 + ".")
+    lines.append(
+        "Pareto-optimal (no other policy has a GM at least as high at no more training GFLOPs and pool "
+        "size): " + "; ".join(f"{r.label} at {r.budget:g} steps (GM {r.gm:.3f})" for r in front.itertuples()) + "."
+    )
     return lines
 
 
@@ -139,17 +166,38 @@ def companion_table(companion: Companion, final: pd.DataFrame) -> Table:
             if there.empty:
                 continue
             here, there = here.set_index("seed"), there.set_index("seed")
-            rows.append([label, f"{budget:g}", str(len(here.index.intersection(there.index))),
-                         f"{here.gm.mean():.3f}", f"{there.gm.mean():.3f}", paired(there.gm, here.gm).text(),
-                         paired(there.a_ka, here.a_ka).text(), paired(there.a_zs, here.a_zs).text()])
+            rows.append(
+                [
+                    label,
+                    f"{budget:g}",
+                    str(len(here.index.intersection(there.index))),
+                    f"{here.gm.mean():.3f}",
+                    f"{there.gm.mean():.3f}",
+                    paired(there.gm, here.gm).text(),
+                    paired(there.a_ka, here.a_ka).text(),
+                    paired(there.a_zs, here.a_zs).text(),
+                ]
+            )
     n_done = int(companion.sweep.progress.finished.sum())
-    return Table(f"Companion {companion.sweep.name}: {companion.label}",
-                 ["policy", "steps/task", "seeds", "GM here", "GM there", "GM there - here", "A_KA there - here",
-                  "A_ZS there - here"], rows,
-                 f"{n_done} of {len(companion.sweep.progress)} trials finished in {', '.join(map(str, companion.sweep.sources))}. "
-                 "Each difference is the mean over the seeds both sweeps ran of the per-seed difference (the same seed: "
-                 "the same task order), with its 95% t-interval."
-                 + ("" if rows else " No policy finished at the same budget in both sweeps."))
+    return Table(
+        f"Companion {companion.sweep.name}: {companion.label}",
+        [
+            "policy",
+            "steps/task",
+            "seeds",
+            "GM here",
+            "GM there",
+            "GM there - here",
+            "A_KA there - here",
+            "A_ZS there - here",
+        ],
+        rows,
+        f"{n_done} of {len(companion.sweep.progress)} trials finished in "
+        f"{', '.join(map(str, companion.sweep.sources))}. "
+        "Each difference is the mean over the seeds both sweeps ran of the per-seed difference (the same seed: "
+        "the same task order), with its 95% t-interval."
+        + ("" if rows else " No policy finished at the same budget in both sweeps."),
+    )
 
 
 def build_report(sweep_dir: str | Path | list, output: str | Path | None = None, policy: str | None = None) -> dict:
@@ -160,7 +208,9 @@ def build_report(sweep_dir: str | Path | list, output: str | Path | None = None,
     final = final_values(sweep)
     base = base_values(sweep)
     stream_steps = sweep.steps[~sweep.steps.multitask]
-    budget = main_budget(final) if len(final) else float((stream_steps if len(stream_steps) else sweep.steps).budget.max())
+    budget = (
+        main_budget(final) if len(final) else float((stream_steps if len(stream_steps) else sweep.steps).budget.max())
+    )
     table = policy_table(final)
     chosen = choose_policy(final, sweep.steps, policy)
     out = Path(output) if output is not None else sweep.path / "report"
@@ -172,61 +222,130 @@ def build_report(sweep_dir: str | Path | list, output: str | Path | None = None,
     n_stopped = int((sweep.progress.state == "stopped early").sum())
 
     need_final = "needs at least one finished trial"
-    fig = {f.name: f for f in (
-        FigureBlock("ka_zs_scatter.png", f"Final A_KA vs A_ZS at {budget:g} steps per task (the paper's teaser view), "
-                    "with zero-shot theta_0 and the multitask reference.",
-                    figures.ka_zs_scatter(at_budget, base, colours) if len(final) else None, need_final),
-        FigureBlock("cost_vs_gm.png", "Cost vs final GM, every policy at every budget, with the Pareto front of each cost.",
-                    figures.cost_vs_gm(table, colours) if len(final) else None, need_final),
-        FigureBlock("trajectories.png", f"A_KA and A_ZS over timesteps per policy at {budget:g} steps per task "
-                    "(mean over seeds; band: min to max).",
-                    figures.trajectories(sweep.steps[sweep.steps.budget == budget], colours, sweep.tasks)),
-        FigureBlock("init_deploy_gm.png", f"Final GM of every init x deploy pair (weight averaging), {budget:g} steps per task.",
-                    figures.init_deploy_heatmap(at_budget) if len(final) else None,
-                    "needs at least two finished init x deploy pairs with weight averaging"),
-        FigureBlock("technique_gm.png", "Spread of final GM across merging techniques at a fixed init/deploy pair.",
-                    figures.technique_spread(final_at) if len(final) else None,
-                    "needs at least two merging techniques at one init/deploy pair (policies.grid merge: [...])"),
-        FigureBlock("accuracy_matrix.png", f"Accuracy matrix (timestep x dataset) of {chosen} (choose with --policy).",
-                    figures.accuracy_matrix(_policy_metrics(sweep, chosen), chosen)),
-        FigureBlock("budget_gm.png", "Final GM vs training compute per policy across budgets.",
-                    figures.budget_curves(table, colours) if len(final) else None, need_final),
-    )}
-    where = (f"Sweep directory {sweep.path}" if len(sweep.sources) < 2 else
-             f"Sweep directories {', '.join(map(str, sweep.sources))} (the same setting, pooled)")
-    blocks: list = [("h1", f"time-ray report: {sweep.name}"),
-                    ("p", f"{where}; {sweep.tasks} tasks; {n_done} of {n_all} trials finished"
-                          + (f"; {n_stopped} stopped early by the scheduler" if n_stopped else "")
-                          + (f" (a partial sweep: {len(sweep.missing)} missing, see Missing trials)."
-                             if len(sweep.missing) else ".")),
-                    *(("p", note) for note in sweep.notes)]
+    fig = {
+        f.name: f
+        for f in (
+            FigureBlock(
+                "ka_zs_scatter.png",
+                f"Final A_KA vs A_ZS at {budget:g} steps per task (the paper's teaser view), "
+                "with zero-shot theta_0 and the multitask reference.",
+                figures.ka_zs_scatter(at_budget, base, colours) if len(final) else None,
+                need_final,
+            ),
+            FigureBlock(
+                "cost_vs_gm.png",
+                "Cost vs final GM, every policy at every budget, with the Pareto front of each cost.",
+                figures.cost_vs_gm(table, colours) if len(final) else None,
+                need_final,
+            ),
+            FigureBlock(
+                "trajectories.png",
+                f"A_KA and A_ZS over timesteps per policy at {budget:g} steps per task "
+                "(mean over seeds; band: min to max).",
+                figures.trajectories(sweep.steps[sweep.steps.budget == budget], colours, sweep.tasks),
+            ),
+            FigureBlock(
+                "init_deploy_gm.png",
+                f"Final GM of every init x deploy pair (weight averaging), {budget:g} steps per task.",
+                figures.init_deploy_heatmap(at_budget) if len(final) else None,
+                "needs at least two finished init x deploy pairs with weight averaging",
+            ),
+            FigureBlock(
+                "technique_gm.png",
+                "Spread of final GM across merging techniques at a fixed init/deploy pair.",
+                figures.technique_spread(final_at) if len(final) else None,
+                "needs at least two merging techniques at one init/deploy pair (policies.grid merge: [...])",
+            ),
+            FigureBlock(
+                "accuracy_matrix.png",
+                f"Accuracy matrix (timestep x dataset) of {chosen} (choose with --policy).",
+                figures.accuracy_matrix(_policy_metrics(sweep, chosen), chosen),
+            ),
+            FigureBlock(
+                "budget_gm.png",
+                "Final GM vs training compute per policy across budgets.",
+                figures.budget_curves(table, colours) if len(final) else None,
+                need_final,
+            ),
+        )
+    }
+    where = (
+        f"Sweep directory {sweep.path}"
+        if len(sweep.sources) < 2
+        else f"Sweep directories {', '.join(map(str, sweep.sources))} (the same setting, pooled)"
+    )
+    blocks: list = [
+        ("h1", f"time-ray report: {sweep.name}"),
+        (
+            "p",
+            f"{where}; {sweep.tasks} tasks; {n_done} of {n_all} trials finished"
+            + (f"; {n_stopped} stopped early by the scheduler" if n_stopped else "")
+            + (f" (a partial sweep: {len(sweep.missing)} missing, see Missing trials)." if len(sweep.missing) else "."),
+        ),
+        *(("p", note) for note in sweep.notes),
+    ]
     missing = _missing_table(sweep)
     if len(final):
-        blocks += [("h2", "Which policy, at what cost?"), ("ul", _answer(table, budget, base)),
-                   fig["ka_zs_scatter.png"], fig["cost_vs_gm.png"]]
-        blocks += [b for b in (missing,) if b] + [("h2", "Tables"), accuracy_table(table, base),
-                                                  cost_table(table, policy_front(table))]
-        blocks += [("h2", "Findings of TIME (spec section 7)"),
-                   ("p", f"Read at {budget:g} steps per task (the budget with the most policies); intervals are 95% "
-                         "t-intervals over seeds of paired per-seed differences"
-                         + (f"; findings 2 and 5 also read the companion sweeps ({', '.join(c.sweep.name for c in companions)})."
-                            if companions else "."))]
+        blocks += [
+            ("h2", "Which policy, at what cost?"),
+            ("ul", _answer(table, budget, base)),
+            fig["ka_zs_scatter.png"],
+            fig["cost_vs_gm.png"],
+        ]
+        blocks += [b for b in (missing,) if b] + [
+            ("h2", "Tables"),
+            accuracy_table(table, base),
+            cost_table(table, policy_front(table)),
+        ]
+        blocks += [
+            ("h2", "Findings of TIME (spec section 7)"),
+            (
+                "p",
+                f"Read at {budget:g} steps per task (the budget with the most policies); intervals are 95% "
+                "t-intervals over seeds of paired per-seed differences"
+                + (
+                    "; findings 2 and 5 also read the companion sweeps "
+                    f"({', '.join(c.sweep.name for c in companions)})."
+                    if companions
+                    else "."
+                ),
+            ),
+        ]
         for f in all_findings(final, base, budget, companions):
             blocks += [("h3", f"Finding {f.number}: {f.verdict}"), ("p", f"Claim: {f.claim}")]
             if f.test != "-":
                 blocks += [("p", f"Test: {f.test}"), ("ul", list(f.evidence))]
         if companions:
-            blocks += [("h2", "Companion sweeps"),
-                       ("p", "Sweeps with another setting (data mixture, model, ...): the same policies compared seed by "
-                             "seed with this sweep.")]
+            blocks += [
+                ("h2", "Companion sweeps"),
+                (
+                    "p",
+                    "Sweeps with another setting (data mixture, model, ...): the same policies compared seed by "
+                    "seed with this sweep.",
+                ),
+            ]
             blocks += [companion_table(c, final) for c in companions]
         blocks += [_variance_block(final), ("h2", "More figures")]
-        blocks += [fig[n] for n in ("trajectories.png", "init_deploy_gm.png", "technique_gm.png",
-                                    "accuracy_matrix.png", "budget_gm.png")]
+        blocks += [
+            fig[n]
+            for n in (
+                "trajectories.png",
+                "init_deploy_gm.png",
+                "technique_gm.png",
+                "accuracy_matrix.png",
+                "budget_gm.png",
+            )
+        ]
     else:
-        blocks += [b for b in (missing,) if b] + [("p", "No trial has finished yet: tables and findings need final "
-                                                         "values; the trajectories show the timesteps so far."),
-                                                  fig["trajectories.png"], fig["accuracy_matrix.png"]]
+        blocks += [b for b in (missing,) if b] + [
+            (
+                "p",
+                "No trial has finished yet: tables and findings need final "
+                "values; the trajectories show the timesteps so far.",
+            ),
+            fig["trajectories.png"],
+            fig["accuracy_matrix.png"],
+        ]
     pngs = {}
     for f in fig.values():
         if f.figure is None:
@@ -236,8 +355,14 @@ def build_report(sweep_dir: str | Path | list, output: str | Path | None = None,
             (out / f.name).write_bytes(pngs[f.name])
     (out / "summary.md").write_text(render_markdown(blocks))
     (out / "report.html").write_text(render_html(blocks, pngs, sweep.name))
-    return {"html": out / "report.html", "markdown": out / "summary.md", "figures": [out / n for n in pngs],
-            "finished": n_done, "trials": n_all, "policy": chosen}
+    return {
+        "html": out / "report.html",
+        "markdown": out / "summary.md",
+        "figures": [out / n for n in pngs],
+        "finished": n_done,
+        "trials": n_all,
+        "policy": chosen,
+    }
 
 
 def _policy_metrics(sweep: Sweep, label: str) -> pd.DataFrame:
@@ -252,8 +377,11 @@ def render_markdown(blocks: list) -> str:
         if isinstance(b, Table):
             parts.append(b.markdown())
         elif isinstance(b, FigureBlock):
-            parts.append(f"![{b.caption}]({b.name})\n\n*{b.caption}*\n" if b.figure is not None
-                         else f"*{b.caption}* Not drawn: {b.missing}.\n")
+            parts.append(
+                f"![{b.caption}]({b.name})\n\n*{b.caption}*\n"
+                if b.figure is not None
+                else f"*{b.caption}* Not drawn: {b.missing}.\n"
+            )
         elif b[0] == "ul":
             parts.append("\n".join(f"- {item}" for item in b[1]) + "\n")
         else:
@@ -284,11 +412,15 @@ def render_html(blocks: list, pngs: dict, title: str) -> str:
                 body.append(f"<p class='note'>{html.escape(b.caption)} Not drawn: {html.escape(b.missing)}.</p>")
             else:
                 data = base64.b64encode(pngs[b.name]).decode()
-                body.append(f"<figure><img alt='{html.escape(b.name)}' src='data:image/png;base64,{data}'>"
-                            f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
+                body.append(
+                    f"<figure><img alt='{html.escape(b.name)}' src='data:image/png;base64,{data}'>"
+                    f"<figcaption>{html.escape(b.caption)}</figcaption></figure>"
+                )
         elif b[0] == "ul":
             body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b[1]) + "</ul>")
         else:
             body.append(f"<{b[0]}>{_inline(b[1])}</{b[0]}>")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>time-ray report: {html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>time-ray report: {html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
+    )

@@ -45,11 +45,23 @@ def variance_decomposition(final: pd.DataFrame, value: str = "gm", axes=AXES) ->
         others = [a for a in axes if a != axis]
         per_context = means.groupby(others, dropna=False)[value].agg(lambda s: s.var(ddof=0) if len(s) > 1 else np.nan)
         varied = per_context.dropna()
-        rows.append({"axis": axis, "levels": int(means[axis].nunique()), "contexts": len(varied),
-                     "variance": float(varied.mean()) if len(varied) else math.nan})
+        rows.append(
+            {
+                "axis": axis,
+                "levels": int(means[axis].nunique()),
+                "contexts": len(varied),
+                "variance": float(varied.mean()) if len(varied) else math.nan,
+            }
+        )
     seed_var = cells.var(ddof=1).dropna()
-    rows.append({"axis": "seed", "levels": int(final["seed"].nunique()), "contexts": len(seed_var),
-                 "variance": float(seed_var.mean()) if len(seed_var) else math.nan})
+    rows.append(
+        {
+            "axis": "seed",
+            "levels": int(final["seed"].nunique()),
+            "contexts": len(seed_var),
+            "variance": float(seed_var.mean()) if len(seed_var) else math.nan,
+        }
+    )
     out = pd.DataFrame(rows)
     out["std"] = np.sqrt(out["variance"])
     out["share"] = out["variance"] / out["variance"].sum(skipna=True)

@@ -44,16 +44,19 @@ def final_values(sweep: Sweep) -> pd.DataFrame:
     steps = sweep.steps[sweep.steps.finished]
     per_step = gflops_per_step(sweep.steps)
     rows = []
-    for trial_id, g in steps.groupby("trial_id", sort=False):
+    for _, g in steps.groupby("trial_id", sort=False):
         g = g.sort_values("timestep")
         last, stream = g.iloc[-1], g[g.timestep > 0]
         row = {c: last[c] for c in ["trial_id", "label", "policy", "seed", "budget_steps", *DESIGN]}
         row |= {m: float(last[m]) for m in METRICS}
         row |= {f"{m}_avg": math.nan if last.multitask else float(stream[m].mean()) for m in METRICS}
-        row |= {"train_gflops": float((stream.budget_steps * per_step).sum()),
-                "train_gflops_spent": float(stream.train_gflops.sum()),
-                "merge_seconds": float(stream.merge_seconds.sum()), "pool_bytes": float(last.pool_bytes),
-                "wall_seconds": float((g.train_seconds + g.merge_seconds + g.eval_seconds).sum())}
+        row |= {
+            "train_gflops": float((stream.budget_steps * per_step).sum()),
+            "train_gflops_spent": float(stream.train_gflops.sum()),
+            "merge_seconds": float(stream.merge_seconds.sum()),
+            "pool_bytes": float(last.pool_bytes),
+            "wall_seconds": float((g.train_seconds + g.merge_seconds + g.eval_seconds).sum()),
+        }
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -84,6 +87,7 @@ def main_budget(final: pd.DataFrame) -> float:
 
 # ---------------------------------------------------------------- rendering
 
+
 @dataclass(frozen=True)
 class Table:
     """A titled table of preformatted cells, rendered as Markdown or HTML."""
@@ -107,7 +111,8 @@ class Table:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in self.rows)
         note = f"<p class='note'>{html.escape(self.note)}</p>" if self.note else ""
-        return f"<h3>{html.escape(self.title)}</h3>{note}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return f"<h3>{html.escape(self.title)}</h3>{note}{table}"
 
 
 def pm(mean: float, sd: float, n: int, digits: int = 3) -> str:
@@ -122,13 +127,23 @@ def accuracy_table(table: pd.DataFrame, base: pd.Series) -> Table:
     cols = ["policy", "steps/task", "seeds", "A_KA", "A_ZS", "GM", "A_KA avg", "A_ZS avg", "GM avg"]
     rows = [["zero-shot theta_0", "-", "-", *(f"{base[m]:.3f}" for m in METRICS), "-", "-", "-"]]
     for r in table.itertuples():
-        rows.append([r.label + (" (reference)" if r.multitask else ""), f"{r.budget:g}", str(r.n),
-                     *(pm(getattr(r, m), getattr(r, f"{m}_sd"), r.n) for m in METRICS),
-                     *(pm(getattr(r, f"{m}_avg"), getattr(r, f"{m}_avg_sd"), r.n) for m in METRICS)])
-    return Table("Accuracy per policy", cols, rows,
-                 "Final = at the last timestep T; avg = mean over timesteps 1..T of the deployed model. "
-                 "± is the standard deviation over seeds. The multitask reference trains one expert on "
-                 "the union of all tasks with the same total compute (no trajectory).")
+        rows.append(
+            [
+                r.label + (" (reference)" if r.multitask else ""),
+                f"{r.budget:g}",
+                str(r.n),
+                *(pm(getattr(r, m), getattr(r, f"{m}_sd"), r.n) for m in METRICS),
+                *(pm(getattr(r, f"{m}_avg"), getattr(r, f"{m}_avg_sd"), r.n) for m in METRICS),
+            ]
+        )
+    return Table(
+        "Accuracy per policy",
+        cols,
+        rows,
+        "Final = at the last timestep T; avg = mean over timesteps 1..T of the deployed model. "
+        "± is the standard deviation over seeds. The multitask reference trains one expert on "
+        "the union of all tasks with the same total compute (no trajectory).",
+    )
 
 
 def cost_table(table: pd.DataFrame, front: np.ndarray) -> Table:
@@ -136,13 +151,27 @@ def cost_table(table: pd.DataFrame, front: np.ndarray) -> Table:
     cols = ["policy", "steps/task", "GM", "train GFLOPs", "spent here", "merge s", "pool MiB", "wall s", "Pareto"]
     rows = []
     for r, on_front in zip(table.itertuples(), front):
-        rows.append([r.label, f"{r.budget:g}", f"{r.gm:.3f}", f"{r.train_gflops:,.0f}",
-                     f"{r.train_gflops_spent:,.0f}", f"{r.merge_seconds:.2f}", f"{r.pool_bytes / 2**20:.1f}",
-                     f"{r.wall_seconds:.0f}", "reference" if r.multitask else "yes" if on_front else ""])
-    return Table("Cost per policy", cols, rows,
-                 "Means over seeds. train GFLOPs: the policy run on its own (steps x measured GFLOPs per step); "
-                 "spent here: what this sweep spent (experts reused from the expert cache cost 0); merge s: "
-                 "init + deploy merges; pool MiB: the policy's checkpoint pool at the end; wall s: train + merge "
-                 "+ evaluation seconds in this sweep. Pareto: no other policy has a GM at least as high at no more train "
-                 "GFLOPs and pool size (merge seconds are timings, too noisy at this scale to rank by; the multitask "
-                 "reference, which needs all tasks at once, is not a candidate).")
+        rows.append(
+            [
+                r.label,
+                f"{r.budget:g}",
+                f"{r.gm:.3f}",
+                f"{r.train_gflops:,.0f}",
+                f"{r.train_gflops_spent:,.0f}",
+                f"{r.merge_seconds:.2f}",
+                f"{r.pool_bytes / 2**20:.1f}",
+                f"{r.wall_seconds:.0f}",
+                "reference" if r.multitask else "yes" if on_front else "",
+            ]
+        )
+    return Table(
+        "Cost per policy",
+        cols,
+        rows,
+        "Means over seeds. train GFLOPs: the policy run on its own (steps x measured GFLOPs per step); "
+        "spent here: what this sweep spent (experts reused from the expert cache cost 0); merge s: "
+        "init + deploy merges; pool MiB: the policy's checkpoint pool at the end; wall s: train + merge "
+        "+ evaluation seconds in this sweep. Pareto: no other policy has a GM at least as high at no more train "
+        "GFLOPs and pool size (merge seconds are timings, too noisy at this scale to rank by; the multitask "
+        "reference, which needs all tasks at once, is not a candidate).",
+    )

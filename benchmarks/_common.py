@@ -34,9 +34,13 @@ def machine(threads: int | None = None) -> dict:
     import torch
 
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"cpus": os.cpu_count(), "ram_gib": round(ram / (1 << 30), 1), "load_1min_at_start": os.getloadavg()[0],
-            "torch_threads": threads if threads is not None else torch.get_num_threads(),
-            "torch": torch.__version__}
+    return {
+        "cpus": os.cpu_count(),
+        "ram_gib": round(ram / (1 << 30), 1),
+        "load_1min_at_start": os.getloadavg()[0],
+        "torch_threads": threads if threads is not None else torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
 
 def anon_bytes() -> int:

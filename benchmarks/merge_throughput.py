@@ -43,8 +43,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from _common import MIB, emit, interleaved, log, machine, median, model_shapes, synthetic_pool, verdict  # noqa: E402
+
 from time_ray.core.checkpoints import materialize  # noqa: E402
 from time_ray.core.merging import CascadeSum, make_technique, tower_of  # noqa: E402
 from time_ray.core.merging.sparse import SELECTIONS  # noqa: E402
@@ -56,6 +56,7 @@ WORKING_SET_MIB = 256
 
 
 # ---------------------------------------------------------------- baselines
+
 
 def plain_copy(experts):
     buffer = torch.empty(max(experts[0][key].numel() for key in experts[0]))
@@ -80,6 +81,7 @@ def stack_mean(experts):
 
 
 # ---------------------------------------------------------------- straightforward references (whole towers)
+
 
 def expert_sum(rows):
     """Sum over experts (the rows) in the project's documented order (sequential up to 16, then cascaded)."""
@@ -137,11 +139,16 @@ def reference_merge(technique, experts, base):
     merged = {}
     for tower in ("image", "text"):
         keys = [k for k in base if tower_of(k) == tower]
-        flat = lambda state: torch.cat([state[k].reshape(-1).float() for k in keys])  # noqa: E731
+
+        def flat(state, keys=keys):
+            return torch.cat([state[k].reshape(-1).float() for k in keys])
+
         scores = None
         if technique.name == "dare_ties":
-            scores = [torch.cat([technique.scores(e[k].reshape(-1) - base[k].reshape(-1), i, k) for k in keys])
-                      for i, e in enumerate(experts)]
+            scores = [
+                torch.cat([technique.scores(e[k].reshape(-1) - base[k].reshape(-1), i, k) for k in keys])
+                for i, e in enumerate(experts)
+            ]
         out = reference_tower(technique, torch.stack([flat(e) for e in experts]), flat(base), keys, scores)
         for key, part in zip(keys, out.split([base[k].numel() for k in keys])):
             merged[key] = part.view(base[key].shape)
@@ -163,12 +170,15 @@ def check_exactness(root: Path, techniques: list[str], arch: str) -> dict:
             close = all(torch.allclose(ours[key], ref[key], rtol=1e-6, atol=1e-9) for key in ref)
             exact = differing == 0 or (name == "average" and close)
             report[f"{name}_k{k}"] = {"differing_entries": differing, "max_abs_diff": worst, "exact": exact}
-            log(f"  exactness {name:<17} k={k:<3} differing entries {differing:>7}  max |diff| {worst:.3g}"
-                f"  {'ok' if exact else 'NOT EXACT'}")
+            log(
+                f"  exactness {name:<17} k={k:<3} differing entries {differing:>7}  max |diff| {worst:.3g}"
+                f"  {'ok' if exact else 'NOT EXACT'}"
+            )
     return report
 
 
 # ---------------------------------------------------------------- timing
+
 
 def naive_threshold(experts, base):
     """Naive TIES threshold: torch.kthvalue over each expert tower's concatenated |tau| (p = 0.2)."""
@@ -182,19 +192,29 @@ def naive_threshold(experts, base):
 
 def measure(pool, k: int, techniques: list[str], repeats: int, model_bytes: int) -> dict:
     experts, base = pool.experts(k), pool.base
-    candidates = {"copy": lambda: plain_copy(experts), "mean": lambda: plain_mean(experts),
-                  "stack_mean": lambda: stack_mean(experts)}
+    candidates = {
+        "copy": lambda: plain_copy(experts),
+        "mean": lambda: plain_mean(experts),
+        "stack_mean": lambda: stack_mean(experts),
+    }
     for name in techniques:  # cold: no thresholds remembered from an earlier merge
         candidates[name] = lambda name=name: (SELECTIONS.clear(), make_technique(name).merge(experts, base=base))
         if name in REMEMBERED:  # warm: a pool merging the same experts again (thresholds remembered)
             candidates[f"{name}_warm"] = lambda name=name: make_technique(name).merge(experts, base=base)
     peaks: dict[str, float] = {}
-    times = interleaved(candidates, repeats, lambda name, s, peak: peaks.__setitem__(
-        name, max(peaks.get(name, 0.0), peak.extra_mib)))
+    times = interleaved(
+        candidates, repeats, lambda name, s, peak: peaks.__setitem__(name, max(peaks.get(name, 0.0), peak.extra_mib))
+    )
     data_gb = k * model_bytes / 1e9
-    return {name: {"seconds": round(median(t), 3), "gb_per_s": round(data_gb / median(t), 2),
-                   "peak_anon_extra_mib": peaks[name], "runs": [round(x, 3) for x in t]}
-            for name, t in times.items()}
+    return {
+        name: {
+            "seconds": round(median(t), 3),
+            "gb_per_s": round(data_gb / median(t), 2),
+            "peak_anon_extra_mib": peaks[name],
+            "runs": [round(x, 3) for x in t],
+        }
+        for name, t in times.items()
+    }
 
 
 def main(argv=None) -> int:
@@ -212,15 +232,23 @@ def main(argv=None) -> int:
     repeats = args.repeats or (1 if args.quick else 3)
     techniques = args.techniques.split(",")
     torch.set_num_threads(args.threads)
-    results = {"benchmark": "merge_throughput", "arch": arch, "ks": ks, "repeats": repeats,
-               "machine": machine(args.threads), "page_cache": "warm (files read once before timing)"}
+    results = {
+        "benchmark": "merge_throughput",
+        "arch": arch,
+        "ks": ks,
+        "repeats": repeats,
+        "machine": machine(args.threads),
+        "page_cache": "warm (files read once before timing)",
+    }
     with tempfile.TemporaryDirectory(prefix="tr-merge-", dir=args.dir) as tmp:
         exact_arch = "tiny-clip" if args.quick else "tiny-clip-wide"
         log(f"exactness against the references ({exact_arch})")
         results["exactness"] = check_exactness(Path(tmp) / "exact", techniques, exact_arch)
         shapes = model_shapes(arch)
-        log(f"writing theta_0 and {max(ks)} experts of {arch} ({sum(map(math.prod, shapes.values())) / 1e6:.1f}M "
-            f"parameters) to {tmp}")
+        log(
+            f"writing theta_0 and {max(ks)} experts of {arch} ({sum(map(math.prod, shapes.values())) / 1e6:.1f}M "
+            f"parameters) to {tmp}"
+        )
         pool, model_bytes = synthetic_pool(Path(tmp) / "bench", shapes, max(ks))
         results["params"], results["expert_mb"] = model_bytes // 4, round(model_bytes / 1e6, 1)
         plain_copy(pool.experts(max(ks)) + [pool.base])  # page cache and mappings warm
@@ -235,12 +263,24 @@ def main(argv=None) -> int:
     naive = results["naive_kthvalue_threshold"]
     scale = naive["seconds"] / results["by_k"][str(naive["k"])]["mean"]["seconds"]
     at = results["by_k"][str(naive["k"])]
-    warm = [f"{name} {at[name + '_warm']['seconds'] / at['average']['seconds']:.2f}x" for name in REMEMBERED
-            if name + "_warm" in at and "average" in at]
-    emit(results, verdicts(results, techniques, model_bytes),
-         [f"for scale: the naive kthvalue threshold alone takes {scale:.1f}x the plain mean's time at k={naive['k']}"]
-         + ([f"warm (the experts' thresholds remembered from an earlier merge, as a pool merging again), time vs "
-             f"average at k={naive['k']}: " + ", ".join(warm)] if warm else []))
+    warm = [
+        f"{name} {at[name + '_warm']['seconds'] / at['average']['seconds']:.2f}x"
+        for name in REMEMBERED
+        if name + "_warm" in at and "average" in at
+    ]
+    emit(
+        results,
+        verdicts(results, techniques, model_bytes),
+        [f"for scale: the naive kthvalue threshold alone takes {scale:.1f}x the plain mean's time at k={naive['k']}"]
+        + (
+            [
+                f"warm (the experts' thresholds remembered from an earlier merge, as a pool merging again), time vs "
+                f"average at k={naive['k']}: " + ", ".join(warm)
+            ]
+            if warm
+            else []
+        ),
+    )
     return 0
 
 
@@ -258,12 +298,21 @@ def verdicts(results: dict, techniques: list[str], model_bytes: int) -> list[str
             ratio = at[name]["seconds"] / at["average"]["seconds"]
             lines.append(verdict(f"{name} at k={ref_k}: time vs average (cold)", ratio, "<= 3x", ratio <= 3))
     exact = all(v["exact"] for v in results["exactness"].values())
-    lines.append(f"exactness against the references: {'all exact' if exact else 'NOT EXACT'} "
-                 f"(target: bit-identical, average rtol 1e-6) {'OK' if exact else 'MISS'}")
+    lines.append(
+        f"exactness against the references: {'all exact' if exact else 'NOT EXACT'} "
+        f"(target: bit-identical, average rtol 1e-6) {'OK' if exact else 'MISS'}"
+    )
     bound = model_bytes / MIB + WORKING_SET_MIB
     worst = max(v[name]["peak_anon_extra_mib"] for v in by_k.values() for name in techniques)
-    lines.append(verdict("peak extra anonymous memory of any technique at any k", worst,
-                         f"<= merged model + {WORKING_SET_MIB} = {bound:.0f} MiB", worst <= bound, unit=" MiB"))
+    lines.append(
+        verdict(
+            "peak extra anonymous memory of any technique at any k",
+            worst,
+            f"<= merged model + {WORKING_SET_MIB} = {bound:.0f} MiB",
+            worst <= bound,
+            unit=" MiB",
+        )
+    )
     return lines
 
 

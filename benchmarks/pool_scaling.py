@@ -27,8 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from _common import emit, interleaved, log, machine, median, model_shapes, synthetic_pool, verdict  # noqa: E402
+
 from time_ray.core.checkpoints import materialize  # noqa: E402
 from time_ray.core.merging import make_technique  # noqa: E402
 from time_ray.core.strategies import DEPLOY_STRATEGIES, Policy, chain_name, deploy_weights, ema_chain  # noqa: E402
@@ -53,8 +53,14 @@ def main(argv=None) -> int:
     repeats = args.repeats or (1 if args.quick else 3)
     arch = "tiny-clip" if args.quick else "tiny-clip-wide"
     torch.set_num_threads(1)
-    results = {"benchmark": "pool_scaling", "arch": arch, "pools": sizes, "repeats": repeats,
-               "machine": machine(1), "by_technique": {}}
+    results = {
+        "benchmark": "pool_scaling",
+        "arch": arch,
+        "pools": sizes,
+        "repeats": repeats,
+        "machine": machine(1),
+        "by_technique": {},
+    }
     with tempfile.TemporaryDirectory(prefix="tr-pool-") as tmp:
         log(f"writing theta_0 and {max(sizes)} experts of {arch}")
         pool, model_bytes = synthetic_pool(Path(tmp), model_shapes(arch), max(sizes))
@@ -64,15 +70,26 @@ def main(argv=None) -> int:
         for name in args.techniques.split(","):
             policies = {s: Policy(init="zs", deploy=s, technique=make_technique(name)) for s in DEPLOY_STRATEGIES}
             ema_chain(policies["ema"], pool, max(sizes) - 1)  # r_1 .. r_{n-1} exist, as after timestep n - 1
-            candidates = {f"{s} n={n}": (lambda p=p, n=n: deploy(p, pool, n))
-                          for s, p in policies.items() for n in sizes}
+            candidates = {
+                f"{s} n={n}": (lambda p=p, n=n: deploy(p, pool, n)) for s, p in policies.items() for n in sizes
+            }
             peaks: dict[str, float] = {}
             log(f"{name}: {len(candidates)} cases x {repeats} rounds")
-            times = interleaved(candidates, repeats, lambda c, s, peak: peaks.__setitem__(
-                c, max(peaks.get(c, 0.0), peak.extra_mib)))
+            times = interleaved(
+                candidates,
+                repeats,
+                lambda c, s, peak, peaks=peaks: peaks.__setitem__(c, max(peaks.get(c, 0.0), peak.extra_mib)),
+            )
             results["by_technique"][name] = {
-                s: {str(n): {"seconds": round(median(times[f"{s} n={n}"]), 3),
-                             "peak_anon_extra_mib": peaks[f"{s} n={n}"]} for n in sizes} for s in policies}
+                s: {
+                    str(n): {
+                        "seconds": round(median(times[f"{s} n={n}"]), 3),
+                        "peak_anon_extra_mib": peaks[f"{s} n={n}"],
+                    }
+                    for n in sizes
+                }
+                for s in policies
+            }
     emit(results, verdicts(results, sizes))
     return 0
 
@@ -84,14 +101,25 @@ def verdicts(results: dict, sizes: list[int]) -> list[str]:
         ema = {int(n): v for n, v in by_strategy["ema"].items()}
         ratio = ema[large]["seconds"] / ema[small]["seconds"]
         memory = ema[large]["peak_anon_extra_mib"] - ema[small]["peak_anon_extra_mib"]
-        lines.append(verdict(f"{name}, deploy ema: time at {large} experts / at {small} (memory {memory:+.1f} MiB)",
-                             ratio, "flat: <= 1.5x, memory within 16 MiB", ratio <= 1.5 and abs(memory) <= 16))
+        lines.append(
+            verdict(
+                f"{name}, deploy ema: time at {large} experts / at {small} (memory {memory:+.1f} MiB)",
+                ratio,
+                "flat: <= 1.5x, memory within 16 MiB",
+                ratio <= 1.5 and abs(memory) <= 16,
+            )
+        )
         t = {int(n): v["seconds"] for n, v in by_strategy["all"].items()}
         slope = (t[large] - t[small]) / (large - small)
         fits = all(abs(t[n] - (t[small] + slope * (n - small))) <= 0.3 * (t[small] + slope * (n - small)) for n in t)
-        lines.append(verdict(f"{name}, deploy all: time at {large} experts / at {small} ({1000 * slope:.0f} ms per "
-                             f"expert)", t[large] / t[small], "linear: a + b n within 30%, growing",
-                             fits and t[large] >= 1.5 * t[small]))
+        lines.append(
+            verdict(
+                f"{name}, deploy all: time at {large} experts / at {small} ({1000 * slope:.0f} ms per expert)",
+                t[large] / t[small],
+                "linear: a + b n within 30%, growing",
+                fits and t[large] >= 1.5 * t[small],
+            )
+        )
     return lines
 
 

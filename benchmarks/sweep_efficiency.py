@@ -44,10 +44,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, emit, log, machine, verdict  # noqa: E402
 
 # the end-to-end test's reduction of the quickstart (tests/orchestration/test_e2e_sweep.py)
-QUICK = ["stream.tasks=2", "budget.steps_per_task=60", "training.batch_size=32",
-         "stream.builtin={adaptation_datasets: 2, heldout_datasets: 2, classes_per_dataset: 5, "
-         "pretrain_classes: 10, train_per_class: 20, test_per_class: 10}",
-         "model.base_training={steps: 300, batch_size: 64, lr: 2.0e-3}"]
+QUICK = [
+    "stream.tasks=2",
+    "budget.steps_per_task=60",
+    "training.batch_size=32",
+    "stream.builtin={adaptation_datasets: 2, heldout_datasets: 2, classes_per_dataset: 5, "
+    "pretrain_classes: 10, train_per_class: 20, test_per_class: 10}",
+    "model.base_training={steps: 300, batch_size: 64, lr: 2.0e-3}",
+]
 TICK = os.sysconf("SC_CLK_TCK")
 ROLES = {"train": "ray::RayTrainWo", "merge": "ray::MergeActor", "eval": "ray::ImplicitFu"}  # process titles
 
@@ -63,7 +67,7 @@ def process_tree_cpu(root: int, seen: dict[int, tuple[str, float]]) -> None:
             raw = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        name, rest = raw[raw.index("(") + 1: raw.rindex(")")], raw[raw.rindex(")") + 2:].split()
+        name, rest = raw[raw.index("(") + 1 : raw.rindex(")")], raw[raw.rindex(")") + 2 :].split()
         pid, ppid = int(entry), int(rest[1])
         children.setdefault(ppid, []).append(pid)
         stats[pid] = (name, (int(rest[11]) + int(rest[12])) / TICK)
@@ -123,15 +127,20 @@ def account(run: dict, out: Path, cores: int) -> dict:
     trained = steps[(steps.timestep > 0) & ~steps.expert_cache_hit]
     hits = steps[steps.expert_cache_hit]
     process = run["cpu_by_process"]
-    activity = {"train": float(trained.train_seconds.sum()) * workers * share,
-                "merge": float(steps.merge_seconds.sum()), "eval": float(steps.eval_seconds.sum())}
+    activity = {
+        "train": float(trained.train_seconds.sum()) * workers * share,
+        "merge": float(steps.merge_seconds.sum()),
+        "eval": float(steps.eval_seconds.sum()),
+    }
     busy = {name: min(seconds, process.get(ROLES[name], 0.0)) for name, seconds in activity.items()}
     capacity = run["wall"] * cores
     measured = sum(process.values())
     top = sorted(process.items(), key=lambda kv: -kv[1])[:10]
     return {
-        "wall_s": round(run["wall"], 1), "trials": int(steps.trial_id.nunique()),
-        "cpu_share_per_worker": share, "workers_per_expert": workers,
+        "wall_s": round(run["wall"], 1),
+        "trials": int(steps.trial_id.nunique()),
+        "cpu_share_per_worker": share,
+        "workers_per_expert": workers,
         "activity_cpu_s": {name: round(s, 1) for name, s in activity.items()},
         "busy_cpu_s": {name: round(s, 1) for name, s in busy.items()},
         "busy_fraction": round(sum(busy.values()) / capacity, 3),
@@ -139,8 +148,10 @@ def account(run: dict, out: Path, cores: int) -> dict:
         "overhead_fraction": round(max(0.0, measured - sum(busy.values())) / capacity, 3),
         "idle_fraction": round(max(0.0, 1 - measured / capacity), 3),
         "cpu_s_by_process": {name: round(s, 1) for name, s in top},
-        "ray_up_s": first_time(run["lines"], r"Ray node"), "first_trial_s": first_time(run["lines"], r": started"),
-        "trainings": int(len(trained)), "trainings_saved_by_dedup": int(len(hits)),
+        "ray_up_s": first_time(run["lines"], r"Ray node"),
+        "first_trial_s": first_time(run["lines"], r": started"),
+        "trainings": int(len(trained)),
+        "trainings_saved_by_dedup": int(len(hits)),
         "train_s_saved_estimate": round(len(hits) * float(trained.train_seconds.median()), 1),
         "cache_log": (re.search(r"experts trained \d+, reused from the cache \d+", text) or [None])[0],
     }
@@ -173,13 +184,25 @@ def main(argv=None) -> int:
             run = run_sweep(config, sets, Path(tmp) / name)
             results[name] = account(run, Path(tmp) / name, cores)
             log(f"{name}: {results[name]}")
-    lines = [verdict(f"{name}: busy fraction (train + merge + eval CPU-s / wall x {cores} cores)",
-                     100 * r["busy_fraction"], ">= 75%", r["busy_fraction"] >= 0.75, unit="%")
-             for name, r in results.items() if name in sweeps]
-    notes = [f"{name}: wall {r['wall_s']:.0f} s, CPUs {100 * r['cpu_utilization']:.0f}% used "
-             f"({100 * r['overhead_fraction']:.0f}% start-up/serialization/Ray, {100 * r['idle_fraction']:.0f}% idle); "
-             f"{r['trainings']} trainings, {r['trainings_saved_by_dedup']} saved by deduplication "
-             f"(~{r['train_s_saved_estimate']:.0f} s of training)" for name, r in results.items() if name in sweeps]
+    lines = [
+        verdict(
+            f"{name}: busy fraction (train + merge + eval CPU-s / wall x {cores} cores)",
+            100 * r["busy_fraction"],
+            ">= 75%",
+            r["busy_fraction"] >= 0.75,
+            unit="%",
+        )
+        for name, r in results.items()
+        if name in sweeps
+    ]
+    notes = [
+        f"{name}: wall {r['wall_s']:.0f} s, CPUs {100 * r['cpu_utilization']:.0f}% used "
+        f"({100 * r['overhead_fraction']:.0f}% start-up/serialization/Ray, {100 * r['idle_fraction']:.0f}% idle); "
+        f"{r['trainings']} trainings, {r['trainings_saved_by_dedup']} saved by deduplication "
+        f"(~{r['train_s_saved_estimate']:.0f} s of training)"
+        for name, r in results.items()
+        if name in sweeps
+    ]
     emit(results, lines, notes)
     return 0
 

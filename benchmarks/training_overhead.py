@@ -62,8 +62,16 @@ def run_steps(config: dict) -> dict:
         if step == 1:
             marks["first_step"] = time.time()
 
-    finetune(model, experiment.bench, experiment.captions(), experiment.sampler(1, 0), settings, "cpu",
-             on_step=on_step, image_size=models.image_size(experiment.arch))
+    finetune(
+        model,
+        experiment.bench,
+        experiment.captions(),
+        experiment.sampler(1, 0),
+        settings,
+        "cpu",
+        on_step=on_step,
+        image_size=models.image_size(experiment.arch),
+    )
     marks["end"] = time.time()
     marks["torch_threads"] = torch.get_num_threads()
     marks["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
@@ -76,11 +84,16 @@ def ray_train_fn(config: dict) -> None:
 
 
 def summarize(called: float, returned: float, marks: dict, steps: int) -> dict:
-    return {"wall_s": round(returned - called, 2), "first_step_s": round(marks["first_step"] - called, 2),
-            "setup_s": round(marks["setup_done"] - marks["start"], 2),
-            "before_body_s": round(marks["start"] - called, 2), "after_body_s": round(returned - marks["end"], 2),
-            "step_ms": round(1000 * (marks["end"] - marks["first_step"]) / max(1, steps - 1), 1),
-            "torch_threads": marks["torch_threads"], "omp_num_threads": marks["omp_num_threads"]}
+    return {
+        "wall_s": round(returned - called, 2),
+        "first_step_s": round(marks["first_step"] - called, 2),
+        "setup_s": round(marks["setup_done"] - marks["start"], 2),
+        "before_body_s": round(marks["start"] - called, 2),
+        "after_body_s": round(returned - marks["end"], 2),
+        "step_ms": round(1000 * (marks["end"] - marks["first_step"]) / max(1, steps - 1), 1),
+        "torch_threads": marks["torch_threads"],
+        "omp_num_threads": marks["omp_num_threads"],
+    }
 
 
 def plain_run(settings: dict, steps: int, threads: int) -> dict:
@@ -124,7 +137,8 @@ def ray_run(settings: dict, steps: int, per_worker: dict, storage: str) -> dict:
         ray_train_fn,
         train_loop_config={"settings": settings, "steps": steps, "ray": True, "marks": str(marks_path)},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker=per_worker),
-        run_config=RunConfig(name=marks_path.stem, storage_path=storage))
+        run_config=RunConfig(name=marks_path.stem, storage_path=storage),
+    )
     called = time.time()
     trainer.fit()
     returned = time.time()
@@ -170,8 +184,15 @@ def main(argv=None) -> int:
                     runs["ray_task"].append(ray_task_run(settings, steps, per_worker))
                     for kind, rs in runs.items():
                         log(f"  {steps} steps, round {round_ + 1}: {kind:<8} {rs[-1]}")
-                entry = {kind: {key: median([r[key] for r in rs]) if key not in ("torch_threads", "omp_num_threads")
-                                else rs[-1][key] for key in rs[0]} for kind, rs in runs.items()}
+                entry = {
+                    kind: {
+                        key: median([r[key] for r in rs])
+                        if key not in ("torch_threads", "omp_num_threads")
+                        else rs[-1][key]
+                        for key in rs[0]
+                    }
+                    for kind, rs in runs.items()
+                }
                 entry["runs"] = runs
                 for kind, key in (("ray", "overhead"), ("ray_task", "overhead_ray_task")):
                     ratios = [r["wall_s"] / p["wall_s"] - 1 for p, r in zip(runs["plain"], runs[kind])]
@@ -184,14 +205,27 @@ def main(argv=None) -> int:
     notes = []
     for s in sizes:
         e = results[f"steps_{s}"]
-        notes.append(f"{s} steps: time to first step plain {e['plain']['first_step_s']:.1f} s, Ray Train "
-                     f"{e['ray']['first_step_s']:.1f} s, Ray task {e['ray_task']['first_step_s']:.1f} s; step "
-                     f"time plain {e['plain']['step_ms']:.0f} ms, Ray Train {e['ray']['step_ms']:.0f} ms "
-                     f"({e['ray']['torch_threads']} thread(s) in the worker); overhead Ray Train "
-                     f"{100 * e['overhead']:.0f}%, Ray task {100 * e['overhead_ray_task']:.0f}%")
+        notes.append(
+            f"{s} steps: time to first step plain {e['plain']['first_step_s']:.1f} s, Ray Train "
+            f"{e['ray']['first_step_s']:.1f} s, Ray task {e['ray_task']['first_step_s']:.1f} s; step "
+            f"time plain {e['plain']['step_ms']:.0f} ms, Ray Train {e['ray']['step_ms']:.0f} ms "
+            f"({e['ray']['torch_threads']} thread(s) in the worker); overhead Ray Train "
+            f"{100 * e['overhead']:.0f}%, Ray task {100 * e['overhead_ray_task']:.0f}%"
+        )
     notes.append("thread probe (plain loop): " + ", ".join(f"{k} {v:.0f}" for k, v in results["thread_probe"].items()))
-    emit(results, [verdict(f"Ray Train overhead at {max(sizes)} steps", 100 * largest["overhead"], "<= 10%",
-                           largest["overhead"] <= 0.10, unit="%")], notes)
+    emit(
+        results,
+        [
+            verdict(
+                f"Ray Train overhead at {max(sizes)} steps",
+                100 * largest["overhead"],
+                "<= 10%",
+                largest["overhead"] <= 0.10,
+                unit="%",
+            )
+        ],
+        notes,
+    )
     return 0
 
 

@@ -42,8 +42,10 @@ def core_checks(args, device: str, result: dict) -> None:
     from time_ray.core.merging import make_technique
     from time_ray.core.models import state_dict_of
 
-    cfg = load_config(ROOT / "configs/quickstart.yaml", [f"model.arch={args.arch}", "stream.tasks=2",
-                                                          f"training.batch_size={args.batch}"])
+    cfg = load_config(
+        ROOT / "configs/quickstart.yaml",
+        [f"model.arch={args.arch}", "stream.tasks=2", f"training.batch_size={args.batch}"],
+    )
     experiment = Experiment.from_settings(experiment_settings(cfg))
     torch.manual_seed(0)
     model = experiment.new_model().to(device)
@@ -59,9 +61,13 @@ def core_checks(args, device: str, result: dict) -> None:
         stats = experiment.train_expert(model, t, steps, seed=0, device=device, label="gpu-check")
         seconds = time.perf_counter() - start
         if t == 1:
-            result |= {"train_steps": steps, "train_seconds": round(seconds, 1),
-                       "steps_per_second": round(steps / seconds, 2), "final_loss": round(stats["loss"], 4),
-                       "amp": device == "cuda"}
+            result |= {
+                "train_steps": steps,
+                "train_seconds": round(seconds, 1),
+                "steps_per_second": round(steps / seconds, 2),
+                "final_loss": round(stats["loss"], 4),
+                "amp": device == "cuda",
+            }
         log(f"expert {t}: {steps} steps in {seconds:.1f} s, loss {stats['loss']:.3f}")
         experts.append({k: v.cpu().clone() for k, v in state_dict_of(model).items()})
     if device == "cuda":
@@ -89,11 +95,25 @@ def ray_check(args, use_gpu: bool, result: dict) -> None:
     import pandas as pd
 
     out = Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    sets = [f"model.arch={args.arch}", "model.pretrained=none", "stream.tasks=2",
-            f"budget.steps_per_task={args.sweep_steps}", f"training.batch_size={args.batch}",
-            "policies.presets=[sequential-ft, best-in-time]", f"resources.use_gpu={str(use_gpu).lower()}"]
-    cmd = [sys.executable, "-m", "time_ray", "sweep", str(ROOT / "configs/quickstart.yaml"), "--output",
-           str(out / "sweep"), *[a for s in sets for a in ("--set", s)]]
+    sets = [
+        f"model.arch={args.arch}",
+        "model.pretrained=none",
+        "stream.tasks=2",
+        f"budget.steps_per_task={args.sweep_steps}",
+        f"training.batch_size={args.batch}",
+        "policies.presets=[sequential-ft, best-in-time]",
+        f"resources.use_gpu={str(use_gpu).lower()}",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "time_ray",
+        "sweep",
+        str(ROOT / "configs/quickstart.yaml"),
+        "--output",
+        str(out / "sweep"),
+        *[a for s in sets for a in ("--set", s)],
+    ]
     env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rg-", dir="/tmp")}
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.sweep_timeout)
@@ -121,12 +141,19 @@ def main() -> int:
 
     cuda = torch.cuda.is_available()
     if not cuda and not args.allow_cpu:
-        print("gpu_check: no CUDA device visible to torch (torch.cuda.is_available() is False); "
-              "run on a GPU machine, or pass --allow-cpu for a smoke run.", file=sys.stderr)
+        print(
+            "gpu_check: no CUDA device visible to torch (torch.cuda.is_available() is False); "
+            "run on a GPU machine, or pass --allow-cpu for a smoke run.",
+            file=sys.stderr,
+        )
         return 2
     device = "cuda" if cuda else "cpu"
-    result: dict = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
-                    "arch": args.arch, "batch": args.batch}
+    result: dict = {
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "torch": torch.__version__,
+        "arch": args.arch,
+        "batch": args.batch,
+    }
     failed = None
     try:
         core_checks(args, device, result)

@@ -14,8 +14,13 @@ from time_ray.cli import main
 from time_ray.core.checkpoints import save_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--set", "stream.builtin={adaptation_datasets: 2, heldout_datasets: 1, classes_per_dataset: 2, "
-         "pretrain_classes: 2, train_per_class: 4, test_per_class: 2}", "--set", "stream.tasks=2"]
+SMALL = [
+    "--set",
+    "stream.builtin={adaptation_datasets: 2, heldout_datasets: 1, classes_per_dataset: 2, "
+    "pretrain_classes: 2, train_per_class: 4, test_per_class: 2}",
+    "--set",
+    "stream.tasks=2",
+]
 
 
 def one_line_error(capsys, code: int, *expected: str) -> str:
@@ -45,8 +50,10 @@ SWEEP_CASES = {
     "huge batch": (["--set", "training.batch_size=100000000"], ["training.batch_size", "65536"]),
     "huge benchmark": (["--set", "stream.builtin.train_per_class=10000000"], ["stream.builtin:", "GiB"]),
     "huge image size": (["--set", "stream.builtin.image_size=100000"], ["stream.builtin.image_size", "512"]),
-    "infinite search bound": (["--set", "search={samples: 2, space: {lambda: [0, .inf]}}"],
-                              ["search.space.lambda", "finite numbers"]),
+    "infinite search bound": (
+        ["--set", "search={samples: 2, space: {lambda: [0, .inf]}}"],
+        ["search.space.lambda", "finite numbers"],
+    ),
     "string for a number": (["--set", "training.lr=fast"], ["training.lr", "expected a number"]),
     "unknown field": (["--set", "budget.step_per_task=5"], ["budget.step_per_task: unknown field", "steps_per_task"]),
     "too many workers": (["--set", "resources.workers_per_expert=100000"], ["resources.workers_per_expert"]),
@@ -100,14 +107,14 @@ def test_a_pt_file_without_a_state_dict(tmp_path, capsys):
     pt = tmp_path / "weights.pt"
     torch.save([1, 2, 3], pt)
     out = tmp_path / "out"
-    code = main(["sweep", str(ROOT / "configs/quickstart.yaml"), "-o", str(out), "--set", f"model.pretrained={pt}",
-                 *SMALL])
+    code = main(
+        ["sweep", str(ROOT / "configs/quickstart.yaml"), "-o", str(out), "--set", f"model.pretrained={pt}", *SMALL]
+    )
     one_line_error(capsys, code, str(pt), "holds list, not a state dict")
     assert not out.exists()
     a = tmp_path / "a.safetensors"
     save_atomic({"w": torch.ones(2)}, a)
-    one_line_error(capsys, main(["merge", str(a), str(pt), "-o", str(tmp_path / "m.safetensors")]),
-                   "not a state dict")
+    one_line_error(capsys, main(["merge", str(a), str(pt), "-o", str(tmp_path / "m.safetensors")]), "not a state dict")
 
 
 def test_merge_refuses_mismatched_tensors_and_bad_weights(tmp_path, capsys):
@@ -124,13 +131,19 @@ def test_merge_refuses_mismatched_tensors_and_bad_weights(tmp_path, capsys):
         code = main(["merge", a, short, "--base", a, "-t", technique, "-o", str(out)])
         one_line_error(capsys, code, "tensor 'w'", "shape [3]", "shape [4]", "short.safetensors")
     one_line_error(capsys, main(["merge", a, half, "-o", str(out)]), "tensor 'w'", "dtype float16")
-    one_line_error(capsys, main(["merge", a, a, "--base", base, "-t", "ties", "-o", str(out)]),
-                   "tensor 'w'", "theta_0", "shape [2, 2]")
+    one_line_error(
+        capsys,
+        main(["merge", a, a, "--base", base, "-t", "ties", "-o", str(out)]),
+        "tensor 'w'",
+        "theta_0",
+        "shape [2, 2]",
+    )
     one_line_error(capsys, main(["merge", a, a, "--weights", "nan,1", "-o", str(out)]), "nan is not a finite number")
     one_line_error(capsys, main(["merge", a, a, "--weights", "inf,1", "-o", str(out)]), "inf is not a finite number")
     one_line_error(capsys, main(["merge", a, a, "--weights", "half,half", "-o", str(out)]), "comma-separated numbers")
-    one_line_error(capsys, main(["merge", a, a, "-o", str(tmp_path / "a.safetensors" / "m.safetensors")]),
-                   "a.safetensors")
+    one_line_error(
+        capsys, main(["merge", a, a, "-o", str(tmp_path / "a.safetensors" / "m.safetensors")]), "a.safetensors"
+    )
     assert not out.exists()
 
 
@@ -148,9 +161,11 @@ def test_the_installed_command_gives_one_line_too(tmp_path):
     internal error (a bug) is one line plus the log file holding its traceback."""
     command = Path(sys.executable).parent / "time-ray"
     out = tmp_path / "out"
-    for args in (["sweep", "configs/quickstart.yaml", "-o", str(out), "--set", "seeds=[0, 0]"],
-                 ["sweep", "configs/quickstart.yaml", "-o", str(out), "--set", "name=[x"],
-                 ["merge", "README.md", "-o", str(out)]):
+    for args in (
+        ["sweep", "configs/quickstart.yaml", "-o", str(out), "--set", "seeds=[0, 0]"],
+        ["sweep", "configs/quickstart.yaml", "-o", str(out), "--set", "name=[x"],
+        ["merge", "README.md", "-o", str(out)],
+    ):
         proc = subprocess.run([str(command), *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

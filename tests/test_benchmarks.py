@@ -14,8 +14,13 @@ TECHNIQUES = ["average", "task_arithmetic", "ties", "dare_ties", "breadcrumbs_ti
 
 
 def run_quick(script: str) -> tuple[dict, list[str]]:
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     first, *rest = proc.stdout.strip().splitlines()
     results = json.loads(first)

@@ -51,9 +51,22 @@ def test_bad_config_exits_2_before_anything_runs(tmp_path, capsys):
 
 
 def test_plan_lists_trials_and_measured_gflops(capsys):
-    assert main(["plan", "configs/quickstart.yaml", "--set", "budget.steps_per_task=10",
-                 "--set", "stream.builtin={adaptation_datasets: 2, heldout_datasets: 1, classes_per_dataset: 2, "
-                 "pretrain_classes: 2, train_per_class: 4, test_per_class: 2}", "--set", "stream.tasks=2"]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "configs/quickstart.yaml",
+                "--set",
+                "budget.steps_per_task=10",
+                "--set",
+                "stream.builtin={adaptation_datasets: 2, heldout_datasets: 1, classes_per_dataset: 2, "
+                "pretrain_classes: 2, train_per_class: 4, test_per_class: 2}",
+                "--set",
+                "stream.tasks=2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "quickstart: 3 trials x 2 tasks; 6 expert trainings, 4 unique after deduplication" in out
     assert "GFLOPs per step (measured" in out and "device-hours" in out and "storage: about" in out
@@ -82,20 +95,50 @@ def _another_sweeps_output(tmp_path):
 
 NEW_USER_MISTAKES = {  # case -> (config text or None for the quickstart, extra args, expected message)
     "malformed yaml": ("stream: {tasks: 4\nbudget: [\n", lambda p: [], r"not valid YAML at line \d+, column \d+"),
-    "unknown strategy": ("policies: {presets: [], grid: {init: [emma]}}\n", lambda p: [],
-                         r"policies.grid.init\[0\]: 'emma' is not allowed. Did you mean ema\?"),
-    "unknown technique": ("policies: {presets: [], grid: {merge: [{technique: tie}]}}\n", lambda p: [],
-                          r"unknown merging technique 'tie'. Did you mean ties"),
-    "out-of-range prune": ("policies: {presets: [], grid: {merge: [{technique: ties, prune: 1.5}]}}\n", lambda p: [],
-                           r"policies.grid.merge\[0\].prune: must be in \[0, 1\), got 1.5"),
-    "missing data path": (None, lambda p: ["--set", "stream.benchmark=fomo", "--set", "model.pretrained=none",
-                                           "--set", f"stream.data={{root: {p / 'no-such-dir'}}}"],
-                          r"real data \(fomo\), option 'root'.*no-such-dir does not exist"),
-    "missing stream file": (None, lambda p: ["--set", "stream.benchmark=fomo", "--set", "model.pretrained=none",
-                                             "--set", f"stream.data={{root: {_fomo_root(p)}, heldout: [pets], "
-                                                      f"stream_file: {p / 'nope.json'}}}"],
-                            r"stream_file.*nope.json does not exist"),
-    "another architecture": (None, _other_arch_checkpoint, r"tensor '[\w.]+' has shape \(16, 128\), the architecture expects \(12, 64\); it was saved from another"),
+    "unknown strategy": (
+        "policies: {presets: [], grid: {init: [emma]}}\n",
+        lambda p: [],
+        r"policies.grid.init\[0\]: 'emma' is not allowed. Did you mean ema\?",
+    ),
+    "unknown technique": (
+        "policies: {presets: [], grid: {merge: [{technique: tie}]}}\n",
+        lambda p: [],
+        r"unknown merging technique 'tie'. Did you mean ties",
+    ),
+    "out-of-range prune": (
+        "policies: {presets: [], grid: {merge: [{technique: ties, prune: 1.5}]}}\n",
+        lambda p: [],
+        r"policies.grid.merge\[0\].prune: must be in \[0, 1\), got 1.5",
+    ),
+    "missing data path": (
+        None,
+        lambda p: [
+            "--set",
+            "stream.benchmark=fomo",
+            "--set",
+            "model.pretrained=none",
+            "--set",
+            f"stream.data={{root: {p / 'no-such-dir'}}}",
+        ],
+        r"real data \(fomo\), option 'root'.*no-such-dir does not exist",
+    ),
+    "missing stream file": (
+        None,
+        lambda p: [
+            "--set",
+            "stream.benchmark=fomo",
+            "--set",
+            "model.pretrained=none",
+            "--set",
+            f"stream.data={{root: {_fomo_root(p)}, heldout: [pets], stream_file: {p / 'nope.json'}}}",
+        ],
+        r"stream_file.*nope.json does not exist",
+    ),
+    "another architecture": (
+        None,
+        _other_arch_checkpoint,
+        r"tensor '[\w.]+' has shape \(16, 128\), the architecture expects \(12, 64\); it was saved from another",
+    ),
     "another sweep's output": (None, _another_sweeps_output, r"holds the results of another sweep \('other'"),
 }
 

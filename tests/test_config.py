@@ -25,8 +25,11 @@ def test_every_shipped_config_loads_and_names_its_command(path, tmp_path_factory
 def test_quickstart_expands_to_the_three_named_policies():
     cfg = load_config("configs/quickstart.yaml")
     got = {(p["policy"], p["init"], p["deploy"], p["merge"]) for p in expand_policies(cfg)}
-    assert got == {("sequential-ft", "ft", "ft", "average"), ("offline-merge", "zs", "all", "average"),
-                   ("best-in-time", "ema", "ema", "average")}
+    assert got == {
+        ("sequential-ft", "ft", "ft", "average"),
+        ("offline-merge", "zs", "all", "average"),
+        ("best-in-time", "ema", "ema", "average"),
+    }
     ids = [t["trial_id"] for t in expand_trials(cfg)]
     assert len(set(ids)) == 3
 
@@ -37,19 +40,25 @@ def write(tmp_path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("text, message", [
-    ("stream: {tasks: 4\n", r"not valid YAML at line"),
-    ("strem: {}\n", r"strem: unknown field. Did you mean stream\?"),
-    ("stream: {order: randm}\n", r"stream.order: 'randm' is not allowed. Did you mean random\?"),
-    ("stream: {tasks: 0}\n", r"stream.tasks: must be between 1 and 140"),
-    ("budget: {steps_per_task: ten}\n", r"budget.steps_per_task: expected an integer, got 'ten'"),
-    ("policies: {presets: [best-in-tim]}\n", r"policies.presets\[0\]: 'best-in-tim' is not allowed. Did you mean best-in-time"),
-    ("policies: {presets: [], grid: {init: [zz]}}\n", r"policies.grid.init\[0\]: 'zz' is not allowed"),
-    ("policies: {presets: [], grid: {merge: [{technique: ties2}]}}\n", r"unknown merging technique 'ties2'"),
-    ("policies: {presets: [], grid: {ema_weight: [1.5]}}\n", r"ema_weight\[0\]: must be in \(0, 1\]"),
-    ("model: {arch: ViT-Q-99}\n", r"model.arch: unknown architecture 'ViT-Q-99'"),
-    ("training: {lr: -1}\n", r"training.lr: must be > 0"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("stream: {tasks: 4\n", r"not valid YAML at line"),
+        ("strem: {}\n", r"strem: unknown field. Did you mean stream\?"),
+        ("stream: {order: randm}\n", r"stream.order: 'randm' is not allowed. Did you mean random\?"),
+        ("stream: {tasks: 0}\n", r"stream.tasks: must be between 1 and 140"),
+        ("budget: {steps_per_task: ten}\n", r"budget.steps_per_task: expected an integer, got 'ten'"),
+        (
+            "policies: {presets: [best-in-tim]}\n",
+            r"policies.presets\[0\]: 'best-in-tim' is not allowed. Did you mean best-in-time",
+        ),
+        ("policies: {presets: [], grid: {init: [zz]}}\n", r"policies.grid.init\[0\]: 'zz' is not allowed"),
+        ("policies: {presets: [], grid: {merge: [{technique: ties2}]}}\n", r"unknown merging technique 'ties2'"),
+        ("policies: {presets: [], grid: {ema_weight: [1.5]}}\n", r"ema_weight\[0\]: must be in \(0, 1\]"),
+        ("model: {arch: ViT-Q-99}\n", r"model.arch: unknown architecture 'ViT-Q-99'"),
+        ("training: {lr: -1}\n", r"training.lr: must be > 0"),
+    ],
+)
 def test_bad_input_names_the_field_and_what_is_allowed(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text))
@@ -61,8 +70,11 @@ def test_missing_config_file():
 
 
 def test_set_overrides_and_grid_expansion(tmp_path):
-    path = write(tmp_path, "policies:\n  presets: [best-in-time]\n  grid:\n    init: [zs, ft]\n    deploy: [ema]\n"
-                           "    merge: [{technique: task_arithmetic, lambda: [0.3, 1.0]}]\nseeds: [0, 1]\n")
+    path = write(
+        tmp_path,
+        "policies:\n  presets: [best-in-time]\n  grid:\n    init: [zs, ft]\n    deploy: [ema]\n"
+        "    merge: [{technique: task_arithmetic, lambda: [0.3, 1.0]}]\nseeds: [0, 1]\n",
+    )
     cfg = load_config(path, ["budget.steps_per_task=7", "budget.multipliers=[1, 2]"])
     assert cfg.budget.steps_per_task == 7
     trials = expand_trials(cfg)
@@ -90,12 +102,18 @@ def test_two_model_techniques_are_refused_with_the_all_strategy(tmp_path):
 
 
 def test_a_list_of_grids_is_expanded_grid_by_grid(tmp_path):
-    path = write(tmp_path, "policies:\n  presets: []\n  grid:\n    - {init: [ema], deploy: [ema], merge: [slerp]}\n"
-                           "    - {init: [zs], deploy: [all, ft]}\n    - {init: [zz]}\n")
+    path = write(
+        tmp_path,
+        "policies:\n  presets: []\n  grid:\n    - {init: [ema], deploy: [ema], merge: [slerp]}\n"
+        "    - {init: [zs], deploy: [all, ft]}\n    - {init: [zz]}\n",
+    )
     with pytest.raises(ConfigError, match=r"policies.grid\[2\].init\[0\]: 'zz' is not allowed"):
         load_config(path)
-    path = write(tmp_path, "policies:\n  presets: []\n  grid:\n    - {init: [ema], deploy: [ema], merge: [slerp]}\n"
-                           "    - {init: [zs], deploy: [all, ft]}\n")
+    path = write(
+        tmp_path,
+        "policies:\n  presets: []\n  grid:\n    - {init: [ema], deploy: [ema], merge: [slerp]}\n"
+        "    - {init: [zs], deploy: [all, ft]}\n",
+    )
     got = [(p["init"], p["deploy"], p["merge"]) for p in expand_policies(load_config(path))]
     assert got == [("ema", "ema", "slerp"), ("zs", "all", "average"), ("zs", "ft", "average")]
 
@@ -143,10 +161,15 @@ def test_budget_in_two_units_is_refused():
 def test_gflops_budget_measures_the_real_training_step(cache_dir):
     from time_ray.config import measure_flops_per_step, steps_per_task
 
-    cfg = load_config("configs/quickstart.yaml", [
-        "budget.steps_per_task=null", "budget.gflops_per_task=100",
-        "stream.builtin={adaptation_datasets: 2, heldout_datasets: 1, classes_per_dataset: 2, pretrain_classes: 2, "
-        "train_per_class: 4, test_per_class: 2}"])
+    cfg = load_config(
+        "configs/quickstart.yaml",
+        [
+            "budget.steps_per_task=null",
+            "budget.gflops_per_task=100",
+            "stream.builtin={adaptation_datasets: 2, heldout_datasets: 1, classes_per_dataset: 2, pretrain_classes: 2, "
+            "train_per_class: 4, test_per_class: 2}",
+        ],
+    )
     flops = measure_flops_per_step(cfg)
     assert 1e8 < flops < 1e11  # tiny-clip, batch 64 of 32x32 images and 12-token captions
     assert steps_per_task(cfg, flops) == max(1, round(100e9 / flops))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.test_real_data_sweep import config_text, make_folders
 from time_ray.config import expand_trials, load_config
 from time_ray.core.checkpoints import SafetensorsCheckpoint, save_atomic
 from time_ray.core.errors import CheckpointError, ConfigError, TimeRayError
@@ -18,8 +19,6 @@ from time_ray.core.merging.base import check_compatible, check_weights
 from time_ray.core.models import load_state_dict
 from time_ray.orchestration.progress import last_line
 from time_ray.orchestration.storage import Storage, resolve_output
-
-from tests.test_real_data_sweep import config_text, make_folders
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,8 +40,9 @@ def test_relative_data_paths_are_resolved_from_where_the_command_ran(tmp_path, m
     (tmp_path / "c.yaml").write_text(config_text("data").replace("pretrained: none", "pretrained: base.pt"))
     torch.save({"w": torch.ones(1)}, tmp_path / "base.pt")
     cfg = load_config("c.yaml")
-    assert [d["path"] for d in cfg.stream.data["datasets"]] == [str(tmp_path / "data" / n)
-                                                              for n in ("shapes", "tones", "known")]
+    assert [d["path"] for d in cfg.stream.data["datasets"]] == [
+        str(tmp_path / "data" / n) for n in ("shapes", "tones", "known")
+    ]
     assert cfg.model.pretrained == str(tmp_path / "base.pt")
     monkeypatch.chdir(ROOT)  # the same file from elsewhere: its relative paths do not exist from here
     with pytest.raises(ConfigError, match="data/shapes does not exist"):
@@ -51,8 +51,10 @@ def test_relative_data_paths_are_resolved_from_where_the_command_ran(tmp_path, m
 
 def test_multipliers_that_round_to_the_same_steps_are_one_trial(caplog):
     caplog.set_level(logging.WARNING, logger="time_ray")
-    cfg = load_config(ROOT / "configs/quickstart.yaml",
-                      ["budget.steps_per_task=10", "budget.multipliers=[1.0, 1.02, 2.0]", "seeds=[0, 1]"])
+    cfg = load_config(
+        ROOT / "configs/quickstart.yaml",
+        ["budget.steps_per_task=10", "budget.multipliers=[1.0, 1.02, 2.0]", "seeds=[0, 1]"],
+    )
     trials = expand_trials(cfg)
     ids = [t["trial_id"] for t in trials]
     assert len(ids) == len(set(ids)) == 3 * 2 * 2  # policies x {10, 20 steps} x seeds
@@ -89,8 +91,11 @@ def test_merges_check_every_tensor_against_theta_0_and_the_first_expert(tmp_path
 
 
 def test_a_torch_file_must_hold_a_state_dict(tmp_path):
-    for value, message in (([1, 2], "holds list, not a state dict"), ({}, r"holds dict \(empty\)"),
-                           ({"w": [1.0]}, "entry 'w' is a list, not a tensor")):
+    for value, message in (
+        ([1, 2], "holds list, not a state dict"),
+        ({}, r"holds dict \(empty\)"),
+        ({"w": [1.0]}, "entry 'w' is a list, not a tensor"),
+    ):
         torch.save(value, tmp_path / "x.pt")
         with pytest.raises(CheckpointError, match=message):
             load_state_dict(tmp_path / "x.pt")
@@ -110,6 +115,6 @@ def test_output_refusals_name_the_path(tmp_path):
 
 
 def test_a_ray_error_becomes_its_last_line():
-    text = "Traceback (most recent call last):\n  File \"x.py\", line 1\n    boom()\nValueError: bad thing\n\n"
+    text = 'Traceback (most recent call last):\n  File "x.py", line 1\n    boom()\nValueError: bad thing\n\n'
     assert last_line(text) == "ValueError: bad thing"
     assert last_line(None) == "no error reported"

@@ -16,18 +16,22 @@ def test_quickstart_shares_the_first_expert_only():
 
 def test_zs_init_trains_each_task_once_whatever_the_technique(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("policies:\n  presets: []\n  grid:\n    init: [zs]\n    deploy: [ft, ema, all, ft-zs]\n    merge:\n"
-                    "      - average\n      - {technique: task_arithmetic, lambda: [0.3, 1.0]}\n"
-                    "      - {technique: ties, prune: [0.2, 0.7]}\n      - dare_ties\n      - magmax\n      - random\n"
-                    "stream: {tasks: 5}\n")
+    path.write_text(
+        "policies:\n  presets: []\n  grid:\n    init: [zs]\n    deploy: [ft, ema, all, ft-zs]\n    merge:\n"
+        "      - average\n      - {technique: task_arithmetic, lambda: [0.3, 1.0]}\n"
+        "      - {technique: ties, prune: [0.2, 0.7]}\n      - dare_ties\n      - magmax\n      - random\n"
+        "stream: {tasks: 5}\n"
+    )
     plan = plan_of([], path)
     assert plan["trials"] == 4 * 8 and plan["expert_trainings"] == 32 * 5 and plan["unique_experts"] == 5
 
 
 def test_settings_that_change_the_init_change_the_experts(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("policies:\n  presets: []\n  grid:\n    init: [ema]\n    deploy: [ft, ema]\n"
-                    "    ema_weight: [0.5, running-mean]\nstream: {tasks: 3}\n")
+    path.write_text(
+        "policies:\n  presets: []\n  grid:\n    init: [ema]\n    deploy: [ft, ema]\n"
+        "    ema_weight: [0.5, running-mean]\nstream: {tasks: 3}\n"
+    )
     plan = plan_of([], path)
     # deploy does not change what ema init trains; the ema weight does: 1 + 2 chains x 2 tasks
     assert plan["unique_experts"] == 1 + 2 * 2

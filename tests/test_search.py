@@ -6,7 +6,10 @@ import pytest
 from time_ray.config import ConfigError, expand_trials, load_config, search_points
 from time_ray.plan import asha_fraction, make_plan
 
-GRID = "policies.grid={init: [zs], deploy: [ema, ft], merge: [{technique: ties}, {technique: average}, {technique: slerp}]}"
+GRID = (
+    "policies.grid={init: [zs], deploy: [ema, ft], "
+    "merge: [{technique: ties}, {technique: average}, {technique: slerp}]}"
+)
 
 
 def cfg_with(*sets):
@@ -28,7 +31,10 @@ def test_each_policy_gets_the_draws_of_the_parameters_it_has():
     cfg = cfg_with("search={samples: 3, space: {lambda: [0.2, 1.5], t: [0.1, 0.9], ema_weight: [0.2, 0.8]}}")
     points = search_points(cfg.search)
     trials = expand_trials(cfg, flops_per_step=1e9)
-    by = lambda merge, deploy: [t for t in trials if t["merge"] == merge and t["deploy"] == deploy]
+
+    def by(merge, deploy):
+        return [t for t in trials if t["merge"] == merge and t["deploy"] == deploy]
+
     # ties has lambda (not t); with deploy ema it also gets ema_weight: 3 draws
     assert [t["merge_params"]["lambda"] for t in by("ties", "ema")] == [p["lambda"] for p in points]
     assert [t["ema_weight"] for t in by("ties", "ema")] == [p["ema_weight"] for p in points]
@@ -69,7 +75,8 @@ def test_the_shipped_search_config():
     trials = expand_trials(cfg, flops_per_step=1e9)
     # sequential-ft x 2 budgets + (2 init x 2 deploy x 3 techniques) x 6 Sobol draws x 2 budgets
     assert len(trials) == 2 + 12 * 6 * 2
-    assert {t["merge_params"]["lambda"] for t in trials if t["merge"] == "ties"} == \
-        {p["lambda"] for p in search_points(cfg.search)}
+    assert {t["merge_params"]["lambda"] for t in trials if t["merge"] == "ties"} == {
+        p["lambda"] for p in search_points(cfg.search)
+    }
     plan = make_plan(cfg, flops_per_step=1e9, model_bytes=1)
     assert plan["early_stopping_fraction"] == 0.5 and plan["expected_trainings_with_stopping"] == 146 * 4 // 2

@@ -22,87 +22,124 @@ costs per trial and timestep)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="time-ray", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="time-ray", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sweep = sub.add_parser("sweep", help="run every policy of a config (local embedded Ray, or the "
-                                          "cluster in RAY_ADDRESS)",
-                           description="Run a sweep. Without RAY_ADDRESS an embedded local Ray is "
-                                       "started on 127.0.0.1 and stopped at the end.")
+    sweep = sub.add_parser(
+        "sweep",
+        help="run every policy of a config (local embedded Ray, or the cluster in RAY_ADDRESS)",
+        description="Run a sweep. Without RAY_ADDRESS an embedded local Ray is "
+        "started on 127.0.0.1 and stopped at the end.",
+    )
     sweep.add_argument("config", help="sweep YAML, e.g. configs/quickstart.yaml")
-    sweep.add_argument("--output", "-o", help="where results, expert cache and pools go: a directory (default: "
-                                              "results/<config name>) or a storage URI such as s3://bucket/path, "
-                                              "gs://bucket/path, file:///shared/path")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config field, e.g. --set budget.steps_per_task=50 (repeatable)")
-    sweep.add_argument("--resume", action="store_true",
-                       help="finish an interrupted sweep in --output: finished trials are kept")
+    sweep.add_argument(
+        "--output",
+        "-o",
+        help="where results, expert cache and pools go: a directory (default: "
+        "results/<config name>) or a storage URI such as s3://bucket/path, "
+        "gs://bucket/path, file:///shared/path",
+    )
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set budget.steps_per_task=50 (repeatable)",
+    )
+    sweep.add_argument(
+        "--resume", action="store_true", help="finish an interrupted sweep in --output: finished trials are kept"
+    )
     sweep.add_argument("--verbose", action="store_true", help="forward Ray's worker logs to the console")
 
     data = sub.add_parser("data", help="inspect the benchmark of a config")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     stats = data_sub.add_parser(
-        "stats", help="measure the properties that make the stream worth simulating",
+        "stats",
+        help="measure the properties that make the stream worth simulating",
         description="Builds (or loads) the base model, evaluates it, trains sequentially over the stream "
-                    "in one process (no Ray) and reports: the base model's A_KA / A_ZS (0.4-0.7: the adaptation "
-                    "domains partly known, as FoMo-in-Flux's are to OpenCLIP), held-out accuracy / chance (>= 3), "
-                    "the worst expert's accuracy on its own task (>= 0.8), and the held-out accuracy that "
-                    "sequential finetuning loses (its 95% interval over the held-out datasets above 0). Exit code "
-                    "1 if one fails.")
+        "in one process (no Ray) and reports: the base model's A_KA / A_ZS (0.4-0.7: the adaptation "
+        "domains partly known, as FoMo-in-Flux's are to OpenCLIP), held-out accuracy / chance (>= 3), "
+        "the worst expert's accuracy on its own task (>= 0.8), and the held-out accuracy that "
+        "sequential finetuning loses (its 95% interval over the held-out datasets above 0). Exit code "
+        "1 if one fails.",
+    )
     stats.add_argument("config", nargs="?", default="configs/quickstart.yaml")
     stats.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     stats.add_argument("--json", action="store_true", help="print the measurements as one JSON object")
     show = data_sub.add_parser(
-        "show", help="list the datasets and the task stream of a config, without decoding any image",
+        "show",
+        help="list the datasets and the task stream of a config, without decoding any image",
         description="Reads the config's data (info files, stream file: no image is decoded, no model built) and "
-                    "prints per dataset its role (adaptation / heldout / pretrain / retrieval), classes, train and "
-                    "test images, prompt template and first training caption, then the stream cut into tasks. "
-                    "--json prints {\"datasets\": [{name, role, classes, n_train, n_test, template, caption}, ...], "
-                    "\"tasks\": [[\"DATASET+++classname\", ...], ...]}.")
+        "prints per dataset its role (adaptation / heldout / pretrain / retrieval), classes, train and "
+        "test images, prompt template and first training caption, then the stream cut into tasks. "
+        '--json prints {"datasets": [{name, role, classes, n_train, n_test, template, caption}, ...], '
+        '"tasks": [["DATASET+++classname", ...], ...]}.',
+    )
     show.add_argument("config")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     show.add_argument("--json", action="store_true", help="print one JSON object")
 
     merge = sub.add_parser(
-        "merge", help="merge checkpoints with a named technique (no Ray)",
+        "merge",
+        help="merge checkpoints with a named technique (no Ray)",
         description="Merge safetensors (or weights-only torch) checkpoints tensor by tensor with a registered "
-                    "technique, e.g. time-ray merge a.safetensors b.safetensors --base theta0.safetensors "
-                    "--technique ties --param lambda=1.0 --param prune=0.2 --output merged.safetensors")
+        "technique, e.g. time-ray merge a.safetensors b.safetensors --base theta0.safetensors "
+        "--technique ties --param lambda=1.0 --param prune=0.2 --output merged.safetensors",
+    )
     merge.add_argument("checkpoints", nargs="+", help="the models to merge (theta_1 .. theta_n)")
     merge.add_argument("--technique", "-t", default="average", help="registered technique (default average)")
-    merge.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                       help="technique parameter, e.g. lambda=0.3 (repeatable)")
+    merge.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="technique parameter, e.g. lambda=0.3 (repeatable)",
+    )
     merge.add_argument("--weights", help="comma-separated weights w_k (default uniform)")
     merge.add_argument("--base", help="theta_0, the anchor of task vectors (required by task-vector techniques)")
     merge.add_argument("--output", "-o", required=True, help="where to write the merged .safetensors")
 
-    plan = sub.add_parser("plan", help="trials, unique experts, GFLOPs, device-hours and storage of a config, "
-                                       "without running anything")
+    plan = sub.add_parser(
+        "plan", help="trials, unique experts, GFLOPs, device-hours and storage of a config, without running anything"
+    )
     plan.add_argument("config")
     plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    plan.add_argument("--device-tflops", type=float, default=100.0,
-                      help="sustained training TFLOP/s of one device, for the device-hours estimate (default 100)")
+    plan.add_argument(
+        "--device-tflops",
+        type=float,
+        default=100.0,
+        help="sustained training TFLOP/s of one device, for the device-hours estimate (default 100)",
+    )
 
     report = sub.add_parser(
-        "report", help="which policy, at what cost: tables, figures and findings of a sweep directory",
+        "report",
+        help="which policy, at what cost: tables, figures and findings of a sweep directory",
         description="Reads a sweep directory (finished, or partial: the trials that are missing are listed) and "
-                    "writes into --output: report.html (self-contained, figures embedded, opens offline), the "
-                    "figures as PNG files (A_KA/A_ZS trajectories, A_KA vs A_ZS, cost vs GM with the Pareto "
-                    "front, init x deploy GM, GM across merging techniques, the accuracy matrix of one policy, GM "
-                    "vs compute budget) and summary.md (accuracy and cost per policy with the spread over seeds, "
-                    "the findings of TIME with seed intervals, the variance of GM by decision). Several "
-                    "directories make one report: those whose sweep has the first one's setting (model, stream, "
-                    "training, budget unit; e.g. the same experiment at other budgets or seeds) are pooled with it, "
-                    "the others are companions, compared with it policy by policy and seed by seed (a sweep without "
-                    "replay for finding 2, another model for finding 5).",
+        "writes into --output: report.html (self-contained, figures embedded, opens offline), the "
+        "figures as PNG files (A_KA/A_ZS trajectories, A_KA vs A_ZS, cost vs GM with the Pareto "
+        "front, init x deploy GM, GM across merging techniques, the accuracy matrix of one policy, GM "
+        "vs compute budget) and summary.md (accuracy and cost per policy with the spread over seeds, "
+        "the findings of TIME with seed intervals, the variance of GM by decision). Several "
+        "directories make one report: those whose sweep has the first one's setting (model, stream, "
+        "training, budget unit; e.g. the same experiment at other budgets or seeds) are pooled with it, "
+        "the others are companions, compared with it policy by policy and seed by seed (a sweep without "
+        "replay for finding 2, another model for finding 5).",
         epilog="example: time-ray report results/findings-t20 results/findings-t20-compute "
-               "results/findings-t20-noreplay results/findings-t20-wide --output analysis/reports/findings-t20")
-    report.add_argument("dir", nargs="+", help="the --output directory of `time-ray sweep`, e.g. results/quickstart; "
-                                               "more directories: pooled or companion sweeps (see above)")
+        "results/findings-t20-noreplay results/findings-t20-wide --output analysis/reports/findings-t20",
+    )
+    report.add_argument(
+        "dir",
+        nargs="+",
+        help="the --output directory of `time-ray sweep`, e.g. results/quickstart; "
+        "more directories: pooled or companion sweeps (see above)",
+    )
     report.add_argument("--output", "-o", help="where to write the report (default: DIR/report of the first DIR)")
-    report.add_argument("--policy", help="the policy of the accuracy matrix, as named in the tables "
-                                         "(default: the best final GM)")
+    report.add_argument(
+        "--policy", help="the policy of the accuracy matrix, as named in the tables (default: the best final GM)"
+    )
     return parser
 
 
@@ -110,8 +147,10 @@ def cmd_report(args) -> int:
     from analysis.report import build_report
 
     result = build_report(args.dir, args.output, args.policy)
-    print(f"report of {result['finished']} of {result['trials']} finished trials: {result['html']}, "
-          f"{result['markdown']}, {len(result['figures'])} figures (accuracy matrix: {result['policy']})")
+    print(
+        f"report of {result['finished']} of {result['trials']} finished trials: {result['html']}, "
+        f"{result['markdown']}, {len(result['figures'])} figures (accuracy matrix: {result['policy']})"
+    )
     return 0
 
 
@@ -119,9 +158,8 @@ def cmd_sweep(args) -> int:
     from pathlib import Path
 
     from time_ray.config import load_config
-    from time_ray.orchestration.sweep import run_sweep, summary_table
-
     from time_ray.orchestration.storage import resolve_output
+    from time_ray.orchestration.sweep import run_sweep, summary_table
 
     cfg = load_config(args.config, args.overrides)
     # a directory (made absolute here, once: Ray runs trials in directories of its own) or a storage URI
@@ -134,8 +172,7 @@ def cmd_sweep(args) -> int:
         shutdown_ray()
     print(summary_table(steps))
     where = output.split("?")[0].rstrip("/")
-    print(f"\nresults: {where}/metrics.parquet, {where}/timesteps.parquet, {where}/trials.parquet, "
-          f"{where}/config.yaml")
+    print(f"\nresults: {where}/metrics.parquet, {where}/timesteps.parquet, {where}/trials.parquet, {where}/config.yaml")
     return 0
 
 
@@ -170,13 +207,17 @@ def cmd_data_show(args) -> int:
         print(json.dumps({"datasets": rows, "tasks": tasks}))
         return 0
     images = sum(r["n_train"] + r["n_test"] for r in rows)
-    print(f"{cfg.name}: {len(rows)} datasets, {sum(r['classes'] for r in rows)} classes, {images:,} images "
-          f"({images * 3 * size * size * 2 / 2**30:,.2f} GiB decoded at {size} px, in every process that trains or "
-          "evaluates)")
+    print(
+        f"{cfg.name}: {len(rows)} datasets, {sum(r['classes'] for r in rows)} classes, {images:,} images "
+        f"({images * 3 * size * size * 2 / 2**30:,.2f} GiB decoded at {size} px, in every process that trains or "
+        "evaluates)"
+    )
     print(f"  {'dataset':<20} {'role':<11} {'classes':>7} {'train':>8} {'test':>7}  template | first caption")
     for r in rows:
-        print(f"  {r['name']:<20} {r['role']:<11} {r['classes']:>7} {r['n_train']:>8} {r['n_test']:>7}  "
-              f"{r['template'] or '-'} | {r['caption'] or '-'}")
+        print(
+            f"  {r['name']:<20} {r['role']:<11} {r['classes']:>7} {r['n_train']:>8} {r['n_test']:>7}  "
+            f"{r['template'] or '-'} | {r['caption'] or '-'}"
+        )
     low, high = min(map(len, tasks)), max(map(len, tasks))
     print(f"stream: {len(tasks)} tasks of {low if low == high else f'{low}-{high}'} (dataset, class) pairs")
     for t, task in enumerate(tasks, 1):
@@ -205,13 +246,17 @@ def cmd_data(args) -> int:
     if args.json:
         print(json.dumps(stats))
     else:
-        print(f"datasets: {stats['datasets']['adaptation']} adaptation, {stats['datasets']['heldout']} held out "
-              f"({stats['retrieval_datasets']} retrieval); {stats['classes']} classes; "
-              f"{stats['train_images']} train images; {stats['tasks']} tasks")
+        print(
+            f"datasets: {stats['datasets']['adaptation']} adaptation, {stats['datasets']['heldout']} held out "
+            f"({stats['retrieval_datasets']} retrieval); {stats['classes']} classes; "
+            f"{stats['train_images']} train images; {stats['tasks']} tasks"
+        )
         for p in stats["properties"]:
             interval = f"  [95% CI {p['interval'][0]:+.3f}, {p['interval'][1]:+.3f}]" if "interval" in p else ""
-            print(f"  {p['property']:<42}{p['value']:>8.3f}   target {p['target']:<7} "
-                  f"{'holds' if p['holds'] else 'FAILS'}{interval}")
+            print(
+                f"  {p['property']:<42}{p['value']:>8.3f}   target {p['target']:<7} "
+                f"{'holds' if p['holds'] else 'FAILS'}{interval}"
+            )
     return 0 if all(p["holds"] for p in stats["properties"]) else 1
 
 
@@ -240,20 +285,27 @@ def cmd_merge(args) -> int:
     experts = [open_checkpoint(p) for p in args.checkpoints]
     base = open_checkpoint(args.base) if args.base else None
     if technique.uses_base() and base is None:
-        raise ConfigError(f"--base: {args.technique} merges task vectors tau_k = theta_k - theta_0 and needs "
-                          "theta_0; give the base checkpoint with --base.")
+        raise ConfigError(
+            f"--base: {args.technique} merges task vectors tau_k = theta_k - theta_0 and needs "
+            "theta_0; give the base checkpoint with --base."
+        )
     weights = _weights(args.weights, len(experts)) if args.weights is not None else None
     names = set(experts[0])
     for path, expert in zip(args.checkpoints[1:], experts[1:]):
         if set(expert) != names:
-            raise ConfigError(f"checkpoint {path}: its tensors differ from {args.checkpoints[0]}'s "
-                              f"(first difference: {sorted(set(expert) ^ names)[0]!r}).")
+            raise ConfigError(
+                f"checkpoint {path}: its tensors differ from {args.checkpoints[0]}'s "
+                f"(first difference: {sorted(set(expert) ^ names)[0]!r})."
+            )
     try:
         merged = technique.merge(experts, weights, base)
     except ValueError as exc:
         raise ConfigError(f"--technique {args.technique}: {exc}.") from exc
     size = save_atomic(merged, args.output)
-    print(f"merged {len(experts)} checkpoints with {args.technique} {params or ''} -> {args.output} ({size / 2**20:.1f} MiB)")
+    print(
+        f"merged {len(experts)} checkpoints with {args.technique} {params or ''} -> {args.output} "
+        f"({size / 2**20:.1f} MiB)"
+    )
     return 0
 
 
@@ -272,8 +324,9 @@ def _weights(text: str, n: int) -> list[float]:
         raise ConfigError(f"--weights: {len(weights)} weights for {n} checkpoints.")
     bad = [p for p, w in zip(parts, weights) if not math.isfinite(w)]
     if bad:
-        raise ConfigError(f"--weights {text!r}: {bad[0]} is not a finite number; give one finite weight per "
-                          "checkpoint.")
+        raise ConfigError(
+            f"--weights {text!r}: {bad[0]} is not a finite number; give one finite weight per checkpoint."
+        )
     return weights
 
 
@@ -283,27 +336,39 @@ def cmd_plan(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     plan = make_plan(cfg, device_tflops=args.device_tflops)
-    print(f"{cfg.name}: {plan['trials']} trials x {plan['tasks']} tasks; {plan['expert_trainings']} expert trainings, "
-          f"{plan['unique_experts']} unique after deduplication "
-          f"({plan['expert_trainings'] - plan['unique_experts']} reused from the expert cache)")
-    print(f"training: {plan['gflops_per_step']:.3f} GFLOPs per step (measured: {cfg.model.arch}, batch "
-          f"{cfg.training.batch_size}); {plan['train_gflops']:,.0f} GFLOPs for the unique experts = "
-          f"{plan['device_hours']:.3g} device-hours at {plan['device_tflops']:g} TFLOP/s sustained")
-    print(f"storage: about {plan['storage_bytes'] / 2**30:.2f} GiB (model {plan['model_bytes'] / 2**20:.1f} MiB; "
-          "the expert cache, which pools reference; EMA chains; theta_0)")
+    print(
+        f"{cfg.name}: {plan['trials']} trials x {plan['tasks']} tasks; {plan['expert_trainings']} expert trainings, "
+        f"{plan['unique_experts']} unique after deduplication "
+        f"({plan['expert_trainings'] - plan['unique_experts']} reused from the expert cache)"
+    )
+    print(
+        f"training: {plan['gflops_per_step']:.3f} GFLOPs per step (measured: {cfg.model.arch}, batch "
+        f"{cfg.training.batch_size}); {plan['train_gflops']:,.0f} GFLOPs for the unique experts = "
+        f"{plan['device_hours']:.3g} device-hours at {plan['device_tflops']:g} TFLOP/s sustained"
+    )
+    print(
+        f"storage: about {plan['storage_bytes'] / 2**30:.2f} GiB (model {plan['model_bytes'] / 2**20:.1f} MiB; "
+        "the expert cache, which pools reference; EMA chains; theta_0)"
+    )
     if cfg.search.samples:
-        print(f"search: {cfg.search.samples} {cfg.search.method} draws of {', '.join(cfg.search.space)} per grid "
-              "policy that has them (the same draws for every policy)")
+        print(
+            f"search: {cfg.search.samples} {cfg.search.method} draws of {', '.join(cfg.search.space)} per grid "
+            "policy that has them (the same draws for every policy)"
+        )
     stop = cfg.search.early_stopping
     if stop.scheduler:
-        print(f"early stopping: {stop.scheduler.upper()} on {stop.metric} (grace {stop.grace_period} timestep(s), "
-              f"reduction {stop.reduction_factor}): about {plan['expected_trainings_with_stopping']} of "
-              f"{plan['expert_trainings']} expert trainings expected to run "
-              f"({1 - plan['early_stopping_fraction']:.0%} saved before deduplication); after the run, "
-              "trials.parquet says which trials were stopped and what that saved")
+        print(
+            f"early stopping: {stop.scheduler.upper()} on {stop.metric} (grace {stop.grace_period} timestep(s), "
+            f"reduction {stop.reduction_factor}): about {plan['expected_trainings_with_stopping']} of "
+            f"{plan['expert_trainings']} expert trainings expected to run "
+            f"({1 - plan['early_stopping_fraction']:.0%} saved before deduplication); after the run, "
+            "trials.parquet says which trials were stopped and what that saved"
+        )
     for t in plan["trials_list"]:
-        print(f"  {t['trial_id']:<40} init={t['init']:<6} deploy={t['deploy']:<6} merge={t['merge']} "
-              f"{t['merge_params'] or ''} steps/task={t['budget_steps']} seed={t['seed']}")
+        print(
+            f"  {t['trial_id']:<40} init={t['init']:<6} deploy={t['deploy']:<6} merge={t['merge']} "
+            f"{t['merge_params'] or ''} steps/task={t['budget_steps']} seed={t['seed']}"
+        )
     return 0
 
 
@@ -342,9 +407,11 @@ def _internal_error(exc: BaseException) -> int:
         except OSError:
             where = None
     message = " ".join(str(exc).split())[:300] or "no message"
-    print(f"time-ray: internal error: {type(exc).__name__}: {message} "
-          f"({f'traceback in {where}' if where else 'no log file could be written'}; please report it)",
-          file=sys.stderr)
+    print(
+        f"time-ray: internal error: {type(exc).__name__}: {message} "
+        f"({f'traceback in {where}' if where else 'no log file could be written'}; please report it)",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -387,8 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     _absolute_environment()
     _console_logging()
     try:
-        return {"sweep": cmd_sweep, "plan": cmd_plan, "data": cmd_data, "merge": cmd_merge,
-                "report": cmd_report}[args.command](args)
+        return {"sweep": cmd_sweep, "plan": cmd_plan, "data": cmd_data, "merge": cmd_merge, "report": cmd_report}[
+            args.command
+        ](args)
     except TimeRayError as exc:
         # one line (a library's multi-line message folded into it); the terminal wraps it
         print(f"time-ray: error: {' '.join(str(exc).split())}", file=sys.stderr)
@@ -400,8 +468,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except MemoryError:
-        print("time-ray: error: out of memory; lower the sizes in the config (stream.builtin, training.batch_size, "
-              "resources.max_concurrent_trials).", file=sys.stderr)
+        print(
+            "time-ray: error: out of memory; lower the sizes in the config (stream.builtin, training.batch_size, "
+            "resources.max_concurrent_trials).",
+            file=sys.stderr,
+        )
         return 2
     except OSError as exc:  # the environment: a full disk, a directory we may not write, a vanished file
         print(f"time-ray: error: {_os_error(exc)}.", file=sys.stderr)

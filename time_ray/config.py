@@ -133,6 +133,7 @@ class SweepConfig:
 
 # ---------------------------------------------------------------- loading and type checking
 
+
 def _suggest(key: str, allowed) -> str:
     close = difflib.get_close_matches(str(key), list(allowed), n=3)
     return f" Did you mean {', '.join(close)}?" if close else ""
@@ -185,7 +186,9 @@ def _build(cls, data, path: str):
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping of {', '.join(f.name for f in fields(cls))}, got {data!r}.")
+        raise ConfigError(
+            f"{path or 'config'}: expected a mapping of {', '.join(f.name for f in fields(cls))}, got {data!r}."
+        )
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     for key in data:
@@ -209,22 +212,28 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
         if not all(parts):
-            raise ConfigError(f"--set {item!r}: {key!r} is not a field path; expected names joined by dots, "
-                              "e.g. budget.steps_per_task=50.")
+            raise ConfigError(
+                f"--set {item!r}: {key!r} is not a field path; expected names joined by dots, "
+                "e.g. budget.steps_per_task=50."
+            )
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}: the value {text!r} is not valid YAML ({getattr(exc, 'problem', exc)}); "
-                              "quote strings that contain YAML syntax, e.g. --set name='\"a: b\"'.") from None
+            raise ConfigError(
+                f"--set {key}: the value {text!r} is not valid YAML ({getattr(exc, 'problem', exc)}); "
+                "quote strings that contain YAML syntax, e.g. --set name='\"a: b\"'."
+            ) from None
         node = raw
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                where = ".".join(parts[:i + 1])
-                raise ConfigError(f"--set {key}: {where} holds {type(child).__name__} {child!r}, not a mapping of "
-                                  f"fields; set it as a whole instead, e.g. --set {where}=...")
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(
+                    f"--set {key}: {where} holds {type(child).__name__} {child!r}, not a mapping of "
+                    f"fields; set it as a whole instead, e.g. --set {where}=..."
+                )
             node = child
         node[parts[-1]] = value
     return raw
@@ -237,8 +246,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SweepCo
     try:
         raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config {path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8 "
-                          "YAML.") from None
+        raise ConfigError(
+            f"config {path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8 YAML."
+        ) from None
     except OSError as exc:
         raise ConfigError(f"config {path}: cannot be read ({exc.strerror or exc}).") from None
     except yaml.YAMLError as exc:
@@ -248,8 +258,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SweepCo
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"config {path}: expected a mapping of fields (name, model, stream, ...), got "
-                          f"{type(raw).__name__} {raw!r:.60}.")
+        raise ConfigError(
+            f"config {path}: expected a mapping of fields (name, model, stream, ...), got "
+            f"{type(raw).__name__} {raw!r:.60}."
+        )
     raw = apply_overrides(raw, overrides or [])
     config = _build(SweepConfig, raw, "")
     config = absolute_paths(config)
@@ -280,8 +292,10 @@ def absolute_paths(cfg: SweepConfig) -> SweepConfig:
     if isinstance(data, dict):
         data = {k: _absolute(v) if k in PATH_OPTIONS else v for k, v in data.items()}
         if isinstance(data.get("datasets"), list):
-            data["datasets"] = [{**d, "path": _absolute(d["path"])} if isinstance(d, dict) and "path" in d else d
-                                for d in data["datasets"]]
+            data["datasets"] = [
+                {**d, "path": _absolute(d["path"])} if isinstance(d, dict) and "path" in d else d
+                for d in data["datasets"]
+            ]
     pretrained = cfg.model.pretrained
     if pretrained not in ("builtin", "none"):
         pretrained = _absolute(pretrained)
@@ -290,14 +304,17 @@ def absolute_paths(cfg: SweepConfig) -> SweepConfig:
 
 # ---------------------------------------------------------------- semantic checks
 
+
 def _check(cond: bool, message: str) -> None:
     if not cond:
         raise ConfigError(message)
 
 
 def _choice(value: str, allowed, field_path: str) -> None:
-    _check(value in allowed, f"{field_path}: {value!r} is not allowed.{_suggest(value, allowed)} "
-                             f"Allowed: {', '.join(allowed)}.")
+    _check(
+        value in allowed,
+        f"{field_path}: {value!r} is not allowed.{_suggest(value, allowed)} Allowed: {', '.join(allowed)}.",
+    )
 
 
 BENCHMARKS = ("builtin", "fomo", "folders", "table")
@@ -309,12 +326,16 @@ def _validate_real(cfg: SweepConfig) -> None:
     """Real data: the reader's options and files, checked without decoding images."""
     from time_ray.core.real_data import validate_real_data
 
-    _check(isinstance(cfg.stream.data, dict),
-           f"stream.data: stream.benchmark {cfg.stream.benchmark!r} needs its reader's options here "
-           "(e.g. {root: DIR, heldout: [...]} for fomo).")
-    _check(cfg.model.pretrained != "builtin",
-           "model.pretrained: 'builtin' pretrains theta_0 on the built-in benchmark; with real data give an "
-           "open_clip pretrained tag, a local checkpoint path, or 'none'.")
+    _check(
+        isinstance(cfg.stream.data, dict),
+        f"stream.data: stream.benchmark {cfg.stream.benchmark!r} needs its reader's options here "
+        "(e.g. {root: DIR, heldout: [...]} for fomo).",
+    )
+    _check(
+        cfg.model.pretrained != "builtin",
+        "model.pretrained: 'builtin' pretrains theta_0 on the built-in benchmark; with real data give an "
+        "open_clip pretrained tag, a local checkpoint path, or 'none'.",
+    )
     validate_real_data(cfg.stream.benchmark, cfg.stream.data)
 
 
@@ -329,25 +350,36 @@ def validate(cfg: SweepConfig) -> None:
         _check(getattr(spec, name) >= 1, f"stream.builtin.{name}: must be at least 1, got {getattr(spec, name)}.")
     _check(spec.pretrain_classes >= 0, "stream.builtin.pretrain_classes: must be 0 or more.")
     _check(8 <= spec.image_size <= 512, f"stream.builtin.image_size: must be between 8 and 512, got {spec.image_size}.")
-    images = ((spec.adaptation_datasets + spec.heldout_datasets) * spec.classes_per_dataset + spec.pretrain_classes) \
-        * (spec.train_per_class + spec.test_per_class)
-    gib = images * 3 * spec.image_size ** 2 * 2 / 2**30  # float16 pixels, held by every process that trains or evaluates
-    _check(gib <= MAX_BENCHMARK_GIB,
-           f"stream.builtin: {images:,} images of {spec.image_size}x{spec.image_size} would take {gib:,.1f} GiB in every "
-           f"process that trains or evaluates (at most {MAX_BENCHMARK_GIB} GiB); lower classes_per_dataset, "
-           "train_per_class, test_per_class, the dataset counts or image_size.")
-    _check(0 <= spec.adaptation_known <= 1,
-           f"stream.builtin.adaptation_known: must be in [0, 1] (the fraction of each adaptation dataset's classes "
-           f"the base model is pretrained on), got {spec.adaptation_known}.")
-    _check(0 <= spec.retrieval_datasets <= spec.heldout_datasets,
-           f"stream.builtin.retrieval_datasets: must be between 0 and heldout_datasets ({spec.heldout_datasets}).")
+    images = ((spec.adaptation_datasets + spec.heldout_datasets) * spec.classes_per_dataset + spec.pretrain_classes) * (
+        spec.train_per_class + spec.test_per_class
+    )
+    gib = images * 3 * spec.image_size**2 * 2 / 2**30  # float16 pixels, held by every process that trains or evaluates
+    _check(
+        gib <= MAX_BENCHMARK_GIB,
+        f"stream.builtin: {images:,} images of {spec.image_size}x{spec.image_size} would take {gib:,.1f} GiB in every "
+        f"process that trains or evaluates (at most {MAX_BENCHMARK_GIB} GiB); lower classes_per_dataset, "
+        "train_per_class, test_per_class, the dataset counts or image_size.",
+    )
+    _check(
+        0 <= spec.adaptation_known <= 1,
+        f"stream.builtin.adaptation_known: must be in [0, 1] (the fraction of each adaptation dataset's classes "
+        f"the base model is pretrained on), got {spec.adaptation_known}.",
+    )
+    _check(
+        0 <= spec.retrieval_datasets <= spec.heldout_datasets,
+        f"stream.builtin.retrieval_datasets: must be between 0 and heldout_datasets ({spec.heldout_datasets}).",
+    )
     n_pairs = spec.adaptation_datasets * spec.classes_per_dataset
-    _check(cfg.stream.benchmark != "builtin" or 1 <= cfg.stream.tasks <= n_pairs,
-           f"stream.tasks: must be between 1 and {n_pairs} (the adaptation classes), got {cfg.stream.tasks}.")
+    _check(
+        cfg.stream.benchmark != "builtin" or 1 <= cfg.stream.tasks <= n_pairs,
+        f"stream.tasks: must be between 1 and {n_pairs} (the adaptation classes), got {cfg.stream.tasks}.",
+    )
     _check(cfg.stream.tasks >= 1, f"stream.tasks: must be at least 1, got {cfg.stream.tasks}.")
     mix = cfg.stream.mixture
-    _check(min(mix.pretrain, mix.current, mix.replay) >= 0 and mix.current > 0,
-           f"stream.mixture: shares must be >= 0 and current > 0, got {mix}.")
+    _check(
+        min(mix.pretrain, mix.current, mix.replay) >= 0 and mix.current > 0,
+        f"stream.mixture: shares must be >= 0 and current > 0, got {mix}.",
+    )
     given = [u for u in BUDGET_UNITS if getattr(cfg.budget, u) is not None]
     _check(len(given) <= 1, f"budget: give one of {', '.join(BUDGET_UNITS)}, not {' and '.join(given)}.")
     for unit in given:
@@ -356,34 +388,55 @@ def validate(cfg: SweepConfig) -> None:
     for i, seed in enumerate(cfg.seeds):
         _check(0 <= seed < 2**31, f"seeds[{i}]: must be an integer in [0, 2^31), got {seed}.")
     twice = sorted({s for s in cfg.seeds if cfg.seeds.count(s) > 1})
-    _check(not twice, f"seeds: {', '.join(map(str, twice))} listed more than once; each seed runs every policy "
-                      f"once, so a repeated seed would run the same trials twice. Got {list(cfg.seeds)}.")
-    for name, seed in (("stream.seed", cfg.stream.seed), ("stream.builtin.seed", spec.seed),
-                       ("model.base_training.seed", cfg.model.base_training.seed), ("search.seed", cfg.search.seed)):
+    _check(
+        not twice,
+        f"seeds: {', '.join(map(str, twice))} listed more than once; each seed runs every policy "
+        f"once, so a repeated seed would run the same trials twice. Got {list(cfg.seeds)}.",
+    )
+    for name, seed in (
+        ("stream.seed", cfg.stream.seed),
+        ("stream.builtin.seed", spec.seed),
+        ("model.base_training.seed", cfg.model.base_training.seed),
+        ("search.seed", cfg.search.seed),
+    ):
         _check(0 <= seed < 2**31, f"{name}: must be an integer in [0, 2^31), got {seed}.")
-    _check(len(set(cfg.budget.multipliers)) == len(cfg.budget.multipliers),
-           f"budget.multipliers: a multiplier is listed more than once: {list(cfg.budget.multipliers)}.")
+    _check(
+        len(set(cfg.budget.multipliers)) == len(cfg.budget.multipliers),
+        f"budget.multipliers: a multiplier is listed more than once: {list(cfg.budget.multipliers)}.",
+    )
     _check(len(cfg.budget.multipliers) > 0, "budget.multipliers: must list at least one multiplier.")
-    _check(all(m > 0 for m in cfg.budget.multipliers), f"budget.multipliers: must be > 0, got {cfg.budget.multipliers}.")
+    _check(
+        all(m > 0 for m in cfg.budget.multipliers), f"budget.multipliers: must be > 0, got {cfg.budget.multipliers}."
+    )
     t = cfg.training
-    _check(2 <= t.batch_size <= MAX_BATCH, f"training.batch_size: must be between 2 (contrastive loss) and {MAX_BATCH}, "
-                                           f"got {t.batch_size}.")
-    _check(2 <= cfg.model.base_training.batch_size <= MAX_BATCH,
-           f"model.base_training.batch_size: must be between 2 and {MAX_BATCH}, got {cfg.model.base_training.batch_size}.")
+    _check(
+        2 <= t.batch_size <= MAX_BATCH,
+        f"training.batch_size: must be between 2 (contrastive loss) and {MAX_BATCH}, got {t.batch_size}.",
+    )
+    _check(
+        2 <= cfg.model.base_training.batch_size <= MAX_BATCH,
+        f"model.base_training.batch_size: must be between 2 and {MAX_BATCH}, got {cfg.model.base_training.batch_size}.",
+    )
     _check(t.lr > 0, f"training.lr: must be > 0, got {t.lr}.")
     _check(0 <= t.warmup < 1, f"training.warmup: must be in [0, 1), got {t.warmup}.")
     _check(t.weight_decay >= 0 and t.grad_clip > 0, "training.weight_decay must be >= 0 and training.grad_clip > 0.")
     _check(cfg.model.base_training.steps >= 1, "model.base_training.steps: must be at least 1.")
     r = cfg.resources
-    _check(1 <= r.workers_per_expert <= 1024,
-           f"resources.workers_per_expert: must be between 1 and 1024, got {r.workers_per_expert}.")
-    _check(r.max_concurrent_trials is None or r.max_concurrent_trials >= 1,
-           "resources.max_concurrent_trials: must be at least 1 (or left out to derive it).")
+    _check(
+        1 <= r.workers_per_expert <= 1024,
+        f"resources.workers_per_expert: must be between 1 and 1024, got {r.workers_per_expert}.",
+    )
+    _check(
+        r.max_concurrent_trials is None or r.max_concurrent_trials >= 1,
+        "resources.max_concurrent_trials: must be at least 1 (or left out to derive it).",
+    )
     _check(r.cpus_per_worker is None or r.cpus_per_worker > 0, "resources.cpus_per_worker: must be > 0.")
-    _check(r.gpus_per_worker is None or (r.use_gpu and 0 < r.gpus_per_worker
-                                         and (r.gpus_per_worker <= 1 or float(r.gpus_per_worker).is_integer())),
-           f"resources.gpus_per_worker: must be a fraction in (0, 1] or a whole number of GPUs, with "
-           f"use_gpu: true; got {r.gpus_per_worker} (use_gpu: {r.use_gpu}).")
+    _check(
+        r.gpus_per_worker is None
+        or (r.use_gpu and 0 < r.gpus_per_worker and (r.gpus_per_worker <= 1 or float(r.gpus_per_worker).is_integer())),
+        f"resources.gpus_per_worker: must be a fraction in (0, 1] or a whole number of GPUs, with "
+        f"use_gpu: true; got {r.gpus_per_worker} (use_gpu: {r.use_gpu}).",
+    )
     _validate_search(cfg.search)
     from time_ray.core.models import check_arch
 
@@ -392,6 +445,7 @@ def validate(cfg: SweepConfig) -> None:
 
 
 # ---------------------------------------------------------------- policies and trials
+
 
 def _grid_values(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
@@ -403,7 +457,10 @@ def _merge_variants(entries, path: str) -> list[tuple[str, dict]]:
         here = f"{path}[{i}]"
         if isinstance(entry, str):
             entry = {"technique": entry}
-        _check(isinstance(entry, dict) and "technique" in entry, f"{here}: expected {{technique: NAME, ...}}, got {entry!r}.")
+        _check(
+            isinstance(entry, dict) and "technique" in entry,
+            f"{here}: expected {{technique: NAME, ...}}, got {entry!r}.",
+        )
         params = {k: _grid_values(v) for k, v in entry.items() if k != "technique"}
         for combo in itertools.product(*params.values()):
             kwargs = dict(zip(params, combo))
@@ -426,7 +483,10 @@ def _expand_grid(grid: dict, where: str) -> list[dict]:
     """The policies of one grid: init x deploy x merge variants x chain/recency settings."""
     out = []
     for key in grid:
-        _check(key in GRID_KEYS, f"{where}.{key}: unknown field.{_suggest(key, GRID_KEYS)} Allowed: {', '.join(GRID_KEYS)}.")
+        _check(
+            key in GRID_KEYS,
+            f"{where}.{key}: unknown field.{_suggest(key, GRID_KEYS)} Allowed: {', '.join(GRID_KEYS)}.",
+        )
     inits = _grid_values(grid.get("init", ["zs"]))
     deploys = _grid_values(grid.get("deploy", ["ft"]))
     for i, v in enumerate(inits):
@@ -439,16 +499,27 @@ def _expand_grid(grid: dict, where: str) -> list[dict]:
         raise ConfigError(
             f"{where}.merge: {', '.join(pairwise_only)} merge exactly two models, but the 'all' "
             "strategy merges every expert in the pool. Use them with the pairwise strategies (ema, "
-            "ft-zs), or put them in a separate grid without 'all'.")
-    extras = {k: _grid_values(grid[k]) for k in ("ema_weight", "ema_with_base", "all_with_base", "recency") if k in grid}
+            "ft-zs), or put them in a separate grid without 'all'."
+        )
+    extras = {
+        k: _grid_values(grid[k]) for k in ("ema_weight", "ema_with_base", "all_with_base", "recency") if k in grid
+    }
     for i, v in enumerate(extras.get("recency", [])):
         _choice(v, RECENCY_SCHEMES, f"{where}.recency[{i}]")
     for i, v in enumerate(extras.get("ema_weight", [])):
-        _check(v == "running-mean" or (isinstance(v, (int, float)) and 0 < v <= 1),
-               f"{where}.ema_weight[{i}]: must be in (0, 1] or 'running-mean', got {v!r}.")
+        _check(
+            v == "running-mean" or (isinstance(v, (int, float)) and 0 < v <= 1),
+            f"{where}.ema_weight[{i}]: must be in (0, 1] or 'running-mean', got {v!r}.",
+        )
     for init, deploy, (merge, params), *rest in itertools.product(inits, deploys, merges, *extras.values()):
-        policy = {"policy": f"{init}/{deploy}", "init": init, "deploy": deploy, "merge": merge,
-                  "merge_params": params, **dict(zip(extras, rest))}
+        policy = {
+            "policy": f"{init}/{deploy}",
+            "init": init,
+            "deploy": deploy,
+            "merge": merge,
+            "merge_params": params,
+            **dict(zip(extras, rest)),
+        }
         out.append(policy)
     return out
 
@@ -467,8 +538,16 @@ def expand_policies(cfg: SweepConfig) -> list[dict]:
             _check(isinstance(grid, dict), f"{where}: expected a mapping of {', '.join(GRID_KEYS)}.")
             out += [v for p in _expand_grid(grid, where) for v in _apply_search(p, search_points(cfg.search))]
     if cfg.policies.multitask:
-        out.append({"policy": "multitask", "init": "zs", "deploy": "ft", "merge": "average",
-                    "merge_params": {}, "multitask": True})
+        out.append(
+            {
+                "policy": "multitask",
+                "init": "zs",
+                "deploy": "ft",
+                "merge": "average",
+                "merge_params": {},
+                "multitask": True,
+            }
+        )
     unique, seen = [], set()
     for p in out:
         key = json.dumps({k: v for k, v in p.items() if k != "policy"}, sort_keys=True)
@@ -488,12 +567,18 @@ def _validate_search(search: SearchConfig) -> None:
     _choice(search.method, SEARCH_METHODS, "search.method")
     _check(isinstance(search.space, dict), "search.space: expected a mapping of NAME: [low, high].")
     for name, bounds in search.space.items():
-        _check(name in SEARCHABLE, f"search.space.{name}: not a continuous hyperparameter.{_suggest(name, SEARCHABLE)} "
-                                   f"Allowed: {', '.join(SEARCHABLE)}.")
-        _check(isinstance(bounds, (list, tuple)) and len(bounds) == 2
-               and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
-               and bounds[0] < bounds[1],
-               f"search.space.{name}: expected [low, high] with low < high (finite numbers), got {bounds!r}.")
+        _check(
+            name in SEARCHABLE,
+            f"search.space.{name}: not a continuous hyperparameter.{_suggest(name, SEARCHABLE)} "
+            f"Allowed: {', '.join(SEARCHABLE)}.",
+        )
+        _check(
+            isinstance(bounds, (list, tuple))
+            and len(bounds) == 2
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
+            and bounds[0] < bounds[1],
+            f"search.space.{name}: expected [low, high] with low < high (finite numbers), got {bounds!r}.",
+        )
         if name == "ema_weight":
             _check(0 < bounds[0] and bounds[1] <= 1, f"search.space.ema_weight: must lie in (0, 1], got {bounds!r}.")
     _check(not search.space or search.samples > 0, "search.space: given, but search.samples is 0; set how many draws.")
@@ -589,21 +674,37 @@ def expand_trials(cfg: SweepConfig, flops_per_step: float | None = None) -> list
         trials.setdefault(spec["trial_id"], spec)  # the same spec twice is one trial, run once
     for steps, mults in merged.items():
         if len(mults) > 1:
-            logger.warning("budget.multipliers %s all give %d steps per task (of %d): their trials are the same and "
-                           "run once", ", ".join(f"{m:g}" for m in mults), steps, per_task)
+            logger.warning(
+                "budget.multipliers %s all give %d steps per task (of %d): their trials are the same and run once",
+                ", ".join(f"{m:g}" for m in mults),
+                steps,
+                per_task,
+            )
     return list(trials.values())
 
 
 def experiment_settings(cfg: SweepConfig) -> dict:
     """What every process needs to rebuild the stream (see core.experiment.Experiment)."""
-    return {"arch": cfg.model.arch, "benchmark": asdict(cfg.stream.builtin), "tasks": cfg.stream.tasks,
-            "benchmark_kind": cfg.stream.benchmark, "data": cfg.stream.data,
-            "order": cfg.stream.order, "stream_seed": cfg.stream.seed, "mixture": asdict(cfg.stream.mixture),
-            "training": asdict(cfg.training), "captions": cfg.stream.captions}
+    return {
+        "arch": cfg.model.arch,
+        "benchmark": asdict(cfg.stream.builtin),
+        "tasks": cfg.stream.tasks,
+        "benchmark_kind": cfg.stream.benchmark,
+        "data": cfg.stream.data,
+        "order": cfg.stream.order,
+        "stream_seed": cfg.stream.seed,
+        "mixture": asdict(cfg.stream.mixture),
+        "training": asdict(cfg.training),
+        "captions": cfg.stream.captions,
+    }
 
 
 def policy_of(trial: dict) -> Policy:
     """The core Policy object of a trial spec."""
     kwargs = {k: trial[k] for k in ("ema_weight", "ema_with_base", "all_with_base", "recency") if k in trial}
-    return Policy(init=trial["init"], deploy=trial["deploy"],
-                  technique=make_technique(trial["merge"], **trial["merge_params"]), **kwargs)
+    return Policy(
+        init=trial["init"],
+        deploy=trial["deploy"],
+        technique=make_technique(trial["merge"], **trial["merge_params"]),
+        **kwargs,
+    )

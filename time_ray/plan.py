@@ -46,8 +46,12 @@ def asha_fraction(tasks: int, grace: int, reduction: int) -> float:
     return expected / tasks
 
 
-def make_plan(cfg: SweepConfig, flops_per_step: float | None = None, model_bytes: int | None = None,
-              device_tflops: float = DEFAULT_DEVICE_TFLOPS) -> dict:
+def make_plan(
+    cfg: SweepConfig,
+    flops_per_step: float | None = None,
+    model_bytes: int | None = None,
+    device_tflops: float = DEFAULT_DEVICE_TFLOPS,
+) -> dict:
     flops = flops_per_step if flops_per_step is not None else measure_flops_per_step(cfg)
     if model_bytes is None:
         from time_ray.core.models import create_model
@@ -62,10 +66,17 @@ def make_plan(cfg: SweepConfig, flops_per_step: float | None = None, model_bytes
     stop = cfg.search.early_stopping
     fraction = asha_fraction(tasks, stop.grace_period, stop.reduction_factor) if stop.scheduler else 1.0
     return {
-        "early_stopping_fraction": fraction, "expected_trainings_with_stopping": round(trainings * fraction),
-        "trials": len(trials), "trials_list": trials, "tasks": tasks, "expert_trainings": trainings,
-        "unique_experts": len(experts), "gflops_per_step": flops / 1e9, "train_gflops": gflops,
-        "device_hours": gflops / (device_tflops * 1e3) / 3600, "device_tflops": device_tflops,
+        "early_stopping_fraction": fraction,
+        "expected_trainings_with_stopping": round(trainings * fraction),
+        "trials": len(trials),
+        "trials_list": trials,
+        "tasks": tasks,
+        "expert_trainings": trainings,
+        "unique_experts": len(experts),
+        "gflops_per_step": flops / 1e9,
+        "train_gflops": gflops,
+        "device_hours": gflops / (device_tflops * 1e3) / 3600,
+        "device_tflops": device_tflops,
         "model_bytes": model_bytes,
         # the expert cache holds each unique expert once (pools reference it); each trial's pool
         # holds its own EMA chain; plus theta_0

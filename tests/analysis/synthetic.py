@@ -42,9 +42,15 @@ seeds: [0, 1, 2]
 """
 BASE = (0.10, 0.80)
 FINAL = {  # (init, deploy) -> final (A_KA, A_ZS) at the small budget, weight averaging
-    ("zs", "ft"): (0.40, 0.70), ("zs", "ema"): (0.35, 0.78), ("zs", "all"): (0.25, 0.79),
-    ("ft", "ft"): (0.80, 0.55), ("ft", "ema"): (0.70, 0.65), ("ft", "all"): (0.50, 0.70),
-    ("ema", "ft"): (0.72, 0.62), ("ema", "ema"): (0.75, 0.74), ("ema", "all"): (0.55, 0.75),
+    ("zs", "ft"): (0.40, 0.70),
+    ("zs", "ema"): (0.35, 0.78),
+    ("zs", "all"): (0.25, 0.79),
+    ("ft", "ft"): (0.80, 0.55),
+    ("ft", "ema"): (0.70, 0.65),
+    ("ft", "all"): (0.50, 0.70),
+    ("ema", "ft"): (0.72, 0.62),
+    ("ema", "ema"): (0.75, 0.74),
+    ("ema", "all"): (0.55, 0.75),
 }
 TECHNIQUE_KA = {"average": 0.0, "ties": 0.01, "magmax": -0.02}
 RECENCY_KA = {"uniform": 0.0, "exp": 0.10}
@@ -62,13 +68,23 @@ policies:
   multitask: true
 seeds: [0, 1, 2]
 """
-COMPUTE = COMPANION.format(name="synthetic-compute", setting="", mixture="", multipliers="[2.0]",
-                           presets="[best-in-time]")
-NOREPLAY = COMPANION.format(name="synthetic-noreplay", setting="",
-                            mixture=", mixture: {pretrain: 0.33, current: 0.67, replay: 0.0}", multipliers="[1.0]",
-                            presets="[offline-merge, best-in-time, sequential-ft]")
-WIDE = COMPANION.format(name="synthetic-wide", setting="model: {arch: tiny-clip-wide}\n", mixture="",
-                        multipliers="[1.0]", presets="[best-in-time]")
+COMPUTE = COMPANION.format(
+    name="synthetic-compute", setting="", mixture="", multipliers="[2.0]", presets="[best-in-time]"
+)
+NOREPLAY = COMPANION.format(
+    name="synthetic-noreplay",
+    setting="",
+    mixture=", mixture: {pretrain: 0.33, current: 0.67, replay: 0.0}",
+    multipliers="[1.0]",
+    presets="[offline-merge, best-in-time, sequential-ft]",
+)
+WIDE = COMPANION.format(
+    name="synthetic-wide",
+    setting="model: {arch: tiny-clip-wide}\n",
+    mixture="",
+    multipliers="[1.0]",
+    presets="[best-in-time]",
+)
 NOREPLAY_KA, NOREPLAY_KA_OTHERS = 0.05, 0.01
 WIDE_KA, WIDE_MT_KA, WIDE_GFLOPS = 0.06, 0.02, 4.0
 
@@ -80,23 +96,40 @@ def designed_values(trial: dict, variant: str = "synthetic") -> tuple[float, flo
         return ka + (WIDE_MT_KA if variant == "synthetic-wide" else 0.0), zs
     ka, zs = FINAL[(trial["init"], trial["deploy"])]
     ka += TECHNIQUE_KA[trial["merge"]] + RECENCY_KA[trial.get("recency", "uniform")]
-    ka += {"synthetic-noreplay": -(NOREPLAY_KA if trial["policy"] == "offline-merge" else NOREPLAY_KA_OTHERS),
-           "synthetic-wide": WIDE_KA}.get(variant, 0.0)
+    ka += {
+        "synthetic-noreplay": -(NOREPLAY_KA if trial["policy"] == "offline-merge" else NOREPLAY_KA_OTHERS),
+        "synthetic-wide": WIDE_KA,
+    }.get(variant, 0.0)
     return ka + BUDGET_KA * (trial["budget_steps"] - 10) / 10 + SEED_NOISE * (trial["seed"] - 1), zs
 
 
 def policy_columns(trial: dict) -> dict:
     """As orchestration.trial.policy_columns writes them (without importing Ray)."""
     policy = policy_of(trial)
-    return {"trial_id": trial["trial_id"], "policy": trial["policy"], "init": trial["init"], "deploy": trial["deploy"],
-            "merge": trial["merge"], "merge_params": json.dumps(trial["merge_params"], sort_keys=True),
-            "ema_weight": str(policy.ema_weight), "ema_with_base": policy.ema_with_base,
-            "all_with_base": policy.all_with_base, "recency": policy.recency,
-            "budget_steps": trial["budget_steps"], "seed": trial["seed"]}
+    return {
+        "trial_id": trial["trial_id"],
+        "policy": trial["policy"],
+        "init": trial["init"],
+        "deploy": trial["deploy"],
+        "merge": trial["merge"],
+        "merge_params": json.dumps(trial["merge_params"], sort_keys=True),
+        "ema_weight": str(policy.ema_weight),
+        "ema_with_base": policy.ema_with_base,
+        "all_with_base": policy.all_with_base,
+        "recency": policy.recency,
+        "budget_steps": trial["budget_steps"],
+        "seed": trial["seed"],
+    }
 
 
-def write_trial(out: Path, trial: dict, tasks: int, last: int | None = None, variant: str = "synthetic",
-                gflops_per_step: float = GFLOPS_PER_STEP) -> None:
+def write_trial(
+    out: Path,
+    trial: dict,
+    tasks: int,
+    last: int | None = None,
+    variant: str = "synthetic",
+    gflops_per_step: float = GFLOPS_PER_STEP,
+) -> None:
     """trials/<id>/{metrics,timesteps}.parquet up to timestep ``last`` (default: T)."""
     cols = policy_columns(trial)
     ka, zs = designed_values(trial, variant)
@@ -105,17 +138,40 @@ def write_trial(out: Path, trial: dict, tasks: int, last: int | None = None, var
     for t in [t for t in timesteps if last is None or t <= last]:
         frac = t / tasks
         a_ka, a_zs = BASE[0] + frac * (ka - BASE[0]), BASE[1] + frac * (zs - BASE[1])
-        for name, role, value in (("a1", "adaptation", a_ka - 0.02), ("a2", "adaptation", a_ka + 0.02),
-                                  ("h1", "heldout", a_zs - 0.02), ("h2", "heldout", a_zs + 0.02)):
-            metric_rows.append({**cols, "timestep": t, "dataset": name, "role": role, "metric": "accuracy",
-                                "value": value, "n_eval": 40})
+        for name, role, value in (
+            ("a1", "adaptation", a_ka - 0.02),
+            ("a2", "adaptation", a_ka + 0.02),
+            ("h1", "heldout", a_zs - 0.02),
+            ("h2", "heldout", a_zs + 0.02),
+        ):
+            metric_rows.append(
+                {
+                    **cols,
+                    "timestep": t,
+                    "dataset": name,
+                    "role": role,
+                    "metric": "accuracy",
+                    "value": value,
+                    "n_eval": 40,
+                }
+            )
         trained = t > 0
-        step_rows.append({**cols, "timestep": t, "a_ka": a_ka, "a_zs": a_zs, "gm": math.sqrt(a_ka * a_zs),
-                          "train_steps": trial["budget_steps"] if trained else 0,
-                          "train_gflops": trial["budget_steps"] * gflops_per_step if trained else 0.0,
-                          "train_seconds": 1.0 * trained, "merge_seconds": 0.0 if trial["deploy"] == "ft" else 0.1 * trained,
-                          "eval_seconds": 0.5, "pool_bytes": t * 1_000_000 * (2 if "ema" in (trial["init"], trial["deploy"]) else 1),
-                          "expert_cache_hit": False})
+        step_rows.append(
+            {
+                **cols,
+                "timestep": t,
+                "a_ka": a_ka,
+                "a_zs": a_zs,
+                "gm": math.sqrt(a_ka * a_zs),
+                "train_steps": trial["budget_steps"] if trained else 0,
+                "train_gflops": trial["budget_steps"] * gflops_per_step if trained else 0.0,
+                "train_seconds": 1.0 * trained,
+                "merge_seconds": 0.0 if trial["deploy"] == "ft" else 0.1 * trained,
+                "eval_seconds": 0.5,
+                "pool_bytes": t * 1_000_000 * (2 if "ema" in (trial["init"], trial["deploy"]) else 1),
+                "expert_cache_hit": False,
+            }
+        )
     write_parquet_atomic(metrics_frame(metric_rows), out / "trials" / trial["trial_id"] / "metrics.parquet")
     write_parquet_atomic(timesteps_frame(step_rows), out / "trials" / trial["trial_id"] / "timesteps.parquet")
 
@@ -133,6 +189,12 @@ def write_sweep(out: Path, skip: int = 0, truncate: int = 0, config: str = CONFI
     trials = expand_trials(cfg)
     for i, trial in enumerate(trials):
         if i >= skip:
-            write_trial(out, trial, cfg.stream.tasks, last=1 if i < skip + truncate else None, variant=cfg.name,
-                        gflops_per_step=gflops)
+            write_trial(
+                out,
+                trial,
+                cfg.stream.tasks,
+                last=1 if i < skip + truncate else None,
+                variant=cfg.name,
+                gflops_per_step=gflops,
+            )
     return trials

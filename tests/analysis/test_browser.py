@@ -10,15 +10,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium() -> str:
     path = shutil.which("chromium")
     if path is None:
-        pytest.fail("chromium is not installed: this test renders report.html in headless Chromium. "
-                    "Install it with `apt-get install -y chromium` (.ci/run does so before `make test`).")
+        pytest.fail(
+            "chromium is not installed: this test renders report.html in headless Chromium. "
+            "Install it with `apt-get install -y chromium` (.ci/run does so before `make test`)."
+        )
     return path
 
 
@@ -33,10 +43,19 @@ def test_embedded_figures_decode(synthetic_report):
 
 def test_report_renders_in_headless_chromium(synthetic_report, tmp_path):
     shot = tmp_path / "shot.png"
-    proc = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-                           f"--screenshot={shot}", "--window-size=1200,2000",
-                           synthetic_report["html"].resolve().as_uri()],
-                          capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            chromium(),
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,2000",
+            synthetic_report["html"].resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0 and shot.exists(), proc.stderr[-3000:]
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=float)
     assert pixels.shape[:2] == (2000, 1200)

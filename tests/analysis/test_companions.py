@@ -11,8 +11,17 @@ from analysis.companions import load_sweeps
 from analysis.findings import NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, finding_2, finding_5
 from analysis.load import ReportError
 from analysis.tables import base_values, final_values, main_budget
-from tests.analysis.synthetic import (COMPUTE, FINAL, NOREPLAY, NOREPLAY_KA, SEED_NOISE, WIDE, WIDE_KA, WIDE_MT_KA,
-                                      write_sweep)
+from tests.analysis.synthetic import (
+    COMPUTE,
+    FINAL,
+    NOREPLAY,
+    NOREPLAY_KA,
+    SEED_NOISE,
+    WIDE,
+    WIDE_KA,
+    WIDE_MT_KA,
+    write_sweep,
+)
 from time_ray.cli import main
 
 
@@ -53,8 +62,11 @@ def test_replay_half_of_finding_2_with_hand_computed_numbers(four):
     assert f2.verdict == f"recency weighting: {SUPPORTED}; replay: {SUPPORTED}"
     # offline merging at 20 steps: A_KA 0.25 + 0.05 (+ seed noise), A_ZS 0.79; without replay A_KA is 0.05 lower
     ka0, zs0 = FINAL[("zs", "all")]
-    gains = [math.sqrt((ka0 + 0.05 + SEED_NOISE * (s - 1)) * zs0) - math.sqrt((ka0 + 0.05 - NOREPLAY_KA + SEED_NOISE * (s - 1)) * zs0)
-             for s in (0, 1, 2)]
+    gains = [
+        math.sqrt((ka0 + 0.05 + SEED_NOISE * (s - 1)) * zs0)
+        - math.sqrt((ka0 + 0.05 - NOREPLAY_KA + SEED_NOISE * (s - 1)) * zs0)
+        for s in (0, 1, 2)
+    ]
     line = next(e for e in f2.evidence if e.startswith("GM(offline, replay 0.33) - GM(offline, replay 0.0"))
     assert f"= +{sum(gains) / 3:.3f} [95% CI" in line
     assert any(e.startswith("for comparison, best-in-time: GM with replay - without = +0.005") for e in f2.evidence)
@@ -77,24 +89,34 @@ def test_model_size_half_of_finding_5_with_hand_computed_numbers(four):
     # Best-in-TIME at 20 steps: A_KA 0.75 + 0.05, A_ZS 0.74; the wide model adds WIDE_KA to A_KA (every seed alike)
     ka, zs = FINAL[("ema", "ema")]
     growth = math.sqrt((ka + 0.05 + WIDE_KA) * zs) - math.sqrt((ka + 0.05) * zs)
-    assert any(e.startswith(f"GM(Best-in-TIME, tiny-clip-wide) - GM(Best-in-TIME, tiny-clip) = +{growth:.3f}")
-               for e in f5.evidence)
+    assert any(
+        e.startswith(f"GM(Best-in-TIME, tiny-clip-wide) - GM(Best-in-TIME, tiny-clip) = +{growth:.3f}")
+        for e in f5.evidence
+    )
     gap_small = math.sqrt(0.8 * 0.8) - math.sqrt((ka + 0.05) * zs)
     gap_wide = math.sqrt((0.8 + WIDE_MT_KA) * 0.8) - math.sqrt((ka + 0.05 + WIDE_KA) * zs)
-    assert any(e.startswith(f"|gap to multitask| with tiny-clip - with tiny-clip-wide = +{gap_small - gap_wide:.3f}")
-               for e in f5.evidence)
+    assert any(
+        e.startswith(f"|gap to multitask| with tiny-clip - with tiny-clip-wide = +{gap_small - gap_wide:.3f}")
+        for e in f5.evidence
+    )
     # the compute half now spans the pooled budgets 10 -> 40
     assert "Compute half, 10 -> 40 steps per task" in f5.test
-    assert "tiny-clip-wide at 20 steps/task: Best-in-TIME GM" in " ".join(f5.evidence) and "(240 training GFLOPs)" in " ".join(f5.evidence)
+    assert "tiny-clip-wide at 20 steps/task: Best-in-TIME GM" in " ".join(
+        f5.evidence
+    ) and "(240 training GFLOPs)" in " ".join(f5.evidence)
 
 
 def test_a_companion_that_changes_two_things_is_no_clean_comparison(tmp_path, synthetic_sweep):
-    both = WIDE.replace("stream: {tasks: 3}", "stream: {tasks: 3, mixture: {pretrain: 0.33, current: 0.67, replay: 0.0}}")
+    both = WIDE.replace(
+        "stream: {tasks: 3}", "stream: {tasks: 3, mixture: {pretrain: 0.33, current: 0.67, replay: 0.0}}"
+    )
     write_sweep(tmp_path / "both", config=both)
     sweep, companions = load_sweeps([synthetic_sweep[0], tmp_path / "both"])
     assert companions[0].keys == {"model.arch", "stream.mixture.current", "stream.mixture.replay"}
     final = final_values(sweep)
-    assert finding_2(final, 20.0, companions).verdict.startswith(f"recency weighting: {SUPPORTED}; replay: {NOT_TESTABLE}")
+    assert finding_2(final, 20.0, companions).verdict.startswith(
+        f"recency weighting: {SUPPORTED}; replay: {NOT_TESTABLE}"
+    )
     assert "model size: " + NOT_TESTABLE in finding_5(final, companions).verdict
 
 
@@ -108,11 +130,16 @@ def test_the_report_of_four_directories(four, tmp_path, capsys, monkeypatch):
     assert f"Sweep directories {rel[0]}, {rel[1]} (the same setting, pooled)" in text
     assert "### Finding 2: recency weighting: supported; replay: supported" in text
     assert "### Finding 5: compute: supported; model size: supported" in text
-    table = text.split("### Companion synthetic-noreplay: stream.mixture.current 0.34 -> 0.67, stream.mixture.replay "
-                       "0.33 -> 0.0")[1].split("###")[0]
+    table = text.split(
+        "### Companion synthetic-noreplay: stream.mixture.current 0.34 -> 0.67, stream.mixture.replay 0.33 -> 0.0"
+    )[1].split("###")[0]
     rows = {r.split(" | ")[0].lstrip("| "): r for r in table.splitlines() if r.startswith("| ") and "---" not in r}
     assert set(rows) == {"policy", "offline-merge", "best-in-time", "sequential-ft", "multitask"}
-    assert re.search(r"\| offline-merge \| 20 \| 3 \| 0\.487 \| 0\.444 \| -0\.042 \[95% CI .*\| -0\.050 \[95% CI -0\.050, -0\.050; 3 seeds\] \| \+0\.000", rows["offline-merge"])
+    assert re.search(
+        r"\| offline-merge \| 20 \| 3 \| 0\.487 \| 0\.444 \| -0\.042 \[95% CI .*"
+        r"\| -0\.050 \[95% CI -0\.050, -0\.050; 3 seeds\] \| \+0\.000",
+        rows["offline-merge"],
+    )
     assert "### Companion synthetic-wide: model.arch tiny-clip -> tiny-clip-wide" in text
     assert "Read at 20 steps per task (the budget with the most policies)" in text
     assert base_values(load_sweeps(four)[0]).a_ka == pytest.approx(0.10)

@@ -6,8 +6,17 @@ import math
 import pandas as pd
 import pytest
 
-from analysis.findings import (NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, all_findings, finding_1, finding_3,
-                               finding_4, finding_5, paired)
+from analysis.findings import (
+    NOT_SUPPORTED,
+    NOT_TESTABLE,
+    SUPPORTED,
+    all_findings,
+    finding_1,
+    finding_3,
+    finding_4,
+    finding_5,
+    paired,
+)
 from analysis.load import load_sweep
 from analysis.tables import base_values, final_values
 
@@ -31,8 +40,10 @@ def test_the_numbers_behind_the_verdicts(final):
     frame, base = final
     f1 = finding_1(frame, base, 20.0)
     # A_KA: sequential FT 0.85, offline merging 0.30 in every seed -> +0.550 with a zero-width interval
-    assert any("A_KA(sequential FT (ft/ft)) - A_KA(offline) = +0.550 [95% CI +0.550, +0.550; 3 seeds]" in e
-               for e in f1.evidence)
+    assert any(
+        "A_KA(sequential FT (ft/ft)) - A_KA(offline) = +0.550 [95% CI +0.550, +0.550; 3 seeds]" in e
+        for e in f1.evidence
+    )
     f4 = finding_4(frame, 20.0)
     assert "rank 1 of 9" in f4.evidence[0] and "ft/ema, the best other pair" in f4.evidence[1]
     f5 = finding_5(frame)
@@ -73,13 +84,18 @@ def test_a_technique_that_matters_makes_finding_3_fail(final):
 
 def test_a_quickstart_like_sweep_says_what_it_cannot_test(final):
     frame, base = final
-    named = frame[frame.policy.isin(["sequential-ft", "offline-merge", "best-in-time"]) & (frame.budget == 20.0)
-                  & (frame.seed == 0)]
+    named = frame[
+        frame.policy.isin(["sequential-ft", "offline-merge", "best-in-time"])
+        & (frame.budget == 20.0)
+        & (frame.seed == 0)
+    ]
     verdicts = {f.number: f.verdict for f in all_findings(named, base, 20.0)}
-    assert verdicts[2] == f"{NOT_TESTABLE} (needs offline-merge (zs/all) with uniform and with recency weights " \
-                          "(policies.grid recency: [linear, exp]) and a continual policy; the replay half needs two " \
-                          "sweeps that differ only in stream.mixture.replay (e.g. 0.33 and 0) -- a sweep has one data mixture: give " \
-                          "both to time-ray report)"
+    assert (
+        verdicts[2] == f"{NOT_TESTABLE} (needs offline-merge (zs/all) with uniform and with recency weights "
+        "(policies.grid recency: [linear, exp]) and a continual policy; the replay half needs two "
+        "sweeps that differ only in stream.mixture.replay (e.g. 0.33 and 0) -- a sweep has one data mixture: give "
+        "both to time-ray report)"
+    )
     assert verdicts[3].startswith(NOT_TESTABLE + " (needs at least two init x deploy pairs")
     assert verdicts[5].startswith(NOT_TESTABLE + " (needs best-in-time (ema/ema) and the multitask reference")
     # one seed: the point estimates decide, and the verdict says so

@@ -9,7 +9,6 @@ import sys
 import pandas as pd
 import pytest
 
-from analysis import build_report
 from analysis.load import load_sweep
 from analysis.report import _missing_table
 from tests.analysis.synthetic import write_sweep
@@ -28,8 +27,15 @@ def test_the_report_has_every_output(synthetic_report):
     out = synthetic_report["html"].parent
     assert synthetic_report["finished"] == synthetic_report["trials"] == 78
     names = {p.name for p in synthetic_report["figures"]}
-    assert names == {"trajectories.png", "ka_zs_scatter.png", "cost_vs_gm.png", "init_deploy_gm.png",
-                     "technique_gm.png", "accuracy_matrix.png", "budget_gm.png"}
+    assert names == {
+        "trajectories.png",
+        "ka_zs_scatter.png",
+        "cost_vs_gm.png",
+        "init_deploy_gm.png",
+        "technique_gm.png",
+        "accuracy_matrix.png",
+        "budget_gm.png",
+    }
     summary = (out / "summary.md").read_text()
     for path in synthetic_report["figures"]:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({path.name})" in summary
@@ -64,7 +70,9 @@ def test_cost_table_marks_the_hand_computed_pareto_front(synthetic_report):
 
 def test_summary_answers_the_question_and_splits_the_variance(synthetic_report):
     text = synthetic_report["markdown"].read_text()
-    assert "Best final GM at 20 steps per task: **ema/ema ties(disjoint=mean, lambda=1.0, prune=0.7)**, GM 0.774" in text
+    assert (
+        "Best final GM at 20 steps per task: **ema/ema ties(disjoint=mean, lambda=1.0, prune=0.7)**, GM 0.774" in text
+    )
     assert "The multitask reference at the same compute reaches GM 0.800." in text
     split = {r[0]: r for r in table_rows(text, "Which decisions matter: variance of final GM by axis")}
     assert set(split) == {"init", "deploy", "technique", "settings", "budget", "seed"}
@@ -138,8 +146,10 @@ def test_help_explains_the_outputs():
 
 def test_the_analysis_layer_never_imports_ray(synthetic_sweep):
     """ARCHITECTURE.md "Layers": analysis reads the results schema, it does not need Ray."""
-    code = ("import sys; import analysis; from analysis.load import load_sweep; "
-            f"load_sweep({str(synthetic_sweep[0])!r}); "
-            "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray imported'")
+    code = (
+        "import sys; import analysis; from analysis.load import load_sweep; "
+        f"load_sweep({str(synthetic_sweep[0])!r}); "
+        "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray imported'"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

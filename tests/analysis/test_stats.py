@@ -47,8 +47,12 @@ def test_pareto_front_with_several_costs():
     assert pareto_front(costs, value).tolist() == [True, True, True, True, False]
 
 
-EFFECTS = {"init": {"zs": 0.0, "ft": 0.2}, "deploy": {"ft": 0.0, "ema": 0.1, "all": 0.2},
-           "technique": {"average": 0.0, "ties": 0.02}, "budget": {50.0: 0.0, 200.0: 0.1}}
+EFFECTS = {
+    "init": {"zs": 0.0, "ft": 0.2},
+    "deploy": {"ft": 0.0, "ema": 0.1, "all": 0.2},
+    "technique": {"average": 0.0, "ties": 0.02},
+    "budget": {50.0: 0.0, 200.0: 0.1},
+}
 
 
 def _design(seeds_noise=(0.0,)):

@@ -21,8 +21,18 @@ from time_ray.config import load_config
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
 IMAGE_HOME = "/home/ray/time-ray"  # WORKDIR of cluster/Dockerfile: the checkout inside the image
-GPUS_PER_INSTANCE = {"g5.xlarge": 1, "g5.2xlarge": 1, "g5.4xlarge": 1, "g5.8xlarge": 1, "g5.12xlarge": 4,
-                     "g6.xlarge": 1, "g6.2xlarge": 1, "g6.4xlarge": 1, "p4d.24xlarge": 8, "p5.48xlarge": 8}
+GPUS_PER_INSTANCE = {
+    "g5.xlarge": 1,
+    "g5.2xlarge": 1,
+    "g5.4xlarge": 1,
+    "g5.8xlarge": 1,
+    "g5.12xlarge": 4,
+    "g6.xlarge": 1,
+    "g6.2xlarge": 1,
+    "g6.4xlarge": 1,
+    "p4d.24xlarge": 8,
+    "p5.48xlarge": 8,
+}
 RAYJOB_SCHEMA = yaml.safe_load((Path(__file__).parent / "kuberay_rayjob_v1_schema.yaml").read_text())
 QUANTITY = re.compile(RAYJOB_SCHEMA["definitions"]["quantity"]["pattern"])  # Kubernetes resource quantities
 
@@ -44,7 +54,7 @@ def split_wait_and_sweep(command: str) -> tuple[list[str], list[str]]:
     assert argv[0] == "python" and argv[1].endswith("cluster/wait_for_workers.py") and "--" in argv, argv
     cut = argv.index("--")
     assert argv[cut + 1] == "time-ray", argv
-    return argv[2:cut], argv[cut + 2:]
+    return argv[2:cut], argv[cut + 2 :]
 
 
 def check_sweep_command(sweep_argv: list[str], root_in_command: str = "") -> tuple:
@@ -57,6 +67,7 @@ def check_sweep_command(sweep_argv: list[str], root_in_command: str = "") -> tup
 
 
 # -- the cluster launcher config ----------------------------------------------------------------
+
 
 def launcher_schema():
     return json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
@@ -99,12 +110,14 @@ def test_launcher_config_runs_gpu_workers_with_token_auth():
         assert t["node_config"]["IamInstanceProfile"]  # workers write results to S3
     # the header's submit command waits for exactly the GPUs the minimum workers bring
     waits = [int(n) for n in re.findall(r"wait_for_workers\.py --gpus (\d+)", (CLUSTER / "aws-gpu.yaml").read_text())]
-    assert waits and set(waits) == {sum(t["min_workers"] * GPUS_PER_INSTANCE[t["node_config"]["InstanceType"]]
-                                        for t in gpu)}
+    assert waits and set(waits) == {
+        sum(t["min_workers"] * GPUS_PER_INSTANCE[t["node_config"]["InstanceType"]] for t in gpu)
+    }
 
     # Ray on the nodes is the Ray of this project
-    assert cfg["docker"]["image"].startswith(f"rayproject/ray:{ray.__version__}-py3") and \
-        cfg["docker"]["image"].endswith("-gpu")
+    assert cfg["docker"]["image"].startswith(f"rayproject/ray:{ray.__version__}-py3") and cfg["docker"][
+        "image"
+    ].endswith("-gpu")
     starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c]
     assert len(starts) == 2 and all("RAY_AUTH_MODE=token ray start" in c for c in starts)
     head_start = next(c for c in cfg["head_start_ray_commands"] if "ray start" in c)
@@ -119,6 +132,7 @@ def test_launcher_config_runs_gpu_workers_with_token_auth():
 
 
 # -- the runtime env of `ray job submit` ----------------------------------------------------------
+
 
 def test_runtime_env_is_valid_for_ray():
     from ray.runtime_env import RuntimeEnv
@@ -157,6 +171,7 @@ def test_runtime_env_uploads_the_sources_only(tmp_path):
 
 # -- the KubeRay RayJob -------------------------------------------------------------------------
 
+
 def rayjob_docs():
     docs = list(yaml.safe_load_all((CLUSTER / "rayjob.yaml").read_text()))
     by_kind = {d["kind"]: d for d in docs}
@@ -175,23 +190,35 @@ def test_rayjob_is_valid_for_the_kuberay_crd_schema():
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
 
 
-@pytest.mark.parametrize("mutate, where", [
-    (lambda s: s["rayClusterSpec"]["workerGroupSpecs"][0].pop("groupName"), "groupName"),
-    (lambda s: s["rayClusterSpec"]["workerGroupSpecs"][0].update(minReplicas="2"), "minReplicas"),
-    (lambda s: s["rayClusterSpec"]["headGroupSpec"]["rayStartParams"].update({"num-gpus": 0}), "num-gpus"),
-    (lambda s: s.update(shutdownAfterJobFinished=True), "shutdownAfterJobFinished"),  # a typo
-    (lambda s: s["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["volumeMounts"][0]
-     .pop("mountPath"), "mountPath"),
-    (lambda s: s["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]
-     ["limits"].update(memory="30 GB"), "30 GB"),
-    (lambda s: s["rayClusterSpec"].update(autoscalerOptions={"upscalingMode": "Fast"}), "Fast"),  # an enum
-])
+@pytest.mark.parametrize(
+    "mutate, where",
+    [
+        (lambda s: s["rayClusterSpec"]["workerGroupSpecs"][0].pop("groupName"), "groupName"),
+        (lambda s: s["rayClusterSpec"]["workerGroupSpecs"][0].update(minReplicas="2"), "minReplicas"),
+        (lambda s: s["rayClusterSpec"]["headGroupSpec"]["rayStartParams"].update({"num-gpus": 0}), "num-gpus"),
+        (lambda s: s.update(shutdownAfterJobFinished=True), "shutdownAfterJobFinished"),  # a typo
+        (
+            lambda s: s["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["volumeMounts"][0].pop(
+                "mountPath"
+            ),
+            "mountPath",
+        ),
+        (
+            lambda s: s["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"][
+                "limits"
+            ].update(memory="30 GB"),
+            "30 GB",
+        ),
+        (lambda s: s["rayClusterSpec"].update(autoscalerOptions={"upscalingMode": "Fast"}), "Fast"),  # an enum
+    ],
+)
 def test_rayjob_schema_check_catches_mistakes(mutate, where):
     _, job = rayjob_docs()
     mutate(job["spec"])
     errors = list(rayjob_validator().iter_errors(job))
-    assert errors and any(where in e.message or where in map(str, e.absolute_path) for e in errors), \
-        [e.message for e in errors]
+    assert errors and any(where in e.message or where in map(str, e.absolute_path) for e in errors), [
+        e.message for e in errors
+    ]
 
 
 def test_rayjob_runs_the_sweep_on_gpu_workers_with_token_auth():
@@ -250,6 +277,7 @@ def test_dockerfile_builds_the_image_the_rayjob_runs():
 
 # -- cluster/wait_for_workers.py ------------------------------------------------------------------
 
+
 class FakeClock:
     def __init__(self):
         self.now = 0.0
@@ -266,16 +294,18 @@ def test_wait_for_returns_once_the_gpus_arrive():
     clock, seen = FakeClock(), []
     offers = iter([{"CPU": 0.0}, {"CPU": 8.0, "GPU": 1.0}, {"CPU": 16.0, "GPU": 2.0}])
     resources = lambda: seen.append(clock()) or next(offers)  # noqa: E731
-    assert wait.wait_for(resources, gpus=2, cpus=0, timeout_s=60, poll_s=5, sleep=clock.sleep, clock=clock,
-                         log=lambda m: None)
+    assert wait.wait_for(
+        resources, gpus=2, cpus=0, timeout_s=60, poll_s=5, sleep=clock.sleep, clock=clock, log=lambda m: None
+    )
     assert seen == [0.0, 5.0, 10.0]
 
 
 def test_wait_for_gives_up_after_the_timeout():
     wait = wait_module()
     clock, logged = FakeClock(), []
-    assert not wait.wait_for(lambda: {"CPU": 2.0}, gpus=1, cpus=0, timeout_s=30, poll_s=5, sleep=clock.sleep,
-                             clock=clock, log=logged.append)
+    assert not wait.wait_for(
+        lambda: {"CPU": 2.0}, gpus=1, cpus=0, timeout_s=30, poll_s=5, sleep=clock.sleep, clock=clock, log=logged.append
+    )
     assert clock() == 30.0 and len(logged) == 1 and "waiting for 1 GPUs" in logged[0]  # logged once, not per poll
 
 

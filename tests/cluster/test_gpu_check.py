@@ -8,8 +8,24 @@ import sys
 
 def test_gpu_check_smoke_run_on_cpu(cache_dir):
     env = {**os.environ, "TIME_RAY_CACHE": str(cache_dir)}
-    proc = subprocess.run([sys.executable, "cluster/gpu_check.py", "--allow-cpu", "--skip-ray", "--arch", "tiny-clip",
-                           "--steps", "4", "--batch", "8"], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "cluster/gpu_check.py",
+            "--allow-cpu",
+            "--skip-ray",
+            "--arch",
+            "tiny-clip",
+            "--steps",
+            "4",
+            "--batch",
+            "8",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["device"] == "cpu" and result["train_steps"] == 4 and result["amp"] is False

@@ -40,10 +40,9 @@ from tests.orchestration.test_e2e_sweep import REDUCED
 from time_ray.core.results import METRICS_COLUMNS, TIMESTEP_COLUMNS
 
 
-
 def _psutil():
-    import ray  # noqa: F401  ray[default] ships psutil in ray/thirdparty_files, on sys.path once ray is imported
     import psutil
+    import ray  # noqa: F401  ray[default] ships psutil in ray/thirdparty_files, on sys.path once ray is imported
 
     return psutil
 
@@ -52,9 +51,17 @@ psutil = _psutil()
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the virtualenv's bin/: ray, time-ray, python
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
-PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
-              "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port",
-              "--node-manager-port", "--object-manager-port")
+PORT_FLAGS = (
+    "--port",
+    "--dashboard-port",
+    "--ray-client-server-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+    "--node-manager-port",
+    "--object-manager-port",
+)
 
 
 def free_ports(n: int) -> list[int]:
@@ -97,12 +104,24 @@ def ray_head(base: Path, env: dict):
     the processes it started); stops them all."""
     ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
     log_path = base / "head.log"
-    cmd = [BIN / "ray", "start", "--head", "--block", "--temp-dir", base / "ray", "--dashboard-host", "127.0.0.1",
-           "--include-dashboard", "true", "--disable-usage-stats",
-           *[a for flag, port in ports.items() for a in (flag, str(port))]]
+    cmd = [
+        BIN / "ray",
+        "start",
+        "--head",
+        "--block",
+        "--temp-dir",
+        base / "ray",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--include-dashboard",
+        "true",
+        "--disable-usage-stats",
+        *[a for flag, port in ports.items() for a in (flag, str(port))],
+    ]
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([str(c) for c in cmd], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [str(c) for c in cmd], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     started = set()
     try:
         deadline = time.monotonic() + 120
@@ -120,8 +139,9 @@ def ray_head(base: Path, env: dict):
             proc.kill()
             proc.wait(timeout=30)
         # whatever survived: descendants seen while it ran, and anything started from this temp dir
-        started |= {p for p in psutil.process_iter(["cmdline"])
-                    if any(str(base) in part for part in (p.info["cmdline"] or []))}
+        started |= {
+            p for p in psutil.process_iter(["cmdline"]) if any(str(base) in part for part in (p.info["cmdline"] or []))
+        }
         for p in started:
             try:
                 p.kill()
@@ -193,9 +213,10 @@ def test_ray_job_submit_of_a_reduced_sweep_to_a_token_protected_loopback_head(tm
             no_token = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
             submit_echo = [BIN / "ray", "job", "submit", "--address", dashboard, "--no-wait", "--", "echo", "hi"]
             wrong_token = uuid.uuid4().hex * 2
-            attempts = [run(submit_echo, {**no_token, "HOME": str(home.parent / "nobody")}, timeout=120),
-                        run(submit_echo, {**no_token, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": wrong_token},
-                            timeout=120)]
+            attempts = [
+                run(submit_echo, {**no_token, "HOME": str(home.parent / "nobody")}, timeout=120),
+                run(submit_echo, {**no_token, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": wrong_token}, timeout=120),
+            ]
             for attempt, answer in zip(attempts, ("Unauthorized", "Forbidden")):  # HTTP 401, 403
                 said = attempt.stdout + attempt.stderr
                 assert attempt.returncode != 0 and answer in said, said[-2000:]
@@ -205,11 +226,35 @@ def test_ray_job_submit_of_a_reduced_sweep_to_a_token_protected_loopback_head(tm
             sets = [a for s in REDUCED for a in ("--set", s)]
             submission = f"time-ray-e2e-{uuid.uuid4().hex[:8]}"
             runtime_env = local_runtime_env(base / "runtime_env.yaml", cache_dir)
-            job = run([BIN / "ray", "job", "submit", "--address", dashboard, "--submission-id", submission,
-                       "--runtime-env", runtime_env, "--",
-                       "python", "cluster/wait_for_workers.py", "--cpus", "1", "--timeout", "120", "--",
-                       "time-ray", "sweep", "configs/quickstart.yaml", "--output", out, *sets],
-                      env, timeout=420)
+            job = run(
+                [
+                    BIN / "ray",
+                    "job",
+                    "submit",
+                    "--address",
+                    dashboard,
+                    "--submission-id",
+                    submission,
+                    "--runtime-env",
+                    runtime_env,
+                    "--",
+                    "python",
+                    "cluster/wait_for_workers.py",
+                    "--cpus",
+                    "1",
+                    "--timeout",
+                    "120",
+                    "--",
+                    "time-ray",
+                    "sweep",
+                    "configs/quickstart.yaml",
+                    "--output",
+                    out,
+                    *sets,
+                ],
+                env,
+                timeout=420,
+            )
             logs = job.stdout + job.stderr
             assert job.returncode == 0, logs[-6000:]
 

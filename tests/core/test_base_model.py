@@ -3,8 +3,14 @@ import torch
 from time_ray.core.base_model import BaseTraining, builtin_base, builtin_key, load_base
 from time_ray.core.benchmark import BenchmarkSpec
 
-SPEC = BenchmarkSpec(adaptation_datasets=1, heldout_datasets=1, classes_per_dataset=2, pretrain_classes=2,
-                     train_per_class=4, test_per_class=2)
+SPEC = BenchmarkSpec(
+    adaptation_datasets=1,
+    heldout_datasets=1,
+    classes_per_dataset=2,
+    pretrain_classes=2,
+    train_per_class=4,
+    test_per_class=2,
+)
 RECIPE = BaseTraining(steps=3, batch_size=8)
 
 

@@ -40,8 +40,11 @@ def test_checkpoint_of_another_architecture_names_the_first_mismatching_tensor(t
 def test_missing_checkpoint_and_offline_pretrained_tag_fail_clearly(tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
         models.load_state_dict(tmp_path / "nope.safetensors")
-    with pytest.raises(CheckpointError, match="could not load open_clip weights RN50-quickgelu/openai: .* is not "
-                                              "in the Hugging Face cache .* `hf download timm/resnet50_clip.openai "):
+    with pytest.raises(
+        CheckpointError,
+        match="could not load open_clip weights RN50-quickgelu/openai: .* is not "
+        "in the Hugging Face cache .* `hf download timm/resnet50_clip.openai ",
+    ):
         models.open_clip_pretrained("RN50-quickgelu", "openai")
     with pytest.raises(ConfigError, match="trained with QuickGELU .* Use model.arch: RN50-quickgelu."):
         models.open_clip_pretrained("RN50", "openai")

@@ -41,8 +41,17 @@ def tiny_bench(n):
     images = torch.zeros(n, 3, 2, 2)
     images[:, 0, 0, 0] = torch.arange(n)
     ds = Dataset("ret", "heldout", "{}", (0,), "retrieval")
-    return Benchmark(["a"], ["ret"], {"ret": ds}, images, torch.zeros(n, dtype=torch.long), images,
-                     torch.zeros(n, dtype=torch.long), [f"c{i}" for i in range(n)], [f"c{i}" for i in range(n)])
+    return Benchmark(
+        ["a"],
+        ["ret"],
+        {"ret": ds},
+        images,
+        torch.zeros(n, dtype=torch.long),
+        images,
+        torch.zeros(n, dtype=torch.long),
+        [f"c{i}" for i in range(n)],
+        [f"c{i}" for i in range(n)],
+    )
 
 
 def test_recall_at_5_hand_computed():

@@ -11,8 +11,14 @@ from time_ray.core.finetune import NonFiniteLoss, TrainSettings, clip_loss, fine
 from time_ray.core.metrics import summarize
 from time_ray.core.stream import Mixture, MixtureSampler, make_stream
 
-SPEC = BenchmarkSpec(adaptation_datasets=2, heldout_datasets=1, classes_per_dataset=3, pretrain_classes=2,
-                     train_per_class=8, test_per_class=4)
+SPEC = BenchmarkSpec(
+    adaptation_datasets=2,
+    heldout_datasets=1,
+    classes_per_dataset=3,
+    pretrain_classes=2,
+    train_per_class=8,
+    test_per_class=4,
+)
 
 
 def test_clip_loss_hand_computed():
@@ -32,8 +38,11 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 
 
 def test_metrics_summary_hand_computed():
-    records = [{"role": "adaptation", "value": 0.2}, {"role": "adaptation", "value": 0.6},
-               {"role": "heldout", "value": 0.9}]
+    records = [
+        {"role": "adaptation", "value": 0.2},
+        {"role": "adaptation", "value": 0.6},
+        {"role": "heldout", "value": 0.9},
+    ]
     s = summarize(records)
     assert s["a_ka"] == pytest.approx(0.4) and s["a_zs"] == pytest.approx(0.9)
     assert s["gm"] == pytest.approx(0.6)
@@ -46,8 +55,13 @@ def test_finetuning_both_towers_learns_a_task_and_evaluation_is_well_formed():
     before = models.state_dict_of(model)
     tokenize = models.tokenizer("tiny-clip")
     sampler = MixtureSampler(bench, make_stream(bench, 2), 1, Mixture(0, 1, 0), 24, seed=0)
-    stats = finetune(model, bench, caption_tokens(bench, tokenize), sampler,
-                     TrainSettings(steps=60, batch_size=24, lr=2e-3, weight_decay=0.0))
+    stats = finetune(
+        model,
+        bench,
+        caption_tokens(bench, tokenize),
+        sampler,
+        TrainSettings(steps=60, batch_size=24, lr=2e-3, weight_decay=0.0),
+    )
     after = models.state_dict_of(model)
     assert stats["steps"] == 60 and math.isfinite(stats["loss"])
     assert not torch.equal(before["visual.conv1.weight"], after["visual.conv1.weight"])  # image tower
@@ -66,5 +80,10 @@ def test_a_non_finite_loss_names_the_step():
         model.logit_scale.fill_(float("nan"))
     sampler = MixtureSampler(bench, make_stream(bench, 2), 1, Mixture(), 8, seed=0)
     with pytest.raises(NonFiniteLoss, match="at step 1 of 5"):
-        finetune(model, bench, caption_tokens(bench, models.tokenizer("tiny-clip")), sampler,
-                 TrainSettings(steps=5, batch_size=8))
+        finetune(
+            model,
+            bench,
+            caption_tokens(bench, models.tokenizer("tiny-clip")),
+            sampler,
+            TrainSettings(steps=5, batch_size=8),
+        )

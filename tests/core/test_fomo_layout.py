@@ -20,28 +20,57 @@ from time_ray.core.real_data.fomo import scan
 # name -> (train split, test split, class names in target order, primer template (None: no primer_caption),
 #          caption style: 'synthetic' (merged caption a list), 'synthetic-str' (a string), 'default' (native))
 ADAPTATION = {
-    "DTD": ("train", "test", ["paisley", "banded", "zigzagged", "cracked", "dotted", "woven", "lined", "grid"],
-            "A photo of a {} texture.", "synthetic"),
-    "MTSD": ("train", "val", ["stop", "yield", "give way", "no entry", "speed limit 30", "roundabout"],
-             'A centered photo of a "{}" traffic sign.', "synthetic-str"),
+    "DTD": (
+        "train",
+        "test",
+        ["paisley", "banded", "zigzagged", "cracked", "dotted", "woven", "lined", "grid"],
+        "A photo of a {} texture.",
+        "synthetic",
+    ),
+    "MTSD": (
+        "train",
+        "val",
+        ["stop", "yield", "give way", "no entry", "speed limit 30", "roundabout"],
+        'A centered photo of a "{}" traffic sign.',
+        "synthetic-str",
+    ),
     "FSCOCO": ("train", "test", ["giraffe", "train", "bus", "zebra"], None, "default"),
-    "iNATURALIST2021": ("train_mini", "val", ["Animalia Chordata Aves Piciformes Picidae Jynx torquilla",
-                                              "Plantae Tracheophyta Magnoliopsida Rosales Rosaceae Rosa canina",
-                                              "Fungi Basidiomycota Agaricomycetes Agaricales Amanita muscaria",
-                                              "Animalia Arthropoda Insecta Lepidoptera Nymphalidae Vanessa atalanta"],
-                        "A photo of a {}.", "synthetic"),
+    "iNATURALIST2021": (
+        "train_mini",
+        "val",
+        [
+            "Animalia Chordata Aves Piciformes Picidae Jynx torquilla",
+            "Plantae Tracheophyta Magnoliopsida Rosales Rosaceae Rosa canina",
+            "Fungi Basidiomycota Agaricomycetes Agaricales Amanita muscaria",
+            "Animalia Arthropoda Insecta Lepidoptera Nymphalidae Vanessa atalanta",
+        ],
+        "A photo of a {}.",
+        "synthetic",
+    ),
 }
 # the 22 held-out sets of the paper (folder names) with their primer; None: caption-only (retrieval)
 HELDOUT = {
-    "CALTECH101": "A photo of a {}.", "CALTECH256": "A photo of a {}.", "CARS196": "A photo of a {}, a type of car.",
-    "CIFAR10": "A photo of a {}.", "DOMAINNET_QUICKDRAW": "A quickdraw of a {}.",
+    "CALTECH101": "A photo of a {}.",
+    "CALTECH256": "A photo of a {}.",
+    "CARS196": "A photo of a {}, a type of car.",
+    "CIFAR10": "A photo of a {}.",
+    "DOMAINNET_QUICKDRAW": "A quickdraw of a {}.",
     "EuroSAT": "A centered satellite photo of a {}.",
-    "FashionMNIST": "A black-and-white photo of a {}, a type of clothing.", "FLICKR30K": None,
-    "Food101": "A photo of a {}, a type of food.", "GTSRB": 'A centered photo of a "{}" traffic sign.',
-    "IMAGENET": "A photo of a {}.", "IMAGENET_A": "A photo of a {}.", "IMAGENET_D": "A photo of a {}.",
-    "IMAGENET_R": "A photo of a {}.", "IMAGENET_S": "A photo of a {}.", "IMAGENET_V2": "A photo of a {}.",
-    "MNIST": 'A black-and-white photo of the number: "{}".', "MONKEYS10": "A photo of a {}, a type of monkey.",
-    "MSCOCO": None, "OXFORDPETS": "A photo of a {}, a type of pet.", "STL10": "A photo of a {}.",
+    "FashionMNIST": "A black-and-white photo of a {}, a type of clothing.",
+    "FLICKR30K": None,
+    "Food101": "A photo of a {}, a type of food.",
+    "GTSRB": 'A centered photo of a "{}" traffic sign.',
+    "IMAGENET": "A photo of a {}.",
+    "IMAGENET_A": "A photo of a {}.",
+    "IMAGENET_D": "A photo of a {}.",
+    "IMAGENET_R": "A photo of a {}.",
+    "IMAGENET_S": "A photo of a {}.",
+    "IMAGENET_V2": "A photo of a {}.",
+    "MNIST": 'A black-and-white photo of the number: "{}".',
+    "MONKEYS10": "A photo of a {}, a type of monkey.",
+    "MSCOCO": None,
+    "OXFORDPETS": "A photo of a {}, a type of pet.",
+    "STL10": "A photo of a {}.",
     "SVHN": 'A photo of the number: "{}".',
 }
 RETRIEVAL = ["FLICKR30K", "MSCOCO"]
@@ -66,8 +95,9 @@ def record(classname, target, primer, style, text):
         "default_caption": f"a sketch: {text}" if style == "default" else None,
         "primer_caption": primer.format(classname) if primer else None,
         "synthetic_caption": None if style == "default" else [f"raw {text}"],
-        "synthetic_merged_caption": (None if style == "default" else
-                                     f"merged {text}" if style == "synthetic-str" else [f"merged {text}"]),
+        "synthetic_merged_caption": (
+            None if style == "default" else f"merged {text}" if style == "synthetic-str" else [f"merged {text}"]
+        ),
         "target": target,
     }
 
@@ -75,10 +105,12 @@ def record(classname, target, primer, style, text):
 def key_of(name: str, split: str, classname: str, i: int) -> str:
     """The image path inside <root>/<DATASET>/, in the style of each of the authors' datasets."""
     slug = re.sub(r"\W+", "_", classname)
-    return {"DTD": f"dtd/dtd/images/{slug}/{slug}_{split}_{i:04d}.png",
-            "MTSD": f"MTSD/processed/{split}/{slug}/img{i}.jpg",
-            "FSCOCO": f"fscoco/raster_sketches/{split}/{slug}_{i}.jpg",
-            "iNATURALIST2021": f"{split}/{slug}/{i}.jpg"}.get(name, f"{name.lower()}-images-{split}/{slug}_{i}.png")
+    return {
+        "DTD": f"dtd/dtd/images/{slug}/{slug}_{split}_{i:04d}.png",
+        "MTSD": f"MTSD/processed/{split}/{slug}/img{i}.jpg",
+        "FSCOCO": f"fscoco/raster_sketches/{split}/{slug}_{i}.jpg",
+        "iNATURALIST2021": f"{split}/{slug}/{i}.jpg",
+    }.get(name, f"{name.lower()}-images-{split}/{slug}_{i}.png")
 
 
 def write_authors_layout(base: Path) -> dict:
@@ -114,10 +146,14 @@ def write_authors_layout(base: Path) -> dict:
             for i in range(3):
                 key = f"{name.lower()}-images/{i:06d}.jpg"
                 image(root / name / key, colour(100 + i))
-                records[key] = {"classname": None,
-                                "default_caption": [f"{name} scene {i} caption {j}" for j in range(5)],
-                                "primer_caption": None, "synthetic_caption": None, "synthetic_merged_caption": None,
-                                "target": i}
+                records[key] = {
+                    "classname": None,
+                    "default_caption": [f"{name} scene {i} caption {j}" for j in range(5)],
+                    "primer_caption": None,
+                    "synthetic_caption": None,
+                    "synthetic_merged_caption": None,
+                    "target": i,
+                }
         else:
             classes = [f"{name.lower()} thing {j}" for j in range(2)]
             (info / f"{name}_classnames.json").write_text(json.dumps(classes))
@@ -126,14 +162,24 @@ def write_authors_layout(base: Path) -> dict:
                 image(root / name / key, colour(200 + target))
                 records[key] = record(c, target, primer, "synthetic", f"{c} test 0")
             if name == "MONKEYS10":  # a held-out set with a train file too: only its test split is read
-                (info / f"{name}_train.json").write_text(json.dumps(
-                    {key_of(name, "train", c, 0): record(c, t, primer, "synthetic", c) for t, c in enumerate(classes)}))
+                (info / f"{name}_train.json").write_text(
+                    json.dumps(
+                        {
+                            key_of(name, "train", c, 0): record(c, t, primer, "synthetic", c)
+                            for t, c in enumerate(classes)
+                        }
+                    )
+                )
         (info / f"{name}_test.json").write_text(json.dumps(records, indent=4))
     # an info file of a dataset neither in the stream nor held out
     (info / "RETINOPATHY_classnames.json").write_text(json.dumps(["No DR", "Severe"]))
     for split in ("train", "test"):
-        recs = {key_of("RETINOPATHY", split, c, 0): record(c, t, "A close-up light microscopy picture of {}.",
-                                                           "synthetic", c) for t, c in enumerate(["No DR", "Severe"])}
+        recs = {
+            key_of("RETINOPATHY", split, c, 0): record(
+                c, t, "A close-up light microscopy picture of {}.", "synthetic", c
+            )
+            for t, c in enumerate(["No DR", "Severe"])
+        }
         for key in recs:
             image(root / "RETINOPATHY" / key, (9, 9, 9))
         (info / f"RETINOPATHY_{split}.json").write_text(json.dumps(recs))
@@ -142,8 +188,12 @@ def write_authors_layout(base: Path) -> dict:
     (streams / STREAM_NAME).write_text(json.dumps([pairs[i] for i in order], indent=4))
     dtd = ADAPTATION["DTD"][2]
     (streams / "datasets" / "dtd.json").write_text(json.dumps([f"dtd+++{c}" for c in dtd[::-1]], indent=4))
-    return {"root": root, "info_dir": info, "stream_file": streams / STREAM_NAME,
-            "dtd_stream": streams / "datasets" / "dtd.json"}
+    return {
+        "root": root,
+        "info_dir": info,
+        "stream_file": streams / STREAM_NAME,
+        "dtd_stream": streams / "datasets" / "dtd.json",
+    }
 
 
 def fomo_overrides(paths: dict) -> list[str]:
@@ -157,8 +207,15 @@ def tree(tmp_path_factory):
 
 
 def options(tree, **extra):
-    return {"root": str(tree["root"]), "info_dir": str(tree["info_dir"]), "stream_file": str(tree["stream_file"]),
-            "heldout": list(HELDOUT), "retrieval": RETRIEVAL, "templates": {"FSCOCO": "A sketch of a {}"}, **extra}
+    return {
+        "root": str(tree["root"]),
+        "info_dir": str(tree["info_dir"]),
+        "stream_file": str(tree["stream_file"]),
+        "heldout": list(HELDOUT),
+        "retrieval": RETRIEVAL,
+        "templates": {"FSCOCO": "A sketch of a {}"},
+        **extra,
+    }
 
 
 def stream_entries(path) -> list[str]:
@@ -187,8 +244,12 @@ def test_authors_layout_loads_with_classes_templates_captions_and_roles(tree):
     assert bench.caption(bench.datasets["MTSD"].classes[4]) == 'A centered photo of a "speed limit 30" traffic sign.'
     # captions: default_caption when not null, else synthetic_merged_caption, else the class caption
     dtd_train = [c for c, label in zip(bench.train_captions, bench.train_labels.tolist()) if label < 8]
-    assert dtd_train[:4] == ["merged paisley train 0", "A photo of a paisley texture.",  # neither caption: the class's
-                             "merged banded train 0", "a native caption of banded 1"]  # default_caption wins
+    assert dtd_train[:4] == [
+        "merged paisley train 0",
+        "A photo of a paisley texture.",  # neither caption: the class's
+        "merged banded train 0",
+        "a native caption of banded 1",
+    ]  # default_caption wins
     assert "a sketch: giraffe train 0" in bench.train_captions  # FSCOCO: default_caption, a string
     assert "merged stop train 1" in bench.train_captions  # MTSD: synthetic_merged_caption, a string
     flickr = [bench.test_captions[i] for i in bench.test_indices(bench.datasets["FLICKR30K"].classes)]
@@ -223,19 +284,30 @@ def test_resized_variant_is_used_where_it_and_its_folder_exist(tree, tmp_path):
 
 
 def test_per_dataset_stream_with_lower_case_handles_and_handles_in_options(tree):
-    opts = options(tree, stream_file=str(tree["dtd_stream"]),
-                   heldout=["cifar10", "oxford_pets", "monkeys10", "flickr30k"], retrieval=["flickr30k"], templates={})
+    opts = options(
+        tree,
+        stream_file=str(tree["dtd_stream"]),
+        heldout=["cifar10", "oxford_pets", "monkeys10", "flickr30k"],
+        retrieval=["flickr30k"],
+        templates={},
+    )
     bench, stream = load_real_benchmark("fomo", opts, 8)
     assert list(bench.datasets) == ["DTD", "CIFAR10", "FLICKR30K", "MONKEYS10", "OXFORDPETS"]
     assert bench.datasets["FLICKR30K"].kind == "retrieval"
     assert [f"{bench.class_dataset[c]}+++{bench.class_names[c]}" for c in stream] == [
-        e.replace("dtd+++", "DTD+++") for e in stream_entries(tree["dtd_stream"])]
+        e.replace("dtd+++", "DTD+++") for e in stream_entries(tree["dtd_stream"])
+    ]
 
 
 def test_without_stream_file_every_dataset_with_a_train_file_adapts(tree):
     plan = scan(options(tree, stream_file=None, templates={}))
     assert [d.name for d in plan.datasets if d.role == "adaptation"] == [
-        "DTD", "FSCOCO", "MTSD", "RETINOPATHY", "iNATURALIST2021"]
+        "DTD",
+        "FSCOCO",
+        "MTSD",
+        "RETINOPATHY",
+        "iNATURALIST2021",
+    ]
     assert next(d for d in plan.datasets if d.name == "FSCOCO").template == "A photo of a {}."  # no primer, no option
     assert plan.stream[:9] == [("DTD", c) for c in ADAPTATION["DTD"][2]] + [("FSCOCO", "giraffe")]
 
@@ -265,8 +337,9 @@ policies: {{presets: [sequential-ft]}}
 
 def write_config(tmp_path, data: dict, tasks: int = 5) -> str:
     path = tmp_path / "c.yaml"
-    path.write_text(CONFIG.format(tasks=tasks, data=json.dumps({k: str(v) if isinstance(v, Path) else v
-                                                                 for k, v in data.items()})))
+    path.write_text(
+        CONFIG.format(tasks=tasks, data=json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in data.items()}))
+    )
     return str(path)
 
 
@@ -281,14 +354,35 @@ def test_data_show_json_lists_datasets_and_the_task_cut_without_decoding(tree, t
     rows = {r["name"]: r for r in out["datasets"]}
     assert list(rows)[:4] == ["DTD", "FSCOCO", "MTSD", "iNATURALIST2021"]
     assert all(set(r) == {"name", "role", "classes", "n_train", "n_test", "template", "caption"} for r in rows.values())
-    assert rows["DTD"] == {"name": "DTD", "role": "adaptation", "classes": 8, "n_train": 16, "n_test": 8,
-                           "template": "A photo of a {} texture.", "caption": "merged paisley train 0"}
+    assert rows["DTD"] == {
+        "name": "DTD",
+        "role": "adaptation",
+        "classes": 8,
+        "n_train": 16,
+        "n_test": 8,
+        "template": "A photo of a {} texture.",
+        "caption": "merged paisley train 0",
+    }
     assert rows["FSCOCO"]["caption"] == "a sketch: giraffe train 0" and rows["FSCOCO"]["template"] == "A sketch of a {}"
     assert rows["MTSD"]["caption"] == "merged stop train 0" and rows["MTSD"]["n_test"] == 6  # MTSD_val.json
-    assert rows["CIFAR10"] == {"name": "CIFAR10", "role": "heldout", "classes": 2, "n_train": 0, "n_test": 2,
-                               "template": "A photo of a {}.", "caption": "merged cifar10 thing 0 test 0"}
-    assert rows["MSCOCO"] == {"name": "MSCOCO", "role": "retrieval", "classes": 3, "n_train": 0, "n_test": 3,
-                              "template": "{}", "caption": "MSCOCO scene 0 caption 0"}
+    assert rows["CIFAR10"] == {
+        "name": "CIFAR10",
+        "role": "heldout",
+        "classes": 2,
+        "n_train": 0,
+        "n_test": 2,
+        "template": "A photo of a {}.",
+        "caption": "merged cifar10 thing 0 test 0",
+    }
+    assert rows["MSCOCO"] == {
+        "name": "MSCOCO",
+        "role": "retrieval",
+        "classes": 3,
+        "n_train": 0,
+        "n_test": 3,
+        "template": "{}",
+        "caption": "MSCOCO scene 0 caption 0",
+    }
     assert rows["MONKEYS10"]["n_train"] == 0
     entries = stream_entries(tree["stream_file"])
     assert out["tasks"] == [list(chunk) for chunk in np.array_split(entries, 5)]  # contiguous, nearly equal
@@ -317,13 +411,19 @@ def test_data_show_text_and_a_corrupt_image_is_not_read(tree, tmp_path, capsys):
 
 
 def test_data_show_builtin_benchmark(capsys):
-    small = "stream.builtin={adaptation_datasets: 2, heldout_datasets: 2, retrieval_datasets: 1, " \
-            "classes_per_dataset: 2, pretrain_classes: 2, train_per_class: 2, test_per_class: 1, image_size: 8}"
+    small = (
+        "stream.builtin={adaptation_datasets: 2, heldout_datasets: 2, retrieval_datasets: 1, "
+        "classes_per_dataset: 2, pretrain_classes: 2, train_per_class: 2, test_per_class: 1, image_size: 8}"
+    )
     assert main(["data", "show", "configs/quickstart.yaml", "--json", "--set", small, "--set", "stream.tasks=2"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [(r["name"], r["role"], r["classes"], r["n_train"], r["n_test"]) for r in out["datasets"]] == [
-        ("adapt-00", "adaptation", 2, 4, 2), ("adapt-01", "adaptation", 2, 4, 2), ("heldout-00", "heldout", 2, 4, 2),
-        ("heldout-01", "retrieval", 2, 4, 2), ("pretrain", "pretrain", 2, 4, 2)]
+        ("adapt-00", "adaptation", 2, 4, 2),
+        ("adapt-01", "adaptation", 2, 4, 2),
+        ("heldout-00", "heldout", 2, 4, 2),
+        ("heldout-01", "retrieval", 2, 4, 2),
+        ("pretrain", "pretrain", 2, 4, 2),
+    ]
     assert len(out["tasks"]) == 2 and sum(len(t) for t in out["tasks"]) == 4
     assert all(e.startswith("adapt-0") and "+++" in e for task in out["tasks"] for e in task)
 
@@ -345,14 +445,23 @@ def one_line_error(opts, pattern):
 def test_missing_info_files_are_named(tmp_path):
     paths = broken_tree(tmp_path)
     (paths["info_dir"] / "DTD_test.json").unlink()
-    one_line_error(options(paths), rf"dataset 'DTD' \(adaptation\) needs a test info file: no DTD_test.json or "
-                                   rf"DTD_val.json in {re.escape(str(paths['info_dir']))}")
+    one_line_error(
+        options(paths),
+        rf"dataset 'DTD' \(adaptation\) needs a test info file: no DTD_test.json or "
+        rf"DTD_val.json in {re.escape(str(paths['info_dir']))}",
+    )
     (paths["info_dir"] / "DTD_train.json").unlink()
-    one_line_error(options(paths), r"stream_file.*'DTD\+\+\+.*' in .*random_sequence_1.json names unknown "
-                                   r"dataset 'DTD'")
+    one_line_error(
+        options(paths),
+        r"stream_file.*'DTD\+\+\+.*' in .*random_sequence_1.json names unknown "
+        r"dataset 'DTD'",
+    )
     (paths["info_dir"] / "MTSD_classnames.json").unlink()
-    one_line_error(options(paths, stream_file=None), r"dataset 'MTSD' has class labels but no .*MTSD_classnames.json "
-                                                     r"\(expected a JSON list of class names in target order\)")
+    one_line_error(
+        options(paths, stream_file=None),
+        r"dataset 'MTSD' has class labels but no .*MTSD_classnames.json "
+        r"\(expected a JSON list of class names in target order\)",
+    )
     one_line_error(options(paths, info_dir=str(paths["root"])), r"'info_dir': no info files .* in .*data \(the authors")
 
 
@@ -360,13 +469,19 @@ def test_info_file_that_is_a_list_is_named(tmp_path):
     paths = broken_tree(tmp_path)
     info = paths["info_dir"] / "MTSD_val.json"
     info.write_text(json.dumps([{"image": k, **v} for k, v in json.loads(info.read_text()).items()]))
-    one_line_error(options(paths), rf"info file {re.escape(str(info))}: expected a JSON object mapping each image "
-                                   r"path .* got a JSON list")
+    one_line_error(
+        options(paths),
+        rf"info file {re.escape(str(info))}: expected a JSON object mapping each image "
+        r"path .* got a JSON list",
+    )
     info.write_text("{not json")
     one_line_error(options(paths), rf"cannot read info file {re.escape(str(info))} as JSON")
     info.write_text(json.dumps({"a.jpg": {"classname": "stop", "target": 9}}))
-    one_line_error(options(paths), r"the record of 'a.jpg' has target 9; expected an index into the 6 names of "
-                                   r".*MTSD_classnames.json")
+    one_line_error(
+        options(paths),
+        r"the record of 'a.jpg' has target 9; expected an index into the 6 names of "
+        r".*MTSD_classnames.json",
+    )
     info.write_text(json.dumps({"a.jpg": {"class_name": "stop", "target": 0}}))
     one_line_error(options(paths), r"the record of 'a.jpg' lacks classname \(keys found: class_name, target")
 
@@ -375,18 +490,28 @@ def test_stream_entries_naming_unknown_classes_or_datasets_are_named(tmp_path):
     paths = broken_tree(tmp_path)
     stream = paths["stream_file"]
     for entries, pattern in (
-            (["DTD+++paisly"], r"entry 'DTD\+\+\+paisly' in .*random_sequence_1.json: dataset 'DTD' has no class "
-                               r"'paisly' \(did you mean 'paisley'\?\) \(its classes: .*DTD_classnames.json\)"),
-            (["dtd+++paisley", "DTDD+++grid"], r"entry 'DTDD\+\+\+grid' in .* names unknown dataset 'DTDD'.*did you "
-                                              r"mean 'DTD'"),
-            (["CIFAR10+++cifar10 thing 0"], r"names dataset 'CIFAR10', which is listed as heldout"),
-            (["DTD+++grid", "dtd+++grid"], r"entry 'dtd\+\+\+grid' in .* appears more than once"),
-            ("DTD+++grid", r"must hold a non-empty JSON list")):
+        (
+            ["DTD+++paisly"],
+            r"entry 'DTD\+\+\+paisly' in .*random_sequence_1.json: dataset 'DTD' has no class "
+            r"'paisly' \(did you mean 'paisley'\?\) \(its classes: .*DTD_classnames.json\)",
+        ),
+        (
+            ["dtd+++paisley", "DTDD+++grid"],
+            r"entry 'DTDD\+\+\+grid' in .* names unknown dataset 'DTDD'.*did you "
+            r"mean 'DTD'",
+        ),
+        (["CIFAR10+++cifar10 thing 0"], r"names dataset 'CIFAR10', which is listed as heldout"),
+        (["DTD+++grid", "dtd+++grid"], r"entry 'dtd\+\+\+grid' in .* appears more than once"),
+        ("DTD+++grid", r"must hold a non-empty JSON list"),
+    ):
         stream.write_text(json.dumps(entries))
         one_line_error(options(paths), pattern)
     stream.write_text(json.dumps(["DTD+++grid"]))
-    one_line_error(options(paths, heldout=["CIFAR100"]), r"'heldout': dataset 'CIFAR100' does not exist \(did you mean "
-                                                         r"'CIFAR10'\?\)")
+    one_line_error(
+        options(paths, heldout=["CIFAR100"]),
+        r"'heldout': dataset 'CIFAR100' does not exist \(did you mean "
+        r"'CIFAR10'\?\)",
+    )
 
 
 def test_cli_error_is_one_line_naming_the_file(tmp_path, capsys):
@@ -420,8 +545,15 @@ def test_outline_shows_pretrain_only_datasets_without_decoding(tree):
 
     rows, bench, stream = outline_real_data("fomo", options(tree, pretrain=["retinopathy"]))
     row = next(r for r in rows if r["name"] == "RETINOPATHY")
-    assert row == {"name": "RETINOPATHY", "role": "pretrain", "classes": 2, "n_train": 2, "n_test": 0,
-                   "template": "A close-up light microscopy picture of {}.", "caption": "merged No DR"}
+    assert row == {
+        "name": "RETINOPATHY",
+        "role": "pretrain",
+        "classes": 2,
+        "n_train": 2,
+        "n_test": 0,
+        "template": "A close-up light microscopy picture of {}.",
+        "caption": "merged No DR",
+    }
     assert bench.train_images.shape == (len(bench.train_labels), 3, 0, 0)  # no pixels
     assert bench.class_dataset[-2:] == ["pretrain", "pretrain"] and len(stream) == 22
 
@@ -431,5 +563,8 @@ def test_stream_class_without_training_images_is_named(tmp_path):
     info = paths["info_dir"] / "DTD_train.json"
     records = {k: v for k, v in json.loads(info.read_text()).items() if v["classname"] != "grid"}
     info.write_text(json.dumps(records))
-    one_line_error(options(paths), rf"entry 'DTD\+\+\+grid' in .*: class 'grid' has no training images in "
-                                   rf"{re.escape(str(info))}\.")
+    one_line_error(
+        options(paths),
+        rf"entry 'DTD\+\+\+grid' in .*: class 'grid' has no training images in "
+        rf"{re.escape(str(info))}\.",
+    )

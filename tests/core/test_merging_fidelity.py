@@ -45,13 +45,16 @@ def kept_magnitudes(technique, tau):
 SCRAMBLED = T(-7.0, 3.0, 10.0, -1.0, 5.0, -9.0, 2.0, 8.0, -6.0, 4.0)
 
 
-@pytest.mark.parametrize("prune, top, kept", [
-    (0.15, 0.25, range(2, 9)),   # floor(1.5) = 1 at the bottom, floor(2.5) = 2 at the top (old: 0 and ceil = 3)
-    (0.2, 0.1, range(3, 10)),    # floor(2) = 2 and floor(1) = 1 (old: 1 at the bottom)
-    (0.29, 0.0, range(3, 11)),   # floor(2.9) = 2, nothing at the top (old: 1)
-    (0.0, 0.05, range(1, 11)),   # floor(0) = 0 and floor(0.5) = 0: nothing dropped (old: ceil(0.5) = 1 at the top)
-    (0.05, 0.3, range(1, 8)),    # 0 at the bottom, floor(3) = 3 at the top
-])
+@pytest.mark.parametrize(
+    "prune, top, kept",
+    [
+        (0.15, 0.25, range(2, 9)),  # floor(1.5) = 1 at the bottom, floor(2.5) = 2 at the top (old: 0 and ceil = 3)
+        (0.2, 0.1, range(3, 10)),  # floor(2) = 2 and floor(1) = 1 (old: 1 at the bottom)
+        (0.29, 0.0, range(3, 11)),  # floor(2.9) = 2, nothing at the top (old: 1)
+        (0.0, 0.05, range(1, 11)),  # floor(0) = 0 and floor(0.5) = 0: nothing dropped (old: ceil(0.5) = 1 at the top)
+        (0.05, 0.3, range(1, 8)),  # 0 at the bottom, floor(3) = 3 at the top
+    ],
+)
 def test_breadcrumbs_drops_floor_np_at_the_bottom_and_floor_n_top_at_the_top(path, prune, top, kept):
     technique = BreadcrumbsTies(prune=prune, top=top)
     got = kept_magnitudes(technique, {"visual.w": SCRAMBLED})["visual.w"]
@@ -98,8 +101,12 @@ def test_breadcrumbs_kernels_and_torch_give_the_same_bits_with_several_experts(m
     if kernels.numba is None:
         pytest.skip("numba is not installed")
     g = torch.Generator().manual_seed(5)
-    base = {"visual.w": torch.randn(40, 7, generator=g), "visual.b": torch.randn(20, generator=g),
-            "t": torch.randn(57, generator=g), "logit_scale": torch.tensor(4.6)}
+    base = {
+        "visual.w": torch.randn(40, 7, generator=g),
+        "visual.b": torch.randn(20, generator=g),
+        "t": torch.randn(57, generator=g),
+        "logit_scale": torch.tensor(4.6),
+    }
     experts = [{k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(3)]
     for technique in (BreadcrumbsTies(prune=0.15, top=0.25), BreadcrumbsTies(prune=0.3, top=0.05, disjoint="mean")):
         monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "1")
@@ -118,6 +125,7 @@ def test_breadcrumbs_kernels_and_torch_give_the_same_bits_with_several_experts(m
 
 
 # --------------------------------------------------------------------------- SLERP
+
 
 def slerp_by_hand(a, b, t):
     """The spec's formula for two 1-D tensors that are not parallel."""
@@ -187,8 +195,13 @@ def test_slerp_t_unset_round_trips_through_config_and_trials(tmp_path):
     assert Slerp().t is None and technique_params(Slerp()) == {"t": None}
     assert make_technique("slerp", **technique_params(Slerp())) == Slerp()
     assert make_technique("slerp", t=0.3) == Slerp(t=0.3)
-    cfg = load_config("configs/quickstart.yaml", [
-        "policies.presets=[]", "policies.grid={init: [ema], deploy: [ema], merge: [slerp, {technique: slerp, t: 0.3}]}"])
+    cfg = load_config(
+        "configs/quickstart.yaml",
+        [
+            "policies.presets=[]",
+            "policies.grid={init: [ema], deploy: [ema], merge: [slerp, {technique: slerp, t: 0.3}]}",
+        ],
+    )
     trials = expand_trials(cfg, flops_per_step=1e9)
     assert sorted(str(t["merge_params"]["t"]) for t in trials) == ["0.3", "None"]
     assert len({t["trial_id"] for t in trials}) == len(trials) == 2
@@ -196,13 +209,26 @@ def test_slerp_t_unset_round_trips_through_config_and_trials(tmp_path):
 
 # --------------------------------------------------------------------------- Model Stock
 
+
 def test_model_stock_averages_logit_scale_and_keeps_the_formula_for_a_matrix():
-    base = {"visual.w": T(1.0, 1.0, 1.0, 1.0).view(2, 2), "logit_scale": torch.tensor(1.05),
-            "b": T(0.5), "visual.bias": T(0.0, 0.0)}
-    a = {"visual.w": T(2.0, 1.0, 1.0, 1.0).view(2, 2), "logit_scale": torch.tensor(1.2),
-         "b": T(0.7), "visual.bias": T(1.0, 0.0)}
-    b = {"visual.w": T(2.0, 2.0, 1.0, 1.0).view(2, 2), "logit_scale": torch.tensor(1.0),
-         "b": T(0.4), "visual.bias": T(0.6, 0.8)}
+    base = {
+        "visual.w": T(1.0, 1.0, 1.0, 1.0).view(2, 2),
+        "logit_scale": torch.tensor(1.05),
+        "b": T(0.5),
+        "visual.bias": T(0.0, 0.0),
+    }
+    a = {
+        "visual.w": T(2.0, 1.0, 1.0, 1.0).view(2, 2),
+        "logit_scale": torch.tensor(1.2),
+        "b": T(0.7),
+        "visual.bias": T(1.0, 0.0),
+    }
+    b = {
+        "visual.w": T(2.0, 2.0, 1.0, 1.0).view(2, 2),
+        "logit_scale": torch.tensor(1.0),
+        "b": T(0.4),
+        "visual.bias": T(0.6, 0.8),
+    }
     merged = ModelStock().merge([a, b], base=base)
     # scalar and one-entry tensors, tau of opposite signs: the plain average (the formula would give r ~ -1e7)
     assert torch.allclose(merged["logit_scale"], torch.tensor(1.1))

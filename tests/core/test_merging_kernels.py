@@ -11,18 +11,32 @@ from time_ray.core.merging import BreadcrumbsTies, DareTies, MagMax, TaskArithme
 
 pytestmark = pytest.mark.skipif(kernels.numba is None, reason="numba is not installed")
 
-VARIANTS = [Ties(), Ties(prune=0.0), Ties(disjoint="max"), Ties(prune=0.3, disjoint="sum", lines="quadratic"),
-            DareTies(prune=0.4, seed=2), DareTies(prune=0.5, disjoint="max", seed=9), DareTies(prune=0.0),
-            BreadcrumbsTies(prune=0.1, top=0.05), BreadcrumbsTies(prune=0.2, top=0.1, disjoint="mean", lam=0.7)]
+VARIANTS = [
+    Ties(),
+    Ties(prune=0.0),
+    Ties(disjoint="max"),
+    Ties(prune=0.3, disjoint="sum", lines="quadratic"),
+    DareTies(prune=0.4, seed=2),
+    DareTies(prune=0.5, disjoint="max", seed=9),
+    DareTies(prune=0.0),
+    BreadcrumbsTies(prune=0.1, top=0.05),
+    BreadcrumbsTies(prune=0.2, top=0.1, disjoint="mean", lam=0.7),
+]
 
 
 def models(n_experts: int, seed: int = 11):
     """A base and experts over both towers, with exact zeros in tau, ties of |tau| at the thresholds, and
     entries whose task vectors sum to exactly 0 (their sign is left to the tower's majority)."""
     g = torch.Generator().manual_seed(seed)
-    shapes = {"visual.transformer.resblocks.0.w": (130, 5), "visual.transformer.resblocks.1.w": (290,),
-              "visual.b": (3,), "transformer.resblocks.0.w": (70, 3, 2), "transformer.resblocks.1.w": (60,),
-              "t": (170,), "logit_scale": ()}
+    shapes = {
+        "visual.transformer.resblocks.0.w": (130, 5),
+        "visual.transformer.resblocks.1.w": (290,),
+        "visual.b": (3,),
+        "transformer.resblocks.0.w": (70, 3, 2),
+        "transformer.resblocks.1.w": (60,),
+        "t": (170,),
+        "logit_scale": (),
+    }
     base = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
     taus = [{k: torch.randn(s, generator=g) * 0.1 for k, s in shapes.items()} for _ in range(n_experts)]
     for k, tau in enumerate(taus):
@@ -87,8 +101,9 @@ def test_hashed_scores_follow_their_written_definition():
     assert kernels.hashed_scores(big, 0, 10).tolist() == [score(j, big) for j in range(10)]
     many = kernels.hashed_scores(seed, 0, 100_000)
     assert many.dtype == torch.int32 and int(many.min()) >= 0
-    assert torch.equal(torch.cat([kernels.hashed_scores(seed, 0, 40_000), kernels.hashed_scores(seed, 40_000, 60_000)]),
-                       many)  # a function of the index: any chunking draws the same scores
+    assert torch.equal(
+        torch.cat([kernels.hashed_scores(seed, 0, 40_000), kernels.hashed_scores(seed, 40_000, 60_000)]), many
+    )  # a function of the index: any chunking draws the same scores
     assert abs(float(many.double().mean()) / 2**31 - 0.5) < 0.01  # uniform on [0, 2^31)
     assert not torch.equal(kernels.hashed_scores(seed + 1, 0, 100), many[:100])
 
@@ -106,14 +121,20 @@ def test_a_bracket_that_misses_or_overflows_falls_back_to_exact_radix_selection(
     radix = []
     results = sparse.RadixSelect.results
     monkeypatch.setattr(sparse.RadixSelect, "results", lambda self, **kw: radix.append(1) or results(self, **kw))
-    monkeypatch.setattr(sparse.SparseConsensus, "brackets", lambda self, e, b, ranks, sizes: {
-        at: [(0, 1, 0.0) for _ in wanted] for at, wanted in ranks.items()})  # holds no threshold
+    monkeypatch.setattr(
+        sparse.SparseConsensus,
+        "brackets",
+        lambda self, e, b, ranks, sizes: {at: [(0, 1, 0.0) for _ in wanted] for at, wanted in ranks.items()},
+    )  # holds no threshold
     missed, _, _ = merge_both(technique, experts, base, monkeypatch)
     assert_same_bits(missed, reference)
     assert radix  # the radix selection found the thresholds
     radix.clear()
-    monkeypatch.setattr(sparse.SparseConsensus, "brackets", lambda self, e, b, ranks, sizes: {
-        at: [(0, 2**31 - 1, 0.0) for _ in wanted] for at, wanted in ranks.items()})  # holds everything...
+    monkeypatch.setattr(
+        sparse.SparseConsensus,
+        "brackets",
+        lambda self, e, b, ranks, sizes: {at: [(0, 2**31 - 1, 0.0) for _ in wanted] for at, wanted in ranks.items()},
+    )  # holds everything...
     monkeypatch.setattr(sparse, "INSIDE_SLACK", 3)  # ...with room for 3 scores
     overflowed, _, _ = merge_both(technique, experts, base, monkeypatch)
     assert_same_bits(overflowed, reference)
@@ -155,8 +176,11 @@ def test_the_environment_switch_turns_the_kernels_off(monkeypatch):
     assert DareTies().kernel_mode() == kernels.HASHED
 
 
-@pytest.mark.parametrize("technique", [TaskArithmetic(), TaskArithmetic(lam=0.3), TaskArithmetic(lines="sqrt")],
-                         ids=["lam1", "lam0.3", "lines"])
+@pytest.mark.parametrize(
+    "technique",
+    [TaskArithmetic(), TaskArithmetic(lam=0.3), TaskArithmetic(lines="sqrt")],
+    ids=["lam1", "lam0.3", "lines"],
+)
 def test_task_arithmetic_kernel_gives_the_torch_paths_bits(technique, monkeypatch):
     experts, base = models(6)
     fused, reference, chunks = merge_both(technique, experts, base, monkeypatch, kernel="task_sum_block")
@@ -176,8 +200,11 @@ def test_thresholds_of_file_experts_are_remembered_and_only_new_experts_are_read
     monkeypatch.setattr(sparse, "SELECTIONS", sparse.OrderedDict())
     selected = []
     select = sparse.SparseConsensus._select
-    monkeypatch.setattr(sparse.SparseConsensus, "_select",
-                        lambda self, e, *a, **kw: selected.append(len(e)) or select(self, e, *a, **kw))
+    monkeypatch.setattr(
+        sparse.SparseConsensus,
+        "_select",
+        lambda self, e, *a, **kw: selected.append(len(e)) or select(self, e, *a, **kw),
+    )
     technique = BreadcrumbsTies(prune=0.2, top=0.1)
     first = technique.merge(files[1:4], base=files[0])
     assert selected == [3]
@@ -198,7 +225,9 @@ def test_magmax_kernel_gives_the_torch_paths_bits_ties_included(lam, monkeypatch
     experts[1]["t"] = experts[1]["t"].clone()
     experts[1]["t"][130:150] = base["t"][130:150] - (experts[0]["t"][130:150] - base["t"][130:150])  # +m, -m
     zero = {k: torch.zeros_like(v) for k, v in base.items()}
-    signs = [{k: (s * torch.ones_like(v)).to(v.dtype) for k, v in base.items()} for s in (-1.0, 1.0, -1.0)]  # exact ties
+    signs = [
+        {k: (s * torch.ones_like(v)).to(v.dtype) for k, v in base.items()} for s in (-1.0, 1.0, -1.0)
+    ]  # exact ties
     technique = MagMax(lam=lam)
     calls = []
     magmax = kernels.magmax_block
@@ -219,8 +248,11 @@ def test_dare_thresholds_depend_on_seed_index_and_layout_only_and_are_remembered
     monkeypatch.setattr(sparse, "SELECTIONS", sparse.OrderedDict())
     selected = []
     select = sparse.SparseConsensus._select
-    monkeypatch.setattr(sparse.SparseConsensus, "_select",
-                        lambda self, e, *a, **kw: selected.append(len(e)) or select(self, e, *a, **kw))
+    monkeypatch.setattr(
+        sparse.SparseConsensus,
+        "_select",
+        lambda self, e, *a, **kw: selected.append(len(e)) or select(self, e, *a, **kw),
+    )
     technique = DareTies(prune=0.3, seed=4)
     technique.merge(experts[:3], base=base)
     grown = technique.merge(experts, base=base)

@@ -8,8 +8,22 @@ import torch
 from time_ray.core.checkpoints import SafetensorsCheckpoint, save_atomic
 from time_ray.core.errors import ConfigError
 from time_ray.core.merging import (
-    TECHNIQUES, BreadcrumbsTies, DareTies, MagMax, ModelStock, RadixSelect, RandomPick, Slerp, TaskArithmetic,
-    Ties, Towers, WeightAveraging, fraction_count, kth_smallest, make_technique, technique_params,
+    TECHNIQUES,
+    BreadcrumbsTies,
+    DareTies,
+    MagMax,
+    ModelStock,
+    RadixSelect,
+    RandomPick,
+    Slerp,
+    TaskArithmetic,
+    Ties,
+    Towers,
+    WeightAveraging,
+    fraction_count,
+    kth_smallest,
+    make_technique,
+    technique_params,
 )
 
 
@@ -34,12 +48,24 @@ def assert_state_close(merged, expected, **tol):
 
 # --------------------------------------------------------------------------- registry
 
+
 def test_registry_names_every_technique():
-    assert set(TECHNIQUES) == {"average", "task_arithmetic", "slerp", "ties", "dare_ties", "breadcrumbs_ties",
-                               "magmax", "random", "model_stock", "towers"}
+    assert set(TECHNIQUES) == {
+        "average",
+        "task_arithmetic",
+        "slerp",
+        "ties",
+        "dare_ties",
+        "breadcrumbs_ties",
+        "magmax",
+        "random",
+        "model_stock",
+        "towers",
+    }
 
 
 # --------------------------------------------------------------------------- SLERP
+
 
 def test_slerp_hand_computed_on_orthogonal_tensors_and_linear_for_parallel_ones():
     a = {"visual.w": T(1.0, 0.0), "t": T(2.0, 0.0)}
@@ -91,13 +117,16 @@ TAUS3 = [
 EXPERTS3 = [shifted(BASE3, tau) for tau in TAUS3]
 
 
-@pytest.mark.parametrize("disjoint, image, text", [
-    # text: sums [1, 1, 2.5, 0] -> signs [+, +, +, 0]; the 0 takes the text tower's sign (+3) -> +
-    # image: sums [-2, 0, -4] -> [-, 0, -]; the 0 takes the image tower's sign (-2) -> -
-    ("mean", T(-1.0, -2.0, -2.0), T(2.0, 3.0, 1.5, 3.0)),
-    ("sum", T(-2.0, -2.0, -4.0), T(2.0, 3.0, 3.0, 3.0)),
-    ("max", T(-1.0, -2.0, -3.0), T(2.0, 3.0, 2.0, 3.0)),
-])
+@pytest.mark.parametrize(
+    "disjoint, image, text",
+    [
+        # text: sums [1, 1, 2.5, 0] -> signs [+, +, +, 0]; the 0 takes the text tower's sign (+3) -> +
+        # image: sums [-2, 0, -4] -> [-, 0, -]; the 0 takes the image tower's sign (-2) -> -
+        ("mean", T(-1.0, -2.0, -2.0), T(2.0, 3.0, 1.5, 3.0)),
+        ("sum", T(-2.0, -2.0, -4.0), T(2.0, 3.0, 3.0, 3.0)),
+        ("max", T(-1.0, -2.0, -3.0), T(2.0, 3.0, 2.0, 3.0)),
+    ],
+)
 def test_ties_elect_and_disjoint_merge_hand_computed(disjoint, image, text):
     merged = Ties(prune=0.0, disjoint=disjoint).merge(EXPERTS3, base=BASE3)
     assert torch.allclose(merged["visual.w"], image) and torch.allclose(merged["t"], text)
@@ -135,8 +164,9 @@ def test_ties_keeps_every_entry_at_the_threshold_and_reads_p_as_written():
     assert fraction_count(100, 0.29) == 29 and fraction_count(10, 0.0) == 0
 
 
-@pytest.mark.parametrize("technique", [Ties(prune=0.0), Ties(prune=0.0, disjoint="max"), MagMax(), WeightAveraging(),
-                                       RandomPick(seed=3)])
+@pytest.mark.parametrize(
+    "technique", [Ties(prune=0.0), Ties(prune=0.0, disjoint="max"), MagMax(), WeightAveraging(), RandomPick(seed=3)]
+)
 def test_merging_copies_of_one_expert_returns_it(technique):
     merged = technique.merge([EXPERTS3[0]] * 3, base=BASE3)
     assert_state_close(merged, EXPERTS3[0])
@@ -144,11 +174,16 @@ def test_merging_copies_of_one_expert_returns_it(technique):
 
 # --------------------------------------------------------------------------- DARE-TIES
 
+
 def random_state(seed, scale=1.0):
     g = torch.Generator().manual_seed(seed)
-    return {"visual.w": scale * torch.randn(6, 5, generator=g), "visual.b": scale * torch.randn(7, generator=g),
-            "t": scale * torch.randn(4, 3, generator=g), "logit_scale": scale * torch.randn((), generator=g),
-            "step": torch.tensor([7])}
+    return {
+        "visual.w": scale * torch.randn(6, 5, generator=g),
+        "visual.b": scale * torch.randn(7, generator=g),
+        "t": scale * torch.randn(4, 3, generator=g),
+        "logit_scale": scale * torch.randn((), generator=g),
+        "step": torch.tensor([7]),
+    }
 
 
 @pytest.mark.parametrize("disjoint", ["mean", "sum", "max"])
@@ -184,8 +219,9 @@ def test_dare_is_reproducible_by_seed_and_drops_each_entry_about_p_of_the_time()
     other = DareTies(prune=0.5, seed=5).merge(experts, base=base)
     assert not torch.equal(other["visual.w"], first["visual.w"])
     ones = {"w": torch.ones(20)}
-    dropped = sum((DareTies(prune=0.25, seed=s).merge([ones], base={"w": torch.zeros(20)})["w"] == 0).float()
-                  for s in range(400))
+    dropped = sum(
+        (DareTies(prune=0.25, seed=s).merge([ones], base={"w": torch.zeros(20)})["w"] == 0).float() for s in range(400)
+    )
     assert dropped.sum() == 400 * 5  # exactly 5 of 20 each time
     assert dropped.min() > 60 and dropped.max() < 140  # about 100 each: uniform, not always the same entries
 
@@ -201,6 +237,7 @@ def test_dare_breaks_ties_of_random_scores_by_position_to_drop_exactly():
 
 
 # --------------------------------------------------------------------------- Breadcrumbs-TIES
+
 
 def test_breadcrumbs_drops_both_tails_per_tower_and_sums_by_default():
     base = {"visual.w": torch.zeros(10), "t": torch.zeros(4)}
@@ -218,6 +255,7 @@ def test_breadcrumbs_drops_both_tails_per_tower_and_sums_by_default():
 
 
 # --------------------------------------------------------------------------- MagMax, Random, Model Stock
+
 
 def test_magmax_takes_the_largest_magnitude_per_entry():
     merged = MagMax(lam=0.5).merge(EXPERTS3, base=BASE3)
@@ -265,15 +303,20 @@ def test_model_stock_with_identical_task_vectors_is_the_average():
 # --------------------------------------------------------------------------- LiNeS
 
 LINES_BASE = {
-    "visual.transformer.resblocks.0.w": T(0.0), "visual.transformer.resblocks.1.w": T(0.0), "visual.proj": T(0.0),
-    "transformer.resblocks.0.w": T(0.0), "transformer.resblocks.1.w": T(0.0), "transformer.resblocks.2.w": T(0.0),
+    "visual.transformer.resblocks.0.w": T(0.0),
+    "visual.transformer.resblocks.1.w": T(0.0),
+    "visual.proj": T(0.0),
+    "transformer.resblocks.0.w": T(0.0),
+    "transformer.resblocks.1.w": T(0.0),
+    "transformer.resblocks.2.w": T(0.0),
     "logit_scale": T(1.0),
 }
 LINES_EXPERTS = [{k: v + 1.0 for k, v in LINES_BASE.items()}, {k: v + 3.0 for k, v in LINES_BASE.items()}]
 
 
-@pytest.mark.parametrize("lines, text_middle", [("linear", 0.75), ("quadratic", 0.625),
-                                                ("sqrt", 0.5 + 0.5 * math.sqrt(0.5))])
+@pytest.mark.parametrize(
+    "lines, text_middle", [("linear", 0.75), ("quadratic", 0.625), ("sqrt", 0.5 + 0.5 * math.sqrt(0.5))]
+)
 def test_lines_scales_the_task_vector_per_layer_and_tower(lines, text_middle):
     # image: L = 2 -> blocks 0, 1 get 0.5, 1.0; text: L = 3 -> 0.5, f(1/2), 1.0; others alpha = 0.5
     scales = [0.5, 1.0, 0.5, 0.5, text_middle, 1.0, 0.5]
@@ -298,6 +341,7 @@ def test_lines_alpha_beta_and_averaging_needs_the_base():
 
 # --------------------------------------------------------------------------- per tower settings
 
+
 def test_towers_route_image_and_text_to_their_techniques():
     towers = make_technique("towers", image={"technique": "ties", "prune": 0.0, "disjoint": "sum"}, text="average")
     merged = towers.merge(EXPERTS3, base=BASE3)
@@ -305,14 +349,18 @@ def test_towers_route_image_and_text_to_their_techniques():
     assert torch.allclose(merged["t"], T(1.0 / 3, 1.0 / 3, 2.5 / 3, 0.0), atol=1e-6)  # average
     assert list(merged) == list(EXPERTS3[0])
     params = technique_params(towers)
-    assert params == {"image": {"technique": "ties", "lambda": 1.0, "prune": 0.0, "disjoint": "sum"},
-                      "text": {"technique": "average"}}
+    assert params == {
+        "image": {"technique": "ties", "lambda": 1.0, "prune": 0.0, "disjoint": "sum"},
+        "text": {"technique": "average"},
+    }
     assert make_technique("towers", **params) == towers
     assert Towers(image={"technique": "ties", "prune": 0.0, "disjoint": "sum"}, text="average") == towers
 
 
 def test_towers_name_nested_config_errors_where_they_are():
-    with pytest.raises(ConfigError, match=r"^policies\.grid\.merge\[0\]\.image\.prune: must be in \[0, 1\), got 1\.5\.$"):
+    with pytest.raises(
+        ConfigError, match=r"^policies\.grid\.merge\[0\]\.image\.prune: must be in \[0, 1\), got 1\.5\.$"
+    ):
         make_technique("towers", "policies.grid.merge[0].technique", image={"technique": "ties", "prune": 1.5})
     with pytest.raises(ConfigError, match=r"merge\.text: expected a technique name"):
         Towers(text=3)
@@ -320,18 +368,26 @@ def test_towers_name_nested_config_errors_where_they_are():
 
 # --------------------------------------------------------------------------- validation
 
-@pytest.mark.parametrize("name, params, message", [
-    ("ties", {"prune": 1.2}, "merge.prune: must be in [0, 1), got 1.2."),
-    ("dare_ties", {"prune": -0.1}, "merge.prune: must be in [0, 1), got -0.1."),
-    ("breadcrumbs_ties", {"top": 1.0}, "merge.top: must be in [0, 1), got 1.0."),
-    ("slerp", {"t": 1.5}, "merge.t: must be in [0, 1], got 1.5."),
-    ("ties", {"disjoint": "median"}, "merge.disjoint: must be one of mean, sum, max, got 'median'."),
-    ("average", {"lines": "cubic"}, "merge.lines: must be null (off) or one of linear, quadratic, sqrt, got 'cubic'."),
-    ("magmax", {"lambda": "big"}, "merge.lambda: must be a number, got 'big'."),
-    ("task_arithmetic", {"lambda": True}, "merge.lambda: must be a number, got True."),
-    ("random", {"seed": 1.5}, "merge.seed: must be an integer, got 1.5."),
-    ("ties", {"alpha": None, "lines": "linear"}, "merge.alpha: must be a number, got None."),
-])
+
+@pytest.mark.parametrize(
+    "name, params, message",
+    [
+        ("ties", {"prune": 1.2}, "merge.prune: must be in [0, 1), got 1.2."),
+        ("dare_ties", {"prune": -0.1}, "merge.prune: must be in [0, 1), got -0.1."),
+        ("breadcrumbs_ties", {"top": 1.0}, "merge.top: must be in [0, 1), got 1.0."),
+        ("slerp", {"t": 1.5}, "merge.t: must be in [0, 1], got 1.5."),
+        ("ties", {"disjoint": "median"}, "merge.disjoint: must be one of mean, sum, max, got 'median'."),
+        (
+            "average",
+            {"lines": "cubic"},
+            "merge.lines: must be null (off) or one of linear, quadratic, sqrt, got 'cubic'.",
+        ),
+        ("magmax", {"lambda": "big"}, "merge.lambda: must be a number, got 'big'."),
+        ("task_arithmetic", {"lambda": True}, "merge.lambda: must be a number, got True."),
+        ("random", {"seed": 1.5}, "merge.seed: must be an integer, got 1.5."),
+        ("ties", {"alpha": None, "lines": "linear"}, "merge.alpha: must be a number, got None."),
+    ],
+)
 def test_invalid_parameters_name_the_field_and_the_allowed_values(name, params, message):
     with pytest.raises(ConfigError) as error:
         make_technique(name, **params)
@@ -347,6 +403,7 @@ def test_config_names_map_to_parameters():
 
 
 # --------------------------------------------------------------------------- exact k-th value
+
 
 @pytest.mark.parametrize("sizes", [[(1,)], [(7,), ()], [(100, 30), (13,), (5, 5, 5)], [(4000,), (1000, 3)]])
 @pytest.mark.parametrize("kind", ["normal", "duplicates", "zeros", "wide"])
@@ -382,8 +439,17 @@ def test_radix_select_counts_the_values_below_and_rejects_bad_input():
 
 # --------------------------------------------------------------------------- checkpoints and dtypes
 
-ALL = [WeightAveraging(), TaskArithmetic(lam=0.5), Ties(), DareTies(seed=3), BreadcrumbsTies(), MagMax(),
-       RandomPick(seed=1), Ties(lines="linear"), Towers(image=Ties(prune=0.5), text=MagMax())]
+ALL = [
+    WeightAveraging(),
+    TaskArithmetic(lam=0.5),
+    Ties(),
+    DareTies(seed=3),
+    BreadcrumbsTies(),
+    MagMax(),
+    RandomPick(seed=1),
+    Ties(lines="linear"),
+    Towers(image=Ties(prune=0.5), text=MagMax()),
+]
 TWO = [Slerp(t=0.3), ModelStock()]
 
 
@@ -412,11 +478,22 @@ def test_half_precision_in_half_precision_out(technique):
 
 # --------------------------------------------------------------------------- chunked merging
 
-CHUNKED = [WeightAveraging(), WeightAveraging(lines="sqrt"),
-           TaskArithmetic(lam=0.7), TaskArithmetic(lines="linear"), Ties(), Ties(prune=0.0), Ties(disjoint="max"),
-           Ties(prune=0.3, disjoint="sum", lines="quadratic"), DareTies(prune=0.4, seed=2),
-           DareTies(prune=0.5, disjoint="max", seed=9), BreadcrumbsTies(prune=0.1, top=0.05), MagMax(lam=0.9),
-           RandomPick(seed=5), Towers(image=DareTies(prune=0.3, seed=1), text=RandomPick(seed=2))]
+CHUNKED = [
+    WeightAveraging(),
+    WeightAveraging(lines="sqrt"),
+    TaskArithmetic(lam=0.7),
+    TaskArithmetic(lines="linear"),
+    Ties(),
+    Ties(prune=0.0),
+    Ties(disjoint="max"),
+    Ties(prune=0.3, disjoint="sum", lines="quadratic"),
+    DareTies(prune=0.4, seed=2),
+    DareTies(prune=0.5, disjoint="max", seed=9),
+    BreadcrumbsTies(prune=0.1, top=0.05),
+    MagMax(lam=0.9),
+    RandomPick(seed=5),
+    Towers(image=DareTies(prune=0.3, seed=1), text=RandomPick(seed=2)),
+]
 
 
 @pytest.mark.parametrize("technique", CHUNKED, ids=lambda t: t.name)
@@ -426,9 +503,15 @@ def test_chunking_a_tensor_does_not_change_the_merge(technique, monkeypatch):
     import time_ray.core.merging.base as merging_base
 
     g = torch.Generator().manual_seed(11)
-    shapes = {"visual.transformer.resblocks.0.w": (13, 5), "visual.transformer.resblocks.1.w": (29,),
-              "visual.b": (3,), "transformer.resblocks.0.w": (7, 3, 2), "transformer.resblocks.1.w": (6,),
-              "t": (17,), "logit_scale": ()}
+    shapes = {
+        "visual.transformer.resblocks.0.w": (13, 5),
+        "visual.transformer.resblocks.1.w": (29,),
+        "visual.b": (3,),
+        "transformer.resblocks.0.w": (7, 3, 2),
+        "transformer.resblocks.1.w": (6,),
+        "t": (17,),
+        "logit_scale": (),
+    }
     base = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
     base["t"][12:] = 0.0
     taus = [{k: torch.randn(s, generator=g) * 0.1 for k, s in shapes.items()} for _ in range(4)]

@@ -39,8 +39,10 @@ def randomized(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     """Every floating tensor of ``model``'s state dict drawn from a seeded normal, so that no tensor equals a
     default initialisation (LayerNorm ones, zero biases) and a loaded tensor can only have come from the file."""
     gen = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=gen) if v.is_floating_point() else v.clone()
-            for k, v in model.state_dict().items()}
+    return {
+        k: torch.randn(v.shape, generator=gen) if v.is_floating_point() else v.clone()
+        for k, v in model.state_dict().items()
+    }
 
 
 def digest(state: dict[str, torch.Tensor]) -> str:
@@ -141,8 +143,10 @@ def test_tag_loads_offline_in_a_fresh_process_that_only_sets_hf_home(tmp_path, v
 
 
 def test_a_tag_absent_from_the_cache_fails_fast_with_a_clear_error(hf_hub_cache):
-    for load in (lambda: models.open_clip_pretrained("ViT-B-16", "laion2b_s34b_b88k"),
-                 lambda: load_base("ViT-B-16", "laion2b_s34b_b88k", SPEC, RECIPE)):
+    for load in (
+        lambda: models.open_clip_pretrained("ViT-B-16", "laion2b_s34b_b88k"),
+        lambda: load_base("ViT-B-16", "laion2b_s34b_b88k", SPEC, RECIPE),
+    ):
         start = time.monotonic()
         with pytest.raises(CheckpointError) as info:
             load()
@@ -157,8 +161,11 @@ def test_a_tag_absent_from_the_cache_fails_fast_with_a_clear_error(hf_hub_cache)
 
 
 def test_unknown_tags_and_activation_mismatches_are_config_errors():
-    with pytest.raises(ConfigError, match=r"'laion9000' is neither a checkpoint file nor an open_clip pretrained "
-                                          r"tag of ViTamin-S; open_clip's tags for ViTamin-S: datacomp1b\."):
+    with pytest.raises(
+        ConfigError,
+        match=r"'laion9000' is neither a checkpoint file nor an open_clip pretrained "
+        r"tag of ViTamin-S; open_clip's tags for ViTamin-S: datacomp1b\.",
+    ):
         load_base(ARCH, "laion9000", SPEC, RECIPE)
     with pytest.raises(ConfigError, match="open_clip has no pretrained tags for tiny-clip"):
         load_base("tiny-clip", "openai", SPEC, RECIPE)
@@ -168,6 +175,7 @@ def test_unknown_tags_and_activation_mismatches_are_config_errors():
 
 
 # ---------------------------------------------------------------- local checkpoints in open_clip's formats
+
 
 @pytest.fixture(scope="module")
 def tiny():
@@ -183,10 +191,19 @@ def training_checkpoint(state):
     for p in params:
         p.grad = torch.ones_like(p)
     optimizer.step()
-    return {"epoch": 3, "name": "run-1", "state_dict": {f"module.{k}": v for k, v in state.items()},
-            "optimizer": optimizer.state_dict(),
-            "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
-                       "_growth_tracker": 0}}
+    return {
+        "epoch": 3,
+        "name": "run-1",
+        "state_dict": {f"module.{k}": v for k, v in state.items()},
+        "optimizer": optimizer.state_dict(),
+        "scaler": {
+            "scale": 65536.0,
+            "growth_factor": 2.0,
+            "backoff_factor": 0.5,
+            "growth_interval": 2000,
+            "_growth_tracker": 0,
+        },
+    }
 
 
 FORMATS = {

@@ -14,10 +14,15 @@ from time_ray.core.real_data import CLIP_MEAN, CLIP_STD, load_real_benchmark, va
 MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
 STD = torch.tensor(CLIP_STD).view(3, 1, 1)
 COLOURS = {  # one solid colour per class, so every loaded image reveals its class
-    "red car": (255, 0, 0), "blue car": (0, 0, 255),
-    "sparrow": (0, 255, 0), "robin": (255, 255, 0), "owl": (0, 255, 255),
-    "cat": (255, 0, 255), "dog": (128, 128, 128),
-    "tree": (64, 0, 0), "house": (0, 64, 0),
+    "red car": (255, 0, 0),
+    "blue car": (0, 0, 255),
+    "sparrow": (0, 255, 0),
+    "robin": (255, 255, 0),
+    "owl": (0, 255, 255),
+    "cat": (255, 0, 255),
+    "dog": (128, 128, 128),
+    "tree": (64, 0, 0),
+    "house": (0, 64, 0),
 }
 FOMO = {  # dataset -> (classes, template caption with {} for the class name)
     "cars": (["red car", "blue car"], "a photo of a {}, a type of car."),
@@ -57,9 +62,14 @@ def write_fomo(root, n_train=3, n_test=1):
                 for i in range(n):
                     image = f"img_{dataset}/{split}/{c.replace(' ', '_')}_{i}.png"
                     png(root / dataset / image, COLOURS[c])
-                    records[image] = {"classname": c, "default_caption": f"{c} number {i} in {split}",
-                                      "primer_caption": template.format(c), "synthetic_caption": None,
-                                      "synthetic_merged_caption": [f"synthetic {c}"], "target": target}
+                    records[image] = {
+                        "classname": c,
+                        "default_caption": f"{c} number {i} in {split}",
+                        "primer_caption": template.format(c),
+                        "synthetic_caption": None,
+                        "synthetic_merged_caption": [f"synthetic {c}"],
+                        "target": target,
+                    }
             (root / f"{dataset}_{split}.json").write_text(json.dumps(records))
     return root
 
@@ -92,8 +102,10 @@ def test_fomo_loads_images_labels_roles_templates_and_captions(tmp_path):
     assert bench.train_labels.dtype == torch.int64
     assert bench.train_labels.tolist() == [c for c in (0, 1, 2, 3, 4, 7, 8) for _ in range(3)]
     assert len(bench.train_captions) == 21 and len(bench.test_captions) == 7
-    for images, labels, captions in ((bench.train_images, bench.train_labels, bench.train_captions),
-                                     (bench.test_images, bench.test_labels, bench.test_captions)):
+    for images, labels, captions in (
+        (bench.train_images, bench.train_labels, bench.train_captions),
+        (bench.test_images, bench.test_labels, bench.test_captions),
+    ):
         for image, label, caption in zip(images, labels.tolist(), captions):
             name = bench.class_names[label]
             assert class_of(image, COLOURS) == name  # pixels belong to the labelled class
@@ -104,8 +116,9 @@ def test_fomo_loads_images_labels_roles_templates_and_captions(tmp_path):
 
 def test_fomo_max_per_class_retrieval_and_templates(tmp_path):
     root = write_fomo(tmp_path / "fomo", n_train=4, n_test=2)
-    bench, _ = load_real_benchmark("fomo", fomo_options(root, max_per_class=2, retrieval=["pets"],
-                                                         templates={"cars": "a car: {}."}), image_size=16)
+    bench, _ = load_real_benchmark(
+        "fomo", fomo_options(root, max_per_class=2, retrieval=["pets"], templates={"cars": "a car: {}."}), image_size=16
+    )
     assert bench.train_images.shape[0] == 7 * 2 and bench.test_images.shape[0] == 7 * 2
     assert bench.train_captions[:2] == ["sparrow number 0 in train", "sparrow number 1 in train"]
     assert bench.datasets["pets"].kind == "retrieval" and bench.datasets["cars"].kind == "classification"
@@ -135,11 +148,16 @@ def test_fomo_errors_name_the_option_file_and_close_matches(tmp_path):
     with pytest.raises(ConfigError, match=rf"'heldout'.*'petz' does not exist.*did you mean 'pets'.*{found}"):
         validate_real_data("fomo", {"root": str(root), "heldout": ["petz"]})
     stream = tmp_path / "s.json"
-    for entry, pattern in (("bird+++owl", r"'bird\+\+\+owl' in .*s.json names unknown dataset 'bird'.*did you mean "
-                                          r"'birds'"),
-                           ("birds+++robn", r"'birds\+\+\+robn' in .*s.json: .*no class 'robn'.*did you mean 'robin'"),
-                           ("pets+++cat", r"'pets\+\+\+cat' in .*s.json names dataset 'pets'.*heldout"),
-                           ("birds-owl", "not a \"DATASET\\+\\+\\+classname\" string")):
+    for entry, pattern in (
+        (
+            "bird+++owl",
+            r"'bird\+\+\+owl' in .*s.json names unknown dataset 'bird'.*did you mean "
+            r"'birds'",
+        ),
+        ("birds+++robn", r"'birds\+\+\+robn' in .*s.json: .*no class 'robn'.*did you mean 'robin'"),
+        ("pets+++cat", r"'pets\+\+\+cat' in .*s.json names dataset 'pets'.*heldout"),
+        ("birds-owl", 'not a "DATASET\\+\\+\\+classname" string'),
+    ):
         stream.write_text(json.dumps(["birds+++owl", entry] if "owl" not in entry else [entry]))
         with pytest.raises(ConfigError, match=pattern):
             validate_real_data("fomo", fomo_options(root, stream_file=str(stream)))
@@ -153,8 +171,9 @@ def test_fomo_errors_name_the_option_file_and_close_matches(tmp_path):
     with pytest.raises(ConfigError, match="cars_test.json holds no records"):
         validate_real_data("fomo", fomo_options(root))
     (root / "cars_test.json").unlink()
-    with pytest.raises(ConfigError, match="'cars' \\(adaptation\\) needs a test info file: no cars_test.json or "
-                                          "cars_val.json"):
+    with pytest.raises(
+        ConfigError, match="'cars' \\(adaptation\\) needs a test info file: no cars_test.json or cars_val.json"
+    ):
         validate_real_data("fomo", fomo_options(root))
 
 
@@ -209,11 +228,13 @@ def test_folders_roles_templates_captions_and_explicit_splits(tmp_path):
     write_folders(tmp_path / "pets" / "train", ["cat", "dog"], 3)
     write_folders(tmp_path / "pets" / "test", ["cat", "dog"], 2)
     write_folders(tmp_path / "web", ["tree", "house"], 2)
-    opts = {"datasets": [
-        {"name": "flowers", "path": str(tmp_path / "flowers"), "template": "a flower called {}."},
-        {"name": "pets", "path": str(tmp_path / "pets"), "role": "heldout", "kind": "retrieval"},
-        {"path": str(tmp_path / "web"), "role": "pretrain"},
-    ]}
+    opts = {
+        "datasets": [
+            {"name": "flowers", "path": str(tmp_path / "flowers"), "template": "a flower called {}."},
+            {"name": "pets", "path": str(tmp_path / "pets"), "role": "heldout", "kind": "retrieval"},
+            {"path": str(tmp_path / "web"), "role": "pretrain"},
+        ]
+    }
     validate_real_data("folders", opts)
     bench, stream = load_real_benchmark("folders", opts, 16)
     assert stream is None
@@ -287,18 +308,27 @@ def write_table(root, fmt="csv", split=True):
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_table_classes_captions_roles_and_caption_only_retrieval(tmp_path, fmt):
     path = write_table(tmp_path, fmt)
-    bench, stream = load_real_benchmark("table", {"path": str(path), "heldout": ["pets", "coco"],
-                                                  "templates": {"cars": "a car: {}."}}, 16)
+    bench, stream = load_real_benchmark(
+        "table", {"path": str(path), "heldout": ["pets", "coco"], "templates": {"cars": "a car: {}."}}, 16
+    )
     assert stream is None
     assert bench.class_names[:4] == ["blue car", "red car", "cat", "dog"]
     assert bench.class_names[4:] == [f"scene {i}" for i in range(5)]  # one class per distinct caption
     assert {n: (d.role, d.kind, d.template) for n, d in bench.datasets.items()} == {
         "cars": ("adaptation", "classification", "a car: {}."),
         "pets": ("heldout", "classification", "a photo of a {}."),
-        "coco": ("heldout", "retrieval", "{}")}
+        "coco": ("heldout", "retrieval", "{}"),
+    }
     assert bench.train_images.shape == (4 * 4 + 2, 3, 16, 16) and bench.test_images.shape == (4 + 3, 3, 16, 16)
-    assert bench.test_captions == ["blue car photo 0", "red car photo 0", "cat photo 0", "dog photo 0",
-                                   "scene 0", "scene 1", "scene 2"]
+    assert bench.test_captions == [
+        "blue car photo 0",
+        "red car photo 0",
+        "cat photo 0",
+        "dog photo 0",
+        "scene 0",
+        "scene 1",
+        "scene 2",
+    ]
     assert bench.caption(4) == "scene 0"
     for image, label in zip(bench.test_images[:4], bench.test_labels[:4].tolist()):
         assert class_of(image, COLOURS) == bench.class_names[label]

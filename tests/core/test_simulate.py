@@ -13,11 +13,23 @@ from time_ray.core.simulate import simulate
 from time_ray.core.strategies import DEPLOY_STRATEGIES, INIT_STRATEGIES, Policy
 from time_ray.core.stream import Mixture
 
-SPEC = BenchmarkSpec(adaptation_datasets=3, heldout_datasets=2, classes_per_dataset=3, pretrain_classes=4,
-                     train_per_class=6, test_per_class=4)
-SETTINGS = {"arch": "tiny-clip", "benchmark": asdict(SPEC), "tasks": 2, "order": "dataset", "stream_seed": 0,
-            "mixture": asdict(Mixture()), "training": {"batch_size": 8, "lr": 1e-3, "weight_decay": 0.2,
-                                                        "warmup": 0.1, "grad_clip": 1.0}}
+SPEC = BenchmarkSpec(
+    adaptation_datasets=3,
+    heldout_datasets=2,
+    classes_per_dataset=3,
+    pretrain_classes=4,
+    train_per_class=6,
+    test_per_class=4,
+)
+SETTINGS = {
+    "arch": "tiny-clip",
+    "benchmark": asdict(SPEC),
+    "tasks": 2,
+    "order": "dataset",
+    "stream_seed": 0,
+    "mixture": asdict(Mixture()),
+    "training": {"batch_size": 8, "lr": 1e-3, "weight_decay": 0.2, "warmup": 0.1, "grad_clip": 1.0},
+}
 
 
 @pytest.fixture(scope="module")

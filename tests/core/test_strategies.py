@@ -46,7 +46,7 @@ def test_ema_chain_equals_its_closed_form_for_five_experts(tmp_path):
     pool = make_pool(tmp_path, 5)
     policy = Policy("ema", "ema")
     for t in range(1, 6):
-        closed = 2.0 ** -t * THETA_0 + sum(2.0 ** -(t - k + 1) * expert(k)["w"] for k in range(1, t + 1))
+        closed = 2.0**-t * THETA_0 + sum(2.0 ** -(t - k + 1) * expert(k)["w"] for k in range(1, t + 1))
         assert torch.allclose(w(deploy_weights(policy, pool, t)), closed)
 
 

@@ -5,8 +5,14 @@ import torch
 from time_ray.core.benchmark import BenchmarkSpec, build_benchmark
 from time_ray.core.stream import Mixture, MixtureSampler, make_stream
 
-SPEC = BenchmarkSpec(adaptation_datasets=3, heldout_datasets=2, classes_per_dataset=4, pretrain_classes=6,
-                     train_per_class=5, test_per_class=3)
+SPEC = BenchmarkSpec(
+    adaptation_datasets=3,
+    heldout_datasets=2,
+    classes_per_dataset=4,
+    pretrain_classes=6,
+    train_per_class=5,
+    test_per_class=3,
+)
 
 
 def test_benchmark_is_deterministic_and_structured():
@@ -77,8 +83,15 @@ def test_multitask_experiment_has_one_task_with_every_stream_class():
 
     from time_ray.core.experiment import Experiment
 
-    settings = {"arch": "tiny-clip", "benchmark": asdict(SPEC), "tasks": 4, "order": "random", "stream_seed": 0,
-                "mixture": asdict(Mixture()), "training": {"batch_size": 8}}
+    settings = {
+        "arch": "tiny-clip",
+        "benchmark": asdict(SPEC),
+        "tasks": 4,
+        "order": "random",
+        "stream_seed": 0,
+        "mixture": asdict(Mixture()),
+        "training": {"batch_size": 8},
+    }
     stream = Experiment.from_settings(settings).stream
     union = Experiment.from_settings(settings, multitask=True).stream
     assert len(stream) == 4 and len(union) == 1

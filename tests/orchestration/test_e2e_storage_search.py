@@ -9,10 +9,9 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 
-from time_ray.core.results import TRIAL_COLUMNS
-
 from tests.orchestration.s3_server import local_s3
 from tests.orchestration.test_e2e_sweep import REDUCED, run_cli
+from time_ray.core.results import TRIAL_COLUMNS
 
 # trials run one at a time in order: sequential-ft reaches timestep 1 first; the Model Stock EMA
 # chain from theta_0 never moves (tau of r_0 is 0), so it serves theta_0, whose GM is below
@@ -38,10 +37,19 @@ def test_sweep_to_s3_with_random_search_and_asha(tmp_path, cache_dir, monkeypatc
         assert f"{base}/sweeps/search/metrics.parquet" in proc.stdout
 
         fs, root = pafs.FileSystem.from_uri(uri)
-        names = {info.path[len(root) + 1:] for info in fs.get_file_info(pafs.FileSelector(root, recursive=True))
-                 if info.type == pafs.FileType.File}
-        for name in ("sweep.json", "config.yaml", "base.safetensors", "metrics.parquet", "timesteps.parquet",
-                     "trials.parquet"):
+        names = {
+            info.path[len(root) + 1 :]
+            for info in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+            if info.type == pafs.FileType.File
+        }
+        for name in (
+            "sweep.json",
+            "config.yaml",
+            "base.safetensors",
+            "metrics.parquet",
+            "timesteps.parquet",
+            "trials.parquet",
+        ):
             assert name in names, sorted(names)
         assert not [n for n in names if n.endswith(".tmp")]
         # experts live once in the cache; pools hold references to them, not copies
@@ -49,7 +57,9 @@ def test_sweep_to_s3_with_random_search_and_asha(tmp_path, cache_dir, monkeypatc
         assert not [n for n in names if n.startswith("pool/") and "/expert_" in n and n.endswith(".safetensors")]
         assert [n for n in names if n.startswith("pool/") and n.endswith(".ref")]
 
-        read = lambda name: pd.read_parquet(fs.open_input_file(f"{root}/{name}"))
+        def read(name):
+            return pd.read_parquet(fs.open_input_file(f"{root}/{name}"))
+
         trials, steps = read("trials.parquet"), read("timesteps.parquet")
         assert list(trials.columns) == TRIAL_COLUMNS and len(trials) == 3
         ms = trials[trials["merge"] == "model_stock"]

@@ -6,11 +6,10 @@ import tempfile
 import pandas as pd
 import pytest
 
+from tests.orchestration.e2e_helpers import REDUCED, SETS, run_cli  # noqa: F401 (REDUCED: used by other tests)
 from time_ray.config import load_config
 from time_ray.core.results import METRICS_COLUMNS, TIMESTEP_COLUMNS
 from time_ray.plan import make_plan
-
-from tests.orchestration.e2e_helpers import REDUCED, SETS, run_cli  # noqa: F401 (REDUCED: used by other tests)
 
 
 @pytest.mark.e2e
@@ -54,8 +53,9 @@ def test_reduced_quickstart_on_local_ray(reduced_quickstart, cache_dir):
     # a second sweep into the same directory is refused; --resume finds everything finished
     again = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), *sets], cache_dir, ray_tmp)
     assert again.returncode == 2 and "--resume" in again.stderr
-    resumed = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), "--resume", *sets],
-                      cache_dir, ray_tmp, timeout=120)
+    resumed = run_cli(
+        ["sweep", "configs/quickstart.yaml", "--output", str(out), "--resume", *sets], cache_dir, ray_tmp, timeout=120
+    )
     assert resumed.returncode == 0 and "(3 already finished)" in resumed.stderr
     assert len(pd.read_parquet(out / "metrics.parquet")) == len(metrics)
     shutil.rmtree(ray_tmp, ignore_errors=True)

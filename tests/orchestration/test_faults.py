@@ -15,9 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from time_ray.core.checkpoints import verify
-
 from tests.orchestration.e2e_helpers import SETS, run_cli
+from time_ray.core.checkpoints import verify
 
 KEYS = ["trial_id", "timestep", "dataset"]
 
@@ -52,8 +51,7 @@ def ray_dir() -> str:
 
 
 @pytest.mark.e2e
-def test_killed_train_worker_and_merge_actor_give_the_same_answer(reduced_quickstart, cache_dir, tmp_path,
-                                                                  monkeypatch):
+def test_killed_train_worker_and_merge_actor_give_the_same_answer(reduced_quickstart, cache_dir, tmp_path, monkeypatch):
     """Injected: SIGKILL of sequential-ft's Train worker at step 10 of task 2 (Train's FailureConfig
     starts a new worker, which retrains that expert from its init), ray.kill of best-in-time's
     merge actor after timestep 1 (Ray restarts it; it reloads its pool, EMA chain and training info
@@ -61,10 +59,13 @@ def test_killed_train_worker_and_merge_actor_give_the_same_answer(reduced_quicks
     trial, which resumes after its last recorded timestep). Checked: every fault fired, the sweep
     succeeded, the results equal the reference, the retry was one console line."""
     reference, _ = reduced_quickstart
-    marks = faults_env(monkeypatch, tmp_path,
-                       {"fault": "kill_train_worker", "trial": "sequential-ft", "task": 2, "step": 10},
-                       {"fault": "kill_merge_actor", "trial": "best-in-time", "after_timestep": 1},
-                       {"fault": "crash_trial", "trial": "offline-merge", "after_timestep": 1})
+    marks = faults_env(
+        monkeypatch,
+        tmp_path,
+        {"fault": "kill_train_worker", "trial": "sequential-ft", "task": 2, "step": 10},
+        {"fault": "kill_merge_actor", "trial": "best-in-time", "after_timestep": 1},
+        {"fault": "crash_trial", "trial": "offline-merge", "after_timestep": 1},
+    )
     out = tmp_path / "out"
     proc = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), *SETS], cache_dir, ray_dir())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -73,8 +74,9 @@ def test_killed_train_worker_and_merge_actor_give_the_same_answer(reduced_quicks
     # Tune retried the crashed trial: one console line saying so, no traceback
     retry = [line for line in proc.stderr.splitlines() if "attempt 2 of 3 after:" in line]
     assert len(retry) == 1 and "policy offline-merge-" in retry[0], proc.stderr[-6000:]
-    assert retry[0].endswith("InjectedCrash: injected crash of " + retry[0].split("policy ")[1].split(":")[0]
-                             + " after timestep 1"), retry[0]
+    assert retry[0].endswith(
+        "InjectedCrash: injected crash of " + retry[0].split("policy ")[1].split(":")[0] + " after timestep 1"
+    ), retry[0]
     assert "Traceback" not in proc.stderr
 
 
@@ -88,9 +90,13 @@ def test_killed_driver_resumes_where_it_stopped(reduced_quickstart, cache_dir, t
     out, ray_tmp = tmp_path / "out", ray_dir()
     env = {**os.environ, "TIME_RAY_CACHE": str(cache_dir), "RAY_TMPDIR": ray_tmp}
     env.pop("RAY_ADDRESS", None)
-    driver = subprocess.Popen([sys.executable, "-m", "time_ray", "sweep", "configs/quickstart.yaml", "--output",
-                               str(out), *SETS], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "time_ray", "sweep", "configs/quickstart.yaml", "--output", str(out), *SETS],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 600
     try:
         while time.time() < deadline and driver.poll() is None:
@@ -106,8 +112,9 @@ def test_killed_driver_resumes_where_it_stopped(reduced_quickstart, cache_dir, t
     recorded = {p.parent.name: int(pd.read_parquet(p).timestep.max()) for p in out.glob("trials/*/timesteps.parquet")}
     assert any(t >= 1 for t in recorded.values()) and not all(t == 2 for t in recorded.values())
 
-    resumed = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), "--resume", *SETS],
-                      cache_dir, ray_dir())
+    resumed = run_cli(
+        ["sweep", "configs/quickstart.yaml", "--output", str(out), "--resume", *SETS], cache_dir, ray_dir()
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-6000:]
     assert resumed.stderr.count("t=0/2") == 3 - len(recorded)  # recorded timesteps are not redone
     assert_same_results(out, reference)
@@ -120,8 +127,11 @@ def test_nan_loss_fails_the_trial_naming_policy_task_and_step(cache_dir, tmp_pat
     retried: it would fail the same way); the base model's row was kept."""
     faults_env(monkeypatch, tmp_path, {"fault": "nan", "trial": "offline-merge", "task": 1, "step": 3})
     out = tmp_path / "out"
-    proc = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), *SETS,
-                    "--set", "policies.presets=[offline-merge]"], cache_dir, ray_dir())
+    proc = run_cli(
+        ["sweep", "configs/quickstart.yaml", "--output", str(out), *SETS, "--set", "policies.presets=[offline-merge]"],
+        cache_dir,
+        ray_dir(),
+    )
     assert proc.returncode == 2, proc.stderr[-4000:]
     assert "1 of 1 trials failed" in proc.stderr
     assert "policy offline-merge" in proc.stderr and "task 1: loss is nan at step 4 of 60" in proc.stderr
@@ -151,8 +161,9 @@ def test_damaged_checkpoints_are_rebuilt_or_reported(reduced_quickstart, cache_d
     undo_last_timestep()
     [chain] = [p for p in pool.glob("*_002.safetensors") if not p.name.startswith("expert")]
     chain.write_bytes(chain.read_bytes()[:-64] + bytes(64))
-    resumed = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), "--resume", *SETS],
-                      cache_dir, ray_dir())
+    resumed = run_cli(
+        ["sweep", "configs/quickstart.yaml", "--output", str(out), "--resume", *SETS], cache_dir, ray_dir()
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-6000:]
     assert "(2 already finished)" in resumed.stderr
     verify(chain)  # rebuilt, and its hash recorded again
@@ -162,8 +173,9 @@ def test_damaged_checkpoints_are_rebuilt_or_reported(reduced_quickstart, cache_d
     chain.unlink()
     expert = (pool / (pool / "expert_002.ref").read_text().strip()).resolve()
     expert.write_bytes(expert.read_bytes()[:1000])
-    failed = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), "--resume", *SETS],
-                     cache_dir, ray_dir())
+    failed = run_cli(
+        ["sweep", "configs/quickstart.yaml", "--output", str(out), "--resume", *SETS], cache_dir, ray_dir()
+    )
     assert failed.returncode == 2
     assert f"policy {trial}: timestep 2" in failed.stderr and expert.name in failed.stderr
     assert "altered or truncated" in failed.stderr
@@ -171,7 +183,6 @@ def test_damaged_checkpoints_are_rebuilt_or_reported(reduced_quickstart, cache_d
 
     expert.unlink()  # what the message says: delete it and resume; the expert is trained again
     expert.with_name(expert.name + ".sha256").unlink()
-    again = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), "--resume", *SETS],
-                    cache_dir, ray_dir())
+    again = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), "--resume", *SETS], cache_dir, ray_dir())
     assert again.returncode == 0, again.stderr[-4000:]
     assert_same_results(out, reference)

@@ -11,10 +11,9 @@ import threading
 import pandas as pd
 import pytest
 
+from tests.orchestration.e2e_helpers import SETS, run_cli
 from time_ray.orchestration import trial as trial_module
 from time_ray.orchestration.expert_cache import ExpertCache
-
-from tests.orchestration.e2e_helpers import SETS, run_cli
 
 Cache = ExpertCache.__ray_actor_class__  # the plain class: its bookkeeping without Ray
 
@@ -69,7 +68,7 @@ def test_waiting_for_an_expert_linked_without_a_train_run(monkeypatch):
     with pytest.raises(RuntimeError, match="stopped before expert 2"):
         _driver(_Actor(1), done).wait_for_expert(2)
     # a deterministic failure it reported wins
-    with pytest.raises(trial_module.Deterministic, match="nan"):
+    with pytest.raises(trial_module.NonRetryableFailure, match="nan"):
         _driver(_Actor(1, "loss is nan"), done).wait_for_expert(2)
 
 
@@ -90,8 +89,9 @@ def test_trials_with_every_expert_cached_start_no_train_run(cache_dir, tmp_path)
     out, ray_tmp = tmp_path / "out", tempfile.mkdtemp(prefix="tr-", dir="/tmp")
     sets = SETS + [arg for s in LAZY for arg in ("--set", s)]
     # --verbose: the trial drivers' lines reach the console (Ray's log_to_driver)
-    proc = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), "--verbose", *sets],
-                   cache_dir, ray_tmp, timeout=600)
+    proc = run_cli(
+        ["sweep", "configs/quickstart.yaml", "--output", str(out), "--verbose", *sets], cache_dir, ray_tmp, timeout=600
+    )
     shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
@@ -99,16 +99,17 @@ def test_trials_with_every_expert_cached_start_no_train_run(cache_dir, tmp_path)
     metrics = pd.read_parquet(out / "metrics.parquet")
     assert len(steps) == 4 * 3 and set(steps.init) == {"ft", "zs"}
     # the TorchTrainer runs' directories, ray/train/<trial_id>-<time>
-    train_runs = {trial_id: [d for d in (out / "ray" / "train").iterdir()
-                             if re.fullmatch(re.escape(trial_id) + r"-\d+", d.name)]
-                  for trial_id in steps.trial_id.unique()}
+    train_runs = {
+        trial_id: [d for d in (out / "ray" / "train").iterdir() if re.fullmatch(re.escape(trial_id) + r"-\d+", d.name)]
+        for trial_id in steps.trial_id.unique()
+    }
     no_train = {trial_id for trial_id, runs in train_runs.items() if not runs}
     assert len(no_train) == 2, train_runs  # (each trial started a Train run before lazy start)
     assert set(NO_TRAIN.findall(proc.stderr)) == no_train, proc.stderr[-6000:]  # and said so
     assert "experts trained 3, reused from the cache 5" in proc.stderr
     assert len(list((out / "experts").glob("*.safetensors"))) == 3
 
-    for init, pair in steps.groupby("init"):
+    for _, pair in steps.groupby("init"):
         ids = sorted(pair.trial_id.unique())
         assert len(ids) == 2
         [cached] = [i for i in ids if i in no_train]  # exactly one trial of each pair: all cached
@@ -126,4 +127,7 @@ def test_trials_with_every_expert_cached_start_no_train_run(cache_dir, tmp_path)
     first = steps[(steps.timestep == 1) & ~steps.trial_id.isin(no_train)]
     assert sorted(first.expert_cache_hit) == [False, True]
     late = first[first.expert_cache_hit].trial_id.iloc[0]
-    assert len(train_runs[late]) == 1 and not steps[(steps.trial_id == late) & (steps.timestep == 2)].expert_cache_hit.any()
+    assert (
+        len(train_runs[late]) == 1
+        and not steps[(steps.trial_id == late) & (steps.timestep == 2)].expert_cache_hit.any()
+    )

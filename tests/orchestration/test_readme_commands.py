@@ -9,8 +9,8 @@ import ipaddress
 import json
 import os
 import shlex
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -30,8 +30,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def quickstart_command(output: str, resume: bool = False) -> list[str]:
     """What `make quickstart OUTPUT=<output>` runs (`make -n` prints it), plus the reduced sizes."""
-    make = subprocess.run(["make", "-n", "quickstart", f"OUTPUT={output}", *(["RESUME=1"] if resume else [])],
-                          cwd=ROOT, capture_output=True, text=True, check=True)
+    make = subprocess.run(
+        ["make", "-n", "quickstart", f"OUTPUT={output}", *(["RESUME=1"] if resume else [])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     line = [entry for entry in make.stdout.splitlines() if "time-ray sweep" in entry][-1]
     args = shlex.split(line)
     assert args[:3] == [".venv/bin/time-ray", "sweep", "configs/quickstart.yaml"], line
@@ -110,8 +115,18 @@ def test_readme_command_on_a_busy_machine_two_at_once(reduced_quickstart, cache_
     env = user_env(cache_dir, TIME_RAY_FAULTS=json.dumps([{"fault": "short_lease", "seconds": 1}]))
     hogs = cpu_hogs(2)
     try:
-        sweeps = [subprocess.Popen(quickstart_command(out), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, start_new_session=True) for out in outputs]
+        sweeps = [
+            subprocess.Popen(
+                quickstart_command(out),
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+            for out in outputs
+        ]
         watch = ListenerWatch(sweeps)
         logs = [sweep.communicate(timeout=1500) for sweep in sweeps]
     finally:
@@ -139,9 +154,16 @@ def test_ctrl_c_then_resume_gives_every_row(reduced_quickstart, cache_dir, relat
     env = user_env(cache_dir)
     # as in a terminal, where the foreground job has SIGINT's default action: a test run started in the
     # background (`make test &`, some CI runners) hands its children SIGINT ignored, which exec keeps
-    sweep = subprocess.Popen(quickstart_command(out), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    sweep = subprocess.Popen(
+        quickstart_command(out),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 900
     try:
         while time.time() < deadline and sweep.poll() is None:
@@ -158,13 +180,15 @@ def test_ctrl_c_then_resume_gives_every_row(reduced_quickstart, cache_dir, relat
             sweep.wait(30)
     assert sweep.returncode == 130, stdout[-2000:] + stderr[-6000:]
     assert "interrupted; rerun with --resume" in stderr and "Traceback" not in stderr, stderr[-6000:]
-    recorded = {p.parent.name: int(pd.read_parquet(p).timestep.max())
-                for p in (ROOT / out).glob("trials/*/timesteps.parquet")}
+    recorded = {
+        p.parent.name: int(pd.read_parquet(p).timestep.max()) for p in (ROOT / out).glob("trials/*/timesteps.parquet")
+    }
     assert not all(t == 2 for t in recorded.values()) or len(recorded) < 3, recorded
     assert not list((ROOT / out).glob("trials/*/stopped_early.json"))
 
-    resumed = subprocess.run(quickstart_command(out, resume=True), cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=900)
+    resumed = subprocess.run(
+        quickstart_command(out, resume=True), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-6000:]
     finished = sum(1 for t in recorded.values() if t == 2)
     assert f"({finished} already finished)" in resumed.stderr

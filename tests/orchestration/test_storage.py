@@ -4,12 +4,11 @@ node-local staging copy (file:// and a real S3 protocol endpoint on loopback).""
 import pytest
 import torch
 
+from tests.orchestration.s3_server import local_s3
 from time_ray.core.checkpoints import save_atomic
 from time_ray.core.errors import CheckpointError, TimeRayError
 from time_ray.core.pool import CheckpointPool
 from time_ray.orchestration.storage import Storage
-
-from tests.orchestration.s3_server import local_s3
 
 
 def test_a_plain_directory_is_used_in_place(tmp_path):
@@ -36,8 +35,9 @@ def round_trip(uri: str, monkeypatch, tmp_path):
     assert reader.read_text("sweep.json") == '{"name": "x"}'
     assert reader.files("experts") == ["experts/k.safetensors", "experts/k.safetensors.sha256"]
     assert reader.pull("experts/missing.safetensors") is None
-    pool = CheckpointPool(reader.local("pool/t1"), reader.local("experts/k.safetensors"),
-                          fetch=reader.fetch, publish=reader.push)  # base fetched through the hook
+    pool = CheckpointPool(
+        reader.local("pool/t1"), reader.local("experts/k.safetensors"), fetch=reader.fetch, publish=reader.push
+    )  # base fetched through the hook
     assert torch.equal(pool.base["w"], torch.arange(4.0))
     pool.add_expert(1, {"w": torch.ones(4)})
     assert writer.pull("pool/t1/expert_001.safetensors") is not None  # published by the pool
@@ -67,7 +67,7 @@ def test_s3_round_trip_on_a_loopback_endpoint(tmp_path, monkeypatch):
         monkeypatch.setenv("TIME_RAY_CACHE", str(tmp_path / "node-c"))
         fresh = Storage(f"{base}/sweeps/a?{query}")
         with pytest.raises(CheckpointError, match="altered or truncated"):
-            CheckpointPool(fresh.local("pool/t9"), fresh.local("experts/k.safetensors"), fetch=fresh.fetch).base
+            _ = CheckpointPool(fresh.local("pool/t9"), fresh.local("experts/k.safetensors"), fetch=fresh.fetch).base
 
 
 def test_unknown_scheme_is_explained(tmp_path, monkeypatch):

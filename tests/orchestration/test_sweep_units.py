@@ -45,11 +45,27 @@ def test_summary_table_lists_the_base_then_policies_by_gm():
     rows = []
     for trial, policy, gm in (("a", "sequential-ft", 0.5), ("b", "best-in-time", 0.7)):
         for t, value in ((0, 0.3), (2, gm)):
-            rows.append({c: None for c in TIMESTEP_COLUMNS} | {
-                "trial_id": trial, "policy": policy, "init": "x", "deploy": "y", "merge": "ties",
-                "merge_params": '{"prune": 0.2}', "ema_weight": "running-mean", "ema_with_base": True,
-                "all_with_base": False, "recency": "uniform", "budget_steps": 10, "seed": 0,
-                "timestep": t, "a_ka": value, "a_zs": 0.9, "gm": value})
+            rows.append(
+                {c: None for c in TIMESTEP_COLUMNS}
+                | {
+                    "trial_id": trial,
+                    "policy": policy,
+                    "init": "x",
+                    "deploy": "y",
+                    "merge": "ties",
+                    "merge_params": '{"prune": 0.2}',
+                    "ema_weight": "running-mean",
+                    "ema_with_base": True,
+                    "all_with_base": False,
+                    "recency": "uniform",
+                    "budget_steps": 10,
+                    "seed": 0,
+                    "timestep": t,
+                    "a_ka": value,
+                    "a_zs": 0.9,
+                    "gm": value,
+                }
+            )
     lines = summary_table(pd.DataFrame(rows)).splitlines()
     assert lines[1].startswith("base model") and lines[2].startswith("best-in-time")
     assert lines[3].startswith("sequential-ft") and "0.900   0.500" in lines[3]

@@ -40,11 +40,18 @@ def caption_tokens(bench: Benchmark, tokenize, per_image: bool = False) -> torch
 
 
 def builtin_key(arch: str, spec: BenchmarkSpec, recipe: BaseTraining) -> str:
-    arch_cfg = (models.MODEL_CONFIG_DIR / f"{arch}.json")
+    arch_cfg = models.MODEL_CONFIG_DIR / f"{arch}.json"
     arch_text = arch_cfg.read_text() if arch_cfg.exists() else arch
-    payload = json.dumps({"arch": arch_text, "bench": asdict(spec), "recipe": asdict(recipe),
-                          "version": BASE_RECIPE_VERSION, "torch": torch.__version__.split("+")[0]},
-                         sort_keys=True)
+    payload = json.dumps(
+        {
+            "arch": arch_text,
+            "bench": asdict(spec),
+            "recipe": asdict(recipe),
+            "version": BASE_RECIPE_VERSION,
+            "torch": torch.__version__.split("+")[0],
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -55,8 +62,10 @@ def builtin_base(arch: str, spec: BenchmarkSpec, recipe: BaseTraining, log=None)
     if path.exists():
         log(f"base model: reusing {path}")
         return load_file(str(path)), path
-    log(f"base model: pretraining {arch} for {recipe.steps} steps on the built-in pretraining pool "
-        f"(once; cached at {path})")
+    log(
+        f"base model: pretraining {arch} for {recipe.steps} steps on the built-in pretraining pool "
+        f"(once; cached at {path})"
+    )
     torch.manual_seed(recipe.seed)
     model = models.create_model(arch)
     bench = build_benchmark(spec)
@@ -68,8 +77,13 @@ def builtin_base(arch: str, spec: BenchmarkSpec, recipe: BaseTraining, log=None)
         if step % every == 0 or step == recipe.steps:
             log(f"  pretraining step {step}/{recipe.steps}  loss {loss:.3f}")
 
-    settings = TrainSettings(steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr,
-                             weight_decay=recipe.weight_decay, seed=recipe.seed)
+    settings = TrainSettings(
+        steps=recipe.steps,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        weight_decay=recipe.weight_decay,
+        seed=recipe.seed,
+    )
     finetune(model, bench, captions, sampler, settings, on_step=progress, image_size=models.image_size(arch))
     state = models.state_dict_of(model)
     save_atomic(state, path)

@@ -48,8 +48,13 @@ TEMPLATES = (
 _CONSONANTS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
 _BRIGHTNESS = ("dim", "plain", "bright")
-_POSITION = {(0, 0): "in the center", (0, -1): "on the left", (0, 1): "on the right",
-             (-1, 0): "at the top", (1, 0): "at the bottom"}
+_POSITION = {
+    (0, 0): "in the center",
+    (0, -1): "on the left",
+    (0, 1): "on the right",
+    (-1, 0): "at the top",
+    (1, 0): "at the bottom",
+}
 GENERATOR_VERSION = 2
 
 
@@ -182,7 +187,11 @@ def generate(spec: BenchmarkSpec) -> Benchmark:
     for d in range(n_datasets):
         role = "adaptation" if d < spec.adaptation_datasets else "heldout"
         index = d if role == "adaptation" else d - spec.adaptation_datasets
-        kind = "retrieval" if role == "heldout" and index >= spec.heldout_datasets - spec.retrieval_datasets else "classification"
+        kind = (
+            "retrieval"
+            if role == "heldout" and index >= spec.heldout_datasets - spec.retrieval_datasets
+            else "classification"
+        )
         name = f"{'adapt' if role == 'adaptation' else 'heldout'}-{index:02d}"
         first = d * spec.classes_per_dataset
         classes = tuple(range(first, first + spec.classes_per_dataset))
@@ -203,10 +212,16 @@ def generate(spec: BenchmarkSpec) -> Benchmark:
         test_caps += caps
     labels = torch.arange(n_classes)
     return Benchmark(
-        class_names=names, class_dataset=class_dataset, datasets=datasets,
-        train_images=torch.cat(train), train_labels=labels.repeat_interleave(spec.train_per_class),
-        test_images=torch.cat(test), test_labels=labels.repeat_interleave(spec.test_per_class),
-        train_captions=train_caps, test_captions=test_caps, known_classes=known_adaptation_classes(spec),
+        class_names=names,
+        class_dataset=class_dataset,
+        datasets=datasets,
+        train_images=torch.cat(train),
+        train_labels=labels.repeat_interleave(spec.train_per_class),
+        test_images=torch.cat(test),
+        test_labels=labels.repeat_interleave(spec.test_per_class),
+        train_captions=train_caps,
+        test_captions=test_caps,
+        known_classes=known_adaptation_classes(spec),
     )
 
 
@@ -228,11 +243,22 @@ def save_benchmark(bench: Benchmark, directory: Path) -> None:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    save_file({"train_images": bench.train_images, "train_labels": bench.train_labels,
-               "test_images": bench.test_images, "test_labels": bench.test_labels}, str(tmp / "tensors.safetensors"))
-    meta = {"class_names": bench.class_names, "class_dataset": bench.class_dataset,
-            "datasets": [asdict(d) for d in bench.datasets.values()],
-            "train_captions": bench.train_captions, "test_captions": bench.test_captions}
+    save_file(
+        {
+            "train_images": bench.train_images,
+            "train_labels": bench.train_labels,
+            "test_images": bench.test_images,
+            "test_labels": bench.test_labels,
+        },
+        str(tmp / "tensors.safetensors"),
+    )
+    meta = {
+        "class_names": bench.class_names,
+        "class_dataset": bench.class_dataset,
+        "datasets": [asdict(d) for d in bench.datasets.values()],
+        "train_captions": bench.train_captions,
+        "test_captions": bench.test_captions,
+    }
     (tmp / "meta.json").write_text(json.dumps(meta))
     try:
         os.replace(tmp, directory)
@@ -248,8 +274,14 @@ def load_benchmark(directory: Path) -> Benchmark:
     tensors = load_file(str(directory / "tensors.safetensors"))
     meta = json.loads((directory / "meta.json").read_text())
     datasets = {d["name"]: Dataset(**{**d, "classes": tuple(d["classes"])}) for d in meta["datasets"]}
-    return Benchmark(class_names=meta["class_names"], class_dataset=meta["class_dataset"], datasets=datasets,
-                     train_captions=meta["train_captions"], test_captions=meta["test_captions"], **tensors)
+    return Benchmark(
+        class_names=meta["class_names"],
+        class_dataset=meta["class_dataset"],
+        datasets=datasets,
+        train_captions=meta["train_captions"],
+        test_captions=meta["test_captions"],
+        **tensors,  # type: ignore[arg-type]  # the tensor fields, by name
+    )
 
 
 @functools.lru_cache(maxsize=4)

@@ -32,8 +32,11 @@ class SafetensorsCheckpoint(Mapping):
         verify(self.path)
         sidecar = self.path.with_name(self.path.name + ".sha256")
         stat = self.path.stat()  # what identifies the content: its hash when written with one, else the file
-        self.fingerprint = (sidecar.read_text().strip() if sidecar.exists()
-                            else f"{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+        self.fingerprint = (
+            sidecar.read_text().strip()
+            if sidecar.exists()
+            else f"{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        )
         try:
             self._file = safe_open(str(self.path), framework="pt", device="cpu")
         except Exception as exc:  # noqa: BLE001 - unreadable file: one clear message
@@ -71,9 +74,18 @@ class SafetensorsCheckpoint(Mapping):
         return f"SafetensorsCheckpoint({str(self.path)!r})"
 
 
-SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-                      "U8": torch.uint8, "BOOL": torch.bool}
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def _map_tensors(path: Path) -> tuple[mmap.mmap | None, dict | None]:
@@ -115,7 +127,8 @@ def verify(path: Path) -> None:
             raise CheckpointError(
                 f"checkpoint {path}: content hash {actual[:12]}... differs from the {expected[:12]}... recorded "
                 "when it was written: the file was altered or truncated. Delete it (and its .sha256) to "
-                "have it rebuilt, e.g. by rerunning the sweep with --resume.")
+                "have it rebuilt, e.g. by rerunning the sweep with --resume."
+            )
 
 
 def save_atomic(state: Checkpoint, path: str | os.PathLike) -> int:

@@ -35,7 +35,11 @@ def task_accuracy(model, experiment: Experiment, t: int) -> float:
 
 
 def _heldout_values(records, kind_of) -> dict[str, float]:
-    return {r["dataset"]: r["value"] for r in records if r["role"] == "heldout" and kind_of[r["dataset"]] == "classification"}
+    return {
+        r["dataset"]: r["value"]
+        for r in records
+        if r["role"] == "heldout" and kind_of[r["dataset"]] == "classification"
+    }
 
 
 def _mean_over(records, role: str, kind_of, kind: str = "classification") -> tuple[float, float]:
@@ -64,17 +68,38 @@ def benchmark_stats(experiment: Experiment, base: dict, steps: int, seed: int = 
     lost = seed_interval([before[d] - after[d] for d in before])
     counts = {role: sum(1 for d in bench.datasets.values() if d.role == role) for role in ("adaptation", "heldout")}
     return {
-        "datasets": counts, "retrieval_datasets": sum(1 for d in bench.datasets.values() if d.kind == "retrieval"),
-        "classes": len(bench.class_names), "train_images": len(bench.train_labels), "tasks": experiment.tasks,
+        "datasets": counts,
+        "retrieval_datasets": sum(1 for d in bench.datasets.values() if d.kind == "retrieval"),
+        "classes": len(bench.class_names),
+        "train_images": len(bench.train_labels),
+        "tasks": experiment.tasks,
         "properties": [
-            {"property": "base A_KA / A_ZS (domains partly known)", "value": known, "target": "0.4-0.7",
-             "holds": 0.4 <= known <= 0.7},
-            {"property": "base held-out accuracy / chance", "value": held / held_chance, "target": ">= 3",
-             "holds": held >= 3 * held_chance},
-            {"property": "worst expert's accuracy on its own task", "value": min(own), "target": ">= 0.8",
-             "holds": min(own) >= 0.8},
-            {"property": "held-out accuracy lost by sequential ft", "value": lost.mean, "target": "CI > 0",
-             "holds": lost.above_zero(), "interval": [lost.lo, lost.hi], "datasets": lost.n},
+            {
+                "property": "base A_KA / A_ZS (domains partly known)",
+                "value": known,
+                "target": "0.4-0.7",
+                "holds": 0.4 <= known <= 0.7,
+            },
+            {
+                "property": "base held-out accuracy / chance",
+                "value": held / held_chance,
+                "target": ">= 3",
+                "holds": held >= 3 * held_chance,
+            },
+            {
+                "property": "worst expert's accuracy on its own task",
+                "value": min(own),
+                "target": ">= 0.8",
+                "holds": min(own) >= 0.8,
+            },
+            {
+                "property": "held-out accuracy lost by sequential ft",
+                "value": lost.mean,
+                "target": "CI > 0",
+                "holds": lost.above_zero(),
+                "interval": [lost.lo, lost.hi],
+                "datasets": lost.n,
+            },
         ],
         "expert_accuracy": own,
         "trajectory": [{k: r[k] for k in ("timestep", "a_ka", "a_zs", "gm")} for r in rows],

@@ -22,7 +22,8 @@ def eval_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
     per_class = [rng.permutation(np.nonzero(labels == c)[0]) for c in classes]
-    picked, rank = [], 0
+    picked: list[int] = []
+    rank = 0
     while len(picked) < size:  # round robin over classes: balanced up to one sample
         for members in per_class:
             if rank < len(members) and len(picked) < size:
@@ -33,8 +34,9 @@ def eval_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 def _encode_images(model, images: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
     size = _input_size(model)
-    return torch.cat([model.encode_image(fit_images(chunk.to(device), size), normalize=True)
-                      for chunk in images.split(batch_size)])
+    return torch.cat(
+        [model.encode_image(fit_images(chunk.to(device), size), normalize=True) for chunk in images.split(batch_size)]
+    )
 
 
 def _input_size(model) -> int | None:
@@ -57,11 +59,16 @@ def zero_shot_accuracy(model, bench: Benchmark, tokenize, ds: Dataset, index: np
 def recall_at_5(model, bench: Benchmark, tokenize, index: np.ndarray, device="cpu") -> float:
     """Mean of image->text and text->image Recall@5 over the images ``index`` and their captions.
     A caption text shared by several images counts as the same caption (a hit for each of them)."""
+    assert bench.test_captions is not None, "the benchmark has no test captions (retrieval needs them)"
     captions = [bench.test_captions[i] for i in index]
     ids = {c: n for n, c in enumerate(dict.fromkeys(captions))}
     caption_id = torch.tensor([ids[c] for c in captions])
-    text = torch.cat([model.encode_text(tokenize(captions[i:i + 512]).to(device), normalize=True)
-                      for i in range(0, len(captions), 512)])
+    text = torch.cat(
+        [
+            model.encode_text(tokenize(captions[i : i + 512]).to(device), normalize=True)
+            for i in range(0, len(captions), 512)
+        ]
+    )
     image = _encode_images(model, bench.test_images[torch.as_tensor(index)], device)
     sim = (image @ text.T).cpu()
     k = min(5, len(index))
@@ -78,7 +85,9 @@ def evaluate_all(model, bench: Benchmark, tokenize, device="cpu", subset: bool =
     for d, (name, ds) in enumerate(bench.datasets.items()):
         index = bench.test_indices(ds.classes)
         if subset:
-            index = index[eval_subset(bench.test_labels[index].numpy(), eval_size(len(index), len(ds.classes)), seed + d)]
+            index = index[
+                eval_subset(bench.test_labels[index].numpy(), eval_size(len(index), len(ds.classes)), seed + d)
+            ]
         if ds.kind == "retrieval":
             metric, value = "recall@5", recall_at_5(model, bench, tokenize, index, device)
         else:

@@ -53,8 +53,14 @@ class Experiment:
         stream = make_stream(bench, s["tasks"], s["order"], s["stream_seed"], pairs)
         if multitask:
             stream = [[c for task in stream for c in task]]
-        return cls(arch=s["arch"], bench=bench, stream=stream, mixture=Mixture(**s["mixture"]),
-                   training=dict(s["training"]), per_image_captions=s.get("captions", "template") == "image")
+        return cls(
+            arch=s["arch"],
+            bench=bench,
+            stream=stream,
+            mixture=Mixture(**s["mixture"]),
+            training=dict(s["training"]),
+            per_image_captions=s.get("captions", "template") == "image",
+        )
 
     @property
     def tasks(self) -> int:
@@ -76,23 +82,34 @@ class Experiment:
         return self._captions
 
     def sampler(self, t: int, seed: int, rank: int = 0) -> MixtureSampler:
-        return MixtureSampler(self.bench, self.stream, t, self.mixture, self.training["batch_size"],
-                              seed=task_seed(seed, t, rank))
+        return MixtureSampler(
+            self.bench, self.stream, t, self.mixture, self.training["batch_size"], seed=task_seed(seed, t, rank)
+        )
 
-    def train_expert(self, model, t: int, steps: int, seed: int, device="cpu", rank: int = 0,
-                     label: str = "", on_step=None) -> dict:
+    def train_expert(
+        self, model, t: int, steps: int, seed: int, device="cpu", rank: int = 0, label: str = "", on_step=None
+    ) -> dict:
         """Finetunes ``model`` in place on task t; a non-finite loss names the policy, task and step.
         ``on_step(step, loss)`` is called after every step."""
         settings = TrainSettings(steps=steps, seed=task_seed(seed, t, rank), **self.training)
         try:
-            return finetune(model, self.bench, self.captions().to(device), self.sampler(t, seed, rank),
-                            settings, device, on_step=on_step, image_size=models.image_size(self.arch))
+            return finetune(
+                model,
+                self.bench,
+                self.captions().to(device),
+                self.sampler(t, seed, rank),
+                settings,
+                device,
+                on_step=on_step,
+                image_size=models.image_size(self.arch),
+            )
         except NonFiniteLoss as exc:
             raise NonFiniteLoss(f"policy {label or '?'}: task {t}: {exc}") from exc
 
     def flops_per_step(self, model, device="cpu") -> float:
-        return flops_per_step(model, self.bench, self.captions().to(device), self.sampler(1, 0), device,
-                              models.image_size(self.arch))
+        return flops_per_step(
+            model, self.bench, self.captions().to(device), self.sampler(1, 0), device, models.image_size(self.arch)
+        )
 
     def evaluate(self, model, device="cpu", subset: bool = False, seed: int = 0) -> list[dict]:
         """Every dataset; ``subset``: the class-balanced FoMo-size subsets used during the stream."""

@@ -11,8 +11,9 @@ from collections.abc import Mapping
 import torch
 
 
-def expert_key(init_state: Mapping[str, torch.Tensor], task: int, steps: int, seed: int, settings: dict,
-               multitask: bool = False) -> str:
+def expert_key(
+    init_state: Mapping[str, torch.Tensor], task: int, steps: int, seed: int, settings: dict, multitask: bool = False
+) -> str:
     """sha256 over the init weights (names, dtypes, shapes, bytes) and the training recipe."""
     digest = hashlib.sha256()
     for name in sorted(init_state):

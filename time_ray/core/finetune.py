@@ -47,19 +47,29 @@ def lr_factor(step: int, total: int, warmup: float, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def batch_tensors(bench: Benchmark, captions: torch.Tensor, index, device,
-                  image_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_tensors(
+    bench: Benchmark, captions: torch.Tensor, index, device, image_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (fp32, at ``image_size``) and caption tokens of the train samples ``index``;
     ``captions`` holds the tokens of every train sample's caption, [n_train, context]."""
     index = torch.as_tensor(index)
     return fit_images(bench.train_images[index].to(device), image_size), captions[index].to(device)
 
 
-def finetune(model, bench: Benchmark, captions: torch.Tensor, sampler, settings: TrainSettings,
-             device: torch.device | str = "cpu", on_step=None, image_size: int | None = None) -> dict:
+def finetune(
+    model,
+    bench: Benchmark,
+    captions: torch.Tensor,
+    sampler,
+    settings: TrainSettings,
+    device: torch.device | str = "cpu",
+    on_step=None,
+    image_size: int | None = None,
+) -> dict:
     """Trains ``model`` in place for ``settings.steps`` batches from ``sampler``.
 
-    ``captions`` is a [n_train, context] token tensor (see ``base_model.caption_tokens``). Returns steps, seconds and the final loss.
+    ``captions`` is a [n_train, context] token tensor (see ``base_model.caption_tokens``). Returns steps,
+    seconds and the final loss.
     Raises :class:`NonFiniteLoss` naming the step where the loss stopped being finite.
     """
     torch.manual_seed(settings.seed)
@@ -71,7 +81,8 @@ def finetune(model, bench: Benchmark, captions: torch.Tensor, sampler, settings:
         lr=settings.lr,
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, settings.steps, settings.warmup, settings.min_lr_ratio))
+        optimizer, lambda s: lr_factor(s, settings.steps, settings.warmup, settings.min_lr_ratio)
+    )
     use_amp = torch.device(device).type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     model.train()
@@ -98,8 +109,9 @@ def finetune(model, bench: Benchmark, captions: torch.Tensor, sampler, settings:
     return {"steps": settings.steps, "seconds": time.perf_counter() - start, "loss": loss_value}
 
 
-def flops_per_step(model, bench: Benchmark, captions: torch.Tensor, sampler, device="cpu",
-                   image_size: int | None = None) -> float:
+def flops_per_step(
+    model, bench: Benchmark, captions: torch.Tensor, sampler, device="cpu", image_size: int | None = None
+) -> float:
     """FLOPs of one forward + backward pass on a real batch, counted by FlopCounterMode (spec §6)."""
     from torch.utils.flop_counter import FlopCounterMode
 

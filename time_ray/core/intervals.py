@@ -9,9 +9,38 @@ from dataclasses import dataclass
 import numpy as np
 
 # two-sided 95% quantiles t_{0.975, df} of Student's t for df = 1..30
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t975(df: int) -> float:
@@ -27,7 +56,8 @@ def t975(df: int) -> float:
 
 @dataclass(frozen=True)
 class Interval:
-    """Mean of n values (seeds, datasets) with its 95% t-interval: mean +- t_{0.975, n-1} * sd / sqrt(n) (sd with ddof 1).
+    """Mean of n values (seeds, datasets) with its 95% t-interval: mean +- t_{0.975, n-1} * sd / sqrt(n)
+    (sd with ddof 1).
     With one seed there is no interval (lo = hi = mean, ``n == 1``)."""
 
     mean: float

@@ -115,13 +115,17 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state:
-        raise CheckpointError(f"checkpoint {path}: holds {type(state).__name__ if state is not None else 'None'}"
-                              f"{' (empty)' if isinstance(state, dict) else ''}, not a state dict (a mapping from "
-                              "tensor names to tensors, e.g. what model.state_dict() returns).")
+        raise CheckpointError(
+            f"checkpoint {path}: holds {type(state).__name__ if state is not None else 'None'}"
+            f"{' (empty)' if isinstance(state, dict) else ''}, not a state dict (a mapping from "
+            "tensor names to tensors, e.g. what model.state_dict() returns)."
+        )
     bad = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
     if bad is not None:
-        raise CheckpointError(f"checkpoint {path}: entry {bad!r} is a {type(state[bad]).__name__}, not a tensor; "
-                              "expected a state dict (tensor names to tensors).")
+        raise CheckpointError(
+            f"checkpoint {path}: entry {bad!r} is a {type(state[bad]).__name__}, not a tensor; "
+            "expected a state dict (tensor names to tensors)."
+        )
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -173,20 +177,32 @@ def open_clip_pretrained(arch: str, tag: str) -> dict[str, torch.Tensor]:
     cfg = get_pretrained_cfg(arch, tag)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(arch)
-        known = (f"open_clip's tags for {arch}: {', '.join(tags)}" if tags else
-                 f"open_clip has no pretrained tags for {arch} (see open_clip.list_pretrained())")
-        raise ConfigError(f"model.pretrained: {tag!r} is neither a checkpoint file nor an open_clip pretrained "
-                          f"tag of {arch}; {known}. Other values: builtin, none, or the path of a checkpoint "
-                          "(.safetensors, .pt, .pth, .bin).")
+        known = (
+            f"open_clip's tags for {arch}: {', '.join(tags)}"
+            if tags
+            else f"open_clip has no pretrained tags for {arch} (see open_clip.list_pretrained())"
+        )
+        raise ConfigError(
+            f"model.pretrained: {tag!r} is neither a checkpoint file nor an open_clip pretrained "
+            f"tag of {arch}; {known}. Other values: builtin, none, or the path of a checkpoint "
+            "(.safetensors, .pt, .pth, .bin)."
+        )
     tag_quick_gelu = bool(cfg.get("quick_gelu", False))
     if tag_quick_gelu != bool(open_clip.get_model_config(arch).get("quick_gelu", False)):
         # open_clip only warns here; the weights would load, and every forward pass would use the wrong activation.
-        fixed = [a for a in open_clip.list_models() if is_pretrained_tag(a, tag)
-                 and a.removesuffix("-quickgelu") == arch.removesuffix("-quickgelu") and a != arch]
+        fixed = [
+            a
+            for a in open_clip.list_models()
+            if is_pretrained_tag(a, tag)
+            and a.removesuffix("-quickgelu") == arch.removesuffix("-quickgelu")
+            and a != arch
+        ]
         hint = f" Use model.arch: {fixed[0]}." if fixed else ""
-        raise ConfigError(f"model.pretrained: the open_clip weights {arch}/{tag} were trained with "
-                          f"{'QuickGELU' if tag_quick_gelu else 'GELU'} activations, but architecture {arch} uses "
-                          f"{'GELU' if tag_quick_gelu else 'QuickGELU'}.{hint}")
+        raise ConfigError(
+            f"model.pretrained: the open_clip weights {arch}/{tag} were trained with "
+            f"{'QuickGELU' if tag_quick_gelu else 'GELU'} activations, but architecture {arch} uses "
+            f"{'GELU' if tag_quick_gelu else 'QuickGELU'}.{hint}"
+        )
     try:
         path = download_pretrained(cfg)  # the cached file, or a download when the hub is reachable
     except Exception as exc:  # noqa: BLE001 - any lookup failure becomes one clear message
@@ -194,9 +210,11 @@ def open_clip_pretrained(arch: str, tag: str) -> dict[str, torch.Tensor]:
     try:
         model = open_clip.create_model(arch, pretrained=path, require_pretrained=True)
     except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"model.pretrained: could not load open_clip weights {arch}/{tag} from {path} "
-                              f"({type(exc).__name__}: {exc}). Delete the file to download it again, or give "
-                              "a local checkpoint path.") from exc
+        raise CheckpointError(
+            f"model.pretrained: could not load open_clip weights {arch}/{tag} from {path} "
+            f"({type(exc).__name__}: {exc}). Delete the file to download it again, or give "
+            "a local checkpoint path."
+        ) from exc
     return state_dict_of(model)
 
 
@@ -205,26 +223,36 @@ def _not_cached_message(arch: str, tag: str, cfg: dict, exc: Exception) -> str:
 
     head = f"model.pretrained: could not load open_clip weights {arch}/{tag}"
     if not cfg.get("hf_hub"):
-        return (f"{head}: downloading {cfg.get('url')} failed ({type(exc).__name__}: {exc}). Download it "
-                "yourself and give its local path.")
+        return (
+            f"{head}: downloading {cfg.get('url')} failed ({type(exc).__name__}: {exc}). Download it "
+            "yourself and give its local path."
+        )
     repo, files = _hub_files(cfg)
     wanted = " or ".join(files)
     twin = f" (or {files[0]}, where the repository has it)" if len(files) > 1 else ""
-    fix = (f"Download it once where the hub is reachable, into the same cache (HF_HOME / HF_HUB_CACHE): "
-           f"`hf download {repo} {files[-1]}`{twin}; or give a local checkpoint path (.safetensors, .pt, .pth, "
-           ".bin).")
+    fix = (
+        f"Download it once where the hub is reachable, into the same cache (HF_HOME / HF_HUB_CACHE): "
+        f"`hf download {repo} {files[-1]}`{twin}; or give a local checkpoint path (.safetensors, .pt, .pth, "
+        ".bin)."
+    )
     if constants.HF_HUB_OFFLINE:
-        return (f"{head}: {wanted} of Hugging Face repository {repo} is not in the Hugging Face cache "
-                f"{constants.HF_HUB_CACHE}, and the hub is offline (HF_HUB_OFFLINE=1: a tag needs a download "
-                f"or a pre-filled cache). {fix} Or set HF_HUB_OFFLINE=0 to let open_clip download it.")
+        return (
+            f"{head}: {wanted} of Hugging Face repository {repo} is not in the Hugging Face cache "
+            f"{constants.HF_HUB_CACHE}, and the hub is offline (HF_HUB_OFFLINE=1: a tag needs a download "
+            f"or a pre-filled cache). {fix} Or set HF_HUB_OFFLINE=0 to let open_clip download it."
+        )
     cause = str(exc).split("Last error: ")[-1]
-    return (f"{head}: {wanted} of Hugging Face repository {repo} is not in the Hugging Face cache "
-            f"{constants.HF_HUB_CACHE} and could not be downloaded ({type(exc.__context__ or exc).__name__}: "
-            f"{cause}). {fix}")
+    return (
+        f"{head}: {wanted} of Hugging Face repository {repo} is not in the Hugging Face cache "
+        f"{constants.HF_HUB_CACHE} and could not be downloaded ({type(exc.__context__ or exc).__name__}: "
+        f"{cause}). {fix}"
+    )
 
 
 def state_dict_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A detached fp32 CPU copy of the model's weights (unwraps DDP)."""
     model = getattr(model, "module", model)
-    return {k: v.detach().to("cpu", copy=True).float() if v.is_floating_point() else v.detach().cpu().clone()
-            for k, v in model.state_dict().items()}
+    return {
+        k: v.detach().to("cpu", copy=True).float() if v.is_floating_point() else v.detach().cpu().clone()
+        for k, v in model.state_dict().items()
+    }

@@ -27,8 +27,13 @@ def _noop(path: Path) -> None:
 class CheckpointPool:
     """Files under ``root``; theta_0 is read from ``base_path`` (shared by every pool of a sweep)."""
 
-    def __init__(self, root: str | os.PathLike, base_path: str | os.PathLike,
-                 fetch: Hook | None = None, publish: Hook | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        base_path: str | os.PathLike,
+        fetch: Hook | None = None,
+        publish: Hook | None = None,
+    ):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.base_path = Path(base_path)
@@ -134,6 +139,7 @@ class CheckpointPool:
         """Bytes of the models this pool holds: its own files plus the experts it references
         (theta_0 is shared by every pool and not counted)."""
         own = sum(p.stat().st_size for p in self.root.glob("*.safetensors"))
-        linked = [self._expert_path(t) for t in range(1, self.n_experts + 1)
-                  if self._path("expert", t, ".ref").exists()]
+        linked = [
+            self._expert_path(t) for t in range(1, self.n_experts + 1) if self._path("expert", t, ".ref").exists()
+        ]
         return own + sum(p.stat().st_size for p in linked if p.exists())

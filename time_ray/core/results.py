@@ -9,12 +9,33 @@ from pathlib import Path
 import pandas as pd
 
 SCHEMA_VERSION = 1
-POLICY_COLUMNS = ["trial_id", "policy", "init", "deploy", "merge", "merge_params", "ema_weight", "ema_with_base",
-                  "all_with_base", "recency", "budget_steps", "seed"]
+POLICY_COLUMNS = [
+    "trial_id",
+    "policy",
+    "init",
+    "deploy",
+    "merge",
+    "merge_params",
+    "ema_weight",
+    "ema_with_base",
+    "all_with_base",
+    "recency",
+    "budget_steps",
+    "seed",
+]
 METRICS_COLUMNS = POLICY_COLUMNS + ["timestep", "dataset", "role", "metric", "value", "n_eval"]
 TIMESTEP_COLUMNS = POLICY_COLUMNS + [
-    "timestep", "a_ka", "a_zs", "gm", "train_steps", "train_gflops", "train_seconds",
-    "merge_seconds", "eval_seconds", "pool_bytes", "expert_cache_hit",
+    "timestep",
+    "a_ka",
+    "a_zs",
+    "gm",
+    "train_steps",
+    "train_gflops",
+    "train_seconds",
+    "merge_seconds",
+    "eval_seconds",
+    "pool_bytes",
+    "expert_cache_hit",
 ]
 # trials.parquet: one row per trial of the sweep, finished or not
 TRIAL_STATUSES = ("finished", "stopped_early", "failed", "unfinished")

@@ -15,8 +15,16 @@ from time_ray.core.pool import CheckpointPool
 from time_ray.core.strategies import Policy, deploy_weights, init_weights
 
 
-def simulate(experiment: Experiment, policy: Policy, base: dict, steps: int, workdir: str | Path,
-             seed: int = 0, tasks: int | None = None, log=None) -> list[dict]:
+def simulate(
+    experiment: Experiment,
+    policy: Policy,
+    base: dict,
+    steps: int,
+    workdir: str | Path,
+    seed: int = 0,
+    tasks: int | None = None,
+    log=None,
+) -> list[dict]:
     """Runs ``policy`` over the first ``tasks`` tasks; returns per-timestep rows with A_KA, A_ZS,
     GM and the per-dataset records (``records``)."""
     workdir = Path(workdir)
@@ -31,8 +39,7 @@ def simulate(experiment: Experiment, policy: Policy, base: dict, steps: int, wor
         pool.add_expert(t, models.state_dict_of(model))
         deployed = experiment.new_model(materialize(deploy_weights(policy, pool, t)))
         records = experiment.evaluate(deployed)
-        rows.append({"timestep": t, **summarize(records), "records": records,
-                     "seconds": time.perf_counter() - start})
+        rows.append({"timestep": t, **summarize(records), "records": records, "seconds": time.perf_counter() - start})
         if log:
             log(f"  t={t}: A_KA {rows[-1]['a_ka']:.3f}  A_ZS {rows[-1]['a_zs']:.3f}  GM {rows[-1]['gm']:.3f}")
     return rows

@@ -90,8 +90,11 @@ def ema_chain(policy: Policy, pool: CheckpointPool, t: int) -> Checkpoint:
 
 def chain_name(policy: Policy) -> str:
     """Pool name of an EMA chain: distinct for every setting that changes r_t."""
-    settings = json.dumps([policy.technique.name, policy.technique.params(), policy.ema_weight,
-                           policy.ema_with_base], sort_keys=True, default=str)
+    settings = json.dumps(
+        [policy.technique.name, policy.technique.params(), policy.ema_weight, policy.ema_with_base],
+        sort_keys=True,
+        default=str,
+    )
     return "ema-" + hashlib.sha256(settings.encode()).hexdigest()[:8]
 
 

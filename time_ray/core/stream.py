@@ -35,8 +35,9 @@ class Mixture:
         return int(counts[0]), int(counts[1]), int(counts[2])
 
 
-def make_stream(bench: Benchmark, tasks: int, order: str = "dataset", seed: int = 0,
-                pairs: list[int] | None = None) -> list[list[int]]:
+def make_stream(
+    bench: Benchmark, tasks: int, order: str = "dataset", seed: int = 0, pairs: list[int] | None = None
+) -> list[list[int]]:
     """Class ids of each task t = 1..T (returned 0-based: element t-1 is task t).
 
     ``dataset``: datasets one after another (dataset-incremental); ``random``: all adaptation
@@ -62,19 +63,21 @@ class MixtureSampler:
     """Draws batches (indices into ``bench.train_images``) for task ``t`` of ``stream``: the
     pretraining share from the generic concepts, the current task, and replay of tasks 1..t-1."""
 
-    def __init__(self, bench: Benchmark, stream: list[list[int]], t: int, mixture: Mixture,
-                 batch_size: int, seed: int):
-        self.sources = (
+    def __init__(self, bench: Benchmark, stream: list[list[int]], t: int, mixture: Mixture, batch_size: int, seed: int):
+        self.sources: tuple[np.ndarray, ...] = (
             bench.train_indices(bench.generic_classes),  # generic pretraining data, not held-out sets
             bench.train_indices(stream[t - 1]),
             bench.train_indices([c for task in stream[: t - 1] for c in task]),
         )
-        self.counts = mixture.counts(batch_size, first_task=(t == 1))
+        self.counts: tuple[int, ...] = mixture.counts(batch_size, first_task=(t == 1))
         self.rng = np.random.default_rng(seed)
 
     def batch(self) -> np.ndarray:
-        parts = [self.rng.choice(src, size=n, replace=len(src) < n)
-                 for src, n in zip(self.sources, self.counts) if n > 0 and len(src) > 0]
+        parts = [
+            self.rng.choice(src, size=n, replace=len(src) < n)
+            for src, n in zip(self.sources, self.counts)
+            if n > 0 and len(src) > 0
+        ]
         return np.concatenate(parts)
 
 

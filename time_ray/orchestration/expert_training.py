@@ -16,8 +16,8 @@ import torch
 from time_ray.core import models
 from time_ray.core.checkpoints import save_atomic
 from time_ray.core.experiment import Experiment
-from time_ray.core.finetune import NonFiniteLoss
 from time_ray.core.experts import expert_key
+from time_ray.core.finetune import NonFiniteLoss
 from time_ray.orchestration import faults
 from time_ray.orchestration.expert_cache import expert_file, lease, obtain
 
@@ -62,11 +62,21 @@ def train_experts(config: dict) -> None:
             continue
         inner.load_state_dict(init)
         try:
-            with (lease(cache, key, owner=config["trial_id"]) if cache is not None and rank == 0
-                  else contextlib.nullcontext()):
-                stats = experiment.train_expert(model, t, config["steps"], config["seed"], device, rank,
-                                                label=config["trial_id"],
-                                                on_step=faults.train_step_hook(config["trial_id"], t, inner))
+            with (
+                lease(cache, key, owner=config["trial_id"])
+                if cache is not None and rank == 0
+                else contextlib.nullcontext()
+            ):
+                stats = experiment.train_expert(
+                    model,
+                    t,
+                    config["steps"],
+                    config["seed"],
+                    device,
+                    rank,
+                    label=config["trial_id"],
+                    on_step=faults.train_step_hook(config["trial_id"], t, inner),
+                )
         except NonFiniteLoss as exc:  # deterministic: a restart would fail the same way, so no retry
             if cache is not None and rank == 0:
                 ray.get(cache.release.remote(key))
@@ -78,9 +88,13 @@ def train_experts(config: dict) -> None:
             raise
         if rank == 0:
             state = models.state_dict_of(inner)
-            info = {"train_steps": stats["steps"], "train_seconds": stats["seconds"],
-                    "train_gflops": flops * stats["steps"] * world / 1e9, "loss": stats["loss"],
-                    "expert_cache_hit": False}
+            info = {
+                "train_steps": stats["steps"],
+                "train_seconds": stats["seconds"],
+                "train_gflops": flops * stats["steps"] * world / 1e9,
+                "loss": stats["loss"],
+                "expert_cache_hit": False,
+            }
             if cache is not None:  # written once into the sweep's cache, referenced by the pool
                 storage = config["storage"]
                 save_atomic(state, storage.local(expert_file(key)))

@@ -38,7 +38,8 @@ def _faults() -> list[dict]:
 def _fire_once(fault: dict) -> bool:
     """True the first time ``fault`` is reached (claimed atomically with an exclusive create)."""
     marker = Path(os.environ.get("TIME_RAY_FAULTS_DIR", "/tmp")) / (
-        "fault-" + "-".join(f"{k}={v}" for k, v in sorted(fault.items())).replace("/", "_"))
+        "fault-" + "-".join(f"{k}={v}" for k, v in sorted(fault.items())).replace("/", "_")
+    )
     try:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
@@ -49,8 +50,11 @@ def _fire_once(fault: dict) -> bool:
 
 def _matching(kind: str, trial_id: str, **where) -> dict | None:
     for fault in _faults():
-        if fault["fault"] == kind and fault.get("trial", "") in trial_id and all(
-                fault.get(k) == v for k, v in where.items()):
+        if (
+            fault["fault"] == kind
+            and fault.get("trial", "") in trial_id
+            and all(fault.get(k) == v for k, v in where.items())
+        ):
             return fault if _fire_once(fault) else None
     return None
 

@@ -26,14 +26,18 @@ def init_ray(verbose: bool = False, temp_dir: str | None = None, num_cpus: int |
 
     if ray.is_initialized():
         return {**ray.cluster_resources(), "node_address": _node_address(), "nodes": _nodes(), "joined": joined}
-    kwargs = dict(log_to_driver=verbose, configure_logging=True,
-                  logging_level="INFO" if verbose else "WARNING")
+    kwargs = dict(log_to_driver=verbose, configure_logging=True, logging_level="INFO" if verbose else "WARNING")
     if joined:
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
     else:
-        ray.init(address="local", dashboard_host="127.0.0.1", num_cpus=num_cpus, _temp_dir=temp_dir,
-                 runtime_env={"env_vars": {**LOOPBACK_ENV, **{k: os.environ.get(k, v) for k, v in PATIENT_ENV.items()}}},
-                 **kwargs)
+        ray.init(
+            address="local",
+            dashboard_host="127.0.0.1",
+            num_cpus=num_cpus,
+            _temp_dir=temp_dir,
+            runtime_env={"env_vars": {**LOOPBACK_ENV, **{k: os.environ.get(k, v) for k, v in PATIENT_ENV.items()}}},
+            **kwargs,
+        )
     return {**ray.cluster_resources(), "node_address": _node_address(), "nodes": _nodes(), "joined": joined}
 
 

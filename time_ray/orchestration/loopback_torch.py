@@ -16,8 +16,8 @@ import uuid
 from dataclasses import dataclass
 
 import ray
-from ray.train.torch import TorchConfig
 from ray.train._internal.worker_group import WorkerGroup as V1WorkerGroup
+from ray.train.torch import TorchConfig
 from ray.train.torch.config import _set_torch_distributed_env_vars, _setup_torch_process_group, _TorchBackend
 
 LOOPBACK_INTERFACE = "lo"
@@ -38,10 +38,20 @@ class _LoopbackTorchBackend(_TorchBackend):
         worker_group.execute(_loopback_rendezvous)
         if not isinstance(worker_group, V1WorkerGroup):  # as Ray's own backend: Train V1 sets them later
             worker_group.execute(_set_torch_distributed_env_vars)
-        ray.get([worker_group.execute_single_async(i, _setup_torch_process_group, backend=backend, world_rank=i,
-                                                   world_size=len(worker_group), init_method=f"file://{store}",
-                                                   timeout_s=backend_config.timeout_s)
-                 for i in range(len(worker_group))])
+        ray.get(
+            [
+                worker_group.execute_single_async(
+                    i,
+                    _setup_torch_process_group,
+                    backend=backend,
+                    world_rank=i,
+                    world_size=len(worker_group),
+                    init_method=f"file://{store}",
+                    timeout_s=backend_config.timeout_s,
+                )
+                for i in range(len(worker_group))
+            ]
+        )
 
 
 @dataclass

@@ -26,13 +26,19 @@ class MergeActor:
         torch.set_num_threads(num_threads)
         self.storage = storage
         storage.pull_tree(f"pool/{trial_id}")
-        self.pool = CheckpointPool(storage.local(f"pool/{trial_id}"), storage.local("base.safetensors"),
-                                   fetch=storage.fetch, publish=storage.push)
+        self.pool = CheckpointPool(
+            storage.local(f"pool/{trial_id}"),
+            storage.local("base.safetensors"),
+            fetch=storage.fetch,
+            publish=storage.push,
+        )
         self.policy = policy
         self.dir = f"pool/{trial_id}"
         self.merge_seconds: dict[int, float] = {}
-        self.expert_info = {t: json.loads(storage.read_text(f"{self.dir}/info_{t:03d}.json") or "{}")
-                            for t in range(1, self.pool.n_experts + 1)}
+        self.expert_info = {
+            t: json.loads(storage.read_text(f"{self.dir}/info_{t:03d}.json") or "{}")
+            for t in range(1, self.pool.n_experts + 1)
+        }
         self.failure: str | None = None
 
     def _timed(self, t: int, fn):
@@ -77,6 +83,9 @@ class MergeActor:
     def deployed(self, t: int) -> tuple[dict, dict]:
         """theta^o_t plus the bookkeeping of timestep t: training info, merge seconds, pool bytes."""
         state = self._timed(t, deploy_weights)
-        info = {**self.expert_info.get(t, {}), "merge_seconds": self.merge_seconds.get(t, 0.0),
-                "pool_bytes": self.pool.nbytes()}
+        info = {
+            **self.expert_info.get(t, {}),
+            "merge_seconds": self.merge_seconds.get(t, 0.0),
+            "pool_bytes": self.pool.nbytes(),
+        }
         return state, info

@@ -46,13 +46,19 @@ class ProgressPrinter(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.done += 1
         cached = "  (expert from the cache)" if result.get("expert_cache_hit") else ""
-        self._print(f"{result['policy']:<16} t={result['timestep']}/{result['tasks']}  "
-                    f"A_KA {result['a_ka']:.3f}  A_ZS {result['a_zs']:.3f}  GM {result['gm']:.3f}{cached}")
+        self._print(
+            f"{result['policy']:<16} t={result['timestep']}/{result['tasks']}  "
+            f"A_KA {result['a_ka']:.3f}  A_ZS {result['a_zs']:.3f}  GM {result['gm']:.3f}{cached}"
+        )
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._print(f"policy {trial.config['trial']['trial_id']}: attempt {trial.num_failures + 1} of "
-                    f"{self.attempts} after: {trial_error(trial)}")
+        self._print(
+            f"policy {trial.config['trial']['trial_id']}: attempt {trial.num_failures + 1} of "
+            f"{self.attempts} after: {trial_error(trial)}"
+        )
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._print(f"policy {trial.config['trial']['trial_id']}: failed after {trial.num_failures} attempt(s): "
-                    f"{trial_error(trial)}")
+        self._print(
+            f"policy {trial.config['trial']['trial_id']}: failed after {trial.num_failures} attempt(s): "
+            f"{trial_error(trial)}"
+        )

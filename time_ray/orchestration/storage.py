@@ -92,8 +92,9 @@ class Storage:
 
         selector = pafs.FileSelector(self._remote(prefix), allow_not_found=True, recursive=True)
         base = self._root.rstrip("/") + "/"
-        return sorted(info.path[len(base):] for info in self._fs.get_file_info(selector)
-                      if info.type == pafs.FileType.File)
+        return sorted(
+            info.path[len(base) :] for info in self._fs.get_file_info(selector) if info.type == pafs.FileType.File
+        )
 
     # -- transfers --------------------------------------------------------------------------------
     def push(self, path: str | Path) -> None:
@@ -191,7 +192,8 @@ def _filesystem(uri: str):
             raise TimeRayError(
                 f"output {uri}: no file system for {scheme!r}: pyarrow said {arrow_error}; fsspec said "
                 f"{fsspec_error}. Use a local directory, file://, s3://, gs://, hdfs://, or an fsspec "
-                "protocol whose package is installed (e.g. s3fs for s3 via fsspec).") from None
+                "protocol whose package is installed (e.g. s3fs for s3 via fsspec)."
+            ) from None
 
 
 def resolve_output(output: str) -> str:
@@ -206,18 +208,21 @@ def resolve_output(output: str) -> str:
         raise TimeRayError("--output: empty; give a directory such as results/quickstart.")
     path = Path(text).expanduser().absolute()
     if path.exists() and not path.is_dir():
-        raise TimeRayError(f"output {output}: {path} is a file, not a directory; choose a directory for the "
-                           "sweep's results.")
+        raise TimeRayError(
+            f"output {output}: {path} is a file, not a directory; choose a directory for the sweep's results."
+        )
     existing = path
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise TimeRayError(f"output {output}: {existing} is a file, so no directory can be made under it; choose "
-                           "another --output.")
+        raise TimeRayError(
+            f"output {output}: {existing} is a file, so no directory can be made under it; choose another --output."
+        )
     try:  # a probe file: read-only file systems and permissions both show here (root ignores mode bits)
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        raise TimeRayError(f"output {output}: cannot write in {existing} ({exc.strerror or exc}); choose a "
-                           "directory you can write to.") from None
+        raise TimeRayError(
+            f"output {output}: cannot write in {existing} ({exc.strerror or exc}); choose a directory you can write to."
+        ) from None
     return str(path.resolve())

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import sys
-import time
 
 import pandas as pd
 import yaml
@@ -41,16 +40,19 @@ def check_output(cfg: SweepConfig, storage: Storage, resume: bool) -> None:
         except ValueError as exc:
             raise TimeRayError(
                 f"output {storage.display('sweep.json')}: damaged ({exc}); it says which sweep owns this "
-                "directory. Choose another --output directory, or delete this one.") from None
+                "directory. Choose another --output directory, or delete this one."
+            ) from None
         if previous.get("fingerprint") != cfg.fingerprint():
             raise TimeRayError(
                 f"output {storage.display()}: holds the results of another sweep ({previous.get('name')!r}, "
                 f"config fingerprint {previous.get('fingerprint')}; this config is {cfg.fingerprint()}). "
-                "Choose another --output directory, or delete that one.")
+                "Choose another --output directory, or delete that one."
+            )
         if not resume:
             raise TimeRayError(
                 f"output {storage.display()}: already holds results of this sweep. Pass --resume to finish "
-                "the unfinished trials, or choose another --output directory.")
+                "the unfinished trials, or choose another --output directory."
+            )
 
 
 def finished(storage: Storage, trial: dict, tasks: int) -> bool:
@@ -68,9 +70,14 @@ def scheduler(cfg: SweepConfig):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(time_attr="timestep", metric=stop.metric, mode="max", max_t=cfg.stream.tasks,
-                         grace_period=min(stop.grace_period, cfg.stream.tasks),
-                         reduction_factor=stop.reduction_factor)
+    return ASHAScheduler(
+        time_attr="timestep",
+        metric=stop.metric,
+        mode="max",
+        max_t=cfg.stream.tasks,
+        grace_period=min(stop.grace_period, cfg.stream.tasks),
+        reduction_factor=stop.reduction_factor,
+    )
 
 
 def record_early_stops(storage: Storage, results, tasks: int) -> None:
@@ -81,9 +88,16 @@ def record_early_stops(storage: Storage, results, tasks: int) -> None:
         if last < tasks:
             trial = result.config["trial"]
             saved = 0 if trial.get("multitask") else tasks - last
-            storage.write_text(f"trials/{trial['trial_id']}/stopped_early.json", json.dumps(
-                {"stopped_at_timestep": last, "expert_trainings_saved": saved,
-                 "train_steps_saved": saved * trial["budget_steps"]}))
+            storage.write_text(
+                f"trials/{trial['trial_id']}/stopped_early.json",
+                json.dumps(
+                    {
+                        "stopped_at_timestep": last,
+                        "expert_trainings_saved": saved,
+                        "train_steps_saved": saved * trial["budget_steps"],
+                    }
+                ),
+            )
 
 
 DRIVER_CPU = 0.01  # a trial driver only waits and evaluates; merges run in the merge actor
@@ -120,14 +134,19 @@ def worker_resources(cfg: SweepConfig, cluster: dict, n_trials: int) -> tuple[di
         raise TimeRayError(
             f"resources: one trial needs {workers} Train worker(s) x ({worker}) plus {driver} for its driver, "
             f"but the cluster has {has}. Lower resources.workers_per_expert / cpus_per_worker / "
-            "gpus_per_worker, or add nodes.")
+            "gpus_per_worker, or add nodes."
+        )
     nodes = cluster.get("nodes") or [{"CPU": cpus, "GPU": float(cluster.get("GPU", 0))}]
     while True:  # shares that also fit node by node: a worker cannot span two nodes
-        share = r.cpus_per_worker or math.floor((cpus - per_trial_cpu * concurrent) / (concurrent * workers) * 100) / 100
+        share = (
+            r.cpus_per_worker or math.floor((cpus - per_trial_cpu * concurrent) / (concurrent * workers) * 100) / 100
+        )
         while not r.cpus_per_worker and share > MIN_WORKER_CPU and _slots(nodes, "CPU", share) < concurrent * workers:
             share = round(share - 0.01, 2)
-        if concurrent == 1 or (_slots(nodes, "CPU", share) >= concurrent * workers
-                               and (not r.use_gpu or _slots(nodes, "GPU", gpu) >= concurrent * workers)):
+        if concurrent == 1 or (
+            _slots(nodes, "CPU", share) >= concurrent * workers
+            and (not r.use_gpu or _slots(nodes, "GPU", gpu) >= concurrent * workers)
+        ):
             break
         concurrent -= 1
     per_worker: dict = {"CPU": max(0.01, share)}
@@ -141,21 +160,27 @@ def _slots(nodes: list[dict], key: str, amount: float) -> int:
     return sum(math.floor(node.get(key, 0) / amount + 1e-9) for node in nodes) if amount > 0 else 1 << 30
 
 
-def run_sweep(cfg: SweepConfig, output: str, resume: bool = False, verbose: bool = False,
-              ray_temp_dir: str | None = None) -> pd.DataFrame:
+def run_sweep(
+    cfg: SweepConfig, output: str, resume: bool = False, verbose: bool = False, ray_temp_dir: str | None = None
+) -> pd.DataFrame:
     """Runs the sweep and writes DIR/metrics.parquet, DIR/timesteps.parquet, DIR/config.yaml."""
     trials = expand_trials(cfg)  # the last of the validation, before the output directory is touched
     storage = Storage(output)
     check_output(cfg, storage, resume)
     # theta_0 before the output is claimed: a checkpoint of another architecture leaves no trace
-    base = None if storage.pull("base.safetensors") is not None else load_base(
-        cfg.model.arch, cfg.model.pretrained, cfg.stream.builtin, cfg.model.base_training, log)
+    base = (
+        None
+        if storage.pull("base.safetensors") is not None
+        else load_base(cfg.model.arch, cfg.model.pretrained, cfg.stream.builtin, cfg.model.base_training, log)
+    )
     prepare_output(cfg, storage, resume)
     todo = [t for t in trials if not (resume and finished(storage, t, cfg.stream.tasks))]
     for trial in todo:  # an unfinished trial continues after its last recorded timestep
         storage.remove_tree(f"trials/{trial['trial_id']}/failed.json")
-    log(f"time-ray: sweep {cfg.name!r}: {len(trials)} trials, {cfg.stream.tasks} tasks each "
-        f"({len(trials) - len(todo)} already finished) -> {storage.display()}")
+    log(
+        f"time-ray: sweep {cfg.name!r}: {len(trials)} trials, {cfg.stream.tasks} tasks each "
+        f"({len(trials) - len(todo)} already finished) -> {storage.display()}"
+    )
 
     if base is not None:
         save_atomic(base, storage.local("base.safetensors"))
@@ -164,9 +189,11 @@ def run_sweep(cfg: SweepConfig, output: str, resume: bool = False, verbose: bool
     steps = collect(storage, trials, cfg.stream.tasks)  # what finished is always written
     if failed:
         details = "; ".join(f"{trial_id}: {error}" for trial_id, error in failed.items())
-        raise TimeRayError(f"{len(failed)} of {len(todo)} trials failed: {details}. Every recorded timestep "
-                           f"is kept in {storage.display()}; rerun with --resume to retry the failed trials "
-                           "from where they stopped.")
+        raise TimeRayError(
+            f"{len(failed)} of {len(todo)} trials failed: {details}. Every recorded timestep "
+            f"is kept in {storage.display()}; rerun with --resume to retry the failed trials "
+            "from where they stopped."
+        )
     return steps
 
 
@@ -182,28 +209,42 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> dict[str,
     cluster = init_ray(verbose=verbose, temp_dir=ray_temp_dir)
     per_worker, concurrent = worker_resources(cfg, cluster, len(todo))
     where = f"joined the Ray cluster at {os.environ['RAY_ADDRESS']}" if cluster["joined"] else "started a local Ray"
-    log(f"time-ray: {where}; Ray node {cluster['node_address']}, resources "
+    log(
+        f"time-ray: {where}; Ray node {cluster['node_address']}, resources "
         f"{dict((k, v) for k, v in cluster.items() if k in ('CPU', 'GPU'))}; "
-        f"{concurrent} trials at a time, {cfg.resources.workers_per_expert} Train worker(s) each with {per_worker}")
+        f"{concurrent} trials at a time, {cfg.resources.workers_per_expert} Train worker(s) each with {per_worker}"
+    )
     from time_ray.orchestration.expert_cache import ExpertCache
 
     cache_name = f"time-ray-experts-{cfg.fingerprint()}"
     cache = ExpertCache.options(name=cache_name).remote(storage)
-    run = {"storage": storage, "settings": experiment_settings(cfg),
-           "expert_cache": cache_name,
-           "workers": cfg.resources.workers_per_expert, "use_gpu": cfg.resources.use_gpu,
-           "resources_per_worker": per_worker, "driver_cpu": DRIVER_CPU,
-           "eval_gpu": EVAL_GPU if cfg.resources.use_gpu else 0.0,
-           "loopback": cluster["node_address"] == "127.0.0.1"}  # Train's process group: no listener beyond it
+    run = {
+        "storage": storage,
+        "settings": experiment_settings(cfg),
+        "expert_cache": cache_name,
+        "workers": cfg.resources.workers_per_expert,
+        "use_gpu": cfg.resources.use_gpu,
+        "resources_per_worker": per_worker,
+        "driver_cpu": DRIVER_CPU,
+        "eval_gpu": EVAL_GPU if cfg.resources.use_gpu else 0.0,
+        "loopback": cluster["node_address"] == "127.0.0.1",
+    }  # Train's process group: no listener beyond it
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"cpu": DRIVER_CPU}),
         param_space={"trial": tune.grid_search(todo), "run": run},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, scheduler=scheduler(cfg),
-                                    trial_dirname_creator=lambda t: t.config["trial"]["trial_id"],
-                                    trial_name_creator=lambda t: t.config["trial"]["trial_id"]),
-        run_config=tune.RunConfig(name="tune", storage_path=storage.ray_path("ray"), verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=TRIAL_MAX_FAILURES),
-                                  callbacks=[ProgressPrinter(todo, cfg.stream.tasks, TRIAL_MAX_FAILURES)]),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=concurrent,
+            scheduler=scheduler(cfg),
+            trial_dirname_creator=lambda t: t.config["trial"]["trial_id"],
+            trial_name_creator=lambda t: t.config["trial"]["trial_id"],
+        ),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=storage.ray_path("ray"),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=TRIAL_MAX_FAILURES),
+            callbacks=[ProgressPrinter(todo, cfg.stream.tasks, TRIAL_MAX_FAILURES)],
+        ),
     )
     # Ctrl-C raises KeyboardInterrupt out of fit() (the CLI exits 130 and --resume finishes): Tune's own
     # handler would end fit() normally, and the unfinished trials would look finished or stopped early
@@ -212,15 +253,25 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> dict[str,
         os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     results = tuner.fit()
     counts = ray.get(cache.stats.remote())
-    expired = (f"; {counts['taken_over']} claim(s) taken over after their lease ran out (the expert was trained "
-               "again: a busy machine)") if counts.get("taken_over") else ""
+    expired = (
+        (
+            f"; {counts['taken_over']} claim(s) taken over after their lease ran out (the expert was trained "
+            "again: a busy machine)"
+        )
+        if counts.get("taken_over")
+        else ""
+    )
     log(f"time-ray: experts trained {counts['trained']}, reused from the cache {counts['hits']}{expired}")
-    failed = {t["trial_id"]: json.loads(text)["error"] for t in todo
-              if (text := storage.read_text(f"trials/{t['trial_id']}/failed.json"))}
+    failed = {
+        t["trial_id"]: json.loads(text)["error"]
+        for t in todo
+        if (text := storage.read_text(f"trials/{t['trial_id']}/failed.json"))
+    }
     failed |= {r.config["trial"]["trial_id"]: last_line(r.error) for r in results if r.error is not None}
     if cfg.search.early_stopping.scheduler is not None:  # only a scheduler ends a trial early without error
-        record_early_stops(storage, [r for r in results if r.config["trial"]["trial_id"] not in failed],
-                           cfg.stream.tasks)
+        record_early_stops(
+            storage, [r for r in results if r.config["trial"]["trial_id"] not in failed], cfg.stream.tasks
+        )
     return failed
 
 
@@ -239,22 +290,40 @@ def collect(storage: Storage, trials: list[dict], tasks: int) -> pd.DataFrame:
             steps.append(pd.read_parquet(storage.local(f"{d}/timesteps.parquet")))
             last = int(steps[-1].timestep.max())
         stop = json.loads(storage.read_text(f"{d}/stopped_early.json") or "null")
-        state = ("stopped_early" if stop else "finished" if last == tasks
-                 else "failed" if storage.exists(f"{d}/failed.json") else "unfinished")
-        status.append({**policy_columns(trial), "status": state, "last_timestep": last,
-                       "expert_trainings_saved": (stop or {}).get("expert_trainings_saved", 0),
-                       "train_steps_saved": (stop or {}).get("train_steps_saved", 0)})
+        state = (
+            "stopped_early"
+            if stop
+            else "finished"
+            if last == tasks
+            else "failed"
+            if storage.exists(f"{d}/failed.json")
+            else "unfinished"
+        )
+        status.append(
+            {
+                **policy_columns(trial),
+                "status": state,
+                "last_timestep": last,
+                "expert_trainings_saved": (stop or {}).get("expert_trainings_saved", 0),
+                "train_steps_saved": (stop or {}).get("train_steps_saved", 0),
+            }
+        )
     metrics_df = pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(columns=METRICS_COLUMNS)
     steps_df = pd.concat(steps, ignore_index=True) if steps else pd.DataFrame(columns=TIMESTEP_COLUMNS)
-    for name, frame in (("metrics.parquet", metrics_df), ("timesteps.parquet", steps_df),
-                        ("trials.parquet", trials_frame(status))):
+    for name, frame in (
+        ("metrics.parquet", metrics_df),
+        ("timesteps.parquet", steps_df),
+        ("trials.parquet", trials_frame(status)),
+    ):
         write_parquet_atomic(frame, storage.local(name))
         storage.push(name)
     stopped = [s for s in status if s["status"] == "stopped_early"]
     if stopped:
-        log(f"time-ray: early stopping ended {len(stopped)} of {len(trials)} trials before timestep {tasks}, "
+        log(
+            f"time-ray: early stopping ended {len(stopped)} of {len(trials)} trials before timestep {tasks}, "
             f"saving {sum(s['expert_trainings_saved'] for s in stopped)} expert trainings "
-            f"({sum(s['train_steps_saved'] for s in stopped)} steps); see trials.parquet")
+            f"({sum(s['train_steps_saved'] for s in stopped)} steps); see trials.parquet"
+        )
     return steps_df
 
 
@@ -265,10 +334,15 @@ def summary_table(steps: pd.DataFrame) -> str:
     last = steps.sort_values("timestep").groupby("trial_id").tail(1)
     base = steps[steps.timestep == 0].iloc[0]
     header = f"{'policy':<16}{'init':<7}{'deploy':<8}{'merge':<17}{'T':>3}{'A_KA':>8}{'A_ZS':>8}{'GM':>8}  settings"
-    lines = [header, f"{'base model':<16}{'-':<7}{'-':<8}{'-':<17}{0:>3}{base.a_ka:>8.3f}{base.a_zs:>8.3f}{base.gm:>8.3f}"]
+    lines = [
+        header,
+        f"{'base model':<16}{'-':<7}{'-':<8}{'-':<17}{0:>3}{base.a_ka:>8.3f}{base.a_zs:>8.3f}{base.gm:>8.3f}",
+    ]
     for row in last.sort_values("gm", ascending=False).itertuples():
-        lines.append(f"{row.policy:<16}{row.init:<7}{row.deploy:<8}{row.merge:<17}{row.timestep:>3}"
-                     f"{row.a_ka:>8.3f}{row.a_zs:>8.3f}{row.gm:>8.3f}  {_settings(row)}".rstrip())
+        lines.append(
+            f"{row.policy:<16}{row.init:<7}{row.deploy:<8}{row.merge:<17}{row.timestep:>3}"
+            f"{row.a_ka:>8.3f}{row.a_zs:>8.3f}{row.gm:>8.3f}  {_settings(row)}".rstrip()
+        )
     return "\n".join(lines)
 
 

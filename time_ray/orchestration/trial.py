@@ -47,12 +47,20 @@ TRAIN_MAX_FAILURES = 3  # restarts of a Train run whose worker died
 def policy_columns(trial: dict) -> dict:
     """The policy of a trial as result columns (EMA and 'all' settings with their defaults)."""
     policy = policy_of(trial)
-    return {"trial_id": trial["trial_id"], "policy": trial["policy"], "init": trial["init"],
-            "deploy": trial["deploy"], "merge": trial["merge"],
-            "merge_params": json.dumps(trial["merge_params"], sort_keys=True),
-            "ema_weight": str(policy.ema_weight), "ema_with_base": policy.ema_with_base,
-            "all_with_base": policy.all_with_base, "recency": policy.recency,
-            "budget_steps": trial["budget_steps"], "seed": trial["seed"]}
+    return {
+        "trial_id": trial["trial_id"],
+        "policy": trial["policy"],
+        "init": trial["init"],
+        "deploy": trial["deploy"],
+        "merge": trial["merge"],
+        "merge_params": json.dumps(trial["merge_params"], sort_keys=True),
+        "ema_weight": str(policy.ema_weight),
+        "ema_with_base": policy.ema_with_base,
+        "all_with_base": policy.all_with_base,
+        "recency": policy.recency,
+        "budget_steps": trial["budget_steps"],
+        "seed": trial["seed"],
+    }
 
 
 class TrialRecorder:
@@ -83,14 +91,16 @@ class TrialRecorder:
         row = {**self.cols, "timestep": t, **summary, **costs}
         self.timestep_rows.append(row)
         # metrics first: a reader that sees timestep t in timesteps.parquet finds its metrics too
-        for name, frame in (("metrics.parquet", metrics_frame(self.metric_rows)),
-                            ("timesteps.parquet", timesteps_frame(self.timestep_rows))):
+        for name, frame in (
+            ("metrics.parquet", metrics_frame(self.metric_rows)),
+            ("timesteps.parquet", timesteps_frame(self.timestep_rows)),
+        ):
             write_parquet_atomic(frame, self.storage.local(f"{self.dir}/{name}"))
             self.storage.push(f"{self.dir}/{name}")
         return row
 
 
-class Deterministic(Exception):
+class NonRetryableFailure(Exception):
     """A failure that a retry would repeat (a NaN loss, a damaged checkpoint)."""
 
 
@@ -119,15 +129,18 @@ class TrialDriver:
         seed, start = self.run["settings"]["stream_seed"], time.perf_counter()
         try:
             if self.run.get("eval_gpu"):
-                records = ray.get(evaluate_task.options(num_cpus=self.run["driver_cpu"], num_gpus=self.run["eval_gpu"])
-                                  .remote(self.run["settings"], self.multitask, state, subset, seed))
+                records = ray.get(
+                    evaluate_task.options(num_cpus=self.run["driver_cpu"], num_gpus=self.run["eval_gpu"]).remote(
+                        self.run["settings"], self.multitask, state, subset, seed
+                    )
+                )
             else:
                 model = self.experiment.new_model(ray.get(state))
                 records = self.experiment.evaluate(model, subset=subset, seed=seed)
             return records, ray.get(info), time.perf_counter() - start
         except ray.exceptions.RayTaskError as error:
             if isinstance(error.cause, CheckpointError):
-                raise Deterministic(f"policy {self.trial_id}: timestep {t}: {error.cause}") from None
+                raise NonRetryableFailure(f"policy {self.trial_id}: timestep {t}: {error.cause}") from None
             raise
 
     def wait_for_expert(self, t: int) -> None:
@@ -138,11 +151,13 @@ class TrialDriver:
             if ray.get(self.actor.n_experts.remote()) >= t:
                 return
             if (message := ray.get(self.actor.failed.remote())) is not None:
-                raise Deterministic(message)
+                raise NonRetryableFailure(message)
             if not alive:
                 cause = self.failure[0] if self.failure else None
-                raise RuntimeError(f"policy {self.trial_id}: the Train run stopped before expert {t} was "
-                                   f"stored: {cause or 'no error reported'}") from cause
+                raise RuntimeError(
+                    f"policy {self.trial_id}: the Train run stopped before expert {t} was "
+                    f"stored: {cause or 'no error reported'}"
+                ) from cause
             time.sleep(POLL_SECONDS)
 
     def record(self, timestep: int, records: list[dict], costs: dict) -> None:
@@ -166,9 +181,16 @@ class TrialDriver:
             self.wait_for_expert(t)
             final = t == self.experiment.tasks  # subsets during the stream, full test sets at its end
             records, info, seconds = self.evaluate(t, subset=not final)
-            self.record(self.timestep_of(t), records, {
-                **ZERO_COST, **{k: info[k] for k in ZERO_COST if k in info},
-                "expert_cache_hit": bool(info.get("expert_cache_hit", False)), "eval_seconds": seconds})
+            self.record(
+                self.timestep_of(t),
+                records,
+                {
+                    **ZERO_COST,
+                    **{k: info[k] for k in ZERO_COST if k in info},
+                    "expert_cache_hit": bool(info.get("expert_cache_hit", False)),
+                    "eval_seconds": seconds,
+                },
+            )
         if self.training is not None:
             self.training.join()
         if self.failure:
@@ -209,12 +231,19 @@ class TrialDriver:
                 _trainer(self.trial, self.run, {**config, "first_init": (t, init_ref)}).fit()
             return
         which = f"all {self.experiment.tasks}" if first == 1 else f"{self.experiment.tasks - first + 1} remaining"
-        print(f"policy {self.trial_id}: {which} experts from the expert cache, no Train run",
-              file=sys.stderr, flush=True)
+        print(
+            f"policy {self.trial_id}: {which} experts from the expert cache, no Train run", file=sys.stderr, flush=True
+        )
 
 
-ZERO_COST = {"train_steps": 0, "train_gflops": 0.0, "train_seconds": 0.0, "merge_seconds": 0.0,
-             "pool_bytes": 0, "expert_cache_hit": False}
+ZERO_COST = {
+    "train_steps": 0,
+    "train_gflops": 0.0,
+    "train_seconds": 0.0,
+    "merge_seconds": 0.0,
+    "pool_bytes": 0,
+    "expert_cache_hit": False,
+}
 
 
 def run_trial(config: dict) -> None:
@@ -223,15 +252,22 @@ def run_trial(config: dict) -> None:
     driver = TrialDriver(config["trial"], config["run"])
     try:
         driver.drive()
-    except Deterministic as error:
+    except NonRetryableFailure as error:
         driver.storage.write_text(f"trials/{driver.trial_id}/failed.json", json.dumps({"error": str(error)}))
 
 
 def train_loop_config(trial: dict, run: dict, actor, multitask: bool) -> dict:
     """What the Train workers of the trial's run get (expert_training.train_experts)."""
-    return {"merge_actor": actor, "settings": run["settings"], "steps": trial["budget_steps"],
-            "seed": trial["seed"], "trial_id": trial["trial_id"], "multitask": multitask,
-            "expert_cache": run.get("expert_cache"), "storage": run["storage"]}
+    return {
+        "merge_actor": actor,
+        "settings": run["settings"],
+        "steps": trial["budget_steps"],
+        "seed": trial["seed"],
+        "trial_id": trial["trial_id"],
+        "multitask": multitask,
+        "expert_cache": run.get("expert_cache"),
+        "storage": run["storage"],
+    }
 
 
 def _trainer(trial: dict, run: dict, config: dict) -> TorchTrainer:
@@ -241,11 +277,14 @@ def _trainer(trial: dict, run: dict, config: dict) -> TorchTrainer:
         train_experts,
         train_loop_config=config,
         torch_config=torch_config(run.get("loopback", False)),
-        scaling_config=ScalingConfig(num_workers=run["workers"], use_gpu=run["use_gpu"],
-                                     resources_per_worker=run["resources_per_worker"]),
-        run_config=RunConfig(name=f"{trial['trial_id']}-{int(time.time())}",
-                             storage_path=run["storage"].ray_path("ray/train"),
-                             failure_config=FailureConfig(max_failures=TRAIN_MAX_FAILURES)),
+        scaling_config=ScalingConfig(
+            num_workers=run["workers"], use_gpu=run["use_gpu"], resources_per_worker=run["resources_per_worker"]
+        ),
+        run_config=RunConfig(
+            name=f"{trial['trial_id']}-{int(time.time())}",
+            storage_path=run["storage"].ray_path("ray/train"),
+            failure_config=FailureConfig(max_failures=TRAIN_MAX_FAILURES),
+        ),
     )
 
 
@@ -257,6 +296,7 @@ def _start_training(trial: dict, run: dict, actor, multitask: bool, failure: lis
 
 def _in_thread(work, name: str, failure: list) -> threading.Thread:
     """Runs ``work`` in a daemon thread; what it raises goes to ``failure`` (re-raised by the driver)."""
+
     def run():
         try:
             work()
@@ -284,5 +324,12 @@ def evaluate_task(settings: dict, multitask: bool, state: dict, subset: bool, se
 
 
 def _report(row: dict, tasks: int) -> dict:
-    return {"timestep": row["timestep"], "tasks": tasks, "a_ka": row["a_ka"], "a_zs": row["a_zs"],
-            "gm": row["gm"], "policy": row["policy"], "trial_id": row["trial_id"]}
+    return {
+        "timestep": row["timestep"],
+        "tasks": tasks,
+        "a_ka": row["a_ka"],
+        "a_zs": row["a_zs"],
+        "gm": row["gm"],
+        "policy": row["policy"],
+        "trial_id": row["trial_id"],
+    }

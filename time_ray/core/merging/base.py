@@ -72,8 +72,9 @@ class Technique:
             if f.name in RULES and not RULES[f.name][0](value):
                 raise ConfigError(f"merge.{config_name(f.name)}: {RULES[f.name][1]}, got {value!r}.")
 
-    def merge(self, experts: Sequence[Checkpoint], weights: Sequence[float] | None = None,
-              base: Checkpoint | None = None) -> dict[str, torch.Tensor]:
+    def merge(
+        self, experts: Sequence[Checkpoint], weights: Sequence[float] | None = None, base: Checkpoint | None = None
+    ) -> dict[str, torch.Tensor]:
         if not experts:
             raise ValueError("merge needs at least one checkpoint")
         if len(experts) < self.min_models:
@@ -115,15 +116,23 @@ class Technique:
         """What a technique must know about whole towers before merging tensor by tensor (passes over the inputs)."""
         return None
 
-    def merge_key(self, key: str, thetas: Sequence[torch.Tensor], weights: list[float],
-                  theta_0: torch.Tensor | None, plan, span: "Span") -> torch.Tensor:
+    def merge_key(
+        self,
+        key: str,
+        thetas: Sequence[torch.Tensor],
+        weights: list[float],
+        theta_0: torch.Tensor | None,
+        plan,
+        span: "Span",
+    ) -> torch.Tensor:
         """Merges the entries ``span`` of the flattened tensor ``key``: ``thetas`` are those entries of each
         expert (fp32, 1-D, each converted when accessed), ``theta_0`` those of the base. Element-wise
         techniques get the tensor chunk by chunk, in order; the others (``elementwise`` False) whole."""
         return self.merge_tensor(thetas, weights, theta_0)
 
-    def merge_tensor(self, thetas: Sequence[torch.Tensor], weights: list[float],
-                     theta_0: torch.Tensor | None) -> torch.Tensor:
+    def merge_tensor(
+        self, thetas: Sequence[torch.Tensor], weights: list[float], theta_0: torch.Tensor | None
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def finish(self, merged: dict[str, torch.Tensor], plan) -> None:
@@ -171,10 +180,10 @@ class _Chunks(Sequence):
     def __getitem__(self, k):
         if isinstance(k, slice):
             return [self[i] for i in range(len(self))[k]]
-        return self.flats[k][self.start:self.stop].float()
+        return self.flats[k][self.start : self.stop].float()
 
     def __iter__(self):
-        return (flat[self.start:self.stop].float() for flat in self.flats)
+        return (flat[self.start : self.stop].float() for flat in self.flats)
 
 
 class CascadeSum:
@@ -194,10 +203,11 @@ class CascadeSum:
         self.count = 0
 
     def _into(self, level: int, x: torch.Tensor) -> None:
-        if self.acc[level] is None:
+        acc = self.acc[level]
+        if acc is None:
             self.acc[level] = x.clone()
         else:
-            self.acc[level] += x
+            acc += x
 
     def add(self, x: torch.Tensor) -> None:
         self._into(0, x)
@@ -206,7 +216,9 @@ class CascadeSum:
         if self.count % step:
             return
         for j in range(1, self.LEVELS):  # a run of 2^p is complete: carry it up the levels
-            self._into(j, self.acc[j - 1])
+            carried = self.acc[j - 1]
+            assert carried is not None  # a complete run of 2^p left its sum at level j - 1
+            self._into(j, carried)
             self.acc[j - 1] = None
             if self.count & ((step - 1) << (j * self.power)):
                 break
@@ -263,15 +275,17 @@ def check_compatible(experts: Sequence[Checkpoint], base: Checkpoint | None = No
             extra = sorted(set(model) - set(names))
             missing = sorted(set(names) - set(model))
             what = f"has tensor {extra[0]!r}, which" if extra else f"lacks tensor {missing[0]!r}, which"
-            raise CheckpointError(f"{name} {what} {ref_name} {'lacks' if extra else 'has'}: they are not the same "
-                                  "architecture.")
+            raise CheckpointError(
+                f"{name} {what} {ref_name} {'lacks' if extra else 'has'}: they are not the same architecture."
+            )
         for key in names:
             dtype, shape = tensor_meta(model, key)
             if (dtype, shape) != want[key]:
                 raise CheckpointError(
                     f"tensor {key!r}: {name} has shape {list(shape)} and dtype {str(dtype).removeprefix('torch.')}, "
                     f"{ref_name} has shape {list(want[key][1])} and dtype {str(want[key][0]).removeprefix('torch.')}; "
-                    "only checkpoints of the same architecture and precision can be merged.")
+                    "only checkpoints of the same architecture and precision can be merged."
+                )
 
 
 def uniform(n: int) -> list[float]:
@@ -302,7 +316,9 @@ def make_technique(name: str, field: str = "merge.technique", **params) -> Techn
     if name not in TECHNIQUES:
         close = difflib.get_close_matches(str(name), TECHNIQUES, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"{field}: unknown merging technique {name!r}.{hint} Allowed: {', '.join(sorted(TECHNIQUES))}.")
+        raise ConfigError(
+            f"{field}: unknown merging technique {name!r}.{hint} Allowed: {', '.join(sorted(TECHNIQUES))}."
+        )
     cls = TECHNIQUES[name]
     allowed = {f.name for f in fields(cls)}
     prefix = field.rsplit(".", 1)[0]
@@ -310,16 +326,19 @@ def make_technique(name: str, field: str = "merge.technique", **params) -> Techn
     for key, value in params.items():
         attr = PARAM_ALIASES.get(key, key)
         if attr not in allowed:
-            shown = sorted({k for k, v in PARAM_ALIASES.items() if v in allowed} | (allowed - set(PARAM_ALIASES.values())))
-            raise ConfigError(f"{prefix}.{key}: {name} has no parameter {key!r}. "
-                              f"Allowed: {', '.join(shown) or 'none'}.")
+            shown = sorted(
+                {k for k, v in PARAM_ALIASES.items() if v in allowed} | (allowed - set(PARAM_ALIASES.values()))
+            )
+            raise ConfigError(
+                f"{prefix}.{key}: {name} has no parameter {key!r}. Allowed: {', '.join(shown) or 'none'}."
+            )
         kwargs[attr] = value
     try:
         return cls(**kwargs)
     except ConfigError as error:  # parameter checks name the field as merge.X; say where it is in the config
         message = str(error)
         if prefix != "merge" and message.startswith("merge."):
-            message = prefix + message[len("merge"):]
+            message = prefix + message[len("merge") :]
         raise ConfigError(message) from None
 
 

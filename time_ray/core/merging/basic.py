@@ -65,8 +65,13 @@ class TaskArithmetic(LinesOption, Technique):
             out = torch.empty(span.size)
             if "acc" not in span.memo:
                 span.memo["acc"] = np.empty(self.chunk_size(len(thetas)), np.float32)
-            kernels.task_sum_block(np.array([c.data_ptr() for c in chunks], np.int64), theta_0.numpy(),
-                                   np.float32(self.scale(key, plan)), span.memo["acc"][: span.size], out.numpy())
+            kernels.task_sum_block(
+                np.array([c.data_ptr() for c in chunks], np.int64),
+                theta_0.numpy(),
+                np.float32(self.scale(key, plan)),
+                span.memo["acc"][: span.size],
+                out.numpy(),
+            )
             return out
         tau_sum = tau = None
         for theta_k in thetas:  # tau_1 + tau_2 + ..., in order; one scratch tensor for tau_k
@@ -79,6 +84,7 @@ class TaskArithmetic(LinesOption, Technique):
 
 
 # ---------------------------------------------------------------- SLERP, MagMax, Random, Model Stock
+
 
 @register
 @dataclass(frozen=True)
@@ -111,8 +117,10 @@ class Slerp(Technique):
             return self.t
         w_a, w_b = weights
         if abs(w_a + w_b - 1.0) > 1e-6 or not 0.0 <= w_b <= 1.0:
-            raise ValueError(f"slerp without t takes t from the weights (w_a, w_b) = (1 - t, t): they must sum to 1 "
-                             f"with t in [0, 1], got {list(weights)}")
+            raise ValueError(
+                f"slerp without t takes t from the weights (w_a, w_b) = (1 - t, t): they must sum to 1 "
+                f"with t in [0, 1], got {list(weights)}"
+            )
         return w_b
 
     def merge_tensor(self, thetas, weights, theta_0):
@@ -152,8 +160,14 @@ class MagMax(Technique):
                 span.memo["buffers"] = (np.empty(size, np.float32), np.empty(size, np.float32))
             high, low = (b[: span.size] for b in span.memo["buffers"])
             out = torch.empty(span.size)
-            tied = kernels.magmax_block(np.array([c.data_ptr() for c in chunks], np.int64), theta_0.numpy(),
-                                        np.float32(self.lam), high, low, out.numpy())
+            tied = kernels.magmax_block(
+                np.array([c.data_ptr() for c in chunks], np.int64),
+                theta_0.numpy(),
+                np.float32(self.lam),
+                high,
+                low,
+                out.numpy(),
+            )
             if not tied:
                 return out
         return self.merge_tensor(thetas, weights, theta_0)

@@ -32,7 +32,7 @@ try:
     from numba import types
     from numba.extending import intrinsic
 except ImportError:  # pragma: no cover - numba is a dependency; the torch path stays correct without it
-    numba = None
+    numba = None  # type: ignore[assignment]
 
 MAGNITUDE, HASHED = 0, 1
 NO_HI = 2**31  # an upper bound no int32 score reaches
@@ -46,6 +46,7 @@ def enabled() -> bool:
 
 
 # ---------------------------------------------------------------- DARE's scores, in torch (the definition)
+
 
 def _signed(c: int) -> int:
     return c - (1 << 64) if c >= 1 << 63 else c
@@ -77,6 +78,7 @@ if numba is not None:
 
         def codegen(context, builder, signature, args):
             return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.float32)))
+
         return sig, codegen
 
     @intrinsic
@@ -86,6 +88,7 @@ if numba is not None:
 
         def codegen(context, builder, signature, args):
             return builder.bitcast(args[0], ir.IntType(32))
+
         return sig, codegen
 
     @intrinsic
@@ -95,6 +98,7 @@ if numba is not None:
 
         def codegen(context, builder, signature, args):
             return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
+
         return sig, codegen
 
     @numba.njit(inline="always")
@@ -221,8 +225,30 @@ if numba is not None:
                 out[i] = 0.0
 
     @numba.njit(cache=True, nogil=True)
-    def merge_block(mode, ptrs, t0, seeds, offset, lo, hi, ties, strict, rescale, power, disjoint, scale,
-                    work, acc, gamma, total, count, keys, out, undecided, undecided_taus):
+    def merge_block(
+        mode,
+        ptrs,
+        t0,
+        seeds,
+        offset,
+        lo,
+        hi,
+        ties,
+        strict,
+        rescale,
+        power,
+        disjoint,
+        scale,
+        work,
+        acc,
+        gamma,
+        total,
+        count,
+        keys,
+        out,
+        undecided,
+        undecided_taus,
+    ):
         """One chunk of the TIES merge (see the module doc); returns (sum of gamma, number undecided): the
         first entries of ``undecided`` are their indices, the rows of ``undecided_taus`` their tau_k'.
         ``strict`` (exact counts): keep s > lo, except that of the scores equal to lo only the first

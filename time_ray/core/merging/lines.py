@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from time_ray.core.merging.base import BLOCK, LINES, tower_of
 
 
@@ -21,6 +23,12 @@ class LinesOption:
     alpha + beta * f(l / (L - 1)), f = identity (linear), square (quadratic) or sqrt; every other tensor
     by alpha. This replaces lambda. ``alpha`` and ``beta`` are unused while ``lines`` is null."""
 
+    # set by the technique this option is mixed into (annotations only: no dataclass fields here)
+    lines: str | None
+    alpha: float
+    beta: float
+    needs_base: ClassVar[bool]
+
     def uses_base(self) -> bool:
         return self.needs_base or self.lines is not None
 
@@ -30,6 +38,7 @@ class LinesOption:
         match = BLOCK.search(key)
         if match is None:
             return self.alpha
+        assert depths is not None, "plan() computes the depths whenever lines is set"
         depth = depths[tower_of(key)]
         return self.alpha + self.beta * LINES[self.lines](int(match[1]) / max(depth - 1, 1))
 
@@ -37,7 +46,7 @@ class LinesOption:
         return lines_depths(experts[0]) if self.lines is not None else None
 
     def params(self) -> dict:
-        params = super().params()
+        params = super().params()  # type: ignore[misc]  # the technique's own params
         if self.lines is None:  # inactive: keeps params (and trial ids) of plain techniques unchanged
             for name in ("lines", "alpha", "beta"):
                 params.pop(name)

@@ -98,7 +98,7 @@ def sample_bracket(sample: torch.Tensor, rank: int, n: int, z: float = 4.0) -> t
     half = z * math.sqrt(m * q * (1 - q)) + 2
     lo, hi = math.floor(q * m - half), math.ceil(q * m + half)
     at = [j - 1 for j in (lo, hi) if 1 <= j <= m]
-    order = np.partition(sample.numpy(), at) if at else None  # both order statistics in one selection
+    order = np.partition(sample.numpy(), at) if at else np.empty(0)  # both order statistics in one selection
     lo_key = int(order[lo - 1]) if lo >= 1 else 0
     hi_key = int(order[hi - 1]) if hi <= m else 2**31 - 1
     return lo_key, hi_key, float(((sample >= lo_key) & (sample <= hi_key)).sum()) / m

@@ -59,15 +59,27 @@ class _ConsensusPlan:
     def kernel_buffers(self, k: int, n: int, size: int) -> dict:
         """Contiguous views of n entries of the kernel's reused buffers (allocated for chunks of ``size``)."""
         if not self.scratch:
-            self.scratch = {"work": np.empty(k * size, np.float32), "acc": np.empty(4 * size, np.float32),
-                            "gamma": np.empty(size, np.float32), "total": np.empty(size, np.float32),
-                            "count": np.empty(size, np.float32), "keys": np.empty(size, np.int32),
-                            "undecided": np.empty(size, np.int64),
-                            "undecided_taus": np.empty((size, k), np.float32)}
+            self.scratch = {
+                "work": np.empty(k * size, np.float32),
+                "acc": np.empty(4 * size, np.float32),
+                "gamma": np.empty(size, np.float32),
+                "total": np.empty(size, np.float32),
+                "count": np.empty(size, np.float32),
+                "keys": np.empty(size, np.int32),
+                "undecided": np.empty(size, np.int64),
+                "undecided_taus": np.empty((size, k), np.float32),
+            }
         b = self.scratch
-        return {"work": b["work"][: k * n].reshape(k, n), "acc": b["acc"][: 4 * n].reshape(4, n),
-                "gamma": b["gamma"][:n], "total": b["total"][:n], "count": b["count"][:n], "keys": b["keys"][:n],
-                "undecided": b["undecided"], "undecided_taus": b["undecided_taus"]}
+        return {
+            "work": b["work"][: k * n].reshape(k, n),
+            "acc": b["acc"][: 4 * n].reshape(4, n),
+            "gamma": b["gamma"][:n],
+            "total": b["total"][:n],
+            "count": b["count"][:n],
+            "keys": b["keys"][:n],
+            "undecided": b["undecided"],
+            "undecided_taus": b["undecided_taus"],
+        }
 
     def kernel_bounds(self, tower: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(lo, hi, ties) per expert as int64 arrays: keep lo <= s <= hi (lo < s for exact counts, but for
@@ -77,7 +89,8 @@ class _ConsensusPlan:
             self.scratch["bounds", tower] = (
                 np.array([-1 if b.lo is None else b.lo for b in bounds], np.int64),
                 np.array([kernels.NO_HI if b.hi is None else b.hi for b in bounds], np.int64),
-                np.array([b.ties_to_drop for b in bounds], np.int64))
+                np.array([b.ties_to_drop for b in bounds], np.int64),
+            )
         return self.scratch["bounds", tower]
 
 
@@ -229,21 +242,32 @@ class SparseConsensus(LinesOption, Technique):
             if self.kernel_mode() is not None:
                 found = self._kernel_select(experts, base, ranks, sizes, brackets, indices)
             else:
-                selects = {at: [BracketSelect(rank, *b[:2]) for rank, b in zip(wanted, brackets[at])]
-                           for at, wanted in ranks.items()}
-                self._score_pass(experts, base, lambda k, tower, scores: [s.count(scores) for s in selects[k, tower]],
-                                 indices)
+                selects = {
+                    at: [BracketSelect(rank, *b[:2]) for rank, b in zip(wanted, brackets[at])]
+                    for at, wanted in ranks.items()
+                }
+
+                def count(k, tower, scores):
+                    for s in selects[k, tower]:
+                        s.count(scores)
+
+                self._score_pass(experts, base, count, indices)
                 found = {at: [s.result() for s in sel] for at, sel in selects.items()}
             if all(r is not None for results in found.values() for r in results):
                 return found
         radix: dict = defaultdict(RadixSelect)
-        self._score_pass(experts, base, lambda k, tower, scores: radix[k, tower].count_bins(scores.flatten() >> 16),
-                         indices)
+        self._score_pass(
+            experts, base, lambda k, tower, scores: radix[k, tower].count_bins(scores.flatten() >> 16), indices
+        )
         for at, wanted in ranks.items():
             radix[at].locate(wanted)
         if any(ranks.values()):  # pass 2: low bits inside the located bins
-            self._score_pass(experts, base, lambda k, tower, scores: radix[k, tower].ranks and
-                             radix[k, tower].count_low(scores), indices)
+            self._score_pass(
+                experts,
+                base,
+                lambda k, tower, scores: radix[k, tower].ranks and radix[k, tower].count_low(scores),
+                indices,
+            )
         return {at: radix[at].results(with_ties=True) for at in ranks}
 
     def _remembered_select(self, experts, base, ranks: dict, sizes: dict) -> dict:
@@ -254,15 +278,22 @@ class SparseConsensus(LinesOption, Technique):
             if experts[0][key].is_floating_point():
                 layout[tower_of(key)].append((key, experts[0][key].numel()))
         layout = {tower: tuple(entries) for tower, entries in layout.items()}
-        ids = {(k, tower): self.selection_id(experts, base, k, tower, tuple(wanted), layout)
-               for (k, tower), wanted in ranks.items()}
+        ids = {
+            (k, tower): self.selection_id(experts, base, k, tower, tuple(wanted), layout)
+            for (k, tower), wanted in ranks.items()
+        }
         if None in ids.values():
             return self._select(experts, base, ranks, sizes)
         found = {at: SELECTIONS[i] for at, i in ids.items() if i in SELECTIONS}
         new = sorted({k for at in ranks if at not in found for k in at[:1]})
         if new:
-            fresh = self._select([experts[k] for k in new], base,
-                                 {(j, t): ranks[k, t] for j, k in enumerate(new) for t in sizes}, sizes, indices=new)
+            fresh = self._select(
+                [experts[k] for k in new],
+                base,
+                {(j, t): ranks[k, t] for j, k in enumerate(new) for t in sizes},
+                sizes,
+                indices=new,
+            )
             for j, k in enumerate(new):
                 for tower in sizes:
                     found[k, tower] = SELECTIONS[ids[k, tower]] = fresh[j, tower]
@@ -285,10 +316,13 @@ class SparseConsensus(LinesOption, Technique):
             expected = max(b[2] for row in bs for b in row) * n
             cap = int(1.25 * expected + 8 * math.sqrt(expected) + INSIDE_SLACK)
             r = len(wanted[0])
-            state[tower] = {"lo": np.array([[b[0] for b in row] for row in bs], np.int64),
-                            "hi": np.array([[b[1] for b in row] for row in bs], np.int64),
-                            "below": np.zeros((n_experts, r), np.int64), "filled": np.zeros((n_experts, r), np.int64),
-                            "inside": np.empty((n_experts, r, min(cap, n)), np.int32)}
+            state[tower] = {
+                "lo": np.array([[b[0] for b in row] for row in bs], np.int64),
+                "hi": np.array([[b[1] for b in row] for row in bs], np.int64),
+                "below": np.zeros((n_experts, r), np.int64),
+                "filled": np.zeros((n_experts, r), np.int64),
+                "inside": np.empty((n_experts, r, min(cap, n)), np.int32),
+            }
         flags = np.empty((2, size + 8), np.uint8)
         reads = mode == kernels.MAGNITUDE  # hashed scores need only the index, not the experts
         for key, start, theta_0, chunks in _chunks(experts if reads else experts[:1], base, size):
@@ -296,9 +330,10 @@ class SparseConsensus(LinesOption, Technique):
                 continue
             ptrs = _pointers(chunks) if reads else np.full(n_experts, theta_0.data_ptr(), np.int64)
             seeds = self.kernel_seeds(indices or range(n_experts), key)
-            kernels.count_bracket(mode, ptrs, theta_0.numpy(), seeds, start,
-                                  s["lo"], s["hi"], s["below"], s["inside"], s["filled"], flags)
-        found = {}
+            kernels.count_bracket(
+                mode, ptrs, theta_0.numpy(), seeds, start, s["lo"], s["hi"], s["below"], s["inside"], s["filled"], flags
+            )
+        found: dict[tuple[int, str], list] = {}
         for (k, tower), wanted in ranks.items():
             found[k, tower] = []
             for r, rank in enumerate(wanted):
@@ -309,8 +344,8 @@ class SparseConsensus(LinesOption, Technique):
                     found[k, tower].append(None)
                     continue
                 inside = torch.from_numpy(s["inside"][k, r, :filled])
-                key = int(torch.kthvalue(inside, j).values)
-                found[k, tower].append((key, below + int((inside < key).sum()), int((inside == key).sum())))
+                kth = int(torch.kthvalue(inside, j).values)
+                found[k, tower].append((kth, below + int((inside < kth).sum()), int((inside == kth).sum())))
         return found
 
     def plan(self, experts, base):
@@ -429,8 +464,14 @@ class SparseConsensus(LinesOption, Technique):
             undecided = zero[(taus[:, zero] != 0).any(0)]
             if undecided.numel():
                 cols, anchor = list(taus[:, undecided]), theta_0[undecided]
-                plan.undecided.append((key, undecided + span.start, anchor + scale * self.disjoint_merge(cols, 1.0),
-                                       anchor + scale * self.disjoint_merge(cols, -1.0)))
+                plan.undecided.append(
+                    (
+                        key,
+                        undecided + span.start,
+                        anchor + scale * self.disjoint_merge(cols, 1.0),
+                        anchor + scale * self.disjoint_merge(cols, -1.0),
+                    )
+                )
         return theta_0 + scale * self.disjoint_merge_block(taus, gamma, work)
 
     def _kernel_merge_key(self, key, thetas, theta_0, plan, span):
@@ -445,17 +486,42 @@ class SparseConsensus(LinesOption, Technique):
         scale = self.scale(key, plan.depths)
         out = torch.empty(n)
         sign_sum, n_undecided = kernels.merge_block(
-            self.kernel_mode(), _pointers(chunks), theta_0.numpy(), span.memo["seeds"], span.start, lo, hi, ties,
-            self.exact_count, np.float32(self.rescale), CascadeSum(n_experts, theta_0).power,
-            kernels.DISJOINT_CODES[self.disjoint], np.float32(scale), b["work"], b["acc"], b["gamma"], b["total"],
-            b["count"], b["keys"], out.numpy(), b["undecided"], b["undecided_taus"])
+            self.kernel_mode(),
+            _pointers(chunks),
+            theta_0.numpy(),
+            span.memo["seeds"],
+            span.start,
+            lo,
+            hi,
+            ties,
+            self.exact_count,
+            np.float32(self.rescale),
+            CascadeSum(n_experts, theta_0).power,
+            kernels.DISJOINT_CODES[self.disjoint],
+            np.float32(scale),
+            b["work"],
+            b["acc"],
+            b["gamma"],
+            b["total"],
+            b["count"],
+            b["keys"],
+            out.numpy(),
+            b["undecided"],
+            b["undecided_taus"],
+        )
         plan.sign_sum[tower_of(key)] += int(sign_sum)
         if n_undecided:  # sum exactly 0 with non-zero entries: the tower's sign decides, in finish()
             index = torch.from_numpy(b["undecided"][:n_undecided].copy())
             cols = list(torch.from_numpy(b["undecided_taus"][:n_undecided].copy()).T)
             anchor = theta_0[index]
-            plan.undecided.append((key, index + span.start, anchor + scale * self.disjoint_merge(cols, 1.0),
-                                   anchor + scale * self.disjoint_merge(cols, -1.0)))
+            plan.undecided.append(
+                (
+                    key,
+                    index + span.start,
+                    anchor + scale * self.disjoint_merge(cols, 1.0),
+                    anchor + scale * self.disjoint_merge(cols, -1.0),
+                )
+            )
         return out
 
     def finish(self, merged, plan):
@@ -519,8 +585,9 @@ class DareTies(SparseConsensus):
             for rank in wanted:
                 q = rank / n
                 half = 5.0 * math.sqrt(q * (1 - q) / n) + 2 / n
-                out[k, tower].append((max(0, math.floor((q - half) * 2**31)),
-                                      min(2**31 - 1, math.ceil((q + half) * 2**31)), 2 * half))
+                out[k, tower].append(
+                    (max(0, math.floor((q - half) * 2**31)), min(2**31 - 1, math.ceil((q + half) * 2**31)), 2 * half)
+                )
         return out
 
     def score_stream(self, k, key):
@@ -533,6 +600,7 @@ class DareTies(SparseConsensus):
             scores = self.scores(tau, k, key, offset[0])
             offset[0] += tau.numel()
             return scores
+
         return stream
 
     @property

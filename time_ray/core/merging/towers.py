@@ -9,7 +9,12 @@ from typing import ClassVar
 from time_ray.core.checkpoints import Checkpoint
 from time_ray.core.errors import ConfigError
 from time_ray.core.merging.base import (
-    Technique, check_compatible, make_technique, register, technique_params, tower_of,
+    Technique,
+    check_compatible,
+    make_technique,
+    register,
+    technique_params,
+    tower_of,
 )
 from time_ray.core.merging.basic import WeightAveraging
 
@@ -71,4 +76,7 @@ class Towers(Technique):
         return {key: parts[key] for key in experts[0]}
 
     def params(self) -> dict:
-        return {side: {"technique": t.name, **technique_params(t)} for side, t in (("image", self.image), ("text", self.text))}
+        return {
+            side: {"technique": t.name, **technique_params(t)}
+            for side, t in (("image", self.image), ("text", self.text))
+        }

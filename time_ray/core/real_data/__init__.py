@@ -20,13 +20,20 @@ from __future__ import annotations
 
 from time_ray.core.benchmark import Benchmark
 from time_ray.core.errors import ConfigError
-from time_ray.core.real_data import fomo, folders, table
+from time_ray.core.real_data import folders, fomo, table
 from time_ray.core.real_data.common import CLIP_MEAN, CLIP_STD, Plan, assemble, dataset_row, describe
 
 READERS = {"fomo": fomo, "folders": folders, "table": table}
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "READERS", "dataset_row", "load_real_benchmark", "outline_real_data",
-           "validate_real_data"]
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "READERS",
+    "dataset_row",
+    "load_real_benchmark",
+    "outline_real_data",
+    "validate_real_data",
+]
 
 
 def _plan(kind: str, options: dict) -> Plan:

@@ -77,8 +77,12 @@ def check_options(kind: str, options, allowed: tuple[str, ...]) -> dict:
         raise ConfigError(f"real data ({kind}): options must be a mapping, got {options!r}.")
     for key in options:
         if key not in allowed + COMMON_OPTIONS:
-            fail(kind, key, f"unknown option{close_matches(key, allowed + COMMON_OPTIONS)}; "
-                            f"allowed: {', '.join(allowed + COMMON_OPTIONS)}.")
+            fail(
+                kind,
+                key,
+                f"unknown option{close_matches(key, allowed + COMMON_OPTIONS)}; "
+                f"allowed: {', '.join(allowed + COMMON_OPTIONS)}.",
+            )
     common_settings(kind, options)
     return options
 
@@ -96,8 +100,12 @@ def name_list(kind: str, options: dict, key: str) -> list[str]:
 def check_names_exist(kind: str, option: str, names, found) -> None:
     for name in names:
         if name not in found:
-            fail(kind, option, f"dataset {name!r} does not exist{close_matches(name, found)}; "
-                               f"datasets found: {', '.join(sorted(found))}.")
+            fail(
+                kind,
+                option,
+                f"dataset {name!r} does not exist{close_matches(name, found)}; "
+                f"datasets found: {', '.join(sorted(found))}.",
+            )
 
 
 def resolve_roles(kind: str, options: dict, found) -> tuple[dict[str, str], set[str]]:
@@ -133,8 +141,11 @@ def common_settings(kind: str, options: dict) -> tuple[torch.Tensor, torch.Tenso
     stats = []
     for key, default in (("mean", CLIP_MEAN), ("std", CLIP_STD)):
         value = options.get(key, default)
-        if (not isinstance(value, (list, tuple)) or len(value) != 3
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        if (
+            not isinstance(value, (list, tuple))
+            or len(value) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        ):
             fail(kind, key, f"expected a list of 3 numbers (one per RGB channel), got {value!r}.")
         stats.append(torch.tensor(value, dtype=torch.float32).view(3, 1, 1))
     if not bool((stats[1] > 0).all()):
@@ -162,8 +173,11 @@ def existing_path(kind: str, options: dict, key: str, directory: bool) -> Path:
 
 
 def image_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
 
 
 def split_mask(classes: list[str], fraction: float, seed_parts: tuple) -> np.ndarray:
@@ -230,7 +244,7 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     w, h = image.size
     scale = size / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((new_w, new_h), Image.BICUBIC)
+    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     image = image.crop((left, top, left + size, top + size))
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
@@ -253,8 +267,11 @@ def number_classes(plan: Plan) -> tuple[list[str], list[str], dict[str, Dataset]
     datasets: dict[str, Dataset] = {}
     ids: dict[tuple[str, str], int] = {}
     for d in plan.datasets:
-        names = (list(d.classes) if d.classes is not None
-                 else sorted({i.classname for i in plan.items if i.dataset == d.name}))
+        names = (
+            list(d.classes)
+            if d.classes is not None
+            else sorted({i.classname for i in plan.items if i.dataset == d.name})
+        )
         first = len(class_names)
         for offset, name in enumerate(names):
             ids[d.name, name] = first + offset
@@ -276,14 +293,27 @@ def assemble(kind: str, plan: Plan, image_size: int | None, options: dict) -> tu
     splits = {}
     for split in SPLITS:
         items = sorted((i for i in plan.items if i.split == split), key=lambda i: ids[i.dataset, i.classname])
-        images = (torch.empty((len(items), 3, 0, 0), dtype=torch.float16) if image_size is None
-                  else _images([i.path for i in items], image_size, mean, std, workers))
-        splits[split] = (images, torch.tensor([ids[i.dataset, i.classname] for i in items], dtype=torch.int64),
-                         [i.caption for i in items])
-    bench = Benchmark(class_names=class_names, class_dataset=class_dataset, datasets=datasets,
-                      train_images=splits["train"][0], train_labels=splits["train"][1],
-                      test_images=splits["test"][0], test_labels=splits["test"][1],
-                      train_captions=splits["train"][2], test_captions=splits["test"][2])
+        images = (
+            torch.empty((len(items), 3, 0, 0), dtype=torch.float16)
+            if image_size is None
+            else _images([i.path for i in items], image_size, mean, std, workers)
+        )
+        splits[split] = (
+            images,
+            torch.tensor([ids[i.dataset, i.classname] for i in items], dtype=torch.int64),
+            [i.caption for i in items],
+        )
+    bench = Benchmark(
+        class_names=class_names,
+        class_dataset=class_dataset,
+        datasets=datasets,
+        train_images=splits["train"][0],
+        train_labels=splits["train"][1],
+        test_images=splits["test"][0],
+        test_labels=splits["test"][1],
+        train_captions=splits["train"][2],
+        test_captions=splits["test"][2],
+    )
     stream = None if plan.stream is None else [ids[pair] for pair in plan.stream]
     return bench, stream
 
@@ -296,8 +326,15 @@ def dataset_row(bench: Benchmark, name: str, role: str, kind: str, template: str
     captions = [(bench.train_captions, train), (bench.test_captions, test)]
     caption = next((texts[int(index[0])] for texts, index in captions if texts is not None and len(index)), None)
     role = "retrieval" if kind == "retrieval" and role == "heldout" else role
-    return {"name": name, "role": role, "classes": len(classes),
-            "n_train": int(len(train)), "n_test": int(len(test)), "template": template, "caption": caption}
+    return {
+        "name": name,
+        "role": role,
+        "classes": len(classes),
+        "n_train": int(len(train)),
+        "n_test": int(len(test)),
+        "template": template,
+        "caption": caption,
+    }
 
 
 def describe(plan: Plan, bench: Benchmark) -> list[dict]:

@@ -13,9 +13,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from time_ray.core.real_data.common import (
-    DEFAULT_TEMPLATE, IMAGE_EXTENSIONS, KINDS, ROLES, SPLITS, DatasetInfo, Item, Plan, cap_items,
-    check_fraction, check_options, check_plan, check_template, close_matches, common_settings, fail,
-    image_files, split_mask,
+    DEFAULT_TEMPLATE,
+    IMAGE_EXTENSIONS,
+    KINDS,
+    ROLES,
+    SPLITS,
+    DatasetInfo,
+    Item,
+    Plan,
+    cap_items,
+    check_fraction,
+    check_options,
+    check_plan,
+    check_template,
+    close_matches,
+    common_settings,
+    fail,
+    image_files,
+    split_mask,
 )
 
 KIND = "folders"
@@ -29,8 +44,11 @@ def check_entry(n: int, entry) -> DatasetInfo:
         fail(KIND, where, f"expected a mapping with keys {', '.join(ENTRY_KEYS)}, got {entry!r}.")
     for key in entry:
         if key not in ENTRY_KEYS:
-            fail(KIND, f"{where}.{key}",
-                 f"unknown key{close_matches(key, ENTRY_KEYS)}; allowed: {', '.join(ENTRY_KEYS)}.")
+            fail(
+                KIND,
+                f"{where}.{key}",
+                f"unknown key{close_matches(key, ENTRY_KEYS)}; allowed: {', '.join(ENTRY_KEYS)}.",
+            )
     if not entry.get("path"):
         fail(KIND, f"{where}.path", "is required (the dataset directory).")
     path = Path(str(entry["path"])).expanduser()
@@ -70,8 +88,10 @@ def dataset_items(info: DatasetInfo, entry: dict, n: int, seed: int) -> list[Ite
         return items
     pairs = [(name, f) for name, files in class_folders(root, option) for f in files]
     mask = split_mask([name for name, _ in pairs], float(entry.get("test_fraction", 0.2)), (seed, info.name))
-    return [Item(info.name, name, "test" if test else "train", f, info.template.format(name))
-            for (name, f), test in zip(pairs, mask)]
+    return [
+        Item(info.name, name, "test" if test else "train", f, info.template.format(name))
+        for (name, f), test in zip(pairs, mask)
+    ]
 
 
 def scan(options: dict) -> Plan:

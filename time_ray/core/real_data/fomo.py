@@ -38,8 +38,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from time_ray.core.real_data.common import (
-    SPLITS, DatasetInfo, Item, Plan, cap_items, check_names_exist, check_options, check_plan, close_matches,
-    common_settings, existing_path, fail, name_list, resolve_roles, templates_option,
+    SPLITS,
+    DatasetInfo,
+    Item,
+    Plan,
+    cap_items,
+    check_names_exist,
+    check_options,
+    check_plan,
+    close_matches,
+    common_settings,
+    existing_path,
+    fail,
+    name_list,
+    resolve_roles,
+    templates_option,
 )
 
 KIND = "fomo"
@@ -82,8 +95,12 @@ def find_datasets(info_dir: Path) -> dict[str, DatasetFiles]:
             size = int(match["size"]) if match["size"] else None
             found.setdefault(match["dataset"], DatasetFiles()).info[match["split"], size] = path
     if not found:
-        fail(KIND, "info_dir", f"no info files <DATASET>_train.json / <DATASET>_test.json in {info_dir} (the "
-                               "authors ship them in data_lib/00_info of their repository; set info_dir to that).")
+        fail(
+            KIND,
+            "info_dir",
+            f"no info files <DATASET>_train.json / <DATASET>_test.json in {info_dir} (the "
+            "authors ship them in data_lib/00_info of their repository; set info_dir to that).",
+        )
     for name, path in classnames.items():
         if name in found:
             found[name].classnames = path
@@ -117,27 +134,46 @@ def read_info(path: Path) -> dict[str, dict]:
     """The records of one info file: image path -> record, checked for the keys every record has."""
     data = read_json(path, "info file")
     if not isinstance(data, dict):
-        fail(KIND, "info_dir", f"info file {path}: expected a JSON object mapping each image path (relative to "
-                               f"<root>/<DATASET>/) to its record {RECORD}; got a JSON {type(data).__name__}.")
+        fail(
+            KIND,
+            "info_dir",
+            f"info file {path}: expected a JSON object mapping each image path (relative to "
+            f"<root>/<DATASET>/) to its record {RECORD}; got a JSON {type(data).__name__}.",
+        )
     for key, record in data.items():
         if not isinstance(record, dict):
-            fail(KIND, "info_dir", f"info file {path}: the record of {key!r} must be an object {RECORD}, "
-                                   f"got {record!r:.80}.")
+            fail(
+                KIND,
+                "info_dir",
+                f"info file {path}: the record of {key!r} must be an object {RECORD}, got {record!r:.80}.",
+            )
         missing = [k for k in ("classname", "target") if k not in record]
         if missing:
-            fail(KIND, "info_dir", f"info file {path}: the record of {key!r} lacks {', '.join(missing)} "
-                                   f"(keys found: {', '.join(map(str, record))}; expected {RECORD}).")
+            fail(
+                KIND,
+                "info_dir",
+                f"info file {path}: the record of {key!r} lacks {', '.join(missing)} "
+                f"(keys found: {', '.join(map(str, record))}; expected {RECORD}).",
+            )
     return data
 
 
 def read_classnames(name: str, files: DatasetFiles, info_dir: Path) -> list[str]:
     if files.classnames is None:
-        fail(KIND, "info_dir", f"dataset {name!r} has class labels but no {info_dir / f'{name}_classnames.json'} "
-                               "(expected a JSON list of class names in target order).")
+        fail(
+            KIND,
+            "info_dir",
+            f"dataset {name!r} has class labels but no {info_dir / f'{name}_classnames.json'} "
+            "(expected a JSON list of class names in target order).",
+        )
     names = read_json(files.classnames, "class-name file")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        fail(KIND, "info_dir", f"class-name file {files.classnames}: expected a non-empty JSON list of class names "
-                               f"in target order, got {names!r:.80}.")
+        fail(
+            KIND,
+            "info_dir",
+            f"class-name file {files.classnames}: expected a non-empty JSON list of class names "
+            f"in target order, got {names!r:.80}.",
+        )
     twice = sorted(n for n, count in Counter(names).items() if count > 1)
     if twice:
         fail(KIND, "info_dir", f"class-name file {files.classnames}: {', '.join(map(repr, twice))} listed twice.")
@@ -177,32 +213,44 @@ def primer_template(records) -> str | None:
         return text.replace("{", "{{").replace("}", "}}")
 
     starts = [m.start() for m in re.finditer(re.escape(name), primer)]
-    candidates = [escape(primer[:i]) + "{}" + escape(primer[i + len(name):]) for i in starts]
+    candidates = [escape(primer[:i]) + "{}" + escape(primer[i + len(name) :]) for i in starts]
     return max(candidates, key=lambda t: sum(t.format(n) == p for n, p in samples.items()))
 
 
-def dataset_plan(name: str, role: str, files: DatasetFiles, root: Path, info_dir: Path,
-                 options: dict, template: str | None) -> tuple[DatasetInfo, list[Item]]:
+def dataset_plan(
+    name: str, role: str, files: DatasetFiles, root: Path, info_dir: Path, options: dict, template: str | None
+) -> tuple[DatasetInfo, list[Item]]:
     """The dataset's info (template, kind, class order) and one item per image of the splits its role reads."""
     images, resized = root / name, options.get("resized")
-    paths = {split: files.split_file(split, images, resized) for split in READS[role]}
-    for split, path in paths.items():
+    paths: dict[str, Path] = {}
+    for split in READS[role]:
+        path = files.split_file(split, images, resized)
         if path is None:
             expected = " or ".join(f"{name}_{s}.json" for s in SPLIT_NAMES[split])
             fail(KIND, "info_dir", f"dataset {name!r} ({role}) needs a {split} info file: no {expected} in {info_dir}.")
+        paths[split] = path
     if not images.is_dir():
-        fail(KIND, "root", f"{images} is not a directory: the images of {name} are read from <root>/{name}/<path in "
-                           f"{next(iter(paths.values())).name}>.")
+        fail(
+            KIND,
+            "root",
+            f"{images} is not a directory: the images of {name} are read from <root>/{name}/<path in "
+            f"{next(iter(paths.values())).name}>.",
+        )
     records = {split: read_info(path) for split, path in paths.items()}
     for split, recs in records.items():
         if not recs:
-            fail(KIND, "info_dir", f"info file {paths[split]} holds no records (dataset {name!r} needs {split} "
-                                   "images).")
+            fail(
+                KIND, "info_dir", f"info file {paths[split]} holds no records (dataset {name!r} needs {split} images)."
+            )
     labelled = {split: [r["classname"] is not None for r in recs.values()] for split, recs in records.items()}
     if any(any(flags) for flags in labelled.values()) and not all(all(flags) for flags in labelled.values()):
         where = ", ".join(str(paths[s]) for s in paths)
-        fail(KIND, "info_dir", f"dataset {name!r} mixes records with a classname and caption-only records (classname "
-                               f"null) in {where}; a dataset is either classified or caption-only (retrieval).")
+        fail(
+            KIND,
+            "info_dir",
+            f"dataset {name!r} mixes records with a classname and caption-only records (classname "
+            f"null) in {where}; a dataset is either classified or caption-only (retrieval).",
+        )
     caption_only = not any(any(flags) for flags in labelled.values())
     classes: list[str] = [] if caption_only else read_classnames(name, files, info_dir)
     template = template or ("{}" if caption_only else None)
@@ -213,14 +261,22 @@ def dataset_plan(name: str, role: str, files: DatasetFiles, root: Path, info_dir
             caption = record_caption(record)
             if caption_only:
                 if caption is None:
-                    fail(KIND, "info_dir", f"info file {paths[split]}: the record of {key!r} has neither a classname "
-                                           "nor a caption (default_caption or synthetic_merged_caption).")
+                    fail(
+                        KIND,
+                        "info_dir",
+                        f"info file {paths[split]}: the record of {key!r} has neither a classname "
+                        "nor a caption (default_caption or synthetic_merged_caption).",
+                    )
                 classname = caption
             else:
                 target = record["target"]
                 if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < len(classes):
-                    fail(KIND, "info_dir", f"info file {paths[split]}: the record of {key!r} has target {target!r}; "
-                                           f"expected an index into the {len(classes)} names of {files.classnames}.")
+                    fail(
+                        KIND,
+                        "info_dir",
+                        f"info file {paths[split]}: the record of {key!r} has target {target!r}; "
+                        f"expected an index into the {len(classes)} names of {files.classnames}.",
+                    )
                 classname = classes[target]
                 caption = caption or template.format(classname)
             items.append(Item(name, classname, split, images / key, caption))
@@ -240,23 +296,28 @@ def read_stream(path_text: str, found, info_dir: Path) -> list[tuple[str, str, s
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         fail(KIND, "stream_file", f"cannot read {path} as JSON: {' '.join(str(exc).split())}")
     if not isinstance(entries, list) or not entries:
-        fail(KIND, "stream_file", f"{path} must hold a non-empty JSON list of \"DATASET+++classname\" strings.")
+        fail(KIND, "stream_file", f'{path} must hold a non-empty JSON list of "DATASET+++classname" strings.')
     pairs = []
     for entry in entries:
         if not isinstance(entry, str) or SEPARATOR not in entry:
-            fail(KIND, "stream_file", f"entry {entry!r} in {path} is not a \"DATASET+++classname\" string.")
+            fail(KIND, "stream_file", f'entry {entry!r} in {path} is not a "DATASET+++classname" string.')
         dataset, classname = entry.split(SEPARATOR, 1)
         dataset = canonical(dataset, found, "stream_file")
         if dataset not in found:
-            fail(KIND, "stream_file", f"entry {entry!r} in {path} names unknown dataset {dataset!r}"
-                                      f"{close_matches(dataset, found)}: no info file {dataset}_train.json in "
-                                      f"{info_dir}; datasets found: {', '.join(sorted(found))}.")
+            fail(
+                KIND,
+                "stream_file",
+                f"entry {entry!r} in {path} names unknown dataset {dataset!r}"
+                f"{close_matches(dataset, found)}: no info file {dataset}_train.json in "
+                f"{info_dir}; datasets found: {', '.join(sorted(found))}.",
+            )
         pairs.append((dataset, classname, entry))
     return pairs
 
 
-def check_stream(stream, path: str, datasets: list[DatasetInfo], items: list[Item], files,
-                 root: Path, resized: int | None) -> list[tuple[str, str]]:
+def check_stream(
+    stream, path: str, datasets: list[DatasetInfo], items: list[Item], files, root: Path, resized: int | None
+) -> list[tuple[str, str]]:
     """Every entry a class of an adaptation dataset that has training images, each once."""
     info = {d.name: d for d in datasets}
     trained = {(i.dataset, i.classname) for i in items if i.split == "train"}
@@ -266,8 +327,12 @@ def check_stream(stream, path: str, datasets: list[DatasetInfo], items: list[Ite
         classes = info[dataset].classes or ()
         if classname not in classes:
             source = files[dataset].classnames or "its info files"
-            fail(KIND, "stream_file", f"{where}: dataset {dataset!r} has no class {classname!r}"
-                                      f"{close_matches(classname, classes)} (its classes: {source}).")
+            fail(
+                KIND,
+                "stream_file",
+                f"{where}: dataset {dataset!r} has no class {classname!r}"
+                f"{close_matches(classname, classes)} (its classes: {source}).",
+            )
         if (dataset, classname) not in trained:
             train_file = files[dataset].split_file("train", root / dataset, resized)
             fail(KIND, "stream_file", f"{where}: class {classname!r} has no training images in {train_file}.")
@@ -285,8 +350,10 @@ def scan(options: dict) -> Plan:
     if resized is not None and (isinstance(resized, bool) or not isinstance(resized, int) or resized < 1):
         fail(KIND, "resized", f"expected the image size of the resized variant (e.g. 224), got {resized!r}.")
     found = find_datasets(info_dir)
-    names = {key: [canonical(n, found, key) for n in name_list(KIND, options, key)]
-             for key in ("heldout", "pretrain", "retrieval")}
+    names = {
+        key: [canonical(n, found, key) for n in name_list(KIND, options, key)]
+        for key in ("heldout", "pretrain", "retrieval")
+    }
     templates = {canonical(n, found, "templates"): t for n, t in templates_option(KIND, options).items()}
     check_names_exist(KIND, "templates", templates, found)
     options = {**options, **names}
@@ -294,9 +361,13 @@ def scan(options: dict) -> Plan:
     stream = read_stream(options["stream_file"], found, info_dir) if options.get("stream_file") else None
     for dataset, _, entry in stream or []:
         if roles.get(dataset, "adaptation") != "adaptation":
-            fail(KIND, "stream_file", f"entry {entry!r} in {options['stream_file']} names dataset {dataset!r}, "
-                                      f"which is listed as {roles[dataset]}; the stream holds adaptation datasets "
-                                      "only.")
+            fail(
+                KIND,
+                "stream_file",
+                f"entry {entry!r} in {options['stream_file']} names dataset {dataset!r}, "
+                f"which is listed as {roles[dataset]}; the stream holds adaptation datasets "
+                "only.",
+            )
     if stream is not None:
         adaptation = {d for d, _, _ in stream}
     else:
@@ -305,8 +376,9 @@ def scan(options: dict) -> Plan:
     used = sorted(adaptation | set(roles), key=lambda n: (order[roles.get(n, "adaptation")], n))
     datasets, items = [], []
     for name in used:
-        info, ds_items = dataset_plan(name, roles.get(name, "adaptation"), found[name], root, info_dir, options,
-                                      templates.get(name))
+        info, ds_items = dataset_plan(
+            name, roles.get(name, "adaptation"), found[name], root, info_dir, options, templates.get(name)
+        )
         datasets.append(info)
         items += ds_items
     items = cap_items(items, common_settings(KIND, options)[2])
@@ -314,8 +386,9 @@ def scan(options: dict) -> Plan:
         pairs = check_stream(stream, options["stream_file"], datasets, items, found, root, resized)
     else:
         trained = {(i.dataset, i.classname) for i in items if i.split == "train"}
-        pairs = [(d.name, c) for d in datasets if d.role == "adaptation" for c in d.classes or ()
-                 if (d.name, c) in trained]
+        pairs = [
+            (d.name, c) for d in datasets if d.role == "adaptation" for c in d.classes or () if (d.name, c) in trained
+        ]
     plan = Plan(datasets, items, pairs)
     check_plan(KIND, plan)
     return plan

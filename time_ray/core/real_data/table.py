@@ -13,12 +13,28 @@ prompt template (default "a photo of a {}.").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from time_ray.core.real_data.common import (
-    DEFAULT_TEMPLATE, ROLES, SPLITS, DatasetInfo, Item, Plan, cap_items, check_fraction, check_names_exist,
-    check_options, check_plan, common_settings, existing_path, fail, is_missing, resolve_roles,
-    split_mask, templates_option,
+    DEFAULT_TEMPLATE,
+    ROLES,
+    SPLITS,
+    DatasetInfo,
+    Item,
+    Plan,
+    cap_items,
+    check_fraction,
+    check_names_exist,
+    check_options,
+    check_plan,
+    common_settings,
+    existing_path,
+    fail,
+    is_missing,
+    resolve_roles,
+    split_mask,
+    templates_option,
 )
 
 KIND = "table"
@@ -29,7 +45,7 @@ REQUIRED = ("image", "caption")
 def read_table(path: Path) -> list[dict]:
     import pandas as pd
 
-    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
+    readers: dict[str, Callable[[Path], pd.DataFrame]] = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
     if path.suffix.lower() not in readers:
         fail(KIND, "path", f"{path} must be a .csv or .parquet file.")
     try:
@@ -38,8 +54,12 @@ def read_table(path: Path) -> list[dict]:
         fail(KIND, "path", f"cannot read {path}: {exc}")
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
-        fail(KIND, "path", f"{path} lacks the required column(s) {', '.join(missing)} "
-                           f"(columns found: {', '.join(map(str, frame.columns))}).")
+        fail(
+            KIND,
+            "path",
+            f"{path} lacks the required column(s) {', '.join(missing)} "
+            f"(columns found: {', '.join(map(str, frame.columns))}).",
+        )
     if frame.empty:
         fail(KIND, "path", f"{path} has no rows (dataset is empty).")
     return frame.to_dict("records")
@@ -60,8 +80,11 @@ def row_roles(rows: list[dict], path: Path) -> dict[str, str]:
         if role not in ROLES:
             fail(KIND, "path", f"{path} row {n}: role {role!r} is not one of {', '.join(ROLES)}.")
         if roles.setdefault(row["_dataset"], role) != role:
-            fail(KIND, "path", f"{path} row {n}: dataset {row['_dataset']!r} has two roles, "
-                               f"{roles[row['_dataset']]!r} and {role!r}.")
+            fail(
+                KIND,
+                "path",
+                f"{path} row {n}: dataset {row['_dataset']!r} has two roles, {roles[row['_dataset']]!r} and {role!r}.",
+            )
     return roles
 
 
@@ -82,10 +105,15 @@ def scan(options: dict) -> Plan:
     check_names_exist(KIND, "templates", templates, found)
     caption_only = {row["_dataset"] for row in rows if cell(row, "classname") is None}
     labelled = {row["_dataset"] for row in rows if cell(row, "classname") is not None}
-    infos = [DatasetInfo(name, roles.get(name, "adaptation"),
-                         "{}" if name not in labelled else templates.get(name, DEFAULT_TEMPLATE),
-                         "retrieval" if name in retrieval | caption_only else "classification")
-             for name in found]
+    infos = [
+        DatasetInfo(
+            name,
+            roles.get(name, "adaptation"),
+            "{}" if name not in labelled else templates.get(name, DEFAULT_TEMPLATE),
+            "retrieval" if name in retrieval | caption_only else "classification",
+        )
+        for name in found
+    ]
     template = {info.name: info.template for info in infos}
     items, unsplit = [], []
     for n, row in enumerate(rows):
@@ -95,6 +123,7 @@ def scan(options: dict) -> Plan:
         if split is not None and split not in SPLITS:
             fail(KIND, "path", f"{path} row {n}: split {split!r} is not 'train' or 'test'.")
         name = classname if classname is not None else caption
+        assert name is not None  # refused above: a row has a classname or a caption
         caption = caption or template[row["_dataset"]].format(name)
         items.append(Item(row["_dataset"], name, split or "", path.parent / image, caption))
         if split is None:
