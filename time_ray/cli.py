@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_report(args) -> int:
-    from analysis.report import build_report
+    from time_ray.analysis.report import build_report
 
     result = build_report(args.dir, args.output, args.policy)
     print(

@@ -1,7 +1,7 @@
 import pytest
 
-from analysis import build_report
 from tests.analysis.synthetic import write_sweep
+from time_ray.analysis import build_report
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ to A_KA; seeds add SEED_NOISE * (seed - 1) to A_KA (mean 0 over seeds 0, 1, 2). 
 adaptation and two held-out datasets whose values are the mean -+ 0.02, so A_KA and A_ZS are exact
 means.
 
-Companions (analysis.companions), each written by write_sweep with its config:
+Companions (time_ray.analysis.companions), each written by write_sweep with its config:
   COMPUTE   the same setting, best-in-time and multitask at 40 steps per task: pooled with the sweep
   NOREPLAY  no replay: A_KA lower by NOREPLAY_KA (offline merging) or NOREPLAY_KA_OTHERS (the rest)
   WIDE      tiny-clip-wide: A_KA higher by WIDE_KA (stream policies), WIDE_MT_KA (multitask),

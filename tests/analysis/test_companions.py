@@ -1,4 +1,4 @@
-"""Several sweeps in one report (analysis.companions): a sweep of the same setting is pooled, sweeps of
+"""Several sweeps in one report (time_ray.analysis.companions): a sweep of the same setting is pooled, sweeps of
 another setting are companions that findings 2 (replay) and 5 (model size) read. The synthetic
 companions' effects are known by construction (tests/analysis/synthetic.py)."""
 
@@ -7,10 +7,6 @@ import re
 
 import pytest
 
-from analysis.companions import load_sweeps
-from analysis.findings import NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, finding_2, finding_5
-from analysis.load import ReportError
-from analysis.tables import base_values, final_values, main_budget
 from tests.analysis.synthetic import (
     COMPUTE,
     FINAL,
@@ -22,6 +18,10 @@ from tests.analysis.synthetic import (
     WIDE_MT_KA,
     write_sweep,
 )
+from time_ray.analysis.companions import load_sweeps
+from time_ray.analysis.findings import NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, finding_2, finding_5
+from time_ray.analysis.load import ReportError
+from time_ray.analysis.tables import base_values, final_values, main_budget
 from time_ray.cli import main
 
 

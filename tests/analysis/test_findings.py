@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from analysis.findings import (
+from time_ray.analysis.findings import (
     NOT_SUPPORTED,
     NOT_TESTABLE,
     SUPPORTED,
@@ -17,8 +17,8 @@ from analysis.findings import (
     finding_5,
     paired,
 )
-from analysis.load import load_sweep
-from analysis.tables import base_values, final_values
+from time_ray.analysis.load import load_sweep
+from time_ray.analysis.tables import base_values, final_values
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import sys
 import pandas as pd
 import pytest
 
-from analysis.load import load_sweep
-from analysis.report import _missing_table
 from tests.analysis.synthetic import write_sweep
+from time_ray.analysis.load import load_sweep
+from time_ray.analysis.report import _missing_table
 from time_ray.cli import build_parser, main
 from time_ray.core.results import write_parquet_atomic
 
@@ -147,7 +147,7 @@ def test_help_explains_the_outputs():
 def test_the_analysis_layer_never_imports_ray(synthetic_sweep):
     """ARCHITECTURE.md "Layers": analysis reads the results schema, it does not need Ray."""
     code = (
-        "import sys; import analysis; from analysis.load import load_sweep; "
+        "import sys; import time_ray.analysis; from time_ray.analysis.load import load_sweep; "
         f"load_sweep({str(synthetic_sweep[0])!r}); "
         "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray imported'"
     )

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.stats import pareto_front, seed_interval, t975, variance_decomposition
+from time_ray.analysis.stats import pareto_front, seed_interval, t975, variance_decomposition
 
 
 def test_t_quantiles_match_the_table_and_the_expansion_joins_it():

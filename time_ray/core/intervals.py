@@ -1,5 +1,5 @@
 """95% intervals of a mean (Student's t), shared by the benchmark's properties (``data_stats``) and
-the report (``analysis.stats``). Pure Python and numpy."""
+the report (``time_ray.analysis.stats``). Pure Python and numpy."""
 
 from __future__ import annotations
 

@@ -46,7 +46,9 @@ class Sweep:
     metrics: pd.DataFrame
     progress: pd.DataFrame
     notes: tuple[str, ...]
-    sources: tuple[Path, ...] = ()  # the directories read (several when sweeps are pooled, analysis.companions)
+    sources: tuple[
+        Path, ...
+    ] = ()  # the directories read (several when sweeps are pooled, time_ray.analysis.companions)
 
     @property
     def missing(self) -> pd.DataFrame:

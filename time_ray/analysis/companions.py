@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from analysis.load import ReportError, Sweep, load_sweep
+from time_ray.analysis.load import ReportError, Sweep, load_sweep
 
 SETTING_SECTIONS = ("model", "stream", "training", "budget")
 NOT_SETTING = ("budget.multipliers",)  # the budgets a sweep runs are its design, not its setting

@@ -1,12 +1,12 @@
 """``time-ray report DIR [DIR ...]``: the answer to "which policy, at what cost?" for a sweep
 directory, pooled with further sweeps of the same setting and compared with companion sweeps of
-another setting (analysis.companions).
+another setting (time_ray.analysis.companions).
 
 Writes into the output directory
   report.html  self-contained (figures embedded as base64 PNG, no scripts, no external files)
   summary.md   the same tables and findings in Markdown, linking the PNGs
   *.png        the figures
-from the results schema alone (analysis.load); works on finished and partial sweeps."""
+from the results schema alone (time_ray.analysis.load); works on finished and partial sweeps."""
 
 from __future__ import annotations
 
@@ -19,12 +19,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import figures
-from analysis.companions import Companion, load_sweeps
-from analysis.findings import all_findings, paired
-from analysis.load import ReportError, Sweep
-from analysis.stats import pareto_front, variance_decomposition
-from analysis.tables import Table, accuracy_table, base_values, cost_table, final_values, main_budget, policy_table
+from time_ray.analysis import figures
+from time_ray.analysis.companions import Companion, load_sweeps
+from time_ray.analysis.findings import all_findings, paired
+from time_ray.analysis.load import ReportError, Sweep
+from time_ray.analysis.stats import pareto_front, variance_decomposition
+from time_ray.analysis.tables import (
+    Table,
+    accuracy_table,
+    base_values,
+    cost_table,
+    final_values,
+    main_budget,
+    policy_table,
+)
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,7 @@ def _missing_table(sweep: Sweep) -> Table | None:
 
 
 def _variance_block(final: pd.DataFrame) -> Table | tuple:
-    """The variance split of final GM (analysis.stats.variance_decomposition) as a table, or a
+    """The variance split of final GM (time_ray.analysis.stats.variance_decomposition) as a table, or a
     sentence when the sweep varies no decision with the others held fixed."""
     split = variance_decomposition(final[~final.multitask])
     varied = split[split.contexts > 0].sort_values("share", ascending=False)

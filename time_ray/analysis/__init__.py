@@ -2,10 +2,10 @@
 findings, report. Reads only the results schema (time_ray.core.results) and the sweep's config; never
 imports Ray.
 
-    from analysis import build_report
+    from time_ray.analysis import build_report
     build_report("results/quickstart")   # -> results/quickstart/report/{report.html, summary.md, *.png}
 """
 
-from analysis.report import build_report
+from time_ray.analysis.report import build_report
 
 __all__ = ["build_report"]

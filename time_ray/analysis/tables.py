@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.load import DESIGN, Sweep
+from time_ray.analysis.load import DESIGN, Sweep
 
 METRICS = ("a_ka", "a_zs", "gm")
 COSTS = ("train_gflops", "train_gflops_spent", "merge_seconds", "pool_bytes", "wall_seconds")

@@ -1,5 +1,5 @@
 """The report's figures (matplotlib, Agg canvas: no display needed). Each function takes the frames
-of analysis.tables and returns a Figure, or None when the sweep lacks the data (the report says what
+of time_ray.analysis.tables and returns a Figure, or None when the sweep lacks the data (the report says what
 is missing). Colours follow one policy -> colour map across figures."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from analysis.stats import pareto_front
+from time_ray.analysis.stats import pareto_front
 
 INIT_ORDER = ("zs", "ft", "ema", "all", "ft-zs")
 DEPLOY_ORDER = ("ft", "ema", "all", "ft-zs")

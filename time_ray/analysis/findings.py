@@ -1,13 +1,13 @@
 """The five findings of TIME.md §7, each tested on a sweep's final values (which decisions matter
-overall is analysis.stats.variance_decomposition).
+overall is time_ray.analysis.stats.variance_decomposition).
 
 Every test compares policies at one budget (tables.main_budget: the one with the most policies,
 unless the finding is about budgets) on the seeds both policies ran, as paired per-seed differences d_s with the 95%
-t-interval of their mean (analysis.stats.seed_interval). A claim "X > Y" is *supported* when the
+t-interval of their mean (time_ray.analysis.stats.seed_interval). A claim "X > Y" is *supported* when the
 interval of X - Y lies above 0 (with one seed: when X - Y > 0, stated as such), *not supported*
 otherwise, and *not testable with this sweep* when the sweep lacks the policies (the verdict says
 which are needed). Replay (finding 2) and model size (finding 5) are settings of a whole sweep: they
-are read from companion sweeps (analysis.companions) given to the same report. Thresholds that
+are read from companion sweeps (time_ray.analysis.companions) given to the same report. Thresholds that
 turn a qualitative claim into a test are stated in the test text.
 """
 
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from analysis.companions import Companion
-from analysis.stats import Interval, seed_interval
-from analysis.tables import final_values
+from time_ray.analysis.companions import Companion
+from time_ray.analysis.stats import Interval, seed_interval
+from time_ray.analysis.tables import final_values
 
 SUPPORTED, NOT_SUPPORTED, NOT_TESTABLE = "supported", "not supported", "not testable with this sweep"
 
@@ -527,7 +527,7 @@ def all_findings(
     final: pd.DataFrame, base: pd.Series, budget: float, companions: tuple[Companion, ...] = ()
 ) -> list[Finding]:
     """The five findings at ``budget`` (finding 5 compares budgets); findings 2 and 5 also read the
-    companion sweeps (analysis.companions) without replay and with another model."""
+    companion sweeps (time_ray.analysis.companions) without replay and with another model."""
     return [
         finding_1(final, base, budget),
         finding_2(final, budget, companions),
