@@ -261,8 +261,8 @@ def cmd_data(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    import yaml
 
+    from time_ray.config import parse_key_value
     from time_ray.core.checkpoints import SafetensorsCheckpoint, save_atomic
     from time_ray.core.errors import ConfigError
     from time_ray.core.merging import make_technique
@@ -275,12 +275,7 @@ def cmd_merge(args) -> int:
             raise ConfigError(f"checkpoint {path}: no such file.")
         return SafetensorsCheckpoint(path) if str(path).endswith(".safetensors") else load_state_dict(path)
 
-    params = {}
-    for item in args.param:
-        if "=" not in item:
-            raise ConfigError(f"--param {item!r}: expected key=value, e.g. lambda=0.3.")
-        key, value = item.split("=", 1)
-        params[key] = yaml.safe_load(value)
+    params = dict(parse_key_value(item, "--param", "lambda=0.3") for item in args.param)
     technique = make_technique(args.technique, "--technique", **params)
     experts = [open_checkpoint(p) for p in args.checkpoints]
     base = open_checkpoint(args.base) if args.base else None

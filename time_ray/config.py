@@ -3,7 +3,6 @@ what is allowed, before any Ray work starts."""
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
 import json
@@ -17,7 +16,7 @@ import yaml
 
 from time_ray.core.base_model import BaseTraining
 from time_ray.core.benchmark import BenchmarkSpec
-from time_ray.core.errors import ConfigError
+from time_ray.core.errors import ConfigError, did_you_mean
 from time_ray.core.merging import make_technique, technique_params
 from time_ray.core.strategies import DEPLOY_STRATEGIES, INIT_STRATEGIES, RECENCY_SCHEMES, Policy
 from time_ray.core.stream import ORDERS, Mixture
@@ -134,11 +133,6 @@ class SweepConfig:
 # ---------------------------------------------------------------- loading and type checking
 
 
-def _suggest(key: str, allowed) -> str:
-    close = difflib.get_close_matches(str(key), list(allowed), n=3)
-    return f" Did you mean {', '.join(close)}?" if close else ""
-
-
 def _convert(value, hint, path: str):
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -194,7 +188,7 @@ def _build(cls, data, path: str):
     for key in data:
         if key not in names:
             where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(f"{where}: unknown field.{_suggest(key, names)} Allowed: {', '.join(names)}.")
+            raise ConfigError(f"{where}: unknown field.{did_you_mean(key, names)} Allowed: {', '.join(names)}.")
     kwargs = {}
     for f in fields(cls):
         if f.name in data:
@@ -204,25 +198,32 @@ def _build(cls, data, path: str):
     return cls(**kwargs)
 
 
+def parse_key_value(item: str, option: str, example: str) -> tuple[str, object]:
+    """``key=value`` from the command line (``--set``, ``--param``): the key, and the value parsed as
+    YAML (``0.3`` a float, ``[1, 2]`` a list, ``ties`` a string); errors name the option and show
+    ``example``."""
+    if "=" not in item:
+        raise ConfigError(f"{option} {item!r}: expected key=value, e.g. {example}.")
+    key, text = item.split("=", 1)
+    try:
+        return key, yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"{option} {key}: the value {text!r} is not valid YAML ({getattr(exc, 'problem', exc)}); "
+            "quote strings that contain YAML syntax, e.g. --set name='\"a: b\"'."
+        ) from None
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """``--set a.b.c=value`` (value parsed as YAML) onto the raw config mapping."""
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. budget.steps_per_task=50.")
-        key, text = item.split("=", 1)
+        key, value = parse_key_value(item, "--set", "budget.steps_per_task=50")
         parts = key.strip().split(".")
         if not all(parts):
             raise ConfigError(
                 f"--set {item!r}: {key!r} is not a field path; expected names joined by dots, "
                 "e.g. budget.steps_per_task=50."
             )
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(
-                f"--set {key}: the value {text!r} is not valid YAML ({getattr(exc, 'problem', exc)}); "
-                "quote strings that contain YAML syntax, e.g. --set name='\"a: b\"'."
-            ) from None
         node = raw
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
@@ -313,7 +314,7 @@ def _check(cond: bool, message: str) -> None:
 def _choice(value: str, allowed, field_path: str) -> None:
     _check(
         value in allowed,
-        f"{field_path}: {value!r} is not allowed.{_suggest(value, allowed)} Allowed: {', '.join(allowed)}.",
+        f"{field_path}: {value!r} is not allowed.{did_you_mean(value, allowed)} Allowed: {', '.join(allowed)}.",
     )
 
 
@@ -485,7 +486,7 @@ def _expand_grid(grid: dict, where: str) -> list[dict]:
     for key in grid:
         _check(
             key in GRID_KEYS,
-            f"{where}.{key}: unknown field.{_suggest(key, GRID_KEYS)} Allowed: {', '.join(GRID_KEYS)}.",
+            f"{where}.{key}: unknown field.{did_you_mean(key, GRID_KEYS)} Allowed: {', '.join(GRID_KEYS)}.",
         )
     inits = _grid_values(grid.get("init", ["zs"]))
     deploys = _grid_values(grid.get("deploy", ["ft"]))
@@ -569,7 +570,7 @@ def _validate_search(search: SearchConfig) -> None:
     for name, bounds in search.space.items():
         _check(
             name in SEARCHABLE,
-            f"search.space.{name}: not a continuous hyperparameter.{_suggest(name, SEARCHABLE)} "
+            f"search.space.{name}: not a continuous hyperparameter.{did_you_mean(name, SEARCHABLE)} "
             f"Allowed: {', '.join(SEARCHABLE)}.",
         )
         _check(

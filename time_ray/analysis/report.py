@@ -11,7 +11,6 @@ from the results schema alone (time_ray.analysis.load); works on finished and pa
 from __future__ import annotations
 
 import base64
-import difflib
 import html
 import io
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from time_ray.analysis.tables import (
     main_budget,
     policy_table,
 )
+from time_ray.core.errors import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -57,11 +57,9 @@ def choose_policy(final: pd.DataFrame, steps: pd.DataFrame, policy: str | None) 
     labels = sorted(steps.label.unique())
     if policy is not None:
         if policy not in labels:
-            close = difflib.get_close_matches(policy, labels, n=3)
+            hint = did_you_mean(policy, labels)
             raise ReportError(
-                f"--policy {policy!r}: no such policy in this sweep."
-                f"{' Did you mean ' + ', '.join(close) + '?' if close else ''} "
-                f"Policies: {', '.join(labels)}."
+                f"--policy {policy!r}: no such policy in this sweep.{hint} Policies: {', '.join(labels)}."
             )
         return policy
     stream = final[~final.multitask] if len(final) else final

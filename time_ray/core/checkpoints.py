@@ -9,7 +9,6 @@ import json
 import mmap
 import os
 import struct
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from time_ray.core.atomic import atomic_path, write_text_atomic
 from time_ray.core.errors import CheckpointError
 
 Checkpoint = Mapping[str, torch.Tensor]
@@ -135,20 +135,11 @@ def save_atomic(state: Checkpoint, path: str | os.PathLike) -> int:
     """Writes ``state`` as safetensors via a temp file + rename, then its content hash beside it
     (``<file>.sha256``, also atomic); returns the file size in bytes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp)
-        digest = file_sha256(Path(tmp))
-        os.replace(tmp, path)
-        sidecar_tmp = path.with_name(f".{path.name}.sha256.tmp")
-        sidecar_tmp.write_text(digest + "\n")
-        os.replace(sidecar_tmp, path.with_name(path.name + ".sha256"))
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+        digest = file_sha256(tmp)
+    write_text_atomic(path.with_name(path.name + ".sha256"), digest + "\n")
     return path.stat().st_size
 
 

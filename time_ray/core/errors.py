@@ -11,3 +11,17 @@ class ConfigError(TimeRayError):
 
 class CheckpointError(TimeRayError):
     """A checkpoint is missing, unreadable, or does not match the architecture."""
+
+
+def close_matches(word: object, candidates) -> list[str]:
+    """Up to three candidates that look like ``word`` (difflib's ratio >= 0.6), closest first."""
+    import difflib
+
+    return difflib.get_close_matches(str(word), [str(c) for c in candidates], n=3)
+
+
+def did_you_mean(word: object, candidates) -> str:
+    """' Did you mean a, b?' naming the close candidates, or '' when none is close: the tail of an
+    error message about an unknown name."""
+    close = close_matches(word, candidates)
+    return f" Did you mean {', '.join(close)}?" if close else ""

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from time_ray.core.errors import CheckpointError, ConfigError
+from time_ray.core.errors import CheckpointError, ConfigError, did_you_mean
 
 # Offline by default: a missing pretrained tag fails in a second instead of retrying the hub for ~47 s.
 # Set HF_HUB_OFFLINE=0 where the hub is reachable. (huggingface_hub reads this when imported.)
@@ -43,10 +43,7 @@ def available_archs() -> list[str]:
 
 def check_arch(arch: str) -> None:
     if arch not in available_archs():
-        import difflib
-
-        close = difflib.get_close_matches(arch, available_archs(), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(arch, available_archs())
         raise ConfigError(
             f"model.arch: unknown architecture {arch!r}.{hint} Allowed: any open_clip architecture "
             f"(open_clip.list_models()) or a config shipped in {MODEL_CONFIG_DIR}."

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from time_ray.core.atomic import write_text_atomic
 from time_ray.core.checkpoints import Checkpoint, SafetensorsCheckpoint, save_atomic
 from time_ray.core.errors import CheckpointError
 
@@ -96,9 +97,8 @@ class CheckpointPool:
         """Adds the existing immutable file ``target`` as theta^s_t without copying it."""
         self._check_next(t)
         ref = self._path("expert", t, ".ref")
-        tmp = ref.with_name(f".{ref.name}.tmp")  # (replaces a reference to a deleted file)
-        tmp.write_text(os.path.relpath(Path(target).resolve(), self.root.resolve()) + "\n")
-        os.replace(tmp, ref)
+        # (replaces a reference to a deleted file)
+        write_text_atomic(ref, os.path.relpath(Path(target).resolve(), self.root.resolve()) + "\n")
         self.publish(ref)
         return self._expert_path(t).stat().st_size if self._expert_path(t).exists() else 0
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import pandas as pd
+
+from time_ray.core.atomic import atomic_path
 
 SCHEMA_VERSION = 1
 POLICY_COLUMNS = [
@@ -44,16 +44,8 @@ TRIAL_COLUMNS = POLICY_COLUMNS + ["status", "last_timestep", "expert_trainings_s
 
 def write_parquet_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     """Writes to a temp file in the same directory, then renames: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def metrics_frame(rows: list[dict]) -> pd.DataFrame:

@@ -20,6 +20,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from time_ray.core.atomic import atomic_path, write_text_atomic
 from time_ray.core.errors import TimeRayError
 
 OBJECT_STORES = ("S3FileSystem", "GcsFileSystem")
@@ -127,11 +128,7 @@ class Storage:
         self.pull(self.rel(path))
 
     def write_text(self, rel: str, text: str) -> None:
-        local = self.local(rel)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, local)
+        write_text_atomic(self.local(rel), text)
         self.push(rel)
 
     def read_text(self, rel: str) -> str | None:
@@ -164,15 +161,8 @@ class Storage:
             self._fs.move(tmp, target)
 
     def _download(self, rel: str, local: Path) -> None:
-        local.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as dst, self._fs.open_input_stream(self._remote(rel)) as src:
-                shutil.copyfileobj(src, dst, 1 << 22)
-            os.replace(tmp, local)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(local) as tmp, open(tmp, "wb") as dst, self._fs.open_input_stream(self._remote(rel)) as src:
+            shutil.copyfileobj(src, dst, 1 << 22)
 
 
 def _filesystem(uri: str):

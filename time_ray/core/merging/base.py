@@ -8,7 +8,6 @@ Towers: keys starting with ``visual.`` form the image tower, all other keys the 
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import math
 import re
@@ -19,7 +18,7 @@ from typing import ClassVar
 import torch
 
 from time_ray.core.checkpoints import Checkpoint
-from time_ray.core.errors import CheckpointError, ConfigError
+from time_ray.core.errors import CheckpointError, ConfigError, did_you_mean
 
 TECHNIQUES: dict[str, type["Technique"]] = {}
 
@@ -314,8 +313,7 @@ def config_name(attr: str) -> str:
 def make_technique(name: str, field: str = "merge.technique", **params) -> Technique:
     """Builds a technique by its registered name, with clear errors for unknown names or params."""
     if name not in TECHNIQUES:
-        close = difflib.get_close_matches(str(name), TECHNIQUES, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(name, TECHNIQUES)
         raise ConfigError(
             f"{field}: unknown merging technique {name!r}.{hint} Allowed: {', '.join(sorted(TECHNIQUES))}."
         )

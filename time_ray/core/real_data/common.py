@@ -8,7 +8,6 @@ the images and returns a :class:`~time_ray.core.benchmark.Benchmark`.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import zlib
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from time_ray.core import errors
 from time_ray.core.benchmark import Benchmark, Dataset
 from time_ray.core.errors import ConfigError
 
@@ -64,8 +64,8 @@ def fail(kind: str, option: str, message: str) -> NoReturn:
 
 
 def close_matches(word: str, candidates) -> str:
-    """' (did you mean ...?)' when difflib finds close candidates, else ''."""
-    found = difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.6)
+    """' (did you mean 'a', 'b'?)' naming the close candidates (errors.close_matches), else ''."""
+    found = errors.close_matches(word, candidates)
     return f" (did you mean {', '.join(repr(f) for f in found)}?)" if found else ""
 
 
