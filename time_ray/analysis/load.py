@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from time_ray.core.errors import ConfigError, TimeRayError
-from time_ray.core.results import METRICS_COLUMNS, TIMESTEP_COLUMNS
+from time_ray.core.results import METRICS_COLUMNS, TIMESTEP_COLUMNS, concat_rows
 
 CHAIN_DEFAULTS = {"ema_weight": "0.5", "ema_with_base": True, "all_with_base": False, "recency": "uniform"}
 DESIGN = ["init", "deploy", "technique", "settings", "budget", "multitask"]  # one policy x budget
@@ -112,15 +112,17 @@ def _read_rows(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The per-trial files when DIR/trials exists, else the top-level tables."""
     trial_dirs = sorted(d for d in (path / "trials").glob("*") if (d / "timesteps.parquet").exists())
     if trial_dirs:
-        steps = pd.concat(
-            [_read_parquet(d / "timesteps.parquet", TIMESTEP_COLUMNS) for d in trial_dirs], ignore_index=True
+        steps = concat_rows(
+            [_read_parquet(d / "timesteps.parquet", TIMESTEP_COLUMNS) for d in trial_dirs], TIMESTEP_COLUMNS
         )
-        parts = [
-            _read_parquet(d / "metrics.parquet", METRICS_COLUMNS)
-            for d in trial_dirs
-            if (d / "metrics.parquet").exists()
-        ]
-        metrics = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=METRICS_COLUMNS)
+        metrics = concat_rows(
+            [
+                _read_parquet(d / "metrics.parquet", METRICS_COLUMNS)
+                for d in trial_dirs
+                if (d / "metrics.parquet").exists()
+            ],
+            METRICS_COLUMNS,
+        )
         return steps, metrics
     if (path / "timesteps.parquet").exists():
         metrics_path = path / "metrics.parquet"

@@ -48,6 +48,12 @@ def write_parquet_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> None:
         frame.to_parquet(tmp, index=False)
 
 
+def concat_rows(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    """The rows of several trials' tables as one table (the schema's ``columns`` when there are none):
+    how a sweep's top-level tables and the report's reading of per-trial files join them."""
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
 def metrics_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=METRICS_COLUMNS)
 

@@ -14,7 +14,13 @@ from time_ray.config import SweepConfig, expand_trials, experiment_settings
 from time_ray.core.base_model import load_base
 from time_ray.core.checkpoints import save_atomic
 from time_ray.core.errors import TimeRayError
-from time_ray.core.results import METRICS_COLUMNS, TIMESTEP_COLUMNS, trials_frame, write_parquet_atomic
+from time_ray.core.results import (
+    METRICS_COLUMNS,
+    TIMESTEP_COLUMNS,
+    concat_rows,
+    trials_frame,
+    write_parquet_atomic,
+)
 from time_ray.orchestration.storage import Storage
 
 
@@ -308,8 +314,7 @@ def collect(storage: Storage, trials: list[dict], tasks: int) -> pd.DataFrame:
                 "train_steps_saved": (stop or {}).get("train_steps_saved", 0),
             }
         )
-    metrics_df = pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(columns=METRICS_COLUMNS)
-    steps_df = pd.concat(steps, ignore_index=True) if steps else pd.DataFrame(columns=TIMESTEP_COLUMNS)
+    metrics_df, steps_df = concat_rows(metrics, METRICS_COLUMNS), concat_rows(steps, TIMESTEP_COLUMNS)
     for name, frame in (
         ("metrics.parquet", metrics_df),
         ("timesteps.parquet", steps_df),
