@@ -46,7 +46,8 @@ import torch  # noqa: E402
 from _common import MIB, emit, interleaved, log, machine, median, model_shapes, synthetic_pool, verdict  # noqa: E402
 
 from time_ray.core.checkpoints import materialize  # noqa: E402
-from time_ray.core.merging import CascadeSum, make_technique, tower_of  # noqa: E402
+from time_ray.core.merging import make_technique, tower_of  # noqa: E402
+from time_ray.core.merging.base import CascadeSum  # noqa: E402
 from time_ray.core.merging.sparse import SELECTIONS  # noqa: E402
 
 TECHNIQUES = ["average", "task_arithmetic", "ties", "dare_ties", "breadcrumbs_ties", "magmax"]

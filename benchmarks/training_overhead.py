@@ -42,6 +42,8 @@ from _common import REPO, emit, log, machine, median, verdict  # noqa: E402
 
 def run_steps(config: dict) -> dict:
     """Build the experiment and model, finetune ``steps`` steps; wall-clock marks (time.time) of each phase."""
+    from dataclasses import asdict
+
     import torch
 
     from time_ray.core import models
@@ -55,7 +57,7 @@ def run_steps(config: dict) -> dict:
         import ray.train.torch
 
         model = ray.train.torch.prepare_model(model)
-    settings = TrainSettings(steps=config["steps"], seed=task_seed(0, 1), **experiment.training)
+    settings = TrainSettings(steps=config["steps"], seed=task_seed(0, 1), **asdict(experiment.training))
     marks["setup_done"] = time.time()
 
     def on_step(step, loss):

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from time_ray.config import expand_policies, expand_trials, load_config, policy_of
+from time_ray.config import expand_policies, expand_trials, load_config
 from time_ray.core.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
@@ -30,7 +30,7 @@ def test_quickstart_expands_to_the_three_named_policies():
         ("offline-merge", "zs", "all", "average"),
         ("best-in-time", "ema", "ema", "average"),
     }
-    ids = [t["trial_id"] for t in expand_trials(cfg)]
+    ids = [t.trial_id for t in expand_trials(cfg)]
     assert len(set(ids)) == 3
 
 
@@ -79,9 +79,9 @@ def test_set_overrides_and_grid_expansion(tmp_path):
     assert cfg.budget.steps_per_task == 7
     trials = expand_trials(cfg)
     assert len(trials) == (1 + 2 * 2) * 2 * 2
-    assert {t["budget_steps"] for t in trials} == {7, 14}
-    ta = next(t for t in trials if t["merge"] == "task_arithmetic")
-    assert policy_of(ta).technique.lam in (0.3, 1.0)
+    assert {t.budget_steps for t in trials} == {7, 14}
+    ta = next(t for t in trials if t.merge == "task_arithmetic")
+    assert ta.policy.technique.lam in (0.3, 1.0)
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config(path, ["budget.steps_per_task"])
 
@@ -89,9 +89,9 @@ def test_set_overrides_and_grid_expansion(tmp_path):
 def test_multitask_reference_gets_the_whole_stream_budget():
     cfg = load_config("configs/quickstart.yaml", ["policies.multitask=true"])
     trials = expand_trials(cfg)
-    multitask = [t for t in trials if t.get("multitask")]
+    multitask = [t for t in trials if t.multitask]
     assert len(trials) == 4 and len(multitask) == 1
-    assert multitask[0]["budget_steps"] == cfg.budget.steps_per_task * cfg.stream.tasks
+    assert multitask[0].budget_steps == cfg.budget.steps_per_task * cfg.stream.tasks
 
 
 def test_two_model_techniques_are_refused_with_the_all_strategy(tmp_path):
@@ -125,8 +125,8 @@ def test_out_of_range_hyperparameters_name_the_grid_field(tmp_path):
 
 
 def test_policy_space_config_reaches_every_strategy_technique_and_preset():
-    from time_ray.config import PRESETS
     from time_ray.core.merging import TECHNIQUES
+    from time_ray.core.policy_space import PRESETS
     from time_ray.core.strategies import DEPLOY_STRATEGIES, INIT_STRATEGIES
 
     cfg = load_config("configs/policy-space.yaml")
@@ -150,7 +150,7 @@ def test_budget_units_resolve_to_steps_per_task():
     gflops = load_config(q, base + ["budget.gflops_per_task=50"])
     assert steps_per_task(gflops, flops_per_step=0.25e9) == 200
     trials = expand_trials(gflops, flops_per_step=0.5e9)
-    assert {t["budget_steps"] for t in trials} == {100}
+    assert {t.budget_steps for t in trials} == {100}
 
 
 def test_budget_in_two_units_is_refused():

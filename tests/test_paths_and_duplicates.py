@@ -56,9 +56,9 @@ def test_multipliers_that_round_to_the_same_steps_are_one_trial(caplog):
         ["budget.steps_per_task=10", "budget.multipliers=[1.0, 1.02, 2.0]", "seeds=[0, 1]"],
     )
     trials = expand_trials(cfg)
-    ids = [t["trial_id"] for t in trials]
+    ids = [t.trial_id for t in trials]
     assert len(ids) == len(set(ids)) == 3 * 2 * 2  # policies x {10, 20 steps} x seeds
-    assert sorted({t["budget_steps"] for t in trials}) == [10, 20]
+    assert sorted({t.budget_steps for t in trials}) == [10, 20]
     assert "budget.multipliers 1, 1.02 all give 10 steps per task" in caplog.text
 
 

@@ -33,16 +33,16 @@ def test_each_policy_gets_the_draws_of_the_parameters_it_has():
     trials = expand_trials(cfg, flops_per_step=1e9)
 
     def by(merge, deploy):
-        return [t for t in trials if t["merge"] == merge and t["deploy"] == deploy]
+        return [t for t in trials if t.merge == merge and t.deploy == deploy]
 
     # ties has lambda (not t); with deploy ema it also gets ema_weight: 3 draws
-    assert [t["merge_params"]["lambda"] for t in by("ties", "ema")] == [p["lambda"] for p in points]
-    assert [t["ema_weight"] for t in by("ties", "ema")] == [p["ema_weight"] for p in points]
-    assert all("t" not in t["merge_params"] for t in by("ties", "ema"))
-    assert [t["merge_params"]["t"] for t in by("slerp", "ft")] == [p["t"] for p in points]
+    assert [t.merge_params["lambda"] for t in by("ties", "ema")] == [p["lambda"] for p in points]
+    assert [t.policy.ema_weight for t in by("ties", "ema")] == [p["ema_weight"] for p in points]
+    assert all("t" not in t.merge_params for t in by("ties", "ema"))
+    assert [t.merge_params["t"] for t in by("slerp", "ft")] == [p["t"] for p in points]
     # average under deploy ft has none of them: one trial, unchanged
-    assert len(by("average", "ft")) == 1 and by("average", "ft")[0]["merge_params"] == {}
-    assert len(by("average", "ema")) == 3 and len({t["trial_id"] for t in trials}) == len(trials)
+    assert len(by("average", "ft")) == 1 and by("average", "ft")[0].merge_params == {}
+    assert len(by("average", "ema")) == 3 and len({t.trial_id for t in trials}) == len(trials)
 
 
 def test_search_config_errors_name_the_field():
@@ -75,7 +75,7 @@ def test_the_shipped_search_config():
     trials = expand_trials(cfg, flops_per_step=1e9)
     # sequential-ft x 2 budgets + (2 init x 2 deploy x 3 techniques) x 6 Sobol draws x 2 budgets
     assert len(trials) == 2 + 12 * 6 * 2
-    assert {t["merge_params"]["lambda"] for t in trials if t["merge"] == "ties"} == {
+    assert {t.merge_params["lambda"] for t in trials if t.merge == "ties"} == {
         p["lambda"] for p in search_points(cfg.search)
     }
     plan = make_plan(cfg, flops_per_step=1e9, model_bytes=1)

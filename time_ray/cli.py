@@ -361,8 +361,8 @@ def cmd_plan(args) -> int:
         )
     for t in plan["trials_list"]:
         print(
-            f"  {t['trial_id']:<40} init={t['init']:<6} deploy={t['deploy']:<6} merge={t['merge']} "
-            f"{t['merge_params'] or ''} steps/task={t['budget_steps']} seed={t['seed']}"
+            f"  {t.trial_id:<40} init={t.init:<6} deploy={t.deploy:<6} merge={t.merge} "
+            f"{t.merge_params or ''} steps/task={t.budget_steps} seed={t.seed}"
         )
     return 0
 

@@ -4,7 +4,6 @@ what is allowed, before any Ray work starts."""
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import math
@@ -14,23 +13,14 @@ from pathlib import Path
 
 import yaml
 
+from time_ray.core import policy_space
 from time_ray.core.base_model import BaseTraining
 from time_ray.core.benchmark import BenchmarkSpec
+from time_ray.core.contracts import ExperimentSettings, TrainingRecipe, Trial
 from time_ray.core.errors import ConfigError, did_you_mean
-from time_ray.core.merging import make_technique, technique_params
-from time_ray.core.strategies import DEPLOY_STRATEGIES, INIT_STRATEGIES, RECENCY_SCHEMES, Policy
 from time_ray.core.stream import ORDERS, Mixture
 
 logger = logging.getLogger(__name__)
-
-PRESETS = {
-    "sequential-ft": ("ft", "ft"),
-    "offline-merge": ("zs", "all"),
-    "zs-merge": ("zs", "ema"),
-    "ft-merge": ("ft-zs", "ft-zs"),
-    "best-in-time": ("ema", "ema"),
-    "ema-merge": ("ema", "ema"),
-}
 
 
 @dataclass(frozen=True)
@@ -445,117 +435,7 @@ def validate(cfg: SweepConfig) -> None:
     _check(len(expand_policies(cfg)) > 0, "policies: names no policy; give presets or a grid.")
 
 
-# ---------------------------------------------------------------- policies and trials
-
-
-def _grid_values(value) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _merge_variants(entries, path: str) -> list[tuple[str, dict]]:
-    variants = []
-    for i, entry in enumerate(_grid_values(entries)):
-        here = f"{path}[{i}]"
-        if isinstance(entry, str):
-            entry = {"technique": entry}
-        _check(
-            isinstance(entry, dict) and "technique" in entry,
-            f"{here}: expected {{technique: NAME, ...}}, got {entry!r}.",
-        )
-        params = {k: _grid_values(v) for k, v in entry.items() if k != "technique"}
-        for combo in itertools.product(*params.values()):
-            kwargs = dict(zip(params, combo))
-            technique = make_technique(entry["technique"], f"{here}.technique", **kwargs)
-            variants.append((entry["technique"], technique_params(technique)))
-    return variants
-
-
-GRID_KEYS = ("init", "deploy", "merge", "ema_weight", "ema_with_base", "all_with_base", "recency")
-
-
-def _max_models(technique) -> int | None:
-    """The most models a technique merges (per-tower techniques: the stricter side)."""
-    sides = [getattr(technique, side) for side in ("image", "text") if hasattr(technique, side)]
-    limits = [s.max_models for s in sides or [technique] if s.max_models is not None]
-    return min(limits) if limits else None
-
-
-def _expand_grid(grid: dict, where: str) -> list[dict]:
-    """The policies of one grid: init x deploy x merge variants x chain/recency settings."""
-    out = []
-    for key in grid:
-        _check(
-            key in GRID_KEYS,
-            f"{where}.{key}: unknown field.{did_you_mean(key, GRID_KEYS)} Allowed: {', '.join(GRID_KEYS)}.",
-        )
-    inits = _grid_values(grid.get("init", ["zs"]))
-    deploys = _grid_values(grid.get("deploy", ["ft"]))
-    for i, v in enumerate(inits):
-        _choice(v, INIT_STRATEGIES, f"{where}.init[{i}]")
-    for i, v in enumerate(deploys):
-        _choice(v, DEPLOY_STRATEGIES, f"{where}.deploy[{i}]")
-    merges = _merge_variants(grid.get("merge", [{"technique": "average"}]), f"{where}.merge")
-    pairwise_only = sorted({m for m, p in merges if _max_models(make_technique(m, **p)) == 2})
-    if pairwise_only and "all" in inits + deploys:
-        raise ConfigError(
-            f"{where}.merge: {', '.join(pairwise_only)} merge exactly two models, but the 'all' "
-            "strategy merges every expert in the pool. Use them with the pairwise strategies (ema, "
-            "ft-zs), or put them in a separate grid without 'all'."
-        )
-    extras = {
-        k: _grid_values(grid[k]) for k in ("ema_weight", "ema_with_base", "all_with_base", "recency") if k in grid
-    }
-    for i, v in enumerate(extras.get("recency", [])):
-        _choice(v, RECENCY_SCHEMES, f"{where}.recency[{i}]")
-    for i, v in enumerate(extras.get("ema_weight", [])):
-        _check(
-            v == "running-mean" or (isinstance(v, (int, float)) and 0 < v <= 1),
-            f"{where}.ema_weight[{i}]: must be in (0, 1] or 'running-mean', got {v!r}.",
-        )
-    for init, deploy, (merge, params), *rest in itertools.product(inits, deploys, merges, *extras.values()):
-        policy = {
-            "policy": f"{init}/{deploy}",
-            "init": init,
-            "deploy": deploy,
-            "merge": merge,
-            "merge_params": params,
-            **dict(zip(extras, rest)),
-        }
-        out.append(policy)
-    return out
-
-
-def expand_policies(cfg: SweepConfig) -> list[dict]:
-    """Every policy the config names: presets (weight averaging) plus the crossed grid, deduplicated."""
-    out: list[dict] = []
-    for i, name in enumerate(cfg.policies.presets):
-        _choice(name, list(PRESETS), f"policies.presets[{i}]")
-        init, deploy = PRESETS[name]
-        out.append({"policy": name, "init": init, "deploy": deploy, "merge": "average", "merge_params": {}})
-    grids = cfg.policies.grid if isinstance(cfg.policies.grid, list) else [cfg.policies.grid]
-    for g, grid in enumerate(grids):
-        if grid:
-            where = f"policies.grid[{g}]" if isinstance(cfg.policies.grid, list) else "policies.grid"
-            _check(isinstance(grid, dict), f"{where}: expected a mapping of {', '.join(GRID_KEYS)}.")
-            out += [v for p in _expand_grid(grid, where) for v in _apply_search(p, search_points(cfg.search))]
-    if cfg.policies.multitask:
-        out.append(
-            {
-                "policy": "multitask",
-                "init": "zs",
-                "deploy": "ft",
-                "merge": "average",
-                "merge_params": {},
-                "multitask": True,
-            }
-        )
-    unique, seen = [], set()
-    for p in out:
-        key = json.dumps({k: v for k, v in p.items() if k != "policy"}, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    return unique
+# ---------------------------------------------------------------- policies and trials (core.policy_space)
 
 
 SEARCHABLE = ("lambda", "prune", "top", "t", "alpha", "beta", "ema_weight")
@@ -592,60 +472,22 @@ def _validate_search(search: SearchConfig) -> None:
 
 
 def search_points(search: SearchConfig) -> list[dict]:
-    """``samples`` points of the search space: scrambled Sobol (low-discrepancy) or uniform random,
-    seeded. The same points serve every policy (common random numbers), so techniques are compared
-    at the same draws. Values are rounded to 4 significant digits (readable trial ids and tables)."""
-    import torch
-
-    names = list(search.space)
-    if not names or search.samples == 0:
-        return []
-    if search.method == "sobol":
-        unit = torch.quasirandom.SobolEngine(len(names), scramble=True, seed=search.seed).draw(search.samples)
-    else:
-        unit = torch.rand(search.samples, len(names), generator=torch.Generator().manual_seed(search.seed))
-    points = []
-    for row in unit.double().tolist():
-        point = {}
-        for name, u in zip(names, row):
-            low, high = search.space[name]
-            point[name] = float(f"{low + u * (high - low):.4g}")
-        points.append(point)
-    return points
+    """The search space's points (core.policy_space.search_points)."""
+    return policy_space.search_points(search.space, search.samples, search.method, search.seed)
 
 
-def _apply_search(policy: dict, points: list[dict]) -> list[dict]:
-    """The policy at each search point, for the searched parameters it has (merge parameters of its
-    technique; ema_weight when an EMA strategy is used); unchanged when it has none of them."""
-    accepted = set(technique_params(make_technique(policy["merge"], **policy["merge_params"])))
-    if not policy["merge_params"].get("lines"):
-        accepted -= {"alpha", "beta"}  # LiNeS depth scaling is off: they would change nothing
-    uses_ema = "ema" in (policy["init"], policy["deploy"])
-    variants = []
-    for point in points:
-        params = {k: v for k, v in point.items() if k in accepted}
-        ema = {"ema_weight": point["ema_weight"]} if uses_ema and "ema_weight" in point else {}
-        if not params and not ema:
-            return [policy]
-        merge_params = {**policy["merge_params"], **params}
-        make_technique(policy["merge"], "search.space.technique", **merge_params)  # in range for this technique
-        variants.append({**policy, "merge_params": merge_params, **ema})
-    return variants or [policy]
+def expand_policies(cfg: SweepConfig) -> list[dict]:
+    """Every policy the config names (core.policy_space.expand_policies)."""
+    p = cfg.policies
+    return policy_space.expand_policies(p.presets, p.grid, p.multitask, search_points(cfg.search))
 
 
 def steps_per_task(cfg: SweepConfig, flops_per_step: float | None = None) -> int:
-    """Training steps per task from the budget, in whichever unit it was given. A GFLOPs budget
-    needs the FLOPs of one step (measured with FlopCounterMode on the real model and batch; see
-    ``measure_flops_per_step``)."""
-    b, tasks = cfg.budget, cfg.stream.tasks
-    if b.samples_per_task is not None:
-        return max(1, math.ceil(b.samples_per_task / cfg.training.batch_size))
-    if b.gflops_per_task is not None:
-        flops = flops_per_step if flops_per_step is not None else measure_flops_per_step(cfg)
-        return max(1, round(b.gflops_per_task * 1e9 / flops))
-    if b.total_steps is not None:
-        return max(1, round(b.total_steps / tasks))
-    return b.steps_per_task if b.steps_per_task is not None else 200
+    """Training steps per task from the budget; a GFLOPs budget measures one training step unless
+    ``flops_per_step`` is given (see ``measure_flops_per_step``)."""
+    if cfg.budget.gflops_per_task is not None and flops_per_step is None:
+        flops_per_step = measure_flops_per_step(cfg)
+    return policy_space.steps_per_task(cfg.budget, cfg.stream.tasks, cfg.training.batch_size, flops_per_step)
 
 
 def measure_flops_per_step(cfg: SweepConfig) -> float:
@@ -656,56 +498,24 @@ def measure_flops_per_step(cfg: SweepConfig) -> float:
     return experiment.flops_per_step(experiment.new_model())
 
 
-def expand_trials(cfg: SweepConfig, flops_per_step: float | None = None) -> list[dict]:
-    """One trial spec (JSON-able) per policy x budget multiplier x seed."""
-    trials: dict[str, dict] = {}
-    per_task = steps_per_task(cfg, flops_per_step)
-    merged: dict[int, list[float]] = {}
-    for policy, mult, seed in itertools.product(expand_policies(cfg), cfg.budget.multipliers, cfg.seeds):
-        steps = max(1, round(per_task * mult))
-        merged.setdefault(steps, [])
-        if mult not in merged[steps]:
-            merged[steps].append(mult)
-        if policy.get("multitask"):
-            steps *= cfg.stream.tasks  # the same total compute as the stream
-        spec = {**policy, "budget_steps": steps, "seed": seed}
-        digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
-        label = policy["policy"].replace("/", "-")
-        spec["trial_id"] = f"{label}-{policy['merge']}-{digest}"
-        trials.setdefault(spec["trial_id"], spec)  # the same spec twice is one trial, run once
-    for steps, mults in merged.items():
-        if len(mults) > 1:
-            logger.warning(
-                "budget.multipliers %s all give %d steps per task (of %d): their trials are the same and run once",
-                ", ".join(f"{m:g}" for m in mults),
-                steps,
-                per_task,
-            )
-    return list(trials.values())
+def expand_trials(cfg: SweepConfig, flops_per_step: float | None = None) -> list[Trial]:
+    """One typed trial per policy x budget multiplier x seed (core.policy_space.expand_trials)."""
+    return policy_space.expand_trials(
+        expand_policies(cfg), steps_per_task(cfg, flops_per_step), cfg.budget.multipliers, cfg.seeds, cfg.stream.tasks
+    )
 
 
-def experiment_settings(cfg: SweepConfig) -> dict:
+def experiment_settings(cfg: SweepConfig) -> ExperimentSettings:
     """What every process needs to rebuild the stream (see core.experiment.Experiment)."""
-    return {
-        "arch": cfg.model.arch,
-        "benchmark": asdict(cfg.stream.builtin),
-        "tasks": cfg.stream.tasks,
-        "benchmark_kind": cfg.stream.benchmark,
-        "data": cfg.stream.data,
-        "order": cfg.stream.order,
-        "stream_seed": cfg.stream.seed,
-        "mixture": asdict(cfg.stream.mixture),
-        "training": asdict(cfg.training),
-        "captions": cfg.stream.captions,
-    }
-
-
-def policy_of(trial: dict) -> Policy:
-    """The core Policy object of a trial spec."""
-    kwargs = {k: trial[k] for k in ("ema_weight", "ema_with_base", "all_with_base", "recency") if k in trial}
-    return Policy(
-        init=trial["init"],
-        deploy=trial["deploy"],
-        technique=make_technique(trial["merge"], **trial["merge_params"]),
-        **kwargs,
+    return ExperimentSettings(
+        arch=cfg.model.arch,
+        benchmark=cfg.stream.builtin,
+        tasks=cfg.stream.tasks,
+        benchmark_kind=cfg.stream.benchmark,
+        data=cfg.stream.data,
+        order=cfg.stream.order,
+        stream_seed=cfg.stream.seed,
+        mixture=cfg.stream.mixture,
+        training=TrainingRecipe(**asdict(cfg.training)),
+        captions=cfg.stream.captions,
     )

@@ -6,31 +6,33 @@ from __future__ import annotations
 import json
 
 from time_ray.config import SweepConfig, expand_trials, measure_flops_per_step
+from time_ray.core.contracts import Trial
 
 DEFAULT_DEVICE_TFLOPS = 100.0  # sustained training throughput assumed for device-hours (state yours)
 
 
-def init_lineage(trial: dict, t: int) -> str:
+def init_lineage(trial: Trial, t: int) -> str:
     """What expert t of a trial starts from, as a name: every trial whose experts share it trains the
     same expert. Task 1 and the zs strategy start at theta_0; otherwise the start depends on the
     trial's own history, which its init strategy (and the settings that strategy merges with) fixes."""
-    if t == 1 or trial["init"] == "zs":
+    policy = trial.policy
+    if t == 1 or policy.init == "zs":
         return "theta_0"
-    settings = {"init": trial["init"]}
-    if trial["init"] in ("ema", "all", "ft-zs"):
-        settings |= {"merge": trial["merge"], "params": trial["merge_params"]}
-    if trial["init"] == "ema":
-        settings |= {k: trial.get(k) for k in ("ema_weight", "ema_with_base")}
-    if trial["init"] == "all":
-        settings |= {k: trial.get(k) for k in ("recency", "all_with_base")}
+    settings: dict = {"init": policy.init}
+    if policy.init in ("ema", "all", "ft-zs"):
+        settings |= {"merge": trial.merge, "params": trial.merge_params}
+    if policy.init == "ema":
+        settings |= {"ema_weight": policy.ema_weight, "ema_with_base": policy.ema_with_base}
+    if policy.init == "all":
+        settings |= {"recency": policy.recency, "all_with_base": policy.all_with_base}
     return json.dumps(settings, sort_keys=True)
 
 
-def unique_experts(trials: list[dict], tasks: int) -> set[tuple]:
+def unique_experts(trials: list[Trial], tasks: int) -> set[tuple]:
     keys = set()
     for trial in trials:
-        for t in range(1, (1 if trial.get("multitask") else tasks) + 1):
-            keys.add((init_lineage(trial, t), t, trial["budget_steps"], trial["seed"], bool(trial.get("multitask"))))
+        for t in range(1, (1 if trial.multitask else tasks) + 1):
+            keys.add((init_lineage(trial, t), t, trial.budget_steps, trial.seed, trial.multitask))
     return keys
 
 
@@ -60,9 +62,9 @@ def make_plan(
     trials = expand_trials(cfg, flops)
     tasks = cfg.stream.tasks
     experts = unique_experts(trials, tasks)
-    trainings = sum(1 if t.get("multitask") else tasks for t in trials)
+    trainings = sum(1 if t.multitask else tasks for t in trials)
     gflops = sum(steps for _, _, steps, _, _ in experts) * flops / 1e9
-    chains = sum(tasks for t in trials if "ema" in (t["init"], t["deploy"]))
+    chains = sum(tasks for t in trials if "ema" in (t.init, t.deploy))
     stop = cfg.search.early_stopping
     fraction = asha_fraction(tasks, stop.grace_period, stop.reduction_factor) if stop.scheduler else 1.0
     return {

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from time_ray.config import expand_trials, load_config, policy_of
-from time_ray.core.results import metrics_frame, timesteps_frame, write_parquet_atomic
+from time_ray.config import expand_trials, load_config
+from time_ray.core.contracts import Trial
+from time_ray.core.results import metrics_frame, timesteps_frame, trials_json, write_parquet_atomic
 
 CONFIG = """\
 # time-ray sweep synthetic.yaml
@@ -89,51 +90,32 @@ NOREPLAY_KA, NOREPLAY_KA_OTHERS = 0.05, 0.01
 WIDE_KA, WIDE_MT_KA, WIDE_GFLOPS = 0.06, 0.02, 4.0
 
 
-def designed_values(trial: dict, variant: str = "synthetic") -> tuple[float, float]:
+def designed_values(trial: Trial, variant: str = "synthetic") -> tuple[float, float]:
     """The designed final (A_KA, A_ZS) of a trial spec in the sweep named ``variant``."""
-    if trial.get("multitask"):
+    if trial.multitask:
         ka, zs = MULTITASK
         return ka + (WIDE_MT_KA if variant == "synthetic-wide" else 0.0), zs
-    ka, zs = FINAL[(trial["init"], trial["deploy"])]
-    ka += TECHNIQUE_KA[trial["merge"]] + RECENCY_KA[trial.get("recency", "uniform")]
+    ka, zs = FINAL[(trial.init, trial.deploy)]
+    ka += TECHNIQUE_KA[trial.merge] + RECENCY_KA[trial.policy.recency]
     ka += {
-        "synthetic-noreplay": -(NOREPLAY_KA if trial["policy"] == "offline-merge" else NOREPLAY_KA_OTHERS),
+        "synthetic-noreplay": -(NOREPLAY_KA if trial.name == "offline-merge" else NOREPLAY_KA_OTHERS),
         "synthetic-wide": WIDE_KA,
     }.get(variant, 0.0)
-    return ka + BUDGET_KA * (trial["budget_steps"] - 10) / 10 + SEED_NOISE * (trial["seed"] - 1), zs
-
-
-def policy_columns(trial: dict) -> dict:
-    """As orchestration.trial.policy_columns writes them (without importing Ray)."""
-    policy = policy_of(trial)
-    return {
-        "trial_id": trial["trial_id"],
-        "policy": trial["policy"],
-        "init": trial["init"],
-        "deploy": trial["deploy"],
-        "merge": trial["merge"],
-        "merge_params": json.dumps(trial["merge_params"], sort_keys=True),
-        "ema_weight": str(policy.ema_weight),
-        "ema_with_base": policy.ema_with_base,
-        "all_with_base": policy.all_with_base,
-        "recency": policy.recency,
-        "budget_steps": trial["budget_steps"],
-        "seed": trial["seed"],
-    }
+    return ka + BUDGET_KA * (trial.budget_steps - 10) / 10 + SEED_NOISE * (trial.seed - 1), zs
 
 
 def write_trial(
     out: Path,
-    trial: dict,
+    trial: Trial,
     tasks: int,
     last: int | None = None,
     variant: str = "synthetic",
     gflops_per_step: float = GFLOPS_PER_STEP,
 ) -> None:
     """trials/<id>/{metrics,timesteps}.parquet up to timestep ``last`` (default: T)."""
-    cols = policy_columns(trial)
+    cols = trial.columns()
     ka, zs = designed_values(trial, variant)
-    timesteps = [0, tasks] if trial.get("multitask") else list(range(tasks + 1))
+    timesteps = [0, tasks] if trial.multitask else list(range(tasks + 1))
     metric_rows, step_rows = [], []
     for t in [t for t in timesteps if last is None or t <= last]:
         frac = t / tasks
@@ -163,20 +145,20 @@ def write_trial(
                 "a_ka": a_ka,
                 "a_zs": a_zs,
                 "gm": math.sqrt(a_ka * a_zs),
-                "train_steps": trial["budget_steps"] if trained else 0,
-                "train_gflops": trial["budget_steps"] * gflops_per_step if trained else 0.0,
+                "train_steps": trial.budget_steps if trained else 0,
+                "train_gflops": trial.budget_steps * gflops_per_step if trained else 0.0,
                 "train_seconds": 1.0 * trained,
-                "merge_seconds": 0.0 if trial["deploy"] == "ft" else 0.1 * trained,
+                "merge_seconds": 0.0 if trial.deploy == "ft" else 0.1 * trained,
                 "eval_seconds": 0.5,
-                "pool_bytes": t * 1_000_000 * (2 if "ema" in (trial["init"], trial["deploy"]) else 1),
+                "pool_bytes": t * 1_000_000 * (2 if "ema" in (trial.init, trial.deploy) else 1),
                 "expert_cache_hit": False,
             }
         )
-    write_parquet_atomic(metrics_frame(metric_rows), out / "trials" / trial["trial_id"] / "metrics.parquet")
-    write_parquet_atomic(timesteps_frame(step_rows), out / "trials" / trial["trial_id"] / "timesteps.parquet")
+    write_parquet_atomic(metrics_frame(metric_rows), out / "trials" / trial.trial_id / "metrics.parquet")
+    write_parquet_atomic(timesteps_frame(step_rows), out / "trials" / trial.trial_id / "timesteps.parquet")
 
 
-def write_sweep(out: Path, skip: int = 0, truncate: int = 0, config: str = CONFIG) -> list[dict]:
+def write_sweep(out: Path, skip: int = 0, truncate: int = 0, config: str = CONFIG) -> list[Trial]:
     """The synthetic sweep (or a companion: ``config``) in ``out``: config.yaml, sweep.json, trials/.
     The first ``skip`` trials get no rows and the next ``truncate`` stop at timestep 1 (a partial
     sweep). Returns the trial specs."""
@@ -187,6 +169,7 @@ def write_sweep(out: Path, skip: int = 0, truncate: int = 0, config: str = CONFI
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     (out / "sweep.json").write_text(json.dumps({"name": cfg.name, "fingerprint": cfg.fingerprint()}))
     trials = expand_trials(cfg)
+    (out / "trials.json").write_text(trials_json(cfg.name, cfg.stream.tasks, trials))  # as the sweep does
     for i, trial in enumerate(trials):
         if i >= skip:
             write_trial(

@@ -86,15 +86,15 @@ def test_summary_answers_the_question_and_splits_the_variance(synthetic_report):
 def test_partial_sweep_lists_the_missing_trials(tmp_path):
     trials = write_sweep(tmp_path / "sweep", skip=2, truncate=1)
     sweep = load_sweep(tmp_path / "sweep")
-    assert list(sweep.missing.trial_id) == [t["trial_id"] for t in trials[:3]]
+    assert list(sweep.missing.trial_id) == [t.trial_id for t in trials[:3]]
     text = _missing_table(sweep).markdown()
     assert "Missing trials (3 of 78 not finished)" in text
     assert text.count("not started") == 2 and text.count("unfinished at t=1 of 3") == 1
-    assert not sweep.steps[sweep.steps.trial_id == trials[2]["trial_id"]].finished.any()
+    assert not sweep.steps[sweep.steps.trial_id == trials[2].trial_id].finished.any()
     # a trial the scheduler stopped early is done, not missing; a failed one is missing
-    (tmp_path / "sweep" / "trials" / trials[2]["trial_id"] / "stopped_early.json").write_text("{}")
-    (tmp_path / "sweep" / "trials" / trials[0]["trial_id"]).mkdir(parents=True)
-    (tmp_path / "sweep" / "trials" / trials[0]["trial_id"] / "failed.json").write_text('{"error": "boom"}')
+    (tmp_path / "sweep" / "trials" / trials[2].trial_id / "stopped_early.json").write_text("{}")
+    (tmp_path / "sweep" / "trials" / trials[0].trial_id).mkdir(parents=True)
+    (tmp_path / "sweep" / "trials" / trials[0].trial_id / "failed.json").write_text('{"error": "boom"}')
     sweep = load_sweep(tmp_path / "sweep")
     assert list(sweep.missing.state) == ["failed", "not started"]
     text = _missing_table(sweep).markdown()

@@ -4,6 +4,7 @@ from dataclasses import asdict
 
 from time_ray.core.base_model import BaseTraining, builtin_base
 from time_ray.core.benchmark import BenchmarkSpec
+from time_ray.core.contracts import ExperimentSettings
 from time_ray.core.data_stats import benchmark_stats
 from time_ray.core.experiment import Experiment
 from time_ray.core.stream import Mixture
@@ -30,7 +31,7 @@ def test_small_builtin_benchmark_has_the_properties_that_make_it_worth_simulatin
         "mixture": asdict(Mixture()),
         "training": {"batch_size": 32, "lr": 1e-3, "weight_decay": 0.2, "warmup": 0.1, "grad_clip": 1.0},
     }
-    stats = benchmark_stats(Experiment.from_settings(settings), base, steps=100)
+    stats = benchmark_stats(Experiment.from_settings(ExperimentSettings.from_dict(settings)), base, steps=100)
     values = {p["property"]: p for p in stats["properties"]}
     assert stats["datasets"] == {"adaptation": 4, "heldout": 5}
     failing = [p for p in stats["properties"] if not p["holds"]]

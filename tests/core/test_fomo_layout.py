@@ -271,8 +271,8 @@ def test_resized_variant_is_used_where_it_and_its_folder_exist(tree, tmp_path):
     resized = scan(options(tree, resized=224))
     inat = "iNATURALIST2021"
 
-    def paths(plan, dataset):
-        return [item.path for item in plan.items if item.dataset == dataset]
+    def paths(catalog, dataset):
+        return [item.path for item in catalog.items if item.dataset == dataset]
 
     folders = {i.split: i.path.relative_to(tree["root"] / inat).parts[0] for i in resized.items if i.dataset == inat}
     assert folders == {"train": f"{inat}_train_mini_224", "test": f"{inat}_val_224"}
@@ -300,21 +300,23 @@ def test_per_dataset_stream_with_lower_case_handles_and_handles_in_options(tree)
 
 
 def test_without_stream_file_every_dataset_with_a_train_file_adapts(tree):
-    plan = scan(options(tree, stream_file=None, templates={}))
-    assert [d.name for d in plan.datasets if d.role == "adaptation"] == [
+    catalog = scan(options(tree, stream_file=None, templates={}))
+    assert [d.name for d in catalog.datasets if d.role == "adaptation"] == [
         "DTD",
         "FSCOCO",
         "MTSD",
         "RETINOPATHY",
         "iNATURALIST2021",
     ]
-    assert next(d for d in plan.datasets if d.name == "FSCOCO").template == "A photo of a {}."  # no primer, no option
-    assert plan.stream[:9] == [("DTD", c) for c in ADAPTATION["DTD"][2]] + [("FSCOCO", "giraffe")]
+    assert (
+        next(d for d in catalog.datasets if d.name == "FSCOCO").template == "A photo of a {}."
+    )  # no primer, no option
+    assert catalog.stream[:9] == [("DTD", c) for c in ADAPTATION["DTD"][2]] + [("FSCOCO", "giraffe")]
 
 
 def test_max_per_class_keeps_the_first_images(tree):
-    plan = scan(options(tree, max_per_class=1))
-    dtd = [i for i in plan.items if i.dataset == "DTD"]
+    catalog = scan(options(tree, max_per_class=1))
+    dtd = [i for i in catalog.items if i.dataset == "DTD"]
     assert len(dtd) == 8 * 2 and all(i.path.stem.endswith("_0000") for i in dtd)
 
 

@@ -203,8 +203,8 @@ def test_slerp_t_unset_round_trips_through_config_and_trials(tmp_path):
         ],
     )
     trials = expand_trials(cfg, flops_per_step=1e9)
-    assert sorted(str(t["merge_params"]["t"]) for t in trials) == ["0.3", "None"]
-    assert len({t["trial_id"] for t in trials}) == len(trials) == 2
+    assert sorted(str(t.merge_params["t"]) for t in trials) == ["0.3", "None"]
+    assert len({t.trial_id for t in trials}) == len(trials) == 2
 
 
 # --------------------------------------------------------------------------- Model Stock

@@ -7,7 +7,8 @@ import torch
 
 import time_ray.core.merging.base as merging_base
 import time_ray.core.merging.sparse as sparse
-from time_ray.core.merging import BreadcrumbsTies, DareTies, MagMax, TaskArithmetic, Ties, derived_seed, kernels
+from time_ray.core.merging import BreadcrumbsTies, DareTies, MagMax, TaskArithmetic, Ties, kernels
+from time_ray.core.merging.base import derived_seed
 
 pytestmark = pytest.mark.skipif(kernels.numba is None, reason="numba is not installed")
 
@@ -156,8 +157,8 @@ def test_ties_of_an_exact_count_at_the_threshold_are_split_by_position_as_in_tor
     base = {"visual.w": torch.randn(n, generator=g), "t": torch.randn(5, generator=g)}
     experts = [{k: v + torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(2)]
     technique = DareTies(prune=prune, seed=3)
-    plan = technique.plan(experts, base)
-    assert plan.bounds[0, "image"].ties_to_drop < plan.bounds[0, "image"].equal  # ties split by position
+    prep = technique.prepare(experts, base)
+    assert prep.bounds[0, "image"].ties_to_drop < prep.bounds[0, "image"].equal  # ties split by position
     for chunk in (1 << 20, 1000):
         monkeypatch.setattr(merging_base, "CHUNK", chunk)
         monkeypatch.setattr(sparse, "MIN_CHUNK", 1)

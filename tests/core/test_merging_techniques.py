@@ -13,18 +13,16 @@ from time_ray.core.merging import (
     DareTies,
     MagMax,
     ModelStock,
-    RadixSelect,
     RandomPick,
     Slerp,
     TaskArithmetic,
     Ties,
     Towers,
     WeightAveraging,
-    fraction_count,
-    kth_smallest,
     make_technique,
     technique_params,
 )
+from time_ray.core.merging.select import RadixSelect, fraction_count, kth_smallest
 
 
 def T(*values):

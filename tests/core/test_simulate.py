@@ -7,6 +7,7 @@ import pytest
 
 from time_ray.core.base_model import BaseTraining, builtin_base
 from time_ray.core.benchmark import BenchmarkSpec
+from time_ray.core.contracts import ExperimentSettings
 from time_ray.core.experiment import Experiment
 from time_ray.core.merging import TECHNIQUES, make_technique
 from time_ray.core.simulate import simulate
@@ -35,7 +36,7 @@ SETTINGS = {
 @pytest.fixture(scope="module")
 def setup(cache_dir):
     base, _ = builtin_base("tiny-clip", SPEC, BaseTraining(steps=5, batch_size=8), lambda m: None)
-    return Experiment.from_settings(SETTINGS), base
+    return Experiment.from_settings(ExperimentSettings.from_dict(SETTINGS)), base
 
 
 def check(rows, tasks=2):

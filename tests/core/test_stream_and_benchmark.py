@@ -79,19 +79,12 @@ def test_sampler_draws_current_task_replay_and_pretraining():
 
 
 def test_multitask_experiment_has_one_task_with_every_stream_class():
-    from dataclasses import asdict
-
+    from time_ray.core.contracts import ExperimentSettings, TrainingRecipe
     from time_ray.core.experiment import Experiment
 
-    settings = {
-        "arch": "tiny-clip",
-        "benchmark": asdict(SPEC),
-        "tasks": 4,
-        "order": "random",
-        "stream_seed": 0,
-        "mixture": asdict(Mixture()),
-        "training": {"batch_size": 8},
-    }
+    settings = ExperimentSettings(
+        arch="tiny-clip", benchmark=SPEC, tasks=4, order="random", training=TrainingRecipe(batch_size=8)
+    )
     stream = Experiment.from_settings(settings).stream
     union = Experiment.from_settings(settings, multitask=True).stream
     assert len(stream) == 4 and len(union) == 1

@@ -3,7 +3,8 @@
 A finished sweep has DIR/metrics.parquet and DIR/timesteps.parquet; while it runs (or after it was
 interrupted) each trial's rows are in DIR/trials/<trial_id>/{metrics,timesteps}.parquet, rewritten
 atomically after every timestep. The per-trial files are read when they exist (they are never older
-than the top-level tables); DIR/config.yaml names the trials the sweep should have.
+than the top-level tables); DIR/trials.json names the trials the sweep should have
+(written when it starts; read without the config layer).
 
 Every row gets the columns the analysis groups by:
   technique  the merging technique with its parameters, e.g. ``ties(lambda=1.0, prune=0.7)``
@@ -20,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-from time_ray.core.errors import ConfigError, TimeRayError
-from time_ray.core.results import METRICS_COLUMNS, TIMESTEP_COLUMNS, concat_rows
+from time_ray.core.errors import TimeRayError
+from time_ray.core.policy_defaults import POLICY_DEFAULTS
+from time_ray.core.results import METRICS_COLUMNS, POLICY_COLUMNS, TIMESTEP_COLUMNS, TRIALS_FILE, concat_rows
 
-CHAIN_DEFAULTS = {"ema_weight": "0.5", "ema_with_base": True, "all_with_base": False, "recency": "uniform"}
 DESIGN = ["init", "deploy", "technique", "settings", "budget", "multitask"]  # one policy x budget
 MULTITASK = "multitask"
 
@@ -69,7 +71,7 @@ def settings_label(row) -> str:
     ``recency=exp``; '' when every setting is the default."""
     return " ".join(
         f"{k}={row[k]}"
-        for k, default in CHAIN_DEFAULTS.items()
+        for k, default in POLICY_DEFAULTS.items()
         if k in row and not pd.isna(row[k]) and str(row[k]) != str(default)
     )
 
@@ -135,39 +137,52 @@ def _read_rows(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(columns=TIMESTEP_COLUMNS), pd.DataFrame(columns=METRICS_COLUMNS)
 
 
-def _expected_trials(path: Path, steps: pd.DataFrame) -> tuple[list[dict] | None, int | None, str, str | None]:
-    """The sweep's trial specs, T and name from DIR/config.yaml (None and a note when unreadable)."""
-    from time_ray.config import expand_trials, load_config
-
+def _expected_trials(path: Path) -> tuple[list[dict] | None, int | None, str, str | None]:
+    """The trials the sweep owes (their policy columns and ``multitask``), T and its name, from
+    DIR/trials.json (written when the sweep starts); a sweep from before trials.json: from the
+    trials.parquet it wrote at its end. None and a note when neither can be read."""
     name = path.name
     try:
         owner = json.loads((path / "sweep.json").read_text()) if (path / "sweep.json").exists() else {}
         name = (owner.get("name") if isinstance(owner, dict) else None) or name
     except (OSError, ValueError):
         pass  # a damaged sweep.json only names the sweep: the directory's name does too
-    if not (path / "config.yaml").exists():
-        return (
-            None,
-            None,
-            name,
-            "DIR/config.yaml is missing: the expected trials are unknown, only the trials with rows are reported.",
-        )
+    if (path / TRIALS_FILE).exists():
+        try:
+            document = json.loads((path / TRIALS_FILE).read_text())
+            trials = document["trials"]
+            if not all(isinstance(t, dict) and "trial_id" in t for t in trials):
+                raise ValueError("an entry without trial_id")
+            return trials, int(document["tasks"]), document.get("name") or name, None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return None, None, name, f"DIR/{TRIALS_FILE} is damaged ({exc}); only the trials with rows are reported."
+    if (path / "trials.parquet").exists():
+        try:
+            table = pd.read_parquet(path / "trials.parquet")
+            trials = table[POLICY_COLUMNS].assign(multitask=table.policy == MULTITASK).to_dict("records")
+            return trials, _tasks_of_config(path), name, None
+        except (OSError, ValueError, KeyError) as exc:
+            return (
+                None,
+                None,
+                name,
+                f"DIR/trials.parquet could not be read ({exc}); only the trials with rows are reported.",
+            )
+    return (
+        None,
+        None,
+        name,
+        f"DIR/{TRIALS_FILE} is missing: the expected trials are unknown, only the trials with rows are reported.",
+    )
+
+
+def _tasks_of_config(path: Path) -> int | None:
+    """stream.tasks from DIR/config.yaml, read as plain YAML (None when unreadable)."""
     try:
-        cfg = load_config(path / "config.yaml")
-        trained = steps[pd.to_numeric(steps.get("train_steps"), errors="coerce").fillna(0) > 0]
-        flops = (
-            float((trained.train_gflops / trained.train_steps).iloc[0]) * 1e9
-            if cfg.budget.gflops_per_task is not None and len(trained)
-            else None
-        )
-        return expand_trials(cfg, flops), cfg.stream.tasks, cfg.name, None
-    except ConfigError as exc:
-        return (
-            None,
-            None,
-            name,
-            f"DIR/config.yaml could not be expanded into trials ({exc}); only the trials with rows are reported.",
-        )
+        tasks = (yaml.safe_load((path / "config.yaml").read_text()) or {}).get("stream", {}).get("tasks")
+        return int(tasks) if tasks is not None else None
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+        return None
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -185,7 +200,7 @@ def load_sweep(path: str | Path) -> Sweep:
             "Give the --output directory of `time-ray sweep`."
         )
     steps, metrics = _read_rows(path)
-    expected, tasks, name, note = _expected_trials(path, steps)
+    expected, tasks, name, note = _expected_trials(path)
     if steps.empty:
         raise ReportError(
             f"sweep directory {path}: no results yet (no trial has finished a timestep). "
@@ -217,7 +232,7 @@ def _progress(path: Path, steps: pd.DataFrame, expected: list[dict] | None, task
     cols = ["trial_id", "label", "budget", "seed"]
     trials = steps.drop_duplicates("trial_id")[cols]
     if expected is not None:
-        specs = annotate(pd.DataFrame([_spec_columns(t) for t in expected]), tasks)[cols]
+        specs = annotate(pd.DataFrame(expected), tasks)[cols]
         trials = pd.concat([specs, trials[~trials.trial_id.isin(specs.trial_id)]], ignore_index=True)
     out = trials.assign(last_timestep=trials.trial_id.map(steps.groupby("trial_id").timestep.max()))
     out["state"] = [_state(path / "trials" / t, last, tasks) for t, last in zip(out.trial_id, out.last_timestep)]
@@ -232,18 +247,3 @@ def _state(trial_dir: Path, last: float, tasks: int) -> str:
     if (trial_dir / "failed.json").exists():
         return "failed"
     return "not started" if pd.isna(last) else "unfinished"
-
-
-def _spec_columns(spec: dict) -> dict:
-    """A trial spec (config.expand_trials) as the policy columns of the results schema."""
-    return {
-        "trial_id": spec["trial_id"],
-        "policy": spec["policy"],
-        "init": spec["init"],
-        "deploy": spec["deploy"],
-        "merge": spec["merge"],
-        "merge_params": json.dumps(spec["merge_params"], sort_keys=True),
-        **{k: str(spec.get(k, d)) if k == "ema_weight" else spec.get(k, d) for k, d in CHAIN_DEFAULTS.items()},
-        "budget_steps": spec["budget_steps"],
-        "seed": spec["seed"],
-    }

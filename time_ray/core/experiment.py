@@ -1,6 +1,6 @@
 """Everything one process needs to train experts on, and evaluate models over, a task stream.
 
-Built from plain settings (JSON-able), so the trial driver, the Train workers and a single-process
+Built from ``ExperimentSettings`` (core.contracts), so the trial driver, the Train workers and a single-process
 simulation construct the same thing deterministically without shipping data around.
 """
 
@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
 from time_ray.core import models
 from time_ray.core.base_model import caption_tokens
-from time_ray.core.benchmark import Benchmark, BenchmarkSpec, build_benchmark
+from time_ray.core.benchmark import Benchmark, build_benchmark
+from time_ray.core.contracts import ExperimentSettings, TrainingRecipe
 from time_ray.core.evaluate import evaluate_all
 from time_ray.core.finetune import NonFiniteLoss, TrainSettings, finetune, flops_per_step
 from time_ray.core.stream import Mixture, MixtureSampler, make_stream
@@ -39,27 +40,28 @@ class Experiment:
     bench: Benchmark
     stream: list[list[int]]
     mixture: Mixture
-    training: dict  # batch_size, lr, weight_decay, warmup, grad_clip
+    training: TrainingRecipe
     per_image_captions: bool = False
 
     @classmethod
-    def from_settings(cls, s: dict, multitask: bool = False) -> "Experiment":
+    def from_settings(cls, s: ExperimentSettings, multitask: bool = False) -> Experiment:
         """``multitask``: the reference run of the spec, one task holding the union of the stream."""
-        kind = s.get("benchmark_kind", "builtin")
-        if kind == "builtin":
-            bench, pairs = build_benchmark(BenchmarkSpec(**s["benchmark"])), None
+        if s.benchmark_kind == "builtin":
+            bench, pairs = build_benchmark(s.benchmark), None
         else:
-            bench, pairs = _real_benchmark(kind, json.dumps(s["data"], sort_keys=True), models.image_size(s["arch"]))
-        stream = make_stream(bench, s["tasks"], s["order"], s["stream_seed"], pairs)
+            bench, pairs = _real_benchmark(
+                s.benchmark_kind, json.dumps(s.data, sort_keys=True), models.image_size(s.arch)
+            )
+        stream = make_stream(bench, s.tasks, s.order, s.stream_seed, pairs)
         if multitask:
             stream = [[c for task in stream for c in task]]
         return cls(
-            arch=s["arch"],
+            arch=s.arch,
             bench=bench,
             stream=stream,
-            mixture=Mixture(**s["mixture"]),
-            training=dict(s["training"]),
-            per_image_captions=s.get("captions", "template") == "image",
+            mixture=s.mixture,
+            training=s.training,
+            per_image_captions=s.captions == "image",
         )
 
     @property
@@ -83,7 +85,7 @@ class Experiment:
 
     def sampler(self, t: int, seed: int, rank: int = 0) -> MixtureSampler:
         return MixtureSampler(
-            self.bench, self.stream, t, self.mixture, self.training["batch_size"], seed=task_seed(seed, t, rank)
+            self.bench, self.stream, t, self.mixture, self.training.batch_size, seed=task_seed(seed, t, rank)
         )
 
     def train_expert(
@@ -91,7 +93,7 @@ class Experiment:
     ) -> dict:
         """Finetunes ``model`` in place on task t; a non-finite loss names the policy, task and step.
         ``on_step(step, loss)`` is called after every step."""
-        settings = TrainSettings(steps=steps, seed=task_seed(seed, t, rank), **self.training)
+        settings = TrainSettings(steps=steps, seed=task_seed(seed, t, rank), **asdict(self.training))
         try:
             return finetune(
                 model,

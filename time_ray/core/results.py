@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from time_ray.core.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from time_ray.core.contracts import Trial
 
 SCHEMA_VERSION = 1
 POLICY_COLUMNS = [
@@ -40,6 +45,14 @@ TIMESTEP_COLUMNS = POLICY_COLUMNS + [
 # trials.parquet: one row per trial of the sweep, finished or not
 TRIAL_STATUSES = ("finished", "stopped_early", "failed", "unfinished")
 TRIAL_COLUMNS = POLICY_COLUMNS + ["status", "last_timestep", "expert_trainings_saved", "train_steps_saved"]
+
+
+TRIALS_FILE = "trials.json"  # the sweep's expanded trials, written when it starts (what a report expects)
+
+
+def trials_json(name: str, tasks: int, trials: list[Trial]) -> str:
+    """DIR/trials.json: the sweep's name, T and every trial's policy columns plus ``multitask``."""
+    return json.dumps({"name": name, "tasks": tasks, "trials": [t.to_json() for t in trials]}, indent=1)
 
 
 def write_parquet_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> None:

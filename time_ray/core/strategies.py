@@ -25,6 +25,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from time_ray.core import policy_defaults
 from time_ray.core.checkpoints import Checkpoint
 from time_ray.core.merging import Technique, WeightAveraging
 from time_ray.core.pool import CheckpointPool
@@ -59,15 +60,16 @@ def recency_weights(n: int, scheme: str = "uniform") -> list[float]:
 
 @dataclass(frozen=True)
 class Policy:
-    """One point of the policy space: init strategy x deploy strategy x merging technique."""
+    """One point of the policy space: init strategy x deploy strategy x merging technique, with the
+    EMA-chain and 'all' settings (defaults and meanings: core.policy_defaults)."""
 
     init: str
     deploy: str
     technique: Technique = field(default_factory=WeightAveraging)
-    ema_weight: float | str = 0.5  # weight of the new expert in the EMA chain, or "running-mean"
-    ema_with_base: bool = True  # chain starts at r_0 = theta_0 (False: r_1 = theta^s_1)
-    all_with_base: bool = False  # deploy/init 'all' also merges theta_0 in
-    recency: str = "uniform"  # weights of 'all' over experts
+    ema_weight: float | str = policy_defaults.EMA_WEIGHT
+    ema_with_base: bool = policy_defaults.EMA_WITH_BASE
+    all_with_base: bool = policy_defaults.ALL_WITH_BASE
+    recency: str = policy_defaults.RECENCY
 
     def new_expert_weight(self, t: int) -> float:
         if self.ema_weight == "running-mean":

@@ -10,6 +10,7 @@ import ray
 import torch
 
 from time_ray.core.checkpoints import materialize
+from time_ray.core.contracts import ExpertInfo, TimestepCosts
 from time_ray.core.pool import CheckpointPool
 from time_ray.core.strategies import Policy, deploy_weights, init_weights
 from time_ray.orchestration.storage import Storage
@@ -36,7 +37,7 @@ class MergeActor:
         self.dir = f"pool/{trial_id}"
         self.merge_seconds: dict[int, float] = {}
         self.expert_info = {
-            t: json.loads(storage.read_text(f"{self.dir}/info_{t:03d}.json") or "{}")
+            t: ExpertInfo.from_json(json.loads(storage.read_text(f"{self.dir}/info_{t:03d}.json") or "{}"))
             for t in range(1, self.pool.n_experts + 1)
         }
         self.failure: str | None = None
@@ -51,18 +52,18 @@ class MergeActor:
         """theta^i_t as an in-memory state dict (merge time is charged to timestep t)."""
         return self._timed(t, init_weights)
 
-    def _keep_info(self, t: int, info: dict) -> None:
+    def _keep_info(self, t: int, info: ExpertInfo) -> None:
         self.expert_info[t] = info
-        self.storage.write_text(f"{self.dir}/info_{t:03d}.json", json.dumps(info))
+        self.storage.write_text(f"{self.dir}/info_{t:03d}.json", json.dumps(info.to_json()))
 
-    def store_expert(self, t: int, state: dict, info: dict) -> int:
+    def store_expert(self, t: int, state: dict, info: ExpertInfo) -> int:
         """Appends theta^s_t to the pool; ``info`` holds training steps, seconds and GFLOPs."""
         if self.pool.n_experts >= t:  # a retried call after a restart: already stored
             return 0
         self._keep_info(t, info)
         return self.pool.add_expert(t, state)
 
-    def link_expert(self, t: int, rel: str, info: dict) -> int:
+    def link_expert(self, t: int, rel: str, info: ExpertInfo) -> int:
         """Appends the cached expert file ``rel`` (in the sweep's storage) as theta^s_t, by reference."""
         if self.pool.n_experts >= t:
             return 0
@@ -80,12 +81,9 @@ class MergeActor:
     def n_experts(self) -> int:
         return self.pool.n_experts
 
-    def deployed(self, t: int) -> tuple[dict, dict]:
-        """theta^o_t plus the bookkeeping of timestep t: training info, merge seconds, pool bytes."""
+    def deployed(self, t: int) -> tuple[dict, TimestepCosts]:
+        """theta^o_t plus the costs of timestep t: expert t's training, merge seconds, pool bytes
+        (evaluation is the driver's to add)."""
         state = self._timed(t, deploy_weights)
-        info = {
-            **self.expert_info.get(t, {}),
-            "merge_seconds": self.merge_seconds.get(t, 0.0),
-            "pool_bytes": self.pool.nbytes(),
-        }
-        return state, info
+        expert = self.expert_info.get(t, ExpertInfo())
+        return state, TimestepCosts.of(expert, self.merge_seconds.get(t, 0.0), self.pool.nbytes())

@@ -8,6 +8,8 @@ import time
 
 from ray.tune import Callback
 
+from time_ray.core.contracts import Trial
+
 
 def last_line(error) -> str:
     """The message of an error as one line: Ray wraps a trial's exception in its traceback, whose last
@@ -30,9 +32,9 @@ def trial_error(trial) -> str:
 
 
 class ProgressPrinter(Callback):
-    def __init__(self, trials: list[dict], tasks: int, max_failures: int = 0):
+    def __init__(self, trials: list[Trial], tasks: int, max_failures: int = 0):
         self.attempts = max_failures + 1
-        self.total = sum(2 if t.get("multitask") else tasks + 1 for t in trials)
+        self.total = sum(2 if t.multitask else tasks + 1 for t in trials)
         self.done = 0
         self.start = time.time()
 
@@ -41,7 +43,7 @@ class ProgressPrinter(Callback):
         print(f"[{elapsed:6.0f}s {self.done:>3}/{self.total}] {msg}", file=sys.stderr, flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._print(f"{trial.config['trial']['trial_id']}: started")
+        self._print(f"{trial.config['trial_id']}: started")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.done += 1
@@ -53,12 +55,11 @@ class ProgressPrinter(Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._print(
-            f"policy {trial.config['trial']['trial_id']}: attempt {trial.num_failures + 1} of "
+            f"policy {trial.config['trial_id']}: attempt {trial.num_failures + 1} of "
             f"{self.attempts} after: {trial_error(trial)}"
         )
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(
-            f"policy {trial.config['trial']['trial_id']}: failed after {trial.num_failures} attempt(s): "
-            f"{trial_error(trial)}"
+            f"policy {trial.config['trial_id']}: failed after {trial.num_failures} attempt(s): {trial_error(trial)}"
         )

@@ -13,12 +13,16 @@ import yaml
 from time_ray.config import SweepConfig, expand_trials, experiment_settings
 from time_ray.core.base_model import load_base
 from time_ray.core.checkpoints import save_atomic
+from time_ray.core.contracts import RunContext, Trial
 from time_ray.core.errors import TimeRayError
+from time_ray.core.policy_defaults import POLICY_DEFAULTS
 from time_ray.core.results import (
     METRICS_COLUMNS,
     TIMESTEP_COLUMNS,
+    TRIALS_FILE,
     concat_rows,
     trials_frame,
+    trials_json,
     write_parquet_atomic,
 )
 from time_ray.orchestration.storage import Storage
@@ -33,6 +37,12 @@ def prepare_output(cfg: SweepConfig, storage: Storage, resume: bool) -> None:
     check_output(cfg, storage, resume)
     storage.write_text("sweep.json", json.dumps({"name": cfg.name, "fingerprint": cfg.fingerprint()}, indent=2))
     storage.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def write_trials(storage: Storage, cfg: SweepConfig, trials: list[Trial]) -> None:
+    """DIR/trials.json: the sweep's expanded trials, written when it starts, so that a report knows
+    which trials the sweep owes without the config layer (it never builds a model or a benchmark)."""
+    storage.write_text(TRIALS_FILE, trials_json(cfg.name, cfg.stream.tasks, trials))
 
 
 def check_output(cfg: SweepConfig, storage: Storage, resume: bool) -> None:
@@ -61,11 +71,11 @@ def check_output(cfg: SweepConfig, storage: Storage, resume: bool) -> None:
             )
 
 
-def finished(storage: Storage, trial: dict, tasks: int) -> bool:
+def finished(storage: Storage, trial: Trial, tasks: int) -> bool:
     """Done: every timestep recorded, or stopped early by the scheduler (not run again on --resume)."""
-    if storage.exists(f"trials/{trial['trial_id']}/stopped_early.json"):
+    if storage.exists(f"trials/{trial.trial_id}/stopped_early.json"):
         return True
-    path = storage.pull(f"trials/{trial['trial_id']}/timesteps.parquet", refresh=True)
+    path = storage.pull(f"trials/{trial.trial_id}/timesteps.parquet", refresh=True)
     return path is not None and int(pd.read_parquet(path).timestep.max()) == tasks
 
 
@@ -86,21 +96,21 @@ def scheduler(cfg: SweepConfig):
     )
 
 
-def record_early_stops(storage: Storage, results, tasks: int) -> None:
+def record_early_stops(storage: Storage, trials: dict[str, Trial], results, tasks: int) -> None:
     """A trial that ended without error before its last timestep was stopped by the scheduler:
     ``trials/<id>/stopped_early.json`` says at which timestep, and what it saved."""
     for result in results:
         last = int((result.metrics or {}).get("timestep", 0))
         if last < tasks:
-            trial = result.config["trial"]
-            saved = 0 if trial.get("multitask") else tasks - last
+            trial = trials[result.config["trial_id"]]
+            saved = 0 if trial.multitask else tasks - last
             storage.write_text(
-                f"trials/{trial['trial_id']}/stopped_early.json",
+                f"trials/{trial.trial_id}/stopped_early.json",
                 json.dumps(
                     {
                         "stopped_at_timestep": last,
                         "expert_trainings_saved": saved,
-                        "train_steps_saved": saved * trial["budget_steps"],
+                        "train_steps_saved": saved * trial.budget_steps,
                     }
                 ),
             )
@@ -180,9 +190,10 @@ def run_sweep(
         else load_base(cfg.model.arch, cfg.model.pretrained, cfg.stream.builtin, cfg.model.base_training, log)
     )
     prepare_output(cfg, storage, resume)
+    write_trials(storage, cfg, trials)
     todo = [t for t in trials if not (resume and finished(storage, t, cfg.stream.tasks))]
     for trial in todo:  # an unfinished trial continues after its last recorded timestep
-        storage.remove_tree(f"trials/{trial['trial_id']}/failed.json")
+        storage.remove_tree(f"trials/{trial.trial_id}/failed.json")
     log(
         f"time-ray: sweep {cfg.name!r}: {len(trials)} trials, {cfg.stream.tasks} tasks each "
         f"({len(trials) - len(todo)} already finished) -> {storage.display()}"
@@ -224,25 +235,26 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> dict[str,
 
     cache_name = f"time-ray-experts-{cfg.fingerprint()}"
     cache = ExpertCache.options(name=cache_name).remote(storage)
-    run = {
-        "storage": storage,
-        "settings": experiment_settings(cfg),
-        "expert_cache": cache_name,
-        "workers": cfg.resources.workers_per_expert,
-        "use_gpu": cfg.resources.use_gpu,
-        "resources_per_worker": per_worker,
-        "driver_cpu": DRIVER_CPU,
-        "eval_gpu": EVAL_GPU if cfg.resources.use_gpu else 0.0,
-        "loopback": cluster["node_address"] == "127.0.0.1",
-    }  # Train's process group: no listener beyond it
-    tuner = tune.Tuner(
-        tune.with_resources(run_trial, {"cpu": DRIVER_CPU}),
-        param_space={"trial": tune.grid_search(todo), "run": run},
+    run = RunContext(
+        storage=storage,
+        settings=experiment_settings(cfg),
+        expert_cache=cache_name,
+        workers=cfg.resources.workers_per_expert,
+        use_gpu=cfg.resources.use_gpu,
+        resources_per_worker=per_worker,
+        driver_cpu=DRIVER_CPU,
+        eval_gpu=EVAL_GPU if cfg.resources.use_gpu else 0.0,
+        loopback=cluster["node_address"] == "127.0.0.1",  # Train's process group: no listener beyond it
+    )
+    by_id = {t.trial_id: t for t in todo}
+    tuner = tune.Tuner(  # trials and run context reach every trial through the object store, once
+        tune.with_resources(tune.with_parameters(run_trial, trials=by_id, run=run), {"cpu": DRIVER_CPU}),
+        param_space={"trial_id": tune.grid_search(list(by_id))},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=concurrent,
             scheduler=scheduler(cfg),
-            trial_dirname_creator=lambda t: t.config["trial"]["trial_id"],
-            trial_name_creator=lambda t: t.config["trial"]["trial_id"],
+            trial_dirname_creator=lambda t: t.config["trial_id"],
+            trial_name_creator=lambda t: t.config["trial_id"],
         ),
         run_config=tune.RunConfig(
             name="tune",
@@ -269,27 +281,24 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> dict[str,
     )
     log(f"time-ray: experts trained {counts['trained']}, reused from the cache {counts['hits']}{expired}")
     failed = {
-        t["trial_id"]: json.loads(text)["error"]
+        t.trial_id: json.loads(text)["error"]
         for t in todo
-        if (text := storage.read_text(f"trials/{t['trial_id']}/failed.json"))
+        if (text := storage.read_text(f"trials/{t.trial_id}/failed.json"))
     }
-    failed |= {r.config["trial"]["trial_id"]: last_line(r.error) for r in results if r.error is not None}
+    failed |= {r.config["trial_id"]: last_line(r.error) for r in results if r.error is not None}
     if cfg.search.early_stopping.scheduler is not None:  # only a scheduler ends a trial early without error
-        record_early_stops(
-            storage, [r for r in results if r.config["trial"]["trial_id"] not in failed], cfg.stream.tasks
-        )
+        done = [r for r in results if r.config["trial_id"] not in failed]
+        record_early_stops(storage, by_id, done, cfg.stream.tasks)
     return failed
 
 
-def collect(storage: Storage, trials: list[dict], tasks: int) -> pd.DataFrame:
+def collect(storage: Storage, trials: list[Trial], tasks: int) -> pd.DataFrame:
     """Concatenates the trials' files into DIR/metrics.parquet and DIR/timesteps.parquet, and lists
     every trial's status in DIR/trials.parquet (finished, stopped early and what that saved, or
     unfinished)."""
-    from time_ray.orchestration.trial import policy_columns
-
     metrics, steps, status = [], [], []
     for trial in trials:
-        d = f"trials/{trial['trial_id']}"
+        d = f"trials/{trial.trial_id}"
         last = 0
         if storage.pull(f"{d}/timesteps.parquet", refresh=True) is not None:
             metrics.append(pd.read_parquet(storage.pull(f"{d}/metrics.parquet", refresh=True)))
@@ -307,7 +316,7 @@ def collect(storage: Storage, trials: list[dict], tasks: int) -> pd.DataFrame:
         )
         status.append(
             {
-                **policy_columns(trial),
+                **trial.columns(),
                 "status": state,
                 "last_timestep": last,
                 "expert_trainings_saved": (stop or {}).get("expert_trainings_saved", 0),
@@ -354,6 +363,9 @@ def summary_table(steps: pd.DataFrame) -> str:
 def _settings(row) -> str:
     """What distinguishes trials of one init/deploy/merge: params, non-default chain settings, budget."""
     parts = [f"{k}={v}" for k, v in json.loads(row.merge_params or "{}").items()]
-    defaults = {"ema_weight": "0.5", "ema_with_base": True, "all_with_base": False, "recency": "uniform"}
-    parts += [f"{k}={getattr(row, k)}" for k, v in defaults.items() if hasattr(row, k) and getattr(row, k) != v]
+    parts += [
+        f"{k}={getattr(row, k)}"
+        for k, v in POLICY_DEFAULTS.items()
+        if hasattr(row, k) and str(getattr(row, k)) != str(v)
+    ]
     return " ".join(parts + [f"steps={row.budget_steps}", f"seed={row.seed}"])

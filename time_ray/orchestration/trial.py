@@ -20,6 +20,7 @@ import json
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import pandas as pd
 import ray
@@ -28,14 +29,14 @@ from ray import tune
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from time_ray.config import policy_of
+from time_ray.core.contracts import ExperimentSettings, RunContext, TimestepCosts, Trial
 from time_ray.core.errors import CheckpointError
 from time_ray.core.experiment import Experiment
 from time_ray.core.metrics import summarize
 from time_ray.core.results import metrics_frame, timesteps_frame, write_parquet_atomic
 from time_ray.orchestration import faults
-from time_ray.orchestration.expert_cache import expert_file, lease, obtain
-from time_ray.orchestration.expert_training import expert_key_of, hit_info, train_experts
+from time_ray.orchestration.expert_cache import lease
+from time_ray.orchestration.expert_training import TrainLoopConfig, take_cached, train_experts
 from time_ray.orchestration.loopback_torch import torch_config
 from time_ray.orchestration.merge_actor import MergeActor
 from time_ray.orchestration.storage import Storage
@@ -44,31 +45,12 @@ POLL_SECONDS = 0.2
 TRAIN_MAX_FAILURES = 3  # restarts of a Train run whose worker died
 
 
-def policy_columns(trial: dict) -> dict:
-    """The policy of a trial as result columns (EMA and 'all' settings with their defaults)."""
-    policy = policy_of(trial)
-    return {
-        "trial_id": trial["trial_id"],
-        "policy": trial["policy"],
-        "init": trial["init"],
-        "deploy": trial["deploy"],
-        "merge": trial["merge"],
-        "merge_params": json.dumps(trial["merge_params"], sort_keys=True),
-        "ema_weight": str(policy.ema_weight),
-        "ema_with_base": policy.ema_with_base,
-        "all_with_base": policy.all_with_base,
-        "recency": policy.recency,
-        "budget_steps": trial["budget_steps"],
-        "seed": trial["seed"],
-    }
-
-
 class TrialRecorder:
     """Accumulates one trial's rows and rewrites its parquet files atomically after each timestep."""
 
-    def __init__(self, storage: Storage, trial_dir: str, trial: dict):
+    def __init__(self, storage: Storage, trial_dir: str, trial: Trial):
         self.storage, self.dir = storage, trial_dir
-        self.cols = policy_columns(trial)
+        self.cols = trial.columns()
         self.metric_rows: list[dict] = []
         self.timestep_rows: list[dict] = []
         # a resumed trial continues after its last recorded timestep
@@ -85,10 +67,10 @@ class TrialRecorder:
         """The last recorded timestep, -1 when none."""
         return max((r["timestep"] for r in self.timestep_rows), default=-1)
 
-    def record(self, t: int, records: list[dict], costs: dict) -> dict:
+    def record(self, t: int, records: list[dict], costs: TimestepCosts) -> dict:
         summary = summarize(records)
         self.metric_rows += [{**self.cols, "timestep": t, **r} for r in records]
-        row = {**self.cols, "timestep": t, **summary, **costs}
+        row = {**self.cols, "timestep": t, **summary, **costs.to_row()}
         self.timestep_rows.append(row)
         # metrics first: a reader that sees timestep t in timesteps.parquet finds its metrics too
         for name, frame in (
@@ -107,14 +89,14 @@ class NonRetryableFailure(Exception):
 class TrialDriver:
     """One trial: its recorder, merge actor, Train run and evaluation."""
 
-    def __init__(self, trial: dict, run: dict):
+    def __init__(self, trial: Trial, run: RunContext):
         self.trial, self.run = trial, run
-        self.storage, self.trial_id = run["storage"], trial["trial_id"]
-        self.multitask = bool(trial.get("multitask"))
-        self.experiment = Experiment.from_settings(run["settings"], self.multitask)
-        self.tasks = run["settings"]["tasks"]
+        self.storage, self.trial_id = run.storage, trial.trial_id
+        self.multitask = trial.multitask
+        self.experiment = Experiment.from_settings(run.settings, self.multitask)
+        self.tasks = run.settings.tasks
         self.recorder = TrialRecorder(self.storage, f"trials/{self.trial_id}", trial)
-        self.actor = MergeActor.remote(self.storage, self.trial_id, policy_of(trial))
+        self.actor = MergeActor.remote(self.storage, self.trial_id, trial.policy)
         self.failure: list[BaseException] = []
         self.training: threading.Thread | None = None
 
@@ -122,22 +104,22 @@ class TrialDriver:
         """The multitask reference trains once on the union; its result stands at the stream's end."""
         return self.tasks if self.multitask else t
 
-    def evaluate(self, t: int, subset: bool) -> tuple[list[dict], dict, float]:
+    def evaluate(self, t: int, subset: bool) -> tuple[list[dict], TimestepCosts]:
         """Zero-shot evaluation of theta^o_t: here, or with use_gpu as a task holding a GPU slice
         only while it evaluates. The same seeded subsets for every policy."""
-        state, info = self.actor.deployed.options(num_returns=2).remote(t)
-        seed, start = self.run["settings"]["stream_seed"], time.perf_counter()
+        state, costs = self.actor.deployed.options(num_returns=2).remote(t)
+        seed, start = self.run.settings.stream_seed, time.perf_counter()
         try:
-            if self.run.get("eval_gpu"):
+            if self.run.eval_gpu:
                 records = ray.get(
-                    evaluate_task.options(num_cpus=self.run["driver_cpu"], num_gpus=self.run["eval_gpu"]).remote(
-                        self.run["settings"], self.multitask, state, subset, seed
+                    evaluate_task.options(num_cpus=self.run.driver_cpu, num_gpus=self.run.eval_gpu).remote(
+                        self.run.settings, self.multitask, state, subset, seed
                     )
                 )
             else:
                 model = self.experiment.new_model(ray.get(state))
                 records = self.experiment.evaluate(model, subset=subset, seed=seed)
-            return records, ray.get(info), time.perf_counter() - start
+            return records, replace(ray.get(costs), eval_seconds=time.perf_counter() - start)
         except ray.exceptions.RayTaskError as error:
             if isinstance(error.cause, CheckpointError):
                 raise NonRetryableFailure(f"policy {self.trial_id}: timestep {t}: {error.cause}") from None
@@ -160,37 +142,28 @@ class TrialDriver:
                 ) from cause
             time.sleep(POLL_SECONDS)
 
-    def record(self, timestep: int, records: list[dict], costs: dict) -> None:
+    def record(self, timestep: int, records: list[dict], costs: TimestepCosts) -> None:
         row = self.recorder.record(timestep, records, costs)
-        tune.report(_report(row, self.tasks) | {"expert_cache_hit": bool(costs.get("expert_cache_hit", False))})
+        tune.report(_report(row, self.tasks) | {"expert_cache_hit": costs.expert_cache_hit})
         faults.after_timestep(self.trial_id, timestep, self.actor)
 
     def drive(self) -> None:
         """Continues after the last recorded timestep (all of them for a new trial)."""
         if ray.get(self.actor.n_experts.remote()) < self.experiment.tasks:  # else: resumed, nothing to train
-            if self.run.get("expert_cache") and not self.multitask:
+            if self.run.expert_cache and not self.multitask:
                 self.training = _in_thread(self.train_lazily, f"experts-{self.trial_id}", self.failure)
             else:
-                self.training = _start_training(self.trial, self.run, self.actor, self.multitask, self.failure)
+                self.training = _start_training(self.trial, self.run, self.actor, self.failure)
         if self.recorder.last_timestep < 0:
-            records, _, seconds = self.evaluate(0, subset=True)
-            self.record(0, records, {**ZERO_COST, "eval_seconds": seconds})
+            records, costs = self.evaluate(0, subset=True)
+            self.record(0, records, TimestepCosts(eval_seconds=costs.eval_seconds))  # theta_0 cost nothing
         for t in range(1, self.experiment.tasks + 1):
             if self.timestep_of(t) <= self.recorder.last_timestep:
                 continue
             self.wait_for_expert(t)
             final = t == self.experiment.tasks  # subsets during the stream, full test sets at its end
-            records, info, seconds = self.evaluate(t, subset=not final)
-            self.record(
-                self.timestep_of(t),
-                records,
-                {
-                    **ZERO_COST,
-                    **{k: info[k] for k in ZERO_COST if k in info},
-                    "expert_cache_hit": bool(info.get("expert_cache_hit", False)),
-                    "eval_seconds": seconds,
-                },
-            )
+            records, costs = self.evaluate(t, subset=not final)
+            self.record(self.timestep_of(t), records, costs)
         if self.training is not None:
             self.training.join()
         if self.failure:
@@ -211,24 +184,23 @@ class TrialDriver:
         release). Releasing it instead and letting the worker claim it afresh would also be correct,
         but then other trials needing that expert could claim it during the start-up and start Train
         runs of their own; held, they wait and take it from the cache."""
-        cache = ray.get_actor(self.run["expert_cache"])
-        config = train_loop_config(self.trial, self.run, self.actor, self.multitask)
+        cache = ray.get_actor(self.run.expert_cache)
+        config = train_loop_config(self.trial, self.run, self.actor)
         first = ray.get(self.actor.n_experts.remote()) + 1
         for t in range(first, self.experiment.tasks + 1):
             init_ref = self.actor.init_weights.remote(t)
             try:
-                key = expert_key_of(ray.get(init_ref), t, config)
+                key = config.expert_key(ray.get(init_ref), t)
             except ray.exceptions.RayTaskError as error:  # a damaged expert: training cannot help
                 if isinstance(error.cause, CheckpointError):
                     ray.get(self.actor.fail.remote(f"policy {self.trial_id}: init of task {t}: {error.cause}"))
                     return
                 raise
-            if obtain(cache, key, owner=self.trial_id) == "hit":
-                ray.get(self.actor.link_expert.remote(t, expert_file(key), hit_info()))
+            if take_cached(cache, self.actor, key, t, owner=self.trial_id):
                 continue
             # the worker starts at t (the pool's next expert) and reuses this init: merge time once
             with lease(cache, key, owner=self.trial_id):
-                _trainer(self.trial, self.run, {**config, "first_init": (t, init_ref)}).fit()
+                _trainer(self.trial, self.run, replace(config, first_init=(t, init_ref))).fit()
             return
         which = f"all {self.experiment.tasks}" if first == 1 else f"{self.experiment.tasks - first + 1} remaining"
         print(
@@ -236,62 +208,53 @@ class TrialDriver:
         )
 
 
-ZERO_COST = {
-    "train_steps": 0,
-    "train_gflops": 0.0,
-    "train_seconds": 0.0,
-    "merge_seconds": 0.0,
-    "pool_bytes": 0,
-    "expert_cache_hit": False,
-}
-
-
-def run_trial(config: dict) -> None:
-    """The Tune function trial. A deterministic failure is recorded in ``trials/<id>/failed.json``
-    for the sweep's report and the trial ends, so Tune does not retry what would fail the same way."""
-    driver = TrialDriver(config["trial"], config["run"])
+def run_trial(config: dict, trials: dict[str, Trial], run: RunContext) -> None:
+    """The Tune function trial of ``config["trial_id"]`` (``trials`` and ``run`` come through
+    ``tune.with_parameters``). A deterministic failure is recorded in ``trials/<id>/failed.json`` for
+    the sweep's report and the trial ends, so Tune does not retry what would fail the same way."""
+    driver = TrialDriver(trials[config["trial_id"]], run)
     try:
         driver.drive()
     except NonRetryableFailure as error:
         driver.storage.write_text(f"trials/{driver.trial_id}/failed.json", json.dumps({"error": str(error)}))
 
 
-def train_loop_config(trial: dict, run: dict, actor, multitask: bool) -> dict:
+def train_loop_config(trial: Trial, run: RunContext, actor) -> TrainLoopConfig:
     """What the Train workers of the trial's run get (expert_training.train_experts)."""
-    return {
-        "merge_actor": actor,
-        "settings": run["settings"],
-        "steps": trial["budget_steps"],
-        "seed": trial["seed"],
-        "trial_id": trial["trial_id"],
-        "multitask": multitask,
-        "expert_cache": run.get("expert_cache"),
-        "storage": run["storage"],
-    }
+    return TrainLoopConfig(
+        merge_actor=actor,
+        settings=run.settings,
+        steps=trial.budget_steps,
+        seed=trial.seed,
+        trial_id=trial.trial_id,
+        multitask=trial.multitask,
+        storage=run.storage,
+        expert_cache=run.expert_cache,
+    )
 
 
-def _trainer(trial: dict, run: dict, config: dict) -> TorchTrainer:
+def _trainer(trial: Trial, run: RunContext, config: TrainLoopConfig) -> TorchTrainer:
     """The trial's Train run: it trains the experts the pool does not hold yet; a killed worker is
     replaced and the run goes on (FailureConfig). Its directory: ray/train/<trial_id>-<time>."""
     return TorchTrainer(
         train_experts,
-        train_loop_config=config,
-        torch_config=torch_config(run.get("loopback", False)),
+        train_loop_config={"job": config},
+        torch_config=torch_config(run.loopback),
         scaling_config=ScalingConfig(
-            num_workers=run["workers"], use_gpu=run["use_gpu"], resources_per_worker=run["resources_per_worker"]
+            num_workers=run.workers, use_gpu=run.use_gpu, resources_per_worker=run.resources_per_worker
         ),
         run_config=RunConfig(
-            name=f"{trial['trial_id']}-{int(time.time())}",
-            storage_path=run["storage"].ray_path("ray/train"),
+            name=f"{trial.trial_id}-{int(time.time())}",
+            storage_path=run.storage.ray_path("ray/train"),
             failure_config=FailureConfig(max_failures=TRAIN_MAX_FAILURES),
         ),
     )
 
 
-def _start_training(trial: dict, run: dict, actor, multitask: bool, failure: list) -> threading.Thread:
+def _start_training(trial: Trial, run: RunContext, actor, failure: list) -> threading.Thread:
     """The trial's Train run, started now, in a thread."""
-    trainer = _trainer(trial, run, train_loop_config(trial, run, actor, multitask))
-    return _in_thread(trainer.fit, f"train-{trial['trial_id']}", failure)
+    trainer = _trainer(trial, run, train_loop_config(trial, run, actor))
+    return _in_thread(trainer.fit, f"train-{trial.trial_id}", failure)
 
 
 def _in_thread(work, name: str, failure: list) -> threading.Thread:
@@ -310,14 +273,14 @@ def _in_thread(work, name: str, failure: list) -> threading.Thread:
 
 @functools.lru_cache(maxsize=4)
 def _experiment(settings_json: str, multitask: bool) -> Experiment:
-    return Experiment.from_settings(json.loads(settings_json), multitask)
+    return Experiment.from_settings(ExperimentSettings.from_dict(json.loads(settings_json)), multitask)
 
 
 @ray.remote
-def evaluate_task(settings: dict, multitask: bool, state: dict, subset: bool, seed: int) -> list[dict]:
+def evaluate_task(settings: ExperimentSettings, multitask: bool, state: dict, subset: bool, seed: int) -> list[dict]:
     """Zero-shot evaluation of a deployed model on the GPU Ray gave this task (the benchmark stays
     loaded in the worker process between calls)."""
-    experiment = _experiment(json.dumps(settings, sort_keys=True), multitask)
+    experiment = _experiment(json.dumps(settings.to_dict(), sort_keys=True), multitask)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = experiment.new_model(state).to(device)
     return experiment.evaluate(model, device=device, subset=subset, seed=seed)

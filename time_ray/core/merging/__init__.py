@@ -11,69 +11,29 @@ Modules: ``base`` (registry, ``Technique``, building from config), ``lines`` (th
 Breadcrumbs-TIES), ``towers`` (a technique per tower). Importing this package registers every technique.
 """
 
-from time_ray.core.merging.base import (
-    BLOCK,
-    DISJOINT,
-    IMAGE_PREFIX,
-    LINES,
-    PARAM_ALIASES,
-    RULES,
-    TECHNIQUES,
-    CascadeSum,
-    Span,
-    Technique,
-    chunk_spans,
-    config_name,
-    derived_seed,
-    make_technique,
-    register,
-    seeded_generator,
-    technique_params,
-    tower_of,
-    uniform,
-)
+from time_ray.core.merging.base import TECHNIQUES, Technique, make_technique, register, technique_params, tower_of
 from time_ray.core.merging.basic import MagMax, ModelStock, RandomPick, Slerp, TaskArithmetic, WeightAveraging
-from time_ray.core.merging.lines import LinesOption, lines_depths
-from time_ray.core.merging.select import BracketSelect, RadixSelect, fraction_count, kth_smallest, magnitude_keys
-from time_ray.core.merging.sparse import BreadcrumbsTies, DareTies, SparseConsensus, Ties
+from time_ray.core.merging.sparse import BreadcrumbsTies, DareTies, Ties
 from time_ray.core.merging.towers import Towers
 
+# the public API: the techniques, their registry and how to build one from a config. The machinery
+# (chunking, exact selection, kernels, the LiNeS option, the sparse-consensus base class) is imported
+# from its module, e.g. time_ray.core.merging.select.kth_smallest.
 __all__ = [
-    "BLOCK",
-    "DISJOINT",
-    "IMAGE_PREFIX",
-    "LINES",
-    "PARAM_ALIASES",
-    "RULES",
     "TECHNIQUES",
-    "BracketSelect",
     "BreadcrumbsTies",
-    "CascadeSum",
     "DareTies",
-    "LinesOption",
     "MagMax",
     "ModelStock",
-    "RadixSelect",
     "RandomPick",
     "Slerp",
-    "Span",
-    "SparseConsensus",
     "TaskArithmetic",
     "Technique",
     "Ties",
     "Towers",
     "WeightAveraging",
-    "chunk_spans",
-    "config_name",
-    "derived_seed",
-    "fraction_count",
-    "kth_smallest",
-    "lines_depths",
-    "magnitude_keys",
     "make_technique",
     "register",
-    "seeded_generator",
     "technique_params",
     "tower_of",
-    "uniform",
 ]

@@ -84,7 +84,7 @@ class Technique:
             raise ValueError(f"{self.name} needs the base model theta_0 as anchor")
         weights = check_weights(weights, len(experts))
         check_compatible(experts, base if self.uses_base() else None)
-        plan = self.plan(experts, base)
+        prep = self.prepare(experts, base)
         merged = {}
         for key in experts[0]:
             tensors = [e[key] for e in experts]
@@ -99,9 +99,9 @@ class Technique:
             for start, stop in spans:
                 span = Span(start, stop, memo)
                 theta_0 = flat_0[start:stop].float() if flat_0 is not None else None
-                out[start:stop] = self.merge_key(key, _Chunks(flats, start, stop), weights, theta_0, plan, span)
+                out[start:stop] = self.merge_key(key, _Chunks(flats, start, stop), weights, theta_0, prep, span)
             merged[key] = out.view(tensors[0].shape)
-        self.finish(merged, plan)
+        self.finish(merged, prep)
         return merged
 
     def uses_base(self) -> bool:
@@ -111,7 +111,7 @@ class Technique:
         """Entries of a flattened tensor merged at a time (element-wise techniques)."""
         return CHUNK
 
-    def plan(self, experts: Sequence[Checkpoint], base: Checkpoint | None):
+    def prepare(self, experts: Sequence[Checkpoint], base: Checkpoint | None):
         """What a technique must know about whole towers before merging tensor by tensor (passes over the inputs)."""
         return None
 
@@ -121,7 +121,7 @@ class Technique:
         thetas: Sequence[torch.Tensor],
         weights: list[float],
         theta_0: torch.Tensor | None,
-        plan,
+        prep,
         span: "Span",
     ) -> torch.Tensor:
         """Merges the entries ``span`` of the flattened tensor ``key``: ``thetas`` are those entries of each
@@ -134,7 +134,7 @@ class Technique:
     ) -> torch.Tensor:
         raise NotImplementedError
 
-    def finish(self, merged: dict[str, torch.Tensor], plan) -> None:
+    def finish(self, merged: dict[str, torch.Tensor], prep) -> None:
         """Fixes what could be decided only after the last tensor (TIES: sign of zero-sum entries)."""
 
     def params(self) -> dict:

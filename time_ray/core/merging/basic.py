@@ -27,11 +27,11 @@ class WeightAveraging(LinesOption, Technique):
     alpha: float = 0.5
     beta: float = 0.5
 
-    def merge_key(self, key, thetas, weights, theta_0, plan, span):
+    def merge_key(self, key, thetas, weights, theta_0, prep, span):
         average = self.merge_tensor(thetas, weights, theta_0)
         if self.lines is None:
             return average
-        return theta_0 + self.scale(key, plan) * (average - theta_0)
+        return theta_0 + self.scale(key, prep) * (average - theta_0)
 
     def merge_tensor(self, thetas, weights, theta_0):
         merged = None
@@ -59,7 +59,7 @@ class TaskArithmetic(LinesOption, Technique):
     def chunk_size(self, n_models):
         return min(super().chunk_size(n_models), CACHED_CHUNK)
 
-    def merge_key(self, key, thetas, weights, theta_0, plan, span):
+    def merge_key(self, key, thetas, weights, theta_0, prep, span):
         if kernels.enabled():  # the same sums in one fused pass per expert
             chunks, theta_0 = [t.contiguous() for t in thetas], theta_0.contiguous()
             out = torch.empty(span.size)
@@ -68,7 +68,7 @@ class TaskArithmetic(LinesOption, Technique):
             kernels.task_sum_block(
                 np.array([c.data_ptr() for c in chunks], np.int64),
                 theta_0.numpy(),
-                np.float32(self.scale(key, plan)),
+                np.float32(self.scale(key, prep)),
                 span.memo["acc"][: span.size],
                 out.numpy(),
             )
@@ -80,7 +80,7 @@ class TaskArithmetic(LinesOption, Technique):
             else:
                 tau = torch.sub(theta_k, theta_0, out=tau)
                 tau_sum += tau
-        return theta_0 + self.scale(key, plan) * tau_sum
+        return theta_0 + self.scale(key, prep) * tau_sum
 
 
 # ---------------------------------------------------------------- SLERP, MagMax, Random, Model Stock
@@ -152,7 +152,7 @@ class MagMax(Technique):
     def chunk_size(self, n_models):
         return min(super().chunk_size(n_models), CACHED_CHUNK)
 
-    def merge_key(self, key, thetas, weights, theta_0, plan, span):
+    def merge_key(self, key, thetas, weights, theta_0, prep, span):
         if kernels.enabled():  # one fused pass per expert; the rare chunks with ties take the torch path
             chunks, theta_0 = [t.contiguous() for t in thetas], theta_0.contiguous()
             if "buffers" not in span.memo:
@@ -208,7 +208,7 @@ class RandomPick(Technique):
     lam: float = 1.0
     seed: int = 0
 
-    def merge_key(self, key, thetas, weights, theta_0, plan, span):
+    def merge_key(self, key, thetas, weights, theta_0, prep, span):
         if "pick" not in span.memo:
             span.memo["pick"] = seeded_generator(self.seed, key)
         pick = torch.randint(len(thetas), theta_0.shape, generator=span.memo["pick"])

@@ -38,11 +38,11 @@ class LinesOption:
         match = BLOCK.search(key)
         if match is None:
             return self.alpha
-        assert depths is not None, "plan() computes the depths whenever lines is set"
+        assert depths is not None, "prepare() computes the depths whenever lines is set"
         depth = depths[tower_of(key)]
         return self.alpha + self.beta * LINES[self.lines](int(match[1]) / max(depth - 1, 1))
 
-    def plan(self, experts, base):
+    def prepare(self, experts, base):
         return lines_depths(experts[0]) if self.lines is not None else None
 
     def params(self) -> dict:

@@ -42,7 +42,7 @@ SELECTIONS_KEPT = 4096  # entries (a few integers each)
 
 
 @dataclass
-class _ConsensusPlan:
+class _ConsensusPrep:
     bounds: dict[tuple[int, str], _Bounds]
     depths: dict[str, int] | None
     sign_sum: dict[str, int] = field(default_factory=lambda: {"image": 0, "text": 0})
@@ -348,10 +348,10 @@ class SparseConsensus(LinesOption, Technique):
                 found[k, tower].append((kth, below + int((inside < kth).sum()), int((inside == kth).sum())))
         return found
 
-    def plan(self, experts, base):
+    def prepare(self, experts, base):
         depths = lines_depths(experts[0]) if self.lines is not None else None
         if not self.drops_entries():  # nothing to drop: no pass over the inputs
-            return _ConsensusPlan(defaultdict(_Bounds), depths, kernel=self.kernel_mode() is not None)
+            return _ConsensusPrep(defaultdict(_Bounds), depths, kernel=self.kernel_mode() is not None)
         sizes: dict[str, int] = defaultdict(int)  # entries per tower
         for key in experts[0]:
             if experts[0][key].is_floating_point():
@@ -376,11 +376,11 @@ class SparseConsensus(LinesOption, Technique):
             if keep_none:
                 b.hi = -1
             bounds[at] = b
-        return _ConsensusPlan(bounds, depths, kernel=self.kernel_mode() is not None)
+        return _ConsensusPrep(bounds, depths, kernel=self.kernel_mode() is not None)
 
-    def sparsify(self, tau: torch.Tensor, k: int, key: str, plan: _ConsensusPlan, scores: torch.Tensor) -> torch.Tensor:
+    def sparsify(self, tau: torch.Tensor, k: int, key: str, prep: _ConsensusPrep, scores: torch.Tensor) -> torch.Tensor:
         """tau: a chunk of the flattened tau_k (chunks of a tower come in order); scores: its scores."""
-        b = plan.bounds[k, tower_of(key)]
+        b = prep.bounds[k, tower_of(key)]
         keep = torch.ones_like(scores, dtype=torch.bool)
         if b.lo is not None and not self.exact_count:
             keep = scores >= b.lo
@@ -439,32 +439,32 @@ class SparseConsensus(LinesOption, Technique):
             return merged
         return merged / agree.sign_().sum(0).clamp_(min=1)  # counts as sums of 0/1 floats: exact in any order
 
-    def merge_key(self, key, thetas, weights, theta_0, plan, span):
-        if plan.kernel:
-            return self._kernel_merge_key(key, thetas, theta_0, plan, span)
+    def merge_key(self, key, thetas, weights, theta_0, prep, span):
+        if prep.kernel:
+            return self._kernel_merge_key(key, thetas, theta_0, prep, span)
         tower = tower_of(key)
-        taus, work = plan.blocks(len(thetas), span.size, self.chunk_size(len(thetas)))
+        taus, work = prep.blocks(len(thetas), span.size, self.chunk_size(len(thetas)))
         if not self.magnitude_scores() and "scores" not in span.memo:  # one stream per expert, over the chunks
             span.memo["scores"] = [self.score_stream(k, key) for k in range(len(thetas))]
         for k, (tau, theta_k) in enumerate(zip(taus, thetas)):
             torch.sub(theta_k, theta_0, out=tau)
             if self.magnitude_scores():
-                self.sparsify_magnitudes(tau, plan.bounds[k, tower])
+                self.sparsify_magnitudes(tau, prep.bounds[k, tower])
             else:
-                tau.copy_(self.sparsify(tau, k, key, plan, span.memo["scores"][k](tau)))
+                tau.copy_(self.sparsify(tau, k, key, prep, span.memo["scores"][k](tau)))
         total = CascadeSum(len(taus), theta_0)
         for tau in taus:
             total.add(tau)
         gamma = torch.sign(total.result())
-        plan.sign_sum[tower] += int(gamma.sum(dtype=torch.float64))
-        scale = self.scale(key, plan.depths)
+        prep.sign_sum[tower] += int(gamma.sum(dtype=torch.float64))
+        scale = self.scale(key, prep.depths)
         zero = gamma == 0
         if zero.any():  # sum exactly 0 with non-zero entries: the tower's sign decides, in finish()
             zero = zero.nonzero().squeeze(1)
             undecided = zero[(taus[:, zero] != 0).any(0)]
             if undecided.numel():
                 cols, anchor = list(taus[:, undecided]), theta_0[undecided]
-                plan.undecided.append(
+                prep.undecided.append(
                     (
                         key,
                         undecided + span.start,
@@ -474,16 +474,16 @@ class SparseConsensus(LinesOption, Technique):
                 )
         return theta_0 + scale * self.disjoint_merge_block(taus, gamma, work)
 
-    def _kernel_merge_key(self, key, thetas, theta_0, plan, span):
+    def _kernel_merge_key(self, key, thetas, theta_0, prep, span):
         """``merge_key`` in one fused pass (kernels.merge_block): the same arithmetic in the same order."""
         n_experts, n = len(thetas), span.size
         chunks = [t.contiguous() for t in thetas]
         theta_0 = theta_0.contiguous()
-        b = plan.kernel_buffers(n_experts, n, self.chunk_size(n_experts))
-        lo, hi, ties = plan.kernel_bounds(tower_of(key), n_experts)
+        b = prep.kernel_buffers(n_experts, n, self.chunk_size(n_experts))
+        lo, hi, ties = prep.kernel_bounds(tower_of(key), n_experts)
         if "seeds" not in span.memo:
             span.memo["seeds"] = self.kernel_seeds(range(n_experts), key)
-        scale = self.scale(key, plan.depths)
+        scale = self.scale(key, prep.depths)
         out = torch.empty(n)
         sign_sum, n_undecided = kernels.merge_block(
             self.kernel_mode(),
@@ -509,12 +509,12 @@ class SparseConsensus(LinesOption, Technique):
             b["undecided"],
             b["undecided_taus"],
         )
-        plan.sign_sum[tower_of(key)] += int(sign_sum)
+        prep.sign_sum[tower_of(key)] += int(sign_sum)
         if n_undecided:  # sum exactly 0 with non-zero entries: the tower's sign decides, in finish()
             index = torch.from_numpy(b["undecided"][:n_undecided].copy())
             cols = list(torch.from_numpy(b["undecided_taus"][:n_undecided].copy()).T)
             anchor = theta_0[index]
-            plan.undecided.append(
+            prep.undecided.append(
                 (
                     key,
                     index + span.start,
@@ -524,9 +524,9 @@ class SparseConsensus(LinesOption, Technique):
             )
         return out
 
-    def finish(self, merged, plan):
-        for key, index, if_positive, if_negative in plan.undecided:
-            majority = plan.sign_sum[tower_of(key)]
+    def finish(self, merged, prep):
+        for key, index, if_positive, if_negative in prep.undecided:
+            majority = prep.sign_sum[tower_of(key)]
             if majority == 0:  # no elected sign: no entry agrees, the merged task vector stays 0
                 continue
             flat = merged[key].flatten()

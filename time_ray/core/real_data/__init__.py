@@ -21,7 +21,7 @@ from __future__ import annotations
 from time_ray.core.benchmark import Benchmark
 from time_ray.core.errors import ConfigError
 from time_ray.core.real_data import folders, fomo, table
-from time_ray.core.real_data.common import CLIP_MEAN, CLIP_STD, Plan, assemble, dataset_row, describe
+from time_ray.core.real_data.common import CLIP_MEAN, CLIP_STD, Catalog, assemble, dataset_row, describe
 
 READERS = {"fomo": fomo, "folders": folders, "table": table}
 
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 
-def _plan(kind: str, options: dict) -> Plan:
+def _catalog(kind: str, options: dict) -> Catalog:
     if kind not in READERS:
         raise ConfigError(f"real data: unknown kind {kind!r}; allowed: {', '.join(READERS)}.")
     return READERS[kind].scan(options)
@@ -44,20 +44,20 @@ def _plan(kind: str, options: dict) -> Plan:
 
 def validate_real_data(kind: str, options: dict) -> None:
     """Checks the options, paths, info/table files and stream file without decoding any image."""
-    _plan(kind, options)
+    _catalog(kind, options)
 
 
 def load_real_benchmark(kind: str, options: dict, image_size: int) -> tuple[Benchmark, list[int] | None]:
     """The benchmark of the real data, and for ``fomo`` the global class ids of the adaptation stream
     (the stream file's order, else every adaptation class with training images; the caller cuts it
     into T chunks); None for the other layouts (all adaptation classes, dataset by dataset)."""
-    return assemble(kind, _plan(kind, options or {}), image_size, options or {})
+    return assemble(kind, _catalog(kind, options or {}), image_size, options or {})
 
 
 def outline_real_data(kind: str, options: dict) -> tuple[list[dict], Benchmark, list[int] | None]:
     """What ``time-ray data show`` prints, without decoding any image: one :func:`dataset_row` per
     dataset (pretrain-only ones included), the benchmark with empty image tensors (labels, captions
     and datasets complete) and the stream as in :func:`load_real_benchmark`."""
-    plan = _plan(kind, options or {})
-    bench, stream = assemble(kind, plan, None, options or {})
-    return describe(plan, bench), bench, stream
+    catalog = _catalog(kind, options or {})
+    bench, stream = assemble(kind, catalog, None, options or {})
+    return describe(catalog, bench), bench, stream

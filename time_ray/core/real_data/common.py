@@ -1,8 +1,8 @@
 """Shared pieces of the real-data readers.
 
-Every layout reader first builds a :class:`Plan` (metadata only: datasets, one :class:`Item` per
+Every layout reader first builds a :class:`Catalog` (metadata only: datasets, one :class:`Item` per
 image, and the stream order when a stream file gives one). ``validate_real_data`` stops there;
-``load_real_benchmark`` hands the plan to :func:`assemble`, which numbers the classes, decodes
+``load_real_benchmark`` hands the catalog to :func:`assemble`, which numbers the classes, decodes
 the images and returns a :class:`~time_ray.core.benchmark.Benchmark`.
 """
 
@@ -53,7 +53,7 @@ class Item:
 
 
 @dataclass
-class Plan:
+class Catalog:
     datasets: list[DatasetInfo]
     items: list[Item]
     stream: list[tuple[str, str]] | None = None  # (dataset, classname) in stream-file order
@@ -205,12 +205,12 @@ def check_fraction(kind: str, option: str, value) -> float:
     return float(value)
 
 
-def check_plan(kind: str, plan: Plan) -> None:
+def check_catalog(kind: str, catalog: Catalog) -> None:
     """Every dataset has images, test images unless pretrain-only, train images unless held-out."""
-    counts = {(d.name, s): 0 for d in plan.datasets for s in SPLITS}
-    for item in plan.items:
+    counts = {(d.name, s): 0 for d in catalog.datasets for s in SPLITS}
+    for item in catalog.items:
         counts[item.dataset, item.split] += 1
-    for d in plan.datasets:
+    for d in catalog.datasets:
         train, test = counts[d.name, "train"], counts[d.name, "test"]
         if train + test == 0:
             fail(kind, "datasets", f"dataset {d.name!r} is empty (no images).")
@@ -258,19 +258,19 @@ def _images(paths: list[Path], size: int, mean, std, workers: int) -> torch.Tens
     return out
 
 
-def number_classes(plan: Plan) -> tuple[list[str], list[str], dict[str, Dataset], dict[tuple[str, str], int]]:
-    """Class ids: datasets in plan order, classes in each dataset's ``classes`` order (else sorted).
+def number_classes(catalog: Catalog) -> tuple[list[str], list[str], dict[str, Dataset], dict[tuple[str, str], int]]:
+    """Class ids: datasets in catalog order, classes in each dataset's ``classes`` order (else sorted).
     Returns class names, the dataset of each class ("pretrain" for pretrain-only data), the
     evaluated datasets and the id of each (dataset, class name)."""
     class_names: list[str] = []
     class_dataset: list[str] = []
     datasets: dict[str, Dataset] = {}
     ids: dict[tuple[str, str], int] = {}
-    for d in plan.datasets:
+    for d in catalog.datasets:
         names = (
             list(d.classes)
             if d.classes is not None
-            else sorted({i.classname for i in plan.items if i.dataset == d.name})
+            else sorted({i.classname for i in catalog.items if i.dataset == d.name})
         )
         first = len(class_names)
         for offset, name in enumerate(names):
@@ -282,17 +282,17 @@ def number_classes(plan: Plan) -> tuple[list[str], list[str], dict[str, Dataset]
     return class_names, class_dataset, datasets, ids
 
 
-def assemble(kind: str, plan: Plan, image_size: int | None, options: dict) -> tuple[Benchmark, list[int] | None]:
-    """The benchmark of the plan (class ids from :func:`number_classes`) and the stream as class ids.
+def assemble(kind: str, catalog: Catalog, image_size: int | None, options: dict) -> tuple[Benchmark, list[int] | None]:
+    """The benchmark of the catalog (class ids from :func:`number_classes`) and the stream as class ids.
     ``image_size`` None: no image is decoded (every image tensor has shape [n, 3, 0, 0]; labels and
     captions are complete), for looking at the data before paying for it."""
     if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1):
         raise ConfigError(f"real data ({kind}): image_size must be a positive integer, got {image_size!r}.")
     mean, std, _, workers = common_settings(kind, options)
-    class_names, class_dataset, datasets, ids = number_classes(plan)
+    class_names, class_dataset, datasets, ids = number_classes(catalog)
     splits = {}
     for split in SPLITS:
-        items = sorted((i for i in plan.items if i.split == split), key=lambda i: ids[i.dataset, i.classname])
+        items = sorted((i for i in catalog.items if i.split == split), key=lambda i: ids[i.dataset, i.classname])
         images = (
             torch.empty((len(items), 3, 0, 0), dtype=torch.float16)
             if image_size is None
@@ -314,7 +314,7 @@ def assemble(kind: str, plan: Plan, image_size: int | None, options: dict) -> tu
         train_captions=splits["train"][2],
         test_captions=splits["test"][2],
     )
-    stream = None if plan.stream is None else [ids[pair] for pair in plan.stream]
+    stream = None if catalog.stream is None else [ids[pair] for pair in catalog.stream]
     return bench, stream
 
 
@@ -337,11 +337,11 @@ def dataset_row(bench: Benchmark, name: str, role: str, kind: str, template: str
     }
 
 
-def describe(plan: Plan, bench: Benchmark) -> list[dict]:
-    """:func:`dataset_row` of every dataset of the plan (pretrain-only ones included), in plan order."""
-    _, _, _, ids = number_classes(plan)
+def describe(catalog: Catalog, bench: Benchmark) -> list[dict]:
+    """:func:`dataset_row` of every dataset of the catalog (pretrain-only ones included), in catalog order."""
+    _, _, _, ids = number_classes(catalog)
     rows = []
-    for d in plan.datasets:
+    for d in catalog.datasets:
         classes = [c for (dataset, _), c in ids.items() if dataset == d.name]
         rows.append(dataset_row(bench, d.name, d.role, d.kind, d.template, classes))
     return rows

@@ -18,13 +18,13 @@ from time_ray.core.real_data.common import (
     KINDS,
     ROLES,
     SPLITS,
+    Catalog,
     DatasetInfo,
     Item,
-    Plan,
     cap_items,
+    check_catalog,
     check_fraction,
     check_options,
-    check_plan,
     check_template,
     close_matches,
     common_settings,
@@ -94,7 +94,7 @@ def dataset_items(info: DatasetInfo, entry: dict, n: int, seed: int) -> list[Ite
     ]
 
 
-def scan(options: dict) -> Plan:
+def scan(options: dict) -> Catalog:
     options = check_options(KIND, options, OPTIONS)
     entries = options.get("datasets")
     if not isinstance(entries, list) or not entries:
@@ -108,6 +108,6 @@ def scan(options: dict) -> Plan:
     if duplicate:
         fail(KIND, "datasets", f"dataset name {duplicate!r} is used more than once.")
     items = [item for n, info in enumerate(infos) for item in dataset_items(info, entries[n], n, seed)]
-    plan = Plan(infos, cap_items(items, common_settings(KIND, options)[2]))
-    check_plan(KIND, plan)
-    return plan
+    catalog = Catalog(infos, cap_items(items, common_settings(KIND, options)[2]))
+    check_catalog(KIND, catalog)
+    return catalog

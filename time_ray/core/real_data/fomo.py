@@ -39,13 +39,13 @@ from pathlib import Path
 
 from time_ray.core.real_data.common import (
     SPLITS,
+    Catalog,
     DatasetInfo,
     Item,
-    Plan,
     cap_items,
+    check_catalog,
     check_names_exist,
     check_options,
-    check_plan,
     close_matches,
     common_settings,
     existing_path,
@@ -217,7 +217,7 @@ def primer_template(records) -> str | None:
     return max(candidates, key=lambda t: sum(t.format(n) == p for n, p in samples.items()))
 
 
-def dataset_plan(
+def dataset_catalog(
     name: str, role: str, files: DatasetFiles, root: Path, info_dir: Path, options: dict, template: str | None
 ) -> tuple[DatasetInfo, list[Item]]:
     """The dataset's info (template, kind, class order) and one item per image of the splits its role reads."""
@@ -342,7 +342,7 @@ def check_stream(
     return [(d, c) for d, c, _ in stream]
 
 
-def scan(options: dict) -> Plan:
+def scan(options: dict) -> Catalog:
     options = check_options(KIND, options, OPTIONS)
     root = existing_path(KIND, options, "root", directory=True)
     info_dir = existing_path(KIND, options, "info_dir", directory=True) if options.get("info_dir") else root
@@ -376,7 +376,7 @@ def scan(options: dict) -> Plan:
     used = sorted(adaptation | set(roles), key=lambda n: (order[roles.get(n, "adaptation")], n))
     datasets, items = [], []
     for name in used:
-        info, ds_items = dataset_plan(
+        info, ds_items = dataset_catalog(
             name, roles.get(name, "adaptation"), found[name], root, info_dir, options, templates.get(name)
         )
         datasets.append(info)
@@ -389,6 +389,6 @@ def scan(options: dict) -> Plan:
         pairs = [
             (d.name, c) for d in datasets if d.role == "adaptation" for c in d.classes or () if (d.name, c) in trained
         ]
-    plan = Plan(datasets, items, pairs)
-    check_plan(KIND, plan)
-    return plan
+    catalog = Catalog(datasets, items, pairs)
+    check_catalog(KIND, catalog)
+    return catalog

@@ -20,14 +20,14 @@ from time_ray.core.real_data.common import (
     DEFAULT_TEMPLATE,
     ROLES,
     SPLITS,
+    Catalog,
     DatasetInfo,
     Item,
-    Plan,
     cap_items,
+    check_catalog,
     check_fraction,
     check_names_exist,
     check_options,
-    check_plan,
     common_settings,
     existing_path,
     fail,
@@ -88,7 +88,7 @@ def row_roles(rows: list[dict], path: Path) -> dict[str, str]:
     return roles
 
 
-def scan(options: dict) -> Plan:
+def scan(options: dict) -> Catalog:
     options = check_options(KIND, options, OPTIONS)
     path = existing_path(KIND, options, "path", directory=False)
     fraction = check_fraction(KIND, "test_fraction", options.get("test_fraction", 0.2))
@@ -133,6 +133,6 @@ def scan(options: dict) -> Plan:
         mask = split_mask([items[n].classname for n in members], fraction, (seed, dataset))
         for n, test in zip(members, mask):
             items[n] = Item(**{**items[n].__dict__, "split": "test" if test else "train"})
-    plan = Plan(infos, cap_items(items, common_settings(KIND, options)[2]))
-    check_plan(KIND, plan)
-    return plan
+    catalog = Catalog(infos, cap_items(items, common_settings(KIND, options)[2]))
+    check_catalog(KIND, catalog)
+    return catalog
