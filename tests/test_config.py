@@ -173,3 +173,64 @@ def test_gflops_budget_measures_the_real_training_step(cache_dir):
     flops = measure_flops_per_step(cfg)
     assert 1e8 < flops < 1e11  # tiny-clip, batch 64 of 32x32 images and 12-token captions
     assert steps_per_task(cfg, flops) == max(1, round(100e9 / flops))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training.batch_size=1.5", "training.batch_size: expected an integer, got 1.5."),
+        ("training.batch_size='3'", "training.batch_size: expected an integer, got '3'."),
+        ("training.batch_size=true", "training.batch_size: expected an integer, got True."),
+        ("stream.builtin.seed=1.5", "stream.builtin.seed: expected an integer, got 1.5."),
+        ("stream.builtin.seed='3'", "stream.builtin.seed: expected an integer, got '3'."),
+        ("model.base_training.steps=true", "model.base_training.steps: expected an integer, got True."),
+        ("training.lr=true", "training.lr: expected a number, got True."),
+        ("stream.mixture.current='0.5'", "stream.mixture.current: expected a number, got '0.5'."),
+        ("stream.builtin.adaptation_known=.inf", "stream.builtin.adaptation_known: expected a finite number, got inf."),
+        ("name=3", "name: expected a string, got 3."),
+        ("stream.order=5", "stream.order: expected a string, got 5."),
+        ("resources.use_gpu=1", "resources.use_gpu: expected true or false, got 1."),
+        ("seeds=[0, x]", "seeds[1]: expected an integer, got 'x'."),
+        ("stream.data=[1]", "stream.data: expected a mapping, got [1]."),
+        ("stream.mixture=5", "stream.mixture: expected a mapping of pretrain, current, replay, got 5."),
+        ("stream.mixture.replays=0", "stream.mixture.replays: unknown field. Did you mean replay? Allowed: pretrain,"),
+        ("model.base_training.stps=1", "model.base_training.stps: unknown field. Did you mean steps?"),
+        ("stream.builtin.sed=1", "stream.builtin.sed: unknown field. Did you mean seed?"),
+        ("search.method=grid", "search.method: 'grid' is not allowed. Allowed: sobol, random."),
+        ("training.warmup=1", "training.warmup: must be in [0, 1), got 1."),
+        ("resources.workers_per_expert=0", "resources.workers_per_expert: must be between 1 and 1024, got 0."),
+        ("budget.multipliers=[1, -2]", "budget.multipliers[1]: must be > 0, got -2."),
+        ("search.samples=-1", "search.samples: must be 0 or more, got -1."),
+    ],
+)
+def test_types_are_strict_and_errors_name_the_field(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config("configs/quickstart.yaml", [override])
+    assert str(info.value).startswith(message)
+
+
+def test_lenient_where_yaml_needs_it_and_core_gets_its_dataclasses():
+    from dataclasses import asdict
+
+    from time_ray.config import SweepConfig
+    from time_ray.core.base_model import BaseTraining
+    from time_ray.core.benchmark import BenchmarkSpec
+    from time_ray.core.stream import Mixture
+
+    cfg = load_config(
+        "configs/quickstart.yaml",
+        [
+            "seeds=3",
+            "training.lr=1",
+            "stream.mixture.pretrain=0",
+            "policies.presets=best-in-time",
+            "stream.builtin=null",
+        ],
+    )
+    assert cfg.seeds == (3,) and cfg.policies.presets == ("best-in-time",)  # one value is a list of one
+    assert type(cfg.training.lr) is float and type(cfg.stream.mixture.pretrain) is float  # ints widened
+    assert cfg.stream.builtin == BenchmarkSpec()  # an empty section holds its defaults
+    assert type(cfg.stream.mixture) is Mixture and type(cfg.model.base_training) is BaseTraining
+    assert asdict(cfg.stream.builtin)["seed"] == 0 and asdict(cfg.training)["lr"] == 1.0
+    built = SweepConfig(seeds=[1, 2], resources={"use_gpu": True}, stream={"builtin": {"seed": 5}})
+    assert built.seeds == (1, 2) and built.resources.use_gpu and built.stream.builtin == BenchmarkSpec(seed=5)
