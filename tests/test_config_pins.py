@@ -87,59 +87,33 @@ QUICKSTART = {
     },
 }
 
-OVERRIDDEN = {
-    "name": "quickstart",
-    "model": {
-        "arch": "tiny-clip",
-        "pretrained": "builtin",
-        "base_training": {"steps": 1500, "batch_size": 128, "lr": 1.0, "weight_decay": 0.1, "seed": 0},
-    },
-    "stream": {
-        "benchmark": "builtin",
-        "data": {"root": "no/such/dir", "heldout": ["a", "b"], "n": 2},
-        "tasks": 4,
-        "order": "dataset",
-        "seed": 0,
-        "mixture": {"pretrain": 0.0, "current": 1.0, "replay": 0.0},
-        "captions": "template",
-        "builtin": {
-            "seed": 0,
-            "adaptation_datasets": 14,
-            "heldout_datasets": 6,
-            "retrieval_datasets": 1,
-            "classes_per_dataset": 10,
-            "pretrain_classes": 40,
-            "train_per_class": 40,
-            "test_per_class": 20,
-            "image_size": 32,
-            "adaptation_known": 1.0,
+
+def _updated(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` merged in, nested mappings included, keeping ``base``'s key order."""
+    return {
+        k: _updated(v, changes[k])
+        if isinstance(v, dict) and isinstance(changes.get(k), dict) and v
+        else changes.get(k, v)
+        for k, v in base.items()
+    }
+
+
+OVERRIDDEN = _updated(  # QUICKSTART after OVERRIDES: floats given as ints come back as floats, scalars as lists
+    QUICKSTART,
+    {
+        "model": {"base_training": {"lr": 1.0}},
+        "stream": {
+            "data": {"root": "no/such/dir", "heldout": ["a", "b"], "n": 2},
+            "mixture": {"pretrain": 0.0, "current": 1.0, "replay": 0.0},
+            "builtin": {"adaptation_known": 1.0},
         },
+        "training": {"lr": 1.0, "grad_clip": 1.0},
+        "budget": {"multipliers": [1.0, 2.0]},
+        "policies": {"presets": ["offline-merge"]},
+        "seeds": [3],
+        "resources": {"cpus_per_worker": 1.0},
     },
-    "training": {"batch_size": 64, "lr": 1.0, "weight_decay": 0.2, "warmup": 0.1, "grad_clip": 1.0},
-    "budget": {
-        "steps_per_task": 200,
-        "samples_per_task": None,
-        "gflops_per_task": None,
-        "total_steps": None,
-        "multipliers": [1.0, 2.0],
-    },
-    "policies": {"presets": ["offline-merge"], "grid": None, "multitask": False},
-    "seeds": [3],
-    "resources": {
-        "workers_per_expert": 1,
-        "use_gpu": False,
-        "max_concurrent_trials": None,
-        "cpus_per_worker": 1.0,
-        "gpus_per_worker": None,
-    },
-    "search": {
-        "samples": 0,
-        "method": "sobol",
-        "seed": 0,
-        "space": {},
-        "early_stopping": {"scheduler": None, "metric": "gm", "grace_period": 1, "reduction_factor": 2},
-    },
-}
+)
 
 
 @pytest.mark.parametrize("name", sorted(FINGERPRINTS))

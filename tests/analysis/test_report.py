@@ -144,12 +144,15 @@ def test_help_explains_the_outputs():
         assert word in text
 
 
-def test_the_analysis_layer_never_imports_ray(synthetic_sweep):
-    """ARCHITECTURE.md "Layers": analysis reads the results schema, it does not need Ray."""
+def test_the_analysis_layer_never_imports_ray_torch_or_the_config_layer(synthetic_sweep, tmp_path):
+    """ARCHITECTURE.md "Layers": analysis reads the results schema (and DIR/trials.json): it needs no
+    Ray, builds no model, benchmark or config."""
     code = (
-        "import sys; import time_ray.analysis; from time_ray.analysis.load import load_sweep; "
-        f"load_sweep({str(synthetic_sweep[0])!r}); "
-        "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray imported'"
+        "import sys; from time_ray.analysis import build_report; "
+        f"build_report({str(synthetic_sweep[0])!r}, {str(tmp_path / 'report')!r}); "
+        "heavy = ('ray', 'torch', 'time_ray.config', 'time_ray.core.models', 'time_ray.core.benchmark'); "
+        "print(sorted({m.split('.')[0] if m.split('.')[0] in heavy else m for m in sys.modules} & set(heavy)))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -2,8 +2,6 @@
 never from the config layer: reporting builds no model, benchmark or config."""
 
 import json
-import subprocess
-import sys
 
 from tests.analysis.synthetic import write_sweep
 from time_ray.analysis.load import load_sweep
@@ -40,15 +38,3 @@ def test_missing_or_damaged_trials_json_is_a_note_not_a_failure(tmp_path):
     (out / "trials.json").unlink()
     sweep = load_sweep(out)
     assert "DIR/trials.json is missing" in sweep.notes[0] and not sweep.progress.empty
-
-
-def test_a_report_imports_neither_the_config_layer_nor_torch(synthetic_sweep, tmp_path):
-    out, _ = synthetic_sweep
-    code = (
-        "import sys; from time_ray.analysis import build_report; "
-        f"build_report({str(out)!r}, {str(tmp_path / 'report')!r}); "
-        "print(sorted(m for m in ('time_ray.config', 'torch', 'time_ray.core.models', 'ray') if m in sys.modules))"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == "[]"
