@@ -267,6 +267,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SweepCo
     config = _build(SweepConfig, raw, "")
     config = absolute_paths(config)
     validate(config)
+    logger.debug("time-ray: config %s: %r, fingerprint %s", path, config.name, config.fingerprint())
     return config
 
 
@@ -676,7 +677,8 @@ def expand_trials(cfg: SweepConfig, flops_per_step: float | None = None) -> list
     for steps, mults in merged.items():
         if len(mults) > 1:
             logger.warning(
-                "budget.multipliers %s all give %d steps per task (of %d): their trials are the same and run once",
+                "time-ray: budget.multipliers %s all give %d steps per task (of %d): their trials are the same "
+                "and run once",
                 ", ".join(f"{m:g}" for m in mults),
                 steps,
                 per_task,
