@@ -11,22 +11,24 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import resource
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from time_ray.logs import configure
+
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 _LIBC = ctypes.CDLL("libc.so.6")
 
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+# progress on stderr through time-ray's console handler, with time-ray's own messages (the base model, ...)
+configure()
+log = logging.getLogger("time_ray.benchmarks").info
 
 
 def machine(threads: int | None = None) -> dict:

@@ -163,7 +163,7 @@ def warm_caches(config: Path, sets: list[str]) -> None:
     from time_ray.core.base_model import load_base
 
     cfg = load_config(config, sets)
-    load_base(cfg.model.arch, cfg.model.pretrained, cfg.stream.builtin, cfg.model.base_training, log)
+    load_base(cfg.model.arch, cfg.model.pretrained, cfg.stream.builtin, cfg.model.base_training)
 
 
 def main(argv=None) -> int:

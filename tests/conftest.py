@@ -1,3 +1,4 @@
+import logging
 import os
 import shutil
 import tempfile
@@ -16,6 +17,23 @@ os.environ["TIME_RAY_CACHE"] = str(_CACHE)
 @pytest.fixture(scope="session")
 def cache_dir():
     yield _CACHE
+
+
+@pytest.fixture(autouse=True)
+def _time_ray_logging():
+    """time_ray.logs.configure (every in-process `main(...)` calls it) changes the ``time_ray`` logger and the
+    environment; each test starts as the one before it found them, so caplog sees time-ray's records."""
+    from time_ray.logs import LEVEL_ENV
+
+    logger = logging.getLogger("time_ray")
+    state = (list(logger.handlers), logger.level, logger.propagate, os.environ.get(LEVEL_ENV))
+    yield
+    logger.handlers[:], logger.propagate = state[0], state[2]
+    logger.setLevel(state[1])  # setLevel, not .level: it also clears the loggers' cached levels
+    if state[3] is None:
+        os.environ.pop(LEVEL_ENV, None)
+    else:
+        os.environ[LEVEL_ENV] = state[3]
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -10,6 +10,9 @@ import sys
 import threading
 
 from time_ray.core.errors import TimeRayError
+from time_ray.logs import configure
+
+logger = logging.getLogger("time_ray.cli")  # not __name__: `python -m time_ray.cli` runs it as __main__
 
 DESCRIPTION = """\
 time-ray: simulate temporal model merging (TIME, CVPR 2025) with Ray.
@@ -18,13 +21,28 @@ A sweep config names a model, a task stream, a compute budget and a grid of poli
 (init strategy x deploy strategy x merging technique). `time-ray sweep` runs every policy as a
 Ray Tune trial (experts finetuned by Ray Train, checkpoints merged by a merge actor) and writes
 DIR/metrics.parquet (per trial, timestep, dataset) and DIR/timesteps.parquet (A_KA, A_ZS, GM and
-costs per trial and timestep)."""
+costs per trial and timestep).
+
+Diagnostics (progress lines, what a sweep is doing) go to stderr, results to stdout. -v/--verbose
+adds debugging detail (and for `sweep`, Ray's worker logs); -q/--quiet keeps warnings and errors
+only. Both may come before or after the command, e.g. time-ray --quiet sweep configs/quickstart.yaml."""
+
+VERBOSE_HELP = "more detail on stderr: debugging messages and, for sweep, Ray's worker logs"
+QUIET_HELP = "on stderr only warnings and errors: no progress lines (results on stdout as always)"
+
+
+def _add_log_options(parser: argparse.ArgumentParser, default=argparse.SUPPRESS) -> None:
+    """-v/--verbose and -q/--quiet, on the top-level parser (default False) and on every command
+    (argparse.SUPPRESS: a command's parser leaves what came before the command as it was)."""
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help=VERBOSE_HELP)
+    parser.add_argument("-q", "--quiet", action="store_true", default=default, help=QUIET_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="time-ray", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    _add_log_options(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     sweep = sub.add_parser(
@@ -52,7 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--resume", action="store_true", help="finish an interrupted sweep in --output: finished trials are kept"
     )
-    sweep.add_argument("--verbose", action="store_true", help="forward Ray's worker logs to the console")
 
     data = sub.add_parser("data", help="inspect the benchmark of a config")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -140,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--policy", help="the policy of the accuracy matrix, as named in the tables (default: the best final GM)"
     )
+    for command in (sweep, data, stats, show, merge, plan, report):
+        _add_log_options(command)
     return parser
 
 
@@ -239,10 +258,9 @@ def cmd_data(args) -> int:
     cfg = load_config(args.config, args.overrides)
     base = load_base(cfg.model.arch, cfg.model.pretrained, cfg.stream.builtin, cfg.model.base_training)
     experiment = Experiment.from_settings(experiment_settings(cfg))
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     steps = steps_per_task(cfg)
-    log(f"sequential finetuning over {experiment.tasks} tasks, {steps} steps each (no Ray)")
-    stats = benchmark_stats(experiment, base, steps, cfg.seeds[0], log)
+    logger.info("sequential finetuning over %d tasks, %d steps each (no Ray)", experiment.tasks, steps)
+    stats = benchmark_stats(experiment, base, steps, cfg.seeds[0])
     if args.json:
         print(json.dumps(stats))
     else:
@@ -402,10 +420,11 @@ def _internal_error(exc: BaseException) -> int:
         except OSError:
             where = None
     message = " ".join(str(exc).split())[:300] or "no message"
-    print(
-        f"time-ray: internal error: {type(exc).__name__}: {message} "
-        f"({f'traceback in {where}' if where else 'no log file could be written'}; please report it)",
-        file=sys.stderr,
+    logger.error(
+        "time-ray: internal error: %s: %s (%s; please report it)",
+        type(exc).__name__,
+        message,
+        f"traceback in {where}" if where else "no log file could be written",
     )
     return 1
 
@@ -417,60 +436,49 @@ def _os_error(exc: OSError) -> str:
     return f"{name}{other}: {exc.strerror or exc}" if name else str(exc)
 
 
-class _Stderr(logging.StreamHandler):
-    """Writes to the current sys.stderr (which tests and pipes replace)."""
-
-    def __init__(self):
-        super().__init__()
-        self.setFormatter(logging.Formatter("time-ray: %(message)s"))
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
-def _console_logging() -> None:
-    """time-ray's own messages (``logging.getLogger(__name__)`` in every module) on stderr, once."""
-    root = logging.getLogger("time_ray")
-    if not any(isinstance(h, _Stderr) for h in root.handlers):
-        root.addHandler(_Stderr())
-    root.setLevel(logging.INFO)
-    root.propagate = False
+def _log_level(args) -> int:
+    """--quiet: warnings and errors; --verbose: DEBUG; otherwise INFO (progress lines and the like)."""
+    if getattr(args, "quiet", False):
+        return logging.WARNING
+    return logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verbose and args.quiet:
+        parser.error("-v/--verbose and -q/--quiet: choose one")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     _absolute_environment()
-    _console_logging()
+    level = _log_level(args)
+    configure(level)  # the one handler of time-ray's messages (time_ray.logs)
+    words = sys.argv[1:] if argv is None else argv
+    logger.debug(
+        "time-ray: `time-ray %s` (log level %s, pid %d)", " ".join(words), logging.getLevelName(level), os.getpid()
+    )
     try:
         return {"sweep": cmd_sweep, "plan": cmd_plan, "data": cmd_data, "merge": cmd_merge, "report": cmd_report}[
             args.command
         ](args)
     except TimeRayError as exc:
         # one line (a library's multi-line message folded into it); the terminal wraps it
-        print(f"time-ray: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        logger.error("time-ray: error: %s", " ".join(str(exc).split()))
         return 2
     except KeyboardInterrupt:
-        print("time-ray: interrupted; rerun with --resume to finish the sweep.", file=sys.stderr)
+        logger.error("time-ray: interrupted; rerun with --resume to finish the sweep.")
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
     except MemoryError:
-        print(
+        logger.error(
             "time-ray: error: out of memory; lower the sizes in the config (stream.builtin, training.batch_size, "
-            "resources.max_concurrent_trials).",
-            file=sys.stderr,
+            "resources.max_concurrent_trials)."
         )
         return 2
     except OSError as exc:  # the environment: a full disk, a directory we may not write, a vanished file
-        print(f"time-ray: error: {_os_error(exc)}.", file=sys.stderr)
+        logger.error("time-ray: error: %s.", _os_error(exc))
         return 2
     except Exception as exc:  # noqa: BLE001 - anything else is our bug: one line plus a log file
         return _internal_error(exc)

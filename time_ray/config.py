@@ -335,6 +335,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SweepCo
         raise config_error(exc) from None
     config = absolute_paths(config)
     validate(config)
+    logger.debug("time-ray: config %s: %r, fingerprint %s", path, config.name, config.fingerprint())
     return config
 
 

@@ -1,3 +1,5 @@
+import logging
+
 import torch
 
 from time_ray.core.base_model import BaseTraining, builtin_base, builtin_key, load_base
@@ -14,10 +16,11 @@ SPEC = BenchmarkSpec(
 RECIPE = BaseTraining(steps=3, batch_size=8)
 
 
-def test_builtin_base_is_pretrained_once_then_reused_from_the_cache(cache_dir):
-    messages = []
-    first, path = builtin_base("tiny-clip", SPEC, RECIPE, messages.append)
-    second, again = builtin_base("tiny-clip", SPEC, RECIPE, messages.append)
+def test_builtin_base_is_pretrained_once_then_reused_from_the_cache(cache_dir, caplog):
+    caplog.set_level(logging.INFO, logger="time_ray")
+    first, path = builtin_base("tiny-clip", SPEC, RECIPE)
+    second, again = builtin_base("tiny-clip", SPEC, RECIPE)
+    messages = caplog.messages
     assert path == again and path.is_relative_to(cache_dir)
     assert "pretraining" in messages[0] and "reusing" in messages[-1]
     assert all(torch.equal(first[k], second[k]) for k in first)
@@ -30,6 +33,6 @@ def test_cache_key_changes_with_anything_that_changes_the_weights():
 
 
 def test_local_checkpoint_path_is_loaded(tmp_path, cache_dir):
-    state, path = builtin_base("tiny-clip", SPEC, RECIPE, lambda m: None)
+    state, path = builtin_base("tiny-clip", SPEC, RECIPE)
     loaded = load_base("tiny-clip", str(path), SPEC, RECIPE)
     assert torch.equal(loaded["logit_scale"], state["logit_scale"])

@@ -21,7 +21,7 @@ SPEC = BenchmarkSpec(
 
 
 def test_small_builtin_benchmark_has_the_properties_that_make_it_worth_simulating(cache_dir):
-    base, _ = builtin_base("tiny-clip", SPEC, BaseTraining(steps=400, batch_size=64, lr=2e-3), lambda m: None)
+    base, _ = builtin_base("tiny-clip", SPEC, BaseTraining(steps=400, batch_size=64, lr=2e-3))
     settings = {
         "arch": "tiny-clip",
         "benchmark": asdict(SPEC),

@@ -35,7 +35,7 @@ SETTINGS = {
 
 @pytest.fixture(scope="module")
 def setup(cache_dir):
-    base, _ = builtin_base("tiny-clip", SPEC, BaseTraining(steps=5, batch_size=8), lambda m: None)
+    base, _ = builtin_base("tiny-clip", SPEC, BaseTraining(steps=5, batch_size=8))
     return Experiment.from_settings(ExperimentSettings.from_dict(SETTINGS)), base
 
 

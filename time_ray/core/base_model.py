@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from time_ray.core.checkpoints import save_atomic
 from time_ray.core.finetune import TrainSettings, finetune
 from time_ray.core.stream import PretrainSampler
 
+logger = logging.getLogger(__name__)
 BASE_RECIPE_VERSION = 1
 
 
@@ -55,16 +56,17 @@ def builtin_key(arch: str, spec: BenchmarkSpec, recipe: BaseTraining) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def builtin_base(arch: str, spec: BenchmarkSpec, recipe: BaseTraining, log=None) -> tuple[dict, Path]:
+def builtin_base(arch: str, spec: BenchmarkSpec, recipe: BaseTraining) -> tuple[dict, Path]:
     """The pretrained base weights, from the cache or trained now (and then cached)."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     path = cache_dir() / "base" / f"{arch}-{builtin_key(arch, spec, recipe)}.safetensors"
     if path.exists():
-        log(f"base model: reusing {path}")
+        logger.info("base model: reusing %s", path)
         return load_file(str(path)), path
-    log(
-        f"base model: pretraining {arch} for {recipe.steps} steps on the built-in pretraining pool "
-        f"(once; cached at {path})"
+    logger.info(
+        "base model: pretraining %s for %d steps on the built-in pretraining pool (once; cached at %s)",
+        arch,
+        recipe.steps,
+        path,
     )
     torch.manual_seed(recipe.seed)
     model = models.create_model(arch)
@@ -75,7 +77,7 @@ def builtin_base(arch: str, spec: BenchmarkSpec, recipe: BaseTraining, log=None)
 
     def progress(step, loss):
         if step % every == 0 or step == recipe.steps:
-            log(f"  pretraining step {step}/{recipe.steps}  loss {loss:.3f}")
+            logger.info("  pretraining step %d/%d  loss %.3f", step, recipe.steps, loss)
 
     settings = TrainSettings(
         steps=recipe.steps,
@@ -100,10 +102,10 @@ def is_checkpoint_path(arch: str, pretrained: str) -> bool:
     return path.is_file() and not models.is_pretrained_tag(arch, pretrained)
 
 
-def load_base(arch: str, pretrained: str, spec: BenchmarkSpec, recipe: BaseTraining, log=None) -> dict:
+def load_base(arch: str, pretrained: str, spec: BenchmarkSpec, recipe: BaseTraining) -> dict:
     """theta_0 for ``model.pretrained``: builtin, none, a local checkpoint, or an open_clip tag."""
     if pretrained == "builtin":
-        return builtin_base(arch, spec, recipe, log)[0]
+        return builtin_base(arch, spec, recipe)[0]
     if pretrained == "none":
         torch.manual_seed(recipe.seed)
         return models.state_dict_of(models.create_model(arch))

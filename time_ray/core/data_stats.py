@@ -48,13 +48,13 @@ def _mean_over(records, role: str, kind_of, kind: str = "classification") -> tup
     return (sum(r["value"] for r in rows) / len(rows), sum(r["chance"] for r in rows) / len(rows))
 
 
-def benchmark_stats(experiment: Experiment, base: dict, steps: int, seed: int = 0, log=None) -> dict:
+def benchmark_stats(experiment: Experiment, base: dict, steps: int, seed: int = 0) -> dict:
     """Measures the four properties; returns the numbers, the targets and whether each holds."""
     bench = experiment.bench
     kind_of = {name: ds.kind for name, ds in bench.datasets.items()}
     chance = {name: 1 / len(ds.classes) for name, ds in bench.datasets.items()}
     with tempfile.TemporaryDirectory() as workdir:
-        rows = simulate(experiment, Policy("ft", "ft"), base, steps, workdir, seed=seed, log=log)
+        rows = simulate(experiment, Policy("ft", "ft"), base, steps, workdir, seed=seed)
         expert = experiment.new_model()
         pool = CheckpointPool(f"{workdir}/pool", f"{workdir}/base.safetensors")
         own = []

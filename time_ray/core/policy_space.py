@@ -276,7 +276,8 @@ def expand_trials(
     for steps, mults in merged.items():
         if len(mults) > 1:
             logger.warning(
-                "budget.multipliers %s all give %d steps per task (of %d): their trials are the same and run once",
+                "time-ray: budget.multipliers %s all give %d steps per task (of %d): their trials are the same "
+                "and run once",
                 ", ".join(f"{m:g}" for m in mults),
                 steps,
                 per_task,

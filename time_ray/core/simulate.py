@@ -4,6 +4,7 @@ and users who want the core without a cluster; sweeps run the same pieces on Ray
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from time_ray.core.metrics import summarize
 from time_ray.core.pool import CheckpointPool
 from time_ray.core.strategies import Policy, deploy_weights, init_weights
 
+logger = logging.getLogger(__name__)
+
 
 def simulate(
     experiment: Experiment,
@@ -23,10 +26,9 @@ def simulate(
     workdir: str | Path,
     seed: int = 0,
     tasks: int | None = None,
-    log=None,
 ) -> list[dict]:
     """Runs ``policy`` over the first ``tasks`` tasks; returns per-timestep rows with A_KA, A_ZS,
-    GM and the per-dataset records (``records``)."""
+    GM and the per-dataset records (``records``); logs each timestep's at INFO."""
     workdir = Path(workdir)
     save_atomic(base, workdir / "base.safetensors")
     pool = CheckpointPool(workdir / "pool", workdir / "base.safetensors")
@@ -40,6 +42,5 @@ def simulate(
         deployed = experiment.new_model(materialize(deploy_weights(policy, pool, t)))
         records = experiment.evaluate(deployed)
         rows.append({"timestep": t, **summarize(records), "records": records, "seconds": time.perf_counter() - start})
-        if log:
-            log(f"  t={t}: A_KA {rows[-1]['a_ka']:.3f}  A_ZS {rows[-1]['a_zs']:.3f}  GM {rows[-1]['gm']:.3f}")
+        logger.info("  t=%d: A_KA %.3f  A_ZS %.3f  GM %.3f", t, rows[-1]["a_ka"], rows[-1]["a_zs"], rows[-1]["gm"])
     return rows

@@ -6,13 +6,24 @@ single-node mode with node address 127.0.0.1; the dashboard (when installed) bin
 
 from __future__ import annotations
 
+import logging
 import os
 
+from time_ray.logs import LEVEL_ENV
+
+logger = logging.getLogger(__name__)
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # A busy machine (other programs saturating the CPUs) can take minutes to start a Train worker group;
 # Ray Train's default gives up after 60 s. Every trial's workers fit at once (sweep.worker_resources),
 # so a longer wait only ever waits for a slow machine, never for resources that cannot come.
 PATIENT_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "900"}
+
+
+def _worker_env() -> dict:
+    """What every process of an embedded Ray gets: loopback, patience, and the console's level
+    (time_ray.logs.configure) for the workers' own messages."""
+    env = {**LOOPBACK_ENV, **{k: os.environ.get(k, v) for k, v in PATIENT_ENV.items()}}
+    return env | ({LEVEL_ENV: os.environ[LEVEL_ENV]} if LEVEL_ENV in os.environ else {})
 
 
 def init_ray(verbose: bool = False, temp_dir: str | None = None, num_cpus: int | None = None) -> dict:
@@ -27,6 +38,7 @@ def init_ray(verbose: bool = False, temp_dir: str | None = None, num_cpus: int |
     if ray.is_initialized():
         return {**ray.cluster_resources(), "node_address": _node_address(), "nodes": _nodes(), "joined": joined}
     kwargs = dict(log_to_driver=verbose, configure_logging=True, logging_level="INFO" if verbose else "WARNING")
+    logger.debug("time-ray: ray.init(%s) %s", "joining " + os.environ["RAY_ADDRESS"] if joined else "local", kwargs)
     if joined:
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
     else:
@@ -35,7 +47,7 @@ def init_ray(verbose: bool = False, temp_dir: str | None = None, num_cpus: int |
             dashboard_host="127.0.0.1",
             num_cpus=num_cpus,
             _temp_dir=temp_dir,
-            runtime_env={"env_vars": {**LOOPBACK_ENV, **{k: os.environ.get(k, v) for k, v in PATIENT_ENV.items()}}},
+            runtime_env={"env_vars": _worker_env()},
             **kwargs,
         )
     return {**ray.cluster_resources(), "node_address": _node_address(), "nodes": _nodes(), "joined": joined}

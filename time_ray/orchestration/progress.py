@@ -1,14 +1,17 @@
-"""Progress lines while a sweep runs: one per finished timestep of any trial."""
+"""Progress lines while a sweep runs: one per finished timestep of any trial, at INFO on this module's
+logger (``--quiet`` hides them)."""
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import time
 
 from ray.tune import Callback
 
 from time_ray.core.contracts import Trial
+
+logger = logging.getLogger(__name__)
 
 
 def last_line(error) -> str:
@@ -38,28 +41,28 @@ class ProgressPrinter(Callback):
         self.done = 0
         self.start = time.time()
 
-    def _print(self, msg: str) -> None:
+    def _line(self, msg: str) -> None:
         elapsed = time.time() - self.start
-        print(f"[{elapsed:6.0f}s {self.done:>3}/{self.total}] {msg}", file=sys.stderr, flush=True)
+        logger.info("[%6.0fs %3d/%d] %s", elapsed, self.done, self.total, msg)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._print(f"{trial.config['trial_id']}: started")
+        self._line(f"{trial.config['trial_id']}: started")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.done += 1
         cached = "  (expert from the cache)" if result.get("expert_cache_hit") else ""
-        self._print(
+        self._line(
             f"{result['policy']:<16} t={result['timestep']}/{result['tasks']}  "
             f"A_KA {result['a_ka']:.3f}  A_ZS {result['a_zs']:.3f}  GM {result['gm']:.3f}{cached}"
         )
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._print(
+        self._line(
             f"policy {trial.config['trial_id']}: attempt {trial.num_failures + 1} of "
             f"{self.attempts} after: {trial_error(trial)}"
         )
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._print(
+        self._line(
             f"policy {trial.config['trial_id']}: failed after {trial.num_failures} attempt(s): {trial_error(trial)}"
         )

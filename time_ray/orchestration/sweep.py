@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import sys
 
 import pandas as pd
 import yaml
@@ -27,9 +27,7 @@ from time_ray.core.results import (
 )
 from time_ray.orchestration.storage import Storage
 
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+logger = logging.getLogger(__name__)
 
 
 def prepare_output(cfg: SweepConfig, storage: Storage, resume: bool) -> None:
@@ -187,14 +185,14 @@ def run_sweep(
     base = (
         None
         if storage.pull("base.safetensors") is not None
-        else load_base(cfg.model.arch, cfg.model.pretrained, cfg.stream.builtin, cfg.model.base_training, log)
+        else load_base(cfg.model.arch, cfg.model.pretrained, cfg.stream.builtin, cfg.model.base_training)
     )
     prepare_output(cfg, storage, resume)
     write_trials(storage, cfg, trials)
     todo = [t for t in trials if not (resume and finished(storage, t, cfg.stream.tasks))]
     for trial in todo:  # an unfinished trial continues after its last recorded timestep
         storage.remove_tree(f"trials/{trial.trial_id}/failed.json")
-    log(
+    logger.info(
         f"time-ray: sweep {cfg.name!r}: {len(trials)} trials, {cfg.stream.tasks} tasks each "
         f"({len(trials) - len(todo)} already finished) -> {storage.display()}"
     )
@@ -226,7 +224,7 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> dict[str,
     cluster = init_ray(verbose=verbose, temp_dir=ray_temp_dir)
     per_worker, concurrent = worker_resources(cfg, cluster, len(todo))
     where = f"joined the Ray cluster at {os.environ['RAY_ADDRESS']}" if cluster["joined"] else "started a local Ray"
-    log(
+    logger.info(
         f"time-ray: {where}; Ray node {cluster['node_address']}, resources "
         f"{dict((k, v) for k, v in cluster.items() if k in ('CPU', 'GPU'))}; "
         f"{concurrent} trials at a time, {cfg.resources.workers_per_expert} Train worker(s) each with {per_worker}"
@@ -279,7 +277,7 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> dict[str,
         if counts.get("taken_over")
         else ""
     )
-    log(f"time-ray: experts trained {counts['trained']}, reused from the cache {counts['hits']}{expired}")
+    logger.info(f"time-ray: experts trained {counts['trained']}, reused from the cache {counts['hits']}{expired}")
     failed = {
         t.trial_id: json.loads(text)["error"]
         for t in todo
@@ -333,7 +331,7 @@ def collect(storage: Storage, trials: list[Trial], tasks: int) -> pd.DataFrame:
         storage.push(name)
     stopped = [s for s in status if s["status"] == "stopped_early"]
     if stopped:
-        log(
+        logger.info(
             f"time-ray: early stopping ended {len(stopped)} of {len(trials)} trials before timestep {tasks}, "
             f"saving {sum(s['expert_trainings_saved'] for s in stopped)} expert trainings "
             f"({sum(s['train_steps_saved'] for s in stopped)} steps); see trials.parquet"

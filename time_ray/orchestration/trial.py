@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
+import logging
 import threading
 import time
 from dataclasses import replace
@@ -34,6 +34,7 @@ from time_ray.core.errors import CheckpointError
 from time_ray.core.experiment import Experiment
 from time_ray.core.metrics import summarize
 from time_ray.core.results import metrics_frame, timesteps_frame, write_parquet_atomic
+from time_ray.logs import worker_console
 from time_ray.orchestration import faults
 from time_ray.orchestration.expert_cache import lease
 from time_ray.orchestration.expert_training import TrainLoopConfig, take_cached, train_experts
@@ -41,6 +42,7 @@ from time_ray.orchestration.loopback_torch import torch_config
 from time_ray.orchestration.merge_actor import MergeActor
 from time_ray.orchestration.storage import Storage
 
+logger = logging.getLogger(__name__)
 POLL_SECONDS = 0.2
 TRAIN_MAX_FAILURES = 3  # restarts of a Train run whose worker died
 
@@ -203,9 +205,8 @@ class TrialDriver:
                 _trainer(self.trial, self.run, replace(config, first_init=(t, init_ref))).fit()
             return
         which = f"all {self.experiment.tasks}" if first == 1 else f"{self.experiment.tasks - first + 1} remaining"
-        print(
-            f"policy {self.trial_id}: {which} experts from the expert cache, no Train run", file=sys.stderr, flush=True
-        )
+        worker_console()  # this runs in a Tune trial actor: the driver's console handler and level
+        logger.info("policy %s: %s experts from the expert cache, no Train run", self.trial_id, which)
 
 
 def run_trial(config: dict, trials: dict[str, Trial], run: RunContext) -> None:

@@ -1,0 +1,157 @@
+"""Diagnostics through logging (time_ray.logs): one console handler set by the CLI, -v/--verbose and
+-q/--quiet before or after the command, results on stdout whatever the level, and a Ray worker's
+messages at the driver's level."""
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from time_ray.cli import main
+from time_ray.config import expand_trials, load_config
+from time_ray.logs import LEVEL_ENV, ConsoleHandler, configure, worker_console
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs/quickstart.yaml")
+# `data stats` in a few seconds, in this process: an untrained base, two tasks of one step
+TINY_STATS = [
+    "--set",
+    "stream.builtin={adaptation_datasets: 2, heldout_datasets: 2, classes_per_dataset: 2, "
+    "pretrain_classes: 2, train_per_class: 4, test_per_class: 2}",
+    "--set",
+    "stream.tasks=2",
+    "--set",
+    "model.pretrained=none",
+    "--set",
+    "budget.steps_per_task=1",
+    "--json",
+]
+TIMESTEP_LINE = re.compile(r"^  t=\d: A_KA \d\.\d{3}  A_ZS \d\.\d{3}  GM \d\.\d{3}$", re.M)
+# the same trial twice: a warning of config.expand_trials
+DUPLICATES = ["--set", "budget.steps_per_task=10", "--set", "budget.multipliers=[1.0, 1.02]"]
+
+
+def test_default_shows_todays_lines_and_results_stay_on_stdout(capsys):
+    assert main(["data", "stats", CONFIG, *TINY_STATS]) in (0, 1)  # 1: the tiny stream's properties fail
+    out, err = capsys.readouterr()
+    assert set(json.loads(out)) >= {"properties", "trajectory"}
+    assert err.startswith("sequential finetuning over 2 tasks, 1 steps each (no Ray)\n"), err
+    assert len(TIMESTEP_LINE.findall(err)) == 2, err
+    assert "DEBUG" not in err and "time-ray: config " not in err  # no debugging detail by default
+
+
+def test_quiet_hides_info_but_keeps_results_warnings_and_errors(capsys):
+    assert main(["data", "stats", CONFIG, *TINY_STATS, "--quiet"]) in (0, 1)
+    out, err = capsys.readouterr()
+    assert err == "" and "properties" in json.loads(out)
+
+    assert main(["-q", "plan", CONFIG, *DUPLICATES]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("quickstart: ")
+    assert err.startswith("time-ray: budget.multipliers 1, 1.02 all give 10 steps per task"), err
+
+    assert main(["--quiet", "plan", str(ROOT / "configs/no-such.yaml")]) == 2
+    assert capsys.readouterr().err == f"time-ray: error: config {ROOT / 'configs/no-such.yaml'}: no such file.\n"
+
+
+def test_verbose_shows_debug_before_or_after_the_command(capsys):
+    assert main(["plan", CONFIG]) == 0
+    assert capsys.readouterr().err == ""
+    for argv in (["--verbose", "plan", CONFIG], ["plan", CONFIG, "-v"], ["data", "-v", "show", CONFIG]):
+        assert main(argv) == 0
+        out, err = capsys.readouterr()
+        assert out.startswith("quickstart: "), out
+        assert "(log level DEBUG" in err and "time-ray: config " in err and "fingerprint " in err, err
+
+
+def test_verbose_and_quiet_together_are_refused(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["-v", "plan", CONFIG, "--quiet"])
+    assert exit_.value.code == 2 and "choose one" in capsys.readouterr().err
+
+
+def test_one_handler_however_often_main_runs(capsys):
+    for _ in range(3):
+        assert main(["plan", CONFIG, "--verbose", *DUPLICATES]) == 0
+        err = capsys.readouterr().err
+        assert err.count("time-ray: config ") == 1 and err.count("budget.multipliers 1, 1.02") == 1, err
+    handlers = logging.getLogger("time_ray").handlers
+    assert sum(isinstance(h, ConsoleHandler) for h in handlers) == 1, handlers
+    assert os.environ[LEVEL_ENV] == "DEBUG"  # for the processes of the Ray it would start
+
+
+def test_progress_lines_look_as_before(capsys):
+    from time_ray.orchestration.progress import ProgressPrinter
+
+    configure(logging.INFO)
+    cfg = load_config("configs/quickstart.yaml", ["policies.presets=[sequential-ft]", "policies.multitask=true"])
+    printer = ProgressPrinter(expand_trials(cfg), tasks=2)  # a trial of 2 tasks + 1, the multitask reference 2
+    printer.done = 3
+    printer._line("a: started")
+    assert re.fullmatch(r"\[ {5}\ds   3/5\] a: started\n", capsys.readouterr().err)
+    configure(logging.WARNING)  # --quiet
+    printer._line("a: started")
+    assert capsys.readouterr().err == ""
+
+
+def test_worker_console_outside_ray_leaves_a_library_users_logging_alone(monkeypatch):
+    monkeypatch.delenv(LEVEL_ENV, raising=False)
+    worker_console()
+    assert not any(isinstance(h, ConsoleHandler) for h in logging.getLogger("time_ray").handlers)
+
+
+@pytest.mark.parametrize("level, expected", [("INFO", "info\nwarning\n"), ("WARNING", "warning\n")])
+def test_worker_console_takes_the_level_from_the_driver(level, expected):
+    """A process started by the CLI (a local Ray's worker inherits the variable) logs at the CLI's level."""
+    code = (
+        "import logging; from time_ray.logs import worker_console; worker_console(); worker_console(); "
+        "log = logging.getLogger('time_ray.x'); log.debug('debug'); log.info('info'); log.warning('warning')"
+    )
+    env = {**os.environ, LEVEL_ENV: level, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == expected, proc.stderr
+
+
+@pytest.mark.e2e
+def test_a_ray_worker_logs_at_the_drivers_level(monkeypatch):
+    """The level reaches the workers of an embedded Ray (local_ray.init_ray); without it a Ray worker
+    logs at INFO. (The message then reaches the console as a print would: Ray forwards the worker's
+    stderr with --verbose, see tests/orchestration/test_lazy_training.py.)"""
+    import ray
+
+    from time_ray.orchestration.local_ray import init_ray, shutdown_ray
+
+    class _Worker:  # here, not at module level: sent to Ray by value
+        def log(self, drop_level: bool) -> str:
+            """Calls worker_console in this Ray worker and returns what time-ray's messages wrote to stderr."""
+            import io
+
+            from time_ray.logs import LEVEL_ENV, worker_console
+
+            if drop_level:  # a worker of a cluster the sweep joined: the driver's environment does not reach it
+                os.environ.pop(LEVEL_ENV, None)
+            stderr, sys.stderr = sys.stderr, io.StringIO()
+            try:
+                worker_console()
+                logger = logging.getLogger("time_ray.orchestration.trial")
+                logger.info("info")
+                logger.warning("warning")
+                return sys.stderr.getvalue()
+            finally:
+                sys.stderr = stderr
+
+    monkeypatch.setenv(LEVEL_ENV, "WARNING")  # what configure() sets for `time-ray --quiet sweep`
+    init_ray(temp_dir=tempfile.mkdtemp(prefix="tr-", dir="/tmp"), num_cpus=1)
+    try:
+        worker = ray.remote(num_cpus=0)(_Worker)
+        quiet, joined = worker.remote(), worker.remote()  # two actors: two processes
+        assert ray.get(quiet.log.remote(False)) == "warning\n"
+        assert ray.get(joined.log.remote(True)) == "info\nwarning\n"
+    finally:
+        shutdown_ray()
