@@ -234,3 +234,23 @@ def test_lenient_where_yaml_needs_it_and_core_gets_its_dataclasses():
     assert asdict(cfg.stream.builtin)["seed"] == 0 and asdict(cfg.training)["lr"] == 1.0
     built = SweepConfig(seeds=[1, 2], resources={"use_gpu": True}, stream={"builtin": {"seed": 5}})
     assert built.seeds == (1, 2) and built.resources.use_gpu and built.stream.builtin == BenchmarkSpec(seed=5)
+
+
+def test_set_indexes_lists_in_a_field_path():
+    from time_ray.config import apply_overrides
+
+    raw = {"stream": {"data": {"datasets": [{"path": "a", "role": "adaptation"}, {"path": "b", "role": "adaptation"}]}}}
+    apply_overrides(raw, ["stream.data.datasets[1].role=heldout"])
+    assert [d["role"] for d in raw["stream"]["data"]["datasets"]] == ["adaptation", "heldout"]
+    grids = "policies.grid=[{init: [zs], deploy: [ft]}, {init: [ft], deploy: [ft]}]"
+    cfg = load_config("configs/quickstart.yaml", [grids, "policies.grid[1].deploy=[ema]", "seeds[0]=5"])
+    assert cfg.policies.grid[1]["deploy"] == ["ema"] and cfg.seeds == (5,)
+    for override, words in (
+        ("policies.grid[2].init=[ft]", ["policies.grid has 2 item(s)", "[2] is out of range"]),
+        ("name[0]=x", ["name holds str", "not a list"]),
+        ("seeds.first=1", ["seeds holds list", "an item: --set seeds[0]=..."]),
+        ("policies.grid[x]=1", ["not a field path", "datasets[1].role=heldout"]),
+    ):
+        with pytest.raises(ConfigError) as error:
+            load_config("configs/quickstart.yaml", [grids, override])
+        assert all(w in str(error.value) for w in words), str(error.value)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
@@ -279,29 +280,64 @@ def parse_key_value(item: str, option: str, example: str) -> tuple[str, object]:
         ) from None
 
 
+_PATH_PART = re.compile(r"([^.\[\]]+)((?:\[\d+\])*)")
+
+
+def _field_path(key: str, item: str) -> list[str | int]:
+    """``stream.data.datasets[1].role`` -> ['stream', 'data', 'datasets', 1, 'role']."""
+    tokens: list[str | int] = []
+    for part in key.strip().split("."):
+        match = _PATH_PART.fullmatch(part)
+        if not match:
+            raise ConfigError(
+                f"--set {item!r}: {key!r} is not a field path; expected names joined by dots, each optionally "
+                "followed by list indexes, e.g. budget.steps_per_task=50 or stream.data.datasets[1].role=heldout."
+            )
+        tokens.append(match.group(1))
+        tokens += [int(i) for i in re.findall(r"\[(\d+)\]", match.group(2))]
+    return tokens
+
+
+def _shown(tokens: list[str | int]) -> str:
+    return "".join(f"[{t}]" if isinstance(t, int) else f".{t}" for t in tokens).lstrip(".")
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """``--set a.b.c=value`` (value parsed as YAML) onto the raw config mapping."""
+    """``--set a.b.c=value`` (value parsed as YAML) onto the raw config mapping; ``a.b[1].c=value``
+    sets a field of an item of a list (``stream.data.datasets[1].role=heldout``)."""
     for item in overrides:
         key, value = parse_key_value(item, "--set", "budget.steps_per_task=50")
-        parts = key.strip().split(".")
-        if not all(parts):
-            raise ConfigError(
-                f"--set {item!r}: {key!r} is not a field path; expected names joined by dots, "
-                "e.g. budget.steps_per_task=50."
-            )
-        node = raw
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                where = ".".join(parts[: i + 1])
+        tokens = _field_path(key, item)
+        node: dict | list = raw
+        for i, token in enumerate(tokens):
+            last = i == len(tokens) - 1
+            where = _shown(tokens[:i])
+            if isinstance(token, int):
+                if not isinstance(node, list):
+                    raise ConfigError(
+                        f"--set {key}: {where} holds {type(node).__name__} {node!r:.60}, not a list; "
+                        f"index it only where it is a list."
+                    )
+                if token >= len(node):
+                    raise ConfigError(
+                        f"--set {key}: {where} has {len(node)} item(s), so [{token}] is out of range "
+                        f"(indexes start at 0)."
+                    )
+            elif not isinstance(node, dict):
                 raise ConfigError(
-                    f"--set {key}: {where} holds {type(child).__name__} {child!r}, not a mapping of "
+                    f"--set {key}: {where} holds {type(node).__name__} {node!r:.60}, not a mapping of "
                     f"fields; set it as a whole instead, e.g. --set {where}=..."
+                    + (f", or an item: --set {where}[0]=..." if isinstance(node, list) else "")
                 )
+            if last:
+                node[token] = value  # type: ignore[index]
+                break
+            child = node.get(token) if isinstance(node, dict) else node[token]  # type: ignore[index]
+            if child is None and isinstance(token, str) and not isinstance(tokens[i + 1], int):
+                child = node[token] = {}  # type: ignore[index]
+            elif child is None:
+                raise ConfigError(f"--set {key}: {_shown(tokens[: i + 1])} is not set; set it as a whole first.")
             node = child
-        node[parts[-1]] = value
     return raw
 
 
