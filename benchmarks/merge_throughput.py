@@ -15,10 +15,16 @@
 * Peak anonymous memory above the level before each merge (RssAnon, sampled every 5 ms; mmapped checkpoint
   pages are file-backed and not counted), the merged model itself included.
 * Exactness on a smaller model (tiny-clip-wide, 8M parameters; ``--quick``: tiny-clip), k = 3 and k = 20,
-  text tower task vectors quantized (ties at thresholds, zero sums): each technique against a straightforward
-  reference written here (whole towers at once, ``torch.kthvalue`` thresholds, a stable sort for DARE's exact
-  drop count, sums over experts in the documented order of ``CascadeSum``, which changes above 16 experts):
-  bit-identical, except ``average`` within rtol 1e-6 (the reference rounds w_k * theta_k separately).
+  text tower task vectors quantized (ties at thresholds, zero sums): each technique against its spec, the
+  paper-like definition of ``time_ray.core.merging.spec`` run by ``spec_merge`` (whole towers at once,
+  ``torch.kthvalue`` thresholds, a stable sort for DARE's exact drop count, sums over experts in the
+  documented order of ``CascadeSum``, which changes above 16 experts): bit-identical, except the techniques
+  on the weights themselves (``average``; SLERP, Model Stock) within rtol 1e-6 (a spec sees theta_k as
+  theta_0 + tau_k, which can differ from theta_k in the last bit).
+* Spec-only techniques (registered by the spec layer with ``executable=True``, e.g. ``tsv_m``, ``iso_c``)
+  are timed too when registered, with no target and no exactness check (their spec is what runs); they
+  materialise every expert and its task vector (2 k x the model in memory), so they are left out of the
+  memory target.
 * The naive threshold: ``torch.kthvalue`` over each expert tower's concatenated |tau|, at k = 10.
 * Cold and warm: TIES and Breadcrumbs remember each file expert's |tau| thresholds (per content, theta_0 and
   rank), DARE its thresholds (per seed, expert index, tensors and rank: its scores do not depend on the
@@ -33,11 +39,12 @@ magmax within 3x of average's time at k = 10; peak extra anonymous memory <= the
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
+import pkgutil
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,12 +52,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _common import MIB, emit, interleaved, log, machine, median, model_shapes, synthetic_pool, verdict  # noqa: E402
 
+import time_ray.core.merging.spec as spec_layer  # noqa: E402
 from time_ray.core.checkpoints import materialize  # noqa: E402
+from time_ray.core.merging import TECHNIQUES as REGISTRY  # noqa: E402
 from time_ray.core.merging import make_technique, tower_of  # noqa: E402
-from time_ray.core.merging.base import CascadeSum  # noqa: E402
 from time_ray.core.merging.sparse import SELECTIONS  # noqa: E402
+from time_ray.core.merging.spec import SPECS, SpecTechnique, spec_merge  # noqa: E402
+
+for _module in pkgutil.iter_modules(spec_layer.__path__):  # every spec module: registers its specs
+    importlib.import_module(f"{spec_layer.__name__}.{_module.name}")
 
 TECHNIQUES = ["average", "task_arithmetic", "ties", "dare_ties", "breadcrumbs_ties", "magmax"]
+ON_WEIGHTS = ["average", "slerp", "model_stock"]  # their spec sees theta_k as theta_0 + tau_k: rtol 1e-6
 SPARSE = ["ties", "dare_ties", "breadcrumbs_ties", "magmax"]
 REMEMBERED = ["ties", "dare_ties", "breadcrumbs_ties"]  # thresholds remembered across merges of a pool
 WORKING_SET_MIB = 256
@@ -81,82 +94,18 @@ def stack_mean(experts):
     return {key: torch.stack([e[key] for e in experts]).mean(0) for key in experts[0]}
 
 
-# ---------------------------------------------------------------- straightforward references (whole towers)
+# ---------------------------------------------------------------- the references: the spec layer
 
 
-def expert_sum(rows):
-    """Sum over experts (the rows) in the project's documented order (sequential up to 16, then cascaded)."""
-    total = CascadeSum(len(rows), rows[0])
-    for row in rows:
-        total.add(row)
-    return total.result()
-
-
-def consensus(sparse, disjoint):
-    """TIES elect + disjoint merge of a [k, N] tower: zero sums take the sign of the tower's sum of signs."""
-    gamma = torch.sign(expert_sum(sparse))
-    undecided = (gamma == 0) & (sparse != 0).any(0)
-    gamma = torch.where(undecided, torch.sign(gamma.sum()), gamma)
-    agree = sparse * gamma > 0
-    kept = torch.where(agree, sparse, 0.0)
-    if disjoint == "max":
-        return gamma * kept.abs().amax(0)
-    if disjoint == "sum":
-        return expert_sum(kept)
-    return expert_sum(kept) / agree.sum(0).clamp(min=1)
-
-
-def kth(values, rank):
-    return torch.kthvalue(values, rank).values
-
-
-def reference_tower(technique, thetas, theta_0, keys, scores):
-    """The merged [N] tower of a technique; thetas [k, N], theta_0 [N] (keys: the tower's tensors)."""
-    name, taus, n = technique.name, thetas - theta_0, theta_0.numel()
-    if name == "average":
-        return sum(w * x for w, x in zip([1 / len(thetas)] * len(thetas), thetas))
-    if name == "task_arithmetic":
-        return theta_0 + technique.lam * sum(tau for tau in taus)
-    if name == "magmax":
-        return theta_0 + technique.lam * taus.gather(0, taus.abs().argmax(0, keepdim=True))[0]
-    keep = torch.ones_like(taus, dtype=torch.bool)
-    lo = math.floor(n * Fraction(str(technique.prune)))
-    for k, tau in enumerate(taus):
-        if name == "dare_ties":  # drop exactly lo: the smallest scores, ties by position
-            keep[k, torch.sort(scores[k], stable=True).indices[:lo]] = False
-            continue
-        if name == "breadcrumbs_ties":  # sorted |tau|: keep sorted[lo] <= |tau| <= sorted[N - top - 1] (0-based)
-            top = math.floor(n * Fraction(str(technique.top)))
-            ordered = tau.abs().sort().values
-            keep[k] = (tau.abs() >= ordered[lo]) & (tau.abs() <= ordered[n - top - 1])
-            continue
-        if lo >= 1:  # TIES: keep |tau| >= the lo-th smallest
-            keep[k] &= tau.abs() >= kth(tau.abs(), lo)
-    rescale = 1 / (1 - technique.prune) if name == "dare_ties" else 1.0
-    return theta_0 + technique.lam * consensus(torch.where(keep, taus, 0.0) * rescale, technique.disjoint)
-
-
-def reference_merge(technique, experts, base):
-    merged = {}
-    for tower in ("image", "text"):
-        keys = [k for k in base if tower_of(k) == tower]
-
-        def flat(state, keys=keys):
-            return torch.cat([state[k].reshape(-1).float() for k in keys])
-
-        scores = None
-        if technique.name == "dare_ties":
-            scores = [
-                torch.cat([technique.scores(e[k].reshape(-1) - base[k].reshape(-1), i, k) for k in keys])
-                for i, e in enumerate(experts)
-            ]
-        out = reference_tower(technique, torch.stack([flat(e) for e in experts]), flat(base), keys, scores)
-        for key, part in zip(keys, out.split([base[k].numel() for k in keys])):
-            merged[key] = part.view(base[key].shape)
-    return merged
+def spec_only_techniques() -> list[str]:
+    """Techniques registered by the spec layer with ``executable=True`` (they exist only as specs; their
+    spec is what runs), in registration order."""
+    return [name for name, cls in REGISTRY.items() if issubclass(cls, SpecTechnique)]
 
 
 def check_exactness(root: Path, techniques: list[str], arch: str) -> dict:
+    """Each technique with a spec of its own (not a spec-only one: its spec is what it runs) against it."""
+    techniques = [name for name in techniques if name in SPECS and name not in spec_only_techniques()]
     shapes = model_shapes(arch)
     pool, _ = synthetic_pool(root, shapes, 20, seed=1, quantized_text=True)
     base = materialize(pool.base)
@@ -165,11 +114,12 @@ def check_exactness(root: Path, techniques: list[str], arch: str) -> dict:
         experts = [materialize(e) for e in pool.experts(k)]
         for name in techniques:
             technique = make_technique(name)
-            ours, ref = technique.merge(pool.experts(k), base=pool.base), reference_merge(technique, experts, base)
+            ours = technique.merge(pool.experts(k), base=pool.base)
+            ref = spec_merge(name, experts, None, base, **technique.params())
             differing = sum(int((ours[key] != ref[key]).sum()) for key in ref)
             worst = max(float((ours[key] - ref[key]).abs().max()) for key in ref)
             close = all(torch.allclose(ours[key], ref[key], rtol=1e-6, atol=1e-9) for key in ref)
-            exact = differing == 0 or (name == "average" and close)
+            exact = differing == 0 or (name in ON_WEIGHTS and close)
             report[f"{name}_k{k}"] = {"differing_entries": differing, "max_abs_diff": worst, "exact": exact}
             log(
                 f"  exactness {name:<17} k={k:<3} differing entries {differing:>7}  max |diff| {worst:.3g}"
@@ -187,7 +137,7 @@ def naive_threshold(experts, base):
         for tower in ("image", "text"):
             keys = [k for k in base if tower_of(k) == tower]
             magnitudes = torch.cat([(expert[k] - base[k]).abs().reshape(-1) for k in keys])
-            kth(magnitudes, math.floor(magnitudes.numel() * 0.2))
+            torch.kthvalue(magnitudes, math.floor(magnitudes.numel() * 0.2))
             del magnitudes
 
 
@@ -225,7 +175,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ks", default=None, help="comma-separated pool sizes (default 2,5,10,20)")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the merge actor)")
-    parser.add_argument("--techniques", default=",".join(TECHNIQUES))
+    parser.add_argument("--techniques", default=",".join(TECHNIQUES + spec_only_techniques()))
     parser.add_argument("--dir", default=None, help="where the temporary checkpoints go (default: the system temp dir)")
     args = parser.parse_args(argv)
     arch = args.arch or ("tiny-clip-wide" if args.quick else "ViT-B-16")
@@ -269,6 +219,11 @@ def main(argv=None) -> int:
         for name in REMEMBERED
         if name + "_warm" in at and "average" in at
     ]
+    spec_only = [
+        f"{name} {at[name]['seconds'] / at['average']['seconds']:.2f}x"
+        for name in spec_only_techniques()
+        if name in at and "average" in at
+    ]
     emit(
         results,
         verdicts(results, techniques, model_bytes),
@@ -279,6 +234,14 @@ def main(argv=None) -> int:
                 f"average at k={naive['k']}: " + ", ".join(warm)
             ]
             if warm
+            else []
+        )
+        + (
+            [
+                f"spec-only techniques (the spec layer's executable=True: whole models materialised, no target), "
+                f"time vs average at k={naive['k']}: " + ", ".join(spec_only)
+            ]
+            if spec_only
             else []
         ),
     )
@@ -304,7 +267,8 @@ def verdicts(results: dict, techniques: list[str], model_bytes: int) -> list[str
         f"(target: bit-identical, average rtol 1e-6) {'OK' if exact else 'MISS'}"
     )
     bound = model_bytes / MIB + WORKING_SET_MIB
-    worst = max(v[name]["peak_anon_extra_mib"] for v in by_k.values() for name in techniques)
+    optimised = [name for name in techniques if name not in spec_only_techniques()]  # spec-only: materialised
+    worst = max(v[name]["peak_anon_extra_mib"] for v in by_k.values() for name in optimised)
     lines.append(
         verdict(
             "peak extra anonymous memory of any technique at any k",
