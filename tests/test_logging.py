@@ -41,7 +41,9 @@ def test_default_shows_todays_lines_and_results_stay_on_stdout(capsys):
     assert main(["data", "stats", CONFIG, *TINY_STATS]) in (0, 1)  # 1: the tiny stream's properties fail
     out, err = capsys.readouterr()
     assert set(json.loads(out)) >= {"properties", "trajectory"}
-    assert err.startswith("sequential finetuning over 2 tasks, 1 steps each (no Ray)\n"), err
+    warning, info = err.split("\n", 1)  # model.pretrained: none is warned about first
+    assert warning.startswith("time-ray: model.pretrained: none starts from a randomly initialised tiny-clip")
+    assert info.startswith("sequential finetuning over 2 tasks, 1 steps each (no Ray)\n"), err
     assert len(TIMESTEP_LINE.findall(err)) == 2, err
     assert "DEBUG" not in err and "time-ray: config " not in err  # no debugging detail by default
 
@@ -49,7 +51,8 @@ def test_default_shows_todays_lines_and_results_stay_on_stdout(capsys):
 def test_quiet_hides_info_but_keeps_results_warnings_and_errors(capsys):
     assert main(["data", "stats", CONFIG, *TINY_STATS, "--quiet"]) in (0, 1)
     out, err = capsys.readouterr()
-    assert err == "" and "properties" in json.loads(out)
+    assert "properties" in json.loads(out)
+    assert err.startswith("time-ray: model.pretrained: none") and err.count("\n") == 1, err  # the warning only
 
     assert main(["-q", "plan", CONFIG, *DUPLICATES]) == 0
     out, err = capsys.readouterr()

@@ -44,3 +44,37 @@ def test_storage_counts_each_unique_expert_once_plus_the_ema_chains():
     cfg = load_config("configs/quickstart.yaml")  # 3 trials x 4 tasks; best-in-time keeps r_1..r_4
     plan = make_plan(cfg, flops_per_step=1e9, model_bytes=1)
     assert plan["storage_bytes"] == plan["unique_experts"] + 4 + 1
+
+
+def test_plan_shows_the_data_and_the_base_model(capsys):
+    from time_ray.cli import main
+
+    assert main(["plan", "configs/quickstart.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "base model: builtin (tiny-clip pretrained on the built-in pretraining pool;" in out
+    assert "data: 21 datasets, 240 classes" in out and "heldout-00           heldout" in out
+    assert "stream: 4 tasks of 35 (dataset, class) pairs" in out and "  task 4: adapt-10+++" in out
+    assert out.index("trials:") < out.index("best-in-time-average-")
+
+
+def test_plan_checks_theta_0_as_the_sweep_does(capsys, tmp_path):
+    """A missing checkpoint, a checkpoint of another architecture and a tag that is not the
+    architecture's fail `plan` as they would fail `sweep` (exit 2, one line naming model.pretrained)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from time_ray.cli import main
+
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(other))
+    for pretrained, words in (
+        (str(tmp_path / "missing.safetensors"), ["missing.safetensors"]),
+        (str(other), ["other.safetensors"]),
+        ("laion2b_s34b_b88k", ["tiny-clip"]),
+    ):
+        assert main(["plan", "configs/quickstart.yaml", "--set", f"model.pretrained={pretrained}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("time-ray: error: ") and all(w in err for w in words), err
+    assert main(["plan", "configs/quickstart.yaml", "--set", "model.pretrained=none"]) == 0
+    captured = capsys.readouterr()
+    assert "base model: none" in captured.out and "starts at chance" in captured.err

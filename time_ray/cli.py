@@ -195,16 +195,13 @@ def cmd_sweep(args) -> int:
     return 0
 
 
-def cmd_data_show(args) -> int:
-    """``time-ray data show``: the datasets and the task stream of a config, no image decoded."""
-    import json
-
-    from time_ray.config import load_config
+def _data_outline(cfg) -> tuple[list[dict], list[list[str]], int]:
+    """The config's datasets (a row each: name, role, classes, images...), its tasks as
+    ``dataset+++class`` names and the image size, without decoding an image."""
     from time_ray.core.errors import ConfigError
     from time_ray.core.real_data import dataset_row, outline_real_data
     from time_ray.core.stream import make_stream
 
-    cfg = load_config(args.config, args.overrides)
     if cfg.stream.benchmark == "builtin":
         from time_ray.core.benchmark import build_benchmark
 
@@ -221,13 +218,13 @@ def cmd_data_show(args) -> int:
         stream = make_stream(bench, cfg.stream.tasks, cfg.stream.order, cfg.stream.seed, pairs)
     except ValueError as exc:
         raise ConfigError(f"stream: {exc}.") from None
-    tasks = [[f"{bench.class_dataset[c]}+++{bench.class_names[c]}" for c in task] for task in stream]
-    if args.json:
-        print(json.dumps({"datasets": rows, "tasks": tasks}))
-        return 0
+    return rows, [[f"{bench.class_dataset[c]}+++{bench.class_names[c]}" for c in task] for task in stream], size
+
+
+def _print_data(name: str, rows: list[dict], tasks: list[list[str]], size: int) -> None:
     images = sum(r["n_train"] + r["n_test"] for r in rows)
     print(
-        f"{cfg.name}: {len(rows)} datasets, {sum(r['classes'] for r in rows)} classes, {images:,} images "
+        f"{name}: {len(rows)} datasets, {sum(r['classes'] for r in rows)} classes, {images:,} images "
         f"({images * 3 * size * size * 2 / 2**30:,.2f} GiB decoded at {size} px, in every process that trains or "
         "evaluates)"
     )
@@ -242,6 +239,20 @@ def cmd_data_show(args) -> int:
     for t, task in enumerate(tasks, 1):
         shown = ", ".join(task[:3]) + (f", ... ({len(task) - 3} more)" if len(task) > 3 else "")
         print(f"  task {t}: {shown}")
+
+
+def cmd_data_show(args) -> int:
+    """``time-ray data show``: the datasets and the task stream of a config, no image decoded."""
+    import json
+
+    from time_ray.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    rows, tasks, size = _data_outline(cfg)
+    if args.json:
+        print(json.dumps({"datasets": rows, "tasks": tasks}))
+        return 0
+    _print_data(cfg.name, rows, tasks, size)
     return 0
 
 
@@ -343,11 +354,34 @@ def _weights(text: str, n: int) -> list[float]:
     return weights
 
 
+def _base_model_line(cfg) -> str:
+    """theta_0 as the sweep will get it, checked as the sweep checks it (a checkpoint must exist and fit
+    the architecture; a tag must be open_clip's for it and be cached or downloadable)."""
+    from time_ray.core.base_model import builtin_cache_path, load_base
+
+    pretrained, arch = cfg.model.pretrained, cfg.model.arch
+    if pretrained == "builtin":
+        path = builtin_cache_path(arch, cfg.stream.builtin, cfg.model.base_training)
+        recipe = cfg.model.base_training
+        state = (
+            f"cached at {path}"
+            if path.exists()
+            else f"not cached yet: {recipe.steps} steps at batch {recipe.batch_size} when the sweep starts"
+        )
+        return f"base model: builtin ({arch} pretrained on the built-in pretraining pool; {state})"
+    if pretrained == "none":
+        return f"base model: none ({arch} at random initialisation: zero-shot accuracy starts at chance)"
+    load_base(arch, pretrained, cfg.stream.builtin, cfg.model.base_training)
+    return f"base model: {pretrained} (loaded and checked against {arch})"
+
+
 def cmd_plan(args) -> int:
     from time_ray.config import load_config
     from time_ray.plan import make_plan
 
     cfg = load_config(args.config, args.overrides)
+    rows, tasks, size = _data_outline(cfg)  # what the sweep checks first: the data, theta_0's source
+    base = _base_model_line(cfg)
     plan = make_plan(cfg, device_tflops=args.device_tflops)
     print(
         f"{cfg.name}: {plan['trials']} trials x {plan['tasks']} tasks; {plan['expert_trainings']} expert trainings, "
@@ -363,6 +397,8 @@ def cmd_plan(args) -> int:
         f"storage: about {plan['storage_bytes'] / 2**30:.2f} GiB (model {plan['model_bytes'] / 2**20:.1f} MiB; "
         "the expert cache, which pools reference; EMA chains; theta_0)"
     )
+    print(base)
+    _print_data("data", rows, tasks, size)
     if cfg.search.samples:
         print(
             f"search: {cfg.search.samples} {cfg.search.method} draws of {', '.join(cfg.search.space)} per grid "
@@ -377,6 +413,7 @@ def cmd_plan(args) -> int:
             f"({1 - plan['early_stopping_fraction']:.0%} saved before deduplication); after the run, "
             "trials.parquet says which trials were stopped and what that saved"
         )
+    print("trials:")
     for t in plan["trials_list"]:
         print(
             f"  {t.trial_id:<40} init={t.init:<6} deploy={t.deploy:<6} merge={t.merge} "

@@ -530,6 +530,12 @@ def validate(cfg: SweepConfig) -> None:
 
     check_arch(cfg.model.arch)
     _check(len(expand_policies(cfg)) > 0, "policies: names no policy; give presets or a grid.")
+    if cfg.model.pretrained == "none":
+        logger.warning(
+            "time-ray: model.pretrained: none starts from a randomly initialised %s: zero-shot accuracy (A_ZS) "
+            "starts at chance; give builtin, an open_clip tag or a checkpoint for a pretrained theta_0",
+            cfg.model.arch,
+        )
 
 
 # ---------------------------------------------------------------- policies and trials (core.policy_space)

@@ -536,10 +536,12 @@ def test_shipped_config_shows_and_plans_on_the_authors_layout(tree, capsys):
     assert sorted(n for n, r in roles.items() if r == "heldout") == sorted(set(HELDOUT) - set(RETRIEVAL))
     assert sorted(n for n, r in roles.items() if r == "retrieval") == RETRIEVAL
     assert len(out["tasks"]) == 20 and [e for t in out["tasks"] for e in t] == stream_entries(tree["stream_file"])
-    small = ["--set", "model.arch=tiny-clip", "--set", "training.batch_size=8"]
+    # plan checks theta_0 as the sweep does: the config's ViT-B-16 tag is no tiny-clip tag, so none here
+    small = ["--set", "model.arch=tiny-clip", "--set", "training.batch_size=8", "--set", "model.pretrained=none"]
     assert main(["plan", "configs/fomo-in-flux.yaml", *overrides, *small, "--device-tflops", "400"]) == 0
     out = capsys.readouterr().out
     assert "5 trials x 20 tasks" in out and "device-hours at 400 TFLOP/s" in out and out.count("steps/task=1420") == 5
+    assert "base model: none" in out and "task 20:" in out and "zero-shot accuracy starts at chance" in out
 
 
 def test_outline_shows_pretrain_only_datasets_without_decoding(tree):

@@ -56,9 +56,14 @@ def builtin_key(arch: str, spec: BenchmarkSpec, recipe: BaseTraining) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def builtin_cache_path(arch: str, spec: BenchmarkSpec, recipe: BaseTraining) -> Path:
+    """Where the built-in base model of this recipe is cached."""
+    return cache_dir() / "base" / f"{arch}-{builtin_key(arch, spec, recipe)}.safetensors"
+
+
 def builtin_base(arch: str, spec: BenchmarkSpec, recipe: BaseTraining) -> tuple[dict, Path]:
     """The pretrained base weights, from the cache or trained now (and then cached)."""
-    path = cache_dir() / "base" / f"{arch}-{builtin_key(arch, spec, recipe)}.safetensors"
+    path = builtin_cache_path(arch, spec, recipe)
     if path.exists():
         logger.info("base model: reusing %s", path)
         return load_file(str(path)), path

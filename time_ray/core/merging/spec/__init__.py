@@ -134,3 +134,6 @@ def _register_executable(s: Spec) -> None:
         },
     )
     register(cls)
+
+
+from time_ray.core.merging.spec import dense, generalized  # noqa: E402,F401  (registers their specs)
