@@ -158,3 +158,28 @@ def test_a_ray_worker_logs_at_the_drivers_level(monkeypatch):
         assert ray.get(joined.log.remote(True)) == "info\nwarning\n"
     finally:
         shutdown_ray()
+
+
+def test_progress_lines_carry_an_eta_from_the_rate_so_far(capsys, monkeypatch):
+    from time_ray.orchestration import progress
+
+    configure(logging.INFO)
+    cfg = load_config("configs/quickstart.yaml", ["policies.presets=[sequential-ft, offline-merge]"])
+    now = [1000.0]
+    monkeypatch.setattr(progress.time, "time", lambda: now[0])
+    printer = progress.ProgressPrinter(expand_trials(cfg), tasks=4)  # 2 trials x 4 timesteps t >= 1
+
+    def result(t):
+        return {"policy": "p", "timestep": t, "tasks": 4, "a_ka": 0.5, "a_zs": 0.5, "gm": 0.5}
+
+    printer.on_trial_result(0, [], None, result(0))  # theta_0's evaluation: no rate yet
+    assert "ETA" not in capsys.readouterr().err
+    now[0] += 30.0
+    printer.on_trial_result(0, [], None, result(1))  # 1 of 8 timesteps in 30 s: 7 x 30 s left
+    assert capsys.readouterr().err.rstrip().endswith("GM 0.500  ETA 3m30s")
+    printer.trained_done = 7
+    now[0] = 1000.0 + 7200.0
+    printer.on_trial_result(0, [], None, result(4))  # the last one: no ETA
+    assert "ETA" not in capsys.readouterr().err
+    printer.trained_done, printer.trained_total = 1, 100
+    assert printer.eta() == "  ETA 198h00m"

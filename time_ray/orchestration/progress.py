@@ -40,6 +40,20 @@ class ProgressPrinter(Callback):
         self.total = sum(2 if t.multitask else tasks + 1 for t in trials)
         self.done = 0
         self.start = time.time()
+        self.trained_total = sum(1 if t.multitask else tasks for t in trials)  # timesteps t >= 1: the slow ones
+        self.trained_done = 0
+
+    def eta(self) -> str:
+        """'  ETA 2m05s': the remaining timesteps t >= 1 at the rate seen so far ('' before the first)."""
+        left = self.trained_total - self.trained_done
+        if self.trained_done == 0 or left <= 0:
+            return ""
+        seconds = round((time.time() - self.start) / self.trained_done * left)
+        return (
+            f"  ETA {seconds // 3600}h{seconds // 60 % 60:02d}m"
+            if seconds >= 3600
+            else f"  ETA {seconds // 60}m{seconds % 60:02d}s"
+        )
 
     def _line(self, msg: str) -> None:
         elapsed = time.time() - self.start
@@ -50,10 +64,11 @@ class ProgressPrinter(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.done += 1
+        self.trained_done += result["timestep"] > 0
         cached = "  (expert from the cache)" if result.get("expert_cache_hit") else ""
         self._line(
             f"{result['policy']:<16} t={result['timestep']}/{result['tasks']}  "
-            f"A_KA {result['a_ka']:.3f}  A_ZS {result['a_zs']:.3f}  GM {result['gm']:.3f}{cached}"
+            f"A_KA {result['a_ka']:.3f}  A_ZS {result['a_zs']:.3f}  GM {result['gm']:.3f}{cached}{self.eta()}"
         )
 
     def on_trial_recover(self, iteration, trials, trial, **info):
