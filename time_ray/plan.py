@@ -14,7 +14,8 @@ DEFAULT_DEVICE_TFLOPS = 100.0  # sustained training throughput assumed for devic
 def init_lineage(trial: Trial, t: int) -> str:
     """What expert t of a trial starts from, as a name: every trial whose experts share it trains the
     same expert. Task 1 and the zs strategy start at theta_0; otherwise the start depends on the
-    trial's own history, which its init strategy (and the settings that strategy merges with) fixes."""
+    trial's own history, which its init strategy (and the settings that strategy merges with) fixes.
+    ``ft`` and ``opcm`` use no merging technique: trials differing only in it share their experts."""
     policy = trial.policy
     if t == 1 or policy.init == "zs":
         return "theta_0"
@@ -64,7 +65,8 @@ def make_plan(
     experts = unique_experts(trials, tasks)
     trainings = sum(1 if t.multitask else tasks for t in trials)
     gflops = sum(steps for _, _, steps, _, _ in experts) * flops / 1e9
-    chains = sum(tasks for t in trials if "ema" in (t.init, t.deploy))
+    # the EMA chain r_t and the OPCM chain m_t (its technique-free rule) are kept per trial
+    chains = sum(tasks * len({"ema", "opcm"} & {t.init, t.deploy}) for t in trials)
     stop = cfg.search.early_stopping
     fraction = asha_fraction(tasks, stop.grace_period, stop.reduction_factor) if stop.scheduler else 1.0
     return {

@@ -59,6 +59,8 @@ def test_registry_names_every_technique():
         "random",
         "model_stock",
         "towers",
+        "tsv_m",
+        "iso_c",
     }
 
 

@@ -11,9 +11,9 @@ from matplotlib.figure import Figure
 
 from time_ray.analysis.stats import pareto_front
 
-INIT_ORDER = ("zs", "ft", "ema", "all", "ft-zs")
-DEPLOY_ORDER = ("ft", "ema", "all", "ft-zs")
-INIT_MARKERS = {"zs": "o", "ft": "s", "ema": "^", "all": "v", "ft-zs": "P"}
+INIT_ORDER = ("zs", "ft", "ema", "all", "ft-zs", "opcm")
+DEPLOY_ORDER = ("ft", "ema", "all", "ft-zs", "opcm")
+INIT_MARKERS = {"zs": "o", "ft": "s", "ema": "^", "all": "v", "ft-zs": "P", "opcm": "X"}
 BASE_STYLE = {"marker": "*", "s": 260, "color": "black", "zorder": 5}
 MULTITASK_STYLE = {"marker": "D", "s": 90, "color": "black", "zorder": 5}
 

@@ -189,8 +189,9 @@ def _apply_search(policy: dict, points: Sequence[dict]) -> list[dict]:
     """The policy at each search point, for the searched parameters it has (merge parameters of its
     technique; ema_weight when an EMA strategy is used); unchanged when it has none of them."""
     accepted = set(technique_params(make_technique(policy["merge"], **policy["merge_params"])))
-    if not policy["merge_params"].get("lines"):
-        accepted -= {"alpha", "beta"}  # LiNeS depth scaling is off: they would change nothing
+    # LiNeS' alpha and beta change nothing while its depth scaling is off (TSV-M's, Iso-C's alpha do)
+    if "lines" in accepted and not policy["merge_params"].get("lines"):
+        accepted -= {"alpha", "beta"}
     uses_ema = "ema" in (policy["init"], policy["deploy"])
     variants = []
     for point in points:

@@ -4,9 +4,10 @@ theta^i_t (init) and theta^o_t (deploy) for timestep t, with M the policy's merg
 
   init  zs: theta_0           ft: theta^s_{t-1}         ema: r_{t-1}
         all: M(theta^s_1..theta^s_{t-1}; theta_0)       ft-zs: M(theta^s_{t-1}, theta_0) with (1/2, 1/2)
+        opcm: m_{t-1}
         (at t = 1 every init strategy is theta_0)
   deploy ft: theta^s_t         ema: r_t                  all: M(theta^s_1..theta^s_t; theta_0)
-        ft-zs: M(theta^s_t, theta_0) with (1/2, 1/2)
+        ft-zs: M(theta^s_t, theta_0) with (1/2, 1/2)      opcm: m_t
 
 EMA chain: r_0 = theta_0 (or, without theta_0, r_1 = theta^s_1) and
 r_t = M(theta^s_t, r_{t-1}; anchor theta_0) with weights (w_t, 1 - w_t); w_t = 1/2 by default, or
@@ -16,6 +17,12 @@ The weights reach the technique with the models: techniques that use them (avera
 ``t`` is unset: t = the second model's weight, 1 - w_t in the chain, 1/2 for ``ft-zs``) follow the
 strategy; techniques with their own coefficients (task arithmetic, TIES family, MagMax, Random, Model Stock, or
 SLERP with ``t`` set) ignore them.
+
+OPCM chain (beyond the paper; ``core.merging.spec.opcm``): m_1 = theta^s_1 and m_t = OPCM(m_{t-1},
+theta^s_t; theta_0): each new task vector projected away from the dominant singular subspace of the merged
+update so far, the sum rescaled to the mean task-vector norm. It has its own rule, so the policy's
+merging technique M is not used by ``opcm`` (the chain's threshold is OPCM_ALPHA = 0.5, the paper's).
+Like r_t, m_t is computed once per timestep and kept in the pool (with lambda_t and the mean norm).
 """
 
 from __future__ import annotations
@@ -25,13 +32,17 @@ import json
 import math
 from dataclasses import dataclass, field
 
+import torch
+
 from time_ray.core import policy_defaults
 from time_ray.core.checkpoints import Checkpoint
 from time_ray.core.merging import Technique, WeightAveraging
+from time_ray.core.merging.spec import task_vectors
+from time_ray.core.merging.spec.opcm import OPCM_ALPHA, opcm_update, task_vector_norm
 from time_ray.core.pool import CheckpointPool
 
-INIT_STRATEGIES = ("zs", "ft", "ema", "all", "ft-zs")
-DEPLOY_STRATEGIES = ("ft", "ema", "all", "ft-zs")
+INIT_STRATEGIES = ("zs", "ft", "ema", "all", "ft-zs", "opcm")
+DEPLOY_STRATEGIES = ("ft", "ema", "all", "ft-zs", "opcm")
 
 RECENCY = {
     "uniform": lambda i: 1.0,
@@ -100,6 +111,32 @@ def chain_name(policy: Policy) -> str:
     return "ema-" + hashlib.sha256(settings.encode()).hexdigest()[:8]
 
 
+def opcm_name(alpha: float = OPCM_ALPHA) -> str:
+    """Pool name of an OPCM chain (its only setting is the threshold alpha)."""
+    return "opcm-" + hashlib.sha256(json.dumps([alpha]).encode()).hexdigest()[:8]
+
+
+def _opcm_state(pool: CheckpointPool, t: int, alpha: float = OPCM_ALPHA) -> tuple[Checkpoint, float, float]:
+    """(m_t, lambda_t, n_t) for t >= 1; m_t and (lambda_t, n_t) are kept in the pool, computed once."""
+    if t == 1:
+        first = pool.expert(1)
+        return first, 1.0, task_vector_norm(task_vectors([first], pool.base)[0])
+    kind = opcm_name(alpha)
+    cached, scale = pool.derived(kind, t), pool.derived(f"{kind}-scale", t)
+    if cached is not None and scale is not None:
+        lam, mean_norm = scale["scale"].tolist()
+        return cached, lam, mean_norm
+    prev, lam_prev, mean_prev = _opcm_state(pool, t - 1, alpha)
+    m_t, lam, mean_norm = opcm_update(prev, pool.expert(t), pool.base, lam_prev, mean_prev, t, alpha=alpha)
+    pool.put_derived(f"{kind}-scale", t, {"scale": torch.tensor([lam, mean_norm], dtype=torch.float64)})
+    return pool.put_derived(kind, t, m_t), lam, mean_norm
+
+
+def opcm_chain(pool: CheckpointPool, t: int) -> Checkpoint:
+    """m_t of the OPCM chain (m_0 = theta_0, m_1 = theta^s_1), each step computed once and kept in the pool."""
+    return pool.base if t == 0 else _opcm_state(pool, t)[0]
+
+
 def merge_all(policy: Policy, pool: CheckpointPool, n: int) -> Checkpoint:
     """M(theta^s_1..theta^s_n; theta_0), optionally with theta_0 as one more (oldest) model."""
     models = ([pool.base] if policy.all_with_base else []) + pool.experts(n)
@@ -123,6 +160,8 @@ def init_weights(policy: Policy, pool: CheckpointPool, t: int) -> Checkpoint:
         return merge_all(policy, pool, t - 1)
     if policy.init == "ft-zs":
         return with_zero_shot(policy, pool, pool.expert(t - 1))
+    if policy.init == "opcm":
+        return opcm_chain(pool, t - 1)
     raise ValueError(f"unknown init strategy {policy.init!r}; allowed: {INIT_STRATEGIES}")
 
 
@@ -138,4 +177,6 @@ def deploy_weights(policy: Policy, pool: CheckpointPool, t: int) -> Checkpoint:
         return merge_all(policy, pool, t)
     if policy.deploy == "ft-zs":
         return with_zero_shot(policy, pool, pool.expert(t))
+    if policy.deploy == "opcm":
+        return opcm_chain(pool, t)
     raise ValueError(f"unknown deploy strategy {policy.deploy!r}; allowed: {DEPLOY_STRATEGIES}")

@@ -8,12 +8,15 @@ Towers: keys starting with ``visual.`` form the image tower, all other keys the 
 
 Modules: ``base`` (registry, ``Technique``, building from config), ``lines`` (the LiNeS option),
 ``basic`` (dense techniques), ``select`` (exact k-th values over a tower), ``sparse`` (TIES, DARE-TIES,
-Breadcrumbs-TIES), ``towers`` (a technique per tower). Importing this package registers every technique.
+Breadcrumbs-TIES), ``towers`` (a technique per tower), ``spec`` (the spec layer; its ``svd`` module
+defines TSV-M and Iso-C, techniques that exist only as specs). Importing this package registers every
+technique.
 """
 
 from time_ray.core.merging.base import TECHNIQUES, Technique, make_technique, register, technique_params, tower_of
 from time_ray.core.merging.basic import MagMax, ModelStock, RandomPick, Slerp, TaskArithmetic, WeightAveraging
 from time_ray.core.merging.sparse import BreadcrumbsTies, DareTies, Ties
+from time_ray.core.merging.spec import svd as _svd  # noqa: F401 (registers tsv_m, iso_c)
 from time_ray.core.merging.towers import Towers
 
 # the public API: the techniques, their registry and how to build one from a config. The machinery
