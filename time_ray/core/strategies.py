@@ -43,6 +43,22 @@ from time_ray.core.pool import CheckpointPool
 
 INIT_STRATEGIES = ("zs", "ft", "ema", "all", "ft-zs", "opcm")
 DEPLOY_STRATEGIES = ("ft", "ema", "all", "ft-zs", "opcm")
+# one line each, for `time-ray list strategies` (the formulas: this module's docstring)
+INIT_DESCRIPTIONS = {
+    "zs": "theta_0: every task starts from the base model",
+    "ft": "theta^s_{t-1}: the previous expert (sequential finetuning)",
+    "ema": "r_{t-1}: the EMA chain of experts merged with the technique",
+    "all": "M(theta^s_1..theta^s_{t-1}; theta_0): every earlier expert merged (recency weights)",
+    "ft-zs": "M(theta^s_{t-1}, theta_0): the previous expert merged half-half with the base",
+    "opcm": "m_{t-1}: the OPCM chain (orthogonal projections; the technique is not used)",
+}
+DEPLOY_DESCRIPTIONS = {
+    "ft": "theta^s_t: the latest expert",
+    "ema": "r_t: the EMA chain, r_t = M(theta^s_t, r_{t-1}) with weights (w, 1 - w)",
+    "all": "M(theta^s_1..theta^s_t; theta_0): every expert so far merged (recency weights)",
+    "ft-zs": "M(theta^s_t, theta_0): the latest expert merged half-half with the base",
+    "opcm": "m_t: the OPCM chain (orthogonal projections; the technique is not used)",
+}
 
 RECENCY = {
     "uniform": lambda i: 1.0,

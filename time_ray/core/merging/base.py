@@ -60,6 +60,7 @@ class Technique:
     """Merges experts with weights; ``merge_tensor`` states the formula for one tensor."""
 
     name: ClassVar[str]
+    summary: ClassVar[str] = ""  # one line, for `time-ray list techniques`
     needs_base: ClassVar[bool] = False  # uses theta_0 as the anchor of task vectors
     min_models: ClassVar[int] = 1
     max_models: ClassVar[int | None] = None  # e.g. 2 for SLERP and Model Stock

@@ -23,6 +23,7 @@ class WeightAveraging(LinesOption, Technique):
     With LiNeS: theta = theta_0 + s(layer) * (sum_k w_k theta_k - theta_0) (needs the base)."""
 
     name: ClassVar[str] = "average"
+    summary: ClassVar[str] = "weight averaging: sum_k w_k theta_k (the strategy's weights)"
     lines: str | None = None
     alpha: float = 0.5
     beta: float = 0.5
@@ -50,6 +51,7 @@ class TaskArithmetic(LinesOption, Technique):
     With LiNeS, s(layer) replaces lambda."""
 
     name: ClassVar[str] = "task_arithmetic"
+    summary: ClassVar[str] = "task arithmetic: theta_0 + lambda * sum_k tau_k"
     needs_base: ClassVar[bool] = True
     lam: float = 1.0
     lines: str | None = None
@@ -102,6 +104,7 @@ class Slerp(Technique):
     weight list too, as ``weight_coefficients[0]``, uniform by default.)"""
 
     name: ClassVar[str] = "slerp"
+    summary: ClassVar[str] = "spherical interpolation of two models (t: the second model's share)"
     min_models: ClassVar[int] = 2
     max_models: ClassVar[int | None] = 2
     elementwise: ClassVar[bool] = False  # norms and cosine over the whole tensor (two models: whole is fine)
@@ -146,6 +149,7 @@ class MagMax(Technique):
     each, no per-expert subtraction); only entries where +m and -m both occur look for the first expert."""
 
     name: ClassVar[str] = "magmax"
+    summary: ClassVar[str] = "MagMax: per entry the task vector of largest magnitude, times lambda"
     needs_base: ClassVar[bool] = True
     lam: float = 1.0
 
@@ -204,6 +208,7 @@ class RandomPick(Technique):
     of a tensor draw in order from one generator: the same picks as drawing the whole tensor at once)."""
 
     name: ClassVar[str] = "random"
+    summary: ClassVar[str] = "per entry the task vector of a randomly drawn expert, times lambda"
     needs_base: ClassVar[bool] = True
     lam: float = 1.0
     seed: int = 0
@@ -234,6 +239,7 @@ class ModelStock(Technique):
     average; for opposite signs they blow up the same way)."""
 
     name: ClassVar[str] = "model_stock"
+    summary: ClassVar[str] = "Model Stock: two models interpolated toward theta_0 by their angle"
     needs_base: ClassVar[bool] = True
     min_models: ClassVar[int] = 2
     max_models: ClassVar[int | None] = 2

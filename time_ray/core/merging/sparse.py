@@ -541,6 +541,7 @@ class Ties(SparseConsensus):
     its tower, k = floor(N p) (p = ``prune``, the fraction removed; 0 keeps everything), then elect + disjoint merge."""
 
     name: ClassVar[str] = "ties"
+    summary: ClassVar[str] = "TIES: trim each tau_k to its largest entries, elect signs, disjoint merge"
 
 
 @register
@@ -551,6 +552,7 @@ class DareTies(SparseConsensus):
     name), rescale the kept ones by 1/(1-p), then elect + disjoint merge."""
 
     name: ClassVar[str] = "dare_ties"
+    summary: ClassVar[str] = "DARE-TIES: drop entries at random and rescale, elect signs, disjoint merge"
     exact_count: ClassVar[bool] = True
     seed: int = 0
 
@@ -626,6 +628,7 @@ class BreadcrumbsTies(SparseConsensus):
     thresholds cross and (ties aside) nothing of the tower is kept (the authors raise an error there)."""
 
     name: ClassVar[str] = "breadcrumbs_ties"
+    summary: ClassVar[str] = "Breadcrumbs-TIES: cut the smallest and the largest entries, elect signs, merge"
     disjoint: str = "sum"
     top: float = 0.01
 

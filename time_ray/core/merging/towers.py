@@ -57,6 +57,7 @@ class Towers(Technique):
     Each is a technique, a registered name, or {technique: NAME, param: value, ...}."""
 
     name: ClassVar[str] = "towers"
+    summary: ClassVar[str] = "a technique per tower: image (visual.*) and text"
     image: Technique = field(default_factory=WeightAveraging)
     text: Technique = field(default_factory=WeightAveraging)
 
