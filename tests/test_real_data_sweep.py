@@ -62,7 +62,7 @@ def test_real_data_mistakes_fail_at_load_time(tmp_path):
         load_config(path)
     make_folders(tmp_path / "data")
     path.write_text(config_text(tmp_path / "data").replace("pretrained: none", "pretrained: builtin"))
-    with pytest.raises(ConfigError, match="model.pretrained: 'builtin' pretrains theta_0 on the built-in benchmark"):
+    with pytest.raises(ConfigError, match="model.pretrained: builtin pretrains theta_0 on the pretrain-role"):
         load_config(path)
     path.write_text("stream: {benchmark: folders}\nmodel: {pretrained: none}\n")
     with pytest.raises(ConfigError, match="stream.data: stream.benchmark 'folders' needs"):

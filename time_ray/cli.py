@@ -157,9 +157,52 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--policy", help="the policy of the accuracy matrix, as named in the tables (default: the best final GM)"
     )
-    for command in (sweep, data, stats, show, merge, plan, report):
+    listing = sub.add_parser(
+        "list",
+        help="the merging techniques, strategies and presets a config may name, with parameters and defaults",
+        description="Lists what `policies.presets` and `policies.grid` accept, from the registries the config is "
+        "checked against: techniques (merge: [{technique: NAME, PARAM: VALUE}]) with their parameters and "
+        "defaults, init and deploy strategies, the EMA-chain / 'all' settings, and the presets.",
+    )
+    listing.add_argument("kind", nargs="?", choices=("techniques", "strategies", "presets"), help="one kind only")
+    export = sub.add_parser(
+        "export",
+        help="write one model of a sweep (an expert, or the model deployed after task T) as a checkpoint for open_clip",
+        description="Writes theta^o_T (--deployed, the default: the model the trial's policy serves after task T, "
+        "merged from its pool as the sweep did; T = 0 is theta_0) or theta^s_T (--expert: the expert trained on "
+        "task T) of one trial of a sweep directory, as a plain open_clip state dict: .safetensors, or a torch "
+        "file (.pt, .pth, .bin) by the suffix of --output. No Ray and no data needed. Trial ids: the trial_id "
+        "column of DIR/trials.parquet or the `time-ray plan` list.",
+        epilog="load it with open_clip (time-ray's own architectures, e.g. tiny-clip, are registered first):\n"
+        "  import open_clip\n"
+        "  from time_ray.core.models import MODEL_CONFIG_DIR\n"
+        "  open_clip.add_model_config(MODEL_CONFIG_DIR)  # tiny-clip, tiny-clip-wide; harmless for open_clip's own\n"
+        "  model = open_clip.create_model(ARCH, pretrained=FILE)  # ARCH: model.arch in DIR/config.yaml\n"
+        "  tokenizer = open_clip.get_tokenizer(ARCH)\n"
+        "or model.load_state_dict(safetensors.torch.load_file(FILE)) on a model of the same architecture.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("dir", help="the --output directory of `time-ray sweep` (or its storage URI)")
+    export.add_argument("--trial", required=True, help="the trial's id, e.g. best-in-time-average-1a2b3c4d")
+    export.add_argument("--timestep", "-t", type=int, required=True, help="T: after task T (1..tasks)")
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--deployed", dest="kind", action="store_const", const="deployed", help="theta^o_T (default)")
+    which.add_argument("--expert", dest="kind", action="store_const", const="expert", help="theta^s_T")
+    export.set_defaults(kind="deployed")
+    export.add_argument(
+        "--output", "-o", help="the file to write (default: DIR/export/<trial>-t<T>-<expert|deployed>.safetensors)"
+    )
+    _add_log_options(export)
+    for command in (sweep, data, stats, show, merge, plan, report, listing):
         _add_log_options(command)
     return parser
+
+
+def cmd_list(args) -> int:
+    from time_ray.listing import render
+
+    print(render(args.kind))
+    return 0
 
 
 def cmd_report(args) -> int:
@@ -169,6 +212,18 @@ def cmd_report(args) -> int:
     print(
         f"report of {result['finished']} of {result['trials']} finished trials: {result['html']}, "
         f"{result['markdown']}, {len(result['figures'])} figures (accuracy matrix: {result['policy']})"
+    )
+    return 0
+
+
+def cmd_export(args) -> int:
+    from time_ray.export import LOAD_HINT, export_model
+
+    out = export_model(args.dir, args.trial, args.timestep, args.kind, args.output)
+    print(
+        f"exported the {out['kind']} model of trial {out['trial_id']} at timestep {out['timestep']} -> {out['file']} "
+        f"({out['bytes'] / 2**20:.1f} MiB, {out['arch']}); load it with: "
+        + LOAD_HINT.format(arch=out["arch"], file=out["file"])
     )
     return 0
 
@@ -267,7 +322,14 @@ def cmd_data(args) -> int:
     from time_ray.core.experiment import Experiment
 
     cfg = load_config(args.config, args.overrides)
-    base = load_base(cfg.model.arch, cfg.model.pretrained, cfg.stream.builtin, cfg.model.base_training)
+    base = load_base(
+        cfg.model.arch,
+        cfg.model.pretrained,
+        cfg.stream.builtin,
+        cfg.model.base_training,
+        kind=cfg.stream.benchmark,
+        data=cfg.stream.data,
+    )
     experiment = Experiment.from_settings(experiment_settings(cfg))
     steps = steps_per_task(cfg)
     logger.info("sequential finetuning over %d tasks, %d steps each (no Ray)", experiment.tasks, steps)
@@ -357,9 +419,23 @@ def _weights(text: str, n: int) -> list[float]:
 def _base_model_line(cfg) -> str:
     """theta_0 as the sweep will get it, checked as the sweep checks it (a checkpoint must exist and fit
     the architecture; a tag must be open_clip's for it and be cached or downloadable)."""
-    from time_ray.core.base_model import builtin_cache_path, load_base
+    from time_ray.core.base_model import builtin_cache_path, load_base, real_data_cached
 
     pretrained, arch = cfg.model.pretrained, cfg.model.arch
+    if pretrained == "builtin" and cfg.stream.benchmark != "builtin":
+        from time_ray.core.real_data import pretrain_catalog
+
+        recipe, catalog = cfg.model.base_training, pretrain_catalog(cfg.stream.benchmark, cfg.stream.data)
+        cached = real_data_cached(arch, cfg.stream.benchmark, cfg.stream.data, recipe)
+        state = (
+            f"cached at {cached}"
+            if cached
+            else f"not cached yet: {recipe.steps} steps at batch {recipe.batch_size} when the sweep starts"
+        )
+        return (
+            f"base model: builtin ({arch} pretrained on the pretrain-role data: "
+            f"{', '.join(d.name for d in catalog.datasets)}, {len(catalog.items):,} train images; {state})"
+        )
     if pretrained == "builtin":
         path = builtin_cache_path(arch, cfg.stream.builtin, cfg.model.base_training)
         recipe = cfg.model.base_training
@@ -495,9 +571,10 @@ def main(argv: list[str] | None = None) -> int:
         "time-ray: `time-ray %s` (log level %s, pid %d)", " ".join(words), logging.getLevelName(level), os.getpid()
     )
     try:
-        return {"sweep": cmd_sweep, "plan": cmd_plan, "data": cmd_data, "merge": cmd_merge, "report": cmd_report}[
-            args.command
-        ](args)
+        if args.command == "export":
+            return cmd_export(args)
+        commands = {"sweep": cmd_sweep, "plan": cmd_plan, "data": cmd_data, "merge": cmd_merge, "report": cmd_report}
+        return (commands | {"list": cmd_list})[args.command](args)
     except TimeRayError as exc:
         # one line (a library's multi-line message folded into it); the terminal wraps it
         logger.error("time-ray: error: %s", " ".join(str(exc).split()))

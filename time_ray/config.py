@@ -19,7 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic.fields import FieldInfo
 
 from time_ray.core import policy_space
-from time_ray.core.base_model import BaseTraining
+from time_ray.core.base_model import NO_PRETRAIN_DATA, BaseTraining
 from time_ray.core.benchmark import BenchmarkSpec
 from time_ray.core.contracts import ExperimentSettings, TrainingRecipe, Trial
 from time_ray.core.errors import ConfigError, did_you_mean
@@ -103,7 +103,9 @@ TrainingSection = _dataclass(TrainingConfig)
 
 class ModelConfig(Section):
     arch: str = "tiny-clip"
-    pretrained: str = "builtin"  # builtin | none | an open_clip tag | a local checkpoint path
+    # builtin (pretrained here: on the built-in pretraining pool, or on real data's pretrain-role datasets)
+    # | none | an open_clip tag | a local checkpoint path
+    pretrained: str = "builtin"
     base_training: BaseTrainingSection = Field(default_factory=BaseTraining)
 
 
@@ -439,12 +441,9 @@ def _validate_real(cfg: SweepConfig) -> None:
         f"stream.data: stream.benchmark {cfg.stream.benchmark!r} needs its reader's options here "
         "(e.g. {root: DIR, heldout: [...]} for fomo).",
     )
-    _check(
-        cfg.model.pretrained != "builtin",
-        "model.pretrained: 'builtin' pretrains theta_0 on the built-in benchmark; with real data give an "
-        "open_clip pretrained tag, a local checkpoint path, or 'none'.",
-    )
-    validate_real_data(cfg.stream.benchmark, cfg.stream.data)
+    catalog = validate_real_data(cfg.stream.benchmark, cfg.stream.data)
+    # builtin with real data: theta_0 is pretrained on the pretrain-role datasets (core.base_model.real_data_base)
+    _check(cfg.model.pretrained != "builtin" or any(d.role == "pretrain" for d in catalog.datasets), NO_PRETRAIN_DATA)
 
 
 def validate(cfg: SweepConfig) -> None:

@@ -1,5 +1,6 @@
 """theta_0: the base model. ``builtin`` pretrains a tiny open_clip CLIP on the benchmark's
-pretraining pool and caches the result by the content hash of everything that produced it."""
+pretraining pool (with real data: on its pretrain-role datasets) and caches the result by the content
+hash of everything that produced it."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import torch
 from safetensors.torch import load_file
 
 from time_ray.core import models
+from time_ray.core.atomic import write_text_atomic
 from time_ray.core.benchmark import Benchmark, BenchmarkSpec, build_benchmark, cache_dir
 from time_ray.core.checkpoints import save_atomic
+from time_ray.core.errors import ConfigError
 from time_ray.core.finetune import TrainSettings, finetune
 from time_ray.core.stream import PretrainSampler
 
@@ -41,11 +44,9 @@ def caption_tokens(bench: Benchmark, tokenize, per_image: bool = False) -> torch
 
 
 def builtin_key(arch: str, spec: BenchmarkSpec, recipe: BaseTraining) -> str:
-    arch_cfg = models.MODEL_CONFIG_DIR / f"{arch}.json"
-    arch_text = arch_cfg.read_text() if arch_cfg.exists() else arch
     payload = json.dumps(
         {
-            "arch": arch_text,
+            "arch": _arch_text(arch),
             "bench": asdict(spec),
             "recipe": asdict(recipe),
             "version": BASE_RECIPE_VERSION,
@@ -67,16 +68,17 @@ def builtin_base(arch: str, spec: BenchmarkSpec, recipe: BaseTraining) -> tuple[
     if path.exists():
         logger.info("base model: reusing %s", path)
         return load_file(str(path)), path
-    logger.info(
-        "base model: pretraining %s for %d steps on the built-in pretraining pool (once; cached at %s)",
-        arch,
-        recipe.steps,
-        path,
-    )
-    torch.manual_seed(recipe.seed)
-    model = models.create_model(arch)
     bench = build_benchmark(spec)
     captions = caption_tokens(bench, models.tokenizer(arch))
+    return _pretrain(arch, bench, captions, recipe, path, "the built-in pretraining pool"), path
+
+
+def _pretrain(arch: str, bench: Benchmark, captions: torch.Tensor, recipe: BaseTraining, path: Path, what: str) -> dict:
+    """Pretrains ``arch`` with ``recipe`` on the pretraining classes of ``bench`` (PretrainSampler) and caches
+    the weights at ``path``."""
+    logger.info("base model: pretraining %s for %d steps on %s (once; cached at %s)", arch, recipe.steps, what, path)
+    torch.manual_seed(recipe.seed)
+    model = models.create_model(arch)
     sampler = PretrainSampler(bench, recipe.batch_size, seed=recipe.seed)
     every = max(1, recipe.steps // 10)
 
@@ -94,7 +96,111 @@ def builtin_base(arch: str, spec: BenchmarkSpec, recipe: BaseTraining) -> tuple[
     finetune(model, bench, captions, sampler, settings, on_step=progress, image_size=models.image_size(arch))
     state = models.state_dict_of(model)
     save_atomic(state, path)
+    return state
+
+
+# ---------------------------------------------------------------- builtin with real data: the pretrain-role datasets
+
+
+def _arch_text(arch: str) -> str:
+    arch_cfg = models.MODEL_CONFIG_DIR / f"{arch}.json"
+    return arch_cfg.read_text() if arch_cfg.exists() else arch
+
+
+def _digest(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def data_digest(bench: Benchmark) -> str:
+    """Content hash of pretraining data: the decoded training images (after resizing and normalization),
+    their labels and captions, and the class names."""
+    h = hashlib.sha256()
+    h.update(json.dumps([bench.class_names, bench.train_captions], sort_keys=True).encode())
+    h.update(bench.train_labels.numpy().tobytes())
+    h.update(bench.train_images.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def real_data_key(arch: str, digest: str, recipe: BaseTraining) -> str:
+    """The cache key of a base model pretrained on real data: architecture, recipe and the data's content hash."""
+    return _digest(
+        {
+            "arch": _arch_text(arch),
+            "data": digest,
+            "recipe": asdict(recipe),
+            "version": BASE_RECIPE_VERSION,
+            "torch": torch.__version__.split("+")[0],
+        }
+    )
+
+
+def _files_key(arch: str, kind: str, options: dict, recipe: BaseTraining) -> str | None:
+    """A cheap stand-in for :func:`real_data_key` (file names, sizes and modification times, reader options),
+    for finding a cached base model without decoding an image (``time-ray plan``); None without pretrain data."""
+    from time_ray.core.real_data import pretrain_catalog
+
+    catalog = pretrain_catalog(kind, options)
+    if not catalog.datasets:
+        return None
+    files = []
+    for item in catalog.items:
+        stat = item.path.stat()
+        files.append([str(item.path), item.dataset, item.classname, item.caption, stat.st_size, stat.st_mtime_ns])
+    return _digest(
+        {
+            "arch": _arch_text(arch),
+            "kind": kind,
+            "datasets": [[d.name, d.template] for d in catalog.datasets],
+            "normalization": [options.get("mean"), options.get("std")],
+            "files": files,
+            "recipe": asdict(recipe),
+            "version": BASE_RECIPE_VERSION,
+            "torch": torch.__version__.split("+")[0],
+        }
+    )
+
+
+def _memo_path(arch: str, files_key: str) -> Path:
+    return cache_dir() / "base" / f"{arch}-files-{files_key}.txt"
+
+
+def real_data_cached(arch: str, kind: str, options: dict, recipe: BaseTraining) -> Path | None:
+    """The cached base model of this real data and recipe, found without decoding an image (through the
+    note the pretraining left of the files it read); None when there is none, or the files changed."""
+    key = _files_key(arch, kind, options, recipe)
+    memo = _memo_path(arch, key) if key else None
+    if memo is None or not memo.is_file():
+        return None
+    path = memo.parent / memo.read_text().strip()
+    return path if path.is_file() else None
+
+
+def real_data_base(arch: str, kind: str, options: dict, recipe: BaseTraining) -> tuple[dict, Path]:
+    """theta_0 pretrained with ``recipe`` on the pretrain-role datasets of real data (their training images,
+    each with its own caption), from the cache (keyed by the decoded data's content) or trained now."""
+    from time_ray.core.real_data import load_pretrain_data
+
+    bench = load_pretrain_data(kind, options, models.image_size(arch))
+    if not bench.class_names:
+        raise ConfigError(NO_PRETRAIN_DATA)
+    path = cache_dir() / "base" / f"{arch}-data-{real_data_key(arch, data_digest(bench), recipe)}.safetensors"
+    if path.exists():
+        logger.info("base model: reusing %s", path)
+        state = load_file(str(path))
+    else:
+        what = f"the pretrain-role data ({len(bench.train_labels)} images, {len(bench.class_names)} classes)"
+        captions = caption_tokens(bench, models.tokenizer(arch), per_image=True)
+        state = _pretrain(arch, bench, captions, recipe, path, what)
+    key = _files_key(arch, kind, options, recipe)
+    if key:
+        write_text_atomic(_memo_path(arch, key), path.name + "\n")
     return state, path
+
+
+NO_PRETRAIN_DATA = (
+    "model.pretrained: builtin pretrains theta_0 on the pretrain-role datasets, but stream.data names none; "
+    "add one with role: pretrain, or give an open_clip tag, a checkpoint or none."
+)
 
 
 def is_checkpoint_path(arch: str, pretrained: str) -> bool:
@@ -107,8 +213,19 @@ def is_checkpoint_path(arch: str, pretrained: str) -> bool:
     return path.is_file() and not models.is_pretrained_tag(arch, pretrained)
 
 
-def load_base(arch: str, pretrained: str, spec: BenchmarkSpec, recipe: BaseTraining) -> dict:
-    """theta_0 for ``model.pretrained``: builtin, none, a local checkpoint, or an open_clip tag."""
+def load_base(
+    arch: str,
+    pretrained: str,
+    spec: BenchmarkSpec,
+    recipe: BaseTraining,
+    kind: str = "builtin",
+    data: dict | None = None,
+) -> dict:
+    """theta_0 for ``model.pretrained``: builtin, none, a local checkpoint, or an open_clip tag. ``kind`` and
+    ``data`` are ``stream.benchmark`` and ``stream.data``: builtin with real data pretrains on its
+    pretrain-role datasets."""
+    if pretrained == "builtin" and kind != "builtin":
+        return real_data_base(arch, kind, data or {}, recipe)[0]
     if pretrained == "builtin":
         return builtin_base(arch, spec, recipe)[0]
     if pretrained == "none":

@@ -185,7 +185,14 @@ def run_sweep(
     base = (
         None
         if storage.pull("base.safetensors") is not None
-        else load_base(cfg.model.arch, cfg.model.pretrained, cfg.stream.builtin, cfg.model.base_training)
+        else load_base(
+            cfg.model.arch,
+            cfg.model.pretrained,
+            cfg.stream.builtin,
+            cfg.model.base_training,
+            kind=cfg.stream.benchmark,
+            data=cfg.stream.data,
+        )
     )
     prepare_output(cfg, storage, resume)
     write_trials(storage, cfg, trials)

@@ -30,8 +30,10 @@ __all__ = [
     "CLIP_STD",
     "READERS",
     "dataset_row",
+    "load_pretrain_data",
     "load_real_benchmark",
     "outline_real_data",
+    "pretrain_catalog",
     "validate_real_data",
 ]
 
@@ -42,9 +44,27 @@ def _catalog(kind: str, options: dict) -> Catalog:
     return READERS[kind].scan(options)
 
 
-def validate_real_data(kind: str, options: dict) -> None:
-    """Checks the options, paths, info/table files and stream file without decoding any image."""
-    _catalog(kind, options)
+def validate_real_data(kind: str, options: dict) -> Catalog:
+    """Checks the options, paths, info/table files and stream file without decoding any image; returns
+    the catalog (datasets with their roles, one item per image)."""
+    return _catalog(kind, options)
+
+
+def pretrain_catalog(kind: str, options: dict) -> Catalog:
+    """The pretrain-role datasets of the data and their training images only (no image decoded): what
+    ``model.pretrained: builtin`` pretrains theta_0 on. Empty ``datasets`` when there are none."""
+    catalog = _catalog(kind, options or {})
+    datasets = [d for d in catalog.datasets if d.role == "pretrain"]
+    names = {d.name for d in datasets}
+    return Catalog(datasets, [i for i in catalog.items if i.dataset in names and i.split == "train"])
+
+
+def load_pretrain_data(kind: str, options: dict, image_size: int) -> Benchmark:
+    """The pretrain-role datasets alone as a benchmark (their training images decoded, each with its own
+    caption; every class generic, class ids numbered within them), independent of the other datasets:
+    what theta_0 is pretrained on, and what its cache key hashes."""
+    bench, _ = assemble(kind, pretrain_catalog(kind, options), image_size, options or {})
+    return bench
 
 
 def load_real_benchmark(kind: str, options: dict, image_size: int) -> tuple[Benchmark, list[int] | None]:
