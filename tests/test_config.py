@@ -18,6 +18,10 @@ def test_every_shipped_config_loads_and_names_its_command(path, tmp_path_factory
 
         overrides = fomo_overrides(write_authors_layout(tmp_path_factory.mktemp("fomo_in_flux")))
         assert all(f"--set {o.split('=')[0]}=" in first for o in overrides)  # the command names them
+    from tests.test_config_templates import TEMPLATES, template_overrides
+
+    if path.name in TEMPLATES:  # the real-data templates: small data in their layouts (tests/test_config_templates.py)
+        overrides = template_overrides(path.name, tmp_path_factory.mktemp(path.stem))
     cfg = load_config(path, overrides)
     assert expand_trials(cfg)
 
