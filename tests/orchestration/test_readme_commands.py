@@ -28,6 +28,15 @@ from tests.orchestration.test_faults import assert_same_results
 ROOT = Path(__file__).resolve().parents[2]
 
 
+QUIET = (
+    "Configuration for experiment",
+    "tensorboard --logdir",
+    "View detailed results here",
+    "worker processes have been started",
+    "Token authentication is enabled",
+)
+
+
 def quickstart_command(output: str, resume: bool = False) -> list[str]:
     """What `make quickstart OUTPUT=<output>` runs (`make -n` prints it), plus the reduced sizes."""
     make = subprocess.run(
@@ -136,6 +145,8 @@ def test_readme_command_on_a_busy_machine_two_at_once(reduced_quickstart, cache_
     for sweep, (stdout, stderr), out in zip(sweeps, logs, outputs):
         assert sweep.returncode == 0, stdout[-2000:] + stderr[-6000:]
         assert "Traceback" not in stderr, stderr[-6000:]
+        for noise in QUIET:  # Ray's and Tune's banners, hints and warnings: only with --verbose
+            assert noise not in stderr + stdout, noise
         assert f"-> {ROOT / out}" in stderr  # the relative output, made absolute once, at the CLI
         assert "taken over after their lease ran out" in stderr  # the leases did expire
         assert_same_results(ROOT / out, reference)

@@ -123,3 +123,29 @@ def test_worker_shares_fit_node_by_node():
     cpu = SweepConfig()
     per_worker, concurrent = worker_resources(cpu, {"CPU": 6.0, "nodes": [{"CPU": 3.0}, {"CPU": 3.0}]}, n_trials=3)
     assert concurrent == 3 and per_worker["CPU"] == 1.5
+
+
+def test_quiet_console_drops_the_raylet_worker_count_warning_only(capsys):
+    """local_ray.quiet_console filters Ray's driver-side printer of raylet messages (a private API: this
+    test fails if Ray renames it) unless --verbose."""
+    import logging
+
+    from ray._private import worker
+
+    from time_ray.orchestration.local_ray import TOKEN_NOTICE_LOGGER, quiet_console
+
+    many = "WARNING: 12 PYTHON worker processes have been started on node: abc with address: 127.0.0.1, ..."
+    oom = "Task was killed due to the node running low on memory."
+    try:
+        quiet_console(verbose=False)
+        quiet_console(verbose=False)  # twice: still one filter
+        worker.print_to_stdstream({"lines": [many], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+        worker.print_to_stdstream({"lines": [oom], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+        out = capsys.readouterr()
+        assert "worker processes" not in out.out + out.err and "low on memory" in out.out + out.err
+        assert logging.getLogger(TOKEN_NOTICE_LOGGER).level == logging.ERROR
+    finally:
+        quiet_console(verbose=True)
+    worker.print_to_stdstream({"lines": [many], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    out = capsys.readouterr()
+    assert "worker processes" in out.out + out.err and not hasattr(worker.print_to_stdstream, "__wrapped__")

@@ -26,6 +26,33 @@ def _worker_env() -> dict:
     return env | ({LEVEL_ENV: os.environ[LEVEL_ENV]} if LEVEL_ENV in os.environ else {})
 
 
+# Console noise of Ray that says nothing a time-ray user can act on; shown with --verbose only.
+TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"  # "token auth is enabled"
+QUIET_RAYLET = ("worker processes have been started on node",)  # a small machine runs many fractional workers
+
+
+def quiet_console(verbose: bool) -> None:
+    """Without ``verbose``: no notice that the local Ray uses token authentication (it does, as Ray's
+    default), and no raylet warning that many worker processes started (expected: each trial runs a
+    driver, a merge actor and Train processes with fractional CPU requests; README "Resources").
+    Other raylet messages (e.g. out of memory) still reach the console."""
+    logging.getLogger(TOKEN_NOTICE_LOGGER).setLevel(logging.NOTSET if verbose else logging.ERROR)
+    from ray._private import worker  # the driver's printer of raylet messages (a private API: checked by a test)
+
+    original = getattr(worker.print_to_stdstream, "__wrapped__", worker.print_to_stdstream)
+    if verbose:
+        worker.print_to_stdstream = original
+        return
+
+    def print_to_stdstream(data, *args, **kwargs):
+        if data.get("pid") == "raylet" and all(q in line for line in data.get("lines", []) for q in QUIET_RAYLET):
+            return None
+        return original(data, *args, **kwargs)
+
+    print_to_stdstream.__wrapped__ = original  # type: ignore[attr-defined]
+    worker.print_to_stdstream = print_to_stdstream
+
+
 def init_ray(verbose: bool = False, temp_dir: str | None = None, num_cpus: int | None = None) -> dict:
     """Joins the cluster in RAY_ADDRESS (e.g. under ``ray job submit``) or starts an embedded local
     Ray kept on loopback. Returns the cluster's resources plus ``node_address``."""
@@ -37,6 +64,7 @@ def init_ray(verbose: bool = False, temp_dir: str | None = None, num_cpus: int |
 
     if ray.is_initialized():
         return {**ray.cluster_resources(), "node_address": _node_address(), "nodes": _nodes(), "joined": joined}
+    quiet_console(verbose)
     kwargs = dict(log_to_driver=verbose, configure_logging=True, logging_level="INFO" if verbose else "WARNING")
     logger.debug("time-ray: ray.init(%s) %s", "joining " + os.environ["RAY_ADDRESS"] if joined else "local", kwargs)
     if joined:

@@ -274,6 +274,9 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> dict[str,
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     if not verbose:  # a failed attempt is one progress line; Tune keeps the traceback in the trial's error.txt
         os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+        # Tune's own output (an experiment banner, a TensorBoard hint, boxed results of failed trials) prints
+        # whatever RunConfig(verbose=0) says unless its older reporter is chosen; our progress lines say it all
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     results = tuner.fit()
     counts = ray.get(cache.stats.remote())
     expired = (
