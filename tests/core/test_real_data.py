@@ -361,3 +361,11 @@ def test_table_errors(tmp_path):
     frame.to_csv(path, index=False)
     with pytest.raises(ConfigError, match="row 0: split 'val'"):
         validate_real_data("table", {"path": str(path)})
+
+
+def test_a_uri_as_a_data_path_says_data_is_read_from_local_paths(tmp_path):
+    from time_ray.core.errors import ConfigError
+    from time_ray.core.real_data import validate_real_data
+
+    with pytest.raises(ConfigError, match=r"s3://bucket/data is a URI; data is read from local paths only"):
+        validate_real_data("fomo", {"root": "s3://bucket/data"})

@@ -162,6 +162,13 @@ def common_settings(kind: str, options: dict) -> tuple[torch.Tensor, torch.Tenso
 def existing_path(kind: str, options: dict, key: str, directory: bool) -> Path:
     if options.get(key) in (None, ""):
         fail(kind, key, "is required" + (" (the data directory)." if directory else " (the data file)."))
+    if "://" in str(options[key]):
+        fail(
+            kind,
+            key,
+            f"{options[key]} is a URI; data is read from local paths only: copy it to the same path on every "
+            "node, or to a shared file system (README: Running on a cluster).",
+        )
     path = Path(os.path.expanduser(str(options[key])))
     if not path.exists():
         fail(kind, key, f"{path} does not exist.")
