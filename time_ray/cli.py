@@ -316,20 +316,13 @@ def cmd_data(args) -> int:
 
     if args.data_command == "show":
         return cmd_data_show(args)
-    from time_ray.config import experiment_settings, load_config, steps_per_task
+    from time_ray.config import base_model_source, experiment_settings, load_config, steps_per_task
     from time_ray.core.base_model import load_base
     from time_ray.core.data_stats import benchmark_stats
     from time_ray.core.experiment import Experiment
 
     cfg = load_config(args.config, args.overrides)
-    base = load_base(
-        cfg.model.arch,
-        cfg.model.pretrained,
-        cfg.stream.builtin,
-        cfg.model.base_training,
-        kind=cfg.stream.benchmark,
-        data=cfg.stream.data,
-    )
+    base = load_base(**base_model_source(cfg))
     experiment = Experiment.from_settings(experiment_settings(cfg))
     steps = steps_per_task(cfg)
     logger.info("sequential finetuning over %d tasks, %d steps each (no Ray)", experiment.tasks, steps)
@@ -419,6 +412,7 @@ def _weights(text: str, n: int) -> list[float]:
 def _base_model_line(cfg) -> str:
     """theta_0 as the sweep will get it, checked as the sweep checks it (a checkpoint must exist and fit
     the architecture; a tag must be open_clip's for it and be cached or downloadable)."""
+    from time_ray.config import base_model_source
     from time_ray.core.base_model import builtin_cache_path, load_base, real_data_cached
 
     pretrained, arch = cfg.model.pretrained, cfg.model.arch
@@ -447,7 +441,7 @@ def _base_model_line(cfg) -> str:
         return f"base model: builtin ({arch} pretrained on the built-in pretraining pool; {state})"
     if pretrained == "none":
         return f"base model: none ({arch} at random initialisation: zero-shot accuracy starts at chance)"
-    load_base(arch, pretrained, cfg.stream.builtin, cfg.model.base_training)
+    load_base(**base_model_source(cfg))
     return f"base model: {pretrained} (loaded and checked against {arch})"
 
 

@@ -597,6 +597,18 @@ def expand_trials(cfg: SweepConfig, flops_per_step: float | None = None) -> list
     )
 
 
+def base_model_source(cfg: SweepConfig) -> dict:
+    """The keyword arguments of ``core.base_model.load_base`` for this config (theta_0's source)."""
+    return {
+        "arch": cfg.model.arch,
+        "pretrained": cfg.model.pretrained,
+        "spec": cfg.stream.builtin,
+        "recipe": cfg.model.base_training,
+        "kind": cfg.stream.benchmark,
+        "data": cfg.stream.data,
+    }
+
+
 def experiment_settings(cfg: SweepConfig) -> ExperimentSettings:
     """What every process needs to rebuild the stream (see core.experiment.Experiment)."""
     return ExperimentSettings(

@@ -10,7 +10,7 @@ import os
 import pandas as pd
 import yaml
 
-from time_ray.config import SweepConfig, expand_trials, experiment_settings
+from time_ray.config import SweepConfig, base_model_source, expand_trials, experiment_settings
 from time_ray.core.base_model import load_base
 from time_ray.core.checkpoints import save_atomic
 from time_ray.core.contracts import RunContext, Trial
@@ -182,18 +182,7 @@ def run_sweep(
     storage = Storage(output)
     check_output(cfg, storage, resume)
     # theta_0 before the output is claimed: a checkpoint of another architecture leaves no trace
-    base = (
-        None
-        if storage.pull("base.safetensors") is not None
-        else load_base(
-            cfg.model.arch,
-            cfg.model.pretrained,
-            cfg.stream.builtin,
-            cfg.model.base_training,
-            kind=cfg.stream.benchmark,
-            data=cfg.stream.data,
-        )
-    )
+    base = None if storage.pull("base.safetensors") is not None else load_base(**base_model_source(cfg))
     prepare_output(cfg, storage, resume)
     write_trials(storage, cfg, trials)
     todo = [t for t in trials if not (resume and finished(storage, t, cfg.stream.tasks))]

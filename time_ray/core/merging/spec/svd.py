@@ -89,11 +89,16 @@ def tsv_m(taus: list[State], weights: list[float], theta_0: State, *, alpha: flo
     theta = theta_0 + alpha tau_M; alpha = 1.0 (the authors' and FusionBench's default).
     The strategy's weights w_k are ignored (like task arithmetic). With one expert every component is
     kept and U, V are already orthonormal: theta = theta_0 + alpha tau_1."""
+    return _per_matrix(taus, theta_0, alpha, tsv_matrix)
+
+
+def _per_matrix(taus: list[State], theta_0: State, alpha: float, matrix_update) -> State:
+    """theta_0 + alpha tau_M with tau_M = ``matrix_update`` of the task vectors of every 2-D tensor and
+    their mean for every other tensor (TSV-M and Iso-C share this frame)."""
     out = {}
     for key, base in theta_0.items():
         ts = [tau[key] for tau in taus]
-        delta = tsv_matrix(ts) if base.dim() == 2 else _mean(ts)
-        out[key] = base + alpha * delta
+        out[key] = base + alpha * (matrix_update(ts) if base.dim() == 2 else _mean(ts))
     return out
 
 
@@ -119,9 +124,4 @@ def iso_c(taus: list[State], weights: list[float], theta_0: State, *, alpha: flo
     data, e.g. 1.5 in FusionBench's examples). The strategy's weights w_k are ignored (like task
     arithmetic). For a rank-deficient sum the spectrum is flattened over all r directions (the paper's
     definition), so its null directions are the SVD's choice."""
-    out = {}
-    for key, base in theta_0.items():
-        ts = [tau[key] for tau in taus]
-        delta = iso_matrix(ts) if base.dim() == 2 else _mean(ts)
-        out[key] = base + alpha * delta
-    return out
+    return _per_matrix(taus, theta_0, alpha, iso_matrix)
