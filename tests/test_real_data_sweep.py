@@ -52,7 +52,8 @@ def test_folders_benchmark_runs_a_policy_end_to_end(tmp_path):
     base = load_base(cfg.model.arch, cfg.model.pretrained, cfg.stream.builtin, cfg.model.base_training)
     rows = simulate(experiment, Policy("ema", "ema"), base, 3, tmp_path / "work")
     assert [r["timestep"] for r in rows] == [0, 1, 2]
-    assert {rec["dataset"] for rec in rows[-1]["records"]} == {"shapes", "tones", "known"}
+    assert {rec["dataset"] for rec in rows[-1]["records"] if rec["role"] != "task"} == {"shapes", "tones", "known"}
+    assert [rec["dataset"] for rec in rows[-1]["records"] if rec["role"] == "task"] == ["task_01", "task_02"]
 
 
 def test_real_data_mistakes_fail_at_load_time(tmp_path):

@@ -4,7 +4,7 @@ Final A_KA / A_ZS per init/deploy pair are set below (FINAL); every trajectory m
 theta_0 (A_KA 0.10, A_ZS 0.80) to its final values; every 10 steps per task beyond 10 add BUDGET_KA
 to A_KA; seeds add SEED_NOISE * (seed - 1) to A_KA (mean 0 over seeds 0, 1, 2). Each timestep has two
 adaptation and two held-out datasets whose values are the mean -+ 0.02, so A_KA and A_ZS are exact
-means.
+means, then one row per task j (role 'task', dataset task_01..): task_value (the task x task matrix).
 
 Companions (time_ray.analysis.companions), each written by write_sweep with its config:
   COMPUTE   the same setting, best-in-time and multitask at 40 steps per task: pooled with the sweep
@@ -87,6 +87,11 @@ WIDE = COMPANION.format(
     presets="[best-in-time]",
 )
 NOREPLAY_KA, NOREPLAY_KA_OTHERS = 0.05, 0.01
+# the task rows: a task is learned to TASK_LEARNED (+ DEPLOY_TASK of the deploy strategy) when trained,
+# loses TASK_FORGET per later task, and sits at TASK_UNSEEN + 0.01 j before; seeds add the A_KA noise
+TASK_LEARNED, TASK_FORGET, TASK_UNSEEN = 0.90, 0.10, 0.10
+DEPLOY_TASK = {"ema": 0.02}
+MULTITASK_TASK = 0.80
 WIDE_KA, WIDE_MT_KA, WIDE_GFLOPS = 0.06, 0.02, 4.0
 
 
@@ -104,6 +109,17 @@ def designed_values(trial: Trial, variant: str = "synthetic") -> tuple[float, fl
     return ka + BUDGET_KA * (trial.budget_steps - 10) / 10 + SEED_NOISE * (trial.seed - 1), zs
 
 
+def task_value(trial: Trial, t: int, j: int) -> float:
+    """The designed accuracy on task j of the model deployed after task t (see TASK_LEARNED)."""
+    if trial.multitask:
+        return MULTITASK_TASK if t > 0 else TASK_UNSEEN + 0.01 * j
+    if j > t:
+        value = TASK_UNSEEN + 0.01 * j
+    else:
+        value = TASK_LEARNED + DEPLOY_TASK.get(trial.deploy, 0.0) - TASK_FORGET * (t - j)
+    return value + SEED_NOISE * (trial.seed - 1)
+
+
 def write_trial(
     out: Path,
     trial: Trial,
@@ -111,8 +127,10 @@ def write_trial(
     last: int | None = None,
     variant: str = "synthetic",
     gflops_per_step: float = GFLOPS_PER_STEP,
+    task_rows: bool = True,
 ) -> None:
-    """trials/<id>/{metrics,timesteps}.parquet up to timestep ``last`` (default: T)."""
+    """trials/<id>/{metrics,timesteps}.parquet up to timestep ``last`` (default: T); without
+    ``task_rows`` as a sweep recorded before time-ray recorded them."""
     cols = trial.columns()
     ka, zs = designed_values(trial, variant)
     timesteps = [0, tasks] if trial.multitask else list(range(tasks + 1))
@@ -137,6 +155,18 @@ def write_trial(
                     "n_eval": 40,
                 }
             )
+        for j in range(1, tasks + 1) if task_rows else ():
+            metric_rows.append(
+                {
+                    **cols,
+                    "timestep": t,
+                    "dataset": f"task_{j:02d}",
+                    "role": "task",
+                    "metric": "accuracy",
+                    "value": task_value(trial, t, j),
+                    "n_eval": 20,
+                }
+            )
         trained = t > 0
         step_rows.append(
             {
@@ -158,10 +188,13 @@ def write_trial(
     write_parquet_atomic(timesteps_frame(step_rows), out / "trials" / trial.trial_id / "timesteps.parquet")
 
 
-def write_sweep(out: Path, skip: int = 0, truncate: int = 0, config: str = CONFIG) -> list[Trial]:
+def write_sweep(
+    out: Path, skip: int = 0, truncate: int = 0, config: str = CONFIG, task_rows: bool = True
+) -> list[Trial]:
     """The synthetic sweep (or a companion: ``config``) in ``out``: config.yaml, sweep.json, trials/.
     The first ``skip`` trials get no rows and the next ``truncate`` stop at timestep 1 (a partial
-    sweep). Returns the trial specs."""
+    sweep); without ``task_rows``, as recorded before time-ray recorded per-task rows. Returns the
+    trial specs."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "synthetic.yaml").write_text(config)
     cfg = load_config(out / "synthetic.yaml")
@@ -179,5 +212,6 @@ def write_sweep(out: Path, skip: int = 0, truncate: int = 0, config: str = CONFI
                 last=1 if i < skip + truncate else None,
                 variant=cfg.name,
                 gflops_per_step=gflops,
+                task_rows=task_rows,
             )
     return trials

@@ -35,10 +35,14 @@ def chromium() -> str:
 def test_embedded_figures_decode(synthetic_report):
     html = synthetic_report["html"].read_text()
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
-    assert len(images) == len(synthetic_report["figures"]) == 7
+    # 8: the teaser scatter, cost vs GM, trajectories, init x deploy, techniques, the task x task
+    # matrix, the per-dataset matrix, GM vs budget
+    assert len(images) == len(synthetic_report["figures"]) == 8
     for data in images:
         pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"), dtype=float)
         assert pixels.shape[0] > 300 and pixels.shape[1] > 500 and pixels.std() > 10
+    matrix = re.search(r"<img alt='accuracy_matrix.png' src='[^']+'><figcaption>([^<]+)</figcaption>", html)
+    assert matrix and matrix.group(1).startswith("Task x task accuracy matrix of ema/ema ties(")
 
 
 def test_report_renders_in_headless_chromium(synthetic_report, tmp_path):

@@ -33,14 +33,15 @@ def test_the_report_has_every_output(synthetic_report):
         "cost_vs_gm.png",
         "init_deploy_gm.png",
         "technique_gm.png",
-        "accuracy_matrix.png",
+        "accuracy_matrix.png",  # task x task
+        "dataset_matrix.png",
         "budget_gm.png",
     }
     summary = (out / "summary.md").read_text()
     for path in synthetic_report["figures"]:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({path.name})" in summary
     html = synthetic_report["html"].read_text()
-    assert html.count("data:image/png;base64,") == 7
+    assert html.count("data:image/png;base64,") == 8
     assert "<script" not in html and "http://" not in html and "https://" not in html  # opens offline
 
 
@@ -108,7 +109,11 @@ def test_a_sweep_with_no_finished_trial_still_reports_its_progress(tmp_path, cap
     assert "report of 0 of 78 finished trials" in capsys.readouterr().out
     text = (tmp_path / "r" / "summary.md").read_text()
     assert "No trial has finished yet" in text and "Missing trials (78 of 78 not finished)" in text
-    assert sorted(p.name for p in (tmp_path / "r").glob("*.png")) == ["accuracy_matrix.png", "trajectories.png"]
+    assert sorted(p.name for p in (tmp_path / "r").glob("*.png")) == [
+        "accuracy_matrix.png",
+        "dataset_matrix.png",
+        "trajectories.png",
+    ]
 
 
 def test_top_level_tables_are_read_when_the_trial_files_are_gone(tmp_path):

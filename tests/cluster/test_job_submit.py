@@ -289,7 +289,7 @@ def test_ray_job_submit_of_a_reduced_sweep_to_a_token_protected_loopback_head(tm
         steps = pd.read_parquet(out / "timesteps.parquet")
         assert list(metrics.columns) == METRICS_COLUMNS and list(steps.columns) == TIMESTEP_COLUMNS
         trials, tasks, datasets = 3, 2, 4
-        assert len(metrics) == trials * (tasks + 1) * datasets and len(steps) == trials * (tasks + 1)
+        assert len(metrics) == trials * (tasks + 1) * (datasets + tasks) and len(steps) == trials * (tasks + 1)
         assert metrics.value.between(0, 1).all() and steps[["a_ka", "a_zs", "gm"]].stack().between(0, 1).all()
         assert set(steps.policy) == {"sequential-ft", "offline-merge", "best-in-time"}
         assert (out / "config.yaml").exists()

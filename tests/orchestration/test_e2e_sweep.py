@@ -22,10 +22,17 @@ def test_reduced_quickstart_on_local_ray(reduced_quickstart, cache_dir):
     steps = pd.read_parquet(out / "timesteps.parquet")
     assert list(metrics.columns) == METRICS_COLUMNS and list(steps.columns) == TIMESTEP_COLUMNS
     trials, tasks, datasets = 3, 2, 4
-    assert len(metrics) == trials * (tasks + 1) * datasets
+    assert len(metrics) == trials * (tasks + 1) * (datasets + tasks)  # a row per dataset, then per task
     assert len(steps) == trials * (tasks + 1)
     assert metrics.value.between(0, 1).all() and steps[["a_ka", "a_zs", "gm"]].stack().between(0, 1).all()
-    assert set(metrics.role) == {"adaptation", "heldout"} and set(metrics.metric) == {"accuracy", "recall@5"}
+    assert set(metrics.role) == {"adaptation", "heldout", "task"} and set(metrics.metric) == {"accuracy", "recall@5"}
+    # two adaptation datasets cut into two tasks (order: dataset): task j's row is dataset j's
+    rows = metrics.set_index(["trial_id", "timestep", "dataset"]).value
+    task_rows = metrics[metrics.role == "task"]
+    assert sorted(task_rows.dataset.unique()) == ["task_01", "task_02"]
+    for r in task_rows.itertuples():
+        same = rows[(r.trial_id, r.timestep, f"adapt-{int(r.dataset[-2:]) - 1:02d}")]
+        assert r.value == pytest.approx(same, abs=1e-6)
 
     base = metrics[metrics.timestep == 0].sort_values(["trial_id", "dataset"])
     per_trial = [g.value.to_numpy() for _, g in base.groupby("trial_id")]
@@ -67,5 +74,7 @@ def test_reduced_quickstart_on_local_ray(reduced_quickstart, cache_dir):
     assert "3 of 3 trials finished." in summary and "Missing trials" not in summary
     assert all(p in summary for p in ("| sequential-ft | 60 |", "| offline-merge | 60 |", "| best-in-time | 60 |"))
     assert summary.count("### Finding ") == 5 and "Finding 4: " in summary
-    assert len(list((out / "report").glob("*.png"))) == 6  # all but the technique spread (one technique)
+    # all but the technique spread (one technique) and GM vs budget (one budget); the two matrices
+    assert len(list((out / "report").glob("*.png"))) == 6
+    assert "*Task x task accuracy matrix of " in summary and "Not drawn: the sweep has one budget" in summary
     assert (out / "report" / "report.html").read_text().count("data:image/png;base64,") == 6

@@ -1,8 +1,11 @@
 """The report's figures (matplotlib, Agg canvas: no display needed). Each function takes the frames
 of time_ray.analysis.tables and returns a Figure, or None when the sweep lacks the data (the report says what
-is missing). Colours follow one policy -> colour map across figures."""
+is missing). Colours follow one policy -> colour map across figures. Text in figures is at least
+LEGEND_SIZE points (9 pt: 12.5 px at the report's 100 DPI)."""
 
 from __future__ import annotations
+
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -16,6 +19,8 @@ DEPLOY_ORDER = ("ft", "ema", "all", "ft-zs", "opcm")
 INIT_MARKERS = {"zs": "o", "ft": "s", "ema": "^", "all": "v", "ft-zs": "P", "opcm": "X"}
 BASE_STYLE = {"marker": "*", "s": 260, "color": "black", "zorder": 5}
 MULTITASK_STYLE = {"marker": "D", "s": 90, "color": "black", "zorder": 5}
+LEGEND_SIZE = 9  # points: legends, cell annotations and tick labels are never smaller
+ANNOTATE_TASKS = 12  # the task x task matrix writes each cell's value up to this many tasks
 
 
 def colour_map(labels) -> dict:
@@ -29,14 +34,14 @@ def colour_map(labels) -> dict:
 def _legend_below(fig: Figure, ax, ncol: int = 3) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=LEGEND_SIZE, frameon=False)
 
 
 def trajectories(steps: pd.DataFrame, colours: dict, tasks: int) -> Figure:
     """A_KA and A_ZS of the deployed model over timesteps 0..T per policy: mean over seeds, the band
     spans the seeds' minimum to maximum. The multitask reference is one point at T."""
     labels = sorted(steps.label.unique())
-    fig = Figure(figsize=(12, 5.2 + 0.22 * len(labels) / 3))
+    fig = Figure(figsize=(12, 5.2 + 0.26 * len(labels) / 3))
     axes = fig.subplots(1, 2)
     for ax, metric, title in zip(axes, ("a_ka", "a_zs"), ("A_KA: knowledge accumulation", "A_ZS: zero-shot retention")):
         for label in labels:
@@ -52,7 +57,7 @@ def trajectories(steps: pd.DataFrame, colours: dict, tasks: int) -> Figure:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
     _legend_below(fig, axes[0])
-    fig.tight_layout(rect=(0, 0.06 + 0.025 * len(labels) / 3, 1, 1))
+    fig.tight_layout(rect=(0, 0.07 + 0.03 * len(labels) / 3, 1, 1))
     return fig
 
 
@@ -69,7 +74,7 @@ def ka_zs_scatter(table: pd.DataFrame, base: pd.Series, colours: dict) -> Figure
         ax.plot(ka, gm**2 / ka, ls=":", color="grey", lw=0.8)
         x_text = gm**2 / (y_hi - 0.01)  # where the curve enters through the top edge
         if x_lo < x_text < x_hi:
-            ax.text(x_text, y_hi - 0.01, f" GM {gm:.1f}", fontsize=7, color="grey", va="top")
+            ax.text(x_text, y_hi - 0.01, f" GM {gm:.1f}", fontsize=LEGEND_SIZE, color="grey", va="top")
     for r in table.itertuples():
         if r.multitask:
             ax.scatter(r.a_ka, r.a_zs, label="multitask reference", **MULTITASK_STYLE)
@@ -96,7 +101,7 @@ def ka_zs_scatter(table: pd.DataFrame, base: pd.Series, colours: dict) -> Figure
         fontsize=11,
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.legend(fontsize=LEGEND_SIZE, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -112,7 +117,7 @@ def cost_vs_gm(table: pd.DataFrame, colours: dict) -> Figure:
     """Final GM against each cost, every (policy, budget) one point; the Pareto front of the stream
     policies (no other is at least as cheap and as good, and strictly one of them) is the red
     staircase, its points circled and listed under the panel in cost order; the multitask reference
-    (diamond) is shown, not a candidate."""
+    (diamond), when the sweep has one, is shown, not a candidate."""
     fig = Figure(figsize=(15, 7))
     axes = fig.subplots(1, len(COST_AXES))
     for ax, (col, name, scale) in zip(axes, COST_AXES):
@@ -131,8 +136,8 @@ def cost_vs_gm(table: pd.DataFrame, colours: dict) -> Figure:
         order = np.argsort(cost[front], kind="stable")
         fx, fy = cost[front][order], table.gm.to_numpy()[front][order]
         ax.step(fx, fy, where="post", color="red", lw=1.5)
-        names = [
-            f"{lab} @ {b:g} steps: GM {y:.3f}"
+        names = [  # wrapped to the panel's width
+            "\n".join(textwrap.wrap(f"{lab} @ {b:g} steps: GM {y:.3f}", 46, subsequent_indent="  "))
             for lab, b, y in zip(table.label.to_numpy()[front][order], table.budget.to_numpy()[front][order], fy)
         ]
         for x, y, text in zip(fx, fy, names):
@@ -142,14 +147,17 @@ def cost_vs_gm(table: pd.DataFrame, colours: dict) -> Figure:
         ax.margins(x=0.08, y=0.08)
         ax.grid(alpha=0.3)
         ax.legend(
-            fontsize=7,
+            fontsize=LEGEND_SIZE,
             loc="upper center",
             bbox_to_anchor=(0.5, -0.13),
             frameon=False,
             title="Pareto front (red)",
-            title_fontsize=8,
+            title_fontsize=LEGEND_SIZE + 1,
         )
-    fig.suptitle("Cost vs GM; every point is a policy at one budget (diamond: multitask reference)")
+    fig.suptitle(
+        "Cost vs GM; every point is a policy at one budget"
+        + (" (diamond: multitask reference)" if table.multitask.any() else "")
+    )
     fig.tight_layout()
     return fig
 
@@ -217,41 +225,89 @@ def technique_spread(final: pd.DataFrame) -> Figure | None:
             vals = g[g.technique == tech].gm
             ax.bar(x, vals.mean(), color="tab:blue" if tech == "average" else "tab:orange", alpha=0.6, width=0.6)
             ax.scatter(np.full(len(vals), x), vals, color="black", s=14, zorder=3)
-        ax.set_xticks(range(len(techniques)), [t.replace("(", "\n(") for t in techniques], fontsize=8)
+        ax.set_xticks(range(len(techniques)), [t.replace("(", "\n(") for t in techniques], fontsize=LEGEND_SIZE)
         lo = min(g.gm.min(), averaged.min() if len(averaged) else g.gm.min())
         ax.set_ylim(max(0, lo - 0.05), min(1, max(g.gm.max(), averaged.max() if len(averaged) else 0) + 0.03))
         ax.set_title(f"init {init} / deploy {deploy}: GM by merging technique")
         ax.set_ylabel("GM (final)")
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=LEGEND_SIZE, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def task_accuracy_matrix(matrix: pd.DataFrame, label: str) -> Figure:
+    """The task x task accuracy matrix of one policy (Avalanche's acc_matrix; tables.task_matrix): row t
+    is the model deployed after task t, column j the test images of task j's classes. Cells above the
+    diagonal (tasks not trained yet) are grey, their values in grey italics; values (x100) are written
+    in the cells up to ANNOTATE_TASKS tasks."""
+    rows, cols = list(matrix.index), list(matrix.columns)
+    values = matrix.to_numpy(dtype=float)
+    future = np.array([[j > t for j in cols] for t in rows], dtype=bool).reshape(values.shape)
+    cell = 0.8 if max(len(rows), len(cols)) <= ANNOTATE_TASKS else 0.45
+    title = f"Task x task accuracy (x100) of\n{label}\ngrey, above the diagonal: tasks not trained yet"
+    width = max(min(cell * len(cols), 13.0) + 3.0, 0.095 * max(map(len, title.splitlines())) + 1.5)
+    height = min(cell * len(rows), 11.0) + 2.4
+    fig = Figure(figsize=(width, height))
+    ax = fig.subplots()
+    cmap = colormaps["magma"].with_extremes(bad="#dcdcdc")
+    im = ax.imshow(np.ma.masked_array(values, mask=future | np.isnan(values)), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    if max(len(rows), len(cols)) <= ANNOTATE_TASKS:
+        size = 12 if max(len(rows), len(cols)) <= 6 else 10
+        for i in range(len(rows)):
+            for j in range(len(cols)):
+                v = values[i, j]
+                if np.isnan(v):
+                    continue
+                ax.text(
+                    j,
+                    i,
+                    f"{100 * v:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=size,
+                    color="dimgrey" if future[i, j] else "white" if v < 0.6 else "black",
+                    style="italic" if future[i, j] else "normal",
+                )
+    step = max(1, -(-max(len(rows), len(cols)) // 25))  # at most ~25 tick labels per axis
+    ax.set_xticks(range(0, len(cols), step), [str(j) for j in cols[::step]], fontsize=10)
+    ax.set_yticks(range(0, len(rows), step), [str(t) for t in rows[::step]], fontsize=10)
+    ax.set_xlabel("task j (evaluated on the test images of its classes)", fontsize=11)
+    ax.set_ylabel("after task t (the deployed model)", fontsize=11)
+    ax.set_title(title, fontsize=12)
+    bar = fig.colorbar(im, ax=ax, fraction=0.04)
+    bar.set_label("accuracy", fontsize=10)
+    bar.ax.tick_params(labelsize=LEGEND_SIZE)
     fig.tight_layout()
     return fig
 
 
 def accuracy_matrix(metrics: pd.DataFrame, label: str) -> Figure:
-    """The accuracy matrix of one policy (Avalanche's acc_matrix): rows are timesteps (the model
-    deployed after task t), columns datasets (adaptation first, then held-out; retrieval sets show
-    Recall@5), mean over seeds."""
+    """The per-dataset accuracy matrix of one policy: rows are timesteps (the model deployed after
+    task t), columns datasets (adaptation first, then held-out; retrieval sets show Recall@5), mean
+    over seeds. Rows of role ``task`` are left out (task_accuracy_matrix draws them)."""
+    metrics = metrics[metrics.role != "task"]
     cells = metrics.groupby(["timestep", "dataset", "role"]).value.mean().reset_index()
     order = cells.drop_duplicates("dataset").sort_values(["role", "dataset"])
     datasets = list(order.dataset)
     n_adapt = int((order.role == "adaptation").sum())
     pivot = cells.pivot_table(index="timestep", columns="dataset", values="value").reindex(columns=datasets)
-    fig = Figure(figsize=(max(8, 0.55 * len(datasets) + 2), 0.55 * len(pivot) + 2.6))
+    fig = Figure(figsize=(max(8, 0.62 * len(datasets) + 2.5), 0.5 * len(pivot) + 3.0))
     ax = fig.subplots()
     im = ax.imshow(pivot.to_numpy(dtype=float), cmap="magma", vmin=0, vmax=1, aspect="auto")
-    for i in range(pivot.shape[0]):
-        for j in range(pivot.shape[1]):
-            v = pivot.iat[i, j]
-            ax.text(
-                j,
-                i,
-                "" if np.isnan(v) else f"{100 * v:.0f}",
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if v < 0.6 else "black",
-            )
+    if len(datasets) <= 30 and len(pivot) <= 30:
+        for i in range(pivot.shape[0]):
+            for j in range(pivot.shape[1]):
+                v = pivot.iat[i, j]
+                ax.text(
+                    j,
+                    i,
+                    "" if np.isnan(v) else f"{100 * v:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=LEGEND_SIZE,
+                    color="white" if v < 0.6 else "black",
+                )
     ax.axvline(n_adapt - 0.5, color="cyan", lw=2)
     retrieval = set(metrics.dataset[metrics.metric == "recall@5"])
     ax.set_xticks(
@@ -259,18 +315,21 @@ def accuracy_matrix(metrics: pd.DataFrame, label: str) -> Figure:
         [f"{d} (R@5)" if d in retrieval else d for d in datasets],
         rotation=60,
         ha="right",
-        fontsize=7,
+        fontsize=LEGEND_SIZE,
     )
-    ax.set_yticks(range(len(pivot)), [f"t={t}" for t in pivot.index])
-    ax.set_title(f"Accuracy matrix (x100) of {label}\nadaptation datasets | held-out datasets", fontsize=10)
-    fig.colorbar(im, ax=ax, label="accuracy", fraction=0.03)
+    ax.set_yticks(range(len(pivot)), [f"t={t}" for t in pivot.index], fontsize=LEGEND_SIZE)
+    ax.set_title(f"Accuracy per dataset (x100) of {label}\nadaptation datasets | held-out datasets", fontsize=11)
+    bar = fig.colorbar(im, ax=ax, fraction=0.03)
+    bar.set_label("accuracy", fontsize=10)
+    bar.ax.tick_params(labelsize=LEGEND_SIZE)
     fig.tight_layout()
     return fig
 
 
 def budget_curves(table: pd.DataFrame, colours: dict) -> Figure:
     """Final GM against the training compute of each budget (the policy on its own), one line per
-    policy across budgets; the multitask reference dashed black (TIME.md §7 finding 5)."""
+    policy across budgets; the multitask reference, when the sweep has one, dashed black (TIME.md §7
+    finding 5). The report draws it only for a sweep with two or more budgets."""
     fig = Figure(figsize=(10, 6))
     ax = fig.subplots()
     for label, g in table.sort_values("train_gflops").groupby("label", sort=True):
@@ -298,6 +357,6 @@ def budget_curves(table: pd.DataFrame, colours: dict) -> Figure:
         f"{', '.join(f'{b:g}' for b in budgets)} steps per task)"
     )
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.legend(fontsize=LEGEND_SIZE, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     return fig

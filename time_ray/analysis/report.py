@@ -31,6 +31,7 @@ from time_ray.analysis.tables import (
     final_values,
     main_budget,
     policy_table,
+    task_matrix,
 )
 from time_ray.core.errors import did_you_mean
 
@@ -226,6 +227,7 @@ def build_report(sweep_dir: str | Path | list, output: str | Path | None = None,
     final_at = final[final.budget == budget] if len(final) else final
     n_done, n_all = int(sweep.progress.finished.sum()), len(sweep.progress)
     n_stopped = int((sweep.progress.state == "stopped early").sum())
+    matrix = _matrix_blocks(sweep, chosen)
 
     need_final = "needs at least one finished trial"
     fig = {
@@ -234,7 +236,11 @@ def build_report(sweep_dir: str | Path | list, output: str | Path | None = None,
             FigureBlock(
                 "ka_zs_scatter.png",
                 f"Final A_KA vs A_ZS at {budget:g} steps per task (the paper's teaser view), "
-                "with zero-shot theta_0 and the multitask reference.",
+                + (
+                    "with zero-shot theta_0 and the multitask reference."
+                    if len(at_budget) and at_budget.multitask.any()
+                    else "with zero-shot theta_0."
+                ),
                 figures.ka_zs_scatter(at_budget, base, colours) if len(final) else None,
                 need_final,
             ),
@@ -262,16 +268,15 @@ def build_report(sweep_dir: str | Path | list, output: str | Path | None = None,
                 figures.technique_spread(final_at) if len(final) else None,
                 "needs at least two merging techniques at one init/deploy pair (policies.grid merge: [...])",
             ),
-            FigureBlock(
-                "accuracy_matrix.png",
-                f"Accuracy matrix (timestep x dataset) of {chosen} (choose with --policy).",
-                figures.accuracy_matrix(_policy_metrics(sweep, chosen), chosen),
-            ),
+            *matrix,
             FigureBlock(
                 "budget_gm.png",
                 "Final GM vs training compute per policy across budgets.",
-                figures.budget_curves(table, colours) if len(final) else None,
-                need_final,
+                figures.budget_curves(table, colours) if len(final) and table.budget.nunique() >= 2 else None,
+                need_final
+                if not len(final)
+                else f"the sweep has one budget ({budget:g} steps per task); budget.multipliers with two or more "
+                "values compares budgets",
             ),
         )
     }
@@ -338,7 +343,7 @@ def build_report(sweep_dir: str | Path | list, output: str | Path | None = None,
                 "trajectories.png",
                 "init_deploy_gm.png",
                 "technique_gm.png",
-                "accuracy_matrix.png",
+                *(m.name for m in matrix),
                 "budget_gm.png",
             )
         ]
@@ -350,7 +355,7 @@ def build_report(sweep_dir: str | Path | list, output: str | Path | None = None,
                 "values; the trajectories show the timesteps so far.",
             ),
             fig["trajectories.png"],
-            fig["accuracy_matrix.png"],
+            *matrix,
         ]
     pngs = {}
     for f in fig.values():
@@ -359,6 +364,8 @@ def build_report(sweep_dir: str | Path | list, output: str | Path | None = None,
         else:
             pngs[f.name] = _png(f.figure)
             (out / f.name).write_bytes(pngs[f.name])
+    if "dataset_matrix.png" not in fig:  # the fallback's matrix is accuracy_matrix.png; no stale one
+        (out / "dataset_matrix.png").unlink(missing_ok=True)
     (out / "summary.md").write_text(render_markdown(blocks))
     (out / "report.html").write_text(render_html(blocks, pngs, sweep.name))
     return {
@@ -375,6 +382,49 @@ def _policy_metrics(sweep: Sweep, label: str) -> pd.DataFrame:
     """The metric rows of one policy at its largest budget."""
     rows = sweep.metrics[sweep.metrics.label == label]
     return rows[rows.budget == rows.budget.max()]
+
+
+def _matrix_blocks(sweep: Sweep, label: str) -> list[FigureBlock]:
+    """The accuracy matrices of one policy: task x task (from the rows of role ``task``) then per
+    dataset; a sweep recorded before time-ray recorded per-task rows gets the per-dataset matrix
+    alone, as accuracy_matrix.png, with a caption that says why."""
+    rows = _policy_metrics(sweep, label)
+    if rows.empty:
+        return [FigureBlock("accuracy_matrix.png", f"Accuracy matrix of {label}.", None, "no metric rows yet")]
+    budget, seeds = f"{rows.budget.max():g}", rows.seed.nunique()
+    where = (
+        f"at {budget} steps per task, mean over {seeds} seed{'s' if seeds != 1 else ''} "
+        "(choose the policy with --policy)"
+    )
+    matrix = task_matrix(rows)
+    per_dataset = figures.accuracy_matrix(rows, label)
+    if matrix is None:
+        return [
+            FigureBlock(
+                "accuracy_matrix.png",
+                f"Accuracy matrix of {label} per dataset (timestep x dataset), {where}. This sweep was recorded "
+                "before time-ray recorded per-task rows (role 'task' in metrics.parquet), so the task x task "
+                "matrix cannot be drawn; a new sweep records them.",
+                per_dataset,
+            )
+        ]
+    return [
+        FigureBlock(
+            "accuracy_matrix.png",
+            f"Task x task accuracy matrix of {label}: row t is the model deployed after task t, column j its "
+            "accuracy on the test images of task j's classes (each classified within its dataset's classes; "
+            "before the last task on the class-balanced evaluation subsets); the diagonal is the task just "
+            "learned, the cells below it show forgetting, the grey cells above it are tasks not trained yet; "
+            f"{where}.",
+            figures.task_accuracy_matrix(matrix, label),
+        ),
+        FigureBlock(
+            "dataset_matrix.png",
+            f"Accuracy of {label} per dataset over timesteps (adaptation, then held-out datasets; retrieval "
+            f"sets show Recall@5), {where}.",
+            per_dataset,
+        ),
+    ]
 
 
 def render_markdown(blocks: list) -> str:

@@ -11,6 +11,7 @@ final_values: one row per finished trial
   pool_bytes                the policy's own pool at the end (experts and EMA chain; theta_0 shared)
   wall_seconds              sum of train, merge and evaluation seconds spent in this sweep
 policy_table: per (label, budget) the mean and the sample standard deviation over seeds.
+task_matrix: one policy's task x task accuracy matrix from its ``task`` rows.
 """
 
 from __future__ import annotations
@@ -37,6 +38,19 @@ def gflops_per_step(steps: pd.DataFrame) -> float:
 def base_values(sweep: Sweep) -> pd.Series:
     """A_KA, A_ZS, GM of theta_0 (timestep 0, the same for every policy)."""
     return sweep.steps[sweep.steps.timestep == 0][list(METRICS)].mean()
+
+
+def task_matrix(metrics: pd.DataFrame) -> pd.DataFrame | None:
+    """The task x task accuracy matrix of one policy's metric rows: row t = the model deployed after
+    task t (1..T, the timesteps recorded), column j = the test images of task j's classes (the rows of
+    role ``task``, dataset ``task_01``, ...), mean over seeds. None when there are no such rows (a
+    sweep recorded before time-ray recorded them)."""
+    rows = metrics[(metrics.role == "task") & (metrics.timestep > 0)]
+    if rows.empty:
+        return None
+    rows = rows.assign(task=rows.dataset.str.rsplit("_", n=1).str[-1].astype(int))
+    matrix = rows.pivot_table(index="timestep", columns="task", values="value", aggfunc="mean")
+    return matrix.sort_index().sort_index(axis=1)
 
 
 def final_values(sweep: Sweep) -> pd.DataFrame:
@@ -141,8 +155,13 @@ def accuracy_table(table: pd.DataFrame, base: pd.Series) -> Table:
         cols,
         rows,
         "Final = at the last timestep T; avg = mean over timesteps 1..T of the deployed model. "
-        "± is the standard deviation over seeds. The multitask reference trains one expert on "
-        "the union of all tasks with the same total compute (no trajectory).",
+        "± is the standard deviation over seeds."
+        + (
+            " The multitask reference trains one expert on the union of all tasks with the same total "
+            "compute (no trajectory)."
+            if table.multitask.any()
+            else ""
+        ),
     )
 
 
@@ -172,6 +191,10 @@ def cost_table(table: pd.DataFrame, front: np.ndarray) -> Table:
         "spent here: what this sweep spent (experts reused from the expert cache cost 0); merge s: "
         "init + deploy merges; pool MiB: the policy's checkpoint pool at the end; wall s: train + merge "
         "+ evaluation seconds in this sweep. Pareto: no other policy has a GM at least as high at no more train "
-        "GFLOPs and pool size (merge seconds are timings, too noisy at this scale to rank by; the multitask "
-        "reference, which needs all tasks at once, is not a candidate).",
+        "GFLOPs and pool size (merge seconds are timings, too noisy at this scale to rank by"
+        + (
+            "; the multitask reference, which needs all tasks at once, is not a candidate)."
+            if table.multitask.any()
+            else ")."
+        ),
     )

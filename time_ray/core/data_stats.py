@@ -61,7 +61,7 @@ def benchmark_stats(experiment: Experiment, base: dict, steps: int, seed: int = 
         for t in range(1, experiment.tasks + 1):  # expert t on the classes of task t
             expert.load_state_dict(materialize(pool.expert(t)))
             own.append(task_accuracy(expert, experiment, t))
-    base_records = [{**r, "chance": chance[r["dataset"]]} for r in rows[0]["records"]]
+    base_records = [{**r, "chance": chance[r["dataset"]]} for r in rows[0]["records"] if r["role"] != "task"]
     held, held_chance = _mean_over(base_records, "heldout", kind_of)
     known = rows[0]["a_ka"] / rows[0]["a_zs"] if rows[0]["a_zs"] > 0 else float("nan")
     before, after = _heldout_values(rows[0]["records"], kind_of), _heldout_values(rows[-1]["records"], kind_of)

@@ -46,12 +46,19 @@ def _input_size(model) -> int | None:
 
 
 @torch.no_grad()
-def zero_shot_accuracy(model, bench: Benchmark, tokenize, ds: Dataset, index: np.ndarray, device="cpu") -> float:
+def zero_shot_predictions(
+    model, bench: Benchmark, tokenize, ds: Dataset, index: np.ndarray, device="cpu"
+) -> torch.Tensor:
+    """The predicted global class id of each test image ``index``: argmax over ``ds``'s classes."""
     prompts = tokenize([ds.template.format(bench.class_names[c]) for c in ds.classes]).to(device)
     text = model.encode_text(prompts, normalize=True)
     classes = torch.tensor(ds.classes)
     image = _encode_images(model, bench.test_images[torch.as_tensor(index)], device)
-    predicted = classes[(image @ text.T).argmax(dim=1).cpu()]
+    return classes[(image @ text.T).argmax(dim=1).cpu()]
+
+
+def zero_shot_accuracy(model, bench: Benchmark, tokenize, ds: Dataset, index: np.ndarray, device="cpu") -> float:
+    predicted = zero_shot_predictions(model, bench, tokenize, ds, index, device)
     return float((predicted == bench.test_labels[torch.as_tensor(index)]).float().mean())
 
 
@@ -77,11 +84,31 @@ def recall_at_5(model, bench: Benchmark, tokenize, index: np.ndarray, device="cp
     return float((i2t + t2i) / 2)
 
 
-def evaluate_all(model, bench: Benchmark, tokenize, device="cpu", subset: bool = False, seed: int = 0) -> list[dict]:
+def task_name(j: int, tasks: int) -> str:
+    """The ``dataset`` of task j's record: ``task_01`` .. (zero-padded to at least two digits)."""
+    return f"task_{j:0{max(2, len(str(tasks)))}d}"
+
+
+def evaluate_all(
+    model,
+    bench: Benchmark,
+    tokenize,
+    device="cpu",
+    subset: bool = False,
+    seed: int = 0,
+    tasks: list[list[int]] | None = None,
+) -> list[dict]:
     """One record per dataset: dataset, role, metric, value (0..1), n_eval. With ``subset`` each
-    dataset is evaluated on its class-balanced seeded subset of FoMo-in-Flux size (``eval_size``)."""
+    dataset is evaluated on its class-balanced seeded subset of FoMo-in-Flux size (``eval_size``).
+
+    ``tasks`` (the stream: each task's class ids) adds one record per task j after the datasets':
+    dataset ``task_name(j)``, role ``task``, metric ``accuracy``: the accuracy over the evaluated test
+    images of task j's classes (the subsets' images with ``subset``), each classified within its own
+    dataset's label space, from the same predictions as the datasets' records. Only classification
+    datasets' images count; a task with none (retrieval classes only) gets no record."""
     model.eval()
     records = []
+    scored, hits_of = [], []  # the classified test images and whether each was classified correctly
     for d, (name, ds) in enumerate(bench.datasets.items()):
         index = bench.test_indices(ds.classes)
         if subset:
@@ -91,6 +118,27 @@ def evaluate_all(model, bench: Benchmark, tokenize, device="cpu", subset: bool =
         if ds.kind == "retrieval":
             metric, value = "recall@5", recall_at_5(model, bench, tokenize, index, device)
         else:
-            metric, value = "accuracy", zero_shot_accuracy(model, bench, tokenize, ds, index, device)
+            right = (
+                zero_shot_predictions(model, bench, tokenize, ds, index, device)
+                == bench.test_labels[torch.as_tensor(index)]
+            )
+            scored.append(index)
+            hits_of.append(right.numpy())
+            metric, value = "accuracy", float(right.float().mean())
         records.append({"dataset": name, "role": ds.role, "metric": metric, "value": value, "n_eval": len(index)})
+    if tasks and scored:
+        labels = bench.test_labels.numpy()[np.concatenate(scored)]
+        hits = np.concatenate(hits_of)
+        for j, task in enumerate(tasks, start=1):
+            mine = hits[np.isin(labels, np.asarray(task, dtype=labels.dtype))]
+            if len(mine):
+                records.append(
+                    {
+                        "dataset": task_name(j, len(tasks)),
+                        "role": "task",
+                        "metric": "accuracy",
+                        "value": float(mine.mean()),
+                        "n_eval": len(mine),
+                    }
+                )
     return records

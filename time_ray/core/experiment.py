@@ -42,6 +42,9 @@ class Experiment:
     mixture: Mixture
     training: TrainingRecipe
     per_image_captions: bool = False
+    # the stream's tasks that evaluation reports one ``task`` record each for (None: ``stream``); the
+    # multitask reference trains on one task, the union, and is still evaluated on the stream's tasks
+    eval_tasks: list[list[int]] | None = None
 
     @classmethod
     def from_settings(cls, s: ExperimentSettings, multitask: bool = False) -> Experiment:
@@ -52,13 +55,13 @@ class Experiment:
             bench, pairs = _real_benchmark(
                 s.benchmark_kind, json.dumps(s.data, sort_keys=True), models.image_size(s.arch)
             )
-        stream = make_stream(bench, s.tasks, s.order, s.stream_seed, pairs)
-        if multitask:
-            stream = [[c for task in stream for c in task]]
+        tasks = make_stream(bench, s.tasks, s.order, s.stream_seed, pairs)
+        stream = [[c for task in tasks for c in task]] if multitask else tasks
         return cls(
             arch=s.arch,
             bench=bench,
             stream=stream,
+            eval_tasks=tasks,
             mixture=s.mixture,
             training=s.training,
             per_image_captions=s.captions == "image",
@@ -114,5 +117,9 @@ class Experiment:
         )
 
     def evaluate(self, model, device="cpu", subset: bool = False, seed: int = 0) -> list[dict]:
-        """Every dataset; ``subset``: the class-balanced FoMo-size subsets used during the stream."""
-        return evaluate_all(model, self.bench, self.tokenize, device, subset, seed)
+        """A record per dataset (roles 'adaptation' / 'heldout'), then one per task j of the stream
+        (role 'task', dataset ``task_01``..: accuracy on task j's classes, from the same predictions);
+        ``subset``: the class-balanced FoMo-size subsets used during the stream (the task records
+        then cover the subsets' images of each task's classes)."""
+        tasks = self.eval_tasks if self.eval_tasks is not None else self.stream
+        return evaluate_all(model, self.bench, self.tokenize, device, subset, seed, tasks)
