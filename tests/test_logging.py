@@ -183,3 +183,16 @@ def test_progress_lines_carry_an_eta_from_the_rate_so_far(capsys, monkeypatch):
     assert "ETA" not in capsys.readouterr().err
     printer.trained_done, printer.trained_total = 1, 100
     assert printer.eta() == "  ETA 198h00m"
+
+
+def test_a_resumed_sweeps_progress_counts_only_what_is_left():
+    from time_ray.orchestration.progress import ProgressPrinter
+
+    cfg = load_config("configs/quickstart.yaml", ["policies.presets=[sequential-ft]", "policies.multitask=true"])
+    trials = expand_trials(cfg)  # sequential-ft (timesteps 0..4) and the multitask reference (0 and 4)
+    fresh = ProgressPrinter(trials, tasks=4)
+    assert (fresh.total, fresh.trained_total) == (5 + 2, 4 + 1)
+    ft = next(t for t in trials if not t.multitask).trial_id
+    mt = next(t for t in trials if t.multitask).trial_id
+    resumed = ProgressPrinter(trials, tasks=4, recorded={ft: 2, mt: 0})  # ft recorded 0..2, the reference 0
+    assert (resumed.total, resumed.trained_total) == (2 + 1, 2 + 1)

@@ -149,3 +149,34 @@ def test_quiet_console_drops_the_raylet_worker_count_warning_only(capsys):
     worker.print_to_stdstream({"lines": [many], "pid": "raylet", "is_err": False}, ignore_prefix=False)
     out = capsys.readouterr()
     assert "worker processes" in out.out + out.err and not hasattr(worker.print_to_stdstream, "__wrapped__")
+
+
+def test_init_ray_puts_the_clis_sigterm_handler_back(monkeypatch):
+    """ray.init installs a C-level SIGTERM handler that dumps a stack and aborts (seen by hand: a
+    stopped sweep printed '*** SIGTERM received' and make said 'Aborted'); the CLI's handler, a stop
+    like Ctrl-C, must be the one in force afterwards."""
+    import signal
+
+    import ray
+
+    from time_ray.orchestration import local_ray
+
+    def ours(signum, frame):
+        raise KeyboardInterrupt
+
+    def ray_init(**kwargs):  # as Ray's core worker does: another handler for SIGTERM
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    previous = signal.signal(signal.SIGTERM, ours)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", ray_init)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(local_ray, "_node_address", lambda: "127.0.0.1")
+    monkeypatch.setattr(local_ray, "_nodes", lambda: [])
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    try:
+        local_ray.init_ray()
+        assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        local_ray.quiet_console(verbose=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 
 from time_ray.logs import LEVEL_ENV
 
@@ -67,6 +69,9 @@ def init_ray(verbose: bool = False, temp_dir: str | None = None, num_cpus: int |
     quiet_console(verbose)
     kwargs = dict(log_to_driver=verbose, configure_logging=True, logging_level="INFO" if verbose else "WARNING")
     logger.debug("time-ray: ray.init(%s) %s", "joining " + os.environ["RAY_ADDRESS"] if joined else "local", kwargs)
+    # ray.init installs a C-level SIGTERM handler in this process that dumps a stack trace and aborts;
+    # the CLI's own handler (a stop like Ctrl-C: Ray shut down, "rerun with --resume") is put back after it
+    sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     if joined:
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
     else:
@@ -78,6 +83,8 @@ def init_ray(verbose: bool = False, temp_dir: str | None = None, num_cpus: int |
             runtime_env={"env_vars": _worker_env()},
             **kwargs,
         )
+    if callable(sigterm):
+        signal.signal(signal.SIGTERM, sigterm)
     return {**ray.cluster_resources(), "node_address": _node_address(), "nodes": _nodes(), "joined": joined}
 
 

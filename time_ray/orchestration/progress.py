@@ -35,12 +35,15 @@ def trial_error(trial) -> str:
 
 
 class ProgressPrinter(Callback):
-    def __init__(self, trials: list[Trial], tasks: int, max_failures: int = 0):
+    def __init__(self, trials: list[Trial], tasks: int, max_failures: int = 0, recorded: dict[str, int] | None = None):
+        """``recorded``: each trial's last timestep already recorded (a resumed sweep): not counted again."""
         self.attempts = max_failures + 1
-        self.total = sum(2 if t.multitask else tasks + 1 for t in trials)
+        last = {t.trial_id: (recorded or {}).get(t.trial_id, -1) for t in trials}
+        steps = {t.trial_id: [0, tasks] if t.multitask else list(range(tasks + 1)) for t in trials}
+        self.total = sum(len([s for s in steps[i] if s > last[i]]) for i in steps)
         self.done = 0
         self.start = time.time()
-        self.trained_total = sum(1 if t.multitask else tasks for t in trials)  # timesteps t >= 1: the slow ones
+        self.trained_total = sum(len([s for s in steps[i] if s > max(last[i], 0)]) for i in steps)  # t >= 1: slow ones
         self.trained_done = 0
 
     def eta(self) -> str:

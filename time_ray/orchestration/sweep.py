@@ -69,12 +69,17 @@ def check_output(cfg: SweepConfig, storage: Storage, resume: bool) -> None:
             )
 
 
+def recorded(storage: Storage, trial: Trial) -> int:
+    """The last timestep the trial recorded (-1: none)."""
+    path = storage.pull(f"trials/{trial.trial_id}/timesteps.parquet", refresh=True)
+    return int(pd.read_parquet(path).timestep.max()) if path is not None else -1
+
+
 def finished(storage: Storage, trial: Trial, tasks: int) -> bool:
     """Done: every timestep recorded, or stopped early by the scheduler (not run again on --resume)."""
     if storage.exists(f"trials/{trial.trial_id}/stopped_early.json"):
         return True
-    path = storage.pull(f"trials/{trial.trial_id}/timesteps.parquet", refresh=True)
-    return path is not None and int(pd.read_parquet(path).timestep.max()) == tasks
+    return recorded(storage, trial) == tasks
 
 
 def scheduler(cfg: SweepConfig):
@@ -255,7 +260,11 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> dict[str,
             storage_path=storage.ray_path("ray"),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=TRIAL_MAX_FAILURES),
-            callbacks=[ProgressPrinter(todo, cfg.stream.tasks, TRIAL_MAX_FAILURES)],
+            callbacks=[
+                ProgressPrinter(
+                    todo, cfg.stream.tasks, TRIAL_MAX_FAILURES, {t.trial_id: recorded(storage, t) for t in todo}
+                )
+            ],
         ),
     )
     # Ctrl-C raises KeyboardInterrupt out of fit() (the CLI exits 130 and --resume finishes): Tune's own
