@@ -131,3 +131,20 @@ def test_mistakes_are_one_line_naming_what_exists(sweep, capsys, tmp_path):
     assert err.count("\n") == 1 and "does not exist; give the --output directory of `time-ray sweep`" in err
     with pytest.raises(SystemExit):  # argparse: one or the other
         main(["export", str(root), "--trial", trial, "-t", "1", "--expert", "--deployed"])
+
+
+def test_a_policy_name_that_one_trial_has_names_that_trial(sweep, tmp_path):
+    root, trials, _ = sweep
+    best = next(t for t in trials if t.name == "best-in-time")
+    by_name = export_model(str(root), "best-in-time", 2, output=str(tmp_path / "a.safetensors"))
+    by_id = export_model(str(root), best.trial_id, 2, output=str(tmp_path / "b.safetensors"))
+    assert by_name["trial_id"] == best.trial_id
+    same(load_with_open_clip(by_name["file"]), load_with_open_clip(by_id["file"]))
+    # two trials of one policy (another seed, say): the name is ambiguous, the ids are listed
+    copy = tmp_path / "two"
+    shutil.copytree(root, copy)
+    doc = json.loads((copy / "trials.json").read_text())
+    doc["trials"].append({**best.to_json(), "trial_id": "best-in-time-average-00000000", "seed": 1})
+    (copy / "trials.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r"--trial 'best-in-time': 2 trials have that policy .* give one id: "):
+        export_model(str(copy), "best-in-time", 2)

@@ -183,7 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     export.add_argument("dir", help="the --output directory of `time-ray sweep` (or its storage URI)")
-    export.add_argument("--trial", required=True, help="the trial's id, e.g. best-in-time-average-1a2b3c4d")
+    export.add_argument(
+        "--trial",
+        required=True,
+        help="the trial's id (DIR/trials.json), e.g. best-in-time-average-1a2b3c4d, or a policy name that only one "
+        "trial has, e.g. best-in-time",
+    )
     export.add_argument("--timestep", "-t", type=int, required=True, help="T: after task T (1..tasks)")
     which = export.add_mutually_exclusive_group()
     which.add_argument("--deployed", dest="kind", action="store_const", const="deployed", help="theta^o_T (default)")

@@ -98,11 +98,18 @@ def export_model(
 
     if kind not in KINDS:
         raise ConfigError(f"export: kind {kind!r} is not one of {', '.join(KINDS)}.")
-    output = output or default_output(directory, trial_id, timestep, kind)
-    if Path(output).suffix not in SUFFIXES:
+    if output is not None and Path(output).suffix not in SUFFIXES:
         raise ConfigError(f"--output {output}: name a {', '.join(SUFFIXES)} file (the suffix chooses the format).")
     storage = Storage(directory)
     entries, tasks = _entries(storage)
+    named = sorted(i for i, e in entries.items() if e.get("policy") == trial_id)  # a policy name: its one trial
+    if trial_id not in entries and len(named) > 1:
+        raise ConfigError(
+            f"--trial {trial_id!r}: {len(named)} trials have that policy (other techniques, budgets or seeds); "
+            f"give one id: {', '.join(named[:8])}{', ...' if len(named) > 8 else ''}."
+        )
+    trial_id = named[0] if trial_id not in entries and named else trial_id
+    output = output or default_output(directory, trial_id, timestep, kind)
     if trial_id not in entries:
         ids = sorted(entries)
         shown = ", ".join(ids[:8]) + (f", ... ({len(ids)} in all)" if len(ids) > 8 else "")
