@@ -196,3 +196,34 @@ def test_a_resumed_sweeps_progress_counts_only_what_is_left():
     mt = next(t for t in trials if t.multitask).trial_id
     resumed = ProgressPrinter(trials, tasks=4, recorded={ft: 2, mt: 0})  # ft recorded 0..2, the reference 0
     assert (resumed.total, resumed.trained_total) == (2 + 1, 2 + 1)
+
+
+def test_a_quiet_minute_gets_a_line_saying_what_still_runs(capsys, monkeypatch):
+    """On a busy machine a Train run can take minutes to start: the console is not silent that long."""
+    from types import SimpleNamespace
+
+    from time_ray.orchestration import progress
+
+    configure(logging.INFO)
+    cfg = load_config("configs/quickstart.yaml", ["policies.presets=[sequential-ft, offline-merge]"])
+    now = [1000.0]
+    monkeypatch.setattr(progress.time, "time", lambda: now[0])
+    printer = progress.ProgressPrinter(expand_trials(cfg), tasks=4)
+    trials = [SimpleNamespace(status="RUNNING"), SimpleNamespace(status="PENDING"), SimpleNamespace(status="RUNNING")]
+    now[0] += progress.QUIET_SECONDS - 1
+    printer.on_step(1, trials)
+    assert capsys.readouterr().err == ""
+    now[0] += 1
+    printer.on_step(2, trials)
+    assert (
+        capsys.readouterr().err
+        == "[    60s   0/10] still working: 2 trial(s) running, 1 waiting (nothing new for 60 s)\n"
+    )
+    now[0] += 30  # the count starts again from the last line of any kind
+    printer.on_trial_result(
+        0, trials, None, {"policy": "p", "timestep": 0, "tasks": 4, "a_ka": 0.5, "a_zs": 0.5, "gm": 0.5}
+    )
+    capsys.readouterr()
+    now[0] += progress.QUIET_SECONDS - 1
+    printer.on_step(3, trials)
+    assert capsys.readouterr().err == ""

@@ -12,6 +12,7 @@ from ray.tune import Callback
 from time_ray.core.contracts import Trial
 
 logger = logging.getLogger(__name__)
+QUIET_SECONDS = 60.0  # after this long without a line, one saying what is still running (a busy machine)
 
 
 def last_line(error) -> str:
@@ -45,6 +46,7 @@ class ProgressPrinter(Callback):
         self.start = time.time()
         self.trained_total = sum(len([s for s in steps[i] if s > max(last[i], 0)]) for i in steps)  # t >= 1: slow ones
         self.trained_done = 0
+        self.last_line = self.start
 
     def eta(self) -> str:
         """'  ETA 2m05s': the remaining timesteps t >= 1 at the rate seen so far ('' before the first)."""
@@ -61,6 +63,17 @@ class ProgressPrinter(Callback):
     def _line(self, msg: str) -> None:
         elapsed = time.time() - self.start
         logger.info("[%6.0fs %3d/%d] %s", elapsed, self.done, self.total, msg)
+        self.last_line = time.time()
+
+    def on_step(self, iteration, trials, **info):
+        """Tune's loop, every iteration: after ``QUIET_SECONDS`` without a line, one that says the sweep
+        is alive and what it waits for (on a busy machine, Ray's worker start-up can take minutes)."""
+        if time.time() - self.last_line < QUIET_SECONDS:
+            return
+        states = [getattr(t, "status", "?") for t in trials]
+        running, pending = states.count("RUNNING"), states.count("PENDING")
+        quiet = round(time.time() - self.last_line)
+        self._line(f"still working: {running} trial(s) running, {pending} waiting (nothing new for {quiet} s)")
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._line(f"{trial.config['trial_id']}: started")
