@@ -180,3 +180,34 @@ def test_init_ray_puts_the_clis_sigterm_handler_back(monkeypatch):
     finally:
         signal.signal(signal.SIGTERM, previous)
         local_ray.quiet_console(verbose=True)
+
+
+def test_a_resume_reads_each_trials_timesteps_once_and_counts_from_them(tmp_path, monkeypatch):
+    """--resume: the finished trials are skipped, the others' progress starts after their last recorded
+    timestep, and each trial's timesteps.parquet is read once for both (many trials on S3 add up)."""
+    from time_ray.orchestration import sweep
+
+    cfg = load_config("configs/quickstart.yaml")
+    trials = sweep.expand_trials(cfg)
+    storage = Storage(tmp_path)
+    prepare_output(cfg, storage, resume=False)
+    (tmp_path / "base.safetensors").write_bytes(b"")  # theta_0 is there: nothing to build
+    done, half = trials[0].trial_id, trials[1].trial_id
+    for trial_id, last in ((done, cfg.stream.tasks), (half, 2)):
+        rows = [{c: 0 for c in TIMESTEP_COLUMNS} | {"timestep": t} for t in range(last + 1)]
+        (tmp_path / "trials" / trial_id).mkdir(parents=True)
+        write_parquet_atomic(pd.DataFrame(rows), tmp_path / "trials" / trial_id / "timesteps.parquet")
+    reads, seen = [], {}
+    real = sweep.recorded
+    monkeypatch.setattr(sweep, "recorded", lambda storage, trial: reads.append(trial.trial_id) or real(storage, trial))
+
+    def run_trials(cfg, todo, storage, verbose, ray_temp_dir, last):
+        seen.update(todo=[t.trial_id for t in todo], last=last)
+        return {}
+
+    monkeypatch.setattr(sweep, "_run_trials", run_trials)
+    monkeypatch.setattr(sweep, "collect", lambda *args: pd.DataFrame())
+    sweep.run_sweep(cfg, str(tmp_path), resume=True)
+    assert sorted(reads) == sorted(t.trial_id for t in trials)  # once each
+    assert seen["todo"] == [t.trial_id for t in trials if t.trial_id != done]
+    assert seen["last"][half] == 2 and seen["last"][trials[2].trial_id] == -1

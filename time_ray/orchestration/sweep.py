@@ -75,11 +75,12 @@ def recorded(storage: Storage, trial: Trial) -> int:
     return int(pd.read_parquet(path).timestep.max()) if path is not None else -1
 
 
-def finished(storage: Storage, trial: Trial, tasks: int) -> bool:
-    """Done: every timestep recorded, or stopped early by the scheduler (not run again on --resume)."""
+def finished(storage: Storage, trial: Trial, tasks: int, last: int | None = None) -> bool:
+    """Done: every timestep recorded, or stopped early by the scheduler (not run again on --resume).
+    ``last``: the trial's ``recorded`` timestep when the caller has read it already."""
     if storage.exists(f"trials/{trial.trial_id}/stopped_early.json"):
         return True
-    return recorded(storage, trial) == tasks
+    return (recorded(storage, trial) if last is None else last) == tasks
 
 
 def scheduler(cfg: SweepConfig):
@@ -190,7 +191,9 @@ def run_sweep(
     base = None if storage.pull("base.safetensors") is not None else load_base(**base_model_source(cfg))
     prepare_output(cfg, storage, resume)
     write_trials(storage, cfg, trials)
-    todo = [t for t in trials if not (resume and finished(storage, t, cfg.stream.tasks))]
+    # each trial's timesteps.parquet read once: what is left to do, and where the progress count starts
+    last = {t.trial_id: recorded(storage, t) for t in trials} if resume else {}
+    todo = [t for t in trials if not (resume and finished(storage, t, cfg.stream.tasks, last[t.trial_id]))]
     for trial in todo:  # an unfinished trial continues after its last recorded timestep
         storage.remove_tree(f"trials/{trial.trial_id}/failed.json")
     logger.info(
@@ -201,7 +204,7 @@ def run_sweep(
     if base is not None:
         save_atomic(base, storage.local("base.safetensors"))
         storage.push("base.safetensors")
-    failed = _run_trials(cfg, todo, storage, verbose, ray_temp_dir) if todo else {}
+    failed = _run_trials(cfg, todo, storage, verbose, ray_temp_dir, last) if todo else {}
     steps = collect(storage, trials, cfg.stream.tasks)  # what finished is always written
     if failed:
         details = "; ".join(f"{trial_id}: {error}" for trial_id, error in failed.items())
@@ -213,7 +216,7 @@ def run_sweep(
     return steps
 
 
-def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> dict[str, str]:
+def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[str, int]) -> dict[str, str]:
     """Runs the trials on Ray; returns {trial_id: error} of the trials that failed."""
     import ray
     from ray import tune
@@ -262,7 +265,7 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir) -> dict[str,
             failure_config=tune.FailureConfig(max_failures=TRIAL_MAX_FAILURES),
             callbacks=[
                 ProgressPrinter(
-                    todo, cfg.stream.tasks, TRIAL_MAX_FAILURES, {t.trial_id: recorded(storage, t) for t in todo}
+                    todo, cfg.stream.tasks, TRIAL_MAX_FAILURES, {t.trial_id: last.get(t.trial_id, -1) for t in todo}
                 )
             ],
         ),
