@@ -29,7 +29,7 @@
 * Cold and warm: TIES and Breadcrumbs remember each file expert's |tau| thresholds (per content, theta_0 and
   rank), DARE its thresholds (per seed, expert index, tensors and rank: its scores do not depend on the
   weights), so a pool merging the same experts again selects thresholds for new experts only. The targets are
-  checked cold (remembered thresholds cleared before every merge); ``<name>_warm`` times the merge with
+  checked cold (a new executor, an empty threshold cache, for every merge); ``<name>_warm`` times the merge with
   every threshold remembered (the second pass alone), reported beside it.
 
 Targets: average and task_arithmetic >= 0.7x the mean's throughput; ties, dare_ties, breadcrumbs_ties and
@@ -56,7 +56,7 @@ import time_ray.core.merging.spec as spec_layer  # noqa: E402
 from time_ray.core.checkpoints import materialize  # noqa: E402
 from time_ray.core.merging import TECHNIQUES as REGISTRY  # noqa: E402
 from time_ray.core.merging import make_technique, tower_of  # noqa: E402
-from time_ray.core.merging.sparse import SELECTIONS  # noqa: E402
+from time_ray.core.merging.executor import MergeExecutor, default_backend  # noqa: E402
 from time_ray.core.merging.spec import SPECS, SpecTechnique, spec_merge  # noqa: E402
 
 for _module in pkgutil.iter_modules(spec_layer.__path__):  # every spec module: registers its specs
@@ -141,17 +141,22 @@ def naive_threshold(experts, base):
             del magnitudes
 
 
-def measure(pool, k: int, techniques: list[str], repeats: int, model_bytes: int) -> dict:
+def measure(pool, k: int, techniques: list[str], repeats: int, model_bytes: int, backend: str) -> dict:
     experts, base = pool.experts(k), pool.base
+    warm = MergeExecutor(backend)  # type: ignore[arg-type]  # one executor, its cache kept across merges
     candidates = {
         "copy": lambda: plain_copy(experts),
         "mean": lambda: plain_mean(experts),
         "stack_mean": lambda: stack_mean(experts),
     }
     for name in techniques:  # cold: no thresholds remembered from an earlier merge
-        candidates[name] = lambda name=name: (SELECTIONS.clear(), make_technique(name).merge(experts, base=base))
+        candidates[name] = lambda name=name: make_technique(name).merge(
+            experts,
+            base=base,
+            executor=MergeExecutor(backend),  # type: ignore[arg-type]  # a new, empty cache
+        )
         if name in REMEMBERED:  # warm: a pool merging the same experts again (thresholds remembered)
-            candidates[f"{name}_warm"] = lambda name=name: make_technique(name).merge(experts, base=base)
+            candidates[f"{name}_warm"] = lambda name=name: make_technique(name).merge(experts, base=base, executor=warm)
     peaks: dict[str, float] = {}
     times = interleaved(
         candidates, repeats, lambda name, s, peak: peaks.__setitem__(name, max(peaks.get(name, 0.0), peak.extra_mib))
@@ -176,6 +181,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the merge actor)")
     parser.add_argument("--techniques", default=",".join(TECHNIQUES + spec_only_techniques()))
+    parser.add_argument(
+        "--backend", default=default_backend(), choices=["numba", "torch"], help="the merge executor's backend"
+    )
     parser.add_argument("--dir", default=None, help="where the temporary checkpoints go (default: the system temp dir)")
     args = parser.parse_args(argv)
     arch = args.arch or ("tiny-clip-wide" if args.quick else "ViT-B-16")
@@ -190,6 +198,7 @@ def main(argv=None) -> int:
         "repeats": repeats,
         "machine": machine(args.threads),
         "page_cache": "warm (files read once before timing)",
+        "backend": args.backend,
     }
     with tempfile.TemporaryDirectory(prefix="tr-merge-", dir=args.dir) as tmp:
         exact_arch = "tiny-clip" if args.quick else "tiny-clip-wide"
@@ -206,7 +215,7 @@ def main(argv=None) -> int:
         results["by_k"] = {}
         for k in ks:
             log(f"k = {k}")
-            results["by_k"][str(k)] = measure(pool, k, techniques, repeats, model_bytes)
+            results["by_k"][str(k)] = measure(pool, k, techniques, repeats, model_bytes, args.backend)
         naive_k = max(k for k in ks if k <= 10)
         start = time.perf_counter()
         naive_threshold(pool.experts(naive_k), pool.base)

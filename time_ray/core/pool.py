@@ -3,7 +3,9 @@ that strategies reuse (the EMA chain r_t), each a safetensors file written atomi
 
 An expert that already exists elsewhere (the sweep's content-addressed expert cache) enters the pool
 as a reference (``expert_003.ref`` holding the file's path relative to the pool), not as a copy.
-Files are immutable once written. Two optional hooks let a caller keep the pool on remote storage:
+Files are immutable once written. The pool's merges run on its ``executor`` (backend, threshold cache),
+given by whoever builds the pool (the merge actor) or a default one. Two optional hooks let a caller keep
+the pool on remote storage:
 ``fetch(path)`` makes a file local before it is opened, ``publish(path)`` uploads one just written.
 """
 
@@ -17,6 +19,7 @@ from pathlib import Path
 from time_ray.core.atomic import write_text_atomic
 from time_ray.core.checkpoints import Checkpoint, SafetensorsCheckpoint, save_atomic
 from time_ray.core.errors import CheckpointError
+from time_ray.core.merging.executor import MergeExecutor
 
 Hook = Callable[[Path], None]
 
@@ -34,8 +37,10 @@ class CheckpointPool:
         base_path: str | os.PathLike,
         fetch: Hook | None = None,
         publish: Hook | None = None,
+        executor: MergeExecutor | None = None,
     ):
         self.root = Path(root)
+        self.executor = MergeExecutor() if executor is None else executor
         self.root.mkdir(parents=True, exist_ok=True)
         self.base_path = Path(base_path)
         self.fetch, self.publish = fetch or _noop, publish or _noop

@@ -1,9 +1,16 @@
 """The merge actor: holds one policy's checkpoint pool and answers "where does task t start?"
-(init strategy) and "which model is served after task t?" (deploy strategy + merging technique)."""
+(init strategy) and "which model is served after task t?" (deploy strategy + merging technique).
+
+Its merges run on one ``MergeExecutor`` it builds and owns, with its own threshold cache. The backend is
+the fused numba kernels when numba is importable; the environment variable ``TIME_RAY_MERGE_KERNELS=0``
+(also ``false``, ``off``; read here, when the actor is built) runs torch ops instead (bit-identical, slower:
+for comparison or debugging).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import ray
@@ -11,9 +18,24 @@ import torch
 
 from time_ray.core.checkpoints import materialize
 from time_ray.core.contracts import ExpertInfo, TimestepCosts
+from time_ray.core.merging.executor import Backend, MergeExecutor, ThresholdCache, default_backend
 from time_ray.core.pool import CheckpointPool
 from time_ray.core.strategies import Policy, deploy_weights, init_weights
 from time_ray.orchestration.storage import Storage
+
+KERNELS_SWITCH = "TIME_RAY_MERGE_KERNELS"
+
+
+def backend_from_environment() -> Backend:
+    """``torch`` when ``TIME_RAY_MERGE_KERNELS`` is 0 / false / off, else the default (numba if importable)."""
+    if os.environ.get(KERNELS_SWITCH, "1").strip().lower() in ("0", "false", "off"):
+        return "torch"
+    return default_backend()
+
+
+def build_executor() -> MergeExecutor:
+    """The executor of a merge actor's pool: its backend from the environment, a threshold cache of its own."""
+    return MergeExecutor(backend_from_environment(), ThresholdCache())
 
 
 @ray.remote(num_cpus=0, max_restarts=3, max_task_retries=-1)
@@ -32,6 +54,7 @@ class MergeActor:
             storage.local("base.safetensors"),
             fetch=storage.fetch,
             publish=storage.push,
+            executor=build_executor(),
         )
         self.policy = policy
         self.dir = f"pool/{trial_id}"
