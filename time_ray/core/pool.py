@@ -19,6 +19,7 @@ from pathlib import Path
 from time_ray.core.atomic import write_text_atomic
 from time_ray.core.checkpoints import Checkpoint, SafetensorsCheckpoint, save_atomic
 from time_ray.core.errors import CheckpointError
+from time_ray.core.merging.base import Technique
 from time_ray.core.merging.executor import MergeExecutor
 
 Hook = Callable[[Path], None]
@@ -112,6 +113,14 @@ class CheckpointPool:
         if ref.exists():
             return (self.root / ref.read_text().strip()).resolve()
         return self._path("expert", t)
+
+    def warm_expert(self, t: int, technique: Technique) -> int:
+        """Computes what ``technique``'s later merges need to know about theta^s_t (its thresholds against
+        theta_0), into the executor's cache (and its store), as the 1st..(t+1)-th model of a merge (theta_0
+        may come first; its own thresholds as a model are computed the first time). Called when the expert
+        enters the pool, so every merge of it is warm; returns how many threshold selections ran."""
+        ran = technique.warm(self.expert(t), self.base, self.executor, positions=range(t + 1))
+        return ran + technique.warm(self.base, self.base, self.executor)
 
     def expert(self, t: int) -> Checkpoint:
         """theta^s_t, 1-based."""

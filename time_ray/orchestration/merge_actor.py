@@ -19,6 +19,7 @@ import torch
 from time_ray.core.checkpoints import materialize
 from time_ray.core.contracts import ExpertInfo, TimestepCosts
 from time_ray.core.merging.executor import Backend, MergeExecutor, ThresholdCache, default_backend
+from time_ray.core.merging.sidecar import ThresholdStore
 from time_ray.core.pool import CheckpointPool
 from time_ray.core.strategies import Policy, deploy_weights, init_weights
 from time_ray.orchestration.storage import Storage
@@ -33,9 +34,15 @@ def backend_from_environment() -> Backend:
     return default_backend()
 
 
-def build_executor() -> MergeExecutor:
-    """The executor of a merge actor's pool: its backend from the environment, a threshold cache of its own."""
-    return MergeExecutor(backend_from_environment(), ThresholdCache())
+THRESHOLDS_DIR = "thresholds"  # sidecar files of the experts' thresholds, in the sweep's storage (shared)
+
+
+def build_executor(storage: Storage) -> MergeExecutor:
+    """The executor of a merge actor's pool: its backend from the environment, a threshold cache of its own,
+    backed by the sweep's threshold sidecars (a restarted actor, or another trial sharing an expert, reads
+    them instead of selecting again)."""
+    store = ThresholdStore(storage.local(THRESHOLDS_DIR), fetch=storage.fetch, publish=storage.push)
+    return MergeExecutor(backend_from_environment(), ThresholdCache(store=store))
 
 
 @ray.remote(num_cpus=0, max_restarts=3, max_task_retries=-1)
@@ -54,7 +61,7 @@ class MergeActor:
             storage.local("base.safetensors"),
             fetch=storage.fetch,
             publish=storage.push,
-            executor=build_executor(),
+            executor=build_executor(storage),
         )
         self.policy = policy
         self.dir = f"pool/{trial_id}"
@@ -84,7 +91,9 @@ class MergeActor:
         if self.pool.n_experts >= t:  # a retried call after a restart: already stored
             return 0
         self._keep_info(t, info)
-        return self.pool.add_expert(t, state)
+        size = self.pool.add_expert(t, state)
+        self._warm(t)
+        return size
 
     def link_expert(self, t: int, rel: str, info: ExpertInfo) -> int:
         """Appends the cached expert file ``rel`` (in the sweep's storage) as theta^s_t, by reference."""
@@ -92,7 +101,16 @@ class MergeActor:
             return 0
         self._keep_info(t, info)
         self.storage.pull(rel)
-        return self.pool.link_expert(t, self.storage.local(rel))
+        size = self.pool.link_expert(t, self.storage.local(rel))
+        self._warm(t)
+        return size
+
+    def _warm(self, t: int) -> None:
+        """Expert t's thresholds for the policy's technique, computed as it enters the pool (charged to
+        timestep t's merge time), so that no merge of it selects them again."""
+        start = time.perf_counter()
+        self.pool.warm_expert(t, self.policy.technique)
+        self.merge_seconds[t] = self.merge_seconds.get(t, 0.0) + time.perf_counter() - start
 
     def fail(self, message: str) -> None:
         """A deterministic failure of the Train run (e.g. a NaN loss): the driver reports it."""

@@ -112,6 +112,14 @@ class Technique:
         inputs, run by ``executor``)."""
         return None
 
+    def warm(
+        self, expert: Checkpoint, base: Checkpoint, executor: MergeExecutor, positions: Sequence[int] = (0,)
+    ) -> int:
+        """Computes now, into ``executor``'s cache, what later merges need to know about ``expert`` alone (as
+        the ``positions``-th model of a merge): nothing for most techniques; a sparse technique's thresholds.
+        Returns how many selections ran."""
+        return 0
+
     def merge_key(
         self,
         key: str,

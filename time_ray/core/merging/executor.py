@@ -32,6 +32,7 @@ from time_ray.core.merging import kernels
 from time_ray.core.merging.base import Chunks, Span, chunk_spans, tower_of
 from time_ray.core.merging.scorers import Ranks, Scorer
 from time_ray.core.merging.select import BracketSelect, RadixSelect
+from time_ray.core.merging.sidecar import ThresholdStore
 
 if TYPE_CHECKING:
     from time_ray.core.merging.base import Technique
@@ -53,10 +54,12 @@ def default_backend() -> Backend:
 class ThresholdCache:
     """Thresholds found before, by what they depend on (a scorer's ``identity``): least recently used
     entries go beyond ``kept`` (a few integers each). ``hits`` and ``stores`` count lookups that found an
-    entry and entries stored."""
+    entry and entries stored. With a ``store`` (``sidecar.ThresholdStore``), entries are also written to
+    disk, and read from it when not held in memory (a restarted merge actor, another trial)."""
 
-    def __init__(self, kept: int = 4096):
+    def __init__(self, kept: int = 4096, store: ThresholdStore | None = None):
         self.kept = kept
+        self.store = store
         self._entries: OrderedDict[Hashable, list] = OrderedDict()
         self.hits = self.stores = 0
 
@@ -68,12 +71,21 @@ class ThresholdCache:
 
     def get(self, ident: Hashable) -> list | None:
         found = self._entries.get(ident)
+        if found is None and self.store is not None:
+            found = self.store.load(ident)
+            if found is not None:
+                self._remember(ident, found)
         if found is not None:
             self._entries.move_to_end(ident)
             self.hits += 1
         return found
 
     def put(self, ident: Hashable, found: list) -> None:
+        self._remember(ident, found)
+        if self.store is not None:
+            self.store.save(ident, found)
+
+    def _remember(self, ident: Hashable, found: list) -> None:
         self._entries[ident] = found
         self._entries.move_to_end(ident)
         self.stores += 1
@@ -210,6 +222,26 @@ class MergeExecutor:
                     if (ident := ids[k, tower]) is not None:
                         self.cache.put(ident, fresh[j, tower])
         return found
+
+    def prefetch(self, expert: Checkpoint, base: Checkpoint, want: Selection, positions: Sequence[int]) -> int:
+        """Puts the thresholds of one ``expert`` at each of ``positions`` (its number in later merges) into the
+        cache: found there (or in the cache's store), else selected now. ``want.ranks`` are those of expert 0.
+        Returns how many selections ran. Thresholds that cannot be remembered (no identity) are skipped."""
+        layout = floating_layout(expert)
+        ran = 0
+        for k in positions:
+            ids = {
+                tower: want.scorer.identity(expert, base, k, tower, layout[tower], tuple(want.ranks[0, tower]))
+                for tower in want.sizes
+            }
+            if None in ids.values() or all(self.cache.get(i) is not None for i in ids.values()):
+                continue
+            one = Selection(want.scorer, {(0, t): want.ranks[0, t] for t in want.sizes}, want.sizes, want.chunk)
+            found = self.select([expert], base, one, indices=[k])
+            ran += 1
+            for tower, ident in ids.items():
+                self.cache.put(ident, found[0, tower])
+        return ran
 
     def select(self, experts, base, want: Selection, indices: Sequence[int] | None = None) -> Found:
         """``thresholds`` without the cache: one pass inside the scorer's brackets when they hold every

@@ -159,6 +159,12 @@ class SparseConsensus(LinesOption, Technique):
         ranks = {at: [r for r in w[:2] if r is not None] for at, w in wanted.items()}
         return wanted, Selection(self.scorer(), ranks, dict(sizes), self.chunk_size(n_experts))
 
+    def warm(self, expert, base, executor, positions=(0,)):
+        """The expert's thresholds against theta_0, for merges where it is the ``positions``-th model (|tau|
+        thresholds do not depend on the position: one selection; DARE's depend on it alone)."""
+        _, selection = self.wanted_ranks(expert, 1)
+        return 0 if selection is None else executor.prefetch(expert, base, selection, positions)
+
     def prepare(self, experts, base, executor):
         depths = lines_depths(experts[0]) if self.lines is not None else None
         scorer = self.scorer()
