@@ -35,7 +35,7 @@ def _checksum(ident: str, found: list) -> str:
 
 def _well_formed(found) -> bool:
     """A list of (k-th score key, how many smaller[, how many equal]) of non-negative int32 keys."""
-    if not isinstance(found, list) or not found:
+    if not isinstance(found, list):  # (empty when no rank is wanted in a tower)
         return False
     for entry in found:
         if not isinstance(entry, list) or len(entry) not in (2, 3):

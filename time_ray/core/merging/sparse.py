@@ -103,10 +103,10 @@ class SparseConsensus(LinesOption, Technique):
     theta = theta_0 + lambda * tau_merged (LiNeS: s(layer) instead of lambda). Strategy weights are not used.
 
     The inputs are read twice: one selection pass inside brackets of the thresholds (a sample's, or known
-    from the scores' distribution; two radix passes when there is none or it misses; none for thresholds
-    the executor's cache holds), one merge pass; each
-    time as [experts x chunk] blocks of task vectors that whole-block operations work on. Sums over experts
-    keep the order of ``CascadeSum``.
+    from the scores' distribution; two radix passes when there is none or it misses; no pass for experts
+    whose thresholds the executor's cache holds, e.g. computed when they entered a pool: ``warm``), one
+    merge pass; each time as [experts x chunk] blocks of task vectors (or one fused kernel loop). Sums over
+    experts keep the order of ``CascadeSum``.
     """
 
     needs_base: ClassVar[bool] = True
