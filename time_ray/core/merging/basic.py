@@ -63,7 +63,7 @@ class TaskArithmetic(LinesOption, Technique):
         return min(super().chunk_size(n_models), CACHED_CHUNK)
 
     def merge_key(self, key, thetas, weights, theta_0, prep, span):
-        if span.executor is not None and span.executor.kernels:  # the same sums in one fused pass per expert
+        if span.executor is not None and span.executor.fused:  # the same sums in one fused pass per expert
             chunks, theta_0 = [t.contiguous() for t in thetas], theta_0.contiguous()
             out = torch.empty(span.size)
             acc = span.executor.scratch.array("task_sum", (self.chunk_size(len(thetas)),), np.float32)
@@ -153,7 +153,7 @@ class MagMax(Technique):
         return min(super().chunk_size(n_models), CACHED_CHUNK)
 
     def merge_key(self, key, thetas, weights, theta_0, prep, span):
-        if span.executor is not None and span.executor.kernels:  # one fused pass per expert; ties: torch path
+        if span.executor is not None and span.executor.fused:  # one fused pass per expert; ties: torch path
             chunks, theta_0 = [t.contiguous() for t in thetas], theta_0.contiguous()
             size = (self.chunk_size(len(thetas)),)
             high, low = (span.executor.scratch.array(name, size, np.float32)[: span.size] for name in ("high", "low"))

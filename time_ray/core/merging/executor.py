@@ -149,7 +149,8 @@ class MergeExecutor:
         self.selected = 0
 
     @property
-    def kernels(self) -> bool:
+    def fused(self) -> bool:
+        """The fused kernels run (backend numba)."""
         return self.backend == "numba"
 
     def __repr__(self) -> str:
@@ -253,7 +254,7 @@ class MergeExecutor:
         brackets = want.scorer.brackets(experts, base, ranks, sizes)
         inside = 4 * sum(b[2] * sizes[tower] for (_, tower), bs in (brackets or {}).items() for b in bs)
         if brackets is not None and inside <= INSIDE_BYTES:  # wide brackets (many equal scores): radix
-            if self.kernels and want.scorer.kernel_mode is not None:
+            if self.fused and want.scorer.kernel_mode is not None:
                 found = self._kernel_select(experts, base, want, brackets, indices)
             else:
                 selects = {

@@ -168,7 +168,7 @@ class SparseConsensus(LinesOption, Technique):
     def prepare(self, experts, base, executor):
         depths = lines_depths(experts[0]) if self.lines is not None else None
         scorer = self.scorer()
-        kernel = executor.kernels and scorer.kernel_mode is not None
+        kernel = executor.fused and scorer.kernel_mode is not None
         wanted, selection = self.wanted_ranks(experts[0], len(experts))
         if selection is None:  # nothing to drop: no pass over the inputs
             return _ConsensusPrep(defaultdict(_Bounds), depths, scorer, kernel=kernel)
