@@ -3,7 +3,7 @@ pinned against hand-computed values on small tensors:
 
 * Breadcrumbs-TIES drops exactly floor(N p) entries at the bottom and floor(N top) at the top of each
   expert's tower ranked by |tau| (``BreadcrumbsTIES.filter_tensor_nd_magnitude``), in the torch path and
-  in the fused kernels alike (``TIME_RAY_MERGE_KERNELS`` = 0 / 1);
+  in the fused kernels alike (executors on the ``numba`` and ``torch`` backends);
 * SLERP with t unset takes t from the strategy's weights (the second model's weight); a set t wins;
 * Model Stock plainly averages one-entry tensors (logit_scale) and keeps its formula for the others.
 """
@@ -13,23 +13,26 @@ import math
 import pytest
 import torch
 
+import time_ray.core.merging.executor as executor_module
 from time_ray.config import expand_trials, load_config
 from time_ray.core.checkpoints import save_atomic
 from time_ray.core.merging import BreadcrumbsTies, ModelStock, Slerp, kernels, make_technique, technique_params
+from time_ray.core.merging.executor import MergeExecutor
 from time_ray.core.pool import CheckpointPool
 from time_ray.core.strategies import Policy, deploy_weights, init_weights
 
-PATHS = ["1", "0"] if kernels.numba is not None else ["0"]  # fused kernels, torch ops
+PATHS = ["numba", "torch"] if kernels.numba is not None else ["torch"]  # fused kernels, torch ops
 
 
 def T(*values):
     return torch.tensor(values, dtype=torch.float32)
 
 
-@pytest.fixture(params=PATHS, ids=lambda v: {"1": "kernels", "0": "torch"}[v])
+@pytest.fixture(params=PATHS, ids=lambda v: {"numba": "kernels", "torch": "torch"}[v])
 def path(request, monkeypatch):
-    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", request.param)
-    assert kernels.enabled() == (request.param == "1")
+    """Merges without an executor of their own run on this backend (the default executor's)."""
+    monkeypatch.setattr(executor_module, "default_backend", lambda: request.param)
+    assert MergeExecutor().backend == request.param
     return request.param
 
 
@@ -97,7 +100,7 @@ def test_breadcrumbs_keeps_every_entry_equal_to_a_threshold(path):
     assert torch.equal(got, T(2.0, 0.0, 9.0, 2.0, 5.0, 2.0, 9.0, 3.0, 7.0, 4.0))
 
 
-def test_breadcrumbs_kernels_and_torch_give_the_same_bits_with_several_experts(monkeypatch):
+def test_breadcrumbs_kernels_and_torch_give_the_same_bits_with_several_experts():
     if kernels.numba is None:
         pytest.skip("numba is not installed")
     g = torch.Generator().manual_seed(5)
@@ -109,10 +112,8 @@ def test_breadcrumbs_kernels_and_torch_give_the_same_bits_with_several_experts(m
     }
     experts = [{k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(3)]
     for technique in (BreadcrumbsTies(prune=0.15, top=0.25), BreadcrumbsTies(prune=0.3, top=0.05, disjoint="mean")):
-        monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "1")
-        fused = technique.merge(experts, base=base)
-        monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "0")
-        reference = technique.merge(experts, base=base)
+        fused = technique.merge(experts, base=base, executor=MergeExecutor("numba"))
+        reference = technique.merge(experts, base=base, executor=MergeExecutor("torch"))
         for key in base:
             assert torch.equal(fused[key], reference[key]), key
         alone = technique.merge(experts[:1], base=base)  # one expert: dropped entries are theta_0 exactly

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 import time_ray.core.merging.base as merging_base
+import time_ray.core.merging.executor as executor_module
 import time_ray.core.merging.sparse as sparse
-from time_ray.core.merging import BreadcrumbsTies, DareTies, MagMax, TaskArithmetic, Ties, kernels
+from time_ray.core.merging import BreadcrumbsTies, DareTies, MagMax, TaskArithmetic, Ties, kernels, scorers, select
 from time_ray.core.merging.base import derived_seed
+from time_ray.core.merging.executor import MergeExecutor, ThresholdCache
 
 pytestmark = pytest.mark.skipif(kernels.numba is None, reason="numba is not installed")
 
@@ -53,10 +55,8 @@ def merge_both(technique, experts, base, monkeypatch, kernel="merge_block"):
     calls = []
     merge_block = getattr(kernels, kernel)
     monkeypatch.setattr(kernels, kernel, lambda *a: calls.append(1) or merge_block(*a))
-    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "1")
-    fused = technique.merge(experts, base=base)
-    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "0")
-    reference = technique.merge(experts, base=base)
+    fused = technique.merge(experts, base=base, executor=MergeExecutor("numba"))
+    reference = technique.merge(experts, base=base, executor=MergeExecutor("torch"))
     return fused, reference, len(calls)
 
 
@@ -120,10 +120,10 @@ def test_a_bracket_that_misses_or_overflows_falls_back_to_exact_radix_selection(
     technique = BreadcrumbsTies(prune=0.2, top=0.1)
     _, reference, _ = merge_both(technique, experts, base, monkeypatch)
     radix = []
-    results = sparse.RadixSelect.results
-    monkeypatch.setattr(sparse.RadixSelect, "results", lambda self, **kw: radix.append(1) or results(self, **kw))
+    results = select.RadixSelect.results
+    monkeypatch.setattr(select.RadixSelect, "results", lambda self, **kw: radix.append(1) or results(self, **kw))
     monkeypatch.setattr(
-        sparse.SparseConsensus,
+        scorers.MagnitudeScorer,
         "brackets",
         lambda self, e, b, ranks, sizes: {at: [(0, 1, 0.0) for _ in wanted] for at, wanted in ranks.items()},
     )  # holds no threshold
@@ -132,11 +132,11 @@ def test_a_bracket_that_misses_or_overflows_falls_back_to_exact_radix_selection(
     assert radix  # the radix selection found the thresholds
     radix.clear()
     monkeypatch.setattr(
-        sparse.SparseConsensus,
+        scorers.MagnitudeScorer,
         "brackets",
         lambda self, e, b, ranks, sizes: {at: [(0, 2**31 - 1, 0.0) for _ in wanted] for at, wanted in ranks.items()},
     )  # holds everything...
-    monkeypatch.setattr(sparse, "INSIDE_SLACK", 3)  # ...with room for 3 scores
+    monkeypatch.setattr(executor_module, "INSIDE_SLACK", 3)  # ...with room for 3 scores
     overflowed, _, _ = merge_both(technique, experts, base, monkeypatch)
     assert_same_bits(overflowed, reference)
     assert radix
@@ -157,7 +157,7 @@ def test_ties_of_an_exact_count_at_the_threshold_are_split_by_position_as_in_tor
     base = {"visual.w": torch.randn(n, generator=g), "t": torch.randn(5, generator=g)}
     experts = [{k: v + torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(2)]
     technique = DareTies(prune=prune, seed=3)
-    prep = technique.prepare(experts, base)
+    prep = technique.prepare(experts, base, MergeExecutor())
     assert prep.bounds[0, "image"].ties_to_drop < prep.bounds[0, "image"].equal  # ties split by position
     for chunk in (1 << 20, 1000):
         monkeypatch.setattr(merging_base, "CHUNK", chunk)
@@ -169,12 +169,20 @@ def test_ties_of_an_exact_count_at_the_threshold_are_split_by_position_as_in_tor
     assert int((alone["visual.w"] == base["visual.w"]).sum()) == rank
 
 
-def test_the_environment_switch_turns_the_kernels_off(monkeypatch):
-    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "0")
-    assert not kernels.enabled() and Ties().kernel_mode() is None and DareTies().kernel_mode() is None
-    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "1")
-    assert kernels.enabled() and Ties().kernel_mode() == kernels.MAGNITUDE
-    assert DareTies().kernel_mode() == kernels.HASHED
+def test_the_backend_is_chosen_where_the_executor_is_built(monkeypatch):
+    experts, base = models(3)
+    calls = []
+    merge_block = kernels.merge_block
+    monkeypatch.setattr(kernels, "merge_block", lambda *a: calls.append(1) or merge_block(*a))
+    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "0")  # not read by the core: the executor's backend decides
+    assert MergeExecutor().backend == "numba" and MergeExecutor("torch").backend == "torch"
+    Ties().merge(experts, base=base, executor=MergeExecutor("torch"))
+    assert not calls
+    Ties().merge(experts, base=base)  # the default executor: numba when importable
+    assert calls
+    assert Ties().scorer().kernel_mode == kernels.MAGNITUDE and DareTies().scorer().kernel_mode == kernels.HASHED
+    with pytest.raises(ValueError, match="backend"):
+        MergeExecutor("cuda")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -198,26 +206,22 @@ def test_thresholds_of_file_experts_are_remembered_and_only_new_experts_are_read
     for i, state in enumerate([base] + experts):
         save_atomic(state, tmp_path / f"m{i}.safetensors")
     files = [SafetensorsCheckpoint(tmp_path / f"m{i}.safetensors") for i in range(5)]
-    monkeypatch.setattr(sparse, "SELECTIONS", sparse.OrderedDict())
-    selected = []
-    select = sparse.SparseConsensus._select
-    monkeypatch.setattr(
-        sparse.SparseConsensus,
-        "_select",
-        lambda self, e, *a, **kw: selected.append(len(e)) or select(self, e, *a, **kw),
-    )
+    selected = spy_selections(monkeypatch)
+    executor = MergeExecutor()
     technique = BreadcrumbsTies(prune=0.2, top=0.1)
-    first = technique.merge(files[1:4], base=files[0])
+    first = technique.merge(files[1:4], base=files[0], executor=executor)
     assert selected == [3]
-    again = technique.merge(files[1:4], base=files[0])
+    again = technique.merge(files[1:4], base=files[0], executor=executor)
     assert selected == [3] and all(torch.equal(first[k], again[k]) for k in first)
-    grown = technique.merge(files[1:5], base=files[0])
+    grown = technique.merge(files[1:5], base=files[0], executor=executor)
     assert selected == [3, 1]  # only the new expert
-    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "0")
-    assert_same_bits(grown, technique.merge(experts, base=base))  # dicts: no fingerprint, selected afresh
+    torch_path = MergeExecutor("torch", cache=executor.cache)
+    assert_same_bits(grown, technique.merge(experts, base=base, executor=torch_path))  # dicts: no fingerprint
     assert selected == [3, 1, 4]
-    Ties(prune=0.3).merge(files[1:3], base=files[0])  # another rank: found afresh
+    Ties(prune=0.3).merge(files[1:3], base=files[0], executor=executor)  # another rank: found afresh
     assert selected == [3, 1, 4, 2]
+    technique.merge(files[1:4], base=files[0], executor=MergeExecutor())  # a new executor: a new, empty cache
+    assert selected == [3, 1, 4, 2, 3]
 
 
 @pytest.mark.parametrize("lam", [1.0, 0.7])
@@ -234,35 +238,63 @@ def test_magmax_kernel_gives_the_torch_paths_bits_ties_included(lam, monkeypatch
     magmax = kernels.magmax_block
     monkeypatch.setattr(kernels, "magmax_block", lambda *a: calls.append(1) or magmax(*a))
     for models_, anchor in ((experts, base), (signs, zero)):
-        monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "1")
-        fused = technique.merge(models_, base=anchor)
-        monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "0")
-        assert_same_bits(fused, technique.merge(models_, base=anchor))
+        fused = technique.merge(models_, base=anchor, executor=MergeExecutor("numba"))
+        assert_same_bits(fused, technique.merge(models_, base=anchor, executor=MergeExecutor("torch")))
     assert calls
     assert torch.equal(fused["t"], -lam * torch.ones_like(base["t"]))  # the first expert reaching m decides
 
 
-@pytest.mark.parametrize("kernel", ["1", "0"])
-def test_dare_thresholds_depend_on_seed_index_and_layout_only_and_are_remembered(kernel, monkeypatch):
-    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", kernel)
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_dare_thresholds_depend_on_seed_index_and_layout_only_and_are_remembered(backend, monkeypatch):
     experts, base = models(5)
-    monkeypatch.setattr(sparse, "SELECTIONS", sparse.OrderedDict())
-    selected = []
-    select = sparse.SparseConsensus._select
-    monkeypatch.setattr(
-        sparse.SparseConsensus,
-        "_select",
-        lambda self, e, *a, **kw: selected.append(len(e)) or select(self, e, *a, **kw),
-    )
+    selected = spy_selections(monkeypatch)
+    executor = MergeExecutor(backend)
     technique = DareTies(prune=0.3, seed=4)
-    technique.merge(experts[:3], base=base)
-    grown = technique.merge(experts, base=base)
+    technique.merge(experts[:3], base=base, executor=executor)
+    grown = technique.merge(experts, base=base, executor=executor)
     assert selected == [3, 2]  # experts 4 and 5 only, drawn as the 4th and 5th
     other = [{k: v + 1.0 if v.is_floating_point() else v for k, v in e.items()} for e in experts]
-    technique.merge(other, base=base)  # other content, same seed, indices and tensors: nothing to select
+    technique.merge(other, base=base, executor=executor)  # other content, same seed, indices, tensors: none
     assert selected == [3, 2]
-    sparse.SELECTIONS.clear()
-    assert_same_bits(grown, technique.merge(experts, base=base))
+    executor.cache.clear()
+    assert_same_bits(grown, technique.merge(experts, base=base, executor=executor))
     assert selected == [3, 2, 5]
-    DareTies(prune=0.3, seed=5).merge(experts[:2], base=base)
+    DareTies(prune=0.3, seed=5).merge(experts[:2], base=base, executor=executor)
     assert selected == [3, 2, 5, 2]
+
+
+def test_an_injected_cache_is_used_and_a_new_executor_has_its_own(monkeypatch):
+    experts, base = models(4)
+    selected = spy_selections(monkeypatch)
+    cache = ThresholdCache()
+    technique = DareTies(prune=0.3, seed=1)
+    first = technique.merge(experts, base=base, executor=MergeExecutor(cache=cache))
+    assert selected == [4] and len(cache) == 4 * 2 and cache.stores == 8  # (expert, tower)
+    again = technique.merge(experts, base=base, executor=MergeExecutor("torch", cache=cache))  # the cache's owner
+    assert selected == [4] and cache.hits == 8
+    assert_same_bits(first, again)
+    fresh = MergeExecutor()
+    assert fresh.cache is not cache and len(fresh.cache) == 0
+    technique.merge(experts, base=base, executor=fresh)
+    assert selected == [4, 4] and len(fresh.cache) == 8
+    assert MergeExecutor().cache is not MergeExecutor().cache
+
+
+def test_no_environment_is_read_in_the_merging_core():
+    """Backends and caches are chosen where an executor is built, never from the environment here."""
+    import pathlib
+
+    root = pathlib.Path(merging_base.__file__).parent
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        assert "os.environ" not in text and "getenv" not in text, path
+
+
+def spy_selections(monkeypatch) -> list[int]:
+    """How many experts each threshold selection (a pass over the inputs) reads, in order."""
+    selected: list[int] = []
+    original = MergeExecutor.select
+    monkeypatch.setattr(
+        MergeExecutor, "select", lambda self, e, *a, **kw: selected.append(len(e)) or original(self, e, *a, **kw)
+    )
+    return selected

@@ -1,7 +1,7 @@
 """The executable merging techniques (time_ray/core/merging: chunked, fused kernels) equal their specs
 (time_ray/core/merging/spec: whole tensors, paper-like), for every technique in TECHNIQUES that has a spec,
-x backend (numba kernels on / off) x chunking (7 entries / default) x k in {1, 2, 5} x a few parameter
-values x three kinds of inputs:
+x backend (executors on numba kernels / torch ops) x chunking (7, 64 entries / default) x k in {1, 2, 5}
+x a few parameter values x three kinds of inputs:
 
 * ``grid``: theta_0 and tau_k on a dyadic grid (multiples of 1/64, |tau| <= 1/8): every subtraction and
   addition is exact, few distinct magnitudes (ties at every threshold) and many task-vector sums exactly 0
@@ -27,6 +27,7 @@ import time_ray.core.merging.base as merging_base
 import time_ray.core.merging.spec.dense  # noqa: F401  (registers the dense specs)
 import time_ray.core.merging.spec.generalized  # noqa: F401  (registers TIES & co. and towers)
 from time_ray.core.merging import TECHNIQUES, kernels, make_technique
+from time_ray.core.merging.executor import MergeExecutor
 from time_ray.core.merging.spec import SPECS, SpecTechnique, spec_merge
 from time_ray.core.merging.spec.generalized import count
 
@@ -126,15 +127,15 @@ def weights_for(k: int) -> list[float]:
     return (w / w.sum()).tolist()
 
 
-@pytest.fixture(params=["kernels", "torch"])
-def backend(request, monkeypatch):
-    if request.param == "kernels" and kernels.numba is None:
+@pytest.fixture(params=["numba", "torch"], ids=["kernels", "torch"])
+def backend(request):
+    """A new executor on the backend, for each merge."""
+    if request.param == "numba" and kernels.numba is None:
         pytest.skip("numba is not installed")
-    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "1" if request.param == "kernels" else "0")
-    assert kernels.enabled() == (request.param == "kernels")
+    return lambda: MergeExecutor(backend=request.param)
 
 
-@pytest.fixture(params=[7, None], ids=["chunk7", "chunk-default"])
+@pytest.fixture(params=[7, 64, None], ids=["chunk7", "chunk64", "chunk-default"])
 def chunking(request, monkeypatch):
     if request.param is not None:
         monkeypatch.setattr(merging_base, "CHUNK", request.param)
@@ -153,7 +154,7 @@ def test_technique_equals_its_spec(name, params, k, backend, chunking):
     for kind in KINDS:
         experts, base = models(kind, k, seed=k)
         weights = weights_for(k)
-        ours = technique.merge(experts, weights, base=base)
+        ours = technique.merge(experts, weights, base=base, executor=backend())
         spec = spec_merge(name, experts, weights, base, **technique.params())
         assert list(ours) == list(spec) == list(base)
         for key in base:

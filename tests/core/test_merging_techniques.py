@@ -22,6 +22,7 @@ from time_ray.core.merging import (
     make_technique,
     technique_params,
 )
+from time_ray.core.merging.scorers import ElementwiseScorer
 from time_ray.core.merging.select import RadixSelect, fraction_count, kth_smallest
 
 
@@ -228,8 +229,8 @@ def test_dare_is_reproducible_by_seed_and_drops_each_entry_about_p_of_the_time()
 
 def test_dare_breaks_ties_of_random_scores_by_position_to_drop_exactly():
     class ConstantScores(DareTies):  # every score equal: the first floor(N p) entries of the tower go
-        def scores(self, tau, k, key):
-            return torch.zeros(tau.shape, dtype=torch.int32)
+        def scorer(self):
+            return ElementwiseScorer(lambda tau, k, key: torch.zeros(tau.shape, dtype=torch.int32))
 
     base = {"a": torch.zeros(3), "b": torch.zeros(3)}
     merged = ConstantScores(prune=0.5).merge([{"a": T(1.0, 1.0, 1.0), "b": T(1.0, 1.0, 1.0)}], base=base)

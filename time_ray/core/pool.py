@@ -3,7 +3,9 @@ that strategies reuse (the EMA chain r_t), each a safetensors file written atomi
 
 An expert that already exists elsewhere (the sweep's content-addressed expert cache) enters the pool
 as a reference (``expert_003.ref`` holding the file's path relative to the pool), not as a copy.
-Files are immutable once written. Two optional hooks let a caller keep the pool on remote storage:
+Files are immutable once written. The pool's merges run on its ``executor`` (backend, threshold cache),
+given by whoever builds the pool (the merge actor) or a default one. Two optional hooks let a caller keep
+the pool on remote storage:
 ``fetch(path)`` makes a file local before it is opened, ``publish(path)`` uploads one just written.
 """
 
@@ -17,6 +19,8 @@ from pathlib import Path
 from time_ray.core.atomic import write_text_atomic
 from time_ray.core.checkpoints import Checkpoint, SafetensorsCheckpoint, save_atomic
 from time_ray.core.errors import CheckpointError
+from time_ray.core.merging.base import Technique
+from time_ray.core.merging.executor import MergeExecutor
 
 Hook = Callable[[Path], None]
 
@@ -34,8 +38,10 @@ class CheckpointPool:
         base_path: str | os.PathLike,
         fetch: Hook | None = None,
         publish: Hook | None = None,
+        executor: MergeExecutor | None = None,
     ):
         self.root = Path(root)
+        self.executor = MergeExecutor() if executor is None else executor
         self.root.mkdir(parents=True, exist_ok=True)
         self.base_path = Path(base_path)
         self.fetch, self.publish = fetch or _noop, publish or _noop
@@ -107,6 +113,14 @@ class CheckpointPool:
         if ref.exists():
             return (self.root / ref.read_text().strip()).resolve()
         return self._path("expert", t)
+
+    def warm_expert(self, t: int, technique: Technique) -> int:
+        """Computes what ``technique``'s later merges need to know about theta^s_t (its thresholds against
+        theta_0), into the executor's cache (and its store), as the 1st..(t+1)-th model of a merge (theta_0
+        may come first; its own thresholds as a model are computed the first time). Called when the expert
+        enters the pool, so every merge of it is warm; returns how many threshold selections ran."""
+        ran = technique.warm(self.expert(t), self.base, self.executor, positions=range(t + 1))
+        return ran + technique.warm(self.base, self.base, self.executor)
 
     def expert(self, t: int) -> Checkpoint:
         """theta^s_t, 1-based."""

@@ -113,7 +113,9 @@ def ema_chain(policy: Policy, pool: CheckpointPool, t: int) -> Checkpoint:
     if cached is not None:
         return cached
     w = policy.new_expert_weight(t)
-    r_t = policy.technique.merge([pool.expert(t), ema_chain(policy, pool, t - 1)], [w, 1.0 - w], pool.base)
+    r_t = policy.technique.merge(
+        [pool.expert(t), ema_chain(policy, pool, t - 1)], [w, 1.0 - w], pool.base, pool.executor
+    )
     return pool.put_derived(kind, t, r_t)
 
 
@@ -156,12 +158,12 @@ def opcm_chain(pool: CheckpointPool, t: int) -> Checkpoint:
 def merge_all(policy: Policy, pool: CheckpointPool, n: int) -> Checkpoint:
     """M(theta^s_1..theta^s_n; theta_0), optionally with theta_0 as one more (oldest) model."""
     models = ([pool.base] if policy.all_with_base else []) + pool.experts(n)
-    return policy.technique.merge(models, recency_weights(len(models), policy.recency), pool.base)
+    return policy.technique.merge(models, recency_weights(len(models), policy.recency), pool.base, pool.executor)
 
 
 def with_zero_shot(policy: Policy, pool: CheckpointPool, expert: Checkpoint) -> Checkpoint:
     """M(theta^s, theta_0) with weights (1/2, 1/2): exactly 1/2 theta^s + 1/2 theta_0 for averaging."""
-    return policy.technique.merge([expert, pool.base], [0.5, 0.5], pool.base)
+    return policy.technique.merge([expert, pool.base], [0.5, 0.5], pool.base, pool.executor)
 
 
 def init_weights(policy: Policy, pool: CheckpointPool, t: int) -> Checkpoint:

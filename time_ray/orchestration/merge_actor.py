@@ -1,9 +1,16 @@
 """The merge actor: holds one policy's checkpoint pool and answers "where does task t start?"
-(init strategy) and "which model is served after task t?" (deploy strategy + merging technique)."""
+(init strategy) and "which model is served after task t?" (deploy strategy + merging technique).
+
+Its merges run on one ``MergeExecutor`` it builds and owns, with its own threshold cache. The backend is
+the fused numba kernels when numba is importable; the environment variable ``TIME_RAY_MERGE_KERNELS=0``
+(also ``false``, ``off``; read here, when the actor is built) runs torch ops instead (bit-identical, slower:
+for comparison or debugging).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import ray
@@ -11,9 +18,31 @@ import torch
 
 from time_ray.core.checkpoints import materialize
 from time_ray.core.contracts import ExpertInfo, TimestepCosts
+from time_ray.core.merging.executor import Backend, MergeExecutor, ThresholdCache, default_backend
+from time_ray.core.merging.sidecar import ThresholdStore
 from time_ray.core.pool import CheckpointPool
 from time_ray.core.strategies import Policy, deploy_weights, init_weights
 from time_ray.orchestration.storage import Storage
+
+KERNELS_SWITCH = "TIME_RAY_MERGE_KERNELS"
+
+
+def backend_from_environment() -> Backend:
+    """``torch`` when ``TIME_RAY_MERGE_KERNELS`` is 0 / false / off, else the default (numba if importable)."""
+    if os.environ.get(KERNELS_SWITCH, "1").strip().lower() in ("0", "false", "off"):
+        return "torch"
+    return default_backend()
+
+
+THRESHOLDS_DIR = "thresholds"  # sidecar files of the experts' thresholds, in the sweep's storage (shared)
+
+
+def build_executor(storage: Storage) -> MergeExecutor:
+    """The executor of a merge actor's pool: its backend from the environment, a threshold cache of its own,
+    backed by the sweep's threshold sidecars (a restarted actor, or another trial sharing an expert, reads
+    them instead of selecting again)."""
+    store = ThresholdStore(storage.local(THRESHOLDS_DIR), fetch=storage.fetch, publish=storage.push)
+    return MergeExecutor(backend_from_environment(), ThresholdCache(store=store))
 
 
 @ray.remote(num_cpus=0, max_restarts=3, max_task_retries=-1)
@@ -32,6 +61,7 @@ class MergeActor:
             storage.local("base.safetensors"),
             fetch=storage.fetch,
             publish=storage.push,
+            executor=build_executor(storage),
         )
         self.policy = policy
         self.dir = f"pool/{trial_id}"
@@ -61,7 +91,9 @@ class MergeActor:
         if self.pool.n_experts >= t:  # a retried call after a restart: already stored
             return 0
         self._keep_info(t, info)
-        return self.pool.add_expert(t, state)
+        size = self.pool.add_expert(t, state)
+        self._warm(t)
+        return size
 
     def link_expert(self, t: int, rel: str, info: ExpertInfo) -> int:
         """Appends the cached expert file ``rel`` (in the sweep's storage) as theta^s_t, by reference."""
@@ -69,7 +101,16 @@ class MergeActor:
             return 0
         self._keep_info(t, info)
         self.storage.pull(rel)
-        return self.pool.link_expert(t, self.storage.local(rel))
+        size = self.pool.link_expert(t, self.storage.local(rel))
+        self._warm(t)
+        return size
+
+    def _warm(self, t: int) -> None:
+        """Expert t's thresholds for the policy's technique, computed as it enters the pool (charged to
+        timestep t's merge time), so that no merge of it selects them again."""
+        start = time.perf_counter()
+        self.pool.warm_expert(t, self.policy.technique)
+        self.merge_seconds[t] = self.merge_seconds.get(t, 0.0) + time.perf_counter() - start
 
     def fail(self, message: str) -> None:
         """A deterministic failure of the Train run (e.g. a NaN loss): the driver reports it."""

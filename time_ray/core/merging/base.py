@@ -13,12 +13,15 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from time_ray.core.checkpoints import Checkpoint
 from time_ray.core.errors import CheckpointError, ConfigError, did_you_mean
+
+if TYPE_CHECKING:
+    from time_ray.core.merging.executor import MergeExecutor
 
 TECHNIQUES: dict[str, type["Technique"]] = {}
 
@@ -73,8 +76,14 @@ class Technique:
                 raise ConfigError(f"merge.{config_name(f.name)}: {RULES[f.name][1]}, got {value!r}.")
 
     def merge(
-        self, experts: Sequence[Checkpoint], weights: Sequence[float] | None = None, base: Checkpoint | None = None
+        self,
+        experts: Sequence[Checkpoint],
+        weights: Sequence[float] | None = None,
+        base: Checkpoint | None = None,
+        executor: MergeExecutor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """The merged model. ``executor`` runs it (backend, threshold cache, scratch buffers); by default a
+        new one (``executor.default_backend()``, an empty cache)."""
         if not experts:
             raise ValueError("merge needs at least one checkpoint")
         if len(experts) < self.min_models:
@@ -85,25 +94,11 @@ class Technique:
             raise ValueError(f"{self.name} needs the base model theta_0 as anchor")
         weights = check_weights(weights, len(experts))
         check_compatible(experts, base if self.uses_base() else None)
-        prep = self.prepare(experts, base)
-        merged = {}
-        for key in experts[0]:
-            tensors = [e[key] for e in experts]
-            if not tensors[0].is_floating_point():  # integer buffers are not merged
-                merged[key] = tensors[0].clone()
-                continue
-            flats = [t.reshape(-1) for t in tensors]  # views of the (lazily loaded) inputs, not copies
-            flat_0 = base[key].reshape(-1) if base is not None else None
-            out = torch.empty(flats[0].numel(), dtype=tensors[0].dtype)
-            memo: dict = {}
-            spans = chunk_spans(out.numel(), self.chunk_size(len(experts))) if self.elementwise else [(0, out.numel())]
-            for start, stop in spans:
-                span = Span(start, stop, memo)
-                theta_0 = flat_0[start:stop].float() if flat_0 is not None else None
-                out[start:stop] = self.merge_key(key, _Chunks(flats, start, stop), weights, theta_0, prep, span)
-            merged[key] = out.view(tensors[0].shape)
-        self.finish(merged, prep)
-        return merged
+        if executor is None:
+            from time_ray.core.merging.executor import MergeExecutor
+
+            executor = MergeExecutor()
+        return executor.run(self, experts, weights, base)
 
     def uses_base(self) -> bool:
         return self.needs_base
@@ -112,9 +107,18 @@ class Technique:
         """Entries of a flattened tensor merged at a time (element-wise techniques)."""
         return CHUNK
 
-    def prepare(self, experts: Sequence[Checkpoint], base: Checkpoint | None):
-        """What a technique must know about whole towers before merging tensor by tensor (passes over the inputs)."""
+    def prepare(self, experts: Sequence[Checkpoint], base: Checkpoint | None, executor: MergeExecutor):
+        """What a technique must know about whole towers before merging tensor by tensor (passes over the
+        inputs, run by ``executor``)."""
         return None
+
+    def warm(
+        self, expert: Checkpoint, base: Checkpoint, executor: MergeExecutor, positions: Sequence[int] = (0,)
+    ) -> int:
+        """Computes now, into ``executor``'s cache, what later merges need to know about ``expert`` alone (as
+        the ``positions``-th model of a merge): nothing for most techniques; a sparse technique's thresholds.
+        Returns how many selections ran."""
+        return 0
 
     def merge_key(
         self,
@@ -156,18 +160,20 @@ def chunk_spans(numel: int, size: int | None = None) -> list[tuple[int, int]]:
 @dataclass
 class Span:
     """The entries start:stop of the flattened tensor being merged; ``memo`` is shared by all chunks of
-    the tensor (e.g. a random generator drawing the chunks in order)."""
+    the tensor (e.g. a random generator drawing the chunks in order); ``executor`` runs the merge (its
+    backend and scratch buffers)."""
 
     start: int
     stop: int
     memo: dict
+    executor: MergeExecutor | None = None
 
     @property
     def size(self) -> int:
         return self.stop - self.start
 
 
-class _Chunks(Sequence):
+class Chunks(Sequence):
     """The entries start:stop of each expert's flattened tensor, as fp32, converted one at a time when
     accessed (never all experts' fp32 copies at once unless a technique keeps them)."""
 

@@ -11,6 +11,7 @@ import torch
 
 from time_ray.core.merging import kernels
 from time_ray.core.merging.base import Technique, register, seeded_generator
+from time_ray.core.merging.executor import pointers
 from time_ray.core.merging.lines import LinesOption
 
 CACHED_CHUNK = 1 << 17  # entries per chunk for techniques passing over a chunk several times: fits a core's L2
@@ -62,17 +63,12 @@ class TaskArithmetic(LinesOption, Technique):
         return min(super().chunk_size(n_models), CACHED_CHUNK)
 
     def merge_key(self, key, thetas, weights, theta_0, prep, span):
-        if kernels.enabled():  # the same sums in one fused pass per expert
+        if span.executor is not None and span.executor.fused:  # the same sums in one fused pass per expert
             chunks, theta_0 = [t.contiguous() for t in thetas], theta_0.contiguous()
             out = torch.empty(span.size)
-            if "acc" not in span.memo:
-                span.memo["acc"] = np.empty(self.chunk_size(len(thetas)), np.float32)
+            acc = span.executor.scratch.array("task_sum", (self.chunk_size(len(thetas)),), np.float32)
             kernels.task_sum_block(
-                np.array([c.data_ptr() for c in chunks], np.int64),
-                theta_0.numpy(),
-                np.float32(self.scale(key, prep)),
-                span.memo["acc"][: span.size],
-                out.numpy(),
+                pointers(chunks), theta_0.numpy(), np.float32(self.scale(key, prep)), acc[: span.size], out.numpy()
             )
             return out
         tau_sum = tau = None
@@ -157,21 +153,12 @@ class MagMax(Technique):
         return min(super().chunk_size(n_models), CACHED_CHUNK)
 
     def merge_key(self, key, thetas, weights, theta_0, prep, span):
-        if kernels.enabled():  # one fused pass per expert; the rare chunks with ties take the torch path
+        if span.executor is not None and span.executor.fused:  # one fused pass per expert; ties: torch path
             chunks, theta_0 = [t.contiguous() for t in thetas], theta_0.contiguous()
-            if "buffers" not in span.memo:
-                size = self.chunk_size(len(thetas))
-                span.memo["buffers"] = (np.empty(size, np.float32), np.empty(size, np.float32))
-            high, low = (b[: span.size] for b in span.memo["buffers"])
+            size = (self.chunk_size(len(thetas)),)
+            high, low = (span.executor.scratch.array(name, size, np.float32)[: span.size] for name in ("high", "low"))
             out = torch.empty(span.size)
-            tied = kernels.magmax_block(
-                np.array([c.data_ptr() for c in chunks], np.int64),
-                theta_0.numpy(),
-                np.float32(self.lam),
-                high,
-                low,
-                out.numpy(),
-            )
+            tied = kernels.magmax_block(pointers(chunks), theta_0.numpy(), np.float32(self.lam), high, low, out.numpy())
             if not tied:
                 return out
         return self.merge_tensor(thetas, weights, theta_0)

@@ -15,13 +15,12 @@ over each expert's entries (loops LLVM vectorizes), reading the experts' memory 
 Scores: mode ``MAGNITUDE`` is |tau| as its float32 bit pattern; mode ``HASHED`` is DARE's random score of
 flat index j, ``hashed_score`` (a counter-based hash: the same for any chunking, computable anywhere).
 
-Results are bit-identical to the torch path (tested); ``TIME_RAY_MERGE_KERNELS=0`` turns the kernels off
-(then the torch path runs: it is also what subclasses with their own scores use).
+Results are bit-identical to the torch path (tested). Whether they run is the merge executor's backend
+(``executor.MergeExecutor(backend="numba" | "torch")``, chosen where it is built); scorers without a
+kernel mode (``scorers.ElementwiseScorer``) always take the torch path.
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import torch
@@ -41,8 +40,9 @@ M32 = 0xFFFFFFFF
 GOLDEN, MIX = 0x9E3779B97F4A7C15, 0xD6E8FEB86659FD93  # odd 64-bit constants of the hash
 
 
-def enabled() -> bool:
-    return numba is not None and os.environ.get("TIME_RAY_MERGE_KERNELS", "1").lower() not in ("0", "false", "off")
+def available() -> bool:
+    """numba is importable: the kernels can run."""
+    return numba is not None
 
 
 # ---------------------------------------------------------------- DARE's scores, in torch (the definition)

@@ -42,7 +42,7 @@ class LinesOption:
         depth = depths[tower_of(key)]
         return self.alpha + self.beta * LINES[self.lines](int(match[1]) / max(depth - 1, 1))
 
-    def prepare(self, experts, base):
+    def prepare(self, experts, base, executor):
         return lines_depths(experts[0]) if self.lines is not None else None
 
     def params(self) -> dict:

@@ -7,19 +7,20 @@ merge). The variants differ only in the sparsification.
 
 from __future__ import annotations
 
-import math
-from collections import OrderedDict, defaultdict
-from collections.abc import Iterator
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 import torch
 
+from time_ray.core.checkpoints import Checkpoint
 from time_ray.core.merging import kernels
-from time_ray.core.merging.base import CascadeSum, Technique, chunk_spans, derived_seed, register, tower_of
+from time_ray.core.merging.base import CascadeSum, Technique, register, tower_of
+from time_ray.core.merging.executor import Scratch, Selection, pointers
 from time_ray.core.merging.lines import LinesOption, lines_depths
-from time_ray.core.merging.select import BracketSelect, RadixSelect, fraction_count, magnitude_keys, sample_bracket
+from time_ray.core.merging.scorers import HashedScorer, MagnitudeScorer, Scorer
+from time_ray.core.merging.select import fraction_count
 
 
 @dataclass
@@ -34,64 +35,51 @@ class _Bounds:
 
 WORKING_SET = 1 << 19  # entries of the [experts x chunk] block of task vectors merged at a time (2 MiB)...
 MIN_CHUNK = 1 << 16  # ...unless chunks would get shorter than this (per-operation overhead)
-SAMPLE = 1 << 18  # |tau| entries sampled per (expert, tower) to bracket its thresholds
-INSIDE_BYTES = 256 << 20  # at most this many bytes of scores kept inside the brackets, else a radix selection
-INSIDE_SLACK = 4096  # room for this many scores more than expected inside a bracket (kernel selection)
-SELECTIONS: OrderedDict = OrderedDict()  # thresholds of |tau| found before, by (expert, base, tower, ranks)
-SELECTIONS_KEPT = 4096  # entries (a few integers each)
 
 
 @dataclass
 class _ConsensusPrep:
+    """One merge's state: the bounds per (expert, tower), LiNeS depths, the scorer, whether the fused kernels
+    merge, the sums of the elected signs per tower and the entries left undecided until ``finish``."""
+
     bounds: dict[tuple[int, str], _Bounds]
     depths: dict[str, int] | None
+    scorer: Scorer
+    kernel: bool = False  # the fused kernels merge (kernels.merge_block)
     sign_sum: dict[str, int] = field(default_factory=lambda: {"image": 0, "text": 0})
     undecided: list = field(default_factory=list)  # (key, flat index, value if +, value if -)
-    buffers: list = field(default_factory=list)  # two reused [experts x chunk] work blocks
-    kernel: bool = False  # the fused kernels merge (kernels.merge_block)
-    scratch: dict = field(default_factory=dict)  # their reused buffers
-
-    def blocks(self, k: int, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.buffers:
-            self.buffers = [torch.empty(k * size), torch.empty(k * size)]
-        return tuple(b[: k * n].view(k, n) for b in self.buffers)
-
-    def kernel_buffers(self, k: int, n: int, size: int) -> dict:
-        """Contiguous views of n entries of the kernel's reused buffers (allocated for chunks of ``size``)."""
-        if not self.scratch:
-            self.scratch = {
-                "work": np.empty(k * size, np.float32),
-                "acc": np.empty(4 * size, np.float32),
-                "gamma": np.empty(size, np.float32),
-                "total": np.empty(size, np.float32),
-                "count": np.empty(size, np.float32),
-                "keys": np.empty(size, np.int32),
-                "undecided": np.empty(size, np.int64),
-                "undecided_taus": np.empty((size, k), np.float32),
-            }
-        b = self.scratch
-        return {
-            "work": b["work"][: k * n].reshape(k, n),
-            "acc": b["acc"][: 4 * n].reshape(4, n),
-            "gamma": b["gamma"][:n],
-            "total": b["total"][:n],
-            "count": b["count"][:n],
-            "keys": b["keys"][:n],
-            "undecided": b["undecided"],
-            "undecided_taus": b["undecided_taus"],
-        }
+    tower_bounds: dict = field(default_factory=dict)  # the kernel's bound arrays per tower (ties count down)
 
     def kernel_bounds(self, tower: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(lo, hi, ties) per expert as int64 arrays: keep lo <= s <= hi (lo < s for exact counts, but for
         the scores equal to lo after the first ``ties``, which the kernel counts down); -1 / NO_HI: no bound."""
-        if ("bounds", tower) not in self.scratch:
+        if tower not in self.tower_bounds:
             bounds = [self.bounds[j, tower] for j in range(k)]
-            self.scratch["bounds", tower] = (
+            self.tower_bounds[tower] = (
                 np.array([-1 if b.lo is None else b.lo for b in bounds], np.int64),
                 np.array([kernels.NO_HI if b.hi is None else b.hi for b in bounds], np.int64),
                 np.array([b.ties_to_drop for b in bounds], np.int64),
             )
-        return self.scratch["bounds", tower]
+        return self.tower_bounds[tower]
+
+
+def blocks(scratch: Scratch, k: int, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two reused [k x n] work blocks (allocated for chunks of ``size``)."""
+    return tuple(scratch.tensor(name, k * size)[: k * n].view(k, n) for name in ("taus", "work"))  # type: ignore[return-value]
+
+
+def kernel_buffers(scratch: Scratch, k: int, n: int, size: int) -> dict:
+    """Contiguous views of n entries of the kernel's reused buffers (allocated for chunks of ``size``)."""
+    return {
+        "work": scratch.array("work", (k * size,), np.float32)[: k * n].reshape(k, n),
+        "acc": scratch.array("acc", (4 * size,), np.float32)[: 4 * n].reshape(4, n),
+        "gamma": scratch.array("gamma", (size,), np.float32)[:n],
+        "total": scratch.array("total", (size,), np.float32)[:n],
+        "count": scratch.array("count", (size,), np.float32)[:n],
+        "keys": scratch.array("keys", (size,), np.int32)[:n],
+        "undecided": scratch.array("undecided", (size,), np.int64),
+        "undecided_taus": scratch.array("undecided_taus", (size, k), np.float32),
+    }
 
 
 def _float(key: int) -> float:
@@ -99,41 +87,15 @@ def _float(key: int) -> float:
     return torch.tensor(key, dtype=torch.int32).view(torch.float32).item()
 
 
-def _chunks(experts, base, size: int) -> Iterator[tuple[str, int, torch.Tensor, list[torch.Tensor]]]:
-    """Per floating-point key, chunk by chunk: (key, start, theta_0 chunk, the experts' chunks), fp32 and
-    contiguous (views of fp32 inputs, copies of others)."""
-    for key in experts[0]:
-        if not experts[0][key].is_floating_point():
-            continue
-        flat_0, flats = base[key].reshape(-1), [e[key].reshape(-1) for e in experts]
-        for a, b in chunk_spans(flat_0.numel(), size):
-            yield key, a, flat_0[a:b].float().contiguous(), [flat[a:b].float().contiguous() for flat in flats]
-
-
-def _pointers(chunks: list[torch.Tensor]) -> np.ndarray:
-    return np.array([c.data_ptr() for c in chunks], dtype=np.int64)
-
-
-def _tau_blocks(experts, base, size: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """Per floating-point key, chunk by chunk in order: (key, [k, n] block of tau_k = theta_k - theta_0), the
-    block a reused buffer (each theta_0 chunk read once for all experts)."""
-    buffer = torch.empty(len(experts) * size)
-    for key in experts[0]:
-        if not experts[0][key].is_floating_point():
-            continue
-        flat_0, flats = base[key].reshape(-1), [e[key].reshape(-1) for e in experts]
-        for a, b in chunk_spans(flat_0.numel(), size):
-            taus, theta_0 = buffer[: len(flats) * (b - a)].view(len(flats), b - a), flat_0[a:b].float()
-            for tau, flat in zip(taus, flats):
-                torch.sub(flat[a:b].float(), theta_0, out=tau)
-            yield key, taus
-
-
 @dataclass(frozen=True)
 class SparseConsensus(LinesOption, Technique):
     """Generalized task arithmetic: sparsify each tau_k over its whole tower, then the TIES consensus.
 
-    1) sparsify: each entry of tau_k gets a score (``scores``); over the expert's tower of N entries,
+    A technique of the family is a declaration: its ``scorer`` (what entries are ranked by), ``ranks`` (which
+    order statistics bound the kept scores), ``rescale``, ``exact_count``, the ``disjoint`` rule and lambda or
+    LiNeS. The executor (``executor.MergeExecutor``) selects the thresholds, chunks and picks the backend.
+
+    1) sparsify: each entry of tau_k gets a score (``scorer``); over the expert's tower of N entries,
        entries scored below the ``ranks`` (lo, hi) k-th smallest scores are dropped, then the kept ones are
        multiplied by ``rescale``. Thresholds are global per tower and per expert (see ``select``).
     2) elect: gamma = sign(sum_k tau_k'); where the sum is 0, gamma = sign of the sum of gamma over the tower.
@@ -141,9 +103,10 @@ class SparseConsensus(LinesOption, Technique):
     theta = theta_0 + lambda * tau_merged (LiNeS: s(layer) instead of lambda). Strategy weights are not used.
 
     The inputs are read twice: one selection pass inside brackets of the thresholds (a sample's, or known
-    from the scores' distribution; two radix passes when there is none or it misses), one merge pass; each
-    time as [experts x chunk] blocks of task vectors that whole-block operations work on. Sums over experts
-    keep the order of ``CascadeSum``.
+    from the scores' distribution; two radix passes when there is none or it misses; no pass for experts
+    whose thresholds the executor's cache holds, e.g. computed when they entered a pool: ``warm``), one
+    merge pass; each time as [experts x chunk] blocks of task vectors (or one fused kernel loop). Sums over
+    experts keep the order of ``CascadeSum``.
     """
 
     needs_base: ClassVar[bool] = True
@@ -155,16 +118,11 @@ class SparseConsensus(LinesOption, Technique):
     alpha: float = 0.5
     beta: float = 0.5
 
-    # --- the sparsification: what differs between TIES, DARE and Breadcrumbs
+    # --- the declaration: what differs between TIES, DARE and Breadcrumbs
 
-    def scores(self, tau: torch.Tensor, k: int, key: str) -> torch.Tensor:
-        """Non-negative int32 scores of the entries of tau_k; here |tau| (as its float32 bit pattern)."""
-        return magnitude_keys(tau)
-
-    def score_stream(self, k: int, key: str):
-        """The scores of consecutive chunks of the flattened tau_k of ``key``, given in order: a function
-        of a chunk. Element-wise scores need no state across chunks."""
-        return lambda tau: self.scores(tau, k, key)
+    def scorer(self) -> Scorer:
+        """What the entries of tau_k are ranked by: here |tau| (``scorers.MagnitudeScorer``)."""
+        return MagnitudeScorer()
 
     def ranks(self, n: int) -> tuple[int, int]:
         """1-based ranks (lo, hi) among the n scores of a tower: keep lo-th smallest <= s <= hi-th smallest
@@ -179,190 +137,42 @@ class SparseConsensus(LinesOption, Technique):
     def drops_entries(self) -> bool:
         return self.prune > 0
 
-    def magnitude_scores(self) -> bool:
-        """Scores are |tau| (TIES, Breadcrumbs): thresholds apply to the values themselves."""
-        return type(self).scores is SparseConsensus.scores and type(self).score_stream is SparseConsensus.score_stream
-
-    def kernel_mode(self) -> int | None:
-        """The fused kernels' score mode for these scores, or None (a subclass's own scores: torch ops)."""
-        return kernels.MAGNITUDE if self.magnitude_scores() and kernels.enabled() else None
-
-    def kernel_seeds(self, indices, key: str) -> np.ndarray:
-        """Per expert (its index in the merge), the seeds of its scores of ``key`` (hashed scores)."""
-        return np.zeros(len(indices), np.int64)
-
-    def selection_id(self, experts, base, k: int, tower: str, wanted: tuple, layout: dict):
-        """What expert k's thresholds in ``tower`` depend on, or None (not remembered): |tau| thresholds
-        on the content of the expert and of theta_0 (files only: they have a fingerprint) and the ranks."""
-        if not self.magnitude_scores():
-            return None
-        prints = getattr(experts[k], "fingerprint", None), getattr(base, "fingerprint", None)
-        return None if None in prints else ("magnitude", *prints, tower, layout[tower], wanted)
-
-    # --- the shared mechanism
-
     def chunk_size(self, n_models: int) -> int:
         return min(super().chunk_size(n_models), max(MIN_CHUNK, WORKING_SET // n_models))
 
-    def _score_pass(self, experts, base, visit, indices=None) -> None:
-        """One pass over the inputs: ``visit(k, tower, scores)`` with expert k's scores of every chunk, in order."""
-        streams, current = [], None
-        for key, taus in _tau_blocks(experts, base, self.chunk_size(len(experts))):
-            if key != current:  # one stream per expert, over the chunks of this tensor
-                streams, current = [self.score_stream(k, key) for k in indices or range(len(experts))], key
-            rows = taus.abs_().view(torch.int32) if self.magnitude_scores() else [s(t) for s, t in zip(streams, taus)]
-            for k, scores in enumerate(rows):
-                visit(k, tower_of(key), scores)
+    # --- what a merge needs before its merge pass
 
-    def brackets(self, experts, base, ranks: dict, sizes: dict) -> dict | None:
-        """Per (expert, tower), a (lo, hi, expected fraction of the scores inside) bracket of score keys for
-        each wanted rank, or None if there is no way to guess one. |tau| scores: from a strided sample of
-        about ``SAMPLE`` entries of the tower."""
-        if not self.magnitude_scores():
-            return None
-        strides = {tower: max(1, n // SAMPLE) for tower, n in sizes.items()}
-        keys = [key for key in experts[0] if experts[0][key].is_floating_point()]
-        out = {}
-        for k, expert in enumerate(experts):  # one expert's samples at a time
-            parts = defaultdict(list)
-            for key in keys:
-                stride = strides[tower_of(key)]
-                tau = expert[key].reshape(-1)[::stride].float() - base[key].reshape(-1)[::stride].float()
-                parts[tower_of(key)].append(magnitude_keys(tau))
-            for tower, part in parts.items():
-                out[k, tower] = [sample_bracket(torch.cat(part), rank, sizes[tower]) for rank in ranks[k, tower]]
-        return out
-
-    def _select(self, experts, base, ranks: dict, sizes: dict, indices=None) -> dict:
-        """(the rank-th smallest score key, how many are smaller) for each wanted rank per (expert, tower):
-        one pass inside the brackets when they hold every rank, else a two-pass radix selection."""
-        brackets = self.brackets(experts, base, ranks, sizes)
-        inside = 4 * sum(b[2] * sizes[tower] for (_, tower), bs in (brackets or {}).items() for b in bs)
-        if brackets is not None and inside <= INSIDE_BYTES:  # wide brackets (many equal scores): radix
-            if self.kernel_mode() is not None:
-                found = self._kernel_select(experts, base, ranks, sizes, brackets, indices)
-            else:
-                selects = {
-                    at: [BracketSelect(rank, *b[:2]) for rank, b in zip(wanted, brackets[at])]
-                    for at, wanted in ranks.items()
-                }
-
-                def count(k, tower, scores):
-                    for s in selects[k, tower]:
-                        s.count(scores)
-
-                self._score_pass(experts, base, count, indices)
-                found = {at: [s.result() for s in sel] for at, sel in selects.items()}
-            if all(r is not None for results in found.values() for r in results):
-                return found
-        radix: dict = defaultdict(RadixSelect)
-        self._score_pass(
-            experts, base, lambda k, tower, scores: radix[k, tower].count_bins(scores.flatten() >> 16), indices
-        )
-        for at, wanted in ranks.items():
-            radix[at].locate(wanted)
-        if any(ranks.values()):  # pass 2: low bits inside the located bins
-            self._score_pass(
-                experts,
-                base,
-                lambda k, tower, scores: radix[k, tower].ranks and radix[k, tower].count_low(scores),
-                indices,
-            )
-        return {at: radix[at].results(with_ties=True) for at in ranks}
-
-    def _remembered_select(self, experts, base, ranks: dict, sizes: dict) -> dict:
-        """``_select``, remembering thresholds that can be told apart (``selection_id``): a pool merges the
-        same experts again at every timestep, so only new experts are read for thresholds."""
-        layout: dict = defaultdict(list)
-        for key in experts[0]:
-            if experts[0][key].is_floating_point():
-                layout[tower_of(key)].append((key, experts[0][key].numel()))
-        layout = {tower: tuple(entries) for tower, entries in layout.items()}
-        ids = {
-            (k, tower): self.selection_id(experts, base, k, tower, tuple(wanted), layout)
-            for (k, tower), wanted in ranks.items()
-        }
-        if None in ids.values():
-            return self._select(experts, base, ranks, sizes)
-        found = {at: SELECTIONS[i] for at, i in ids.items() if i in SELECTIONS}
-        new = sorted({k for at in ranks if at not in found for k in at[:1]})
-        if new:
-            fresh = self._select(
-                [experts[k] for k in new],
-                base,
-                {(j, t): ranks[k, t] for j, k in enumerate(new) for t in sizes},
-                sizes,
-                indices=new,
-            )
-            for j, k in enumerate(new):
-                for tower in sizes:
-                    found[k, tower] = SELECTIONS[ids[k, tower]] = fresh[j, tower]
-        for i in ids.values():
-            SELECTIONS.move_to_end(i)
-        while len(SELECTIONS) > SELECTIONS_KEPT:
-            SELECTIONS.popitem(last=False)
-        return found
-
-    def _kernel_select(self, experts, base, ranks: dict, sizes: dict, brackets: dict, indices=None) -> dict:
-        """``BracketSelect`` for every (expert, tower, rank) in one fused pass (kernels.count_bracket);
-        a result is None where the rank fell outside its bracket or the bracket held more than planned."""
-        n_experts, size, mode = len(experts), self.chunk_size(len(experts)), self.kernel_mode()
-        state = {}
-        for tower, n in sizes.items():
-            wanted = [ranks[k, tower] for k in range(n_experts)]
-            if not wanted[0]:
-                continue
-            bs = [brackets[k, tower] for k in range(n_experts)]
-            expected = max(b[2] for row in bs for b in row) * n
-            cap = int(1.25 * expected + 8 * math.sqrt(expected) + INSIDE_SLACK)
-            r = len(wanted[0])
-            state[tower] = {
-                "lo": np.array([[b[0] for b in row] for row in bs], np.int64),
-                "hi": np.array([[b[1] for b in row] for row in bs], np.int64),
-                "below": np.zeros((n_experts, r), np.int64),
-                "filled": np.zeros((n_experts, r), np.int64),
-                "inside": np.empty((n_experts, r, min(cap, n)), np.int32),
-            }
-        flags = np.empty((2, size + 8), np.uint8)
-        reads = mode == kernels.MAGNITUDE  # hashed scores need only the index, not the experts
-        for key, start, theta_0, chunks in _chunks(experts if reads else experts[:1], base, size):
-            if (s := state.get(tower_of(key))) is None:
-                continue
-            ptrs = _pointers(chunks) if reads else np.full(n_experts, theta_0.data_ptr(), np.int64)
-            seeds = self.kernel_seeds(indices or range(n_experts), key)
-            kernels.count_bracket(
-                mode, ptrs, theta_0.numpy(), seeds, start, s["lo"], s["hi"], s["below"], s["inside"], s["filled"], flags
-            )
-        found: dict[tuple[int, str], list] = {}
-        for (k, tower), wanted in ranks.items():
-            found[k, tower] = []
-            for r, rank in enumerate(wanted):
-                s = state[tower]
-                filled, below = int(s["filled"][k, r]), int(s["below"][k, r])
-                j = rank - below
-                if filled > s["inside"].shape[2] or not 1 <= j <= filled:
-                    found[k, tower].append(None)
-                    continue
-                inside = torch.from_numpy(s["inside"][k, r, :filled])
-                kth = int(torch.kthvalue(inside, j).values)
-                found[k, tower].append((kth, below + int((inside < kth).sum()), int((inside == kth).sum())))
-        return found
-
-    def prepare(self, experts, base):
-        depths = lines_depths(experts[0]) if self.lines is not None else None
-        if not self.drops_entries():  # nothing to drop: no pass over the inputs
-            return _ConsensusPrep(defaultdict(_Bounds), depths, kernel=self.kernel_mode() is not None)
+    def wanted_ranks(self, model: Checkpoint, n_experts: int) -> tuple[dict, Selection | None]:
+        """Per (expert, tower): (lo rank or None, hi rank or None, keep nothing); and what to select for them
+        (None: nothing to drop, no selection). ``model``: any of the merged models (for the layout)."""
+        if not self.drops_entries():
+            return {}, None
         sizes: dict[str, int] = defaultdict(int)  # entries per tower
-        for key in experts[0]:
-            if experts[0][key].is_floating_point():
-                sizes[tower_of(key)] += experts[0][key].numel()
+        for key in model:
+            if model[key].is_floating_point():
+                sizes[tower_of(key)] += model[key].numel()
         wanted = {}
-        for k in range(len(experts)):
+        for k in range(n_experts):
             for tower, n in sizes.items():
                 lo, hi = self.ranks(n)
                 wanted[k, tower] = (lo if lo >= 1 else None, hi if 1 <= hi < n else None, hi < 1)
         ranks = {at: [r for r in w[:2] if r is not None] for at, w in wanted.items()}
-        found = self._remembered_select(experts, base, ranks, sizes)
+        return wanted, Selection(self.scorer(), ranks, dict(sizes), self.chunk_size(n_experts))
+
+    def warm(self, expert, base, executor, positions=(0,)):
+        """The expert's thresholds against theta_0, for merges where it is the ``positions``-th model (|tau|
+        thresholds do not depend on the position: one selection; DARE's depend on it alone)."""
+        _, selection = self.wanted_ranks(expert, 1)
+        return 0 if selection is None else executor.prefetch(expert, base, selection, positions)
+
+    def prepare(self, experts, base, executor):
+        depths = lines_depths(experts[0]) if self.lines is not None else None
+        scorer = self.scorer()
+        kernel = executor.fused and scorer.kernel_mode is not None
+        wanted, selection = self.wanted_ranks(experts[0], len(experts))
+        if selection is None:  # nothing to drop: no pass over the inputs
+            return _ConsensusPrep(defaultdict(_Bounds), depths, scorer, kernel=kernel)
+        found = executor.thresholds(experts, base, selection)
         bounds = {}
         for at, (lo_rank, hi_rank, keep_none) in wanted.items():
             results = iter(found[at])
@@ -376,7 +186,9 @@ class SparseConsensus(LinesOption, Technique):
             if keep_none:
                 b.hi = -1
             bounds[at] = b
-        return _ConsensusPrep(bounds, depths, kernel=self.kernel_mode() is not None)
+        return _ConsensusPrep(bounds, depths, scorer, kernel=kernel)
+
+    # --- the consensus: sparsify, elect, disjoint merge (torch ops; ``kernels.merge_block`` fused)
 
     def sparsify(self, tau: torch.Tensor, k: int, key: str, prep: _ConsensusPrep, scores: torch.Tensor) -> torch.Tensor:
         """tau: a chunk of the flattened tau_k (chunks of a tower come in order); scores: its scores."""
@@ -443,12 +255,12 @@ class SparseConsensus(LinesOption, Technique):
         if prep.kernel:
             return self._kernel_merge_key(key, thetas, theta_0, prep, span)
         tower = tower_of(key)
-        taus, work = prep.blocks(len(thetas), span.size, self.chunk_size(len(thetas)))
-        if not self.magnitude_scores() and "scores" not in span.memo:  # one stream per expert, over the chunks
-            span.memo["scores"] = [self.score_stream(k, key) for k in range(len(thetas))]
+        taus, work = blocks(span.executor.scratch, len(thetas), span.size, self.chunk_size(len(thetas)))
+        if not prep.scorer.magnitudes and "scores" not in span.memo:  # one stream per expert, over the chunks
+            span.memo["scores"] = [prep.scorer.stream(k, key) for k in range(len(thetas))]
         for k, (tau, theta_k) in enumerate(zip(taus, thetas)):
             torch.sub(theta_k, theta_0, out=tau)
-            if self.magnitude_scores():
+            if prep.scorer.magnitudes:
                 self.sparsify_magnitudes(tau, prep.bounds[k, tower])
             else:
                 tau.copy_(self.sparsify(tau, k, key, prep, span.memo["scores"][k](tau)))
@@ -479,15 +291,15 @@ class SparseConsensus(LinesOption, Technique):
         n_experts, n = len(thetas), span.size
         chunks = [t.contiguous() for t in thetas]
         theta_0 = theta_0.contiguous()
-        b = prep.kernel_buffers(n_experts, n, self.chunk_size(n_experts))
+        b = kernel_buffers(span.executor.scratch, n_experts, n, self.chunk_size(n_experts))
         lo, hi, ties = prep.kernel_bounds(tower_of(key), n_experts)
         if "seeds" not in span.memo:
-            span.memo["seeds"] = self.kernel_seeds(range(n_experts), key)
+            span.memo["seeds"] = prep.scorer.seeds(range(n_experts), key)
         scale = self.scale(key, prep.depths)
         out = torch.empty(n)
         sign_sum, n_undecided = kernels.merge_block(
-            self.kernel_mode(),
-            _pointers(chunks),
+            prep.scorer.kernel_mode,
+            pointers(chunks),
             theta_0.numpy(),
             span.memo["seeds"],
             span.start,
@@ -556,54 +368,13 @@ class DareTies(SparseConsensus):
     exact_count: ClassVar[bool] = True
     seed: int = 0
 
-    def scores(self, tau, k, key, offset: int = 0):
+    def scorer(self) -> Scorer:
+        return HashedScorer(self.seed)
+
+    def scores(self, tau: torch.Tensor, k: int, key: str, offset: int = 0) -> torch.Tensor:
         """Scores of the entries offset, offset + 1, ... of the flattened tensor: a counter-based hash of the
         flat index seeded from (seed, k, key) (``kernels.hashed_scores``), so any chunking draws the same."""
-        return kernels.hashed_scores(derived_seed(self.seed, k, key), offset, tau.numel()).view(tau.shape)
-
-    def builtin_scores(self) -> bool:
-        return type(self).scores is DareTies.scores and type(self).score_stream is DareTies.score_stream
-
-    def kernel_mode(self):
-        return kernels.HASHED if self.builtin_scores() and kernels.enabled() else None
-
-    def kernel_seeds(self, indices, key):
-        return np.array([derived_seed(self.seed, k, key) for k in indices], np.int64)
-
-    def selection_id(self, experts, base, k, tower, wanted, layout):
-        """The hashed scores depend only on (seed, expert index, tensor, index): so do their thresholds."""
-        if not self.builtin_scores():
-            return None
-        return ("hashed", self.seed, k, tower, layout[tower], wanted)
-
-    def brackets(self, experts, base, ranks, sizes):
-        """The default scores are uniform on [0, 2^31): the rank-th smallest of n lies within a few
-        binomial standard deviations of rank / n * 2^31, known without looking at the scores."""
-        if not self.builtin_scores():
-            return None
-        out = {}
-        for (k, tower), wanted in ranks.items():
-            n, out[k, tower] = sizes[tower], []
-            for rank in wanted:
-                q = rank / n
-                half = 5.0 * math.sqrt(q * (1 - q) / n) + 2 / n
-                out[k, tower].append(
-                    (max(0, math.floor((q - half) * 2**31)), min(2**31 - 1, math.ceil((q + half) * 2**31)), 2 * half)
-                )
-        return out
-
-    def score_stream(self, k, key):
-        """The chunks of a tensor, given in order, get the scores of their flat indices."""
-        if type(self).scores is not DareTies.scores:  # a subclass's own (element-wise) scores
-            return super().score_stream(k, key)
-        offset = [0]
-
-        def stream(tau):
-            scores = self.scores(tau, k, key, offset[0])
-            offset[0] += tau.numel()
-            return scores
-
-        return stream
+        return HashedScorer(self.seed).scores(tau, k, key, offset)
 
     @property
     def rescale(self) -> float:

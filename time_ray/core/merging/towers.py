@@ -66,14 +66,14 @@ class Towers(Technique):
         for side in ("image", "text"):
             object.__setattr__(self, side, _as_technique(getattr(self, side), f"merge.{side}"))
 
-    def merge(self, experts, weights=None, base=None):
+    def merge(self, experts, weights=None, base=None, executor=None):
         if not experts:
             raise ValueError("merge needs at least one checkpoint")
         check_compatible(experts, base if self.uses_base() else None)
         parts = {}
         for tower, technique in (("image", self.image), ("text", self.text)):
             views = [_TowerView(e, tower) for e in experts]
-            parts.update(technique.merge(views, weights, None if base is None else _TowerView(base, tower)))
+            parts.update(technique.merge(views, weights, None if base is None else _TowerView(base, tower), executor))
         return {key: parts[key] for key in experts[0]}
 
     def params(self) -> dict:

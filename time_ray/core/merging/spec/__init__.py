@@ -99,8 +99,13 @@ class SpecTechnique(Technique):
     elementwise: ClassVar[bool] = False
 
     def merge(
-        self, experts: Sequence[Checkpoint], weights: Sequence[float] | None = None, base: Checkpoint | None = None
+        self,
+        experts: Sequence[Checkpoint],
+        weights: Sequence[float] | None = None,
+        base: Checkpoint | None = None,
+        executor=None,
     ) -> State:
+        """Runs the spec itself (``executor`` is not used: no chunking, no kernels)."""
         s = SPECS[self.spec_name]
         if not experts:
             raise ValueError("merge needs at least one checkpoint")

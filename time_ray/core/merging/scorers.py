@@ -1,0 +1,153 @@
+"""Scorers: what a sparse technique ranks the entries of each task vector by (``sparse.SparseConsensus``).
+
+A scorer gives non-negative int32 scores to the entries of tau_k, chunk by chunk in flat order, and says
+what the executor may know about them without reading them: whether they are |tau| itself
+(``magnitudes``: thresholds apply to the values), the fused kernels' score mode (None: torch ops only),
+a bracket of the wanted order statistics, and what a tower's thresholds depend on (``identity``: the key
+under which the executor's ``ThresholdCache`` remembers them; None: never remembered).
+
+* ``MagnitudeScorer``: |tau| as its float32 bit pattern (TIES, Breadcrumbs-TIES).
+* ``HashedScorer``: DARE's random scores, a counter-based hash of the flat index seeded from
+  (seed, expert index, tensor) (``kernels.hashed_scores``): independent of the weights.
+* ``ElementwiseScorer``: any element-wise function of (tau chunk, expert index, tensor name).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import numpy as np
+import torch
+
+from time_ray.core.checkpoints import Checkpoint
+from time_ray.core.merging import kernels
+from time_ray.core.merging.base import derived_seed, tower_of
+from time_ray.core.merging.select import magnitude_keys, sample_bracket
+
+SAMPLE = 1 << 18  # |tau| entries sampled per (expert, tower) to bracket its thresholds
+
+Stream = Callable[[torch.Tensor], torch.Tensor]
+Ranks = dict[tuple[int, str], list[int]]
+Brackets = dict[tuple[int, str], list[tuple[int, int, float]]]
+
+
+class Scorer(Protocol):
+    magnitudes: ClassVar[bool]
+    kernel_mode: ClassVar[int | None]
+
+    def stream(self, k: int, key: str) -> Stream: ...
+
+    def seeds(self, indices: Sequence[int], key: str) -> np.ndarray: ...
+
+    def identity(
+        self, expert: Checkpoint, base: Checkpoint, k: int, tower: str, layout: tuple, wanted: tuple
+    ) -> tuple | None: ...
+
+    def brackets(
+        self, experts: Sequence[Checkpoint], base: Checkpoint, ranks: Ranks, sizes: dict[str, int]
+    ) -> Brackets | None: ...
+
+
+@dataclass(frozen=True)
+class MagnitudeScorer:
+    """|tau| as its float32 bit pattern (non-negative floats order like their bits)."""
+
+    magnitudes: ClassVar[bool] = True
+    kernel_mode: ClassVar[int | None] = kernels.MAGNITUDE
+
+    def stream(self, k: int, key: str) -> Stream:
+        return magnitude_keys
+
+    def seeds(self, indices: Sequence[int], key: str) -> np.ndarray:
+        return np.zeros(len(indices), np.int64)
+
+    def identity(self, expert, base, k, tower, layout, wanted):
+        """|tau| thresholds depend on the content of the expert and of theta_0 (files only: they have a
+        fingerprint), the tower's tensors and the ranks."""
+        prints = getattr(expert, "fingerprint", None), getattr(base, "fingerprint", None)
+        return None if None in prints else ("magnitude", *prints, tower, layout, wanted)
+
+    def brackets(self, experts, base, ranks, sizes):
+        """From a strided sample of about ``SAMPLE`` entries of each expert's tower."""
+        strides = {tower: max(1, n // SAMPLE) for tower, n in sizes.items()}
+        keys = [key for key in experts[0] if experts[0][key].is_floating_point()]
+        out = {}
+        for k, expert in enumerate(experts):  # one expert's samples at a time
+            parts = defaultdict(list)
+            for key in keys:
+                stride = strides[tower_of(key)]
+                tau = expert[key].reshape(-1)[::stride].float() - base[key].reshape(-1)[::stride].float()
+                parts[tower_of(key)].append(magnitude_keys(tau))
+            for tower, part in parts.items():
+                out[k, tower] = [sample_bracket(torch.cat(part), rank, sizes[tower]) for rank in ranks[k, tower]]
+        return out
+
+
+@dataclass(frozen=True)
+class HashedScorer:
+    """DARE's scores: entry j of tensor ``key`` of expert k scores ``kernels.hashed_scores`` of j, seeded
+    from (seed, k, key); any chunking draws the same."""
+
+    seed: int = 0
+    magnitudes: ClassVar[bool] = False
+    kernel_mode: ClassVar[int | None] = kernels.HASHED
+
+    def scores(self, tau: torch.Tensor, k: int, key: str, offset: int = 0) -> torch.Tensor:
+        return kernels.hashed_scores(derived_seed(self.seed, k, key), offset, tau.numel()).view(tau.shape)
+
+    def stream(self, k: int, key: str) -> Stream:
+        offset = [0]
+
+        def scores(tau: torch.Tensor) -> torch.Tensor:
+            out = self.scores(tau, k, key, offset[0])
+            offset[0] += tau.numel()
+            return out
+
+        return scores
+
+    def seeds(self, indices: Sequence[int], key: str) -> np.ndarray:
+        return np.array([derived_seed(self.seed, k, key) for k in indices], np.int64)
+
+    def identity(self, expert, base, k, tower, layout, wanted):
+        """The scores depend only on (seed, expert index, tensors, index): so do their thresholds."""
+        return ("hashed", self.seed, k, tower, layout, wanted)
+
+    def brackets(self, experts, base, ranks, sizes):
+        """Uniform on [0, 2^31): the rank-th smallest of n lies within a few binomial standard deviations of
+        rank / n * 2^31, known without looking at the scores."""
+        out = {}
+        for (k, tower), wanted in ranks.items():
+            n, out[k, tower] = sizes[tower], []
+            for rank in wanted:
+                q = rank / n
+                half = 5.0 * math.sqrt(q * (1 - q) / n) + 2 / n
+                out[k, tower].append(
+                    (max(0, math.floor((q - half) * 2**31)), min(2**31 - 1, math.ceil((q + half) * 2**31)), 2 * half)
+                )
+        return out
+
+
+@dataclass(frozen=True)
+class ElementwiseScorer:
+    """Scores ``fn(tau chunk, expert index, tensor name)``: element-wise, so any chunking gives the same.
+    Nothing known in advance: torch ops, a radix selection, never remembered."""
+
+    fn: Callable[[torch.Tensor, int, str], torch.Tensor]
+    magnitudes: ClassVar[bool] = False
+    kernel_mode: ClassVar[int | None] = None
+
+    def stream(self, k: int, key: str) -> Stream:
+        return lambda tau: self.fn(tau, k, key)
+
+    def seeds(self, indices: Sequence[int], key: str) -> np.ndarray:
+        return np.zeros(len(indices), np.int64)
+
+    def identity(self, expert, base, k, tower, layout, wanted):
+        return None
+
+    def brackets(self, experts, base, ranks, sizes):
+        return None
