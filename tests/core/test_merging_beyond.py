@@ -239,3 +239,22 @@ def test_a_searched_alpha_reaches_the_svd_techniques_but_not_averaging_without_l
     policies = policy_space.expand_policies([], grid, False, [{"alpha": 0.3}, {"alpha": 0.7}])
     alphas = {(p["merge"], p["merge_params"].get("alpha")) for p in policies}
     assert alphas == {("tsv_m", 0.3), ("tsv_m", 0.7), ("iso_c", 0.3), ("iso_c", 0.7), ("average", None)}
+
+
+def test_every_spec_module_registers_itself_with_the_merging_package():
+    """Adding a technique is one new module in ``core/merging/spec``: importing ``time_ray.core.merging``
+    imports every module there (so its ``@spec(executable=True)`` registers), with no list to extend."""
+    import ast
+    import pkgutil
+    import subprocess
+    import sys
+
+    import time_ray.core.merging.spec as spec_package
+
+    modules = sorted(f"{spec_package.__name__}.{m.name}" for m in pkgutil.iter_modules(spec_package.__path__))
+    assert {"time_ray.core.merging.spec.svd", "time_ray.core.merging.spec.dense"} <= set(modules)
+    code = "import sys, time_ray.core.merging as m; print(sorted(n for n in sys.modules if n.startswith(sys.argv[1])))"
+    out = subprocess.run(
+        [sys.executable, "-c", code, f"{spec_package.__name__}."], capture_output=True, text=True, check=True
+    ).stdout
+    assert ast.literal_eval(out) == modules

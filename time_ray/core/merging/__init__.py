@@ -13,10 +13,10 @@ defines TSV-M and Iso-C, techniques that exist only as specs). Importing this pa
 technique.
 """
 
+import time_ray.core.merging.spec  # noqa: F401,E402 (registers every spec, e.g. tsv_m, iso_c)
 from time_ray.core.merging.base import TECHNIQUES, Technique, make_technique, register, technique_params, tower_of
 from time_ray.core.merging.basic import MagMax, ModelStock, RandomPick, Slerp, TaskArithmetic, WeightAveraging
 from time_ray.core.merging.sparse import BreadcrumbsTies, DareTies, Ties
-from time_ray.core.merging.spec import svd as _svd  # noqa: F401 (registers tsv_m, iso_c)
 from time_ray.core.merging.towers import Towers
 
 # the public API: the techniques, their registry and how to build one from a config. The machinery

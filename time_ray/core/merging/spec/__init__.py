@@ -16,9 +16,10 @@ technique in ``TECHNIQUES`` by an adapter (``SpecTechnique``) that materialises 
 it: adding such a technique touches only the spec layer. Its keyword-only parameters, with their
 defaults and annotations, become the technique's config parameters (checked by ``base.RULES`` by name).
 
-Modules: ``dense`` (averaging, task arithmetic, SLERP, MagMax, Random, Model Stock),
-``generalized`` (generalized task arithmetic: sparsifier x consensus x scale; TIES, DARE-TIES,
-Breadcrumbs as instances), ``svd`` (TSV-M, Iso-C).
+Modules (every module of this package is imported, and so registered, with it): ``dense`` (averaging,
+task arithmetic, SLERP, MagMax, Random, Model Stock), ``generalized`` (generalized task arithmetic:
+sparsifier x consensus x scale; TIES, DARE-TIES, Breadcrumbs as instances), ``svd`` (TSV-M, Iso-C),
+``opcm`` (the OPCM step of the ``opcm`` strategy).
 """
 
 from __future__ import annotations
@@ -141,4 +142,14 @@ def _register_executable(s: Spec) -> None:
     register(cls)
 
 
-from time_ray.core.merging.spec import dense, generalized  # noqa: E402,F401  (registers their specs)
+def _import_every_spec_module() -> None:
+    """Every module of this package registers its specs when imported: a new technique is one new module
+    here (with ``@spec(executable=True)`` when only its spec exists), touching nothing else."""
+    import importlib
+    import pkgutil
+
+    for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+        importlib.import_module(f"{__name__}.{module}")
+
+
+_import_every_spec_module()
