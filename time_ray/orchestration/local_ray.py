@@ -19,6 +19,12 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # Ray Train's default gives up after 60 s. Every trial's workers fit at once (sweep.worker_resources),
 # so a longer wait only ever waits for a slow machine, never for resources that cannot come.
 PATIENT_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "900"}
+# Ray starts its worker processes (trial drivers, merge actors, Train workers: all of a sweep's work) at
+# nice 15, to keep its own daemons responsive on a machine that Ray has to itself. On a laptop or a shared
+# CI machine any program at the default priority then takes the CPUs: two CPU hogs in the same session left
+# a sweep's workers about 3% of them (a resume that made no progress in 8 minutes). An embedded Ray runs its
+# workers at the priority of everything else; RAY_worker_niceness set by the user wins.
+FAIR_SHARE_ENV = {"RAY_worker_niceness": "0"}
 
 
 def _worker_env() -> dict:
@@ -59,8 +65,8 @@ def init_ray(verbose: bool = False, temp_dir: str | None = None, num_cpus: int |
     """Joins the cluster in RAY_ADDRESS (e.g. under ``ray job submit``) or starts an embedded local
     Ray kept on loopback. Returns the cluster's resources plus ``node_address``."""
     joined = bool(os.environ.get("RAY_ADDRESS"))
-    if not joined:  # an embedded Ray: single-node mode on 127.0.0.1
-        for key, value in LOOPBACK_ENV.items():
+    if not joined:  # an embedded Ray: single-node mode on 127.0.0.1, its workers at the default priority
+        for key, value in {**LOOPBACK_ENV, **FAIR_SHARE_ENV}.items():
             os.environ.setdefault(key, value)
     import ray
 
