@@ -93,6 +93,8 @@ def base_env() -> dict:
     # a busy machine (CI beside other jobs) can take minutes to start the head's dashboard: Ray's
     # `ray start --include-dashboard true` gives up after 60 s (seen at load 20 on 2 cores)
     env["RAY_DASHBOARD_STARTUP_TIMEOUT_S"] = str(HEAD_START_S)
+    # the README's head: its workers at the shell's priority, not Ray's nice 15 (starved beside busy programs)
+    env["RAY_worker_niceness"] = "0"
     return env
 
 
