@@ -5,9 +5,9 @@
 
 * theta_0 and max(k) experts theta_0 + tau_k are written as safetensors to a temporary directory through the
   project's CheckpointPool, and merged through the real lazy path: ``make_technique(name).merge(pool.experts(k),
-  base=pool.base)``, default parameters, torch on ``--threads`` threads (default 1, the merge actor's setting).
+  base=pool.base)``, default parameters, torch on ``--threads`` threads (default 1, the merge service's setting).
 * Page cache warm: every file is read once before timing and the pool's opened checkpoints (their mappings)
-  are reused, as in the merge actor. Expert data read = k x 598 MB per merge (theta_0 not counted);
+  are reused, as in the merge service. Expert data read = k x 598 MB per merge (theta_0 not counted);
   GB/s = that / the median wall time of ``--repeats`` interleaved rounds.
 * Baselines on the same tensors in the same rounds: ``copy`` (each tensor copied into a reused buffer),
   ``mean`` (running in-place sum of whole tensors, / k: the fastest plain mean) and ``stack_mean``
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", default=None, help="open_clip architecture of the experts (default ViT-B-16)")
     parser.add_argument("--ks", default=None, help="comma-separated pool sizes (default 2,5,10,20)")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the merge actor)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the merge service)")
     parser.add_argument("--techniques", default=",".join(TECHNIQUES + spec_only_techniques()))
     parser.add_argument(
         "--backend", default=default_backend(), choices=["numba", "torch"], help="the merge executor's backend"

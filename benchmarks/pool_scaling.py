@@ -5,9 +5,9 @@ and 50 experts, under each deploy strategy.
 
 * A pool of 50 experts of tiny-clip-wide (8M parameters, 32 MB: the size of the policy issue's memory
   measurements) written through CheckpointPool (safetensors + content hash), opened once and reused, as the
-  merge actor holds it; one torch thread, as the merge actor.
+  merge service holds it; one torch thread, as the merge service.
 * For each technique (average, ties), deploy strategy and n: the steady-state cost at timestep t = n, what
-  the merge actor pays (``materialize(deploy_weights(policy, pool, n))``): ft loads expert n; ft-zs merges
+  the merge service pays (``materialize(deploy_weights(policy, pool, n))``): ft loads expert n; ft-zs merges
   it with theta_0; all merges experts 1..n; ema computes r_n = M(expert n, r_{n-1}) and stores it, with
   r_{n-1} already in the pool from the previous timestep (r_n is removed before each repeat).
 * Medians of ``--repeats`` interleaved rounds; peak anonymous memory above the level before the call

@@ -14,7 +14,7 @@ versus waiting, starting up and serializing; and how many expert trainings dedup
     train = min(sum(train_seconds) x workers per expert x a worker's Ray CPU share, CPU of the Train workers)
             (a worker runs torch on max(1, floor(share)) threads; the share is what it gets while the
             concurrent trials all train)
-    merge = min(sum(merge_seconds) x 1 thread, CPU of the merge actors)
+    merge = min(sum(merge_seconds) x 1 thread, CPU of the merge service's actors)
     eval  = min(sum(eval_seconds) x 1 thread, CPU of the trial drivers, which evaluate)
     (wall seconds overcount when activities share the cores; process CPU overcounts by start-up and polling.)
   busy fraction = (train + merge + eval) / (wall seconds x cores); cpu utilization = the tree's CPU /
@@ -53,7 +53,9 @@ QUICK = [
     "model.base_training={steps: 300, batch_size: 64, lr: 2.0e-3}",
 ]
 TICK = os.sysconf("SC_CLK_TCK")
-ROLES = {"train": "ray::RayTrainWo", "merge": "ray::MergeActor", "eval": "ray::ImplicitFu"}  # process titles
+# process titles as /proc/<pid>/stat gives them (cut to 15 characters): Train workers, the merge service's
+# actors (time_ray.orchestration.merge_actor.PROCESS_TITLE, class MergeService), the trial drivers
+ROLES = {"train": "ray::RayTrainWo", "merge": "ray::MergeServi", "eval": "ray::ImplicitFu"}
 
 
 def process_tree_cpu(root: int, seen: dict[int, tuple[str, float]]) -> None:

@@ -5,7 +5,7 @@
 * The same function body runs in both: ``Experiment.from_settings`` (the quickstart's settings, benchmark
   read from the disk cache) -> a tiny-clip model -> ``finetune`` on task 1 with the quickstart recipe (batch
   64, AdamW, cosine schedule), seed 0: the work of ``expert_training.train_experts`` for one task, without
-  the merge actor. Ray: a ``TorchTrainer`` with one worker given the CPU share the sweep gives a single trial
+  the merge service. Ray: a ``TorchTrainer`` with one worker given the CPU share the sweep gives a single trial
   (``sweep.worker_resources``), on a local Ray started by ``local_ray.init_ray`` (loopback, fresh temp dir).
   Plain: called in this process (in-process benchmark cache cleared first) on as many torch threads as Ray
   gives that worker (OMP_NUM_THREADS = max(1, floor(CPU share)), Ray's rule), so the comparison is of Ray's

@@ -258,3 +258,18 @@ def test_set_indexes_lists_in_a_field_path():
         with pytest.raises(ConfigError) as error:
             load_config("configs/quickstart.yaml", [grids, override])
         assert all(w in str(error.value) for w in words), str(error.value)
+
+
+def test_merge_actors_is_written_only_when_set_so_fingerprints_stay():
+    from time_ray.config import ADDED_LATER
+
+    default = load_config("configs/quickstart.yaml")
+    assert default.resources.merge_actors == 1 and ("resources", "merge_actors") in ADDED_LATER
+    assert "merge_actors" not in default.to_dict()["resources"]  # the pinned fingerprints hold
+    two = load_config("configs/quickstart.yaml", ["resources.merge_actors=2"])
+    assert two.to_dict()["resources"]["merge_actors"] == 2 and two.fingerprint() != default.fingerprint()
+    explicit = load_config("configs/quickstart.yaml", ["resources.merge_actors=1"])
+    assert explicit.fingerprint() == default.fingerprint()  # the default, said or not, is one sweep
+    for bad in ("0", "1.5", "true"):
+        with pytest.raises(ConfigError, match="resources.merge_actors"):
+            load_config("configs/quickstart.yaml", [f"resources.merge_actors={bad}"])

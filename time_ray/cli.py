@@ -19,7 +19,7 @@ time-ray: simulate temporal model merging (TIME, CVPR 2025) with Ray.
 
 A sweep config names a model, a task stream, a compute budget and a grid of policies
 (init strategy x deploy strategy x merging technique). `time-ray sweep` runs every policy as a
-Ray Tune trial (experts finetuned by Ray Train, checkpoints merged by a merge actor) and writes
+Ray Tune trial (experts finetuned by Ray Train, checkpoints merged by the merge service) and writes
 DIR/metrics.parquet (per trial, timestep, dataset) and DIR/timesteps.parquet (A_KA, A_ZS, GM and
 costs per trial and timestep).
 

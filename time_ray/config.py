@@ -143,6 +143,7 @@ class ResourcesConfig(Section):
     max_concurrent_trials: Count | None = None  # None: derived from the cluster's resources
     cpus_per_worker: Positive | None = None  # None: the CPUs shared equally among concurrent workers
     gpus_per_worker: float | None = None  # fractions share a GPU; None: derived (use_gpu only)
+    merge_actors: Count = 1  # the sweep's merge service: long-lived merge actors, each serving several trials' pools
 
 
 class EarlyStoppingConfig(Section):
@@ -162,6 +163,11 @@ class SearchConfig(Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
 
+# Fields added after the config fingerprints were pinned (tests/test_config_pins.py), as paths: to_dict() and
+# so fingerprint() and config.yaml leave each out while it holds its default; a value set is written.
+ADDED_LATER: tuple[tuple[str, ...], ...] = (("resources", "merge_actors"),)
+
+
 class SweepConfig(Section):
     name: str = "sweep"
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -174,7 +180,18 @@ class SweepConfig(Section):
     search: SearchConfig = Field(default_factory=SearchConfig)
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(self.model_dump()))
+        """The config as plain data (written to config.yaml; its hash is the fingerprint). A field added after
+        the fingerprints were pinned (``ADDED_LATER``) is left out while it holds its default, so that a
+        config not setting it keeps its fingerprint (and an existing sweep directory its ``--resume``)."""
+        data = json.loads(json.dumps(self.model_dump()))
+        for *sections, name in ADDED_LATER:
+            model: BaseModel = self
+            parent = data
+            for section in sections:
+                model, parent = getattr(model, section), parent[section]
+            if getattr(model, name) == type(model).model_fields[name].default:
+                del parent[name]
+        return data
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]

@@ -83,3 +83,34 @@ def test_altered_or_truncated_checkpoints_are_detected_by_their_content_hash(tmp
     (tmp_path / "e.safetensors.sha256").unlink()  # no recorded hash: an unreadable file is still named
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         SafetensorsCheckpoint(path)
+
+
+def test_opened_checkpoints_are_shared_by_file_and_reopened_when_it_is_rewritten(tmp_path):
+    import gc
+
+    from time_ray.core.checkpoints import OpenedCheckpoints
+    from time_ray.core.pool import CheckpointPool
+
+    save_atomic({"w": torch.zeros(3)}, tmp_path / "base.safetensors")
+    expert = tmp_path / "experts" / "k.safetensors"
+    save_atomic({"w": torch.ones(3)}, expert)
+    opened = OpenedCheckpoints()
+    pools = [CheckpointPool(tmp_path / "pool" / name, tmp_path / "base.safetensors", opened=opened) for name in "ab"]
+    for pool in pools:
+        pool.link_expert(1, expert)
+    assert pools[0].expert(1) is pools[1].expert(1) and pools[0].base is pools[1].base
+    assert (opened.opened, opened.shared) == (2, 2)
+    assert opened.open(tmp_path / "experts" / ".." / "experts" / "k.safetensors") is pools[0].expert(1)
+    alone = CheckpointPool(tmp_path / "pool" / "c", tmp_path / "base.safetensors")  # no sharing: its own
+    alone.link_expert(1, expert)
+    assert alone.expert(1) is not pools[0].expert(1) and torch.equal(alone.expert(1)["w"], torch.ones(3))
+
+    held = pools[0].expert(1)
+    save_atomic({"w": torch.full((3,), 2.0)}, expert)  # deleted and written again: another file
+    fresh = opened.open(expert)
+    assert fresh is not held and torch.equal(fresh["w"], torch.full((3,), 2.0))
+    del pools, pool, held, fresh, alone
+    gc.collect()
+    assert len(opened) == 0  # held weakly: nothing is kept open once no pool holds it
+    with pytest.raises(CheckpointError, match="no such file"):
+        opened.open(tmp_path / "missing.safetensors")

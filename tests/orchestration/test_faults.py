@@ -54,10 +54,11 @@ def ray_dir() -> str:
 def test_killed_train_worker_and_merge_actor_give_the_same_answer(reduced_quickstart, cache_dir, tmp_path, monkeypatch):
     """Injected: SIGKILL of sequential-ft's Train worker at step 10 of task 2 (Train's FailureConfig
     starts a new worker, which retrains that expert from its init), ray.kill of best-in-time's
-    merge actor after timestep 1 (Ray restarts it; it reloads its pool, EMA chain and training info
-    from storage), and a crash of offline-merge's trial driver after timestep 1 (Tune retries the
-    trial, which resumes after its last recorded timestep). Checked: every fault fired, the sweep
-    succeeded, the results equal the reference, the retry was one console line."""
+    merge service actor after timestep 1 (the sweep's only one, serving all three trials: Ray restarts
+    it; each trial's pool, EMA chain and training info are reopened from storage on its next call), and
+    a crash of offline-merge's trial driver after timestep 1 (Tune retries the trial, which resumes after
+    its last recorded timestep). Checked: every fault fired, the sweep succeeded, the results equal the
+    reference, the retry was one console line, the restarted actor is still the only one."""
     reference, _ = reduced_quickstart
     marks = faults_env(
         monkeypatch,
@@ -71,6 +72,8 @@ def test_killed_train_worker_and_merge_actor_give_the_same_answer(reduced_quicks
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert len(list(marks.iterdir())) == 3  # every fault happened
     assert_same_results(out, reference)
+    # the killed merge service actor was restarted (one actor still), not replaced by another
+    assert "merge service: 1 MergeService actor(s) in Ray" in proc.stderr, proc.stderr[-6000:]
     # Tune retried the crashed trial: one console line saying so, no traceback
     retry = [line for line in proc.stderr.splitlines() if "attempt 2 of 3 after:" in line]
     assert len(retry) == 1 and "policy offline-merge-" in retry[0], proc.stderr[-6000:]

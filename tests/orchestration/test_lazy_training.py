@@ -80,6 +80,7 @@ LAZY = [
     "policies={presets: [], grid: {init: [ft, zs], deploy: [ft], "
     "merge: [{technique: average}, {technique: task_arithmetic}]}}",
     "resources.max_concurrent_trials=1",
+    "resources.merge_actors=2",  # the merge service: trials 1 and 3 on one actor, 2 and 4 on the other
 ]
 NO_TRAIN = re.compile(r"policy (\S+): all 2 experts from the expert cache, no Train run")
 
@@ -107,6 +108,7 @@ def test_trials_with_every_expert_cached_start_no_train_run(cache_dir, tmp_path)
     assert len(no_train) == 2, train_runs  # (each trial started a Train run before lazy start)
     assert set(NO_TRAIN.findall(proc.stderr)) == no_train, proc.stderr[-6000:]  # and said so
     assert "experts trained 3, reused from the cache 5" in proc.stderr
+    assert "merge service: 2 MergeService actor(s) in Ray; trials served per actor [2, 2]" in proc.stderr
     assert len(list((out / "experts").glob("*.safetensors"))) == 3
 
     for _, pair in steps.groupby("init"):

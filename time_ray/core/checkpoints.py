@@ -9,6 +9,7 @@ import json
 import mmap
 import os
 import struct
+import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -72,6 +73,37 @@ class SafetensorsCheckpoint(Mapping):
 
     def __repr__(self) -> str:
         return f"SafetensorsCheckpoint({str(self.path)!r})"
+
+
+class OpenedCheckpoints:
+    """The checkpoints a process has open, shared by whoever opens the same file: pools of several
+    trials that reference one content-addressed expert (or theta_0) map it and check its hash once.
+
+    Keyed by the resolved path and the file's identity (device, inode, size, modification time), so a
+    file deleted and written again is opened afresh. Held weakly: an entry lives while some pool holds
+    the checkpoint. Tensors are copy-on-write views of the mapping, never written in place by a merge."""
+
+    def __init__(self) -> None:
+        self._open: weakref.WeakValueDictionary[tuple, SafetensorsCheckpoint] = weakref.WeakValueDictionary()
+        self.opened = self.shared = 0  # files opened, and opens answered with one already open
+
+    def open(self, path: str | os.PathLike) -> SafetensorsCheckpoint:
+        path = Path(path)
+        try:
+            stat = path.stat()
+        except OSError:  # missing: SafetensorsCheckpoint says so, as it would unshared
+            return SafetensorsCheckpoint(path)
+        key = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        found = self._open.get(key)
+        if found is not None:
+            self.shared += 1
+            return found
+        checkpoint = self._open[key] = SafetensorsCheckpoint(path)
+        self.opened += 1
+        return checkpoint
+
+    def __len__(self) -> int:
+        return len(self._open)
 
 
 SAFETENSORS_DTYPES = {

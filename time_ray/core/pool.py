@@ -4,8 +4,9 @@ that strategies reuse (the EMA chain r_t), each a safetensors file written atomi
 An expert that already exists elsewhere (the sweep's content-addressed expert cache) enters the pool
 as a reference (``expert_003.ref`` holding the file's path relative to the pool), not as a copy.
 Files are immutable once written. The pool's merges run on its ``executor`` (backend, threshold cache),
-given by whoever builds the pool (the merge actor) or a default one. Two optional hooks let a caller keep
-the pool on remote storage:
+given by whoever builds the pool (the merge service) or a default one; ``opened`` (``OpenedCheckpoints``),
+when given, shares opened files with the other pools of the process (theta_0, cached experts). Two optional
+hooks let a caller keep the pool on remote storage:
 ``fetch(path)`` makes a file local before it is opened, ``publish(path)`` uploads one just written.
 """
 
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from time_ray.core.atomic import write_text_atomic
-from time_ray.core.checkpoints import Checkpoint, SafetensorsCheckpoint, save_atomic
+from time_ray.core.checkpoints import Checkpoint, OpenedCheckpoints, SafetensorsCheckpoint, save_atomic
 from time_ray.core.errors import CheckpointError
 from time_ray.core.merging.base import Technique
 from time_ray.core.merging.executor import MergeExecutor
@@ -39,6 +40,7 @@ class CheckpointPool:
         fetch: Hook | None = None,
         publish: Hook | None = None,
         executor: MergeExecutor | None = None,
+        opened: OpenedCheckpoints | None = None,
     ):
         self.root = Path(root)
         self.executor = MergeExecutor() if executor is None else executor
@@ -50,6 +52,7 @@ class CheckpointPool:
         if not self.base_path.is_file():
             raise FileNotFoundError(f"pool {self.root}: base model {self.base_path} does not exist")
         self._cache: dict[str, SafetensorsCheckpoint] = {}
+        self._opener = SafetensorsCheckpoint if opened is None else opened.open
 
     def _path(self, kind: str, t: int | None = None, suffix: str = ".safetensors") -> Path:
         return self.root / (f"{kind}{suffix}" if t is None else f"{kind}_{t:03d}{suffix}")
@@ -58,7 +61,7 @@ class CheckpointPool:
         if str(path) not in self._cache:
             if not path.exists():
                 self.fetch(path)
-            self._cache[str(path)] = SafetensorsCheckpoint(path)
+            self._cache[str(path)] = self._opener(path)
         return self._cache[str(path)]
 
     def _write(self, path: Path, state: Checkpoint) -> int:

@@ -1,4 +1,4 @@
-"""Orchestration: Ray Tune sweep, trial drivers, Ray Train expert runs, the merge actor.
+"""Orchestration: Ray Tune sweep, trial drivers, Ray Train expert runs, the merge service.
 
 Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported; setting it here, before any module
 of this package imports Ray, keeps an embedded local Ray in single-node mode on 127.0.0.1. A process

@@ -1,6 +1,6 @@
 """The Ray Train run of one trial: a single TorchTrainer run that finetunes every expert of the
-stream in turn, asking the merge actor for each task's init weights and handing it each expert, so
-the Train start-up (about 25 s here) is paid once per trial, not once per timestep. With the sweep's
+stream in turn, asking the trial's pool in the merge service for each task's init weights and handing
+it each expert, so the Train start-up (about 25 s here) is paid once per trial, not once per timestep. With the sweep's
 expert cache the trial driver links the leading cached experts itself and starts this run only at
 the first expert that must be trained, or not at all (trial.py, "lazy Train start")."""
 
@@ -30,7 +30,7 @@ from time_ray.orchestration.storage import Storage
 class TrainLoopConfig:
     """What the Train workers of one trial's run get (``train_loop_config={"job": ...}``)."""
 
-    merge_actor: Any  # the trial's MergeActor handle
+    merge_actor: Any  # the trial's PoolHandle (merge_actor.py): its pool in the sweep's merge service
     settings: ExperimentSettings
     steps: int
     seed: int

@@ -6,7 +6,8 @@
   {"fault": "kill_train_worker", "trial": "sequential-ft", "task": 2, "step": 10}
       SIGKILL the Train worker after that step of that task (Train's FailureConfig restarts it)
   {"fault": "kill_merge_actor", "trial": "best-in-time", "after_timestep": 1}
-      ray.kill the trial's merge actor after that timestep is recorded (Ray restarts it)
+      ray.kill the merge service actor serving that trial after that timestep is recorded (Ray restarts
+      it; the other trials it serves reopen their pools too)
   {"fault": "crash_trial", "trial": "best-in-time", "after_timestep": 1}
       raise in the trial's driver after that timestep is recorded (Tune retries the trial, which resumes)
   {"fault": "nan", "trial": "offline-merge", "task": 1, "step": 3}
@@ -79,13 +80,14 @@ class InjectedCrash(RuntimeError):
     """A ``crash_trial`` fault."""
 
 
-def after_timestep(trial_id: str, t: int, actor) -> None:
+def after_timestep(trial_id: str, t: int, pool) -> None:
+    """``pool``: the trial's ``PoolHandle``; ``kill_merge_actor`` kills the service actor behind it."""
     if _matching("crash_trial", trial_id, after_timestep=t):
         raise InjectedCrash(f"injected crash of {trial_id} after timestep {t}")
     if _matching("kill_merge_actor", trial_id, after_timestep=t):
         import ray
 
-        ray.kill(actor, no_restart=False)
+        ray.kill(pool.service, no_restart=False)
 
 
 def lease_seconds(default: float) -> float:

@@ -1,10 +1,23 @@
-"""The merge actor: holds one policy's checkpoint pool and answers "where does task t start?"
-(init strategy) and "which model is served after task t?" (deploy strategy + merging technique).
+"""The merge service: a fixed number of long-lived merge actors per sweep (``resources.merge_actors``,
+default 1), each holding the checkpoint pools of the trials assigned to it and answering "where does task
+t start?" (init strategy) and "which model is served after task t?" (deploy strategy + merging technique).
 
-Its merges run on one ``MergeExecutor`` it builds and owns, with its own threshold cache. The backend is
-the fused numba kernels when numba is importable; the environment variable ``TIME_RAY_MERGE_KERNELS=0``
-(also ``false``, ``off``; read here, when the actor is built) runs torch ops instead (bit-identical, slower:
-for comparison or debugging).
+A trial is assigned to one service actor by its index in the sweep's list of trials to run, modulo the
+number of actors (``assign``). Its driver and its Train workers talk to it through a ``PoolHandle``: the
+calls they made to a merge actor of their own (``handle.deployed.options(num_returns=2).remote(t)``,
+``handle.n_experts.remote()``, ...) are forwarded as ``service.<method>.remote(trial_id, ...)``. A
+service actor is a plain (single-threaded) Ray actor: it runs one call at a time, so the calls of one
+trial run in the order they arrive, as they did with an actor per trial.
+
+Per trial the actor keeps a ``TrialPool`` (pool, policy, merge seconds, experts' training info, a
+reported failure), opened on the trial's first call from the sweep's storage. The actor's pools share one
+``MergeExecutor`` (backend, threshold cache, scratch buffers: one merge runs at a time) and the opened
+checkpoint files (``OpenedCheckpoints``): an expert from the sweep's cache that several pools reference,
+and theta_0, are mapped and hash-checked once per process.
+
+The merges' backend is the fused numba kernels when numba is importable; the environment variable
+``TIME_RAY_MERGE_KERNELS=0`` (also ``false``, ``off``; read here, when the actor is built) runs torch ops
+instead (bit-identical, slower: for comparison or debugging).
 """
 
 from __future__ import annotations
@@ -12,11 +25,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 import torch
 
-from time_ray.core.checkpoints import materialize
+from time_ray.core.checkpoints import OpenedCheckpoints, materialize
 from time_ray.core.contracts import ExpertInfo, TimestepCosts
 from time_ray.core.merging.executor import Backend, MergeExecutor, ThresholdCache, default_backend
 from time_ray.core.merging.sidecar import ThresholdStore
@@ -38,33 +53,38 @@ THRESHOLDS_DIR = "thresholds"  # sidecar files of the experts' thresholds, in th
 
 
 def build_executor(storage: Storage) -> MergeExecutor:
-    """The executor of a merge actor's pool: its backend from the environment, a threshold cache of its own,
-    backed by the sweep's threshold sidecars (a restarted actor, or another trial sharing an expert, reads
-    them instead of selecting again)."""
+    """The executor of a merge actor's pools: its backend from the environment, a threshold cache of its
+    own, backed by the sweep's threshold sidecars (a restarted actor, or another actor whose trial shares an
+    expert, reads them instead of selecting again)."""
     store = ThresholdStore(storage.local(THRESHOLDS_DIR), fetch=storage.fetch, publish=storage.push)
     return MergeExecutor(backend_from_environment(), ThresholdCache(store=store))
 
 
-@ray.remote(num_cpus=0, max_restarts=3, max_task_retries=-1)
-class MergeActor:
-    """The pool lives in ``storage`` under ``pool/<trial_id>``; theta_0 is ``base.safetensors``.
+class TrialPool:
+    """One trial's merging state inside a service actor. Its pool lives in ``storage`` under
+    ``pool/<trial_id>``; theta_0 is ``base.safetensors``. Everything it knows is in storage (experts, EMA
+    chain, each expert's training info in ``info_<t>.json``), so it can be opened again at any time (a
+    restarted actor); only the merge seconds so far and a reported failure live in memory."""
 
-    Restartable: everything it knows is in storage (experts, EMA chain, each expert's training info
-    in ``info_<t>.json``), so a restarted actor reloads its pool and calls made meanwhile are retried."""
-
-    def __init__(self, storage: Storage, trial_id: str, policy: Policy, num_threads: int = 1):
-        torch.set_num_threads(num_threads)
-        self.storage = storage
-        storage.pull_tree(f"pool/{trial_id}")
+    def __init__(
+        self,
+        storage: Storage,
+        trial_id: str,
+        policy: Policy,
+        executor: MergeExecutor,
+        opened: OpenedCheckpoints | None = None,
+    ):
+        self.storage, self.trial_id, self.policy = storage, trial_id, policy
+        self.dir = f"pool/{trial_id}"
+        storage.pull_tree(self.dir)
         self.pool = CheckpointPool(
-            storage.local(f"pool/{trial_id}"),
+            storage.local(self.dir),
             storage.local("base.safetensors"),
             fetch=storage.fetch,
             publish=storage.push,
-            executor=build_executor(storage),
+            executor=executor,
+            opened=opened,
         )
-        self.policy = policy
-        self.dir = f"pool/{trial_id}"
         self.merge_seconds: dict[int, float] = {}
         self.expert_info = {
             t: ExpertInfo.from_json(json.loads(storage.read_text(f"{self.dir}/info_{t:03d}.json") or "{}"))
@@ -128,3 +148,130 @@ class MergeActor:
         state = self._timed(t, deploy_weights)
         expert = self.expert_info.get(t, ExpertInfo())
         return state, TimestepCosts.of(expert, self.merge_seconds.get(t, 0.0), self.pool.nbytes())
+
+
+@ray.remote(num_cpus=0, max_restarts=3, max_task_retries=-1)
+class MergeService:
+    """One actor of the merge service: the pools of the trials in ``policies`` (trial id -> policy).
+
+    Restartable: the constructor's arguments are given again on a restart, and a trial's pool is opened
+    again from storage on the trial's next call; calls made meanwhile are retried (``max_task_retries``).
+    Every method takes the trial id first; a ``PoolHandle`` adds it."""
+
+    def __init__(self, storage: Storage, policies: dict[str, Policy], num_threads: int = 1):
+        torch.set_num_threads(num_threads)
+        self.storage, self.policies = storage, policies
+        self.executor = build_executor(storage)
+        self.opened = OpenedCheckpoints()
+        self.trials: dict[str, TrialPool] = {}
+
+    def _trial(self, trial_id: str) -> TrialPool:
+        """The trial's state, opened from storage on its first call (after a restart too)."""
+        found = self.trials.get(trial_id)
+        if found is None:
+            if trial_id not in self.policies:
+                raise KeyError(f"merge service: trial {trial_id!r} is not served here ({sorted(self.policies)})")
+            found = self.trials[trial_id] = TrialPool(
+                self.storage, trial_id, self.policies[trial_id], self.executor, self.opened
+            )
+        return found
+
+    def init_weights(self, trial_id: str, t: int) -> dict:
+        return self._trial(trial_id).init_weights(t)
+
+    def store_expert(self, trial_id: str, t: int, state: dict, info: ExpertInfo) -> int:
+        return self._trial(trial_id).store_expert(t, state, info)
+
+    def link_expert(self, trial_id: str, t: int, rel: str, info: ExpertInfo) -> int:
+        return self._trial(trial_id).link_expert(t, rel, info)
+
+    def fail(self, trial_id: str, message: str) -> None:
+        self._trial(trial_id).fail(message)
+
+    def failed(self, trial_id: str) -> str | None:
+        return self._trial(trial_id).failed()
+
+    def n_experts(self, trial_id: str) -> int:
+        return self._trial(trial_id).n_experts()
+
+    def deployed(self, trial_id: str, t: int) -> tuple[dict, TimestepCosts]:
+        return self._trial(trial_id).deployed(t)
+
+    def stats(self) -> dict:
+        """The trials open here and how the opened checkpoint files were shared."""
+        return {"trials": sorted(self.trials), "opened": self.opened.opened, "shared": self.opened.shared}
+
+
+PROCESS_TITLE = f"ray::{MergeService.__ray_actor_class__.__name__}"[:15]  # as /proc/<pid>/stat names it
+
+
+# ---------------------------------------------------------------- a trial's view of the service
+
+
+@dataclass(frozen=True)
+class _Method:
+    """``handle.<name>``: ``.remote(*args)`` calls ``service.<name>.remote(trial_id, *args)``;
+    ``.options(...)`` (e.g. ``num_returns=2``) is passed on to the actor method."""
+
+    service: Any
+    name: str
+    trial_id: str
+    options_: dict = field(default_factory=dict)
+
+    def options(self, **options) -> _Method:
+        return _Method(self.service, self.name, self.trial_id, {**self.options_, **options})
+
+    def remote(self, *args, **kwargs):
+        method = getattr(self.service, self.name)
+        if self.options_:
+            method = method.options(**self.options_)
+        return method.remote(self.trial_id, *args, **kwargs)
+
+
+class _Forward:
+    """A method of the service, seen from one trial's handle."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, handle: PoolHandle | None, owner=None) -> _Method:
+        if handle is None:
+            raise AttributeError(self.name)
+        return _Method(handle.service, self.name, handle.trial_id)
+
+
+@dataclass(frozen=True)
+class PoolHandle:
+    """One trial's pool in the merge service, used as a merge actor of its own was: picklable (the
+    trial driver hands it to its Train workers), ``handle.<method>.remote(...)`` and ``.options(...)``."""
+
+    service: Any  # the MergeService actor serving this trial
+    trial_id: str
+
+    init_weights = _Forward()
+    store_expert = _Forward()
+    link_expert = _Forward()
+    fail = _Forward()
+    failed = _Forward()
+    n_experts = _Forward()
+    deployed = _Forward()
+
+
+def assign(trial_ids: list[str], actors: int) -> dict[str, int]:
+    """Which service actor serves each trial: its index in the list modulo the number of actors."""
+    if actors < 1:
+        raise ValueError(f"merge service: {actors} actors; at least 1 is needed")
+    return {trial_id: i % actors for i, trial_id in enumerate(trial_ids)}
+
+
+def start_merge_service(
+    storage: Storage, policies: dict[str, Policy], actors: int
+) -> tuple[list, dict[str, PoolHandle]]:
+    """Starts ``min(actors, trials)`` service actors and returns them with each trial's handle."""
+    where = assign(list(policies), actors)
+    n = min(actors, len(policies))
+    served: list[dict[str, Policy]] = [{} for _ in range(n)]
+    for trial_id, index in where.items():
+        served[index][trial_id] = policies[trial_id]
+    service = [MergeService.remote(storage, served[i]) for i in range(n)]
+    return service, {trial_id: PoolHandle(service[index], trial_id) for trial_id, index in where.items()}

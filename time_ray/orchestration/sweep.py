@@ -120,7 +120,7 @@ def record_early_stops(storage: Storage, trials: dict[str, Trial], results, task
             )
 
 
-DRIVER_CPU = 0.01  # a trial driver only waits and evaluates; merges run in the merge actor
+DRIVER_CPU = 0.01  # a trial driver only waits and evaluates; merges run in the merge service
 MIN_WORKER_CPU = 0.5
 TRIAL_MAX_FAILURES = 2  # Tune restarts a crashed trial, which resumes after its last recorded timestep
 EVAL_GPU = 0.05  # with use_gpu, a trial's evaluations run as short tasks on this slice of a GPU
@@ -234,6 +234,7 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
         f"{concurrent} trials at a time, {cfg.resources.workers_per_expert} Train worker(s) each with {per_worker}"
     )
     from time_ray.orchestration.expert_cache import ExpertCache
+    from time_ray.orchestration.merge_actor import start_merge_service
 
     cache_name = f"time-ray-experts-{cfg.fingerprint()}"
     cache = ExpertCache.options(name=cache_name).remote(storage)
@@ -249,8 +250,10 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
         loopback=cluster["node_address"] == "127.0.0.1",  # Train's process group: no listener beyond it
     )
     by_id = {t.trial_id: t for t in todo}
-    tuner = tune.Tuner(  # trials and run context reach every trial through the object store, once
-        tune.with_resources(tune.with_parameters(run_trial, trials=by_id, run=run), {"cpu": DRIVER_CPU}),
+    service, pools = start_merge_service(storage, {t.trial_id: t.policy for t in todo}, cfg.resources.merge_actors)
+    logger.info(f"time-ray: merge service: {len(service)} merge actor(s) for {len(todo)} trials")
+    tuner = tune.Tuner(  # trials, run context and pool handles reach every trial through the object store, once
+        tune.with_resources(tune.with_parameters(run_trial, trials=by_id, run=run, pools=pools), {"cpu": DRIVER_CPU}),
         param_space={"trial_id": tune.grid_search(list(by_id))},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=concurrent,
@@ -289,6 +292,7 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
         else ""
     )
     logger.info(f"time-ray: experts trained {counts['trained']}, reused from the cache {counts['hits']}{expired}")
+    log_merge_service(service)
     failed = {
         t.trial_id: json.loads(text)["error"]
         for t in todo
@@ -299,6 +303,37 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
         done = [r for r in results if r.config["trial_id"] not in failed]
         record_early_stops(storage, by_id, done, cfg.stream.tasks)
     return failed
+
+
+def log_merge_service(service: list) -> None:
+    """One line on what the merge service did: the merge actors of the sweep Ray knows of (its state API,
+    counted by class: a restarted actor is still one), the trials each opened (since its last restart)
+    and how often a pool found a checkpoint file already open (shared across pools)."""
+    import ray
+
+    from time_ray.orchestration.merge_actor import MergeService
+
+    stats = []
+    for actor in service:
+        try:
+            stats.append(ray.get(actor.stats.remote()))
+        except ray.exceptions.RayActorError:  # restarted too often: its trials failed and say why
+            stats.append({"trials": [], "opened": 0, "shared": 0})
+    try:
+        from ray.util.state import list_actors
+
+        name = MergeService.__ray_actor_class__.__name__
+        job = ray.get_runtime_context().get_job_id()
+        actors = list_actors(filters=[("class_name", "=", name), ("job_id", "=", job)], limit=10_000)
+        started = f"{len({a.actor_id for a in actors})} {name} actor(s) in Ray"
+    except Exception as exc:  # noqa: BLE001 - the state API needs the dashboard; the line is informative
+        logger.debug("time-ray: merge service: Ray's state API did not answer: %s", exc)
+        started = f"{len(service)} merge actor(s) started"
+    logger.info(
+        f"time-ray: merge service: {started}; trials served per actor {[len(s['trials']) for s in stats]}, "
+        f"checkpoint files opened {sum(s['opened'] for s in stats)}, "
+        f"found open by another pool {sum(s['shared'] for s in stats)}"
+    )
 
 
 def collect(storage: Storage, trials: list[Trial], tasks: int) -> pd.DataFrame:

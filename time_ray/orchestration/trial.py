@@ -1,6 +1,7 @@
 """The Tune function trial: the driver of one policy's temporal loop (ARCHITECTURE.md data flow).
 
-  start the merge actor and the Train run (which trains experts 1..T in turn); with the sweep's
+  the trial's pool is in the sweep's merge service (merge_actor.py), called through a PoolHandle as an
+  actor of the trial's own; start the Train run (which trains experts 1..T in turn); with the sweep's
   expert cache the Train run starts lazily: the driver links the leading cached experts itself and
   starts it at the first expert to train, or never when every expert is in the cache
   t = 0: evaluate theta_0
@@ -39,7 +40,7 @@ from time_ray.orchestration import faults
 from time_ray.orchestration.expert_cache import lease
 from time_ray.orchestration.expert_training import TrainLoopConfig, take_cached, train_experts
 from time_ray.orchestration.loopback_torch import torch_config
-from time_ray.orchestration.merge_actor import MergeActor
+from time_ray.orchestration.merge_actor import PoolHandle
 from time_ray.orchestration.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -89,16 +90,16 @@ class NonRetryableFailure(Exception):
 
 
 class TrialDriver:
-    """One trial: its recorder, merge actor, Train run and evaluation."""
+    """One trial: its recorder, its pool in the merge service (``actor``), Train run and evaluation."""
 
-    def __init__(self, trial: Trial, run: RunContext):
+    def __init__(self, trial: Trial, run: RunContext, pool: PoolHandle):
         self.trial, self.run = trial, run
         self.storage, self.trial_id = run.storage, trial.trial_id
         self.multitask = trial.multitask
         self.experiment = Experiment.from_settings(run.settings, self.multitask)
         self.tasks = run.settings.tasks
         self.recorder = TrialRecorder(self.storage, f"trials/{self.trial_id}", trial)
-        self.actor = MergeActor.remote(self.storage, self.trial_id, trial.policy)
+        self.actor = pool  # called as a merge actor of the trial's own
         self.failure: list[BaseException] = []
         self.training: threading.Thread | None = None
 
@@ -209,11 +210,12 @@ class TrialDriver:
         logger.info("policy %s: %s experts from the expert cache, no Train run", self.trial_id, which)
 
 
-def run_trial(config: dict, trials: dict[str, Trial], run: RunContext) -> None:
-    """The Tune function trial of ``config["trial_id"]`` (``trials`` and ``run`` come through
-    ``tune.with_parameters``). A deterministic failure is recorded in ``trials/<id>/failed.json`` for
-    the sweep's report and the trial ends, so Tune does not retry what would fail the same way."""
-    driver = TrialDriver(trials[config["trial_id"]], run)
+def run_trial(config: dict, trials: dict[str, Trial], run: RunContext, pools: dict[str, PoolHandle]) -> None:
+    """The Tune function trial of ``config["trial_id"]`` (``trials``, ``run`` and each trial's handle of
+    its pool in the merge service, ``pools``, come through ``tune.with_parameters``). A deterministic failure
+    is recorded in ``trials/<id>/failed.json`` for the sweep's report and the trial ends, so Tune does not
+    retry what would fail the same way."""
+    driver = TrialDriver(trials[config["trial_id"]], run, pools[config["trial_id"]])
     try:
         driver.drive()
     except NonRetryableFailure as error:

@@ -7,7 +7,7 @@ A ``MergeExecutor`` owns
   (expert, tower), the exact order statistics of the scores over each tower (``select``), found in one
   pass inside brackets of them, or two radix passes;
 * a ``ThresholdCache`` of thresholds found before (injected; whoever builds the executor owns it, e.g.
-  the merge actor for its pool), so a pool merging the same experts again reads only new ones;
+  the merge service for its pools), so a pool merging the same experts again reads only new ones;
 * scratch buffers reused from chunk to chunk and merge to merge;
 * the backend, ``"torch"`` (torch ops) or ``"numba"`` (the fused kernels of ``kernels``; bit-identical),
   chosen once when the executor is built (default: numba when it is importable).
