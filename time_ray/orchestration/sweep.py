@@ -324,7 +324,7 @@ def log_merge_service(service: list) -> None:
 
         name = MergeService.__ray_actor_class__.__name__
         job = ray.get_runtime_context().get_job_id()
-        actors = list_actors(filters=[("class_name", "=", name), ("job_id", "=", job)], limit=10_000)
+        actors = list_actors(filters=[("class_name", "=", name), ("job_id", "=", job)], limit=10_000, timeout=15)
         started = f"{len({a.actor_id for a in actors})} {name} actor(s) in Ray"
     except Exception as exc:  # noqa: BLE001 - the state API needs the dashboard; the line is informative
         logger.debug("time-ray: merge service: Ray's state API did not answer: %s", exc)
