@@ -273,5 +273,6 @@ def start_merge_service(
     served: list[dict[str, Policy]] = [{} for _ in range(n)]
     for trial_id, index in where.items():
         served[index][trial_id] = policies[trial_id]
-    service = [MergeService.remote(storage, served[i]) for i in range(n)]
+    # spread over the nodes: each node's CPUs merge for the trials its actor serves
+    service = [MergeService.options(scheduling_strategy="SPREAD").remote(storage, served[i]) for i in range(n)]
     return service, {trial_id: PoolHandle(service[index], trial_id) for trial_id, index in where.items()}
