@@ -7,16 +7,21 @@ from time_ray.config import SweepConfig, load_config
 from time_ray.core.errors import TimeRayError
 from time_ray.core.results import TIMESTEP_COLUMNS, write_parquet_atomic
 from time_ray.orchestration.storage import Storage
-from time_ray.orchestration.sweep import prepare_output, summary_table, worker_resources
+from time_ray.orchestration.sweep import prepare_output, summary_table, trials_at_once, worker_resources
 
 
 def test_worker_resources_fit_the_cluster():
     cfg = SweepConfig()
     per_worker, concurrent = worker_resources(cfg, {"CPU": 2.0}, n_trials=3)
-    # 3 x (0.65 + 0.01 for the driver) <= 2: all run at once, none waits for a worker
+    # 3 worker groups of the training service and 3 trial drivers: 3 x 0.65 + 3 x 0.01 <= 2
     assert per_worker == {"CPU": 0.65} and concurrent == 3
+    assert trials_at_once(cfg, concurrent, 3) == 3
     per_worker, concurrent = worker_resources(cfg, {"CPU": 2.0}, n_trials=12)
-    assert per_worker == {"CPU": 0.65} and concurrent == 3  # 4 x (0.5 + 0.01) would not fit in 2
+    # 4 x (0.5 + 2 x 0.01) would not fit in 2; 3 groups and 6 drivers: (2 - 6 x 0.01) / 3 = 0.646 -> 0.64
+    assert per_worker == {"CPU": 0.64} and concurrent == 3
+    assert trials_at_once(cfg, concurrent, 12) == 6  # twice the groups: a group always finds a job
+    limited = load_config("configs/quickstart.yaml", ["resources.max_concurrent_trials=4"])
+    assert trials_at_once(limited, 3, 12) == 4
     per_worker, concurrent = worker_resources(cfg, {"CPU": 16.0}, n_trials=2)
     assert per_worker == {"CPU": 7.99} and concurrent == 2
     two_workers = load_config("configs/quickstart.yaml", ["resources.workers_per_expert=2"])

@@ -1,26 +1,37 @@
-"""The sweep's expert cache: content-addressed expert files shared by all trials (``experts/<key>``
-in the sweep's storage), and the claims that make two trials needing the same expert at the same
-time train it once.
+"""The sweep's expert cache, which is also the training service's job queue.
 
-A claim is a lease the trainer renews while it trains: when a trainer dies (a killed worker, a trial
-stopped early by the scheduler), its lease runs out and the next trial that needs the expert trains
-it, instead of waiting forever. Claims are made by a trial's driver (lazy Train start: it links
-cached experts itself and holds the claim on the first one to train while its Train run starts) and
-by its Train worker, both as owner = the trial id, so the worker takes the driver's claim over."""
+The cache: content-addressed expert files shared by all trials (``experts/<key>`` in the sweep's
+storage). The queue: a trial that needs expert ``key`` submits an ``ExpertJob``; the file already there
+is a hit; a job already queued or in training gets one more waiter, so an expert is never trained twice
+at once (deduplication is the queue's own); otherwise the job is queued. The training service's worker
+groups (expert_training.py) take jobs, train them and publish the file, and the waiters link it.
+
+A job in training is a lease its worker renews: when a worker dies (a killed process; Train restarts
+the group, whose leader re-registers and gives its job back at once) or stops renewing (a busy
+machine), the job goes back to the front of the queue and the next free worker trains it again,
+identically (each expert is a deterministic function of its init and task seed). A trial that ends
+(finished, failed, or stopped early by the scheduler) withdraws as a waiter (``cancel``): a queued job
+nobody else waits for is dropped, and one in training is stopped at its worker's next renewal.
+"""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 
+from time_ray.core.contracts import ExpertInfo
 from time_ray.orchestration import faults
 from time_ray.orchestration.storage import Storage
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.25
 LEASE_SECONDS = 60.0
+STOP = "stop"  # what ``take`` answers once the sweep closed the queue
 
 
 def expert_file(key: str) -> str:
@@ -28,69 +39,239 @@ def expert_file(key: str) -> str:
     return f"experts/{key}.safetensors"
 
 
+@dataclass(frozen=True)
+class ExpertJob:
+    """One expert to train: task ``t`` of the stream from ``init`` (an ObjectRef of theta^i_t, owned by
+    the trial that submitted it), ``steps`` at per-task seed ``seed``; ``key`` is its cache address
+    (core.experts.expert_key); ``trial_id`` names it in messages and fault injection."""
+
+    key: str
+    t: int
+    init: Any
+    steps: int
+    seed: int
+    multitask: bool
+    trial_id: str
+
+
+@dataclass
+class _Entry:
+    job: ExpertJob
+    waiters: set[str]
+    trainer: str  # the trial charged with the training cost (the first waiter still waiting)
+    state: str = "queued"  # queued | training | done | failed
+    worker: str | None = None
+    renewed: float = 0.0
+    info: ExpertInfo | None = None
+    error: str | None = None
+    runs: int = 0  # how many times a worker took it (> 1: a restart or an expired lease)
+    seen: set[str] = field(default_factory=set)  # waiters told the result
+
+
 @ray.remote(num_cpus=0)
 class ExpertCache:
+    """The sweep's expert cache and job queue (one actor per sweep, named)."""
+
     def __init__(self, storage: Storage):
         self.storage = storage
-        self.claimed: dict[str, tuple[str, float]] = {}  # key -> (trainer, when it last renewed its lease)
         self.lease_seconds = faults.lease_seconds(LEASE_SECONDS)
+        self.entries: dict[str, _Entry] = {}
+        self.queue: collections.deque[str] = collections.deque()
+        self.cancelled: set[str] = set()
+        self.closed = False
+        self.broken: str | None = None  # the training service stopped for good: why
+        self.workers: dict[str, str] = {}  # worker -> the node it runs on
         self.trained = 0
         self.hits = 0
-        self.taken_over = 0  # claims whose lease ran out while another trial held them
+        self.taken_over = 0  # jobs whose lease ran out while a worker held them
+        self.dropped = 0  # jobs nobody waited for any more (their trials ended)
 
-    def claim(self, key: str, owner: str = "") -> str:
-        """'hit' (the file exists), 'train' (the caller trains it now) or 'wait' (another trial is).
-        A trainer restarted after a crash (same ``owner``) takes its own claim back at once."""
-        if self.storage.exists(expert_file(key)):
+    # -- trials ---------------------------------------------------------------------------------------
+    def submit(self, job: ExpertJob, owner: str) -> str:
+        """'hit' (the file exists), 'queued' (``owner`` now waits for it) or 'cancelled' (``owner`` ended)."""
+        if owner in self.cancelled:
+            return "cancelled"
+        entry = self.entries.get(job.key)
+        if entry is not None and entry.state in ("queued", "training"):
+            entry.waiters.add(owner)
+            return "queued"
+        if self.storage.exists(expert_file(job.key)):
             self.hits += 1
             return "hit"
-        now = time.monotonic()
-        holder = self.claimed.get(key)
-        if holder and holder[0] != owner and now - holder[1] < self.lease_seconds:
-            return "wait"
-        if holder and holder[0] != owner:
-            self.taken_over += 1
-        self.claimed[key] = (owner, now)  # new, ours, or the previous trainer's lease ran out
-        return "train"
+        self.entries[job.key] = _Entry(job, {owner}, owner)
+        self.queue.append(job.key)
+        return "queued"
 
-    def renew(self, key: str, owner: str | None = None) -> None:
-        """Extends the lease on ``key``; with ``owner``, only while that owner still holds it (a lease
-        kept by one trial never extends another trial's claim on the same key)."""
-        if key in self.claimed and (owner is None or self.claimed[key][0] == owner):
-            self.claimed[key] = (self.claimed[key][0], time.monotonic())
+    def status(self, key: str, owner: str) -> tuple[str, Any]:
+        """('done', ExpertInfo): the file is there (the training cost goes to the trial charged with it,
+        a cache hit to every other waiter); ('failed', message): a deterministic failure (a NaN loss);
+        ('error', message): the training service stopped; ('lost', None): the job's init is gone (its
+        trial's driver died), so submit again; else ('queued' | 'training', None)."""
+        self._expire()
+        entry = self.entries.get(key)
+        if entry is None:
+            return ("lost", None)
+        if entry.state == "done":
+            entry.waiters.discard(owner)
+            if owner == entry.trainer and owner not in entry.seen:
+                entry.seen.add(owner)
+                return ("done", entry.info)
+            self.hits += 1
+            return ("done", ExpertInfo.cache_hit())
+        if entry.state == "failed":
+            return ("failed", entry.error)
+        if self.broken is not None:
+            return ("error", self.broken)
+        return (entry.state, None)
 
-    def done(self, key: str) -> None:
-        self.claimed.pop(key, None)
+    def cancel(self, owner: str) -> int:
+        """``owner`` (a trial) ended: it waits for nothing any more. Returns how many jobs were dropped."""
+        self.cancelled.add(owner)
+        dropped = 0
+        for key, entry in list(self.entries.items()):
+            if owner not in entry.waiters:
+                continue
+            entry.waiters.discard(owner)
+            if entry.trainer == owner and entry.waiters:
+                entry.trainer = min(entry.waiters)
+            if not entry.waiters and entry.state == "queued":
+                del self.entries[key]
+                dropped += 1
+        self.queue = collections.deque(k for k in self.queue if k in self.entries)
+        self.dropped += dropped
+        return dropped
+
+    # -- the training service's workers ---------------------------------------------------------------
+    def register(self, worker: str, node: str = "") -> int:
+        """A worker (group leader) starts, or starts again after a restart: a job it held goes back to
+        the front of the queue. Returns how many."""
+        self.workers[worker] = node
+        back = [k for k, e in self.entries.items() if e.state == "training" and e.worker == worker]
+        for key in back:
+            self._requeue(key)
+        return len(back)
+
+    def take(self, worker: str) -> ExpertJob | str | None:
+        """The next job for ``worker`` (now its lease), None when there is none, ``STOP`` when closed."""
+        if self.closed:
+            return STOP
+        self._expire()
+        while self.queue:
+            entry = self.entries.get(self.queue.popleft())
+            if entry is None or entry.state != "queued":
+                continue
+            entry.state, entry.worker, entry.renewed = "training", worker, time.monotonic()
+            entry.runs += 1
+            return entry.job
+        return None
+
+    def renew(self, key: str, worker: str) -> bool:
+        """Extends ``worker``'s lease on ``key``; False: nobody waits for it any more, stop training it."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return False
+        if not entry.waiters and entry.state == "training":
+            del self.entries[key]
+            self.dropped += 1
+            return False
+        if entry.worker == worker:
+            entry.renewed = time.monotonic()
+        return True
+
+    def done(self, key: str, worker: str, info: ExpertInfo) -> None:
+        """The expert file is published."""
+        entry = self.entries.get(key)
         self.trained += 1
+        if entry is not None and entry.state != "done":
+            entry.state, entry.info, entry.worker = "done", info, worker
 
-    def release(self, key: str) -> None:
-        """A claimant failed: the next claim trains the expert."""
-        self.claimed.pop(key, None)
+    def failed(self, key: str, worker: str, message: str) -> None:
+        """A deterministic failure (a NaN loss): every waiter is told, nobody trains it again."""
+        entry = self.entries.get(key)
+        if entry is not None and entry.state != "done":
+            entry.state, entry.error = "failed", message
+
+    def release(self, key: str, worker: str) -> None:
+        """``worker`` could not finish (an error a retry may not repeat): the job goes back to the queue."""
+        entry = self.entries.get(key)
+        if entry is not None and entry.state == "training" and entry.worker == worker:
+            self._requeue(key)
+
+    def lost(self, key: str) -> None:
+        """The job's init could not be read (its owner died): waiters submit it again."""
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self.queue = collections.deque(k for k in self.queue if k != key)
+
+    # -- the sweep ------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """The sweep is over: workers stop at their next ``take``."""
+        self.closed = True
+
+    def break_down(self, message: str) -> None:
+        """The training service stopped for good: waiters get ('error', message)."""
+        self.broken = message
+
+    def pending(self) -> int:
+        return sum(e.state in ("queued", "training") for e in self.entries.values())
 
     def stats(self) -> dict:
-        return {"trained": self.trained, "hits": self.hits, "taken_over": self.taken_over}
+        return {
+            "trained": self.trained,
+            "hits": self.hits,
+            "taken_over": self.taken_over,
+            "dropped": self.dropped,
+            "workers": dict(self.workers),
+            "retrained": sum(max(0, e.runs - 1) for e in self.entries.values()),
+        }
+
+    def _requeue(self, key: str) -> None:
+        entry = self.entries[key]
+        entry.state, entry.worker = "queued", None
+        self.queue.appendleft(key)
+
+    def _expire(self) -> None:
+        """Jobs whose worker stopped renewing its lease go back to the front of the queue."""
+        now = time.monotonic()
+        for key, entry in self.entries.items():
+            if entry.state == "training" and now - entry.renewed >= self.lease_seconds:
+                self.taken_over += 1
+                self._requeue(key)
 
 
 @contextlib.contextmanager
-def lease(cache, key: str, every: float = LEASE_SECONDS / 6, owner: str | None = None):
-    """Renews the claim on ``key`` in the background while the block (the training) runs; with
-    ``owner``, only while ``owner`` holds the claim."""
-    stop = threading.Event()
+def lease(cache, key: str, worker: str, every: float = LEASE_SECONDS / 6):
+    """Renews ``worker``'s lease on ``key`` in the background while the block (the training) runs;
+    yields an Event set when nobody waits for the job any more (the trainer may stop)."""
+    stop, unwanted = threading.Event(), threading.Event()
 
     def renew():
         while not stop.wait(every):
-            cache.renew.remote(key, owner)
+            try:
+                if not ray.get(cache.renew.remote(key, worker)):
+                    unwanted.set()
+            except Exception:  # noqa: BLE001 - a late renewal only risks the job being trained twice
+                pass
 
     thread = threading.Thread(target=renew, name=f"lease-{key[:8]}", daemon=True)
     thread.start()
     try:
-        yield
+        yield unwanted
     finally:
         stop.set()
 
 
-def obtain(cache, key: str, owner: str = "") -> str:
-    """Claims ``key``, waiting while another trial trains it; returns 'hit' or 'train'."""
-    while (decision := ray.get(cache.claim.remote(key, owner))) == "wait":
-        time.sleep(POLL_SECONDS)
-    return decision
+def obtain(cache, job: ExpertJob, owner: str, poll: float = POLL_SECONDS) -> tuple[str, Any]:
+    """Submits ``job`` for ``owner`` and waits: ('hit', None), ('done', ExpertInfo), ('failed', message),
+    ('error', message) or ('cancelled', None)."""
+    while True:
+        answer = ray.get(cache.submit.remote(job, owner))
+        if answer in ("hit", "cancelled"):
+            return (answer, None)
+        while True:
+            state, value = ray.get(cache.status.remote(job.key, owner))
+            if state in ("done", "failed", "error"):
+                return (state, value)
+            if state == "lost":
+                break  # submit again, with this trial's own init
+            time.sleep(poll)

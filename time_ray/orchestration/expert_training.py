@@ -1,12 +1,23 @@
-"""The Ray Train run of one trial: a single TorchTrainer run that finetunes every expert of the
-stream in turn, asking the trial's pool in the merge service for each task's init weights and handing
-it each expert, so the Train start-up (about 25 s here) is paid once per trial, not once per timestep. With the sweep's
-expert cache the trial driver links the leading cached experts itself and starts this run only at
-the first expert that must be trained, or not at all (trial.py, "lazy Train start")."""
+"""The sweep's expert-training service: one Ray Train run, started once per sweep, whose workers train
+every trial's experts.
+
+Its workers form ``groups`` worker groups of ``workers_per_expert`` workers each (a group of one is a
+plain worker; a larger group trains one expert data-parallel over its own torch process subgroup). Each
+group's leader takes jobs from the sweep's expert cache, which is the job queue (expert_cache.py): the
+init weights a trial's pool chose for task t, the task, budget and seed. The group trains the expert,
+the leader publishes it in the cache and the waiting trials link it into their pools. So Train's
+start-up (controller, placement group, workers, process group: seconds of CPU) is paid once per sweep,
+not once per trial, and the workers stay busy with whichever trial has work.
+
+Faults: a killed worker makes Train restart the group (``FailureConfig``); each leader re-registers and
+its job goes back to the queue, to be trained again identically. A NaN loss is deterministic: the job
+fails and every trial waiting for it records that failure instead of retrying.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,111 +30,167 @@ from time_ray.core import models
 from time_ray.core.checkpoints import save_atomic
 from time_ray.core.contracts import ExperimentSettings, ExpertInfo
 from time_ray.core.experiment import Experiment
-from time_ray.core.experts import expert_key
 from time_ray.core.finetune import NonFiniteLoss
 from time_ray.orchestration import faults
-from time_ray.orchestration.expert_cache import expert_file, lease, obtain
+from time_ray.orchestration.expert_cache import POLL_SECONDS, STOP, ExpertJob, expert_file, lease
 from time_ray.orchestration.storage import Storage
+
+logger = logging.getLogger(__name__)
+SERVICE_MAX_FAILURES = 10  # restarts of the service's worker groups after a worker died, per sweep
 
 
 @dataclass(frozen=True)
-class TrainLoopConfig:
-    """What the Train workers of one trial's run get (``train_loop_config={"job": ...}``)."""
+class ServiceConfig:
+    """What the service's Train workers get (``train_loop_config={"service": ...}``)."""
 
-    merge_actor: Any  # the trial's PoolHandle (merge_actor.py): its pool in the sweep's merge service
     settings: ExperimentSettings
-    steps: int
-    seed: int
-    trial_id: str
-    multitask: bool
     storage: Storage
-    expert_cache: str | None = None  # the sweep's ExpertCache actor name (None: no cache)
-    first_init: tuple[int, Any] | None = None  # lazy start: (t, ObjectRef of theta^i_t) the driver asked for
-
-    def expert_key(self, init: dict, t: int) -> str:
-        """The cache address of expert t of this trial."""
-        return expert_key(init, t, self.steps, self.seed, self.settings.to_dict(), self.multitask)
+    queue: str  # the sweep's ExpertCache actor name
+    workers_per_expert: int = 1
 
 
-def take_cached(cache, actor, key: str, t: int, owner: str) -> bool:
-    """Asks the sweep's cache for expert ``key`` (waiting while another trial trains it); a hit is
-    linked into the pool as theta^s_t by reference (checked against its hash on open) and True is
-    returned; False: the caller holds the claim and trains it. The trial driver (lazy start) and the
-    Train worker both obtain experts this way."""
-    if obtain(cache, key, owner=owner) != "hit":
-        return False
-    ray.get(actor.link_expert.remote(t, expert_file(key), ExpertInfo.cache_hit()))
-    return True
+class Unwanted(Exception):
+    """Nobody waits for the job being trained any more (its trials ended)."""
 
 
-def train_experts(loop: dict) -> None:
-    """Train worker loop (every rank): for t = 1..T: init <- actor; the expert from the sweep's cache
-    or finetuned now (then cached); rank 0 stores it in the policy's pool."""
-    config: TrainLoopConfig = loop["job"]
+def serve_experts(loop: dict) -> None:
+    """Train worker loop (every rank): the group's leader takes a job, the group trains it, the
+    leader publishes it; until the sweep closes the queue."""
+    config: ServiceConfig = loop["service"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    actor = config.merge_actor
-    cache = ray.get_actor(config.expert_cache) if config.expert_cache else None
-    experiment = Experiment.from_settings(config.settings, config.multitask)
+    k = config.workers_per_expert
+    group, local = divmod(rank, k)
+    leader = group * k
+    subgroup = None
+    if k > 1:  # every rank creates every group's process group, in the same order
+        subgroups = [torch.distributed.new_group(list(range(g * k, (g + 1) * k))) for g in range(world // k)]
+        subgroup = subgroups[group]
+    worker = f"group-{group}"
+    queue = ray.get_actor(config.queue)
     device = ray.train.torch.get_device()
-    model = experiment.new_model()
-    flops = experiment.flops_per_step(model) if rank == 0 else 0.0
-    model = ray.train.torch.prepare_model(model)
-    inner = getattr(model, "module", model)
-    # a restarted run (Train FailureConfig, a resumed trial) keeps the experts already in the pool:
-    # each is a deterministic function of its init and task seed, so nothing is lost
-    first, given = config.first_init or (0, None)
-    for t in range(ray.get(actor.n_experts.remote()) + 1, experiment.tasks + 1):
-        # the trial driver already asked the actor for the first task's init (lazy start): reused,
-        # so its merge time is charged once
-        init = ray.get(given if t == first else actor.init_weights.remote(t))
-        key = config.expert_key(init, t)
-        cached = [cache is not None and rank == 0 and take_cached(cache, actor, key, t, config.trial_id)]
-        if world > 1:
-            torch.distributed.broadcast_object_list(cached, src=0)
-        if cached[0]:
+    experiments: dict[bool, Experiment] = {}
+    flops: dict[bool, float] = {}
+    model = inner = None
+    if local == 0:
+        ray.get(queue.register.remote(worker, ray.get_runtime_context().get_node_id()))
+    while True:
+        job = ray.get(queue.take.remote(worker)) if local == 0 else None
+        if k > 1:  # the leader's answer to the whole group (also when there is none: no idle collective)
+            box = [job]
+            torch.distributed.broadcast_object_list(box, src=leader, group=subgroup)
+            job = box[0]
+        if job == STOP:
+            return
+        if job is None:
+            time.sleep(POLL_SECONDS)
+            continue
+        assert isinstance(job, ExpertJob)
+        if job.multitask not in experiments:
+            experiments[job.multitask] = Experiment.from_settings(config.settings, job.multitask)
+        experiment = experiments[job.multitask]
+        if model is None:
+            inner = experiment.new_model().to(device)
+            model = torch.nn.parallel.DistributedDataParallel(inner, process_group=subgroup) if k > 1 else inner
+        if local == 0 and job.multitask not in flops:
+            flops[job.multitask] = experiment.flops_per_step(inner, device)
+        try:
+            init = ray.get(job.init)
+        except ray.exceptions.ObjectLostError:  # its trial's driver died: the trial submits it again
+            if local == 0:
+                ray.get(queue.lost.remote(job.key))
             continue
         inner.load_state_dict(init)
-        try:
-            with (
-                lease(cache, key, owner=config.trial_id)
-                if cache is not None and rank == 0
-                else contextlib.nullcontext()
-            ):
-                stats = experiment.train_expert(
-                    model,
-                    t,
-                    config.steps,
-                    config.seed,
-                    device,
-                    rank,
-                    label=config.trial_id,
-                    on_step=faults.train_step_hook(config.trial_id, t, inner),
-                )
-        except NonFiniteLoss as exc:  # deterministic: a restart would fail the same way, so no retry
-            if cache is not None and rank == 0:
-                ray.get(cache.release.remote(key))
-            ray.get(actor.fail.remote(str(exc)))
-            return
-        except BaseException:
-            if cache is not None and rank == 0:
-                ray.get(cache.release.remote(key))
-            raise
-        if rank == 0:
-            state = models.state_dict_of(inner)
-            info = ExpertInfo(
-                train_steps=stats["steps"],
-                train_seconds=stats["seconds"],
-                train_gflops=flops * stats["steps"] * world / 1e9,
-                loss=stats["loss"],
+        _train(config, queue, worker, job, experiment, model, inner, device, local, k, flops.get(job.multitask, 0.0))
+        if k > 1:
+            torch.distributed.barrier(group=subgroup)
+
+
+def _train(config, queue, worker, job, experiment, model, inner, device, local, k, flops) -> None:
+    """One job: trained by the group, published by its leader (or failed / given back)."""
+    fault = faults.train_step_hook(job.trial_id, job.t, inner)
+    try:
+        with lease(queue, job.key, worker) if local == 0 else _no_lease() as unwanted:
+
+            def on_step(step: int, loss: float) -> None:
+                if fault is not None:
+                    fault(step, loss)
+                if k == 1 and unwanted.is_set():  # a group stops together or not at all
+                    raise Unwanted(job.key)
+
+            stats = experiment.train_expert(
+                model, job.t, job.steps, job.seed, device, local, label=job.trial_id, on_step=on_step
             )
-            if cache is not None:  # written once into the sweep's cache, referenced by the pool
-                storage = config.storage
-                save_atomic(state, storage.local(expert_file(key)))
-                storage.push(expert_file(key))
-                ray.get(cache.done.remote(key))
-                ray.get(actor.link_expert.remote(t, expert_file(key), info))
-            else:
-                ray.get(actor.store_expert.remote(t, state, info))
-        if world > 1:
-            torch.distributed.barrier()
+    except Unwanted:
+        logger.debug("time-ray: expert %s of %s: nobody waits for it any more", job.t, job.trial_id)
+        return
+    except NonFiniteLoss as exc:  # deterministic: a restart would fail the same way, so no retry
+        if local == 0:
+            ray.get(queue.failed.remote(job.key, worker, str(exc)))
+        return
+    except BaseException:
+        if local == 0:
+            ray.get(queue.release.remote(job.key, worker))
+        raise
+    if local == 0:
+        info = ExpertInfo(
+            train_steps=stats["steps"],
+            train_seconds=stats["seconds"],
+            train_gflops=flops * stats["steps"] * k / 1e9,
+            loss=stats["loss"],
+        )
+        storage = config.storage
+        save_atomic(models.state_dict_of(inner), storage.local(expert_file(job.key)))
+        storage.push(expert_file(job.key))
+        ray.get(queue.done.remote(job.key, worker, info))
+
+
+class _no_lease:
+    """A follower's stand-in for ``lease``: never unwanted."""
+
+    def __enter__(self):
+        import threading
+
+        return threading.Event()
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def run_service(config: ServiceConfig, trainer_kwargs: dict) -> None:
+    """The service's Train run (its ``fit`` blocks here until the queue is closed). If it stops for good,
+    the waiting trials are told why."""
+    from ray.train.torch import TorchTrainer
+
+    try:
+        TorchTrainer(serve_experts, train_loop_config={"service": config}, **trainer_kwargs).fit()
+    except BaseException as exc:
+        queue = ray.get_actor(config.queue)
+        ray.get(queue.break_down.remote(f"the expert-training service stopped: {type(exc).__name__}: {exc}"))
+        raise
+
+
+def start_service(run, queue: str, groups: int) -> Any:
+    """Starts the service's Train run (``groups`` x ``run.workers`` workers, spread over the nodes) and
+    returns the ObjectRef of the task that holds it."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+
+    from time_ray.orchestration.loopback_torch import torch_config
+
+    config = ServiceConfig(settings=run.settings, storage=run.storage, queue=queue, workers_per_expert=run.workers)
+    kwargs = dict(
+        torch_config=torch_config(run.loopback),
+        scaling_config=ScalingConfig(
+            num_workers=groups * run.workers,
+            use_gpu=run.use_gpu,
+            resources_per_worker=run.resources_per_worker,
+            placement_strategy="SPREAD",
+        ),
+        run_config=RunConfig(
+            name=f"experts-{int(time.time())}",
+            storage_path=run.storage.ray_path("ray/train"),
+            failure_config=FailureConfig(max_failures=SERVICE_MAX_FAILURES),
+        ),
+    )
+    return run_service.remote(config, kwargs)

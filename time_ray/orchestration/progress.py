@@ -97,3 +97,20 @@ class ProgressPrinter(Callback):
         self._line(
             f"policy {trial.config['trial_id']}: failed after {trial.num_failures} attempt(s): {trial_error(trial)}"
         )
+
+
+class WithdrawEndedTrials(Callback):
+    """A trial that ended (finished, failed, stopped early by the scheduler) waits for no expert any
+    more: its jobs that no other trial waits for leave the training service's queue (expert_cache.py)."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def _withdraw(self, trial) -> None:
+        self.cache.cancel.remote(trial.config["trial_id"])
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._withdraw(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._withdraw(trial)

@@ -127,10 +127,12 @@ EVAL_GPU = 0.05  # with use_gpu, a trial's evaluations run as short tasks on thi
 
 
 def worker_resources(cfg: SweepConfig, cluster: dict, n_trials: int) -> tuple[dict, int]:
-    """Resources per Train worker and how many trials run at once, from the cluster's resources.
+    """Resources per Train worker and how many worker groups (of ``workers_per_expert`` workers: one
+    expert at a time each) the sweep's training service runs, from the cluster's resources.
 
-    CPUs: as many trials as fit with at least half a CPU per worker (drivers' 0.01 CPU counted), the
-    CPUs shared equally among them, so no trial waits for a worker that cannot be placed. GPUs (with
+    CPUs: as many groups as fit with at least half a CPU per worker (the 0.01 CPU of two trial drivers per
+    group counted: ``trials_at_once``), the CPUs shared equally among them, so no worker waits for
+    resources that cannot come. GPUs (with
     ``use_gpu``): only Train workers and the short evaluation tasks hold GPU slices; drivers and merge
     actors, which mostly wait, hold none. Explicit ``cpus_per_worker`` / ``gpus_per_worker`` win."""
     r = cfg.resources
@@ -138,7 +140,7 @@ def worker_resources(cfg: SweepConfig, cluster: dict, n_trials: int) -> tuple[di
     cpus = float(cluster.get("CPU", 1))
     limit = min(n_trials, r.max_concurrent_trials or n_trials)
     per_trial_cpu = DRIVER_CPU * (2 if r.use_gpu else 1)  # + the evaluation task's share
-    concurrent = min(limit, math.floor(cpus / (workers * (r.cpus_per_worker or MIN_WORKER_CPU) + per_trial_cpu)))
+    concurrent = min(limit, math.floor(cpus / (workers * (r.cpus_per_worker or MIN_WORKER_CPU) + 2 * per_trial_cpu)))
     gpu = 0.0
     if r.use_gpu:
         gpus = float(cluster.get("GPU", 0))
@@ -158,9 +160,8 @@ def worker_resources(cfg: SweepConfig, cluster: dict, n_trials: int) -> tuple[di
         )
     nodes = cluster.get("nodes") or [{"CPU": cpus, "GPU": float(cluster.get("GPU", 0))}]
     while True:  # shares that also fit node by node: a worker cannot span two nodes
-        share = (
-            r.cpus_per_worker or math.floor((cpus - per_trial_cpu * concurrent) / (concurrent * workers) * 100) / 100
-        )
+        drivers = min(n_trials, r.max_concurrent_trials or 2 * concurrent)
+        share = r.cpus_per_worker or math.floor((cpus - per_trial_cpu * drivers) / (concurrent * workers) * 100) / 100
         while not r.cpus_per_worker and share > MIN_WORKER_CPU and _slots(nodes, "CPU", share) < concurrent * workers:
             share = round(share - 0.01, 2)
         if concurrent == 1 or (
@@ -222,18 +223,21 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
     from ray import tune
 
     from time_ray.orchestration.local_ray import init_ray
-    from time_ray.orchestration.progress import ProgressPrinter, last_line
+    from time_ray.orchestration.progress import ProgressPrinter, WithdrawEndedTrials, last_line
     from time_ray.orchestration.trial import run_trial
 
     cluster = init_ray(verbose=verbose, temp_dir=ray_temp_dir)
-    per_worker, concurrent = worker_resources(cfg, cluster, len(todo))
+    per_worker, groups = worker_resources(cfg, cluster, len(todo))
+    concurrent = trials_at_once(cfg, groups, len(todo))
     where = f"joined the Ray cluster at {os.environ['RAY_ADDRESS']}" if cluster["joined"] else "started a local Ray"
     logger.info(
         f"time-ray: {where}; Ray node {cluster['node_address']}, resources "
         f"{dict((k, v) for k, v in cluster.items() if k in ('CPU', 'GPU'))}; "
-        f"{concurrent} trials at a time, {cfg.resources.workers_per_expert} Train worker(s) each with {per_worker}"
+        f"training service: {groups} worker group(s) of {cfg.resources.workers_per_expert} Train worker(s), each "
+        f"worker {per_worker}; {concurrent} trials at a time"
     )
     from time_ray.orchestration.expert_cache import ExpertCache
+    from time_ray.orchestration.expert_training import start_service
     from time_ray.orchestration.merge_actor import start_merge_service
 
     cache_name = f"time-ray-experts-{cfg.fingerprint()}"
@@ -249,6 +253,7 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
         eval_gpu=EVAL_GPU if cfg.resources.use_gpu else 0.0,
         loopback=cluster["node_address"] == "127.0.0.1",  # Train's process group: no listener beyond it
     )
+    training = start_service(run, cache_name, groups)
     by_id = {t.trial_id: t for t in todo}
     service, pools = start_merge_service(storage, {t.trial_id: t.policy for t in todo}, cfg.resources.merge_actors)
     logger.info(f"time-ray: merge service: {len(service)} merge actor(s) for {len(todo)} trials")
@@ -267,9 +272,10 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=TRIAL_MAX_FAILURES),
             callbacks=[
+                WithdrawEndedTrials(cache),
                 ProgressPrinter(
                     todo, cfg.stream.tasks, TRIAL_MAX_FAILURES, {t.trial_id: last.get(t.trial_id, -1) for t in todo}
-                )
+                ),
             ],
         ),
     )
@@ -281,7 +287,12 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
         # Tune's own output (an experiment banner, a TensorBoard hint, boxed results of failed trials) prints
         # whatever RunConfig(verbose=0) says unless its older reporter is chosen; our progress lines say it all
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    except BaseException:  # Ctrl-C, a stop: the service's workers end with Ray
+        cache.close.remote()
+        raise
+    stop_service(cache, training)
     counts = ray.get(cache.stats.remote())
     expired = (
         (
@@ -303,6 +314,23 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
         done = [r for r in results if r.config["trial_id"] not in failed]
         record_early_stops(storage, by_id, done, cfg.stream.tasks)
     return failed
+
+
+def trials_at_once(cfg: SweepConfig, groups: int, n_trials: int) -> int:
+    """How many trials run at once: ``resources.max_concurrent_trials``, else twice the training service's
+    worker groups, so that a group finds another trial's job while a trial evaluates or merges."""
+    return min(n_trials, cfg.resources.max_concurrent_trials or 2 * groups)
+
+
+def stop_service(cache, training, timeout: float = 120.0) -> None:
+    """Closes the job queue, so the training service's workers return and its Train run ends."""
+    import ray
+
+    try:
+        ray.get(cache.close.remote(), timeout=timeout)
+        ray.get(training, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - the results are written; a late service is only reported
+        logger.debug("time-ray: the expert-training service did not stop cleanly: %s", exc)
 
 
 def log_merge_service(service: list) -> None:

@@ -1,9 +1,9 @@
 """The Tune function trial: the driver of one policy's temporal loop (ARCHITECTURE.md data flow).
 
   the trial's pool is in the sweep's merge service (merge_actor.py), called through a PoolHandle as an
-  actor of the trial's own; start the Train run (which trains experts 1..T in turn); with the sweep's
-  expert cache the Train run starts lazily: the driver links the leading cached experts itself and
-  starts it at the first expert to train, or never when every expert is in the cache
+  actor of the trial's own; its experts come from the sweep's expert cache, which is the job queue of
+  the sweep's expert-training service (expert_training.py): a thread asks the pool for theta^i_t,
+  submits the job (or finds the expert cached) and links expert t into the pool when it is there
   t = 0: evaluate theta_0
   for t in 1..T: wait for expert t in the pool -> deployed weights from the actor -> evaluate
                  -> append rows to the trial's parquet files (atomically) -> tune.report
@@ -27,25 +27,21 @@ import pandas as pd
 import ray
 import torch
 from ray import tune
-from ray.train import FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
-from time_ray.core.contracts import ExperimentSettings, RunContext, TimestepCosts, Trial
+from time_ray.core.contracts import ExperimentSettings, ExpertInfo, RunContext, TimestepCosts, Trial
 from time_ray.core.errors import CheckpointError
 from time_ray.core.experiment import Experiment
+from time_ray.core.experts import expert_key
 from time_ray.core.metrics import summarize
 from time_ray.core.results import metrics_frame, timesteps_frame, write_parquet_atomic
 from time_ray.logs import worker_console
 from time_ray.orchestration import faults
-from time_ray.orchestration.expert_cache import lease
-from time_ray.orchestration.expert_training import TrainLoopConfig, take_cached, train_experts
-from time_ray.orchestration.loopback_torch import torch_config
+from time_ray.orchestration.expert_cache import ExpertJob, expert_file, obtain
 from time_ray.orchestration.merge_actor import PoolHandle
 from time_ray.orchestration.storage import Storage
 
 logger = logging.getLogger(__name__)
 POLL_SECONDS = 0.2
-TRAIN_MAX_FAILURES = 3  # restarts of a Train run whose worker died
 
 
 class TrialRecorder:
@@ -90,7 +86,7 @@ class NonRetryableFailure(Exception):
 
 
 class TrialDriver:
-    """One trial: its recorder, its pool in the merge service (``actor``), Train run and evaluation."""
+    """One trial: its recorder, its pool in the merge service (``actor``), its experts' thread and evaluation."""
 
     def __init__(self, trial: Trial, run: RunContext, pool: PoolHandle):
         self.trial, self.run = trial, run
@@ -130,8 +126,8 @@ class TrialDriver:
 
     def wait_for_expert(self, t: int) -> None:
         while True:
-            # read before the pool: a thread that had ended by then did all it would do (with a lazy
-            # start it ends right after linking the last cached expert, with no Train run at all)
+            # read before the pool: a thread that had ended by then did all it would do (it ends right
+            # after linking the last expert)
             alive = self.training is not None and self.training.is_alive()
             if ray.get(self.actor.n_experts.remote()) >= t:
                 return
@@ -140,7 +136,7 @@ class TrialDriver:
             if not alive:
                 cause = self.failure[0] if self.failure else None
                 raise RuntimeError(
-                    f"policy {self.trial_id}: the Train run stopped before expert {t} was "
+                    f"policy {self.trial_id}: obtaining the experts stopped before expert {t} was "
                     f"stored: {cause or 'no error reported'}"
                 ) from cause
             time.sleep(POLL_SECONDS)
@@ -153,10 +149,7 @@ class TrialDriver:
     def drive(self) -> None:
         """Continues after the last recorded timestep (all of them for a new trial)."""
         if ray.get(self.actor.n_experts.remote()) < self.experiment.tasks:  # else: resumed, nothing to train
-            if self.run.expert_cache and not self.multitask:
-                self.training = _in_thread(self.train_lazily, f"experts-{self.trial_id}", self.failure)
-            else:
-                self.training = _start_training(self.trial, self.run, self.actor, self.failure)
+            self.training = _in_thread(self.obtain_experts, f"experts-{self.trial_id}", self.failure)
         if self.recorder.last_timestep < 0:
             records, costs = self.evaluate(0, subset=True)
             self.record(0, records, TimestepCosts(eval_seconds=costs.eval_seconds))  # theta_0 cost nothing
@@ -172,42 +165,43 @@ class TrialDriver:
         if self.failure:
             raise self.failure[0]
 
-    def train_lazily(self) -> None:
-        """Lazy Train start (runs in a thread while the driver evaluates): for t = n_experts+1, ...
-        the driver asks the cache itself, exactly as the Train worker would, and links each hit into
-        the pool; the TorchTrainer starts only at the first expert that must be trained, there, and
-        not at all when every expert is in the cache. Expert t is in the pool as soon as it is linked,
-        so timestep t is evaluated meanwhile. An expert another trial is training is waited for
-        here (``obtain``), as the worker would, but without holding a Train worker's resources.
-
-        Lease handoff: a 'train' answer is this trial's claim (owner = trial id). The driver keeps
-        renewing it until the Train run ends, since Train's start-up (or a wait for its resources)
-        can outlast the lease; the Train worker's own claim with the same owner takes it back at once,
-        and renewals only extend a claim this trial still holds (not one another trial took after a
-        release). Releasing it instead and letting the worker claim it afresh would also be correct,
-        but then other trials needing that expert could claim it during the start-up and start Train
-        runs of their own; held, they wait and take it from the cache."""
+    def obtain_experts(self) -> None:
+        """Runs in a thread while the driver evaluates: for t = n_experts+1, ...: theta^i_t from the pool,
+        its cache address, then the expert from the sweep's expert cache, which is the training
+        service's job queue (expert_cache.py): a hit at once, or a job the service trains (or is
+        already training for another trial), waited for. Expert t is linked into the pool as soon as it
+        is there, so timestep t is evaluated while expert t+1 trains."""
         cache = ray.get_actor(self.run.expert_cache)
-        config = train_loop_config(self.trial, self.run, self.actor)
         first = ray.get(self.actor.n_experts.remote()) + 1
+        trained = 0
         for t in range(first, self.experiment.tasks + 1):
             init_ref = self.actor.init_weights.remote(t)
             try:
-                key = config.expert_key(ray.get(init_ref), t)
+                init = ray.get(init_ref)
             except ray.exceptions.RayTaskError as error:  # a damaged expert: training cannot help
                 if isinstance(error.cause, CheckpointError):
                     ray.get(self.actor.fail.remote(f"policy {self.trial_id}: init of task {t}: {error.cause}"))
                     return
                 raise
-            if take_cached(cache, self.actor, key, t, owner=self.trial_id):
-                continue
-            # the worker starts at t (the pool's next expert) and reuses this init: merge time once
-            with lease(cache, key, owner=self.trial_id):
-                _trainer(self.trial, self.run, replace(config, first_init=(t, init_ref))).fit()
-            return
-        which = f"all {self.experiment.tasks}" if first == 1 else f"{self.experiment.tasks - first + 1} remaining"
-        worker_console()  # this runs in a Tune trial actor: the driver's console handler and level
-        logger.info("policy %s: %s experts from the expert cache, no Train run", self.trial_id, which)
+            steps, seed = self.trial.budget_steps, self.trial.seed
+            key = expert_key(init, t, steps, seed, self.run.settings.to_dict(), self.multitask)
+            del init  # the service reads it through the reference
+            job = ExpertJob(key, t, init_ref, steps, seed, self.multitask, self.trial_id)
+            answer, value = obtain(cache, job, owner=self.trial_id)
+            if answer in ("failed", "error"):
+                if answer == "failed":  # deterministic (a NaN loss): recorded, not retried
+                    ray.get(self.actor.fail.remote(value))
+                    return
+                raise RuntimeError(f"policy {self.trial_id}: expert {t}: {value}")
+            if answer == "cancelled":
+                return
+            info = ExpertInfo.cache_hit() if answer == "hit" else value
+            trained += not info.expert_cache_hit
+            ray.get(self.actor.link_expert.remote(t, expert_file(key), info))
+        if trained == 0:
+            which = f"all {self.experiment.tasks}" if first == 1 else f"{self.experiment.tasks - first + 1} remaining"
+            worker_console()  # this runs in a Tune trial actor: the driver's console handler and level
+            logger.info("policy %s: %s experts from the expert cache, none trained", self.trial_id, which)
 
 
 def run_trial(config: dict, trials: dict[str, Trial], run: RunContext, pools: dict[str, PoolHandle]) -> None:
@@ -220,44 +214,6 @@ def run_trial(config: dict, trials: dict[str, Trial], run: RunContext, pools: di
         driver.drive()
     except NonRetryableFailure as error:
         driver.storage.write_text(f"trials/{driver.trial_id}/failed.json", json.dumps({"error": str(error)}))
-
-
-def train_loop_config(trial: Trial, run: RunContext, actor) -> TrainLoopConfig:
-    """What the Train workers of the trial's run get (expert_training.train_experts)."""
-    return TrainLoopConfig(
-        merge_actor=actor,
-        settings=run.settings,
-        steps=trial.budget_steps,
-        seed=trial.seed,
-        trial_id=trial.trial_id,
-        multitask=trial.multitask,
-        storage=run.storage,
-        expert_cache=run.expert_cache,
-    )
-
-
-def _trainer(trial: Trial, run: RunContext, config: TrainLoopConfig) -> TorchTrainer:
-    """The trial's Train run: it trains the experts the pool does not hold yet; a killed worker is
-    replaced and the run goes on (FailureConfig). Its directory: ray/train/<trial_id>-<time>."""
-    return TorchTrainer(
-        train_experts,
-        train_loop_config={"job": config},
-        torch_config=torch_config(run.loopback),
-        scaling_config=ScalingConfig(
-            num_workers=run.workers, use_gpu=run.use_gpu, resources_per_worker=run.resources_per_worker
-        ),
-        run_config=RunConfig(
-            name=f"{trial.trial_id}-{int(time.time())}",
-            storage_path=run.storage.ray_path("ray/train"),
-            failure_config=FailureConfig(max_failures=TRAIN_MAX_FAILURES),
-        ),
-    )
-
-
-def _start_training(trial: Trial, run: RunContext, actor, failure: list) -> threading.Thread:
-    """The trial's Train run, started now, in a thread."""
-    trainer = _trainer(trial, run, train_loop_config(trial, run, actor))
-    return _in_thread(trainer.fit, f"train-{trial.trial_id}", failure)
 
 
 def _in_thread(work, name: str, failure: list) -> threading.Thread:
