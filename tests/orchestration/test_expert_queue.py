@@ -217,7 +217,7 @@ def test_trials_sharing_experts_train_each_once_in_one_train_run(cache_dir, tmp_
     cached = set(NONE_TRAINED.findall(proc.stderr))
     assert len(cached) == 2, proc.stderr[-6000:]
     assert "experts trained 3, reused from the cache 5" in proc.stderr
-    assert "merge service: 2 MergeService actor(s) in Ray; trials served per actor [2, 2]" in proc.stderr
+    assert "merge service: 2 actor(s), 0 restarted after a failure; trials served per actor [2, 2]" in proc.stderr
     assert len(list((out / "experts").glob("*.safetensors"))) == 3
 
     for _, pair in steps.groupby("init"):

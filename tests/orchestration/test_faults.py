@@ -4,6 +4,7 @@ no duplicate or missing rows. Faults come from TIME_RAY_FAULTS (time_ray/orchest
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -72,8 +73,12 @@ def test_killed_train_worker_and_merge_actor_give_the_same_answer(reduced_quicks
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert len(list(marks.iterdir())) == 3  # every fault happened
     assert_same_results(out, reference)
+    # the killed worker's job went back to the queue and was trained again (Train restarts the service's
+    # whole worker group, so every job then in training was started again)
+    again = re.search(r"; (\d+) started again after a training worker restarted", proc.stderr)
+    assert again and int(again.group(1)) >= 1, proc.stderr[-6000:]
     # the killed merge service actor was restarted (one actor still), not replaced by another
-    assert "merge service: 1 MergeService actor(s) in Ray" in proc.stderr, proc.stderr[-6000:]
+    assert "merge service: 1 actor(s), 1 restarted after a failure" in proc.stderr, proc.stderr[-6000:]
     # Tune retried the crashed trial: one console line saying so, no traceback
     retry = [line for line in proc.stderr.splitlines() if "attempt 2 of 3 after:" in line]
     assert len(retry) == 1 and "policy offline-merge-" in retry[0], proc.stderr[-6000:]

@@ -181,9 +181,9 @@ class ExpertCache:
     def done(self, key: str, worker: str, info: ExpertInfo) -> None:
         """The expert file is published."""
         entry = self.entries.get(key)
-        self.trained += 1
-        if entry is not None and entry.state != "done":
+        if entry is not None and entry.state != "done":  # a second trainer's (an expired lease) counts once
             entry.state, entry.info, entry.worker = "done", info, worker
+            self.trained += 1
 
     def failed(self, key: str, worker: str, message: str) -> None:
         """A deterministic failure (a NaN loss): every waiter is told, nobody trains it again."""

@@ -4,7 +4,8 @@
 ``TIME_RAY_FAULTS_DIR`` remembers it across process restarts):
 
   {"fault": "kill_train_worker", "trial": "sequential-ft", "task": 2, "step": 10}
-      SIGKILL the Train worker after that step of that task (Train's FailureConfig restarts it)
+      SIGKILL the training service's worker training that trial's expert of that task after that step
+      (Train's FailureConfig restarts the worker group; the job goes back to the queue)
   {"fault": "kill_merge_actor", "trial": "best-in-time", "after_timestep": 1}
       ray.kill the merge service actor serving that trial after that timestep is recorded (Ray restarts
       it; the other trials it serves reopen their pools too)
@@ -14,9 +15,9 @@
       make the model's weights NaN after that step: the next loss is NaN (a deterministic failure)
 
   {"fault": "short_lease", "seconds": 1}
-      the sweep's expert-cache claims expire after 1 s instead of 60 s while renewals stay every 10 s, so
-      leases run out during Train start-up and other trials take the claims over (a busy machine, where
-      renewals come late). Results must not change: a taken-over expert is trained again, identically.
+      the training service's job leases expire after 1 s instead of 60 s while renewals stay every 10 s,
+      so leases run out while experts train and idle worker groups take the jobs over (a busy machine,
+      where renewals come late). Results must not change: a taken-over expert is trained again, identically.
 
 ``trial`` matches a substring of the trial id. Without ``TIME_RAY_FAULTS`` nothing here does anything.
 """

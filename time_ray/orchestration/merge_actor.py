@@ -198,8 +198,14 @@ class MergeService:
         return self._trial(trial_id).deployed(t)
 
     def stats(self) -> dict:
-        """The trials open here and how the opened checkpoint files were shared."""
-        return {"trials": sorted(self.trials), "opened": self.opened.opened, "shared": self.opened.shared}
+        """The trials open here, how the opened checkpoint files were shared, and whether Ray restarted
+        this actor after a failure."""
+        return {
+            "trials": sorted(self.trials),
+            "opened": self.opened.opened,
+            "shared": self.opened.shared,
+            "restarted": ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed,
+        }
 
 
 PROCESS_TITLE = f"ray::{MergeService.__ray_actor_class__.__name__}"[:15]  # as /proc/<pid>/stat names it

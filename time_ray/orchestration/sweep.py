@@ -294,15 +294,12 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
         raise
     stop_service(cache, training)
     counts = ray.get(cache.stats.remote())
-    expired = (
-        (
-            f"; {counts['taken_over']} claim(s) taken over after their lease ran out (the expert was trained "
-            "again: a busy machine)"
-        )
-        if counts.get("taken_over")
+    again = (
+        f"; {counts['retrained']} started again after a training worker restarted or its lease ran out (a busy machine)"
+        if counts["retrained"]
         else ""
     )
-    logger.info(f"time-ray: experts trained {counts['trained']}, reused from the cache {counts['hits']}{expired}")
+    logger.info(f"time-ray: experts trained {counts['trained']}, reused from the cache {counts['hits']}{again}")
     log_merge_service(service)
     failed = {
         t.trial_id: json.loads(text)["error"]
@@ -334,31 +331,20 @@ def stop_service(cache, training, timeout: float = 120.0) -> None:
 
 
 def log_merge_service(service: list) -> None:
-    """One line on what the merge service did: the merge actors of the sweep Ray knows of (its state API,
-    counted by class: a restarted actor is still one), the trials each opened (since its last restart)
-    and how often a pool found a checkpoint file already open (shared across pools)."""
+    """One line on what the merge service did: its actors, how many Ray restarted after a failure (an
+    actor keeps its identity across restarts), the trials each opened (since its last restart) and how
+    often a pool found a checkpoint file already open (shared across pools)."""
     import ray
-
-    from time_ray.orchestration.merge_actor import MergeService
 
     stats = []
     for actor in service:
         try:
             stats.append(ray.get(actor.stats.remote()))
         except ray.exceptions.RayActorError:  # restarted too often: its trials failed and say why
-            stats.append({"trials": [], "opened": 0, "shared": 0})
-    try:
-        from ray.util.state import list_actors
-
-        name = MergeService.__ray_actor_class__.__name__
-        job = ray.get_runtime_context().get_job_id()
-        actors = list_actors(filters=[("class_name", "=", name), ("job_id", "=", job)], limit=10_000, timeout=15)
-        started = f"{len({a.actor_id for a in actors})} {name} actor(s) in Ray"
-    except Exception as exc:  # noqa: BLE001 - the state API needs the dashboard; the line is informative
-        logger.debug("time-ray: merge service: Ray's state API did not answer: %s", exc)
-        started = f"{len(service)} merge actor(s) started"
+            stats.append({"trials": [], "opened": 0, "shared": 0, "restarted": True})
     logger.info(
-        f"time-ray: merge service: {started}; trials served per actor {[len(s['trials']) for s in stats]}, "
+        f"time-ray: merge service: {len(service)} actor(s), {sum(s['restarted'] for s in stats)} restarted after a "
+        f"failure; trials served per actor {[len(s['trials']) for s in stats]}, "
         f"checkpoint files opened {sum(s['opened'] for s in stats)}, "
         f"found open by another pool {sum(s['shared'] for s in stats)}"
     )
