@@ -140,7 +140,7 @@ class PoliciesConfig(Section):
 class ResourcesConfig(Section):
     workers_per_expert: Annotated[int, Field(ge=1, le=1024)] = 1
     use_gpu: bool = False
-    max_concurrent_trials: Count | None = None  # None: derived from the cluster's resources
+    max_concurrent_trials: Count | None = None  # None: twice the training service's worker groups
     cpus_per_worker: Positive | None = None  # None: the CPUs shared equally among concurrent workers
     gpus_per_worker: float | None = None  # fractions share a GPU; None: derived (use_gpu only)
     merge_actors: Count = 1  # the sweep's merge service: long-lived merge actors, each serving several trials' pools
