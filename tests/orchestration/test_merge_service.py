@@ -89,7 +89,11 @@ def test_trials_are_assigned_by_their_index_modulo_the_actors():
 
 class _FakeActorClass:
     def __init__(self):
-        self.started = []
+        self.started, self.options_ = [], []
+
+    def options(self, **options):
+        self.options_.append(options)
+        return self
 
     def remote(self, storage, policies):
         self.started.append(policies)
@@ -104,6 +108,7 @@ def test_the_service_starts_at_most_one_actor_per_trial_each_knowing_only_its_tr
     assert len(actors) == 2 and [sorted(p) for p in fake.started] == [["t0", "t2"], ["t1"]]
     assert pools["t0"].service is actors[0] and pools["t2"].service is actors[0] and pools["t1"].service is actors[1]
     assert all(pools[t].trial_id == t for t in policies)
+    assert fake.options_ == [{"scheduling_strategy": "SPREAD"}] * 2  # over the nodes
     fake.started.clear()
     actors, pools = start_merge_service("storage", policies, 8)
     assert len(actors) == 3 and [sorted(p) for p in fake.started] == [["t0"], ["t1"], ["t2"]]
