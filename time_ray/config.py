@@ -144,6 +144,7 @@ class ResourcesConfig(Section):
     cpus_per_worker: Positive | None = None  # None: the CPUs shared equally among concurrent workers
     gpus_per_worker: float | None = None  # fractions share a GPU; None: derived (use_gpu only)
     merge_actors: Count = 1  # the sweep's merge service: long-lived merge actors, each serving several trials' pools
+    evaluators: Annotated[int, Field(ge=0, le=1024)] = 1  # shared evaluator actors; 0: each trial's driver evaluates
 
 
 class EarlyStoppingConfig(Section):
@@ -165,7 +166,7 @@ class SearchConfig(Section):
 
 # Fields added after the config fingerprints were pinned (tests/test_config_pins.py), as paths: to_dict() and
 # so fingerprint() and config.yaml leave each out while it holds its default; a value set is written.
-ADDED_LATER: tuple[tuple[str, ...], ...] = (("resources", "merge_actors"),)
+ADDED_LATER: tuple[tuple[str, ...], ...] = (("resources", "merge_actors"), ("resources", "evaluators"))
 
 
 class SweepConfig(Section):

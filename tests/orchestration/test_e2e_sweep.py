@@ -84,3 +84,27 @@ def test_reduced_quickstart_on_local_ray(reduced_quickstart, cache_dir):
     assert len(list((out / "report").glob("*.png"))) == 6
     assert "*Task x task accuracy matrix of " in summary and "Not drawn: the sweep has one budget" in summary
     assert (out / "report" / "report.html").read_text().count("data:image/png;base64,") == 6
+
+
+@pytest.mark.e2e
+def test_data_parallel_experts_in_the_training_service(reduced_quickstart, cache_dir, tmp_path):
+    """workers_per_expert: 2 with 0.45 CPU per worker: the service runs 2 worker groups of 2 workers in
+    one Train run (4 workers, a torch process subgroup per group); each expert is trained by a group
+    (both ranks run its steps, so its GFLOPs are twice one worker's: the reference run's exactly), the
+    sweep finishes with every row and the same experts deduplicated; the shared evaluator evaluates."""
+    reference, _ = reduced_quickstart
+    out, ray_tmp = tmp_path / "out", tempfile.mkdtemp(prefix="tr-", dir="/tmp")
+    sets = SETS + ["--set", "resources.workers_per_expert=2", "--set", "resources.cpus_per_worker=0.45"]
+    proc = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), *sets], cache_dir, ray_tmp)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert "training service: 2 worker group(s) of 2 Train worker(s)" in proc.stderr, proc.stderr
+    assert "1 shared evaluator(s)" in proc.stderr
+    steps = pd.read_parquet(out / "timesteps.parquet")
+    want = pd.read_parquet(reference / "timesteps.parquet")
+    assert len(steps) == len(want) and "experts trained 4, reused from the cache 2" in proc.stderr
+    trained = steps[(steps.timestep > 0) & ~steps.expert_cache_hit]
+    one = want[(want.timestep > 0) & ~want.expert_cache_hit].train_gflops.unique()  # the same model and batch
+    assert len(trained) == 4 and (trained.train_steps == 60).all() and len(one) == 1
+    assert (trained.train_gflops == 2 * one[0]).all()
+    assert steps[["a_ka", "a_zs", "gm"]].stack().between(0, 1).all()

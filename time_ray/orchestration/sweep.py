@@ -236,6 +236,7 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
         f"training service: {groups} worker group(s) of {cfg.resources.workers_per_expert} Train worker(s), each "
         f"worker {per_worker}; {concurrent} trials at a time"
     )
+    from time_ray.orchestration.evaluator import start_evaluators
     from time_ray.orchestration.expert_cache import ExpertCache
     from time_ray.orchestration.expert_training import start_service
     from time_ray.orchestration.merge_actor import start_merge_service
@@ -256,9 +257,15 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
     training = start_service(run, cache_name, groups)
     by_id = {t.trial_id: t for t in todo}
     service, pools = start_merge_service(storage, {t.trial_id: t.policy for t in todo}, cfg.resources.merge_actors)
-    logger.info(f"time-ray: merge service: {len(service)} merge actor(s) for {len(todo)} trials")
-    tuner = tune.Tuner(  # trials, run context and pool handles reach every trial through the object store, once
-        tune.with_resources(tune.with_parameters(run_trial, trials=by_id, run=run, pools=pools), {"cpu": DRIVER_CPU}),
+    # with use_gpu, evaluations are short tasks holding a GPU slice (trial.evaluate_task), not shared actors
+    n_eval = 0 if cfg.resources.use_gpu else min(cfg.resources.evaluators, len(todo))
+    evaluated = f"{n_eval} shared evaluator(s)" if n_eval else "evaluation in each trial's driver"
+    logger.info(f"time-ray: merge service: {len(service)} merge actor(s) for {len(todo)} trials; {evaluated}")
+    evaluators = start_evaluators(run.settings, list(by_id), n_eval) if n_eval else {}
+    # trials, run context, pool and evaluator handles reach every trial through the object store, once
+    trainable = tune.with_parameters(run_trial, trials=by_id, run=run, pools=pools, evaluators=evaluators)
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": DRIVER_CPU}),
         param_space={"trial_id": tune.grid_search(list(by_id))},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=concurrent,

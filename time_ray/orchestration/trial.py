@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from dataclasses import replace
+from typing import Any
 
 import pandas as pd
 import ray
@@ -88,12 +89,13 @@ class NonRetryableFailure(Exception):
 class TrialDriver:
     """One trial: its recorder, its pool in the merge service (``actor``), its experts' thread and evaluation."""
 
-    def __init__(self, trial: Trial, run: RunContext, pool: PoolHandle):
+    def __init__(self, trial: Trial, run: RunContext, pool: PoolHandle, evaluator=None):
         self.trial, self.run = trial, run
         self.storage, self.trial_id = run.storage, trial.trial_id
         self.multitask = trial.multitask
-        self.experiment = Experiment.from_settings(run.settings, self.multitask)
         self.tasks = run.settings.tasks
+        self.experts = 1 if self.multitask else self.tasks  # the multitask reference: one, on the union
+        self.evaluator = evaluator  # the sweep's shared Evaluator actor serving this trial (None: here)
         self.recorder = TrialRecorder(self.storage, f"trials/{self.trial_id}", trial)
         self.actor = pool  # called as a merge actor of the trial's own
         self.failure: list[BaseException] = []
@@ -103,12 +105,21 @@ class TrialDriver:
         """The multitask reference trains once on the union; its result stands at the stream's end."""
         return self.tasks if self.multitask else t
 
+    @functools.cached_property
+    def experiment(self) -> Experiment:
+        """The stream and benchmark, built only where this driver evaluates itself."""
+        return Experiment.from_settings(self.run.settings, self.multitask)
+
     def evaluate(self, t: int, subset: bool) -> tuple[list[dict], TimestepCosts]:
-        """Zero-shot evaluation of theta^o_t: here, or with use_gpu as a task holding a GPU slice
-        only while it evaluates. The same seeded subsets for every policy."""
+        """Zero-shot evaluation of theta^o_t: by the sweep's shared evaluator (the weights go to it from
+        the merge service directly), with use_gpu as a task holding a GPU slice only while it evaluates,
+        or here. The same seeded subsets for every policy."""
         state, costs = self.actor.deployed.options(num_returns=2).remote(t)
         seed, start = self.run.settings.stream_seed, time.perf_counter()
         try:
+            if self.evaluator is not None and not self.run.eval_gpu:
+                records, seconds = ray.get(self.evaluator.evaluate.remote(state, self.multitask, subset, seed))
+                return records, replace(ray.get(costs), eval_seconds=seconds)
             if self.run.eval_gpu:
                 records = ray.get(
                     evaluate_task.options(num_cpus=self.run.driver_cpu, num_gpus=self.run.eval_gpu).remote(
@@ -148,16 +159,16 @@ class TrialDriver:
 
     def drive(self) -> None:
         """Continues after the last recorded timestep (all of them for a new trial)."""
-        if ray.get(self.actor.n_experts.remote()) < self.experiment.tasks:  # else: resumed, nothing to train
+        if ray.get(self.actor.n_experts.remote()) < self.experts:  # else: resumed, nothing to train
             self.training = _in_thread(self.obtain_experts, f"experts-{self.trial_id}", self.failure)
         if self.recorder.last_timestep < 0:
             records, costs = self.evaluate(0, subset=True)
             self.record(0, records, TimestepCosts(eval_seconds=costs.eval_seconds))  # theta_0 cost nothing
-        for t in range(1, self.experiment.tasks + 1):
+        for t in range(1, self.experts + 1):
             if self.timestep_of(t) <= self.recorder.last_timestep:
                 continue
             self.wait_for_expert(t)
-            final = t == self.experiment.tasks  # subsets during the stream, full test sets at its end
+            final = t == self.experts  # subsets during the stream, full test sets at its end
             records, costs = self.evaluate(t, subset=not final)
             self.record(self.timestep_of(t), records, costs)
         if self.training is not None:
@@ -174,7 +185,7 @@ class TrialDriver:
         cache = ray.get_actor(self.run.expert_cache)
         first = ray.get(self.actor.n_experts.remote()) + 1
         trained = 0
-        for t in range(first, self.experiment.tasks + 1):
+        for t in range(first, self.experts + 1):
             init_ref = self.actor.init_weights.remote(t)
             try:
                 init = ray.get(init_ref)
@@ -199,17 +210,24 @@ class TrialDriver:
             trained += not info.expert_cache_hit
             ray.get(self.actor.link_expert.remote(t, expert_file(key), info))
         if trained == 0:
-            which = f"all {self.experiment.tasks}" if first == 1 else f"{self.experiment.tasks - first + 1} remaining"
+            which = f"all {self.experts}" if first == 1 else f"{self.experts - first + 1} remaining"
             worker_console()  # this runs in a Tune trial actor: the driver's console handler and level
             logger.info("policy %s: %s experts from the expert cache, none trained", self.trial_id, which)
 
 
-def run_trial(config: dict, trials: dict[str, Trial], run: RunContext, pools: dict[str, PoolHandle]) -> None:
+def run_trial(
+    config: dict,
+    trials: dict[str, Trial],
+    run: RunContext,
+    pools: dict[str, PoolHandle],
+    evaluators: dict[str, Any] | None = None,
+) -> None:
     """The Tune function trial of ``config["trial_id"]`` (``trials``, ``run`` and each trial's handle of
     its pool in the merge service, ``pools``, come through ``tune.with_parameters``). A deterministic failure
     is recorded in ``trials/<id>/failed.json`` for the sweep's report and the trial ends, so Tune does not
     retry what would fail the same way."""
-    driver = TrialDriver(trials[config["trial_id"]], run, pools[config["trial_id"]])
+    trial_id = config["trial_id"]
+    driver = TrialDriver(trials[trial_id], run, pools[trial_id], (evaluators or {}).get(trial_id))
     try:
         driver.drive()
     except NonRetryableFailure as error:
