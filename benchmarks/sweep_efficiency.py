@@ -22,13 +22,31 @@ versus waiting, starting up and serializing; and how many expert trainings dedup
   processes (overhead); the rest of wall x cores is idle.
 * Deduplication: timesteps served from the expert cache (expert_cache_hit) are trainings saved; their
   cost is estimated at the median train_seconds of trained timesteps.
-Target: busy fraction >= 75% on this machine.
+* The training service: the CLI's console line gives its worker groups, the Train workers per group
+  (per expert), each worker's resources and how many trials run at a time (all in the results).
+* Baseline, in the same run: the same config's trials one after another in one process without Ray
+  (core/simulate.py), started as a subprocess of this script (``--baseline``) after the sweep, with the
+  same caches warm and timed the same way: from the process's start (Python and torch imports, reading
+  the base model and the benchmark from the disk cache included, as in the sweep's clock) to its exit.
+  It does the sweep's work: each trial evaluates theta_0 and the deployed model at every timestep on
+  the seeded class-balanced subsets during the stream and on the full test sets at the last timestep
+  (``simulate(subset=True, eval_seed=stream seed)``, as trial.TrialDriver.drive does), and the multitask
+  reference (if the config has one) trains once on the union. It deduplicates experts as the sweep's
+  expert cache does: the trials share one in-memory cache keyed by core.experts.expert_key
+  (``simulate(experts=...)``), so both train the same distinct experts once each (``trainings`` and
+  ``simulate_trainings`` agree; early stopping, which the configs here do not use, would make the sweep
+  do less). torch runs on its default threads (every core), as a user's one-process run would, unless
+  ``--simulate-threads N`` says otherwise (on a busy 2-core machine 1 thread can be much faster: see
+  training_overhead.py's thread probe).
+  ``ray_vs_simulate`` = sweep wall / simulate wall.
+Targets: busy fraction >= 75% on this machine; the Ray sweep's wall within 1.25x of the one-process run.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
 import re
 import shutil
@@ -88,6 +106,15 @@ def run_sweep(config: Path, sets: list[str], out: Path) -> dict:
     env.pop("RAY_ADDRESS", None)
     cli = Path(sys.executable).parent / "time-ray"
     args = [str(cli), "sweep", str(config), "--output", str(out), *[a for s in sets for a in ("--set", s)]]
+    try:
+        return run_tree(args, env, f"time-ray sweep {config}")
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def run_tree(args: list[str], env: dict, what: str) -> dict:
+    """``args`` in a subprocess: its wall time, its process tree's CPU seconds by process name, and its
+    stderr lines stamped with their time."""
     seen: dict[int, tuple[str, float]] = {}
     lines: list[tuple[float, str]] = []
     start = time.perf_counter()
@@ -105,10 +132,9 @@ def run_sweep(config: Path, sets: list[str], out: Path) -> dict:
         time.sleep(0.5)
     wall = time.perf_counter() - start
     reader.join()
-    shutil.rmtree(ray_tmp, ignore_errors=True)
     if proc.returncode != 0:
         tail = "\n".join(line for _, line in lines[-20:])
-        raise RuntimeError(f"time-ray sweep {config} failed ({proc.returncode}):\n{tail}")
+        raise RuntimeError(f"{what} failed ({proc.returncode}):\n{tail}")
     by_name: dict[str, float] = {}
     for name, seconds in seen.values():
         by_name[name] = by_name.get(name, 0.0) + seconds
@@ -124,8 +150,15 @@ def account(run: dict, out: Path, cores: int) -> dict:
 
     steps = pd.read_parquet(out / "timesteps.parquet")
     text = "\n".join(line for _, line in run["lines"])
-    share = float(ast.literal_eval(re.search(r"each with (\{[^}]*\})", text)[1])["CPU"])
-    workers = int(re.search(r"trials at a time, (\d+) Train worker", text)[1])
+    service = re.search(
+        r"training service: (\d+) worker group\(s\) of (\d+) Train worker\(s\), each worker (\{[^}]*\}); "
+        r"(\d+) trials at a time",
+        text,
+    )
+    if service is None:
+        raise RuntimeError("the sweep's console line on its training service was not found (its text changed?)")
+    groups, workers, at_once = int(service[1]), int(service[2]), int(service[4])
+    share = float(ast.literal_eval(service[3])["CPU"])
     trained = steps[(steps.timestep > 0) & ~steps.expert_cache_hit]
     hits = steps[steps.expert_cache_hit]
     process = run["cpu_by_process"]
@@ -143,6 +176,8 @@ def account(run: dict, out: Path, cores: int) -> dict:
         "trials": int(steps.trial_id.nunique()),
         "cpu_share_per_worker": share,
         "workers_per_expert": workers,
+        "worker_groups": groups,
+        "trials_at_once": at_once,
         "activity_cpu_s": {name: round(s, 1) for name, s in activity.items()},
         "busy_cpu_s": {name: round(s, 1) for name, s in busy.items()},
         "busy_fraction": round(sum(busy.values()) / capacity, 3),
@@ -161,17 +196,88 @@ def account(run: dict, out: Path, cores: int) -> dict:
 
 def warm_caches(config: Path, sets: list[str]) -> None:
     """Builds (or reads) the benchmark and base model the sweep will use, outside the timed run."""
-    from time_ray.config import load_config
+    from time_ray.config import base_model_source, experiment_settings, load_config
     from time_ray.core.base_model import load_base
+    from time_ray.core.experiment import Experiment
 
     cfg = load_config(config, sets)
-    load_base(cfg.model.arch, cfg.model.pretrained, cfg.stream.builtin, cfg.model.base_training)
+    load_base(**base_model_source(cfg))
+    Experiment.from_settings(experiment_settings(cfg))
+
+
+def baseline(config: Path, sets: list[str], out: Path, threads: int | None = None) -> None:
+    """``--baseline``: the config's trials one after another in this process, without Ray
+    (core/simulate.py, doing the sweep's work: see the module's docstring); writes what it did to
+    ``out`` (JSON)."""
+    import torch
+
+    from time_ray.config import base_model_source, expand_trials, experiment_settings, load_config
+    from time_ray.core.base_model import load_base
+    from time_ray.core.experiment import Experiment
+    from time_ray.core.simulate import simulate
+
+    if threads:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    cfg = load_config(config, sets)
+    trials, settings = expand_trials(cfg), experiment_settings(cfg)
+    base = load_base(**base_model_source(cfg))
+    experiments = {m: Experiment.from_settings(settings, m) for m in sorted({t.multitask for t in trials})}
+    experts: dict = {}  # shared by the trials: each distinct expert trained once, as the sweep's expert cache
+    trained = hits = 0
+    with tempfile.TemporaryDirectory(prefix="tr-simulate-") as tmp:
+        for trial in trials:
+            rows = simulate(
+                experiments[trial.multitask],
+                trial.policy,
+                base,
+                trial.budget_steps,
+                Path(tmp) / trial.trial_id,
+                seed=trial.seed,
+                subset=True,
+                eval_seed=settings.stream_seed,
+                experts=experts,
+            )
+            hits += sum(r["expert_cache_hit"] for r in rows[1:])
+            trained += sum(not r["expert_cache_hit"] for r in rows[1:])
+            log(f"  simulate {trial.trial_id}: GM {rows[-1]['gm']:.3f} ({time.perf_counter() - start:.0f} s)")
+    out.write_text(
+        json.dumps(
+            {
+                "trials": len(trials),
+                "trainings": trained,
+                "reused": hits,
+                "torch_threads": torch.get_num_threads(),
+                "in_process_s": round(time.perf_counter() - start, 1),
+            }
+        )
+    )
+
+
+def run_baseline(config: Path, sets: list[str], out: Path, threads: int | None = None) -> dict:
+    """``baseline`` in a fresh Python process, timed from its start to its exit."""
+    args = [sys.executable, str(Path(__file__).resolve()), "--baseline", str(config), "--baseline-json", str(out)]
+    args += ["--simulate-threads", str(threads)] if threads else []
+    run = run_tree([*args, *[a for s in sets for a in ("--set", s)]], dict(os.environ), f"baseline {config}")
+    return {"wall": run["wall"], "cpu": sum(run["cpu_by_process"].values()), **json.loads(out.read_text())}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the quickstart reduced as in the end-to-end test")
+    parser.add_argument("--baseline", type=Path, help=argparse.SUPPRESS)  # CONFIG: the one-process run (internal)
+    parser.add_argument("--baseline-json", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--simulate-threads",
+        type=int,
+        default=None,
+        help="torch threads of the one-process baseline (default: torch's)",
+    )
     args = parser.parse_args(argv)
+    if args.baseline is not None:
+        baseline(args.baseline, args.set, args.baseline_json, args.simulate_threads)
+        return 0
     cores = os.cpu_count() or 1
     results = {"benchmark": "sweep_efficiency", "machine": machine()}
     sweeps = {"quickstart": (REPO / "configs" / "quickstart.yaml", QUICK if args.quick else [])}
@@ -185,23 +291,46 @@ def main(argv=None) -> int:
             log(f"{name}: time-ray sweep {config.relative_to(REPO)} {' '.join(sets)}")
             run = run_sweep(config, sets, Path(tmp) / name)
             results[name] = account(run, Path(tmp) / name, cores)
+            log(f"{name}: one process without Ray (core/simulate.py), the same trials")
+            simulated = run_baseline(config, sets, Path(tmp) / f"{name}-baseline.json", args.simulate_threads)
+            results[name] |= {
+                "simulate_wall_s": round(simulated["wall"], 1),
+                "simulate_in_process_s": simulated["in_process_s"],
+                "simulate_cpu_s": round(simulated["cpu"], 1),
+                "simulate_trainings": simulated["trainings"],
+                "simulate_reused": simulated["reused"],
+                "simulate_torch_threads": simulated["torch_threads"],
+                "ray_vs_simulate": round(run["wall"] / simulated["wall"], 3),
+            }
             log(f"{name}: {results[name]}")
-    lines = [
-        verdict(
-            f"{name}: busy fraction (train + merge + eval CPU-s / wall x {cores} cores)",
-            100 * r["busy_fraction"],
-            ">= 75%",
-            r["busy_fraction"] >= 0.75,
-            unit="%",
+    lines = []
+    for name in sweeps:
+        r = results[name]
+        lines.append(
+            verdict(
+                f"{name}: busy fraction (train + merge + eval CPU-s / wall x {cores} cores)",
+                100 * r["busy_fraction"],
+                ">= 75%",
+                r["busy_fraction"] >= 0.75,
+                unit="%",
+            )
         )
-        for name, r in results.items()
-        if name in sweeps
-    ]
+        lines.append(
+            verdict(
+                f"{name}: Ray sweep wall / one-process core/simulate.py wall",
+                r["ray_vs_simulate"],
+                "<= 1.25x",
+                r["ray_vs_simulate"] <= 1.25,
+            )
+        )
     notes = [
         f"{name}: wall {r['wall_s']:.0f} s, CPUs {100 * r['cpu_utilization']:.0f}% used "
         f"({100 * r['overhead_fraction']:.0f}% start-up/serialization/Ray, {100 * r['idle_fraction']:.0f}% idle); "
         f"{r['trainings']} trainings, {r['trainings_saved_by_dedup']} saved by deduplication "
-        f"(~{r['train_s_saved_estimate']:.0f} s of training)"
+        f"(~{r['train_s_saved_estimate']:.0f} s of training); training service {r['worker_groups']} group(s) of "
+        f"{r['workers_per_expert']} worker(s) at {r['cpu_share_per_worker']} CPU, {r['trials_at_once']} trials at a "
+        f"time; one process without Ray {r['simulate_wall_s']:.0f} s ({r['simulate_trainings']} trainings, "
+        f"{r['simulate_torch_threads']} torch threads)"
         for name, r in results.items()
         if name in sweeps
     ]

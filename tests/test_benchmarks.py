@@ -60,20 +60,42 @@ def test_pool_scaling_quick_covers_every_deploy_strategy():
 
 @pytest.mark.e2e
 def test_training_overhead_quick_times_plain_and_ray_train():
-    results, _ = run_quick("training_overhead.py")
+    results, lines = run_quick("training_overhead.py")
     entry = results["steps_5"]
     for kind in ("plain", "ray"):
         assert entry[kind]["wall_s"] >= entry[kind]["first_step_s"] > 0 and entry[kind]["torch_threads"] >= 1
     assert entry["overhead"] == pytest.approx(entry["ray"]["wall_s"] / entry["plain"]["wall_s"] - 1, abs=1e-3)
     assert results["ray_init_s"] > 0 and results["ray_worker_resources"]["CPU"] > 0
     assert all(v > 0 for v in results["thread_probe"].values())
+    # the expert-training service: started once, then one job per round, each a new expert
+    assert results["service_startup_s"] > 0 and results["service_first_job"]["train_s"] > 0
+    service = entry["service"]
+    assert service["wall_s"] >= service["train_s"] > 0 and service["step_ms"] > 0
+    assert service["job_overhead_s"] == pytest.approx(service["wall_s"] - service["train_s"], abs=0.02)
+    plain = entry["plain_beside_service"]
+    assert entry["service_overhead"] == pytest.approx(service["wall_s"] / plain["wall_s"] - 1, abs=1e-3)
+    assert entry["service_overhead_vs_loop"] >= entry["service_overhead"]
+    assert results["service_stats"]["trained"] == 2 and results["service_stats"]["hits"] == 0
+    assert results["ray_worker_time_ray"].startswith(str(ROOT))
+    assert len(verdicts := [line for line in lines if line.endswith((" OK", " MISS"))]) == 2
+    assert verdicts[-1].startswith("expert-training service overhead per expert at 5 steps")
 
 
 @pytest.mark.e2e
 def test_sweep_efficiency_quick_accounts_for_the_reduced_quickstart():
-    results, _ = run_quick("sweep_efficiency.py")
+    results, lines = run_quick("sweep_efficiency.py")
     quick = results["quickstart"]
     assert quick["trials"] == 3 and quick["trainings"] == 4 and quick["trainings_saved_by_dedup"] == 2
     assert quick["cache_log"] == "experts trained 4, reused from the cache 2"
     assert quick["busy_cpu_s"]["train"] > 0 and quick["busy_cpu_s"]["eval"] > 0
     assert 0 < quick["busy_fraction"] and 0 < quick["cpu_utilization"] and quick["wall_s"] > 0
+    # the console line on the training service: 2 CPUs (or more) give the quickstart's 3 trials 3 groups
+    assert quick["worker_groups"] >= 1 and quick["workers_per_expert"] == 1 and quick["cpu_share_per_worker"] > 0
+    assert quick["trials_at_once"] == min(3, 2 * quick["worker_groups"])
+    # the baseline: the same trials in one process without Ray, the same distinct experts trained once
+    assert quick["simulate_trainings"] == quick["trainings"] and quick["simulate_reused"] == 2
+    assert quick["simulate_wall_s"] > 0
+    assert quick["ray_vs_simulate"] == pytest.approx(quick["wall_s"] / quick["simulate_wall_s"], rel=0.02)
+    assert results["targets"] == 2 and any(
+        line.startswith("quickstart: Ray sweep wall / one-process") for line in lines
+    )
