@@ -59,16 +59,16 @@ def simulate(
     for t in range(1, last + 1):
         start = time.perf_counter()
         init = materialize(init_weights(policy, pool, t))
-        key = expert_key(init, t, steps, seed, recipe) if experts is not None else None
-        hit = key is not None and key in experts
-        if hit:
+        key = expert_key(init, t, steps, seed, recipe) if experts is not None and recipe is not None else None
+        hit = experts is not None and key in experts
+        if experts is not None and key in experts:
             pool.add_expert(t, experts[key])
         else:
             model.load_state_dict(init)
             experiment.train_expert(model, t, steps, seed)
             state = models.state_dict_of(model)
             pool.add_expert(t, state)
-            if key is not None:
+            if experts is not None and key is not None:
                 experts[key] = state
         deployed = experiment.new_model(materialize(deploy_weights(policy, pool, t)))
         records = evaluate(deployed, t)
