@@ -15,7 +15,7 @@ versus waiting, starting up and serializing; and how many expert trainings dedup
             (a worker runs torch on max(1, floor(share)) threads; the share is what it gets while the
             concurrent trials all train)
     merge = min(sum(merge_seconds) x 1 thread, CPU of the merge service's actors)
-    eval  = min(sum(eval_seconds) x 1 thread, CPU of the trial drivers, which evaluate)
+    eval  = min(sum(eval_seconds) x 1 thread, CPU of the shared evaluators and the trial drivers)
     (wall seconds overcount when activities share the cores; process CPU overcounts by start-up and polling.)
   busy fraction = (train + merge + eval) / (wall seconds x cores); cpu utilization = the tree's CPU /
   (wall x cores); what the tree used beyond the busy seconds is start-up, serialization and Ray's own
@@ -71,9 +71,14 @@ QUICK = [
     "model.base_training={steps: 300, batch_size: 64, lr: 2.0e-3}",
 ]
 TICK = os.sysconf("SC_CLK_TCK")
-# process titles as /proc/<pid>/stat gives them (cut to 15 characters): Train workers, the merge service's
-# actors (time_ray.orchestration.merge_actor.PROCESS_TITLE, class MergeService), the trial drivers
-ROLES = {"train": "ray::RayTrainWo", "merge": "ray::MergeServi", "eval": "ray::ImplicitFu"}
+# process titles as /proc/<pid>/stat gives them (cut to 15 characters): the training service's Train workers,
+# the merge service's actors (time_ray.orchestration.merge_actor.PROCESS_TITLE, class MergeService), the
+# shared evaluators (evaluator.PROCESS_TITLE) and the trial drivers (which evaluate with resources.evaluators: 0)
+ROLES = {
+    "train": ("ray::RayTrainWo",),
+    "merge": ("ray::MergeServi",),
+    "eval": ("ray::Evaluator", "ray::ImplicitFu"),
+}
 
 
 def process_tree_cpu(root: int, seen: dict[int, tuple[str, float]]) -> None:
@@ -167,7 +172,9 @@ def account(run: dict, out: Path, cores: int) -> dict:
         "merge": float(steps.merge_seconds.sum()),
         "eval": float(steps.eval_seconds.sum()),
     }
-    busy = {name: min(seconds, process.get(ROLES[name], 0.0)) for name, seconds in activity.items()}
+    busy = {
+        name: min(seconds, sum(process.get(title, 0.0) for title in ROLES[name])) for name, seconds in activity.items()
+    }
     capacity = run["wall"] * cores
     measured = sum(process.values())
     top = sorted(process.items(), key=lambda kv: -kv[1])[:10]

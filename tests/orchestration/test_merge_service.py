@@ -197,4 +197,7 @@ def test_the_efficiency_benchmark_names_the_service_actors_process():
         spec.loader.exec_module(module)
     finally:
         sys.path[:] = saved
-    assert module.ROLES["merge"] == PROCESS_TITLE == "ray::MergeServi"
+    assert module.ROLES["merge"] == (PROCESS_TITLE,) and PROCESS_TITLE == "ray::MergeServi"
+    from time_ray.orchestration.evaluator import PROCESS_TITLE as EVALUATOR
+
+    assert EVALUATOR in module.ROLES["eval"] and EVALUATOR == "ray::Evaluator"
