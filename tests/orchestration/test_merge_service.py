@@ -89,10 +89,10 @@ def test_trials_are_assigned_by_their_index_modulo_the_actors():
 
 class _FakeActorClass:
     def __init__(self):
-        self.started, self.options_ = [], []
+        self.started, self.options_given = [], []
 
     def options(self, **options):
-        self.options_.append(options)
+        self.options_given.append(options)
         return self
 
     def remote(self, storage, policies):
@@ -108,10 +108,27 @@ def test_the_service_starts_at_most_one_actor_per_trial_each_knowing_only_its_tr
     assert len(actors) == 2 and [sorted(p) for p in fake.started] == [["t0", "t2"], ["t1"]]
     assert pools["t0"].service is actors[0] and pools["t2"].service is actors[0] and pools["t1"].service is actors[1]
     assert all(pools[t].trial_id == t for t in policies)
-    assert fake.options_ == [{"scheduling_strategy": "SPREAD"}] * 2  # over the nodes
     fake.started.clear()
     actors, pools = start_merge_service("storage", policies, 8)
     assert len(actors) == 3 and [sorted(p) for p in fake.started] == [["t0"], ["t1"], ["t2"]]
+
+
+def test_the_service_actors_go_to_the_nodes_with_cpus_in_turn(monkeypatch):
+    """Strict node affinity: Ray's SPREAD and soft affinity are hints that it often ignores for 0-CPU actors."""
+    fake = _FakeActorClass()
+    monkeypatch.setattr(service_module, "MergeService", fake)
+    monkeypatch.setattr(service_module.ray, "is_initialized", lambda: True)
+    a, b, head, gone = ("%02x" % i * 28 for i in range(4))  # node ids: 56 hex digits
+    nodes = [
+        {"NodeID": b, "Alive": True, "Resources": {"CPU": 1.0}},
+        {"NodeID": head, "Alive": True, "Resources": {}},  # a head started with --num-cpus 0
+        {"NodeID": gone, "Alive": False, "Resources": {"CPU": 8.0}},
+        {"NodeID": a, "Alive": True, "Resources": {"CPU": 2.0}},
+    ]
+    monkeypatch.setattr(service_module.ray, "nodes", lambda: nodes)
+    start_merge_service("storage", {f"t{i}": Policy("ft", "ft") for i in range(3)}, 3)
+    strategies = [o["scheduling_strategy"] for o in fake.options_given]
+    assert [(s.node_id, s.soft) for s in strategies] == [(a, False), (b, False), (a, False)]
 
 
 @pytest.fixture
