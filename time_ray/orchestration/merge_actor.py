@@ -37,6 +37,7 @@ from time_ray.core.merging.executor import Backend, MergeExecutor, ThresholdCach
 from time_ray.core.merging.sidecar import ThresholdStore
 from time_ray.core.pool import CheckpointPool
 from time_ray.core.strategies import Policy, deploy_weights, init_weights
+from time_ray.orchestration.local_ray import node_strategies
 from time_ray.orchestration.storage import Storage
 
 KERNELS_SWITCH = "TIME_RAY_MERGE_KERNELS"
@@ -280,28 +281,8 @@ def start_merge_service(
     for trial_id, index in where.items():
         served[index][trial_id] = policies[trial_id]
     # one node after the other: each node's CPUs merge for the trials its actor serves
-    nodes = _nodes_with_cpus()
     service = [
-        MergeService.options(scheduling_strategy=_on_node(nodes[i % len(nodes)]) if nodes else "SPREAD").remote(
-            storage, served[i]
-        )
-        for i in range(n)
+        MergeService.options(scheduling_strategy=strategy).remote(storage, served[i])
+        for i, strategy in enumerate(node_strategies(n))
     ]
     return service, {trial_id: PoolHandle(service[index], trial_id) for trial_id, index in where.items()}
-
-
-def _nodes_with_cpus() -> list[str]:
-    """The alive nodes with CPUs, by node id. Ray's SPREAD alone is a hint: on a 3-node cluster it placed
-    3 actors of 0 CPUs on one node about half of the time (tests/orchestration/test_multinode.py)."""
-    if not ray.is_initialized():
-        return []
-    return sorted(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0)
-
-
-def _on_node(node_id: str):
-    """That node, strictly: with soft=True Ray placed 0-CPU actors elsewhere as often as SPREAD did (on a
-    3-node loopback cluster whose nodes were all alive). The price: an actor whose node is lost is not
-    restarted elsewhere; its trials fail, and --resume finishes them with a new service."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    return NodeAffinitySchedulingStrategy(node_id, soft=False)
