@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -75,9 +75,10 @@ def serve_experts(loop: dict) -> None:
     if local == 0:
         ray.get(queue.register.remote(worker, ray.get_runtime_context().get_node_id()))
     while True:
-        job = ray.get(queue.take.remote(worker)) if local == 0 else None
+        job, init = _next_job(queue, worker) if local == 0 else (None, None)
         if k > 1:  # the leader's answer to the whole group (also when there is none: no idle collective)
-            box = [job]
+            # without the init's ObjectRef: a reference pickled outside Ray cannot be resolved by the others
+            box = [replace(job, init=None) if isinstance(job, ExpertJob) else job]
             torch.distributed.broadcast_object_list(box, src=leader, group=subgroup)
             job = box[0]
         if job == STOP:
@@ -92,18 +93,29 @@ def serve_experts(loop: dict) -> None:
         if model is None:
             inner = experiment.new_model().to(device)
             model = torch.nn.parallel.DistributedDataParallel(inner, process_group=subgroup) if k > 1 else inner
-        if local == 0 and job.multitask not in flops:
-            flops[job.multitask] = experiment.flops_per_step(inner, device)
-        try:
-            init = ray.get(job.init)
-        except ray.exceptions.ObjectLostError:  # its trial's driver died: the trial submits it again
-            if local == 0:
-                ray.get(queue.lost.remote(job.key))
-            continue
-        inner.load_state_dict(init)
+        if local == 0:
+            if job.multitask not in flops:
+                flops[job.multitask] = experiment.flops_per_step(inner, device)
+            inner.load_state_dict(init)
+        if k > 1:  # the leader's init weights to the group, tensor by tensor
+            for tensor in inner.state_dict().values():
+                torch.distributed.broadcast(tensor, src=leader, group=subgroup)
         _train(config, queue, worker, job, experiment, model, inner, device, local, k, flops.get(job.multitask, 0.0))
         if k > 1:
             torch.distributed.barrier(group=subgroup)
+
+
+def _next_job(queue, worker: str) -> tuple[ExpertJob | str | None, dict | None]:
+    """The leader's next job and its init weights: (job, init), (None, None) when there is none (or its
+    init is gone: its trial's driver died, and the trial submits it again), (STOP, None) at the end."""
+    job = ray.get(queue.take.remote(worker))
+    if not isinstance(job, ExpertJob):
+        return job, None
+    try:
+        return job, ray.get(job.init)
+    except ray.exceptions.ObjectLostError:
+        ray.get(queue.lost.remote(job.key))
+        return None, None
 
 
 def _train(config, queue, worker, job, experiment, model, inner, device, local, k, flops) -> None:
