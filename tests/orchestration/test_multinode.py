@@ -1,13 +1,13 @@
 """Scale-out on a multi-node Ray cluster, on this machine: a head and two worker nodes of 1 CPU each on
 127.0.0.1 (tests/orchestration/loopback_cluster.py, token authentication on), the reduced quickstart
 run as users run it on a cluster (`time-ray sweep` with RAY_ADDRESS), then checked: the sweep joined
-this cluster and saw its 3 CPUs, its 3 merge service actors ran one per node, its Ray Train workers
-on more than one node (Ray's state API, which keeps dead actors listed), nothing of the cluster listened beyond
-loopback, and every number equals the one-node run's (`reduced_quickstart`). The cluster is stopped
+this cluster and saw its 3 CPUs, its 3 merge service actors ran one per node, the training service's
+one Train run had its 3 workers one per node (Ray's state API, which keeps dead actors listed), nothing of
+the cluster listened beyond loopback, and every number equals the one-node run's (`reduced_quickstart`). The cluster is stopped
 (SIGTERM, then whatever is left of it killed) before the test ends.
 
 One node cannot hold the sweep: with 1 CPU per node each Train worker gets 0.99 CPU
-(sweep.worker_resources shares the cluster's CPUs node by node), so no node runs two at once.
+(sweep.worker_resources shares the cluster's CPUs node by node), so no node holds two.
 """
 
 import json
@@ -125,8 +125,9 @@ def test_a_sweep_on_a_three_node_loopback_cluster_spreads_its_work_and_gives_the
     assert sweep.returncode == 0, logs[-6000:]
     # it joined this cluster (no Ray of its own) and saw every node's CPU
     assert f"joined the Ray cluster at {address}; Ray node 127.0.0.1, resources {{'CPU': {NODES}.0}}" in logs, logs
-    assert f"{NODES} trials at a time, 1 Train worker(s) each with {{'CPU': 0.99}}" in logs, logs
-    assert f"merge service: {NODES} MergeService actor(s) in Ray" in logs, logs
+    service = f"training service: {NODES} worker group(s) of 1 Train worker(s), each worker {{'CPU': 0.99}}"
+    assert f"{service}; {NODES} trials at a time" in logs, logs
+    assert f"merge service: {NODES} actor(s), 0 restarted after a failure" in logs, logs
 
     # where the work ran: the sweep's actors are dead now; the state API still lists them with their node
     actors = api(dashboard, "/api/v0/actors?detail=true&limit=10000", token)["result"]
@@ -136,7 +137,10 @@ def test_a_sweep_on_a_three_node_loopback_cluster_spreads_its_work_and_gives_the
     assert {n["node_id"] for n in nodes} >= {node for where in node_of.values() for node in where}
     assert len(node_of.get("ExpertCache", [])) == 1, sorted(node_of)  # the sweep's, started here
     assert len(node_of.get("MergeService", [])) == NODES and len(set(node_of["MergeService"])) == NODES, node_of
-    assert len(set(node_of.get("RayTrainWorker", []))) > 1, node_of.get("RayTrainWorker")
+    # the training service: one Train run for the sweep, its 3 workers (0.99 CPU each) one per node
+    workers = node_of.get("RayTrainWorker", [])
+    assert len(workers) == NODES and len(set(workers)) == NODES, workers
+    assert len(node_of.get("Evaluator", [])) == 1, sorted(node_of)  # resources.evaluators: 1
 
     # still nothing beyond loopback after the sweep's workers ran on every node
     listening = listening_addresses(tree(cluster.pid))
