@@ -15,7 +15,8 @@ versus waiting, starting up and serializing; and how many expert trainings dedup
             (a worker runs torch on max(1, floor(share)) threads; the share is what it gets while the
             concurrent trials all train)
     merge = min(sum(merge_seconds) x 1 thread, CPU of the merge service's actors)
-    eval  = min(sum(eval_seconds) x 1 thread, CPU of the shared evaluators and the trial drivers)
+    eval  = min(sum(eval_seconds) x 1 thread, CPU of the shared evaluators, or of the trial drivers when
+            the sweep ran without them: resources.evaluators 0 or use_gpu)
     (wall seconds overcount when activities share the cores; process CPU overcounts by start-up and polling.)
   busy fraction = (train + merge + eval) / (wall seconds x cores); cpu utilization = the tree's CPU /
   (wall x cores); what the tree used beyond the busy seconds is start-up, serialization and Ray's own
@@ -73,12 +74,13 @@ QUICK = [
 TICK = os.sysconf("SC_CLK_TCK")
 # process titles as /proc/<pid>/stat gives them (cut to 15 characters): the training service's Train workers,
 # the merge service's actors (time_ray.orchestration.merge_actor.PROCESS_TITLE, class MergeService), the
-# shared evaluators (evaluator.PROCESS_TITLE) and the trial drivers (which evaluate with resources.evaluators: 0)
+# shared evaluators (evaluator.PROCESS_TITLE) or, when the sweep ran without them, the trial drivers
 ROLES = {
     "train": ("ray::RayTrainWo",),
     "merge": ("ray::MergeServi",),
     "eval": ("ray::Evaluator", "ray::ImplicitFu"),
 }
+DRIVERS_EVALUATE = "evaluation in each trial's driver"  # sweep.py's console line without shared evaluators
 
 
 def process_tree_cpu(root: int, seen: dict[int, tuple[str, float]]) -> None:
@@ -150,6 +152,15 @@ def first_time(lines, pattern: str) -> float | None:
     return next((t for t, line in lines if re.search(pattern, line)), None)
 
 
+def _roles(name: str, text: str) -> tuple[str, ...]:
+    """The process titles whose CPU bounds an activity: evaluation is the shared evaluators', or the trial
+    drivers' when the sweep's console says they evaluated themselves (never both: the drivers' own CPU,
+    start-up and polling, is not evaluation)."""
+    if name != "eval":
+        return ROLES[name]
+    return ROLES["eval"][1:] if DRIVERS_EVALUATE in text else ROLES["eval"][:1]
+
+
 def account(run: dict, out: Path, cores: int) -> dict:
     import pandas as pd
 
@@ -173,7 +184,8 @@ def account(run: dict, out: Path, cores: int) -> dict:
         "eval": float(steps.eval_seconds.sum()),
     }
     busy = {
-        name: min(seconds, sum(process.get(title, 0.0) for title in ROLES[name])) for name, seconds in activity.items()
+        name: min(seconds, sum(process.get(title, 0.0) for title in _roles(name, text)))
+        for name, seconds in activity.items()
     }
     capacity = run["wall"] * cores
     measured = sum(process.values())

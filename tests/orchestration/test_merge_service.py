@@ -218,3 +218,11 @@ def test_the_efficiency_benchmark_names_the_service_actors_process():
     from time_ray.orchestration.evaluator import PROCESS_TITLE as EVALUATOR
 
     assert EVALUATOR in module.ROLES["eval"] and EVALUATOR == "ray::Evaluator"
+    # evaluation's CPU is the evaluators' unless the sweep says its drivers evaluated (its console line)
+    import inspect
+
+    from time_ray.orchestration import sweep
+
+    assert module.DRIVERS_EVALUATE in inspect.getsource(sweep)
+    assert module._roles("eval", "1 shared evaluator(s)") == ("ray::Evaluator",)
+    assert module._roles("eval", module.DRIVERS_EVALUATE) == ("ray::ImplicitFu",)
