@@ -2,9 +2,10 @@
 127.0.0.1 (tests/orchestration/loopback_cluster.py, token authentication on), the reduced quickstart
 run as users run it on a cluster (`time-ray sweep` with RAY_ADDRESS), then checked: the sweep joined
 this cluster and saw its 3 CPUs, its 3 merge service actors ran one per node, the training service's
-one Train run had its 3 workers one per node (Ray's state API, which keeps dead actors listed), nothing of
-the cluster listened beyond loopback, and every number equals the one-node run's (`reduced_quickstart`). The cluster is stopped
-(SIGTERM, then whatever is left of it killed) before the test ends.
+one Train run had its 3 workers one per node (Ray's state API, which keeps dead actors listed), nothing
+of the cluster listened beyond loopback, and every number equals the one-node run's
+(`reduced_quickstart`). The cluster is stopped (SIGTERM, then whatever is left of it killed) before the
+test ends.
 
 One node cannot hold the sweep: with 1 CPU per node each Train worker gets 0.99 CPU
 (sweep.worker_resources shares the cluster's CPUs node by node), so no node holds two.
