@@ -137,7 +137,7 @@ def test_obtain_waits_for_the_job_and_submits_again_when_its_init_was_lost(monke
     polls = []
 
     def worker(name, args):  # a worker that loses the first init and trains the second submission
-        if name == "status":
+        if name == "wait_status":
             polls.append(args)
             if len(polls) == 1:
                 assert cache.take("g0").key == "k"
@@ -146,7 +146,7 @@ def test_obtain_waits_for_the_job_and_submits_again_when_its_init_was_lost(monke
                 assert cache.take("g0").key == "k"
                 cache.done("k", "g0", TRAINED)
 
-    assert obtain(_Local(cache, worker), job(), "a", poll=0) == ("done", TRAINED)
+    assert obtain(_Local(cache, worker), job(), "a", wait=0) == ("done", TRAINED)
     assert len(polls) == 2
 
 
@@ -165,7 +165,27 @@ class _Actor:
 def _driver(actor, training):
     driver = object.__new__(trial_module.TrialDriver)
     driver.actor, driver.training, driver.failure, driver.trial_id = actor, training, [], "p"
+    driver.progress, driver.events = threading.Condition(), 0
     return driver
+
+
+def test_a_waiting_call_returns_when_the_job_ends_and_an_idle_take_when_a_job_comes():
+    cache = Cache(_Storage())
+    cache.submit(job(), "a")
+    cache.take("g0")
+    answers = []
+    waiter = threading.Thread(target=lambda: answers.append(cache.wait_status("k", "a", 30.0)))
+    waiter.start()
+    cache.done("k", "g0", TRAINED)  # wakes the waiting call at once, long before its 30 s
+    waiter.join(10)
+    assert answers == [("done", TRAINED)]
+    assert cache.take("g0", timeout=0.05) is None  # nothing queued: None after the wait
+    taken = []
+    taker = threading.Thread(target=lambda: taken.append(cache.take("g1", timeout=30.0)))
+    taker.start()
+    cache.submit(job("k2", trial="b"), "b")
+    taker.join(10)
+    assert [j.key for j in taken] == ["k2"]
 
 
 def test_waiting_for_an_expert_after_the_experts_thread_ended(monkeypatch):

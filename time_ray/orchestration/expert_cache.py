@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ from time_ray.core.contracts import ExpertInfo
 from time_ray.orchestration import faults
 from time_ray.orchestration.storage import Storage
 
-POLL_SECONDS = 0.25
+WAIT_SECONDS = 5.0  # a waiting trial's call returns at the latest after this long (then it asks again)
+TAKE_WAIT_SECONDS = 1.0  # an idle worker's ``take`` returns None after this long
 LEASE_SECONDS = 60.0
 STOP = "stop"  # what ``take`` answers once the sweep closed the queue
 
@@ -68,11 +70,39 @@ class _Entry:
     seen: set[str] = field(default_factory=set)  # waiters told the result
 
 
-@ray.remote(num_cpus=0)
+def _locked(method):
+    """Runs an ExpertCache method under its lock (the actor serves calls on many threads: waiting trials
+    and idle workers block in ``wait_status`` / ``take`` until something changes, instead of polling)."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self.changed:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
+def _changes(method):
+    """``_locked``, and then wakes every call waiting for a change."""
+
+    @functools.wraps(method)
+    def changing(self, *args, **kwargs):
+        with self.changed:
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self.changed.notify_all()
+
+    return changing
+
+
+@ray.remote(num_cpus=0, max_concurrency=1000)
 class ExpertCache:
-    """The sweep's expert cache and job queue (one actor per sweep, named)."""
+    """The sweep's expert cache and job queue (one actor per sweep, named). Its calls run on many threads
+    under one lock; a change wakes the calls that wait for one."""
 
     def __init__(self, storage: Storage):
+        self.changed = threading.Condition()
         self.storage = storage
         self.lease_seconds = faults.lease_seconds(LEASE_SECONDS)
         self.entries: dict[str, _Entry] = {}
@@ -87,6 +117,7 @@ class ExpertCache:
         self.dropped = 0  # jobs nobody waited for any more (their trials ended)
 
     # -- trials ---------------------------------------------------------------------------------------
+    @_changes
     def submit(self, job: ExpertJob, owner: str) -> str:
         """'hit' (the file exists), 'queued' (``owner`` now waits for it) or 'cancelled' (``owner`` ended)."""
         if owner in self.cancelled:
@@ -102,7 +133,22 @@ class ExpertCache:
         self.queue.append(job.key)
         return "queued"
 
+    @_locked
+    def wait_status(self, key: str, owner: str, timeout: float = 0.0) -> tuple[str, Any]:
+        """``status``, waiting up to ``timeout`` seconds while the job is queued or in training."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self._status(key, owner)
+            left = deadline - time.monotonic()
+            if state[0] not in ("queued", "training") or left <= 0:
+                return state
+            self.changed.wait(min(left, 1.0))  # at least every second: leases expire meanwhile
+
     def status(self, key: str, owner: str) -> tuple[str, Any]:
+        """What became of job ``key`` for ``owner``, at once (``wait_status`` without waiting)."""
+        return self.wait_status(key, owner)
+
+    def _status(self, key: str, owner: str) -> tuple[str, Any]:
         """('done', ExpertInfo): the file is there (the training cost goes to the trial charged with it,
         a cache hit to every other waiter); ('failed', message): a deterministic failure (a NaN loss);
         ('error', message): the training service stopped; ('lost', None): the job's init is gone (its
@@ -124,6 +170,7 @@ class ExpertCache:
             return ("error", self.broken)
         return (entry.state, None)
 
+    @_changes
     def cancel(self, owner: str) -> int:
         """``owner`` (a trial) ended: it waits for nothing any more. Returns how many jobs were dropped."""
         self.cancelled.add(owner)
@@ -142,6 +189,7 @@ class ExpertCache:
         return dropped
 
     # -- the training service's workers ---------------------------------------------------------------
+    @_changes
     def register(self, worker: str, node: str = "") -> int:
         """A worker (group leader) starts, or starts again after a restart: a job it held goes back to
         the front of the queue. Returns how many."""
@@ -151,8 +199,19 @@ class ExpertCache:
             self._requeue(key)
         return len(back)
 
-    def take(self, worker: str) -> ExpertJob | str | None:
-        """The next job for ``worker`` (now its lease), None when there is none, ``STOP`` when closed."""
+    @_locked
+    def take(self, worker: str, timeout: float = 0.0) -> ExpertJob | str | None:
+        """The next job for ``worker`` (now its lease), None when there is none within ``timeout`` seconds,
+        ``STOP`` when closed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self._take(worker)
+            left = deadline - time.monotonic()
+            if job is not None or left <= 0:
+                return job
+            self.changed.wait(min(left, 1.0))
+
+    def _take(self, worker: str) -> ExpertJob | str | None:
         if self.closed:
             return STOP
         self._expire()
@@ -165,6 +224,7 @@ class ExpertCache:
             return entry.job
         return None
 
+    @_locked
     def renew(self, key: str, worker: str) -> bool:
         """Extends ``worker``'s lease on ``key``; False: nobody waits for it any more, stop training it."""
         entry = self.entries.get(key)
@@ -178,6 +238,7 @@ class ExpertCache:
             entry.renewed = time.monotonic()
         return True
 
+    @_changes
     def done(self, key: str, worker: str, info: ExpertInfo) -> None:
         """The expert file is published."""
         entry = self.entries.get(key)
@@ -185,18 +246,21 @@ class ExpertCache:
             entry.state, entry.info, entry.worker = "done", info, worker
             self.trained += 1
 
+    @_changes
     def failed(self, key: str, worker: str, message: str) -> None:
         """A deterministic failure (a NaN loss): every waiter is told, nobody trains it again."""
         entry = self.entries.get(key)
         if entry is not None and entry.state != "done":
             entry.state, entry.error = "failed", message
 
+    @_changes
     def release(self, key: str, worker: str) -> None:
         """``worker`` could not finish (an error a retry may not repeat): the job goes back to the queue."""
         entry = self.entries.get(key)
         if entry is not None and entry.state == "training" and entry.worker == worker:
             self._requeue(key)
 
+    @_changes
     def lost(self, key: str) -> None:
         """The job's init could not be read (its owner died): waiters submit it again."""
         entry = self.entries.pop(key, None)
@@ -204,17 +268,21 @@ class ExpertCache:
             self.queue = collections.deque(k for k in self.queue if k != key)
 
     # -- the sweep ------------------------------------------------------------------------------------
+    @_changes
     def close(self) -> None:
         """The sweep is over: workers stop at their next ``take``."""
         self.closed = True
 
+    @_changes
     def break_down(self, message: str) -> None:
         """The training service stopped for good: waiters get ('error', message)."""
         self.broken = message
 
+    @_locked
     def pending(self) -> int:
         return sum(e.state in ("queued", "training") for e in self.entries.values())
 
+    @_locked
     def stats(self) -> dict:
         return {
             "trained": self.trained,
@@ -229,6 +297,7 @@ class ExpertCache:
         entry = self.entries[key]
         entry.state, entry.worker = "queued", None
         self.queue.appendleft(key)
+        self.changed.notify_all()  # (always under the lock) an idle worker takes it
 
     def _expire(self) -> None:
         """Jobs whose worker stopped renewing its lease go back to the front of the queue."""
@@ -261,17 +330,17 @@ def lease(cache, key: str, worker: str, every: float = LEASE_SECONDS / 6):
         stop.set()
 
 
-def obtain(cache, job: ExpertJob, owner: str, poll: float = POLL_SECONDS) -> tuple[str, Any]:
-    """Submits ``job`` for ``owner`` and waits: ('hit', None), ('done', ExpertInfo), ('failed', message),
-    ('error', message) or ('cancelled', None)."""
+def obtain(cache, job: ExpertJob, owner: str, wait: float = WAIT_SECONDS) -> tuple[str, Any]:
+    """Submits ``job`` for ``owner`` and waits (in the cache actor, woken when the job ends; asked again
+    every ``wait`` seconds): ('hit', None), ('done', ExpertInfo), ('failed', message), ('error', message)
+    or ('cancelled', None)."""
     while True:
         answer = ray.get(cache.submit.remote(job, owner))
         if answer in ("hit", "cancelled"):
             return (answer, None)
         while True:
-            state, value = ray.get(cache.status.remote(job.key, owner))
+            state, value = ray.get(cache.wait_status.remote(job.key, owner, wait))
             if state in ("done", "failed", "error"):
                 return (state, value)
             if state == "lost":
                 break  # submit again, with this trial's own init
-            time.sleep(poll)

@@ -32,7 +32,7 @@ from time_ray.core.contracts import ExperimentSettings, ExpertInfo
 from time_ray.core.experiment import Experiment
 from time_ray.core.finetune import NonFiniteLoss
 from time_ray.orchestration import faults
-from time_ray.orchestration.expert_cache import POLL_SECONDS, STOP, ExpertJob, expert_file, lease
+from time_ray.orchestration.expert_cache import STOP, TAKE_WAIT_SECONDS, ExpertJob, expert_file, lease
 from time_ray.orchestration.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -83,8 +83,7 @@ def serve_experts(loop: dict) -> None:
             job = box[0]
         if job == STOP:
             return
-        if job is None:
-            time.sleep(POLL_SECONDS)
+        if job is None:  # none within TAKE_WAIT_SECONDS: ask again
             continue
         assert isinstance(job, ExpertJob)
         if job.multitask not in experiments:
@@ -108,7 +107,7 @@ def serve_experts(loop: dict) -> None:
 def _next_job(queue, worker: str) -> tuple[ExpertJob | str | None, dict | None]:
     """The leader's next job and its init weights: (job, init), (None, None) when there is none (or its
     init is gone: its trial's driver died, and the trial submits it again), (STOP, None) at the end."""
-    job = ray.get(queue.take.remote(worker))
+    job = ray.get(queue.take.remote(worker, TAKE_WAIT_SECONDS))
     if not isinstance(job, ExpertJob):
         return job, None
     try:

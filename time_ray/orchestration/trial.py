@@ -42,7 +42,7 @@ from time_ray.orchestration.merge_actor import PoolHandle
 from time_ray.orchestration.storage import Storage
 
 logger = logging.getLogger(__name__)
-POLL_SECONDS = 0.2
+WAIT_SECONDS = 5.0  # the driver asks its pool at least this often while it waits for an expert
 
 
 class TrialRecorder:
@@ -100,6 +100,7 @@ class TrialDriver:
         self.actor = pool  # called as a merge actor of the trial's own
         self.failure: list[BaseException] = []
         self.training: threading.Thread | None = None
+        self.progress, self.events = threading.Condition(), 0  # the experts thread's news, for wait_for_expert
 
     def timestep_of(self, t: int) -> int:
         """The multitask reference trains once on the union; its result stands at the stream's end."""
@@ -136,7 +137,11 @@ class TrialDriver:
             raise
 
     def wait_for_expert(self, t: int) -> None:
+        """Until expert t is in the pool. The experts thread wakes this wait after each expert it links and
+        when it ends (``progress``), so the pool is asked only then (and every ``WAIT_SECONDS``)."""
         while True:
+            with self.progress:
+                seen = self.events
             # read before the pool: a thread that had ended by then did all it would do (it ends right
             # after linking the last expert)
             alive = self.training is not None and self.training.is_alive()
@@ -150,7 +155,15 @@ class TrialDriver:
                     f"policy {self.trial_id}: obtaining the experts stopped before expert {t} was "
                     f"stored: {cause or 'no error reported'}"
                 ) from cause
-            time.sleep(POLL_SECONDS)
+            with self.progress:
+                if self.events == seen:
+                    self.progress.wait(WAIT_SECONDS)
+
+    def _progressed(self) -> None:
+        """The experts thread linked an expert or ended: wakes ``wait_for_expert``."""
+        with self.progress:
+            self.events += 1
+            self.progress.notify_all()
 
     def record(self, timestep: int, records: list[dict], costs: TimestepCosts) -> None:
         row = self.recorder.record(timestep, records, costs)
@@ -160,7 +173,9 @@ class TrialDriver:
     def drive(self) -> None:
         """Continues after the last recorded timestep (all of them for a new trial)."""
         if ray.get(self.actor.n_experts.remote()) < self.experts:  # else: resumed, nothing to train
-            self.training = _in_thread(self.obtain_experts, f"experts-{self.trial_id}", self.failure)
+            self.training = _in_thread(
+                self.obtain_experts, f"experts-{self.trial_id}", self.failure, done=self._progressed
+            )
         if self.recorder.last_timestep < 0:
             records, costs = self.evaluate(0, subset=True)
             self.record(0, records, TimestepCosts(eval_seconds=costs.eval_seconds))  # theta_0 cost nothing
@@ -209,6 +224,7 @@ class TrialDriver:
             info = ExpertInfo.cache_hit() if answer == "hit" else value
             trained += not info.expert_cache_hit
             ray.get(self.actor.link_expert.remote(t, expert_file(key), info))
+            self._progressed()
         if trained == 0:
             which = f"all {self.experts}" if first == 1 else f"{self.experts - first + 1} remaining"
             worker_console()  # this runs in a Tune trial actor: the driver's console handler and level
@@ -234,14 +250,18 @@ def run_trial(
         driver.storage.write_text(f"trials/{driver.trial_id}/failed.json", json.dumps({"error": str(error)}))
 
 
-def _in_thread(work, name: str, failure: list) -> threading.Thread:
-    """Runs ``work`` in a daemon thread; what it raises goes to ``failure`` (re-raised by the driver)."""
+def _in_thread(work, name: str, failure: list, done=None) -> threading.Thread:
+    """Runs ``work`` in a daemon thread; what it raises goes to ``failure`` (re-raised by the driver);
+    ``done()`` is called when it ends, however it ends."""
 
     def run():
         try:
             work()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the driver
             failure.append(exc)
+        finally:
+            if done is not None:
+                done()
 
     thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
