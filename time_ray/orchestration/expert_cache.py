@@ -12,6 +12,10 @@ machine), the job goes back to the front of the queue and the next free worker t
 identically (each expert is a deterministic function of its init and task seed). A trial that ends
 (finished, failed, or stopped early by the scheduler) withdraws as a waiter (``cancel``): a queued job
 nobody else waits for is dropped, and one in training is stopped at its worker's next renewal.
+
+Nobody polls: the actor serves its calls on many threads under one lock, and a waiting trial
+(``wait_status``) or an idle worker (``take``) blocks in it until something changes (or a few seconds
+pass, when it simply asks again).
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ def _changes(method):
     return changing
 
 
-@ray.remote(num_cpus=0, max_concurrency=1000)
+@ray.remote(num_cpus=0, max_concurrency=256)  # more waiting calls queue for a thread: later, not lost
 class ExpertCache:
     """The sweep's expert cache and job queue (one actor per sweep, named). Its calls run on many threads
     under one lock; a change wakes the calls that wait for one."""
