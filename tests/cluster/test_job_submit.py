@@ -139,23 +139,28 @@ def ray_head(base: Path, env: dict):
             time.sleep(0.5)
         yield f"http://127.0.0.1:{ports['--dashboard-port']}", proc.pid, started
     finally:
-        started |= set(tree(proc.pid))
-        proc.send_signal(signal.SIGTERM)  # ray start --block stops what it started, then exits
+        stop_tree(proc, started, base)  # ray start --block stops what it started, then exits
+
+
+def stop_tree(proc: subprocess.Popen, started: set, base: Path) -> None:
+    """SIGTERM to ``proc`` (60 s to exit, then SIGKILL), then SIGKILL to whatever survived: the descendants
+    seen while it ran (``started``, added to here) and anything started from the temp dir ``base``."""
+    started |= set(tree(proc.pid))
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+    started |= {
+        p for p in psutil.process_iter(["cmdline"]) if any(str(base) in part for part in (p.info["cmdline"] or []))
+    }
+    for p in started:
         try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-        # whatever survived: descendants seen while it ran, and anything started from this temp dir
-        started |= {
-            p for p in psutil.process_iter(["cmdline"]) if any(str(base) in part for part in (p.info["cmdline"] or []))
-        }
-        for p in started:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(list(started), timeout=30)
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(list(started), timeout=30)
 
 
 def alive(p) -> bool:

@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from tests.cluster.test_job_submit import LOOPBACK, alive, free_ports, listening_addresses, psutil, tree
+from tests.cluster.test_job_submit import LOOPBACK, alive, free_ports, listening_addresses, stop_tree, tree
 from tests.orchestration.e2e_helpers import SETS
 from tests.orchestration.test_faults import assert_same_results
 
@@ -81,23 +80,7 @@ def loopback_cluster(cache_dir):
         ready = json.loads((base / "cluster.json").read_text())
         yield SimpleNamespace(**ready, token=token, env=env, pid=proc.pid)
     finally:
-        started |= set(tree(proc.pid))
-        proc.send_signal(signal.SIGTERM)  # Cluster.shutdown(): every node's processes, head last
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-        # whatever survived: descendants seen while it ran, and anything started from its temp dir
-        started |= {
-            p for p in psutil.process_iter(["cmdline"]) if any(str(base) in part for part in (p.info["cmdline"] or []))
-        }
-        for p in started:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(list(started), timeout=30)
+        stop_tree(proc, started, base)  # SIGTERM: Cluster.shutdown(), every node's processes, head last
         shutil.rmtree(base, ignore_errors=True)
     assert not [p for p in started if alive(p)]
 

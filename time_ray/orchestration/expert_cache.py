@@ -283,10 +283,6 @@ class ExpertCache:
         self.broken = message
 
     @_locked
-    def pending(self) -> int:
-        return sum(e.state in ("queued", "training") for e in self.entries.values())
-
-    @_locked
     def stats(self) -> dict:
         return {
             "trained": self.trained,

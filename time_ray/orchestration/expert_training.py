@@ -16,7 +16,9 @@ fails and every trial waiting for it records that failure instead of retrying.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -121,7 +123,7 @@ def _train(config, queue, worker, job, experiment, model, inner, device, local, 
     """One job: trained by the group, published by its leader (or failed / given back)."""
     fault = faults.train_step_hook(job.trial_id, job.t, inner)
     try:
-        with lease(queue, job.key, worker) if local == 0 else _no_lease() as unwanted:
+        with lease(queue, job.key, worker) if local == 0 else contextlib.nullcontext(threading.Event()) as unwanted:
 
             def on_step(step: int, loss: float) -> None:
                 if fault is not None:
@@ -154,18 +156,6 @@ def _train(config, queue, worker, job, experiment, model, inner, device, local, 
         save_atomic(models.state_dict_of(inner), storage.local(expert_file(job.key)))
         storage.push(expert_file(job.key))
         ray.get(queue.done.remote(job.key, worker, info))
-
-
-class _no_lease:
-    """A follower's stand-in for ``lease``: never unwanted."""
-
-    def __enter__(self):
-        import threading
-
-        return threading.Event()
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 @ray.remote(num_cpus=0, max_retries=0)
