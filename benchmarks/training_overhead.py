@@ -65,7 +65,6 @@ def run_steps(config: dict) -> dict:
 
     import torch
 
-    from time_ray.core import models
     from time_ray.core.experiment import Experiment, task_seed
     from time_ray.core.finetune import TrainSettings, finetune
 
@@ -83,16 +82,8 @@ def run_steps(config: dict) -> dict:
         if step == 1:
             marks["first_step"] = time.time()
 
-    finetune(
-        model,
-        experiment.bench,
-        experiment.captions(),
-        experiment.sampler(1, 0),
-        settings,
-        "cpu",
-        on_step=on_step,
-        image_size=models.image_size(experiment.arch),
-    )
+    with experiment.batches(1, 0, steps=config["steps"]) as batches:
+        finetune(model, batches, settings, "cpu", on_step=on_step)
     marks["end"] = time.time()
     marks["torch_threads"] = torch.get_num_threads()
     marks["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")

@@ -285,8 +285,7 @@ def _print_data(name: str, rows: list[dict], tasks: list[list[str]], size: int) 
     images = sum(r["n_train"] + r["n_test"] for r in rows)
     print(
         f"{name}: {len(rows)} datasets, {sum(r['classes'] for r in rows)} classes, {images:,} images "
-        f"({images * 3 * size * size * 2 / 2**30:,.2f} GiB decoded at {size} px, in every process that trains or "
-        "evaluates)"
+        f"(read per batch at {size} px; no process holds them)"
     )
     print(f"  {'dataset':<20} {'role':<11} {'classes':>7} {'train':>8} {'test':>7}  template | first caption")
     for r in rows:

@@ -409,12 +409,25 @@ def _absolute(value):
     return str(path.resolve()) if path.exists() else value  # a missing path is reported as typed
 
 
+def _absolute_patterns(value):
+    """Brace patterns of shard files (``stream.data.pretrain_shards``) made absolute from the current
+    directory; they name no one file, so they are not checked here (core.real_data.shards does)."""
+    if isinstance(value, list):
+        return [_absolute_patterns(v) for v in value]
+    if not isinstance(value, str) or "://" in value:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else Path.cwd() / path)
+
+
 def absolute_paths(cfg: SweepConfig) -> SweepConfig:
     """The config with its file and directory names absolute (``stream.data`` paths, a checkpoint in
     ``model.pretrained``), as seen from the directory the command was typed in."""
     data = cfg.stream.data
     if isinstance(data, dict):
         data = {k: _absolute(v) if k in PATH_OPTIONS else v for k, v in data.items()}
+        if "pretrain_shards" in data:
+            data["pretrain_shards"] = _absolute_patterns(data["pretrain_shards"])
         if isinstance(data.get("datasets"), list):
             data["datasets"] = [
                 {**d, "path": _absolute(d["path"])} if isinstance(d, dict) and "path" in d else d
@@ -460,6 +473,10 @@ def _validate_real(cfg: SweepConfig) -> None:
         "(e.g. {root: DIR, heldout: [...]} for fomo).",
     )
     catalog = validate_real_data(cfg.stream.benchmark, cfg.stream.data)
+    if cfg.stream.data.get("pretrain_shards") is not None:
+        from time_ray.core.real_data.shards import check_shards, expand_shards
+
+        check_shards(expand_shards(cfg.stream.data["pretrain_shards"]))
     # builtin with real data: theta_0 is pretrained on the pretrain-role datasets (core.base_model.real_data_base)
     _check(cfg.model.pretrained != "builtin" or any(d.role == "pretrain" for d in catalog.datasets), NO_PRETRAIN_DATA)
 
@@ -634,7 +651,8 @@ def experiment_settings(cfg: SweepConfig) -> ExperimentSettings:
         benchmark=cfg.stream.builtin,
         tasks=cfg.stream.tasks,
         benchmark_kind=cfg.stream.benchmark,
-        data=cfg.stream.data,
+        # real data: the augmentation default written out, so an expert's cache key names it
+        data=cfg.stream.data if cfg.stream.benchmark == "builtin" else {"augment": True, **(cfg.stream.data or {})},
         order=cfg.stream.order,
         stream_seed=cfg.stream.seed,
         mixture=cfg.stream.mixture,

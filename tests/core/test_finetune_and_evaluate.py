@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from time_ray.core import models
-from time_ray.core.base_model import caption_tokens
+from time_ray.core.batches import CaptionTokens, TrainBatches
 from time_ray.core.benchmark import BenchmarkSpec, build_benchmark
 from time_ray.core.evaluate import evaluate_all
 from time_ray.core.finetune import NonFiniteLoss, TrainSettings, clip_loss, finetune, lr_factor
@@ -55,13 +55,8 @@ def test_finetuning_both_towers_learns_a_task_and_evaluation_is_well_formed():
     before = models.state_dict_of(model)
     tokenize = models.tokenizer("tiny-clip")
     sampler = MixtureSampler(bench, make_stream(bench, 2), 1, Mixture(0, 1, 0), 24, seed=0)
-    stats = finetune(
-        model,
-        bench,
-        caption_tokens(bench, tokenize),
-        sampler,
-        TrainSettings(steps=60, batch_size=24, lr=2e-3, weight_decay=0.0),
-    )
+    batches = TrainBatches(bench, sampler, CaptionTokens(bench, tokenize), size=models.image_size("tiny-clip"))
+    stats = finetune(model, batches, TrainSettings(steps=60, batch_size=24, lr=2e-3, weight_decay=0.0))
     after = models.state_dict_of(model)
     assert stats["steps"] == 60 and math.isfinite(stats["loss"])
     assert not torch.equal(before["visual.conv1.weight"], after["visual.conv1.weight"])  # image tower
@@ -80,10 +75,5 @@ def test_a_non_finite_loss_names_the_step():
         model.logit_scale.fill_(float("nan"))
     sampler = MixtureSampler(bench, make_stream(bench, 2), 1, Mixture(), 8, seed=0)
     with pytest.raises(NonFiniteLoss, match="at step 1 of 5"):
-        finetune(
-            model,
-            bench,
-            caption_tokens(bench, models.tokenizer("tiny-clip")),
-            sampler,
-            TrainSettings(steps=5, batch_size=8),
-        )
+        batches = TrainBatches(bench, sampler, CaptionTokens(bench, models.tokenizer("tiny-clip")))
+        finetune(model, batches, TrainSettings(steps=5, batch_size=8))

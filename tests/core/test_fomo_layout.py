@@ -256,7 +256,7 @@ def test_authors_layout_loads_with_classes_templates_captions_and_roles(tree):
     assert flickr == [f"FLICKR30K scene {i} caption 0" for i in range(3)]  # one class per caption-only image
     # pixels: every DTD image shows its class's colour
     mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
-    for image_, label in zip(bench.train_images, bench.train_labels.tolist()):
+    for image_, label in zip(bench.train_images[:], bench.train_labels.tolist()):
         if label < 8:
             expected = (torch.tensor(colour(label), dtype=torch.float32).view(3, 1, 1) / 255 - mean) / std
             assert torch.allclose(image_.float(), expected.expand(3, 8, 8), atol=2e-2)
@@ -346,9 +346,9 @@ def write_config(tmp_path, data: dict, tasks: int = 5) -> str:
 
 
 def test_data_show_json_lists_datasets_and_the_task_cut_without_decoding(tree, tmp_path, capsys, monkeypatch):
-    import time_ray.core.real_data.common as common
+    import time_ray.core.images as images
 
-    monkeypatch.setattr(common, "load_image", lambda *a: pytest.fail("data show decoded an image"))
+    monkeypatch.setattr(images, "pixels", lambda *a: pytest.fail("data show decoded an image"))
     config = write_config(tmp_path, options(tree), tasks=5)
     assert main(["data", "show", config, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -408,8 +408,9 @@ def test_data_show_text_and_a_corrupt_image_is_not_read(tree, tmp_path, capsys):
     assert "show: 26 datasets" in out and "stream: 20 tasks of 1-2 (dataset, class) pairs" in out
     assert re.search(r"DTD\s+adaptation\s+8\s+16\s+8\s+A photo of a \{\} texture\. \| merged paisley train 0", out)
     assert re.search(r"FLICKR30K\s+retrieval\s+3\s+0\s+3\s+\{\} \| FLICKR30K scene 0 caption 0", out)
-    with pytest.raises(ConfigError, match=f"cannot read image {broken}"):
-        load_real_benchmark("fomo", options(tree, root=str(tmp_path / "data")), 8)
+    bench, _ = load_real_benchmark("fomo", options(tree, root=str(tmp_path / "data")), 8)
+    with pytest.raises(ConfigError, match=f"cannot read image {broken}"):  # named when a batch reads it
+        bench.train_images[[bench.train_images.paths.index(broken)]]
 
 
 def test_data_show_builtin_benchmark(capsys):

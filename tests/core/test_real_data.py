@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from time_ray.core.errors import ConfigError
+from time_ray.core.images import ImageFiles
 from time_ray.core.real_data import CLIP_MEAN, CLIP_STD, load_real_benchmark, validate_real_data
 
 MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
@@ -98,7 +99,7 @@ def test_fomo_loads_images_labels_roles_templates_and_captions(tmp_path):
     assert bench.generic_classes == [7, 8] and set(bench.pretrain_classes) == {5, 6, 7, 8}
     # held-out sets read their test split, pretrain-only ones their train split
     assert bench.train_images.shape == (7 * 3, 3, 16, 16) and bench.test_images.shape == (7, 3, 16, 16)
-    assert bench.train_images.dtype == torch.float16 and bench.test_images.dtype == torch.float16
+    assert isinstance(bench.train_images, ImageFiles) and isinstance(bench.test_images, ImageFiles)  # paths only
     assert bench.train_labels.dtype == torch.int64
     assert bench.train_labels.tolist() == [c for c in (0, 1, 2, 3, 4, 7, 8) for _ in range(3)]
     assert len(bench.train_captions) == 21 and len(bench.test_captions) == 7
@@ -106,7 +107,7 @@ def test_fomo_loads_images_labels_roles_templates_and_captions(tmp_path):
         (bench.train_images, bench.train_labels, bench.train_captions),
         (bench.test_images, bench.test_labels, bench.test_captions),
     ):
-        for image, label, caption in zip(images, labels.tolist(), captions):
+        for image, label, caption in zip(images[:], labels.tolist(), captions):
             name = bench.class_names[label]
             assert class_of(image, COLOURS) == name  # pixels belong to the labelled class
             assert caption.startswith(f"{name} number ")  # default_caption wins over the synthetic one
@@ -177,13 +178,16 @@ def test_fomo_errors_name_the_option_file_and_close_matches(tmp_path):
         validate_real_data("fomo", fomo_options(root))
 
 
-def test_unreadable_image_is_named_and_validation_does_not_decode_images(tmp_path):
+def test_unreadable_image_is_named_when_read_and_loading_decodes_nothing(tmp_path):
     root = write_fomo(tmp_path / "fomo")
     broken = root / "birds" / "img_birds" / "train" / "owl_1.png"
     broken.write_bytes(b"not a png")
     validate_real_data("fomo", fomo_options(root))  # cheap: no image is opened
+    bench, _ = load_real_benchmark("fomo", fomo_options(root), 16)  # the catalog only
+    at = bench.train_images.paths.index(broken)
+    bench.train_images[[at - 1]]  # its neighbour reads
     with pytest.raises(ConfigError, match=f"cannot read image {broken}"):
-        load_real_benchmark("fomo", fomo_options(root), 16)
+        bench.train_images[[at - 1, at]]
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -249,7 +253,7 @@ def test_folders_roles_templates_captions_and_explicit_splits(tmp_path):
     assert train[5:].sum() + test[5:].sum() == 4 and test[5:].sum() == 1  # round(0.2 * 4) test images
     assert bench.test_captions[:3] == ["a flower called rose.", "a flower called sun flower.", "a flower called tulip."]
     assert bench.train_captions[-1] == "a photo of a tree."
-    assert bench.train_images.dtype == torch.float16 and bench.train_images.shape == (21, 3, 16, 16)
+    assert isinstance(bench.train_images, ImageFiles) and bench.train_images.shape == (21, 3, 16, 16)
 
 
 def test_folders_split_is_class_stratified_and_seeded(tmp_path):
@@ -260,7 +264,7 @@ def test_folders_split_is_class_stratified_and_seeded(tmp_path):
         bench, _ = load_real_benchmark("folders", opts, 8)
         assert np.bincount(bench.test_labels.numpy()).tolist() == [3, 3, 3]
         assert np.bincount(bench.train_labels.numpy()).tolist() == [7, 7, 7]
-        blue = bench.test_images.float()[:, 2, 0, 0] * STD[2, 0, 0] + MEAN[2, 0, 0]  # which images were picked
+        blue = bench.test_images[:][:, 2, 0, 0] * STD[2, 0, 0] + MEAN[2, 0, 0]  # which images were picked
         return sorted(zip(bench.test_labels.tolist(), torch.round(blue * 255).tolist()))
 
     assert test_blue(0) == test_blue(0)

@@ -16,10 +16,12 @@ from safetensors.torch import load_file
 
 from time_ray.core import models
 from time_ray.core.atomic import write_text_atomic
+from time_ray.core.batches import CaptionTokens, TrainBatches
 from time_ray.core.benchmark import Benchmark, BenchmarkSpec, build_benchmark, cache_dir
 from time_ray.core.checkpoints import save_atomic
 from time_ray.core.errors import ConfigError
 from time_ray.core.finetune import TrainSettings, finetune
+from time_ray.core.images import ImageFiles
 from time_ray.core.stream import PretrainSampler
 
 logger = logging.getLogger(__name__)
@@ -33,14 +35,6 @@ class BaseTraining:
     lr: float = 1e-3
     weight_decay: float = 0.1
     seed: int = 0
-
-
-def caption_tokens(bench: Benchmark, tokenize, per_image: bool = False) -> torch.Tensor:
-    """Token ids of every train sample's caption, [n_train, context_length]: its class caption
-    (the dataset template), or its own per-image caption with ``per_image``."""
-    if per_image and bench.train_captions is not None:
-        return tokenize(bench.train_captions)
-    return tokenize([bench.caption(c) for c in range(len(bench.class_names))])[bench.train_labels]
 
 
 def builtin_key(arch: str, spec: BenchmarkSpec, recipe: BaseTraining) -> str:
@@ -69,11 +63,13 @@ def builtin_base(arch: str, spec: BenchmarkSpec, recipe: BaseTraining) -> tuple[
         logger.info("base model: reusing %s", path)
         return load_file(str(path)), path
     bench = build_benchmark(spec)
-    captions = caption_tokens(bench, models.tokenizer(arch))
+    captions = CaptionTokens(bench, models.tokenizer(arch))
     return _pretrain(arch, bench, captions, recipe, path, "the built-in pretraining pool"), path
 
 
-def _pretrain(arch: str, bench: Benchmark, captions: torch.Tensor, recipe: BaseTraining, path: Path, what: str) -> dict:
+def _pretrain(
+    arch: str, bench: Benchmark, captions: CaptionTokens, recipe: BaseTraining, path: Path, what: str
+) -> dict:
     """Pretrains ``arch`` with ``recipe`` on the pretraining classes of ``bench`` (PretrainSampler) and caches
     the weights at ``path``."""
     logger.info("base model: pretraining %s for %d steps on %s (once; cached at %s)", arch, recipe.steps, what, path)
@@ -93,7 +89,8 @@ def _pretrain(arch: str, bench: Benchmark, captions: torch.Tensor, recipe: BaseT
         weight_decay=recipe.weight_decay,
         seed=recipe.seed,
     )
-    finetune(model, bench, captions, sampler, settings, on_step=progress, image_size=models.image_size(arch))
+    with TrainBatches(bench, sampler, captions, "cpu", models.image_size(arch), steps=recipe.steps) as batches:
+        finetune(model, batches, settings, on_step=progress)
     state = models.state_dict_of(model)
     save_atomic(state, path)
     return state
@@ -112,12 +109,20 @@ def _digest(payload: dict) -> str:
 
 
 def data_digest(bench: Benchmark) -> str:
-    """Content hash of pretraining data: the decoded training images (after resizing and normalization),
-    their labels and captions, and the class names."""
+    """Content hash of pretraining data: the training images (the bytes of each file, read one at a time,
+    with the size and normalization they are read at; or a tensor's bytes), their labels and captions,
+    and the class names."""
     h = hashlib.sha256()
     h.update(json.dumps([bench.class_names, bench.train_captions], sort_keys=True).encode())
     h.update(bench.train_labels.numpy().tobytes())
-    h.update(bench.train_images.contiguous().numpy().tobytes())
+    images = bench.train_images
+    if isinstance(images, ImageFiles):
+        h.update(json.dumps([images.size, images.mean, images.std]).encode())
+        for path in images.paths:
+            with open(path, "rb") as f:
+                h.update(hashlib.file_digest(f, "sha256").digest())
+    else:
+        h.update(images.contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -189,7 +194,7 @@ def real_data_base(arch: str, kind: str, options: dict, recipe: BaseTraining) ->
         state = load_file(str(path))
     else:
         what = f"the pretrain-role data ({len(bench.train_labels)} images, {len(bench.class_names)} classes)"
-        captions = caption_tokens(bench, models.tokenizer(arch), per_image=True)
+        captions = CaptionTokens(bench, models.tokenizer(arch), per_image=True)
         state = _pretrain(arch, bench, captions, recipe, path, what)
     key = _files_key(arch, kind, options, recipe)
     if key:

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from time_ray.core.images import Images
+
 TEMPLATES = (
     "a photo of a {}.",
     "an image of the {}.",
@@ -90,13 +92,17 @@ class Benchmark:
     class_names: list[str]
     class_dataset: list[str]  # dataset name of each class ("pretrain" for generic concepts)
     datasets: dict[str, Dataset]
-    train_images: torch.Tensor  # [n, 3, H, W] (float16 on disk and in memory; cast per batch)
+    # the built-in benchmark: a [n, 3, H, W] float16 tensor (cast per batch); real data: ImageFiles
+    # (paths only, decoded per batch). Read either with core.images.read.
+    train_images: Images
     train_labels: torch.Tensor  # class id of each train image
-    test_images: torch.Tensor
+    test_images: Images
     test_labels: torch.Tensor
     train_captions: list[str] | None = None  # per-image captions (None: the class caption)
     test_captions: list[str] | None = None
     known_classes: tuple[int, ...] = ()  # adaptation classes the base model is pretrained on too
+    # every caption of each test image (a retrieval set's images may have several; None: test_captions)
+    test_caption_sets: list[tuple[str, ...]] | None = None
 
     def caption(self, class_id: int) -> str:
         """The class caption: its dataset's template filled with the class name."""
@@ -122,14 +128,6 @@ class Benchmark:
     def test_indices(self, classes) -> np.ndarray:
         mask = np.isin(self.test_labels.numpy(), np.asarray(list(classes), dtype=np.int64))
         return np.nonzero(mask)[0]
-
-
-def fit_images(images: torch.Tensor, size: int | None) -> torch.Tensor:
-    """Images as fp32 at the model's input size (bilinear resize when the benchmark's size differs)."""
-    images = images.float()
-    if size is not None and images.shape[-1] != size:
-        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    return images
 
 
 def _pseudo_words(n: int, rng: np.random.Generator) -> list[str]:

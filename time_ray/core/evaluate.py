@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from time_ray.core.benchmark import Benchmark, Dataset, fit_images
+from time_ray.core.benchmark import Benchmark, Dataset
+from time_ray.core.images import Images, read
 
 
 def eval_size(n_test: int, n_classes: int) -> int:
@@ -32,10 +33,15 @@ def eval_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.sort(np.asarray(picked))
 
 
-def _encode_images(model, images: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
+def _encode_images(model, images: Images, index: np.ndarray, device, batch_size: int = 512) -> torch.Tensor:
+    """Normalized image features of ``images[index]``, read ``batch_size`` at a time (core.images.read)."""
     size = _input_size(model)
+    index = np.asarray(index, dtype=np.int64)
     return torch.cat(
-        [model.encode_image(fit_images(chunk.to(device), size), normalize=True) for chunk in images.split(batch_size)]
+        [
+            model.encode_image(read(images, index[i : i + batch_size], device, size), normalize=True)
+            for i in range(0, len(index), batch_size)
+        ]
     )
 
 
@@ -53,7 +59,7 @@ def zero_shot_predictions(
     prompts = tokenize([ds.template.format(bench.class_names[c]) for c in ds.classes]).to(device)
     text = model.encode_text(prompts, normalize=True)
     classes = torch.tensor(ds.classes)
-    image = _encode_images(model, bench.test_images[torch.as_tensor(index)], device)
+    image = _encode_images(model, bench.test_images, index, device)
     return classes[(image @ text.T).argmax(dim=1).cpu()]
 
 
@@ -64,23 +70,31 @@ def zero_shot_accuracy(model, bench: Benchmark, tokenize, ds: Dataset, index: np
 
 @torch.no_grad()
 def recall_at_5(model, bench: Benchmark, tokenize, index: np.ndarray, device="cpu") -> float:
-    """Mean of image->text and text->image Recall@5 over the images ``index`` and their captions.
-    A caption text shared by several images counts as the same caption (a hit for each of them)."""
+    """Mean of image->text and text->image Recall@5 over the images ``index`` and all their captions (an
+    image may have several: ``bench.test_caption_sets``), as the TIME authors score retrieval
+    (``utils/metrics.py``, ``RecallAtK``): image->text averages over images (a hit when one of the image's
+    captions is among its 5 nearest captions), text->image over captions (a hit when the caption's image is
+    among its 5 nearest images). A caption text shared by several images counts as each one's caption."""
     assert bench.test_captions is not None, "the benchmark has no test captions (retrieval needs them)"
-    captions = [bench.test_captions[i] for i in index]
-    ids = {c: n for n, c in enumerate(dict.fromkeys(captions))}
-    caption_id = torch.tensor([ids[c] for c in captions])
+    sets = [
+        bench.test_caption_sets[i] if bench.test_caption_sets is not None else (bench.test_captions[i],) for i in index
+    ]
+    texts = [c for captions in sets for c in captions]
+    ids = {c: n for n, c in enumerate(dict.fromkeys(texts))}
+    owns = torch.zeros((len(sets), len(ids)), dtype=torch.bool)  # image i has caption text c
+    for i, captions in enumerate(sets):
+        owns[i, [ids[c] for c in captions]] = True
+    caption_id = torch.tensor([ids[c] for c in texts])
     text = torch.cat(
-        [
-            model.encode_text(tokenize(captions[i : i + 512]).to(device), normalize=True)
-            for i in range(0, len(captions), 512)
-        ]
+        [model.encode_text(tokenize(texts[i : i + 512]).to(device), normalize=True) for i in range(0, len(texts), 512)]
     )
-    image = _encode_images(model, bench.test_images[torch.as_tensor(index)], device)
-    sim = (image @ text.T).cpu()
-    k = min(5, len(index))
-    i2t = (caption_id[sim.topk(k, dim=1).indices] == caption_id[:, None]).any(dim=1).float().mean()
-    t2i = (caption_id[sim.T.topk(k, dim=1).indices] == caption_id[:, None]).any(dim=1).float().mean()
+    image = _encode_images(model, bench.test_images, index, device)
+    sim = (image @ text.T).cpu()  # [images, captions]
+    rows = torch.arange(len(sets))[:, None]
+    nearest = caption_id[sim.topk(min(5, len(texts)), dim=1).indices]  # text ids of each image's 5 nearest captions
+    i2t = owns[rows, nearest].any(dim=1).float().mean()
+    images = sim.T.topk(min(5, len(sets)), dim=1).indices  # each caption's 5 nearest images
+    t2i = owns[images, caption_id[:, None]].any(dim=1).float().mean()
     return float((i2t + t2i) / 2)
 
 

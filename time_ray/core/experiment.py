@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from time_ray.core import models
-from time_ray.core.base_model import caption_tokens
+from time_ray.core.batches import CaptionTokens, TrainBatches
 from time_ray.core.benchmark import Benchmark, build_benchmark
 from time_ray.core.contracts import ExperimentSettings, TrainingRecipe
 from time_ray.core.evaluate import evaluate_all
@@ -23,10 +23,18 @@ from time_ray.core.stream import Mixture, MixtureSampler, make_stream
 
 @functools.lru_cache(maxsize=2)
 def _real_benchmark(kind: str, options_json: str, image_size: int):
-    """Real data, decoded once per process."""
+    """Real data's catalog, scanned once per process (images are read per batch)."""
     from time_ray.core.real_data import load_real_benchmark
 
     return load_real_benchmark(kind, json.loads(options_json), image_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _pool_paths(spec_json: str) -> tuple:
+    """The pretraining pool's shard files (``pretrain_shards`` brace-expanded), once per process."""
+    from time_ray.core.real_data.shards import expand_shards
+
+    return tuple(expand_shards(json.loads(spec_json)))
 
 
 def task_seed(seed: int, t: int, rank: int = 0) -> int:
@@ -45,6 +53,8 @@ class Experiment:
     # the stream's tasks that evaluation reports one ``task`` record each for (None: ``stream``); the
     # multitask reference trains on one task, the union, and is still evaluated on the stream's tasks
     eval_tasks: list[list[int]] | None = None
+    augment: bool = False  # RandomResizedCrop on training images (real data)
+    pool_shards: tuple = ()  # the pretraining pool's tar shards (real data's pretrain_shards)
 
     @classmethod
     def from_settings(cls, s: ExperimentSettings, multitask: bool = False) -> Experiment:
@@ -57,7 +67,11 @@ class Experiment:
             )
         tasks = make_stream(bench, s.tasks, s.order, s.stream_seed, pairs)
         stream = [[c for task in tasks for c in task]] if multitask else tasks
+        data = s.data or {}
+        shards = data.get("pretrain_shards") if s.benchmark_kind != "builtin" else None
         return cls(
+            augment=s.benchmark_kind != "builtin" and bool(data.get("augment", True)),
+            pool_shards=_pool_paths(json.dumps(shards)) if shards else (),
             arch=s.arch,
             bench=bench,
             stream=stream,
@@ -80,15 +94,40 @@ class Experiment:
     def tokenize(self, texts):
         return models.tokenizer(self.arch)(texts)
 
-    def captions(self) -> torch.Tensor:
-        """Caption tokens of every train sample (class template, or per-image captions)."""
+    def captions(self) -> CaptionTokens:
+        """Caption tokens of train samples, made per batch (class template, or per-image captions)."""
         if not hasattr(self, "_captions"):
-            self._captions = caption_tokens(self.bench, models.tokenizer(self.arch), self.per_image_captions)
+            self._captions = CaptionTokens(self.bench, models.tokenizer(self.arch), self.per_image_captions)
         return self._captions
 
     def sampler(self, t: int, seed: int, rank: int = 0) -> MixtureSampler:
         return MixtureSampler(
-            self.bench, self.stream, t, self.mixture, self.training.batch_size, seed=task_seed(seed, t, rank)
+            self.bench,
+            self.stream,
+            t,
+            self.mixture,
+            self.training.batch_size,
+            seed=task_seed(seed, t, rank),
+            pool=bool(self.pool_shards),
+        )
+
+    def batches(self, t: int, seed: int, rank: int = 0, device="cpu", steps: int | None = None) -> TrainBatches:
+        """The training batches of task t: the sampler's, the pretraining pool's share (its shards in an
+        order of the task's seed, starting at shard t - 1), RandomResizedCrop when ``augment``."""
+        pool = None
+        if self.pool_shards:
+            from time_ray.core.real_data.shards import ShardStream
+
+            pool = ShardStream(list(self.pool_shards), seed=task_seed(seed, t, rank), start_shard=t - 1)
+        return TrainBatches(
+            self.bench,
+            self.sampler(t, seed, rank),
+            self.captions(),
+            device,
+            models.image_size(self.arch),
+            crop_seed=task_seed(seed, t, rank) if self.augment else None,
+            pool=pool,
+            steps=steps,
         )
 
     def train_expert(
@@ -98,23 +137,15 @@ class Experiment:
         ``on_step(step, loss)`` is called after every step."""
         settings = TrainSettings(steps=steps, seed=task_seed(seed, t, rank), **asdict(self.training))
         try:
-            return finetune(
-                model,
-                self.bench,
-                self.captions().to(device),
-                self.sampler(t, seed, rank),
-                settings,
-                device,
-                on_step=on_step,
-                image_size=models.image_size(self.arch),
-            )
+            with self.batches(t, seed, rank, device, steps) as batches:
+                return finetune(model, batches, settings, device, on_step=on_step)
         except NonFiniteLoss as exc:
             raise NonFiniteLoss(f"policy {label or '?'}: task {t}: {exc}") from exc
 
     def flops_per_step(self, model, device="cpu") -> float:
-        return flops_per_step(
-            model, self.bench, self.captions().to(device), self.sampler(1, 0), device, models.image_size(self.arch)
-        )
+        """FLOPs of one training step (a synthetic batch of the first task's batch length; no image read)."""
+        size, context = models.image_size(self.arch), models.context_length(self.arch)
+        return flops_per_step(model, self.sampler(1, 0).batch_len, size, context, device)
 
     def evaluate(self, model, device="cpu", subset: bool = False, seed: int = 0) -> list[dict]:
         """A record per dataset (roles 'adaptation' / 'heldout'), then one per task j of the stream

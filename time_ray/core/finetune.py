@@ -12,8 +12,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from time_ray.core.benchmark import Benchmark, fit_images
-
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -47,29 +45,9 @@ def lr_factor(step: int, total: int, warmup: float, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def batch_tensors(
-    bench: Benchmark, captions: torch.Tensor, index, device, image_size: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (fp32, at ``image_size``) and caption tokens of the train samples ``index``;
-    ``captions`` holds the tokens of every train sample's caption, [n_train, context]."""
-    index = torch.as_tensor(index)
-    return fit_images(bench.train_images[index].to(device), image_size), captions[index].to(device)
-
-
-def finetune(
-    model,
-    bench: Benchmark,
-    captions: torch.Tensor,
-    sampler,
-    settings: TrainSettings,
-    device: torch.device | str = "cpu",
-    on_step=None,
-    image_size: int | None = None,
-) -> dict:
-    """Trains ``model`` in place for ``settings.steps`` batches from ``sampler``.
-
-    ``captions`` is a [n_train, context] token tensor (see ``base_model.caption_tokens``). Returns steps,
-    seconds and the final loss.
+def finetune(model, batches, settings: TrainSettings, device: torch.device | str = "cpu", on_step=None) -> dict:
+    """Trains ``model`` in place for ``settings.steps`` batches from ``batches`` (core.batches.TrainBatches:
+    ``next()`` gives images and caption tokens on ``device``). Returns steps, seconds and the final loss.
     Raises :class:`NonFiniteLoss` naming the step where the loss stopped being finite.
     """
     torch.manual_seed(settings.seed)
@@ -88,7 +66,7 @@ def finetune(
     model.train()
     start, loss_value = time.perf_counter(), float("nan")
     for step in range(settings.steps):
-        images, tokens = batch_tensors(bench, captions, sampler.batch(), device, image_size)
+        images, tokens = batches.next()
         with torch.autocast(device_type=torch.device(device).type, dtype=torch.float16, enabled=use_amp):
             image_features, text_features, logit_scale = model(images, tokens)[:3]
             loss = clip_loss(image_features.float(), text_features.float(), logit_scale.float())
@@ -109,13 +87,15 @@ def finetune(
     return {"steps": settings.steps, "seconds": time.perf_counter() - start, "loss": loss_value}
 
 
-def flops_per_step(
-    model, bench: Benchmark, captions: torch.Tensor, sampler, device="cpu", image_size: int | None = None
-) -> float:
-    """FLOPs of one forward + backward pass on a real batch, counted by FlopCounterMode (spec §6)."""
+def flops_per_step(model, batch: int, image_size: int, context: int, device="cpu") -> float:
+    """FLOPs of one forward + backward pass on a batch of ``batch`` images of ``image_size`` px and captions
+    of ``context`` tokens, counted by FlopCounterMode. The count depends on the shapes only, so
+    the batch is synthetic: no image is read."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    images, tokens = batch_tensors(bench, captions, sampler.batch(), device, image_size)
+    images = torch.zeros((batch, 3, image_size, image_size), device=device)
+    tokens = torch.zeros((batch, context), dtype=torch.long, device=device)
+    tokens[:, 0], tokens[:, 1] = 1, 2  # a start and an end token: text pooling finds the end
     counter = FlopCounterMode(display=False)
     with counter:
         image_features, text_features, logit_scale = model(images, tokens)[:3]

@@ -83,6 +83,14 @@ def image_size(arch: str) -> int:
     return size[0] if isinstance(size, (tuple, list)) else size
 
 
+def context_length(arch: str) -> int:
+    """Tokens per caption of ``arch`` (its open_clip text config; 77 when unset)."""
+    _register_configs()
+    import open_clip
+
+    return int(open_clip.get_model_config(arch)["text_cfg"].get("context_length", 77))
+
+
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 

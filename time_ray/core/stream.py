@@ -61,15 +61,28 @@ def make_stream(
 
 class MixtureSampler:
     """Draws batches (indices into ``bench.train_images``) for task ``t`` of ``stream``: the
-    pretraining share from the generic concepts, the current task, and replay of tasks 1..t-1."""
+    pretraining share from the generic concepts, the current task, and replay of tasks 1..t-1.
+    With ``pool`` the pretraining share comes from a pretraining pool instead (core.batches): the
+    sampler draws none of it and says how many in ``pool_count``."""
 
-    def __init__(self, bench: Benchmark, stream: list[list[int]], t: int, mixture: Mixture, batch_size: int, seed: int):
+    def __init__(
+        self,
+        bench: Benchmark,
+        stream: list[list[int]],
+        t: int,
+        mixture: Mixture,
+        batch_size: int,
+        seed: int,
+        pool: bool = False,
+    ):
+        generic = np.zeros(0, dtype=np.int64) if pool else bench.train_indices(bench.generic_classes)
         self.sources: tuple[np.ndarray, ...] = (
-            bench.train_indices(bench.generic_classes),  # generic pretraining data, not held-out sets
+            generic,  # generic pretraining data, not held-out sets
             bench.train_indices(stream[t - 1]),
             bench.train_indices([c for task in stream[: t - 1] for c in task]),
         )
         self.counts: tuple[int, ...] = mixture.counts(batch_size, first_task=(t == 1))
+        self.pool_count = self.counts[0] if pool else 0
         self.rng = np.random.default_rng(seed)
 
     def batch(self) -> np.ndarray:
@@ -78,7 +91,13 @@ class MixtureSampler:
             for src, n in zip(self.sources, self.counts)
             if n > 0 and len(src) > 0
         ]
-        return np.concatenate(parts)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    @property
+    def batch_len(self) -> int:
+        """Samples per batch: the pool's share and the sources' that have data (a share whose source is
+        empty is left out)."""
+        return self.pool_count + sum(n for src, n in zip(self.sources, self.counts) if n > 0 and len(src) > 0)
 
 
 class PretrainSampler(MixtureSampler):
@@ -87,4 +106,5 @@ class PretrainSampler(MixtureSampler):
     def __init__(self, bench: Benchmark, batch_size: int, seed: int):
         self.sources = (bench.train_indices(bench.pretrain_classes),)
         self.counts = (batch_size,)
+        self.pool_count = 0
         self.rng = np.random.default_rng(seed)

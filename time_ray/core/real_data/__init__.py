@@ -9,9 +9,11 @@ Three layouts (``kind``), one module each:
 * ``table`` (:mod:`.table`): one CSV/parquet file, a row per image.
 
 Every kind also takes ``max_per_class`` (keep the first N images of each class and split),
-``mean``/``std`` (normalization; default OpenAI CLIP) and ``workers`` (image-decoding threads).
-Images are read RGB, the shorter side resized to ``image_size`` (bicubic), center cropped,
-scaled to [0, 1], normalized and stored float16. Datasets with role 'pretrain' become generic
+``mean``/``std`` (normalization; default OpenAI CLIP), ``workers`` (image-decoding threads per
+process), ``augment`` (RandomResizedCrop on training images; default true) and ``pretrain_shards``
+(the pretraining pool: webdataset tar shards, brace-expanded; :mod:`.shards`).
+No image is decoded here: a benchmark's images are :class:`~time_ray.core.images.ImageFiles`, read per
+batch (core.images: the authors' transforms, normalized on the device). Datasets with role 'pretrain' become generic
 pretraining-only classes (``class_dataset`` "pretrain"); 'heldout' ones are evaluated zero-shot.
 Mistakes raise :class:`~time_ray.core.errors.ConfigError` naming the option or file.
 """
@@ -60,7 +62,7 @@ def pretrain_catalog(kind: str, options: dict) -> Catalog:
 
 
 def load_pretrain_data(kind: str, options: dict, image_size: int) -> Benchmark:
-    """The pretrain-role datasets alone as a benchmark (their training images decoded, each with its own
+    """The pretrain-role datasets alone as a benchmark (their training images, each with its own
     caption; every class generic, class ids numbered within them), independent of the other datasets:
     what theta_0 is pretrained on, and what its cache key hashes."""
     bench, _ = assemble(kind, pretrain_catalog(kind, options), image_size, options or {})
@@ -76,8 +78,8 @@ def load_real_benchmark(kind: str, options: dict, image_size: int) -> tuple[Benc
 
 def outline_real_data(kind: str, options: dict) -> tuple[list[dict], Benchmark, list[int] | None]:
     """What ``time-ray data show`` prints, without decoding any image: one :func:`dataset_row` per
-    dataset (pretrain-only ones included), the benchmark with empty image tensors (labels, captions
-    and datasets complete) and the stream as in :func:`load_real_benchmark`."""
+    dataset (pretrain-only ones included), the benchmark (labels, captions and
+    datasets; images by path) and the stream as in :func:`load_real_benchmark`."""
     catalog = _catalog(kind, options or {})
     bench, stream = assemble(kind, catalog, None, options or {})
     return describe(catalog, bench), bench, stream

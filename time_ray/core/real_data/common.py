@@ -2,8 +2,8 @@
 
 Every layout reader first builds a :class:`Catalog` (metadata only: datasets, one :class:`Item` per
 image, and the stream order when a stream file gives one). ``validate_real_data`` stops there;
-``load_real_benchmark`` hands the catalog to :func:`assemble`, which numbers the classes, decodes
-the images and returns a :class:`~time_ray.core.benchmark.Benchmark`.
+``load_real_benchmark`` hands the catalog to :func:`assemble`, which numbers the classes and returns
+a :class:`~time_ray.core.benchmark.Benchmark` whose images are read per batch.
 """
 
 from __future__ import annotations
@@ -11,18 +11,17 @@ from __future__ import annotations
 import math
 import os
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
 import torch
-from PIL import Image
 
 from time_ray.core import errors
 from time_ray.core.benchmark import Benchmark, Dataset
 from time_ray.core.errors import ConfigError
+from time_ray.core.images import ImageFiles, default_workers
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -31,7 +30,7 @@ ROLES = ("adaptation", "heldout", "pretrain")
 KINDS = ("classification", "retrieval")
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-COMMON_OPTIONS = ("max_per_class", "mean", "std", "workers")
+COMMON_OPTIONS = ("max_per_class", "mean", "std", "workers", "augment", "pretrain_shards")
 
 
 @dataclass
@@ -50,6 +49,7 @@ class Item:
     split: str  # 'train' | 'test'
     path: Path
     caption: str
+    captions: tuple[str, ...] = ()  # every caption of the image when it has several (retrieval scores all)
 
 
 @dataclass
@@ -153,9 +153,15 @@ def common_settings(kind: str, options: dict) -> tuple[torch.Tensor, torch.Tenso
     cap = options.get("max_per_class")
     if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
         fail(kind, "max_per_class", f"expected a positive integer, got {cap!r}.")
-    workers = options.get("workers", min(8, os.cpu_count() or 1))
+    workers = options.get("workers", default_workers())
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         fail(kind, "workers", f"expected a positive integer, got {workers!r}.")
+    if not isinstance(options.get("augment", True), bool):
+        fail(
+            kind,
+            "augment",
+            f"expected true or false (RandomResizedCrop on training images), got {options['augment']!r}.",
+        )
     return stats[0], stats[1], cap, workers
 
 
@@ -241,30 +247,6 @@ def cap_items(items: list[Item], cap: int | None) -> list[Item]:
     return kept
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
-    """RGB, shorter side resized to ``size`` (bicubic), center crop; float32 [3, size, size] in [0, 1]."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-    except Exception as exc:  # PIL raises several types for unreadable files
-        raise ConfigError(f"real data: cannot read image {path}: {exc}") from None
-    w, h = image.size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    image = image.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-
-
-def _images(paths: list[Path], size: int, mean, std, workers: int) -> torch.Tensor:
-    out = torch.empty((len(paths), 3, size, size), dtype=torch.float16)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, image in enumerate(pool.map(lambda p: load_image(p, size), paths)):
-            out[i] = ((image - mean) / std).half()
-    return out
-
-
 def number_classes(catalog: Catalog) -> tuple[list[str], list[str], dict[str, Dataset], dict[tuple[str, str], int]]:
     """Class ids: datasets in catalog order, classes in each dataset's ``classes`` order (else sorted).
     Returns class names, the dataset of each class ("pretrain" for pretrain-only data), the
@@ -291,8 +273,8 @@ def number_classes(catalog: Catalog) -> tuple[list[str], list[str], dict[str, Da
 
 def assemble(kind: str, catalog: Catalog, image_size: int | None, options: dict) -> tuple[Benchmark, list[int] | None]:
     """The benchmark of the catalog (class ids from :func:`number_classes`) and the stream as class ids.
-    ``image_size`` None: no image is decoded (every image tensor has shape [n, 3, 0, 0]; labels and
-    captions are complete), for looking at the data before paying for it."""
+    No image is decoded: each split's images are :class:`~time_ray.core.images.ImageFiles` (paths), read
+    per batch at ``image_size`` (None: a size is given when reading)."""
     if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1):
         raise ConfigError(f"real data ({kind}): image_size must be a positive integer, got {image_size!r}.")
     mean, std, _, workers = common_settings(kind, options)
@@ -300,15 +282,14 @@ def assemble(kind: str, catalog: Catalog, image_size: int | None, options: dict)
     splits = {}
     for split in SPLITS:
         items = sorted((i for i in catalog.items if i.split == split), key=lambda i: ids[i.dataset, i.classname])
-        images = (
-            torch.empty((len(items), 3, 0, 0), dtype=torch.float16)
-            if image_size is None
-            else _images([i.path for i in items], image_size, mean, std, workers)
+        images = ImageFiles(
+            [i.path for i in items], image_size, mean.flatten().tolist(), std.flatten().tolist(), workers
         )
         splits[split] = (
             images,
             torch.tensor([ids[i.dataset, i.classname] for i in items], dtype=torch.int64),
             [i.caption for i in items],
+            [i.captions or (i.caption,) for i in items],
         )
     bench = Benchmark(
         class_names=class_names,
@@ -320,6 +301,7 @@ def assemble(kind: str, catalog: Catalog, image_size: int | None, options: dict)
         test_labels=splits["test"][1],
         train_captions=splits["train"][2],
         test_captions=splits["test"][2],
+        test_caption_sets=splits["test"][3] if any(len(c) > 1 for c in splits["test"][3]) else None,
     )
     stream = None if catalog.stream is None else [ids[pair] for pair in catalog.stream]
     return bench, stream

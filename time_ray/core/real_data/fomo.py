@@ -16,10 +16,11 @@ Info files, all in ``info_dir``:
   record's own ``classname`` may be spelled differently, e.g. "femur-left" for "femur left").
 
 Captions (their rule): ``default_caption`` when not null, else ``synthetic_merged_caption``; a list gives
-its first entry; with neither, the class caption. A dataset's prompt template is ``templates[DATASET]``,
-else its ``primer_caption`` with the record's class name replaced by ``{}`` (``"A photo of a {} texture."``
-for DTD), else ``"A photo of a {}."``. Records whose ``classname`` is null are caption-only: such a dataset
-is a retrieval set (Recall@5), one class per distinct caption, template ``"{}"``.
+its first entry for training and all its entries for retrieval scoring; with neither, the class caption.
+A dataset's prompt template is ``templates[DATASET]``, else its ``primer_caption`` with the record's
+class name replaced by ``{}`` (``"A photo of a {} texture."`` for DTD), else ``"A photo of a {}."``.
+Records whose ``classname`` is null are caption-only: such a dataset is a retrieval set (Recall@5), one
+class per distinct caption, template ``"{}"``.
 
 Roles: ``heldout`` and ``pretrain`` list datasets (their test / train split is read); the adaptation
 datasets are those of the stream file, else every other dataset with a train file. The stream file is a
@@ -196,6 +197,17 @@ def record_caption(record: dict) -> str | None:
     return None
 
 
+def record_captions(record: dict) -> tuple[str, ...]:
+    """Every caption of the field :func:`record_caption` takes its caption from (an image of a retrieval set
+    such as MSCOCO has five; the authors score retrieval over all of them)."""
+    for key in ("default_caption", "synthetic_merged_caption"):
+        value = record.get(key)
+        texts = [t.strip() for t in (value if isinstance(value, list) else [value]) if isinstance(t, str) and t.strip()]
+        if texts:
+            return tuple(dict.fromkeys(texts))
+    return ()
+
+
 def primer_template(records) -> str | None:
     """The template behind the records' ``primer_caption``: the first primer with one occurrence of its
     class name replaced by ``{}``, the occurrence that reproduces the most primers of other classes
@@ -279,7 +291,8 @@ def dataset_catalog(
                     )
                 classname = classes[target]
                 caption = caption or template.format(classname)
-            items.append(Item(name, classname, split, images / key, caption))
+            captions = record_captions(record) if caption_only else ()
+            items.append(Item(name, classname, split, images / key, caption, captions if len(captions) > 1 else ()))
     if caption_only:
         classes = list(dict.fromkeys(item.classname for item in items))
     kind = "retrieval" if caption_only or name in options.get("retrieval", []) else "classification"
