@@ -449,6 +449,27 @@ def _base_model_line(cfg) -> str:
     return f"base model: {pretrained} (loaded and checked against {arch})"
 
 
+def _data_path_line(data: dict) -> str:
+    """One line of ``time-ray plan``: how images are read, what they take on disk and in memory."""
+    gib = 2**30
+    if data["kind"] == "tensors":
+        return (
+            f"data path: the built-in benchmark, {data['images']:,} images held as tensors "
+            f"({data['memory_bytes'] / gib:.2f} GiB in each process that trains or evaluates)"
+        )
+    pool = (
+        f"; pretraining pool: {data['shards']:,} tar shard(s), {data['shard_bytes'] / gib:,.2f} GiB, streamed"
+        if data["shards"]
+        else "; no pretraining pool (stream.data.pretrain_shards)"
+    )
+    return (
+        f"data path: {data['images']:,} image files read per batch, no store built "
+        f"({data['disk_bytes'] / gib:,.2f} GiB on disk, estimated from a sample){pool}; at most "
+        f"{data['memory_bytes'] / 2**20:,.0f} MiB of pixels per process that trains or evaluates, a node holding "
+        f"one such process per training worker and evaluator; RandomResizedCrop {'on' if data['augment'] else 'off'}"
+    )
+
+
 def cmd_plan(args) -> int:
     from time_ray.config import load_config
     from time_ray.plan import make_plan
@@ -472,6 +493,7 @@ def cmd_plan(args) -> int:
         "the expert cache, which pools reference; EMA chains; theta_0)"
     )
     print(base)
+    print(_data_path_line(plan["data"]))
     _print_data("data", rows, tasks, size)
     if cfg.search.samples:
         print(

@@ -49,6 +49,33 @@ def asha_fraction(tasks: int, grace: int, reduction: int) -> float:
     return expected / tasks
 
 
+def data_path(cfg: SweepConfig) -> dict:
+    """How the sweep reads its images (no image decoded): for real data the image files, read per batch
+    (no store is built; docs/data.md), their bytes on disk (estimated from a sample), the pretraining
+    pool's shards, and the pixels one training or evaluating process holds at most."""
+    from time_ray.config import experiment_settings
+    from time_ray.core import models
+    from time_ray.core.experiment import Experiment
+    from time_ray.core.images import ImageFiles, disk_bytes, memory_per_process
+
+    experiment = Experiment.from_settings(experiment_settings(cfg))
+    bench, size = experiment.bench, models.image_size(cfg.model.arch)
+    splits = [bench.train_images, bench.test_images]
+    if not all(isinstance(images, ImageFiles) for images in splits):
+        held = sum(images.numel() * images.element_size() for images in splits if not isinstance(images, ImageFiles))
+        return {"kind": "tensors", "images": sum(len(i) for i in splits), "memory_bytes": held}
+    shards = list(experiment.pool_shards)
+    return {
+        "kind": "files",
+        "images": sum(len(i) for i in splits),
+        "disk_bytes": sum(disk_bytes(images.paths) for images in splits if isinstance(images, ImageFiles)),
+        "shards": len(shards),
+        "shard_bytes": sum(p.stat().st_size for p in shards),
+        "memory_bytes": memory_per_process(experiment.sampler(1, 0).batch_len, size),
+        "augment": experiment.augment,
+    }
+
+
 def make_plan(
     cfg: SweepConfig,
     flops_per_step: float | None = None,
@@ -85,4 +112,5 @@ def make_plan(
         # the expert cache holds each unique expert once (pools reference it); each trial's pool
         # holds its own EMA chain; plus theta_0
         "storage_bytes": model_bytes * (len(experts) + chains + 1),
+        "data": data_path(cfg),
     }

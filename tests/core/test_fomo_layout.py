@@ -15,6 +15,7 @@ from PIL import Image
 from time_ray.cli import main
 from time_ray.core.errors import ConfigError
 from time_ray.core.real_data import CLIP_MEAN, CLIP_STD, load_real_benchmark, validate_real_data
+from time_ray.core.real_data.example import write_shards
 from time_ray.core.real_data.fomo import scan
 
 # name -> (train split, test split, class names in target order, primer template (None: no primer_caption),
@@ -193,12 +194,14 @@ def write_authors_layout(base: Path) -> dict:
         "info_dir": info,
         "stream_file": streams / STREAM_NAME,
         "dtd_stream": streams / "datasets" / "dtd.json",
+        # the pretraining pool: webdataset shards as img2dataset writes them (the authors' DataComp shards)
+        "pretrain_shards": write_shards(base / "datacomp", shards=2, per_shard=6, size=16),
     }
 
 
 def fomo_overrides(paths: dict) -> list[str]:
     """--set arguments pointing configs/fomo-in-flux.yaml at a tree written by write_authors_layout."""
-    return [f"stream.data.{key}={paths[key]}" for key in ("root", "info_dir", "stream_file")]
+    return [f"stream.data.{key}={paths[key]}" for key in ("root", "info_dir", "stream_file", "pretrain_shards")]
 
 
 @pytest.fixture(scope="module")
@@ -543,6 +546,9 @@ def test_shipped_config_shows_and_plans_on_the_authors_layout(tree, capsys):
     out = capsys.readouterr().out
     assert "5 trials x 20 tasks" in out and "device-hours at 400 TFLOP/s" in out and out.count("steps/task=1420") == 5
     assert "base model: none" in out and "task 20:" in out and "zero-shot accuracy starts at chance" in out
+    line = next(x for x in out.splitlines() if x.startswith("data path:"))
+    assert "image files read per batch, no store built" in line and "pretraining pool: 2 tar shard(s)" in line
+    assert "RandomResizedCrop on" in line and "MiB of pixels per process" in line
 
 
 def test_outline_shows_pretrain_only_datasets_without_decoding(tree):
@@ -559,7 +565,7 @@ def test_outline_shows_pretrain_only_datasets_without_decoding(tree):
         "template": "A close-up light microscopy picture of {}.",
         "caption": "merged No DR",
     }
-    assert bench.train_images.shape == (len(bench.train_labels), 3, 0, 0)  # no pixels
+    assert bench.train_images.shape == (len(bench.train_labels), 3, 0, 0)  # paths, no size: nothing decoded
     assert bench.class_dataset[-2:] == ["pretrain", "pretrain"] and len(stream) == 22
 
 

@@ -195,6 +195,24 @@ class ImageFiles:
 
 
 Images = torch.Tensor | ImageFiles
+EVAL_BATCH = 512  # images per evaluation read (core.evaluate)
+
+
+def disk_bytes(paths: Sequence[Path], sample: int = 256) -> int:
+    """Bytes on disk of the files, estimated from ``sample`` of them spread evenly (a stat each); exact
+    when there are no more than ``sample``."""
+    if not paths:
+        return 0
+    picked = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, min(sample, len(paths)))]
+    sizes = [p.stat().st_size if p.is_file() else 0 for p in picked]
+    return round(sum(sizes) / len(sizes) * len(paths))
+
+
+def memory_per_process(batch: int, size: int) -> int:
+    """Bytes of pixels a training or evaluating process holds at most: training, two batches of uint8 (one
+    being decoded ahead) and one of fp32; evaluation, one read of EVAL_BATCH images in uint8 and fp32."""
+    pixels = 3 * size * size
+    return max(batch * pixels * (2 + 4), EVAL_BATCH * pixels * (1 + 4))
 
 
 def read(

@@ -9,7 +9,9 @@ groups (expert_training.py) take jobs, train them and publish the file, and the 
 A job in training is a lease its worker renews: when a worker dies (a killed process; Train restarts
 the group, whose leader re-registers and gives its job back at once) or stops renewing (a busy
 machine), the job goes back to the front of the queue and the next free worker trains it again,
-identically (each expert is a deterministic function of its init and task seed). A trial that ends
+identically (each expert is a deterministic function of its init and task seed). A worker killed for
+memory is the exception (``out_of_memory``): its job would be killed again, so it is not trained again,
+no worker takes another job, and the sweep stops with that error (memory.py). A trial that ends
 (finished, failed, or stopped early by the scheduler) withdraws as a waiter (``cancel``): a queued job
 nobody else waits for is dropped, and one in training is stopped at its worker's next renewal.
 
@@ -31,7 +33,7 @@ from typing import Any
 import ray
 
 from time_ray.core.contracts import ExpertInfo
-from time_ray.orchestration import faults
+from time_ray.orchestration import faults, memory
 from time_ray.orchestration.storage import Storage
 
 WAIT_SECONDS = 5.0  # a waiting trial's call returns at the latest after this long (then it asks again)
@@ -65,7 +67,7 @@ class _Entry:
     job: ExpertJob
     waiters: set[str]
     trainer: str  # the trial charged with the training cost (the first waiter still waiting)
-    state: str = "queued"  # queued | training | done | failed
+    state: str = "queued"  # queued | training | done | failed | killed (its worker was killed for memory)
     worker: str | None = None
     renewed: float = 0.0
     info: ExpertInfo | None = None
@@ -115,6 +117,9 @@ class ExpertCache:
         self.closed = False
         self.broken: str | None = None  # the training service stopped for good: why
         self.workers: dict[str, str] = {}  # worker -> the node it runs on
+        self.hosts: dict[str, tuple[str, float]] = {}  # worker -> its node's address and memory (bytes)
+        self.held: dict[str, str] = {}  # worker -> the job it took last
+        self.memory_kill: str | None = None  # a worker was killed for memory: the sweep's error
         self.trained = 0
         self.hits = 0
         self.taken_over = 0  # jobs whose lease ran out while a worker held them
@@ -144,7 +149,7 @@ class ExpertCache:
         while True:
             state = self._status(key, owner)
             left = deadline - time.monotonic()
-            if state[0] not in ("queued", "training") or left <= 0:
+            if state[0] not in ("queued", "training", "killed") or left <= 0:
                 return state
             self.changed.wait(min(left, 1.0))  # at least every second: leases expire meanwhile
 
@@ -156,7 +161,8 @@ class ExpertCache:
         """('done', ExpertInfo): the file is there (the training cost goes to the trial charged with it,
         a cache hit to every other waiter); ('failed', message): a deterministic failure (a NaN loss);
         ('error', message): the training service stopped; ('lost', None): the job's init is gone (its
-        trial's driver died), so submit again; else ('queued' | 'training', None)."""
+        trial's driver died), so submit again; else ('queued' | 'training' | 'killed', None): 'killed', its
+        worker was killed for memory and the sweep stops its trials."""
         self._expire()
         entry = self.entries.get(key)
         if entry is None:
@@ -194,10 +200,11 @@ class ExpertCache:
 
     # -- the training service's workers ---------------------------------------------------------------
     @_changes
-    def register(self, worker: str, node: str = "") -> int:
+    def register(self, worker: str, node: str = "", address: str = "", memory: float = 0.0) -> int:
         """A worker (group leader) starts, or starts again after a restart: a job it held goes back to
-        the front of the queue. Returns how many."""
+        the front of the queue. Returns how many. ``address`` and ``memory``: its node's, for messages."""
         self.workers[worker] = node
+        self.hosts[worker] = (address, memory)
         back = [k for k, e in self.entries.items() if e.state == "training" and e.worker == worker]
         for key in back:
             self._requeue(key)
@@ -216,7 +223,7 @@ class ExpertCache:
             self.changed.wait(min(left, 1.0))
 
     def _take(self, worker: str) -> ExpertJob | str | None:
-        if self.closed:
+        if self.closed or self.memory_kill is not None:  # after a memory kill the service winds down
             return STOP
         self._expire()
         while self.queue:
@@ -225,6 +232,7 @@ class ExpertCache:
                 continue
             entry.state, entry.worker, entry.renewed = "training", worker, time.monotonic()
             entry.runs += 1
+            self.held[worker] = entry.job.key
             return entry.job
         return None
 
@@ -263,6 +271,27 @@ class ExpertCache:
         entry = self.entries.get(key)
         if entry is not None and entry.state == "training" and entry.worker == worker:
             self._requeue(key)
+
+    @_changes
+    def out_of_memory(self, worker: str, rank: int, report: str, kernel: bool = False) -> str:
+        """A process of ``worker``'s group (Train world rank ``rank``) was killed for memory (``report``:
+        Ray's error text): the job the group held is not trained again (it would be killed the same way;
+        its waiters wait until the sweep stops them), no worker takes another job, and the sweep ends with
+        the returned message (the first kill's). ``kernel``: probably the Linux OOM killer."""
+        entry = self.entries.get(self.held.get(worker, ""))
+        if entry is not None and entry.state not in ("done", "failed"):
+            entry.state, entry.worker = "killed", None
+            self.queue = collections.deque(k for k in self.queue if k != entry.job.key)
+        if self.memory_kill is None:
+            address, size = self.hosts.get(worker, ("", 0.0))
+            process = f"expert-training worker (rank {rank})"
+            self.memory_kill = memory.out_of_memory_message(process, report, address, size, kernel=kernel)
+        return self.memory_kill
+
+    @_locked
+    def memory_killed(self) -> str | None:
+        """The message of the first worker killed for memory (None: none was)."""
+        return self.memory_kill
 
     @_changes
     def lost(self, key: str) -> None:

@@ -11,7 +11,9 @@ not once per trial, and the workers stay busy with whichever trial has work.
 
 Faults: a killed worker makes Train restart the group (``FailureConfig``); each leader re-registers and
 its job goes back to the queue, to be trained again identically. A NaN loss is deterministic: the job
-fails and every trial waiting for it records that failure instead of retrying.
+fails and every trial waiting for it records that failure instead of retrying. A worker killed for memory
+(or out of memory) would be killed again: Train's controller tells the queue (``MemoryKills``), which keeps
+the job from being trained again and stops the service, and the sweep ends with that error (memory.py).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from time_ray.core.checkpoints import save_atomic
 from time_ray.core.contracts import ExperimentSettings, ExpertInfo
 from time_ray.core.experiment import Experiment
 from time_ray.core.finetune import NonFiniteLoss
-from time_ray.orchestration import faults
+from time_ray.orchestration import faults, memory
 from time_ray.orchestration.expert_cache import STOP, TAKE_WAIT_SECONDS, ExpertJob, expert_file, lease
 from time_ray.orchestration.storage import Storage
 
@@ -75,7 +77,8 @@ def serve_experts(loop: dict) -> None:
     flops: dict[bool, float] = {}
     model = inner = None
     if local == 0:
-        ray.get(queue.register.remote(worker, ray.get_runtime_context().get_node_id()))
+        node = ray.get_runtime_context().get_node_id()
+        ray.get(queue.register.remote(worker, node, ray.util.get_node_ip_address(), memory.node_memory()))
     while True:
         job, init = _next_job(queue, worker) if local == 0 else (None, None)
         if k > 1:  # the leader's answer to the whole group (also when there is none: no idle collective)
@@ -141,8 +144,8 @@ def _train(config, queue, worker, job, experiment, model, inner, device, local, 
         if local == 0:
             ray.get(queue.failed.remote(job.key, worker, str(exc)))
         return
-    except BaseException:
-        if local == 0:
+    except BaseException as exc:
+        if local == 0 and not memory.is_out_of_memory(exc):  # a memory kill is not retried (MemoryKills)
             ray.get(queue.release.remote(job.key, worker))
         raise
     if local == 0:
@@ -158,12 +161,43 @@ def _train(config, queue, worker, job, experiment, model, inner, device, local, 
         ray.get(queue.done.remote(job.key, worker, info))
 
 
+class MemoryKills(ray.train.UserCallback):
+    """Runs in Train's controller when workers failed. A worker killed for memory (Ray's memory monitor;
+    a memory error it raised; or, on the controller's node, a plain death while the Linux OOM killer
+    struck: ``memory.KernelOomKills``) is reported to the job queue, which keeps its job from being trained
+    again and winds the service down, instead of Train retrying it up to ``SERVICE_MAX_FAILURES`` times."""
+
+    def __init__(self, queue: str, workers_per_expert: int):
+        self.queue, self.workers_per_expert = queue, workers_per_expert
+        self.kernel = memory.KernelOomKills()  # built on the controller's node (run_service's)
+        self.node = ray.util.get_node_ip_address()
+
+    def after_exception(self, run_context, worker_exceptions: dict) -> None:
+        kernel = None
+        for rank, error in sorted(worker_exceptions.items()):
+            report, probable = memory.memory_report(error), False
+            died = any(isinstance(e, ray.exceptions.RayActorError) for e in memory.causes(error))
+            if report is None and died and memory.node_of(str(error)) == self.node:
+                kernel = self.kernel.increased() if kernel is None else kernel
+                report, probable = (str(error), True) if kernel else (None, False)
+            if report is None:
+                continue
+            try:
+                queue = ray.get_actor(self.queue)
+                group = f"group-{rank // self.workers_per_expert}"
+                ray.get(queue.out_of_memory.remote(group, rank, report, probable), timeout=60)
+            except Exception as exc:  # noqa: BLE001 - then Train retries it, as any failure
+                logger.warning("time-ray: a worker killed for memory could not be reported: %s", exc)
+
+
 @ray.remote(num_cpus=0, max_retries=0)
 def run_service(config: ServiceConfig, trainer_kwargs: dict) -> None:
     """The service's Train run (its ``fit`` blocks here until the queue is closed). If it stops for good,
     the waiting trials are told why."""
     from ray.train.torch import TorchTrainer
 
+    # Train's controller runs on this node: the Linux OOM killer's count is read here
+    trainer_kwargs["run_config"].callbacks.append(MemoryKills(config.queue, config.workers_per_expert))
     try:
         TorchTrainer(serve_experts, train_loop_config={"service": config}, **trainer_kwargs).fit()
     except BaseException as exc:

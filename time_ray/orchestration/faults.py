@@ -11,6 +11,11 @@
       it; the other trials it serves reopen their pools too)
   {"fault": "crash_trial", "trial": "best-in-time", "after_timestep": 1}
       raise in the trial's driver after that timestep is recorded (Tune retries the trial, which resumes)
+  {"fault": "oom_train_worker", "trial": "offline-merge", "task": 1, "step": 3, "used_gb": 11.8, "total_gb": 12.0}
+      raise ray.exceptions.OutOfMemoryError in that worker after that step, with the report of Ray's memory
+      monitor (node memory used_gb of total_gb), as a call to a worker the monitor killed raises it. Unlike
+      the others it fires every time the step is reached (a job retried would be killed again); each time
+      leaves a marker file of its own, so a test counts how often the job got there
   {"fault": "nan", "trial": "offline-merge", "task": 1, "step": 3}
       make the model's weights NaN after that step: the next loss is NaN (a deterministic failure)
 
@@ -37,44 +42,61 @@ def _faults() -> list[dict]:
     return json.loads(text) if text else []
 
 
-def _fire_once(fault: dict) -> bool:
-    """True the first time ``fault`` is reached (claimed atomically with an exclusive create)."""
+def _fire_once(fault: dict, repeat: bool = False) -> bool:
+    """True the first time ``fault`` is reached (claimed atomically with an exclusive create); with
+    ``repeat`` every time, each leaving a numbered marker."""
     marker = Path(os.environ.get("TIME_RAY_FAULTS_DIR", "/tmp")) / (
         "fault-" + "-".join(f"{k}={v}" for k, v in sorted(fault.items())).replace("/", "_")
     )
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return False
-    os.close(fd)
-    return True
+    for n in range(1, 1000 if repeat else 2):
+        try:
+            fd = os.open(f"{marker}-{n}" if repeat else marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return True
+    return False
 
 
-def _matching(kind: str, trial_id: str, **where) -> dict | None:
+def _matching(kind: str, trial_id: str, repeat: bool = False, **where) -> dict | None:
     for fault in _faults():
         if (
             fault["fault"] == kind
             and fault.get("trial", "") in trial_id
             and all(fault.get(k) == v for k, v in where.items())
         ):
-            return fault if _fire_once(fault) else None
+            return fault if _fire_once(fault, repeat) else None
     return None
 
 
 def train_step_hook(trial_id: str, t: int, model):
     """``on_step`` for training task t of ``trial_id``, or None when no fault targets it."""
-    if not any(f["fault"] in ("kill_train_worker", "nan") for f in _faults()):
+    if not any(f["fault"] in ("kill_train_worker", "oom_train_worker", "nan") for f in _faults()):
         return None
 
     def on_step(step: int, loss: float) -> None:
         if _matching("kill_train_worker", trial_id, task=t, step=step):
             os.kill(os.getpid(), signal.SIGKILL)
+        if fault := _matching("oom_train_worker", trial_id, repeat=True, task=t, step=step):
+            raise _out_of_memory(fault)
         if _matching("nan", trial_id, task=t, step=step):
             with torch.no_grad():
                 for p in model.parameters():
                     p.fill_(float("nan"))
 
     return on_step
+
+
+def _out_of_memory(fault: dict) -> Exception:
+    """What a call to a worker killed by Ray's memory monitor raises (its report, this node's address)."""
+    import ray
+
+    used, total = float(fault.get("used_gb", 11.8)), float(fault.get("total_gb", 12.0))
+    return ray.exceptions.OutOfMemoryError(
+        "1 worker(s) were killed due to the node running low on memory. Memory on the node "
+        f"(IP: {ray.util.get_node_ip_address()}, ID: injected) was {used:.2f}GB used / {total:.2f}GB limit "
+        f"({used / total:f}), which exceeds the memory usage threshold of 0.950000"
+    )
 
 
 class InjectedCrash(RuntimeError):

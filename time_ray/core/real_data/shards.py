@@ -43,10 +43,10 @@ Stream semantics (:class:`ShardStream`):
   or a caption); captions longer than :data:`MAX_CAPTION_CHARS` characters are truncated and
   undecodable UTF-8 is replaced (U+FFFD); non-regular members (directories, links, devices) are
   ignored. A shard that cannot be opened or is truncated or corrupt midway ends there: the samples
-  it delivered before stay, the sample being assembled is dropped and reading goes on with the next
-  shard. Each shard with any of these problems gets one ``logging.warning`` naming it, with the
-  counts. If no shard of an epoch yields a sample, the stream raises :class:`ShardError` instead of
-  looping forever.
+  read before stay (the sample being assembled too when its image and caption were read whole) and
+  reading goes on with the next shard. Each shard with any of these problems gets one
+  ``logging.warning`` per pass naming it, with the counts. If no shard of an epoch yields a
+  sample, the stream raises :class:`ShardError` instead of looping forever.
 """
 
 from __future__ import annotations
@@ -211,7 +211,9 @@ def _patterns(spec: str | list[str]) -> list[str]:
         raise ShardError(f"{OPTION}: the list of shard patterns is empty; give at least one tar file.")
     for pattern in patterns:
         if not pattern.strip():
-            raise ShardError(f"{OPTION}: an empty shard pattern {pattern!r}; give a path such as /data/{{00000..00099}}.tar.")
+            raise ShardError(
+                f"{OPTION}: an empty shard pattern {pattern!r}; give a path such as /data/{{00000..00099}}.tar."
+            )
     return patterns
 
 
@@ -234,10 +236,14 @@ def _check_files(paths: list[Path]) -> None:
         except OSError as exc:
             raise ShardError(f"{OPTION}: the shard file {path} cannot be read: {exc.strerror or exc}.") from None
         if not stat.S_ISREG(info.st_mode):
-            raise ShardError(f"{OPTION}: the shard {path} is {_file_kind(info.st_mode)}; a shard must be a regular tar file.")
+            raise ShardError(
+                f"{OPTION}: the shard {path} is {_file_kind(info.st_mode)}; a shard must be a regular tar file."
+            )
         first = seen.setdefault((info.st_dev, info.st_ino), path)
         if first is not path:
-            raise ShardError(f"{OPTION}: the shard file {path} is listed twice (also as {first}); list each shard once.")
+            raise ShardError(
+                f"{OPTION}: the shard file {path} is listed twice (also as {first}); list each shard once."
+            )
     if missing:
         more = f" (and {len(missing) - 1} more of the {len(paths)} paths)" if len(missing) > 1 else ""
         raise ShardError(f"{OPTION}: the shard file {missing[0]} does not exist{more}.")
@@ -370,18 +376,25 @@ def _finish(sample: _Pending, shard: str, tally: _Tally) -> Iterator[Sample]:
     yield Sample(sample.key, sample.image, sample.caption, shard)
 
 
-def _group_samples(members: Iterable[tarfile.TarInfo], tar: tarfile.TarFile, shard: str, tally: _Tally) -> Iterator[Sample]:
+def _group_samples(
+    members: Iterable[tarfile.TarInfo], tar: tarfile.TarFile, shard: str, tally: _Tally
+) -> Iterator[Sample]:
     pending: _Pending | None = None
-    for info in members:
-        split = _split_name(info.name) if info.isreg() else None
-        if split is None:
-            continue
-        key, ext = split
-        if pending is None or pending.key != key:
-            if pending is not None:
-                yield from _finish(pending, shard, tally)
-            pending = _Pending(key)
-        _add_member(pending, ext, info, tar, tally)
+    try:
+        for info in members:
+            split = _split_name(info.name) if info.isreg() else None
+            if split is None:
+                continue
+            key, ext = split
+            if pending is None or pending.key != key:
+                if pending is not None:
+                    yield from _finish(pending, shard, tally)
+                pending = _Pending(key)
+            _add_member(pending, ext, info, tar, tally)
+    except _READ_ERRORS:
+        if pending is not None and pending.image is not None and pending.caption is not None:
+            yield from _finish(pending, shard, tally)  # every member it holds was read whole
+        raise
     if pending is not None:
         yield from _finish(pending, shard, tally)
 
@@ -443,13 +456,18 @@ def check_shards(paths: Sequence[Path]) -> None:
             f"{OPTION}: the shard file {path} is not a readable tar archive ({exc}); allowed: {_SHARD_FORMAT}."
         ) from None
     if first is None:
-        raise ShardError(f"{OPTION}: the shard file {path} holds no sample in its first {CHECK_MEMBERS} members; allowed: {_SHARD_FORMAT}.")
+        raise ShardError(
+            f"{OPTION}: the shard file {path} holds no sample in its first {CHECK_MEMBERS} members; "
+            f"allowed: {_SHARD_FORMAT}."
+        )
     key, extensions = first
-    lacks = [name for name, ok in (("an image", extensions & set(IMAGE_EXTENSIONS)), ("a caption (.txt)", CAPTION_EXTENSION in extensions)) if not ok]
+    image = "an image (" + "/".join("." + e for e in IMAGE_EXTENSIONS) + ")"
+    wanted = ((image, bool(extensions & set(IMAGE_EXTENSIONS))), ("a caption (.txt)", CAPTION_EXTENSION in extensions))
+    lacks = [name for name, present in wanted if not present]
     if lacks:
         found = ", ".join("." + e for e in sorted(extensions))
         raise ShardError(
-            f"{OPTION}: the first sample {key!r} of the shard file {path} has no {' and no '.join(lacks)} "
+            f"{OPTION}: the first sample {key!r} of the shard file {path} lacks {' and '.join(lacks)} "
             f"(members: {found}); allowed: {_SHARD_FORMAT}."
         )
 
