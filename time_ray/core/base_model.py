@@ -119,8 +119,11 @@ def data_digest(bench: Benchmark) -> str:
     if isinstance(images, ImageFiles):
         h.update(json.dumps([images.size, images.mean, images.std]).encode())
         for path in images.paths:
+            file_hash = hashlib.sha256()
             with open(path, "rb") as f:
-                h.update(hashlib.file_digest(f, "sha256").digest())
+                while chunk := f.read(1 << 20):
+                    file_hash.update(chunk)
+            h.update(file_hash.digest())
     else:
         h.update(images.contiguous().numpy().tobytes())
     return h.hexdigest()

@@ -235,9 +235,11 @@ def _cache_path(spec: BenchmarkSpec) -> Path:
 
 
 def save_benchmark(bench: Benchmark, directory: Path) -> None:
-    """Tensors as safetensors + structure as JSON, written to a temp dir and renamed into place."""
+    """Tensors as safetensors + structure as JSON, written to a temp dir and renamed into place (a benchmark
+    that holds its images as tensors: the built-in one)."""
     from safetensors.torch import save_file
 
+    assert isinstance(bench.train_images, torch.Tensor) and isinstance(bench.test_images, torch.Tensor)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
     tmp.mkdir(parents=True, exist_ok=True)
