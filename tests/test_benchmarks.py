@@ -99,3 +99,47 @@ def test_sweep_efficiency_quick_accounts_for_the_reduced_quickstart():
     assert results["targets"] == 2 and any(
         line.startswith("quickstart: Ray sweep wall / one-process") for line in lines
     )
+
+
+def test_data_loading_quick_reads_training_batches_through_the_real_path():
+    results, lines = run_quick("data_loading.py")
+    assert results["batch"] == 32 and results["batches"] == 4 and results["device"] in ("cpu", "cuda")
+    assert results["tree_images"] > 500 and results["train_images"] > 0 and results["pool_samples"] > 0
+    # task 2 of the mixture: the pretraining pool's share from the shards, the current task and replay
+    assert sum(results["batch_mix"].values()) == 32 and min(results["batch_mix"].values()) > 0
+    cpus = results["machine"]["cpus"]
+    assert results["workers"] == sorted({1, cpus})
+    assert set(results["by_workers"]) == {str(w) for w in results["workers"]}
+    for workers, entry in results["by_workers"].items():
+        for mode in ("prep", "next"):
+            measured = entry[mode]
+            assert measured["images_per_s"] > 0 and measured["images_per_cpu_s"] > 0, (workers, mode)
+            per_core = measured["images_per_s"] / min(int(workers), cpus)
+            assert measured["images_per_s_per_core"] == pytest.approx(per_core, abs=0.1)
+            assert [run["images"] for run in measured["runs"]] == [4 * 32]
+            assert measured["peak_rss_growth_mib"] >= 0 and measured["peak_anon_growth_mib"] >= 0
+    assert all(ms > 0 for ms in results["per_image_ms"].values())
+    assert results["peak_rss_mib"] >= results["rss_after_experiment_mib"] > 0
+    assert results["memory_bound_mib"] == pytest.approx(4 * 6 * 32 * 3 * 224 * 224 / (1 << 20) + 200, abs=0.1)
+    verdicts = [line for line in lines if line.endswith((" OK", " MISS"))]
+    assert len(verdicts) == 2 and "images/s per core" in verdicts[0] and verdicts[1].startswith("memory for images")
+
+
+@pytest.mark.e2e
+def test_real_model_e2e_quick_measures_every_process_of_the_sweep():
+    results, lines = run_quick("real_model_e2e.py")
+    assert results["rc"] == 0 and not results["timed_out"] and results["missing"] == []
+    assert results["trial_timesteps_found"] == results["trial_timesteps_expected"] == 6 and results["metrics_rows"] > 0
+    assert results["setup"]["arch"] == "tiny-clip" and results["setup"]["plan"].startswith("real-model-e2e: 2 trials")
+    assert results["cache_log"] == "experts trained 3, reused from the cache 1"
+    memory = results["memory"]
+    for name in ("driver", "train_worker", "merge_service", "evaluator", "trial_driver", "raylet", "gcs_server"):
+        entry = memory["by_class"][name]
+        assert entry["count"] >= 1 and entry["peak_rss_mib"] >= entry["peak_anon_mib"] > 0, name
+    assert memory["by_class"]["merge_service"]["rss_mib_by_mapping"]["anon"] > 0
+    assert memory["tree_peak_rss_mib"] >= memory["tree_peak_pss_mib"] > 0 and memory["pss_samples"] >= 1
+    assert set(memory["at_tree_peak_rss_mib"]) >= {"driver", "train_worker", "merge_service", "evaluator"}
+    assert results["limits_mib"]["merge_service"] == pytest.approx(7 * results["setup"]["model_mib"] + 1536, abs=0.5)
+    verdicts = [line for line in lines if line.endswith((" OK", " MISS"))]
+    assert len(verdicts) == 4 and verdicts[0].startswith("sweep finished: rc 0, 6/6") and verdicts[0].endswith(" OK")
+    assert [v.split(" peak RSS")[0] for v in verdicts[1:]] == ["largest Train worker", "merge actor", "evaluator"]

@@ -84,6 +84,9 @@ def open_rgb(source: Path | bytes, name: str, size: int) -> Image.Image:
                 )
             if min(image.size) >= 2 * size:
                 image.draft("RGB", (size, size))
+            if image.mode == "RGB":
+                image.load()  # already RGB: no converted copy
+                return image
             return image.convert("RGB")
     except ConfigError:
         raise
@@ -108,13 +111,13 @@ def eval_pixels(image: Image.Image, size: int) -> np.ndarray:
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
     image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
     left, top = (new_w - size) // 2, (new_h - size) // 2
-    return np.array(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
 def train_pixels(image: Image.Image, size: int, crop: Crop) -> np.ndarray:
     """RandomResizedCrop of ``crop`` resized to ``size`` x ``size`` (bicubic): uint8 [size, size, 3]."""
     box = crop.box(*image.size)
-    return np.array(image.resize((size, size), Image.Resampling.BICUBIC, box=box), dtype=np.uint8)
+    return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, box=box), dtype=np.uint8)
 
 
 def pixels(source: Path | bytes, name: str, size: int, crop: Crop | None) -> np.ndarray:
@@ -125,19 +128,20 @@ def pixels(source: Path | bytes, name: str, size: int, crop: Crop | None) -> np.
 def decode_batch(
     sources: Sequence[Path | bytes], names: Sequence[str], size: int, crops: Sequence[Crop] | None, pool
 ) -> torch.Tensor:
-    """uint8 [n, 3, size, size] of the sources (files or encoded bytes), decoded by ``pool``'s threads."""
-    out = torch.empty((len(sources), size, size, 3), dtype=torch.uint8)
+    """uint8 [n, 3, size, size] of the sources (files or encoded bytes), decoded by ``pool``'s threads into
+    one numpy buffer (torch is not called per image: each call would start its thread pool)."""
+    out = np.empty((len(sources), size, size, 3), dtype=np.uint8)
     jobs = [(src, name, size, None if crops is None else crops[i]) for i, (src, name) in enumerate(zip(sources, names))]
     for i, array in enumerate(pool.map(lambda job: pixels(*job), jobs)):
-        out[i] = torch.from_numpy(array)
-    return out.permute(0, 3, 1, 2)
+        out[i] = array
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
 def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 [n, 3, H, W] (on any device) -> fp32 (x / 255 - mean) / std on the same device."""
     mean_t = torch.tensor(mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
-    return (batch.float() / 255.0 - mean_t) / std_t
+    return batch.float().div_(255.0).sub_(mean_t).div_(std_t)  # in place: one fp32 copy of the batch
 
 
 def default_workers() -> int:
