@@ -449,22 +449,25 @@ def _base_model_line(cfg) -> str:
     return f"base model: {pretrained} (loaded and checked against {arch})"
 
 
+def _bytes(n: float) -> str:
+    return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
 def _data_path_line(data: dict) -> str:
     """One line of ``time-ray plan``: how images are read, what they take on disk and in memory."""
-    gib = 2**30
     if data["kind"] == "tensors":
         return (
             f"data path: the built-in benchmark, {data['images']:,} images held as tensors "
-            f"({data['memory_bytes'] / gib:.2f} GiB in each process that trains or evaluates)"
+            f"({_bytes(data['memory_bytes'])} in each process that trains or evaluates)"
         )
     pool = (
-        f"; pretraining pool: {data['shards']:,} tar shard(s), {data['shard_bytes'] / gib:,.2f} GiB, streamed"
+        f"; pretraining pool: {data['shards']:,} tar shard(s), {_bytes(data['shard_bytes'])}, streamed"
         if data["shards"]
         else "; no pretraining pool (stream.data.pretrain_shards)"
     )
     return (
         f"data path: {data['images']:,} image files read per batch, no store built "
-        f"({data['disk_bytes'] / gib:,.2f} GiB on disk, estimated from a sample){pool}; at most "
+        f"({_bytes(data['disk_bytes'])} on disk, estimated from a sample){pool}; at most "
         f"{data['memory_bytes'] / 2**20:,.0f} MiB of pixels per process that trains or evaluates, a node holding "
         f"one such process per training worker and evaluator; RandomResizedCrop {'on' if data['augment'] else 'off'}"
     )
@@ -615,7 +618,16 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("time-ray: error: %s.", _os_error(exc))
         return 2
     except Exception as exc:  # noqa: BLE001 - anything else is our bug: one line plus a log file
-        return _internal_error(exc)
+        from time_ray.orchestration import memory
+
+        report = memory.memory_report(exc)  # a Ray process killed for memory, seen here: one line too
+        if report is None:
+            return _internal_error(exc)
+        process, advice = memory.process_of(report, "a process of the sweep")
+        logger.error(
+            "time-ray: error: %s", " ".join(memory.out_of_memory_message(process, report, advice=advice).split())
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def _faults() -> list[dict]:
     return json.loads(text) if text else []
 
 
-def _fire_once(fault: dict, repeat: bool = False) -> bool:
+def _fire(fault: dict, repeat: bool = False) -> bool:
     """True the first time ``fault`` is reached (claimed atomically with an exclusive create); with
     ``repeat`` every time, each leaving a numbered marker."""
     marker = Path(os.environ.get("TIME_RAY_FAULTS_DIR", "/tmp")) / (
@@ -65,7 +65,7 @@ def _matching(kind: str, trial_id: str, repeat: bool = False, **where) -> dict |
             and fault.get("trial", "") in trial_id
             and all(fault.get(k) == v for k, v in where.items())
         ):
-            return fault if _fire_once(fault, repeat) else None
+            return fault if _fire(fault, repeat) else None
     return None
 
 

@@ -79,11 +79,11 @@ def memory_report(error: BaseException | str | None) -> str | None:
     for e in causes(error):
         if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":  # Ray's, torch's (GPU)
             return str(e).strip() or type(e).__name__
-    for e in causes(error):
-        text = str(e)
-        if _MARKERS.search(text):
-            return text
-    return None
+    found = None
+    for e in causes(error):  # the innermost report: a wrapper's text repeats it with its own lines
+        if _MARKERS.search(text := str(e)):
+            found = text
+    return found
 
 
 def is_out_of_memory(error: BaseException | str | None) -> bool:

@@ -8,8 +8,10 @@ import os
 import time
 
 from ray.tune import Callback
+from ray.tune.stopper import Stopper
 
 from time_ray.core.contracts import Trial
+from time_ray.orchestration import memory
 
 logger = logging.getLogger(__name__)
 QUIET_SECONDS = 60.0  # after this long without a line, one saying what is still running (a busy machine)
@@ -22,17 +24,22 @@ def last_line(error) -> str:
     return lines[-1] if lines else "no error reported"
 
 
-def trial_error(trial) -> str:
-    """The cause of a trial's latest failure, as one line: the end of the error file Tune has just
-    appended it to (in the trial's local directory; the copy in storage is synced later)."""
+def error_text(trial) -> str:
+    """A trial's latest failure, as Tune recorded it: the error file it has just appended the traceback to
+    (in the trial's local directory; the copy in storage is synced later)."""
     try:
         path = trial.error_file
         if path and os.path.exists(path):
             with open(path) as f:
-                return last_line(f.read())
-        return last_line(trial.get_error())
+                return f.read()
+        return str(trial.get_error() or "")
     except Exception:  # noqa: BLE001 - the cause is a courtesy; never fail the sweep over it
-        return "no error reported"
+        return ""
+
+
+def trial_error(trial) -> str:
+    """The cause of a trial's latest failure, as one line (the end of ``error_text``)."""
+    return last_line(error_text(trial))
 
 
 class ProgressPrinter(Callback):
@@ -88,15 +95,89 @@ class ProgressPrinter(Callback):
         )
 
     def on_trial_recover(self, iteration, trials, trial, **info):
+        if memory.is_out_of_memory(error_text(trial)):  # the sweep stops: its error says it (StopAtMemoryKill)
+            return
         self._line(
             f"policy {trial.config['trial_id']}: attempt {trial.num_failures + 1} of "
             f"{self.attempts} after: {trial_error(trial)}"
         )
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        if memory.is_out_of_memory(error_text(trial)):
+            return
         self._line(
             f"policy {trial.config['trial_id']}: failed after {trial.num_failures} attempt(s): {trial_error(trial)}"
         )
+
+
+class StopAtMemoryKill(Callback, Stopper):
+    """Stops every trial at the first process of the sweep killed for memory: a retry would be killed the
+    same way. Seen in a trial's failure (its driver, the evaluator or merge service actor it called: Ray
+    restarts those actors and retries the call up to their ``max_restarts``; the trial fails after that)
+    or reported by the training service to the expert cache (``ExpertCache.memory_killed``, asked at most
+    every ``interval`` seconds without blocking Tune's loop). ``message`` is the sweep's error then."""
+
+    def __init__(self, cache, interval: float = 1.0):
+        self.cache, self.interval = cache, interval
+        self.service: str | None = None  # the training service's report (the cache's)
+        self.trial: str | None = None  # a trial's
+        self.asking = None
+        self.asked = 0.0
+
+    def __getstate__(self) -> dict:  # Tune saves its stopper with the experiment's state: no call in flight
+        return {**self.__dict__, "asking": None}
+
+    def _seen(self, trial) -> None:
+        report = memory.memory_report(error_text(trial))
+        if report is not None and self.trial is None:
+            process, advice = memory.process_of(report)
+            if process == "trial driver":
+                process = f"trial driver of policy {trial.config['trial_id']}"
+            self.trial = memory.out_of_memory_message(process, report, advice=advice)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._seen(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._seen(trial)
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        """Tune asks every loop iteration (about 10 times a second)."""
+        if self.service is None and self.trial is None:
+            self._ask()
+        return self.message is not None
+
+    def _ask(self) -> None:
+        import ray
+
+        if self.asking is None:
+            if time.monotonic() - self.asked >= self.interval:
+                self.asked, self.asking = time.monotonic(), self.cache.memory_killed.remote()
+            return
+        if ray.wait([self.asking], timeout=0)[0]:
+            try:
+                self.service = ray.get(self.asking)
+            except Exception:  # noqa: BLE001 - asked again; a lost cache fails the trials anyway
+                pass
+            self.asking = None
+
+    def final(self) -> str | None:
+        """After the trials ended: the cache's report, asked once more (it may have come last)."""
+        import ray
+
+        if self.service is None:
+            try:
+                self.service = ray.get(self.cache.memory_killed.remote(), timeout=30)
+            except Exception:  # noqa: BLE001
+                pass
+        return self.message
+
+    @property
+    def message(self) -> str | None:
+        return self.service or self.trial
 
 
 class WithdrawEndedTrials(Callback):

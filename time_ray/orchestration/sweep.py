@@ -25,6 +25,7 @@ from time_ray.core.results import (
     trials_json,
     write_parquet_atomic,
 )
+from time_ray.orchestration.memory import OutOfMemory
 from time_ray.orchestration.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -205,7 +206,13 @@ def run_sweep(
     if base is not None:
         save_atomic(base, storage.local("base.safetensors"))
         storage.push("base.safetensors")
-    failed = _run_trials(cfg, todo, storage, verbose, ray_temp_dir, last) if todo else {}
+    try:
+        failed = _run_trials(cfg, todo, storage, verbose, ray_temp_dir, last) if todo else {}
+    except OutOfMemory as exc:  # a process was killed for memory: the sweep stopped instead of retrying
+        collect(storage, trials, cfg.stream.tasks)
+        raise OutOfMemory(
+            f"{exc}. Every recorded timestep is kept in {storage.display()}; rerun with --resume after the change."
+        ) from None
     steps = collect(storage, trials, cfg.stream.tasks)  # what finished is always written
     if failed:
         details = "; ".join(f"{trial_id}: {error}" for trial_id, error in failed.items())
@@ -223,7 +230,7 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
     from ray import tune
 
     from time_ray.orchestration.local_ray import init_ray
-    from time_ray.orchestration.progress import ProgressPrinter, WithdrawEndedTrials, last_line
+    from time_ray.orchestration.progress import ProgressPrinter, StopAtMemoryKill, WithdrawEndedTrials, last_line
     from time_ray.orchestration.trial import run_trial
 
     cluster = init_ray(verbose=verbose, temp_dir=ray_temp_dir)
@@ -264,6 +271,7 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
     evaluators = start_evaluators(run.settings, list(by_id), n_eval) if n_eval else {}
     # trials, run context, pool and evaluator handles reach every trial through the object store, once
     trainable = tune.with_parameters(run_trial, trials=by_id, run=run, pools=pools, evaluators=evaluators)
+    memory_kill = StopAtMemoryKill(cache)  # a process killed for memory stops the sweep: a retry would be too
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": DRIVER_CPU}),
         param_space={"trial_id": tune.grid_search(list(by_id))},
@@ -277,8 +285,10 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
             name="tune",
             storage_path=storage.ray_path("ray"),
             verbose=0,
+            stop=memory_kill,
             failure_config=tune.FailureConfig(max_failures=TRIAL_MAX_FAILURES),
             callbacks=[
+                memory_kill,
                 WithdrawEndedTrials(cache),
                 ProgressPrinter(
                     todo, cfg.stream.tasks, TRIAL_MAX_FAILURES, {t.trial_id: last.get(t.trial_id, -1) for t in todo}
@@ -308,6 +318,8 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
     )
     logger.info(f"time-ray: experts trained {counts['trained']}, reused from the cache {counts['hits']}{again}")
     log_merge_service(service)
+    if (killed := memory_kill.final()) is not None:  # its trials were stopped, not finished, early or failed
+        raise OutOfMemory(killed)
     failed = {
         t.trial_id: json.loads(text)["error"]
         for t in todo
