@@ -142,4 +142,5 @@ def test_real_model_e2e_quick_measures_every_process_of_the_sweep():
     assert results["limits_mib"]["merge_service"] == pytest.approx(7 * results["setup"]["model_mib"] + 1536, abs=0.5)
     verdicts = [line for line in lines if line.endswith((" OK", " MISS"))]
     assert len(verdicts) == 4 and verdicts[0].startswith("sweep finished: rc 0, 6/6") and verdicts[0].endswith(" OK")
-    assert [v.split(" peak RSS")[0] for v in verdicts[1:]] == ["largest Train worker", "merge actor", "evaluator"]
+    processes = [v.split(" peak private memory")[0] for v in verdicts[1:]]
+    assert processes == ["largest Train worker", "merge actor", "evaluator"]
