@@ -4,7 +4,7 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# torch pins of this project's machines (DEVELOPERS.md): the x86_64 build comes from local disk
+# torch pins: on x86_64 the build of torch 2.14.1 / torchvision 0.29.1; on aarch64 the CPU build of 2.9.1
 TORCH  := $(if $(filter aarch64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
 OUTPUT ?= results/quickstart
 

@@ -21,7 +21,7 @@ before it a Train run per expert) versus the same steps in a plain PyTorch loop.
 * Rounds run plain, Ray Train, Ray task in turn (``--repeats``, default 3); medians. The overhead is the
   median over rounds of wall / plain wall - 1 within a round (runs close in time: other users' load moves
   them together). These are the "before" columns: a fresh Train run per expert.
-* The service (issue 18), after those rounds on the same local Ray: the sweep's ``ExpertCache`` actor
+* The service, after those rounds on the same local Ray: the sweep's ``ExpertCache`` actor
   (named; it is the job queue) and the expert-training service (``expert_training.start_service``) with
   1 worker group of 1 worker with the same resources (``sweep.worker_resources(cfg, cluster, 1)``: the
   worker holds nearly every CPU, so the service starts after the per-run rounds, whose Train workers
@@ -38,7 +38,7 @@ before it a Train run per expert) versus the same steps in a plain PyTorch loop.
   ``service_overhead_vs_loop`` compares with the plain wall less that setup (a one-process loop that
   keeps its experiment between experts). The queue is closed at the end and the service's task waited for.
   ``ray_worker_time_ray``: where a Ray worker imported time_ray from (workers inherit PYTHONPATH).
-Targets: the service's overhead <= 10% at 200 steps (the quickstart's size; issue 18); the per-run
+Targets: the service's overhead <= 10% at 200 steps (the quickstart's size); the per-run
 Train overhead at the larger size is reported as before, for comparison.
 """
 
@@ -338,7 +338,7 @@ def main(argv=None) -> int:
         results,
         [
             verdict(
-                f"Ray Train overhead at {max(sizes)} steps, a Train run per expert (before issue 18)",
+                f"Ray Train overhead at {max(sizes)} steps, a Train run per expert (the earlier design)",
                 100 * largest["overhead"],
                 "<= 10%",
                 largest["overhead"] <= 0.10,

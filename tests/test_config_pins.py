@@ -14,7 +14,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 FINGERPRINTS = {
     "quickstart.yaml": "628200a209eb115e",
     "search.yaml": "c59b7779064d883b",
-    "policy-space.yaml": "acbc67a8b6249635",  # changed on purpose: opcm, tsv_m and iso_c added (issue 17)
+    "policy-space.yaml": "acbc67a8b6249635",  # changed on purpose: opcm, tsv_m and iso_c added
     "findings-t20.yaml": "0fbb968f17e27ce0",
     "findings.yaml": "ca89be81a59c6526",
 }

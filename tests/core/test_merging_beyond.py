@@ -1,4 +1,4 @@
-"""Beyond the paper (issue 17): TSV-M, Iso-C (spec-only techniques) and the OPCM chain (a strategy):
+"""Beyond the paper: TSV-M, Iso-C (spec-only techniques) and the OPCM chain (a strategy):
 hand-computed cases, their defining properties, and their use through the technique registry, the
 strategies and the config."""
 

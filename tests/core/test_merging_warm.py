@@ -1,4 +1,4 @@
-"""Cold is warm (issue 17 item 4): an expert's thresholds are computed when it enters a pool
+"""Cold is warm: an expert's thresholds are computed when it enters a pool
 (``CheckpointPool.warm_expert``), kept in the executor's cache and in sidecar files, so no merge of the pool
 selects thresholds; results equal the cold merge bit for bit; a restarted pool (new cache, sidecars present)
 is warm too; a damaged or mismatched sidecar is ignored and the thresholds selected again."""

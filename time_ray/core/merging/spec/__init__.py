@@ -1,4 +1,4 @@
-"""The spec layer (issue 17): every merging technique as a small definition that reads like its paper.
+"""The spec layer: every merging technique as a small definition that reads like its paper.
 
 A spec takes whole models and returns the merged model:
 

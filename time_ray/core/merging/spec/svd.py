@@ -1,4 +1,4 @@
-"""SVD-based merging (issue 17, beyond the paper): TSV-M and Iso-C, each a spec that is also an executable
+"""SVD-based merging (beyond the paper): TSV-M and Iso-C, each a spec that is also an executable
 technique (``@spec(..., executable=True)``).
 
 Both work per weight *matrix*: every floating-point tensor with two dimensions (linear and attention
