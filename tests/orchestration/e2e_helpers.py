@@ -1,8 +1,11 @@
 """What the end-to-end tests share: the reduced quickstart and how to run the CLI in a subprocess."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 REDUCED = [
     "stream.tasks=2",
@@ -28,3 +31,31 @@ def run_cli(args, cache_dir, ray_tmp, timeout=900):
 
 
 SETS = [arg for s in REDUCED for arg in ("--set", s)]
+
+
+def kill_once_recorded(args, out: Path, cache_dir, ray_tmp: str, timestep: int = 1, wait: float = 600) -> None:
+    """Starts ``time-ray ARGS`` in a session of its own and SIGKILLs the whole process group (driver,
+    embedded Ray and its workers) once a trial of ``out`` has recorded ``timestep``."""
+    import pandas as pd
+
+    env = {**os.environ, "TIME_RAY_CACHE": str(cache_dir), "RAY_TMPDIR": ray_tmp}
+    env.pop("RAY_ADDRESS", None)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "time_ray", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + wait
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            done = [pd.read_parquet(p).timestep.max() for p in out.glob("trials/*/timesteps.parquet")]
+            if any(t >= timestep for t in done):
+                break
+            time.sleep(0.5)
+        assert driver.poll() is None, "the sweep ended before it could be killed"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(30)
+        subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)  # Ray processes that left the group

@@ -3,20 +3,15 @@ against the uninterrupted reduced quickstart (`reduced_quickstart`): same metric
 no duplicate or missing rows. Faults come from TIME_RAY_FAULTS (time_ray/orchestration/faults.py)."""
 
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.orchestration.e2e_helpers import SETS, run_cli
+from tests.orchestration.e2e_helpers import SETS, kill_once_recorded, run_cli
 from time_ray.core.checkpoints import verify
 
 KEYS = ["trial_id", "timestep", "dataset"]
@@ -95,28 +90,8 @@ def test_killed_driver_resumes_where_it_stopped(reduced_quickstart, cache_dir, t
     work (a trial with recorded timesteps does not report timestep 0 again) and the results equal
     the reference."""
     reference, _ = reduced_quickstart
-    out, ray_tmp = tmp_path / "out", ray_dir()
-    env = {**os.environ, "TIME_RAY_CACHE": str(cache_dir), "RAY_TMPDIR": ray_tmp}
-    env.pop("RAY_ADDRESS", None)
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "time_ray", "sweep", "configs/quickstart.yaml", "--output", str(out), *SETS],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline and driver.poll() is None:
-            done = [pd.read_parquet(p).timestep.max() for p in out.glob("trials/*/timesteps.parquet")]
-            if any(t >= 1 for t in done):
-                break
-            time.sleep(0.5)
-        assert driver.poll() is None, "the sweep ended before the fault could be injected"
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(30)
-        subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)  # Ray processes that left the group
+    out = tmp_path / "out"
+    kill_once_recorded(["sweep", "configs/quickstart.yaml", "--output", str(out), *SETS], out, cache_dir, ray_dir())
     recorded = {p.parent.name: int(pd.read_parquet(p).timestep.max()) for p in out.glob("trials/*/timesteps.parquet")}
     assert any(t >= 1 for t in recorded.values()) and not all(t == 2 for t in recorded.values())
 

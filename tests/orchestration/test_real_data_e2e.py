@@ -2,16 +2,10 @@
 pretraining share of every batch streamed from webdataset shards, RandomResizedCrop on. A sweep killed
 after a trial recorded timestep 1 and resumed gives every value of the uninterrupted one."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import pandas as pd
 import pytest
 
-from tests.orchestration.e2e_helpers import run_cli
+from tests.orchestration.e2e_helpers import kill_once_recorded, run_cli
 from tests.orchestration.test_faults import assert_same_results, ray_dir
 from time_ray.core.real_data.example import write_fomo_layout, write_shards
 
@@ -65,28 +59,8 @@ def test_a_sweep_reads_the_pretraining_pool_and_the_authors_layout(uninterrupted
 
 @pytest.mark.e2e
 def test_killed_real_data_sweep_resumes_to_the_same_values(uninterrupted, real_config, cache_dir, tmp_path):
-    out, ray_tmp = tmp_path / "out", ray_dir()
-    env = {**os.environ, "TIME_RAY_CACHE": str(cache_dir), "RAY_TMPDIR": ray_tmp}
-    env.pop("RAY_ADDRESS", None)
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "time_ray", "sweep", str(real_config), "--output", str(out)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline and driver.poll() is None:
-            done = [pd.read_parquet(p).timestep.max() for p in out.glob("trials/*/timesteps.parquet")]
-            if any(t >= 1 for t in done):
-                break
-            time.sleep(0.5)
-        assert driver.poll() is None, "the sweep ended before it could be killed"
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(30)
-        subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)
+    out = tmp_path / "out"
+    kill_once_recorded(["sweep", str(real_config), "--output", str(out)], out, cache_dir, ray_dir())
     resumed = run_cli(["sweep", str(real_config), "--output", str(out), "--resume"], cache_dir, ray_dir())
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-6000:]
     assert_same_results(out, uninterrupted)
