@@ -98,6 +98,6 @@ def test_a_quickstart_like_sweep_says_what_it_cannot_test(final):
     )
     assert verdicts[3].startswith(NOT_TESTABLE + " (needs at least two init x deploy pairs")
     assert verdicts[5].startswith(NOT_TESTABLE + " (needs best-in-time (ema/ema) and the multitask reference")
-    # one seed: the point estimates decide, and the verdict says so
-    assert verdicts[1] == SUPPORTED + " (one seed: no interval, the point estimates decide)"
-    assert verdicts[4] == SUPPORTED + " (one seed: no interval, the point estimates decide)"
+    # one seed: no interval, so no verdict, and the verdict says so
+    assert verdicts[1] == "no verdict: 1 seed; a verdict needs >= 2 seeds (seeds: [0])"
+    assert verdicts[4] == "no verdict: 1 seed; a verdict needs >= 2 seeds (seeds: [0])"

@@ -4,6 +4,9 @@ imports Ray.
 
     from time_ray.analysis import build_report
     build_report("results/quickstart")   # -> results/quickstart/report/{report.html, summary.md, *.png}
+    build_report("results/quickstart", formats=("csv", "latex"))   # -> .../report/tables/*.csv, *.tex
+
+What the report writes, and when it withholds a verdict: docs/report.md.
 """
 
 from time_ray.analysis.report import build_report

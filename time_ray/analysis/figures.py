@@ -1,26 +1,36 @@
 """The report's figures (matplotlib, Agg canvas: no display needed). Each function takes the frames
 of time_ray.analysis.tables and returns a Figure, or None when the sweep lacks the data (the report says what
 is missing). Colours follow one policy -> colour map across figures. Text in figures is at least
-LEGEND_SIZE points (9 pt: 12.5 px at the report's 100 DPI)."""
+LEGEND_SIZE points (9 pt: 12.5 px at the report's 100 DPI).
+
+Every figure says what its colours mean: a legend, or a colour bar for the matrices. A legend names at
+most LEGEND_CAP policies, the best final GM first, then "+N more policies (colours as in the other
+figures, values in the tables)", so that a sweep of hundreds of policies keeps a readable legend."""
 
 from __future__ import annotations
 
 import textwrap
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from time_ray.analysis.stats import pareto_front
 
 INIT_ORDER = ("zs", "ft", "ema", "all", "ft-zs", "opcm")
 DEPLOY_ORDER = ("ft", "ema", "all", "ft-zs", "opcm")
 INIT_MARKERS = {"zs": "o", "ft": "s", "ema": "^", "all": "v", "ft-zs": "P", "opcm": "X"}
-BASE_STYLE = {"marker": "*", "s": 260, "color": "black", "zorder": 5}
-MULTITASK_STYLE = {"marker": "D", "s": 90, "color": "black", "zorder": 5}
+BASE_STYLE: dict[str, Any] = {"marker": "*", "s": 260, "color": "black", "zorder": 5}
+MULTITASK_STYLE: dict[str, Any] = {"marker": "D", "s": 90, "color": "black", "zorder": 5}
 LEGEND_SIZE = 9  # points: legends, cell annotations and tick labels are never smaller
 ANNOTATE_TASKS = 12  # the task x task matrix writes each cell's value up to this many tasks
+PARETO_CAP = 8  # points of a Pareto front named under its cost panel
+LEGEND_CAP = 12  # policies a legend names; the others are counted in one "+N more" entry
+REFERENCES = ("multitask", "multitask reference", "zero-shot theta_0")  # always named, never capped
 
 
 def colour_map(labels) -> dict:
@@ -31,17 +41,50 @@ def colour_map(labels) -> dict:
     return {lab: cmap(i if len(labels) <= 20 else i / n) for i, lab in enumerate(labels)}
 
 
-def _legend_below(fig: Figure, ax, ncol: int = 3) -> None:
-    handles, labels = ax.get_legend_handles_labels()
+MORE_POLICIES = "more policies (colours as in the other figures, values in the tables)"
+
+
+def capped(
+    handles: list, labels: list, *, order=None, cap: int = LEGEND_CAP, more: str = MORE_POLICIES
+) -> tuple[list, list]:
+    """Legend entries: the policies in ``order`` (labels, best first; default as given), at most ``cap``
+    of them (the last slot then says how many ``more`` there are), then the references (REFERENCES)."""
+    entries = dict(zip(labels, handles))
+    refs = [lab for lab in labels if lab in REFERENCES]
+    policies = [lab for lab in (order if order is not None else labels) if lab in entries and lab not in REFERENCES]
+    if len(policies) > cap:
+        note = f"+{len(policies) - cap + 1} {more}"
+        entries[note] = Line2D([], [], ls="none")
+        policies = policies[: cap - 1] + [note]
+    names = policies + refs
+    return [entries[n] for n in names], names
+
+
+def by_final_gm(frame: pd.DataFrame) -> list[str]:
+    """Policy labels, the highest GM first: each label's best budget, mean over seeds (frames of steps:
+    at its last timestep)."""
+    if "timestep" in frame.columns:
+        frame = frame[frame.timestep == frame.groupby("label").timestep.transform("max")]
+    best = frame.groupby(["label", "budget"]).gm.mean().groupby("label").max()
+    return list(best.sort_values(ascending=False, kind="stable").index)
+
+
+def _legend_below(fig: Figure, ax, order=None, extra=(), ncol: int = 3) -> int:
+    """The axes' entries (capped) plus ``extra`` handles as a figure legend below; its row count."""
+    handles, labels = capped(*ax.get_legend_handles_labels(), order=order)
+    handles += list(extra)
+    labels += [h.get_label() for h in extra]
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=LEGEND_SIZE, frameon=False)
+    return -(-len(handles) // ncol)
 
 
 def trajectories(steps: pd.DataFrame, colours: dict, tasks: int) -> Figure:
     """A_KA and A_ZS of the deployed model over timesteps 0..T per policy: mean over seeds, the band
     spans the seeds' minimum to maximum. The multitask reference is one point at T."""
     labels = sorted(steps.label.unique())
-    fig = Figure(figsize=(12, 5.2 + 0.26 * len(labels) / 3))
+    rows = -(-(min(len(labels), LEGEND_CAP) + 2) // 3)  # legend rows: capped policies, band, reference
+    fig = Figure(figsize=(12, 5.2 + 0.26 * rows))
     axes = fig.subplots(1, 2)
     for ax, metric, title in zip(axes, ("a_ka", "a_zs"), ("A_KA: knowledge accumulation", "A_ZS: zero-shot retention")):
         for label in labels:
@@ -56,8 +99,9 @@ def trajectories(steps: pd.DataFrame, colours: dict, tasks: int) -> Figure:
         ax.set_xticks(range(0, tasks + 1))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
-    _legend_below(fig, axes[0])
-    fig.tight_layout(rect=(0, 0.07 + 0.03 * len(labels) / 3, 1, 1))
+    band = Patch(facecolor="grey", alpha=0.3, label="band: min to max over seeds")
+    rows = _legend_below(fig, axes[0], order=by_final_gm(steps), extra=[band])
+    fig.tight_layout(rect=(0, 0.07 + 0.03 * rows, 1, 1))
     return fig
 
 
@@ -101,7 +145,8 @@ def ka_zs_scatter(table: pd.DataFrame, base: pd.Series, colours: dict) -> Figure
         fontsize=11,
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=LEGEND_SIZE, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    handles, labels = capped(*ax.get_legend_handles_labels(), order=by_final_gm(table))
+    ax.legend(handles, labels, fontsize=LEGEND_SIZE, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -118,7 +163,7 @@ def cost_vs_gm(table: pd.DataFrame, colours: dict) -> Figure:
     policies (no other is at least as cheap and as good, and strictly one of them) is the red
     staircase, its points circled and listed under the panel in cost order; the multitask reference
     (diamond), when the sweep has one, is shown, not a candidate."""
-    fig = Figure(figsize=(15, 7))
+    fig = Figure(figsize=(18, 7))
     axes = fig.subplots(1, len(COST_AXES))
     for ax, (col, name, scale) in zip(axes, COST_AXES):
         cost = table[col].to_numpy() * scale
@@ -146,7 +191,12 @@ def cost_vs_gm(table: pd.DataFrame, colours: dict) -> Figure:
         ax.set_ylabel("GM (final)")
         ax.margins(x=0.08, y=0.08)
         ax.grid(alpha=0.3)
+        handles, labels = capped(
+            *ax.get_legend_handles_labels(), cap=PARETO_CAP, more="more on the front (the cost table marks them)"
+        )
         ax.legend(
+            handles,
+            labels,
             fontsize=LEGEND_SIZE,
             loc="upper center",
             bbox_to_anchor=(0.5, -0.13),
@@ -158,8 +208,33 @@ def cost_vs_gm(table: pd.DataFrame, colours: dict) -> Figure:
         "Cost vs GM; every point is a policy at one budget"
         + (" (diamond: multitask reference)" if table.multitask.any() else "")
     )
-    fig.tight_layout()
+    _colour_legend(fig, table, colours)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
     return fig
+
+
+def _colour_legend(fig: Figure, table: pd.DataFrame, colours: dict) -> None:
+    """What the points' colours mean, at the figure's right: one entry per policy (capped)."""
+    labels = [lab for lab in by_final_gm(table) if lab in set(table.label[~table.multitask])]
+    handles = [Line2D([], [], ls="none", marker="o", color=colours[lab], label=lab) for lab in labels]
+    if table.multitask.any():
+        labels.append("multitask reference")
+        handles.append(Line2D([], [], ls="none", label="multitask reference", **_marker(MULTITASK_STYLE)))
+    handles, labels = capped(handles, labels)
+    fig.legend(
+        handles,
+        ["\n".join(textwrap.wrap(lab, 34, subsequent_indent="  ")) for lab in labels],
+        loc="center right",
+        fontsize=LEGEND_SIZE,
+        frameon=False,
+        title="policy (colour)",
+        title_fontsize=LEGEND_SIZE + 1,
+    )
+
+
+def _marker(style: dict) -> dict:
+    """A scatter style as Line2D keywords (legend handles)."""
+    return {"marker": style["marker"], "color": style["color"], "ms": 8}
 
 
 def init_deploy_heatmap(table: pd.DataFrame) -> Figure | None:
@@ -231,9 +306,20 @@ def technique_spread(final: pd.DataFrame) -> Figure | None:
         ax.set_title(f"init {init} / deploy {deploy}: GM by merging technique")
         ax.set_ylabel("GM (final)")
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=LEGEND_SIZE, loc="lower right")
+        ax.legend(handles=_technique_handles(ax), fontsize=LEGEND_SIZE, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def _technique_handles(ax) -> list:
+    """The technique panel's legend: bar colours, seed dots, and the band when drawn."""
+    band, _ = ax.get_legend_handles_labels()
+    return [
+        Patch(facecolor="tab:blue", alpha=0.6, label="weight averaging (bar: mean over seeds)"),
+        Patch(facecolor="tab:orange", alpha=0.6, label="another technique (bar: mean over seeds)"),
+        Line2D([], [], ls="none", marker="o", color="black", ms=4, label="one seed"),
+        *band,
+    ]
 
 
 def task_accuracy_matrix(matrix: pd.DataFrame, label: str) -> Figure:
@@ -278,7 +364,9 @@ def task_accuracy_matrix(matrix: pd.DataFrame, label: str) -> Figure:
     bar = fig.colorbar(im, ax=ax, fraction=0.04)
     bar.set_label("accuracy", fontsize=10)
     bar.ax.tick_params(labelsize=LEGEND_SIZE)
-    fig.tight_layout()
+    grey = Patch(facecolor="#dcdcdc", edgecolor="grey", label="task not trained yet (value in grey italics)")
+    fig.legend(handles=[grey], loc="lower left", fontsize=LEGEND_SIZE, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
 
@@ -322,7 +410,9 @@ def accuracy_matrix(metrics: pd.DataFrame, label: str) -> Figure:
     bar = fig.colorbar(im, ax=ax, fraction=0.03)
     bar.set_label("accuracy", fontsize=10)
     bar.ax.tick_params(labelsize=LEGEND_SIZE)
-    fig.tight_layout()
+    line = Line2D([], [], color="cyan", lw=2, label="adaptation datasets | held-out datasets")
+    fig.legend(handles=[line], loc="lower left", fontsize=LEGEND_SIZE, frameon=False)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
 
 
@@ -357,6 +447,7 @@ def budget_curves(table: pd.DataFrame, colours: dict) -> Figure:
         f"{', '.join(f'{b:g}' for b in budgets)} steps per task)"
     )
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=LEGEND_SIZE, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    handles, labels = capped(*ax.get_legend_handles_labels(), order=by_final_gm(table))
+    ax.legend(handles, labels, fontsize=LEGEND_SIZE, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     return fig

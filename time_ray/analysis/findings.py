@@ -4,11 +4,13 @@ overall is time_ray.analysis.stats.variance_decomposition).
 Every test compares policies at one budget (tables.main_budget: the one with the most policies,
 unless the finding is about budgets) on the seeds both policies ran, as paired per-seed differences d_s with the 95%
 t-interval of their mean (time_ray.analysis.stats.seed_interval). A claim "X > Y" is *supported* when the
-interval of X - Y lies above 0 (with one seed: when X - Y > 0, stated as such), *not supported*
-otherwise, and *not testable with this sweep* when the sweep lacks the policies (the verdict says
-which are needed). Replay (finding 2) and model size (finding 5) are settings of a whole sweep: they
-are read from companion sweeps (time_ray.analysis.companions) given to the same report. Thresholds that
-turn a qualitative claim into a test are stated in the test text.
+interval of X - Y lies above 0, *not supported* otherwise, and *not testable with this sweep* when the
+sweep lacks the policies (the verdict says which are needed). A test that rests on fewer than
+MIN_SEEDS seeds shared by the policies it compares gets *no verdict* (no_verdict): one seed has no
+interval, and a point estimate cannot tell an effect from seed noise; its numbers are still listed.
+Replay (finding 2) and model size (finding 5) are settings of a whole sweep: they are read from
+companion sweeps (time_ray.analysis.companions) given to the same report. Thresholds that turn a
+qualitative claim into a test are stated in the test text.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from time_ray.analysis.stats import Interval, seed_interval
 from time_ray.analysis.tables import final_values
 
 SUPPORTED, NOT_SUPPORTED, NOT_TESTABLE = "supported", "not supported", "not testable with this sweep"
+NO_VERDICT = "no verdict"
+MIN_SEEDS = 2  # a verdict needs a seed interval: at least two seeds shared by the policies compared
 
 
 @dataclass(frozen=True)
@@ -63,23 +67,37 @@ def _holds(iv: Interval) -> bool:
     return iv.n > 0 and iv.above_zero()
 
 
-def _caveat(*intervals: Interval) -> str:
-    return " (one seed: no interval, the point estimates decide)" if min(iv.n for iv in intervals) == 1 else ""
-
-
-def _verdict(checks: list[tuple[str, bool, str]], *intervals: Interval) -> str:
-    """'supported' when every check holds, else 'not supported' naming each check and whether it
-    held; ``checks``: (name, holds, what was measured)."""
-    if all(held for _, held, _ in checks):
-        return SUPPORTED + _caveat(*intervals)
-    if len(checks) == 1:
-        return f"{NOT_SUPPORTED}{_caveat(*intervals)}: {checks[0][2]}"
+def no_verdict(n: int, seeds) -> str:
+    """``no verdict: 1 seed; a verdict needs >= 2 seeds (seeds: [0])``: what a test resting on ``n``
+    seeds (``seeds``: which) says instead of a verdict."""
     return (
-        NOT_SUPPORTED
-        + _caveat(*intervals)
-        + "; "
-        + "; ".join(f"{name} {'holds' if held else 'fails'}: {what}" for name, held, what in checks)
+        f"{NO_VERDICT}: {n} seed{'' if n == 1 else 's'}; a verdict needs >= {MIN_SEEDS} seeds "
+        f"(seeds: {sorted(int(s) for s in seeds)})"
     )
+
+
+def shared_seeds(*cells) -> list[int]:
+    """The seeds every one of ``cells`` (frames or series indexed by seed) has a value for."""
+    common: set | None = None
+    for c in cells:
+        have = set(c.dropna(how="all").index if isinstance(c, pd.DataFrame) else c.dropna().index)
+        common = have if common is None else common & have
+    return sorted(int(s) for s in common or ())
+
+
+def _verdict(checks: list[tuple[str, bool, str]], *intervals: Interval, seeds=()) -> str:
+    """'supported' when every check holds, else 'not supported' naming each check and whether it
+    held; ``checks``: (name, holds, what was measured). No verdict (no_verdict) when an interval
+    rests on fewer than MIN_SEEDS seeds; ``seeds``: the seeds the test shares, for its message."""
+    n = min(iv.n for iv in intervals)
+    if n < MIN_SEEDS:
+        return no_verdict(n, seeds)
+    if all(held for _, held, _ in checks):
+        return SUPPORTED
+    if len(checks) == 1:
+        return f"{NOT_SUPPORTED}: {checks[0][2]}"
+    held = "; ".join(f"{name} {'holds' if ok else 'fails'}: {what}" for name, ok, what in checks)
+    return f"{NOT_SUPPORTED}; {held}"
 
 
 def _not_testable(number: int, claim: str, needs: str) -> Finding:
@@ -143,6 +161,7 @@ def finding_1(final: pd.DataFrame, base: pd.Series, budget: float) -> Finding:
             ("(b)", b, f"A_ZS loss ratio {ratio:.2f}"),
         ],
         *gaps.values(),
+        seeds=shared_seeds(off.a_ka, *(c.a_ka for c in comparators.values())),
     )
     return Finding(1, CLAIMS[1], test, verdict, tuple(evidence))
 
@@ -198,6 +217,7 @@ def _recency_half(final: pd.DataFrame, budget: float) -> tuple[str, str, list[st
         ],
         gains[best],
         gap,
+        seeds=shared_seeds(uniform.gm, best_rec.gm, continual[continual.label == best_label].set_index("seed").gm),
     )
     test = (
         "Recency half: the best recency weighting raises offline merging's final GM (interval above 0), and the "
@@ -225,7 +245,7 @@ def _replay_half(
             f"needs offline-merge (zs/all, uniform) at {budget:g} steps per task in both {companion.sweep.name} "
             "and the replay sweep, and a continual policy"
         )
-    replay = companion.value("stream.mixture.replay")
+    replay = companion.value("stream.mixture.replay") or (None, None)  # replay_companion: it differs
     gain = paired(with_replay.gm, without.gm)
     best_label, gap = _best_continual_gap(continual, with_replay.gm)
     evidence = [
@@ -248,6 +268,7 @@ def _replay_half(
         ],
         gain,
         gap,
+        seeds=shared_seeds(with_replay.gm, without.gm, continual[continual.label == best_label].set_index("seed").gm),
     )
     test = (
         f"Replay half (sweep {companion.sweep.name}: {companion.label}): offline merging's final GM is higher with "
@@ -343,6 +364,7 @@ def finding_3(final: pd.DataFrame, budget: float) -> Finding:
         ],
         diff,
         gain,
+        seeds=seeds,
     )
     return Finding(3, CLAIMS[3], test, verdict, evidence)
 
@@ -362,7 +384,7 @@ def finding_4(final: pd.DataFrame, budget: float) -> Finding:
     table = means.unstack("deploy")
     best_init = {d: table[d].idxmax() for d in table.columns if table[d].notna().sum() >= 2}
     best_deploy = {i: table.loc[i].idxmax() for i in table.index if table.loc[i].notna().sum() >= 2}
-    evidence = (
+    evidence: tuple[str, ...] = (
         f"Best-in-TIME (ema/ema) GM {means[('ema', 'ema')]:.3f}, rank {rank} of {len(means)} init x deploy pairs",
         f"GM(ema/ema) - GM({other[0]}/{other[1]}, the best other pair, {means[other]:.3f}) = {lead.text()}",
     )
@@ -381,6 +403,7 @@ def finding_4(final: pd.DataFrame, budget: float) -> Finding:
             )
         ],
         lead,
+        seeds=shared_seeds(pairs[("ema", "ema")], pairs[other]),
     )
     test = (
         "Best-in-TIME has the highest final GM of the init x deploy pairs (weight averaging): its lead over the "
@@ -441,6 +464,7 @@ def _compute_half(final: pd.DataFrame) -> tuple[str, str, list[str], list[Interv
         ],
         growth,
         shrink,
+        seeds=shared_seeds(bit[lo], bit[hi], gap[lo], gap[hi]),
     )
     test = (
         f"Compute half, {lo:g} -> {hi:g} steps per task: (a) Best-in-TIME's final GM grows; (b) its distance to the "
@@ -471,7 +495,7 @@ def _size_half(final: pd.DataFrame, companion: Companion | None) -> tuple[str, s
             f"{companion.sweep.name}"
         )
     b = common[-1]
-    arch = companion.value("model.arch")
+    arch = companion.value("model.arch") or (None, None)  # size_companion: it differs
     sides = sorted(
         [(str(arch[0]), final), (str(arch[1]), other)],
         key=lambda side: cell(side[1], "ema", "ema", b).train_gflops.mean(),
@@ -497,6 +521,7 @@ def _size_half(final: pd.DataFrame, companion: Companion | None) -> tuple[str, s
         ],
         growth,
         shrink,
+        seeds=shared_seeds(bit[s_name].gm, bit[l_name].gm, gap[s_name], gap[l_name]),
     )
     test = (
         f"Model-size half, {s_name} -> {l_name} at {b:g} steps per task (sweep {companion.sweep.name}): (a) "

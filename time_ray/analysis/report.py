@@ -2,17 +2,25 @@
 directory, pooled with further sweeps of the same setting and compared with companion sweeps of
 another setting (time_ray.analysis.companions).
 
-Writes into the output directory
+Writes into the output directory, by ``formats`` (time_ray.analysis.formats; default html and md)
   report.html  self-contained (figures embedded as base64 PNG, no scripts, no external files)
   summary.md   the same tables and findings in Markdown, linking the PNGs
-  *.png        the figures
-from the results schema alone (time_ray.analysis.load); works on finished and partial sweeps."""
+  *.png        the figures (with html or md)
+  tables/*.csv, tables/*.tex  the summary tables for a script or a paper (csv, latex)
+from the results schema alone (time_ray.analysis.load); works on finished and partial sweeps.
+
+What the report cannot back it does not claim: a finding whose test rests on fewer than two seeds
+gets "no verdict" (time_ray.analysis.findings.no_verdict), and the variance decomposition is withheld,
+saying what it lacks, when no policy ran two seeds or no decision varies with the others held fixed.
+Sweeps that ran different data, task streams or base models are refused (companions.check_comparable)."""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +28,10 @@ import pandas as pd
 
 from time_ray.analysis import figures
 from time_ray.analysis.companions import Companion, load_sweeps
-from time_ray.analysis.findings import all_findings, paired
+from time_ray.analysis.findings import MIN_SEEDS, Finding, all_findings, paired
+from time_ray.analysis.formats import DEFAULT_FORMATS, parse_formats, write_tables
 from time_ray.analysis.load import ReportError, Sweep
-from time_ray.analysis.stats import pareto_front, variance_decomposition
+from time_ray.analysis.stats import Interval, pareto_front, variance_decomposition
 from time_ray.analysis.tables import (
     Table,
     accuracy_table,
@@ -85,6 +94,16 @@ def _missing_table(sweep: Sweep) -> Table | None:
         ]
         for r in rows.sort_values("state", key=lambda s: s == "stopped early", kind="stable").itertuples()
     ]
+    data = pd.DataFrame(
+        {
+            "trial": rows.trial_id,
+            "policy": rows.label,
+            "steps_per_task": rows.budget,
+            "seed": rows.seed,
+            "state": rows.state,
+            "last_timestep": rows.last_timestep,
+        }
+    ).reset_index(drop=True)
     return Table(
         f"Missing trials ({len(sweep.missing)} of {len(sweep.progress)} not finished"
         + (
@@ -96,33 +115,70 @@ def _missing_table(sweep: Sweep) -> Table | None:
         cells,
         "Trials without a final result appear in the trajectories up to their last timestep and nowhere "
         "else. Finish the missing ones with time-ray sweep CONFIG --output DIR --resume.",
+        key="missing",
+        data=data,
     )
 
 
-def _variance_block(final: pd.DataFrame) -> Table | tuple:
-    """The variance split of final GM (time_ray.analysis.stats.variance_decomposition) as a table, or a
-    sentence when the sweep varies no decision with the others held fixed."""
-    split = variance_decomposition(final[~final.multitask])
+VARIANCE_TITLE = "Which decisions matter: variance of final GM by axis"
+VARIANCE_COLUMNS = ["axis", "levels", "contexts", "GM std", "share"]
+
+
+def variance_missing(stream: pd.DataFrame, split: pd.DataFrame) -> list[str]:
+    """What the variance split of final GM (stats.variance_decomposition of the stream policies'
+    final values) lacks to be read: the seed component (no policy ran MIN_SEEDS seeds, so no share can
+    be told from seed noise) and a decision varied with the others held fixed. [] when it has both."""
+    missing = []
+    if int(split.loc[split.axis == "seed", "contexts"].iloc[0]) == 0:
+        seeds = sorted(int(s) for s in stream.seed.unique())
+        missing.append(
+            f"no policy ran >= {MIN_SEEDS} seeds (seeds: {seeds}), so the seed component, the noise every "
+            "decision's share is set against, is unknown"
+        )
+    if (split[split.axis != "seed"].contexts == 0).all():
+        cells = stream.groupby(["init", "deploy", "technique", "settings", "budget"], dropna=False).ngroups
+        missing.append(
+            f"no decision varies while the others are held fixed ({cells} policy x budget cell"
+            f"{'' if cells == 1 else 's'}, no two differing in one decision alone; vary init, deploy, technique, "
+            "settings or budget with policies.grid or budget.multipliers)"
+        )
+    return missing
+
+
+def _variance_block(final: pd.DataFrame) -> tuple[object, Table]:
+    """The variance split of final GM (time_ray.analysis.stats.variance_decomposition): the block the
+    report shows and the table its CSV / LaTeX files get. When variance_missing names something, no
+    split is given: the block says what is missing, the table has no shares."""
+    stream = final[~final.multitask]
+    columns = ["axis", "levels", "contexts", "variance", "gm_std", "share"]
+    if stream.empty:  # only the multitask reference finished
+        split, data, missing = None, pd.DataFrame(columns=columns), ["no stream policy has finished"]
+    else:
+        split = variance_decomposition(stream)
+        data = split.rename(columns={"std": "gm_std"})[columns]
+        missing = variance_missing(stream, split)
+    if missing or split is None:
+        reason = "no variance decomposition: " + "; ".join(missing)
+        data = data.assign(variance=math.nan, gm_std=math.nan, share=math.nan, note=reason)
+        table = Table(VARIANCE_TITLE, VARIANCE_COLUMNS, [], note=reason + ".", key="variance", data=data)
+        return ("p", f"Which decisions matter: {reason}."), table
     varied = split[split.contexts > 0].sort_values("share", ascending=False)
     fixed = ", ".join(split.axis[split.contexts == 0])
-    if varied.empty:
-        return (
-            "p",
-            "Which decisions matter: this sweep varies no decision while holding the others fixed, so GM "
-            "cannot be split by axis (add a grid, budget multipliers or seeds).",
-        )
     rows = [
         [r.axis, str(r.levels), str(r.contexts), f"{r.std:.4f}", f"{100 * r.share:.1f}%"] for r in varied.itertuples()
     ]
-    return Table(
-        "Which decisions matter: variance of final GM by axis",
-        ["axis", "levels", "contexts", "GM std", "share"],
+    table = Table(
+        VARIANCE_TITLE,
+        VARIANCE_COLUMNS,
         rows,
         "For each axis, the variance of final GM (mean over seeds) across the axis's levels with every "
         "other axis held fixed, averaged over the contexts where the axis varies; seed: the variance "
         "across seeds of one policy. share = component / sum of components."
         + (f" Not varied in this sweep: {fixed}." if fixed else ""),
+        key="variance",
+        data=data.assign(note=""),
     )
+    return table, table
 
 
 FRONT_COSTS = ["train_gflops", "pool_bytes"]  # deterministic; merge seconds are timings, noisy at this scale
@@ -162,29 +218,51 @@ def _answer(table: pd.DataFrame, budget: float, base: pd.Series) -> list[str]:
     return lines
 
 
+def _interval_columns(name: str, iv: Interval) -> dict:
+    """``gm_diff``, ``gm_diff_lo``, ``gm_diff_hi`` of a paired difference; no bounds under MIN_SEEDS seeds."""
+    bounded = iv.n >= MIN_SEEDS
+    return {
+        f"{name}_diff": iv.mean,
+        f"{name}_diff_lo": iv.lo if bounded else math.nan,
+        f"{name}_diff_hi": iv.hi if bounded else math.nan,
+    }
+
+
+def _companion_row(label: str, budget: float, here: pd.DataFrame, there: pd.DataFrame) -> tuple[list[str], dict]:
+    """One policy's cells (the table) and numbers (its CSV file) in a companion table."""
+    here, there = here.set_index("seed"), there.set_index("seed")
+    diffs = {m: paired(there[m], here[m]) for m in ("gm", "a_ka", "a_zs")}
+    seeds = len(here.index.intersection(there.index))
+    cells = [label, f"{budget:g}", str(seeds), f"{here.gm.mean():.3f}", f"{there.gm.mean():.3f}"]
+    numbers = {
+        "policy": label,
+        "steps_per_task": budget,
+        "seeds": seeds,
+        "gm_here": here.gm.mean(),
+        "gm_there": there.gm.mean(),
+    }
+    for metric, iv in diffs.items():
+        numbers |= _interval_columns(metric, iv)
+    return cells + [iv.text() for iv in diffs.values()], numbers
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "sweep"
+
+
 def companion_table(companion: Companion, final: pd.DataFrame) -> Table:
     """Every policy and budget both the report's sweep and the companion finished: final GM, A_KA and
-    A_ZS here and there, and the companion's paired per-seed difference with its 95% interval."""
+    A_ZS here and there, and the companion's paired per-seed difference with its 95% interval (none,
+    and the cell says so, under MIN_SEEDS shared seeds)."""
     other = final_values(companion.sweep)
-    rows = []
+    rows, numbers = [], []
     if len(final) and len(other):
         for (label, budget), here in final.groupby(["label", "budget"], sort=False):
             there = other[(other.label == label) & (other.budget == budget)]
-            if there.empty:
-                continue
-            here, there = here.set_index("seed"), there.set_index("seed")
-            rows.append(
-                [
-                    label,
-                    f"{budget:g}",
-                    str(len(here.index.intersection(there.index))),
-                    f"{here.gm.mean():.3f}",
-                    f"{there.gm.mean():.3f}",
-                    paired(there.gm, here.gm).text(),
-                    paired(there.a_ka, here.a_ka).text(),
-                    paired(there.a_zs, here.a_zs).text(),
-                ]
-            )
+            if len(there):
+                cells, values = _companion_row(label, budget, here, there)
+                rows.append(cells)
+                numbers.append(values)
     n_done = int(companion.sweep.progress.finished.sum())
     return Table(
         f"Companion {companion.sweep.name}: {companion.label}",
@@ -202,90 +280,139 @@ def companion_table(companion: Companion, final: pd.DataFrame) -> Table:
         f"{n_done} of {len(companion.sweep.progress)} trials finished in "
         f"{', '.join(map(str, companion.sweep.sources))}. "
         "Each difference is the mean over the seeds both sweeps ran of the per-seed difference (the same seed: "
-        "the same task order), with its 95% t-interval."
+        f"the same task order), with its 95% t-interval (none with fewer than {MIN_SEEDS} seeds in common)."
         + ("" if rows else " No policy finished at the same budget in both sweeps."),
+        key=f"companion-{_slug(companion.sweep.name)}",
+        data=pd.DataFrame(numbers, columns=list(numbers[0]) if numbers else ["policy", "steps_per_task", "seeds"]),
     )
 
 
-def build_report(sweep_dir: str | Path | list, output: str | Path | None = None, policy: str | None = None) -> dict:
-    """Reads DIR (or several: the first pooled with those of its setting, the others its companions),
-    writes report.html, summary.md and the PNGs into ``output`` (default DIR/report); returns the paths
-    and the number of finished / expected trials."""
+def findings_table(findings: list[Finding]) -> Table:
+    """The findings as one table for the CSV / LaTeX files: claim and verdict (the CSV also the test
+    and the evidence, joined by ' | ')."""
+    return Table(
+        "Findings of TIME",
+        ["finding", "claim", "verdict"],
+        [[str(f.number), f.claim, f.verdict] for f in findings],
+        f"Verdicts on 95% seed intervals; a test resting on fewer than {MIN_SEEDS} seeds gets no verdict.",
+        key="findings",
+        data=pd.DataFrame(
+            {
+                "finding": [f.number for f in findings],
+                "claim": [f.claim for f in findings],
+                "test": [f.test for f in findings],
+                "verdict": [f.verdict for f in findings],
+                "evidence": [" | ".join(f.evidence) for f in findings],
+            }
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every part of one report reads: the pooled sweep, its companions and final values."""
+
+    sweep: Sweep
+    companions: tuple[Companion, ...]
+    final: pd.DataFrame
+    base: pd.Series
+    budget: float
+    table: pd.DataFrame
+    chosen: str
+
+    @property
+    def at_budget(self) -> pd.DataFrame:
+        return self.table[self.table.budget == self.budget] if len(self.table) else self.table
+
+    @property
+    def final_at(self) -> pd.DataFrame:
+        return self.final[self.final.budget == self.budget] if len(self.final) else self.final
+
+
+def _context(sweep_dir, policy: str | None) -> Context:
     sweep, companions = load_sweeps(sweep_dir if isinstance(sweep_dir, list | tuple) else [sweep_dir])
     final = final_values(sweep)
-    base = base_values(sweep)
     stream_steps = sweep.steps[~sweep.steps.multitask]
     budget = (
         main_budget(final) if len(final) else float((stream_steps if len(stream_steps) else sweep.steps).budget.max())
     )
-    table = policy_table(final)
-    chosen = choose_policy(final, sweep.steps, policy)
-    out = Path(output) if output is not None else sweep.path / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    return Context(
+        sweep,
+        companions,
+        final,
+        base_values(sweep),
+        budget,
+        policy_table(final),
+        choose_policy(final, sweep.steps, policy),
+    )
+
+
+def _figures(c: Context, draw: bool) -> dict[str, FigureBlock]:
+    """The figure blocks by file name; with ``draw`` False (no html or md asked for) none is drawn."""
+    sweep, final, table, budget = c.sweep, c.final, c.table, c.budget
     colours = figures.colour_map(sweep.steps.label)
-    at_budget = table[table.budget == budget] if len(table) else table
-    final_at = final[final.budget == budget] if len(final) else final
+    ok = draw and bool(len(final))
+    need_final = "needs at least one finished trial"
+    blocks = [
+        FigureBlock(
+            "ka_zs_scatter.png",
+            f"Final A_KA vs A_ZS at {budget:g} steps per task (the paper's teaser view), "
+            + (
+                "with zero-shot theta_0 and the multitask reference."
+                if len(c.at_budget) and c.at_budget.multitask.any()
+                else "with zero-shot theta_0."
+            ),
+            figures.ka_zs_scatter(c.at_budget, c.base, colours) if ok else None,
+            need_final,
+        ),
+        FigureBlock(
+            "cost_vs_gm.png",
+            "Cost vs final GM, every policy at every budget, with the Pareto front of each cost.",
+            figures.cost_vs_gm(table, colours) if ok else None,
+            need_final,
+        ),
+        FigureBlock(
+            "trajectories.png",
+            f"A_KA and A_ZS over timesteps per policy at {budget:g} steps per task "
+            "(mean over seeds; band: min to max).",
+            figures.trajectories(sweep.steps[sweep.steps.budget == budget], colours, sweep.tasks) if draw else None,
+        ),
+        FigureBlock(
+            "init_deploy_gm.png",
+            f"Final GM of every init x deploy pair (weight averaging), {budget:g} steps per task.",
+            figures.init_deploy_heatmap(c.at_budget) if ok else None,
+            "needs at least two finished init x deploy pairs with weight averaging",
+        ),
+        FigureBlock(
+            "technique_gm.png",
+            "Spread of final GM across merging techniques at a fixed init/deploy pair.",
+            figures.technique_spread(c.final_at) if ok else None,
+            "needs at least two merging techniques at one init/deploy pair (policies.grid merge: [...])",
+        ),
+        *_matrix_blocks(sweep, c.chosen, draw),
+        FigureBlock(
+            "budget_gm.png",
+            "Final GM vs training compute per policy across budgets.",
+            figures.budget_curves(table, colours) if ok and table.budget.nunique() >= 2 else None,
+            need_final
+            if not len(final)
+            else f"the sweep has one budget ({budget:g} steps per task); budget.multipliers with two or more "
+            "values compares budgets",
+        ),
+    ]
+    return {b.name: b for b in blocks}
+
+
+def _heading(c: Context) -> list:
+    sweep = c.sweep
     n_done, n_all = int(sweep.progress.finished.sum()), len(sweep.progress)
     n_stopped = int((sweep.progress.state == "stopped early").sum())
-    matrix = _matrix_blocks(sweep, chosen)
-
-    need_final = "needs at least one finished trial"
-    fig = {
-        f.name: f
-        for f in (
-            FigureBlock(
-                "ka_zs_scatter.png",
-                f"Final A_KA vs A_ZS at {budget:g} steps per task (the paper's teaser view), "
-                + (
-                    "with zero-shot theta_0 and the multitask reference."
-                    if len(at_budget) and at_budget.multitask.any()
-                    else "with zero-shot theta_0."
-                ),
-                figures.ka_zs_scatter(at_budget, base, colours) if len(final) else None,
-                need_final,
-            ),
-            FigureBlock(
-                "cost_vs_gm.png",
-                "Cost vs final GM, every policy at every budget, with the Pareto front of each cost.",
-                figures.cost_vs_gm(table, colours) if len(final) else None,
-                need_final,
-            ),
-            FigureBlock(
-                "trajectories.png",
-                f"A_KA and A_ZS over timesteps per policy at {budget:g} steps per task "
-                "(mean over seeds; band: min to max).",
-                figures.trajectories(sweep.steps[sweep.steps.budget == budget], colours, sweep.tasks),
-            ),
-            FigureBlock(
-                "init_deploy_gm.png",
-                f"Final GM of every init x deploy pair (weight averaging), {budget:g} steps per task.",
-                figures.init_deploy_heatmap(at_budget) if len(final) else None,
-                "needs at least two finished init x deploy pairs with weight averaging",
-            ),
-            FigureBlock(
-                "technique_gm.png",
-                "Spread of final GM across merging techniques at a fixed init/deploy pair.",
-                figures.technique_spread(final_at) if len(final) else None,
-                "needs at least two merging techniques at one init/deploy pair (policies.grid merge: [...])",
-            ),
-            *matrix,
-            FigureBlock(
-                "budget_gm.png",
-                "Final GM vs training compute per policy across budgets.",
-                figures.budget_curves(table, colours) if len(final) and table.budget.nunique() >= 2 else None,
-                need_final
-                if not len(final)
-                else f"the sweep has one budget ({budget:g} steps per task); budget.multipliers with two or more "
-                "values compares budgets",
-            ),
-        )
-    }
     where = (
         f"Sweep directory {sweep.path}"
         if len(sweep.sources) < 2
         else f"Sweep directories {', '.join(map(str, sweep.sources))} (the same setting, pooled)"
     )
-    blocks: list = [
+    return [
         ("h1", f"time-ray report: {sweep.name}"),
         (
             "p",
@@ -295,68 +422,90 @@ def build_report(sweep_dir: str | Path | list, output: str | Path | None = None,
         ),
         *(("p", note) for note in sweep.notes),
     ]
-    missing = _missing_table(sweep)
-    if len(final):
-        blocks += [
-            ("h2", "Which policy, at what cost?"),
-            ("ul", _answer(table, budget, base)),
-            fig["ka_zs_scatter.png"],
-            fig["cost_vs_gm.png"],
-        ]
-        blocks += [b for b in (missing,) if b] + [
-            ("h2", "Tables"),
-            accuracy_table(table, base),
-            cost_table(table, policy_front(table)),
-        ]
-        blocks += [
-            ("h2", "Findings of TIME (spec section 7)"),
-            (
-                "p",
-                f"Read at {budget:g} steps per task (the budget with the most policies); intervals are 95% "
-                "t-intervals over seeds of paired per-seed differences"
-                + (
-                    "; findings 2 and 5 also read the companion sweeps "
-                    f"({', '.join(c.sweep.name for c in companions)})."
-                    if companions
-                    else "."
-                ),
-            ),
-        ]
-        for f in all_findings(final, base, budget, companions):
-            blocks += [("h3", f"Finding {f.number}: {f.verdict}"), ("p", f"Claim: {f.claim}")]
-            if f.test != "-":
-                blocks += [("p", f"Test: {f.test}"), ("ul", list(f.evidence))]
-        if companions:
-            blocks += [
-                ("h2", "Companion sweeps"),
-                (
-                    "p",
-                    "Sweeps with another setting (data mixture, model, ...): the same policies compared seed by "
-                    "seed with this sweep.",
-                ),
-            ]
-            blocks += [companion_table(c, final) for c in companions]
-        blocks += [_variance_block(final), ("h2", "More figures")]
-        blocks += [
-            fig[n]
-            for n in (
-                "trajectories.png",
-                "init_deploy_gm.png",
-                "technique_gm.png",
-                *(m.name for m in matrix),
-                "budget_gm.png",
+
+
+def _findings_blocks(c: Context, findings: list[Finding]) -> list:
+    seeds = sorted(int(s) for s in c.final_at[~c.final_at.multitask].seed.unique()) if len(c.final_at) else []
+    few = (
+        f" This sweep has {len(seeds)} seed{'' if len(seeds) == 1 else 's'} at this budget (seeds: {seeds}): "
+        f"a finding needs >= {MIN_SEEDS} seeds shared by the policies it compares for a verdict; add seeds "
+        "(seeds: [...] in the config, or a sweep of the same setting with other seeds, pooled)."
+        if len(seeds) < MIN_SEEDS
+        else ""
+    )
+    blocks: list = [
+        ("h2", "Findings of TIME (spec section 7)"),
+        (
+            "p",
+            f"Read at {c.budget:g} steps per task (the budget with the most policies); intervals are 95% "
+            "t-intervals over seeds of paired per-seed differences"
+            + (
+                "; findings 2 and 5 also read the companion sweeps "
+                f"({', '.join(comp.sweep.name for comp in c.companions)})."
+                if c.companions
+                else "."
             )
-        ]
-    else:
-        blocks += [b for b in (missing,) if b] + [
+            + f" A test that rests on fewer than {MIN_SEEDS} seeds gets no verdict."
+            + few,
+        ),
+    ]
+    for f in findings:
+        blocks += [("h3", f"Finding {f.number}: {f.verdict}"), ("p", f"Claim: {f.claim}")]
+        if f.test != "-":
+            blocks += [("p", f"Test: {f.test}"), ("ul", list(f.evidence))]
+    return blocks
+
+
+def _finished_blocks(c: Context, fig: dict, missing: Table | None) -> tuple[list, list[Table]]:
+    """The report of a sweep with final values, and the tables its CSV / LaTeX files get."""
+    accuracy, cost = accuracy_table(c.table, c.base), cost_table(c.table, policy_front(c.table))
+    findings = all_findings(c.final, c.base, c.budget, c.companions)
+    companions = [companion_table(comp, c.final) for comp in c.companions]
+    variance, variance_table = _variance_block(c.final)
+    blocks: list = [
+        ("h2", "Which policy, at what cost?"),
+        ("ul", _answer(c.table, c.budget, c.base)),
+        fig["ka_zs_scatter.png"],
+        fig["cost_vs_gm.png"],
+        *(b for b in (missing,) if b),
+        ("h2", "Tables"),
+        accuracy,
+        cost,
+        *_findings_blocks(c, findings),
+    ]
+    if companions:
+        blocks += [
+            ("h2", "Companion sweeps"),
             (
                 "p",
-                "No trial has finished yet: tables and findings need final "
-                "values; the trajectories show the timesteps so far.",
+                "Sweeps with another setting (data mixture, model, ...): the same policies compared seed by "
+                "seed with this sweep.",
             ),
-            fig["trajectories.png"],
-            *matrix,
+            *companions,
         ]
+    blocks += [variance, ("h2", "More figures")]
+    blocks += [b for n, b in fig.items() if n not in ("ka_zs_scatter.png", "cost_vs_gm.png")]
+    tables = [accuracy, cost, findings_table(findings), variance_table, *companions, *(t for t in (missing,) if t)]
+    return blocks, tables
+
+
+def _unfinished_blocks(fig: dict, missing: Table | None) -> list:
+    return [
+        *(b for b in (missing,) if b),
+        (
+            "p",
+            "No trial has finished yet: tables and findings need final values; the trajectories show the "
+            "timesteps so far.",
+        ),
+        fig["trajectories.png"],
+        *(b for n, b in fig.items() if n.endswith("matrix.png")),
+    ]
+
+
+def _write_documents(out: Path, blocks: list, fig: dict, title: str, formats: tuple[str, ...]) -> dict:
+    """The PNGs, summary.md and report.html that ``formats`` asks for; their paths."""
+    if "html" not in formats and "md" not in formats:
+        return {"html": None, "markdown": None, "figures": []}
     pngs = {}
     for f in fig.values():
         if f.figure is None:
@@ -366,15 +515,45 @@ def build_report(sweep_dir: str | Path | list, output: str | Path | None = None,
             (out / f.name).write_bytes(pngs[f.name])
     if "dataset_matrix.png" not in fig:  # the fallback's matrix is accuracy_matrix.png; no stale one
         (out / "dataset_matrix.png").unlink(missing_ok=True)
-    (out / "summary.md").write_text(render_markdown(blocks))
-    (out / "report.html").write_text(render_html(blocks, pngs, sweep.name))
-    return {
-        "html": out / "report.html",
-        "markdown": out / "summary.md",
-        "figures": [out / n for n in pngs],
-        "finished": n_done,
-        "trials": n_all,
-        "policy": chosen,
+    paths: dict = {"html": None, "markdown": None, "figures": [out / n for n in pngs]}
+    if "md" in formats:
+        paths["markdown"] = out / "summary.md"
+        paths["markdown"].write_text(render_markdown(blocks))
+    if "html" in formats:
+        paths["html"] = out / "report.html"
+        paths["html"].write_text(render_html(blocks, pngs, title))
+    return paths
+
+
+def build_report(
+    sweep_dir: str | Path | list,
+    output: str | Path | None = None,
+    policy: str | None = None,
+    formats: tuple[str, ...] | str = DEFAULT_FORMATS,
+) -> dict:
+    """Reads DIR (or several: the first pooled with those of its setting, the others its companions),
+    writes what ``formats`` asks for (time_ray.analysis.formats: html, md, csv, latex; default html and
+    md) into ``output`` (default DIR/report); returns the paths (``html``, ``markdown``: None when not
+    asked for; ``figures``; ``tables``: the CSV / LaTeX files), the number of finished / expected
+    trials and the accuracy matrix's policy. Nothing is written when the directories cannot be reported
+    on together (ReportError)."""
+    formats = parse_formats(formats) if isinstance(formats, str) else tuple(formats)
+    c = _context(sweep_dir, policy)
+    out = Path(output) if output is not None else c.sweep.path / "report"
+    fig = _figures(c, draw="html" in formats or "md" in formats)
+    missing = _missing_table(c.sweep)
+    if len(c.final):
+        body, tables = _finished_blocks(c, fig, missing)
+    else:
+        body, tables = _unfinished_blocks(fig, missing), [t for t in (missing,) if t]
+    out.mkdir(parents=True, exist_ok=True)
+    paths = _write_documents(out, _heading(c) + body, fig, c.sweep.name, formats)
+    return paths | {
+        "tables": write_tables(tables, out, formats),
+        "output": out,
+        "finished": int(c.sweep.progress.finished.sum()),
+        "trials": len(c.sweep.progress),
+        "policy": c.chosen,
     }
 
 
@@ -384,10 +563,10 @@ def _policy_metrics(sweep: Sweep, label: str) -> pd.DataFrame:
     return rows[rows.budget == rows.budget.max()]
 
 
-def _matrix_blocks(sweep: Sweep, label: str) -> list[FigureBlock]:
+def _matrix_blocks(sweep: Sweep, label: str, draw: bool = True) -> list[FigureBlock]:
     """The accuracy matrices of one policy: task x task (from the rows of role ``task``) then per
     dataset; a sweep recorded before time-ray recorded per-task rows gets the per-dataset matrix
-    alone, as accuracy_matrix.png, with a caption that says why."""
+    alone, as accuracy_matrix.png, with a caption that says why. ``draw`` False: captions only."""
     rows = _policy_metrics(sweep, label)
     if rows.empty:
         return [FigureBlock("accuracy_matrix.png", f"Accuracy matrix of {label}.", None, "no metric rows yet")]
@@ -397,7 +576,7 @@ def _matrix_blocks(sweep: Sweep, label: str) -> list[FigureBlock]:
         "(choose the policy with --policy)"
     )
     matrix = task_matrix(rows)
-    per_dataset = figures.accuracy_matrix(rows, label)
+    per_dataset = figures.accuracy_matrix(rows, label) if draw else None
     if matrix is None:
         return [
             FigureBlock(
@@ -416,7 +595,7 @@ def _matrix_blocks(sweep: Sweep, label: str) -> list[FigureBlock]:
             "before the last task on the class-balanced evaluation subsets); the diagonal is the task just "
             "learned, the cells below it show forgetting, the grey cells above it are tasks not trained yet; "
             f"{where}.",
-            figures.task_accuracy_matrix(matrix, label),
+            figures.task_accuracy_matrix(matrix, label) if draw else None,
         ),
         FigureBlock(
             "dataset_matrix.png",

@@ -20,7 +20,7 @@ def pareto_front(cost, value) -> np.ndarray:
     v = np.asarray(value, dtype=float)
     no_worse = (c[None, :, :] <= c[:, None, :]).all(axis=2) & (v[None, :] >= v[:, None])
     better = (c[None, :, :] < c[:, None, :]).any(axis=2) | (v[None, :] > v[:, None])
-    return ~(no_worse & better).any(axis=1)
+    return np.asarray(~(no_worse & better).any(axis=1))
 
 
 AXES = ("init", "deploy", "technique", "settings", "budget")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -104,12 +104,16 @@ def main_budget(final: pd.DataFrame) -> float:
 
 @dataclass(frozen=True)
 class Table:
-    """A titled table of preformatted cells, rendered as Markdown or HTML."""
+    """A titled table of preformatted cells, rendered as Markdown, HTML or LaTeX. ``key``: the file
+    name of its CSV / LaTeX copy (time_ray.analysis.formats; '' = not written); ``data``: its numbers
+    for the CSV file (None: the cells)."""
 
     title: str
     columns: list[str]
     rows: list[list[str]]
     note: str = ""
+    key: str = ""
+    data: pd.DataFrame | None = field(default=None, compare=False, repr=False)
 
     def markdown(self) -> str:
         esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
@@ -154,8 +158,10 @@ def accuracy_table(table: pd.DataFrame, base: pd.Series) -> Table:
         "Accuracy per policy",
         cols,
         rows,
-        "Final = at the last timestep T; avg = mean over timesteps 1..T of the deployed model. "
-        "± is the standard deviation over seeds."
+        key="accuracy",
+        data=_accuracy_data(table, base),
+        note="Final = at the last timestep T; avg = mean over timesteps 1..T of the deployed model. "
+        "± is the standard deviation over seeds (none with one seed)."
         + (
             " The multitask reference trains one expert on the union of all tasks with the same total "
             "compute (no trajectory)."
@@ -187,7 +193,9 @@ def cost_table(table: pd.DataFrame, front: np.ndarray) -> Table:
         "Cost per policy",
         cols,
         rows,
-        "Means over seeds. train GFLOPs: the policy run on its own (steps x measured GFLOPs per step); "
+        key="cost",
+        data=_cost_data(table, front),
+        note="Means over seeds. train GFLOPs: the policy run on its own (steps x measured GFLOPs per step); "
         "spent here: what this sweep spent (experts reused from the expert cache cost 0); merge s: "
         "init + deploy merges; pool MiB: the policy's checkpoint pool at the end; wall s: train + merge "
         "+ evaluation seconds in this sweep. Pareto: no other policy has a GM at least as high at no more train "
@@ -198,3 +206,31 @@ def cost_table(table: pd.DataFrame, front: np.ndarray) -> Table:
             else ")."
         ),
     )
+
+
+def _policy_columns(table: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "policy": table.label,
+            "steps_per_task": table.budget,
+            "seeds": table.n,
+            "multitask": table.multitask.astype(bool),
+        }
+    )
+
+
+def _accuracy_data(table: pd.DataFrame, base: pd.Series) -> pd.DataFrame:
+    """accuracy.csv: per policy and budget the mean and sd over seeds of final and time-averaged
+    A_KA, A_ZS, GM (sd empty with one seed), after a row for zero-shot theta_0."""
+    names = [c for m in METRICS for c in (m, f"{m}_sd")] + [c for m in METRICS for c in (f"{m}_avg", f"{m}_avg_sd")]
+    rows = pd.concat([_policy_columns(table), table[names]], axis=1)
+    theta = pd.DataFrame([{"policy": "zero-shot theta_0", **{m: float(base[m]) for m in METRICS}}])
+    out = pd.concat([theta, rows], ignore_index=True)[list(rows.columns)]
+    return out.astype({"seeds": "Int64"})  # theta_0 has no seeds: empty, and the others stay integers
+
+
+def _cost_data(table: pd.DataFrame, front: np.ndarray) -> pd.DataFrame:
+    """cost.csv: the cost columns (means over seeds) in their own units, and the Pareto mark."""
+    out = pd.concat([_policy_columns(table), table[["gm", *COSTS]]], axis=1)
+    out["pareto"] = ["reference" if mt else "yes" if f else "" for mt, f in zip(table.multitask, front)]
+    return out.reset_index(drop=True)
