@@ -15,9 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
-from time_ray.core.errors import ConfigError, TimeRayError, did_you_mean
+from time_ray.core import safe_yaml
+from time_ray.core.errors import ConfigError, TimeRayError, did_you_mean, shown
 
 KINDS = ("expert", "deployed")
 SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -59,10 +58,21 @@ def default_output(directory: str, trial_id: str, timestep: int, kind: str) -> s
     return str(Path("export") / name) if is_uri(directory) else str(Path(directory) / "export" / name)
 
 
-def _entries(storage) -> tuple[dict[str, dict], int | None]:
-    from time_ray.core.results import TRIALS_FILE
+MAX_TRIALS_BYTES = 256 << 20  # DIR/trials.json: about 300 bytes per trial
 
-    text = storage.read_text(TRIALS_FILE)
+
+def _read(storage, rel: str, max_bytes: int) -> str | None:
+    """The text of the sweep directory's file ``rel`` (None when it does not exist): a regular file of at most
+    ``max_bytes`` (core.safe_yaml.read_text), so that a FIFO or a device planted in DIR blocks nothing."""
+    path = storage.pull(rel, refresh=True)
+    return None if path is None else safe_yaml.read_text(path, storage.display(rel), max_bytes)
+
+
+def _entries(storage) -> tuple[dict[str, dict], int | None]:
+    """DIR/trials.json's entries by trial id (each id checked: it names directories) and T."""
+    from time_ray.core.results import TRIALS_FILE, checked_trial_id
+
+    text = _read(storage, TRIALS_FILE, MAX_TRIALS_BYTES)
     if text is None:
         what = "does not exist" if not storage.exists("") else "is not a sweep directory (it has no trials.json)"
         raise TimeRayError(
@@ -70,16 +80,17 @@ def _entries(storage) -> tuple[dict[str, dict], int | None]:
         )
     try:
         doc = json.loads(text)
-        return {e["trial_id"]: e for e in doc["trials"]}, doc.get("tasks")
+        entries = {checked_trial_id(e["trial_id"], storage.display(TRIALS_FILE)): e for e in doc["trials"]}
+        return entries, doc.get("tasks")
     except (ValueError, KeyError, TypeError) as exc:
-        raise TimeRayError(f"{storage.display('trials.json')}: damaged ({exc}).") from None
+        raise TimeRayError(f"{storage.display('trials.json')}: damaged ({shown(str(exc))}).") from None
 
 
 def _arch(storage) -> str:
-    text = storage.read_text("config.yaml")
+    text = _read(storage, "config.yaml", safe_yaml.MAX_BYTES)
     try:
-        return str(yaml.safe_load(text or "")["model"]["arch"])
-    except (yaml.YAMLError, KeyError, TypeError):
+        return str(safe_yaml.load(text or "", storage.display("config.yaml"))["model"]["arch"])
+    except (KeyError, TypeError):
         raise TimeRayError(
             f"{storage.display('config.yaml')}: missing or damaged; it names the model's architecture."
         ) from None

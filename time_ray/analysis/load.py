@@ -21,11 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from time_ray.core.errors import TimeRayError
+from time_ray.core import safe_yaml
+from time_ray.core.errors import ConfigError, TimeRayError
 from time_ray.core.policy_defaults import POLICY_DEFAULTS
-from time_ray.core.results import METRICS_COLUMNS, POLICY_COLUMNS, TIMESTEP_COLUMNS, TRIALS_FILE, concat_rows
+from time_ray.core.results import (
+    METRICS_COLUMNS,
+    POLICY_COLUMNS,
+    TIMESTEP_COLUMNS,
+    TRIALS_FILE,
+    checked_trial_ids,
+    concat_rows,
+)
 
 DESIGN = ["init", "deploy", "technique", "settings", "budget", "multitask"]  # one policy x budget
 MULTITASK = "multitask"
@@ -95,7 +102,9 @@ def annotate(frame: pd.DataFrame, tasks: int) -> pd.DataFrame:
 def _read_parquet(path: Path, columns: list[str]) -> pd.DataFrame:
     """One results table, or ReportError naming the file: damaged, or not a time-ray table."""
     try:
-        frame = pd.read_parquet(path)
+        frame = pd.read_parquet(_regular(path))
+    except ReportError:
+        raise
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
         raise ReportError(
             f"{path}: not a readable parquet file ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}). "
@@ -107,6 +116,8 @@ def _read_parquet(path: Path, columns: list[str]) -> pd.DataFrame:
         raise ReportError(
             f"{path}: not a time-ray results table (no column {missing[0]!r}; expected {', '.join(columns[:6])}, ...)."
         )
+    if "trial_id" in frame.columns:  # ids name directories (trials/<id>): checked where they are read
+        checked_trial_ids(frame["trial_id"].unique(), str(path))
     return frame
 
 
@@ -143,25 +154,27 @@ def _expected_trials(path: Path) -> tuple[list[dict] | None, int | None, str, st
     trials.parquet it wrote at its end. None and a note when neither can be read."""
     name = path.name
     try:
-        owner = json.loads((path / "sweep.json").read_text()) if (path / "sweep.json").exists() else {}
+        owner = json.loads(_text(path / "sweep.json")) if (path / "sweep.json").exists() else {}
         name = (owner.get("name") if isinstance(owner, dict) else None) or name
-    except (OSError, ValueError):
+    except (ValueError, ConfigError):
         pass  # a damaged sweep.json only names the sweep: the directory's name does too
     if (path / TRIALS_FILE).exists():
         try:
-            document = json.loads((path / TRIALS_FILE).read_text())
+            document = json.loads(_text(path / TRIALS_FILE))
             trials = document["trials"]
             if not all(isinstance(t, dict) and "trial_id" in t for t in trials):
                 raise ValueError("an entry without trial_id")
+            checked_trial_ids([t["trial_id"] for t in trials], str(path / TRIALS_FILE))
             return trials, int(document["tasks"]), document.get("name") or name, None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, ConfigError) as exc:
             return None, None, name, f"DIR/{TRIALS_FILE} is damaged ({exc}); only the trials with rows are reported."
     if (path / "trials.parquet").exists():
         try:
-            table = pd.read_parquet(path / "trials.parquet")
+            table = pd.read_parquet(_regular(path / "trials.parquet"))
+            checked_trial_ids(table["trial_id"].unique(), str(path / "trials.parquet"))
             trials = table[POLICY_COLUMNS].assign(multitask=table.policy == MULTITASK).to_dict("records")
             return trials, _tasks_of_config(path), name, None
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, ReportError) as exc:
             return (
                 None,
                 None,
@@ -176,12 +189,29 @@ def _expected_trials(path: Path) -> tuple[list[dict] | None, int | None, str, st
     )
 
 
+MAX_JSON_BYTES = 256 << 20  # DIR/trials.json: about 300 bytes per trial
+
+
+def _regular(path: Path) -> Path:
+    """``path`` when it is a regular file (a FIFO or device planted in DIR would block the reader); ReportError
+    naming why otherwise."""
+    why = safe_yaml.not_regular(path.stat().st_mode)
+    if why:
+        raise ReportError(f"{path}: {why}; a sweep directory holds regular files only.")
+    return path
+
+
+def _text(path: Path) -> str:
+    """The text of a JSON file of DIR (core.safe_yaml.read_text: a regular file, read no further than its bound)."""
+    return safe_yaml.read_text(path, str(path), MAX_JSON_BYTES)
+
+
 def _tasks_of_config(path: Path) -> int | None:
-    """stream.tasks from DIR/config.yaml, read as plain YAML (None when unreadable)."""
+    """stream.tasks from DIR/config.yaml, read as plain YAML with core.safe_yaml's limits (None when unreadable)."""
     try:
-        tasks = (yaml.safe_load((path / "config.yaml").read_text()) or {}).get("stream", {}).get("tasks")
+        tasks = (safe_yaml.load_file(path / "config.yaml") or {}).get("stream", {}).get("tasks")
         return int(tasks) if tasks is not None else None
-    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+    except (ValueError, TypeError, AttributeError, ConfigError):
         return None
 
 

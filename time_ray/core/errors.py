@@ -25,3 +25,13 @@ def did_you_mean(word: object, candidates) -> str:
     error message about an unknown name."""
     close = close_matches(word, candidates)
     return f" Did you mean {', '.join(close)}?" if close else ""
+
+
+MAX_SHOWN = 300  # characters of a value an error message quotes
+
+
+def shown(value: object, limit: int = MAX_SHOWN) -> str:
+    """``repr(value)`` as an error message quotes it: cut to ``limit`` characters, with '... (N chars)' after
+    a longer one, so that a hostile value (a string of megabytes) still gives a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} chars)"

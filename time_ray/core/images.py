@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import stat
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from time_ray.core.errors import ConfigError
+from time_ray.core.safe_yaml import not_regular
 
 CROP_SCALE = (0.9, 1.0)  # the authors' RandomResizedCrop scale
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -100,8 +100,8 @@ def _check_regular(path: Path, name: str) -> None:
         mode = os.stat(path).st_mode
     except OSError as exc:
         raise ConfigError(f"real data: cannot read image {name}: {exc.strerror}.") from None
-    if not stat.S_ISREG(mode):
-        raise ConfigError(f"real data: cannot read image {name}: not a regular file.")
+    if (why := not_regular(mode)) is not None:
+        raise ConfigError(f"real data: cannot read image {name}: {why}.")
 
 
 def eval_pixels(image: Image.Image, size: int) -> np.ndarray:

@@ -20,8 +20,9 @@ import torch
 
 from time_ray.core import errors
 from time_ray.core.benchmark import Benchmark, Dataset
-from time_ray.core.errors import ConfigError
+from time_ray.core.errors import ConfigError, shown
 from time_ray.core.images import ImageFiles, default_workers
+from time_ray.core.safe_yaml import not_regular
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -30,7 +31,8 @@ ROLES = ("adaptation", "heldout", "pretrain")
 KINDS = ("classification", "retrieval")
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-COMMON_OPTIONS = ("max_per_class", "mean", "std", "workers", "augment", "pretrain_shards")
+OUTSIDE_ROOT = "allow_outside_root"  # opt-in: read files that a data file or a listing leads outside its root
+COMMON_OPTIONS = ("max_per_class", "mean", "std", "workers", "augment", "pretrain_shards", OUTSIDE_ROOT)
 
 
 @dataclass
@@ -74,7 +76,7 @@ def check_options(kind: str, options, allowed: tuple[str, ...]) -> dict:
     if options is None:
         options = {}
     if not isinstance(options, dict):
-        raise ConfigError(f"real data ({kind}): options must be a mapping, got {options!r}.")
+        raise ConfigError(f"real data ({kind}): options must be a mapping, got {shown(options)}.")
     for key in options:
         if key not in allowed + COMMON_OPTIONS:
             fail(
@@ -93,7 +95,7 @@ def name_list(kind: str, options: dict, key: str) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        fail(kind, key, f"expected a list of dataset names, got {value!r}.")
+        fail(kind, key, f"expected a list of dataset names, got {shown(value)}.")
     return list(value)
 
 
@@ -103,7 +105,7 @@ def check_names_exist(kind: str, option: str, names, found) -> None:
             fail(
                 kind,
                 option,
-                f"dataset {name!r} does not exist{close_matches(name, found)}; "
+                f"dataset {shown(name)} does not exist{close_matches(name, found)}; "
                 f"datasets found: {', '.join(sorted(found))}.",
             )
 
@@ -124,7 +126,7 @@ def resolve_roles(kind: str, options: dict, found) -> tuple[dict[str, str], set[
 def templates_option(kind: str, options: dict) -> dict[str, str]:
     value = options.get("templates") or {}
     if not isinstance(value, dict):
-        fail(kind, "templates", f"expected a mapping of dataset name -> template, got {value!r}.")
+        fail(kind, "templates", f"expected a mapping of dataset name -> template, got {shown(value)}.")
     for name, template in value.items():
         check_template(kind, f"templates.{name}", template)
     return value
@@ -132,7 +134,7 @@ def templates_option(kind: str, options: dict) -> dict[str, str]:
 
 def check_template(kind: str, option: str, template) -> str:
     if not isinstance(template, str) or template.count("{}") != 1:
-        fail(kind, option, f"a template must be a string with exactly one '{{}}', got {template!r}.")
+        fail(kind, option, f"a template must be a string with exactly one '{{}}', got {shown(template)}.")
     return template
 
 
@@ -146,23 +148,91 @@ def common_settings(kind: str, options: dict) -> tuple[torch.Tensor, torch.Tenso
             or len(value) != 3
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
         ):
-            fail(kind, key, f"expected a list of 3 numbers (one per RGB channel), got {value!r}.")
+            fail(kind, key, f"expected a list of 3 numbers (one per RGB channel), got {shown(value)}.")
         stats.append(torch.tensor(value, dtype=torch.float32).view(3, 1, 1))
     if not bool((stats[1] > 0).all()):
-        fail(kind, "std", f"every value must be > 0, got {options['std']!r}.")
+        fail(kind, "std", f"every value must be > 0, got {shown(options['std'])}.")
     cap = options.get("max_per_class")
     if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
-        fail(kind, "max_per_class", f"expected a positive integer, got {cap!r}.")
+        fail(kind, "max_per_class", f"expected a positive integer, got {shown(cap)}.")
     workers = options.get("workers", default_workers())
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        fail(kind, "workers", f"expected a positive integer, got {workers!r}.")
+        fail(kind, "workers", f"expected a positive integer, got {shown(workers)}.")
     if not isinstance(options.get("augment", True), bool):
         fail(
             kind,
             "augment",
-            f"expected true or false (RandomResizedCrop on training images), got {options['augment']!r}.",
+            f"expected true or false (RandomResizedCrop on training images), got {shown(options['augment'])}.",
         )
+    outside_allowed(kind, options)
     return stats[0], stats[1], cap, workers
+
+
+def outside_allowed(kind: str, options: dict) -> bool:
+    """The ``allow_outside_root`` option (default false): whether the files that a data file or a directory
+    listing names may lie outside the data root (see :class:`DataRoot`)."""
+    value = options.get(OUTSIDE_ROOT, False)
+    if not isinstance(value, bool):
+        fail(
+            kind,
+            OUTSIDE_ROOT,
+            f"expected true or false (read files outside the data root, e.g. through symlinks), got {shown(value)}.",
+        )
+    return value
+
+
+class DataRoot:
+    """The directory that the files a reader finds must stay in: a path taken from a file's contents (an info
+    file's keys, a table's image column) or from a directory listing (class folders and their images) is
+    resolved, symlinks followed, and refused when it leads outside the resolved root, unless the option
+    ``allow_outside_root`` is true. So a data directory someone sends cannot make time-ray read /etc/passwd
+    or another user's files through '../' keys, absolute keys or symlinks.
+
+    Resolving costs a ``realpath`` per distinct directory (cached) and an ``lstat`` per file."""
+
+    def __init__(self, kind: str, option: str, path: Path, options: dict):
+        self.kind, self.option, self.path = kind, option, path
+        self.allowed = outside_allowed(kind, options)
+        self.real = os.path.realpath(path)
+        self.prefix = self.real.rstrip(os.sep) + os.sep
+        self._dirs: dict[str, str] = {}
+
+    def check(self, path: Path, source: str, entry: object) -> Path:
+        """``path``, which ``entry`` of ``source`` (an info file, a table, a folder) names, when it resolves
+        inside the root; ConfigError naming the source, the entry and the opt-in otherwise."""
+        if self.allowed:
+            return path
+        real = self._resolve(os.fspath(path))
+        if real != self.real and not real.startswith(self.prefix):
+            fail(
+                self.kind,
+                self.option,
+                f"{source}: entry {shown(entry)} leads to {shown(real)}, outside the data root "
+                f"{self.path}; refused (set stream.data.{OUTSIDE_ROOT}: true to read files outside it).",
+            )
+        return path
+
+    def _resolve(self, path: str) -> str:
+        parent, name = os.path.split(path)
+        real_parent = self._dirs.get(parent)
+        if real_parent is None:
+            real_parent = self._dirs[parent] = os.path.realpath(parent)
+        joined = os.path.join(real_parent, name)
+        if name in ("", ".", "..") or os.path.islink(joined):
+            return os.path.realpath(joined)
+        return joined
+
+
+def regular_file(kind: str, option: str, path: Path, what: str) -> Path:
+    """``path`` when it is a regular file (checked with stat before anything opens it: a FIFO blocks the
+    open, a device never ends); ConfigError naming the option, what the file is and why otherwise."""
+    try:
+        why = not_regular(os.stat(path).st_mode)
+    except OSError as exc:
+        fail(kind, option, f"cannot read {what} {path}: {exc.strerror or exc}.")
+    if why:
+        fail(kind, option, f"cannot read {what} {path}: {why}.")
+    return path
 
 
 def existing_path(kind: str, options: dict, key: str, directory: bool) -> Path:
@@ -214,7 +284,7 @@ def split_mask(classes: list[str], fraction: float, seed_parts: tuple) -> np.nda
 
 def check_fraction(kind: str, option: str, value) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
-        fail(kind, option, f"expected a number strictly between 0 and 1, got {value!r}.")
+        fail(kind, option, f"expected a number strictly between 0 and 1, got {shown(value)}.")
     return float(value)
 
 
@@ -226,11 +296,11 @@ def check_catalog(kind: str, catalog: Catalog) -> None:
     for d in catalog.datasets:
         train, test = counts[d.name, "train"], counts[d.name, "test"]
         if train + test == 0:
-            fail(kind, "datasets", f"dataset {d.name!r} is empty (no images).")
+            fail(kind, "datasets", f"dataset {shown(d.name)} is empty (no images).")
         if d.role != "pretrain" and test == 0:
-            fail(kind, "datasets", f"dataset {d.name!r} has no test images (it is evaluated as {d.role}).")
+            fail(kind, "datasets", f"dataset {shown(d.name)} has no test images (it is evaluated as {d.role}).")
         if d.role != "heldout" and train == 0:
-            fail(kind, "datasets", f"dataset {d.name!r} has no train images (a {d.role} dataset is trained on).")
+            fail(kind, "datasets", f"dataset {shown(d.name)} has no train images (a {d.role} dataset is trained on).")
 
 
 def cap_items(items: list[Item], cap: int | None) -> list[Item]:
@@ -276,7 +346,7 @@ def assemble(kind: str, catalog: Catalog, image_size: int | None, options: dict)
     No image is decoded: each split's images are :class:`~time_ray.core.images.ImageFiles` (paths), read
     per batch at ``image_size`` (None: a size is given when reading)."""
     if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1):
-        raise ConfigError(f"real data ({kind}): image_size must be a positive integer, got {image_size!r}.")
+        raise ConfigError(f"real data ({kind}): image_size must be a positive integer, got {shown(image_size)}.")
     mean, std, _, workers = common_settings(kind, options)
     class_names, class_dataset, datasets, ids = number_classes(catalog)
     splits = {}

@@ -38,9 +38,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from time_ray.core.errors import shown
 from time_ray.core.real_data.common import (
     SPLITS,
     Catalog,
+    DataRoot,
     DatasetInfo,
     Item,
     cap_items,
@@ -52,6 +54,7 @@ from time_ray.core.real_data.common import (
     existing_path,
     fail,
     name_list,
+    regular_file,
     resolve_roles,
     templates_option,
 )
@@ -83,13 +86,16 @@ class DatasetFiles:
         return None
 
 
-def find_datasets(info_dir: Path) -> dict[str, DatasetFiles]:
-    """Every dataset with an info file in ``info_dir``, by its name (the file-name prefix)."""
+def find_datasets(info_dir: Path, options: dict) -> dict[str, DatasetFiles]:
+    """Every dataset with an info file in ``info_dir``, by its name (the file-name prefix); an info file that
+    is a symlink leading outside ``info_dir`` is refused (:class:`DataRoot`)."""
     found: dict[str, DatasetFiles] = {}
     classnames: dict[str, Path] = {}
+    inside = DataRoot(KIND, "info_dir", info_dir, options)
     for path in sorted(info_dir.iterdir()):
-        if not path.is_file():
+        if not path.is_file() or not (CLASSNAMES_FILE.match(path.name) or INFO_FILE.match(path.name)):
             continue
+        inside.check(path, f"info directory {info_dir}", path.name)
         if match := CLASSNAMES_FILE.match(path.name):
             classnames[match["dataset"]] = path
         elif match := INFO_FILE.match(path.name):
@@ -120,11 +126,12 @@ def canonical(name: str, found, option: str) -> str:
         return name
     matches = [f for f in found if handle(f) == handle(name)]
     if len(matches) > 1:
-        fail(KIND, option, f"dataset {name!r} could mean {', '.join(matches)}; use the exact name.")
+        fail(KIND, option, f"dataset {shown(name)} could mean {', '.join(matches)}; use the exact name.")
     return matches[0] if matches else name
 
 
 def read_json(path: Path, what: str):
+    regular_file(KIND, "info_dir", path, what)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -146,14 +153,14 @@ def read_info(path: Path) -> dict[str, dict]:
             fail(
                 KIND,
                 "info_dir",
-                f"info file {path}: the record of {key!r} must be an object {RECORD}, got {record!r:.80}.",
+                f"info file {path}: the record of {shown(key)} must be an object {RECORD}, got {record!r:.80}.",
             )
         missing = [k for k in ("classname", "target") if k not in record]
         if missing:
             fail(
                 KIND,
                 "info_dir",
-                f"info file {path}: the record of {key!r} lacks {', '.join(missing)} "
+                f"info file {path}: the record of {shown(key)} lacks {', '.join(missing)} "
                 f"(keys found: {', '.join(map(str, record))}; expected {RECORD}).",
             )
     return data
@@ -164,7 +171,7 @@ def read_classnames(name: str, files: DatasetFiles, info_dir: Path) -> list[str]
         fail(
             KIND,
             "info_dir",
-            f"dataset {name!r} has class labels but no {info_dir / f'{name}_classnames.json'} "
+            f"dataset {shown(name)} has class labels but no {info_dir / f'{name}_classnames.json'} "
             "(expected a JSON list of class names in target order).",
         )
     names = read_json(files.classnames, "class-name file")
@@ -230,16 +237,21 @@ def primer_template(records) -> str | None:
 
 
 def dataset_catalog(
-    name: str, role: str, files: DatasetFiles, root: Path, info_dir: Path, options: dict, template: str | None
+    name: str, role: str, files: DatasetFiles, inside: DataRoot, info_dir: Path, options: dict, template: str | None
 ) -> tuple[DatasetInfo, list[Item]]:
-    """The dataset's info (template, kind, class order) and one item per image of the splits its role reads."""
-    images, resized = root / name, options.get("resized")
+    """The dataset's info (template, kind, class order) and one item per image of the splits its role reads
+    (each image path inside the data root, :class:`DataRoot`)."""
+    images, resized = inside.path / name, options.get("resized")
     paths: dict[str, Path] = {}
     for split in READS[role]:
         path = files.split_file(split, images, resized)
         if path is None:
             expected = " or ".join(f"{name}_{s}.json" for s in SPLIT_NAMES[split])
-            fail(KIND, "info_dir", f"dataset {name!r} ({role}) needs a {split} info file: no {expected} in {info_dir}.")
+            fail(
+                KIND,
+                "info_dir",
+                f"dataset {shown(name)} ({role}) needs a {split} info file: no {expected} in {info_dir}.",
+            )
         paths[split] = path
     if not images.is_dir():
         fail(
@@ -252,7 +264,9 @@ def dataset_catalog(
     for split, recs in records.items():
         if not recs:
             fail(
-                KIND, "info_dir", f"info file {paths[split]} holds no records (dataset {name!r} needs {split} images)."
+                KIND,
+                "info_dir",
+                f"info file {paths[split]} holds no records (dataset {shown(name)} needs {split} images).",
             )
     labelled = {split: [r["classname"] is not None for r in recs.values()] for split, recs in records.items()}
     if any(any(flags) for flags in labelled.values()) and not all(all(flags) for flags in labelled.values()):
@@ -260,7 +274,7 @@ def dataset_catalog(
         fail(
             KIND,
             "info_dir",
-            f"dataset {name!r} mixes records with a classname and caption-only records (classname "
+            f"dataset {shown(name)} mixes records with a classname and caption-only records (classname "
             f"null) in {where}; a dataset is either classified or caption-only (retrieval).",
         )
     caption_only = not any(any(flags) for flags in labelled.values())
@@ -276,7 +290,7 @@ def dataset_catalog(
                     fail(
                         KIND,
                         "info_dir",
-                        f"info file {paths[split]}: the record of {key!r} has neither a classname "
+                        f"info file {paths[split]}: the record of {shown(key)} has neither a classname "
                         "nor a caption (default_caption or synthetic_merged_caption).",
                     )
                 classname = caption
@@ -286,13 +300,14 @@ def dataset_catalog(
                     fail(
                         KIND,
                         "info_dir",
-                        f"info file {paths[split]}: the record of {key!r} has target {target!r}; "
+                        f"info file {paths[split]}: the record of {shown(key)} has target {shown(target)}; "
                         f"expected an index into the {len(classes)} names of {files.classnames}.",
                     )
                 classname = classes[target]
                 caption = caption or template.format(classname)
             captions = record_captions(record) if caption_only else ()
-            items.append(Item(name, classname, split, images / key, caption, captions if len(captions) > 1 else ()))
+            image = inside.check(images / key, f"info file {paths[split]}", key)
+            items.append(Item(name, classname, split, image, caption, captions if len(captions) > 1 else ()))
     if caption_only:
         classes = list(dict.fromkeys(item.classname for item in items))
     kind = "retrieval" if caption_only or name in options.get("retrieval", []) else "classification"
@@ -302,8 +317,9 @@ def dataset_catalog(
 def read_stream(path_text: str, found, info_dir: Path) -> list[tuple[str, str, str]]:
     """(dataset, classname, entry) per stream-file entry, in file order; the dataset name canonical."""
     path = Path(path_text).expanduser()
-    if not path.is_file():
-        fail(KIND, "stream_file", f"{path} does not exist." if not path.exists() else f"{path} is not a file.")
+    if not path.exists():
+        fail(KIND, "stream_file", f"{path} does not exist.")
+    regular_file(KIND, "stream_file", path, "the stream file")
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -313,14 +329,14 @@ def read_stream(path_text: str, found, info_dir: Path) -> list[tuple[str, str, s
     pairs = []
     for entry in entries:
         if not isinstance(entry, str) or SEPARATOR not in entry:
-            fail(KIND, "stream_file", f'entry {entry!r} in {path} is not a "DATASET+++classname" string.')
+            fail(KIND, "stream_file", f'entry {shown(entry)} in {path} is not a "DATASET+++classname" string.')
         dataset, classname = entry.split(SEPARATOR, 1)
         dataset = canonical(dataset, found, "stream_file")
         if dataset not in found:
             fail(
                 KIND,
                 "stream_file",
-                f"entry {entry!r} in {path} names unknown dataset {dataset!r}"
+                f"entry {shown(entry)} in {path} names unknown dataset {shown(dataset)}"
                 f"{close_matches(dataset, found)}: no info file {dataset}_train.json in "
                 f"{info_dir}; datasets found: {', '.join(sorted(found))}.",
             )
@@ -336,19 +352,19 @@ def check_stream(
     trained = {(i.dataset, i.classname) for i in items if i.split == "train"}
     seen = set()
     for dataset, classname, entry in stream:
-        where = f"entry {entry!r} in {path}"
+        where = f"entry {shown(entry)} in {path}"
         classes = info[dataset].classes or ()
         if classname not in classes:
             source = files[dataset].classnames or "its info files"
             fail(
                 KIND,
                 "stream_file",
-                f"{where}: dataset {dataset!r} has no class {classname!r}"
+                f"{where}: dataset {shown(dataset)} has no class {shown(classname)}"
                 f"{close_matches(classname, classes)} (its classes: {source}).",
             )
         if (dataset, classname) not in trained:
             train_file = files[dataset].split_file("train", root / dataset, resized)
-            fail(KIND, "stream_file", f"{where}: class {classname!r} has no training images in {train_file}.")
+            fail(KIND, "stream_file", f"{where}: class {shown(classname)} has no training images in {train_file}.")
         if (dataset, classname) in seen:
             fail(KIND, "stream_file", f"{where} appears more than once.")
         seen.add((dataset, classname))
@@ -361,8 +377,8 @@ def scan(options: dict) -> Catalog:
     info_dir = existing_path(KIND, options, "info_dir", directory=True) if options.get("info_dir") else root
     resized = options.get("resized")
     if resized is not None and (isinstance(resized, bool) or not isinstance(resized, int) or resized < 1):
-        fail(KIND, "resized", f"expected the image size of the resized variant (e.g. 224), got {resized!r}.")
-    found = find_datasets(info_dir)
+        fail(KIND, "resized", f"expected the image size of the resized variant (e.g. 224), got {shown(resized)}.")
+    found = find_datasets(info_dir, options)
     names = {
         key: [canonical(n, found, key) for n in name_list(KIND, options, key)]
         for key in ("heldout", "pretrain", "retrieval")
@@ -377,7 +393,7 @@ def scan(options: dict) -> Catalog:
             fail(
                 KIND,
                 "stream_file",
-                f"entry {entry!r} in {options['stream_file']} names dataset {dataset!r}, "
+                f"entry {shown(entry)} in {options['stream_file']} names dataset {shown(dataset)}, "
                 f"which is listed as {roles[dataset]}; the stream holds adaptation datasets "
                 "only.",
             )
@@ -386,11 +402,12 @@ def scan(options: dict) -> Catalog:
     else:
         adaptation = {n for n, f in found.items() if n not in roles and f.split_file("train", root / n, None)}
     order = {"adaptation": 0, "heldout": 1, "pretrain": 2}
+    inside = DataRoot(KIND, "root", root, options)
     used = sorted(adaptation | set(roles), key=lambda n: (order[roles.get(n, "adaptation")], n))
     datasets, items = [], []
     for name in used:
         info, ds_items = dataset_catalog(
-            name, roles.get(name, "adaptation"), found[name], root, info_dir, options, templates.get(name)
+            name, roles.get(name, "adaptation"), found[name], inside, info_dir, options, templates.get(name)
         )
         datasets.append(info)
         items += ds_items

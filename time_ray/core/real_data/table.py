@@ -1,6 +1,7 @@
 """The table layout: one CSV or parquet file with a row per image.
 
-Columns: ``image`` (path relative to the table file, or absolute) and ``caption`` (required);
+Columns: ``image`` (path relative to the table file's directory, or absolute; either way inside that
+directory unless ``allow_outside_root`` is true) and ``caption`` (required);
 ``classname``, ``dataset`` (default: the file's stem), ``split`` ('train'|'test'; rows without one
 are split class-stratified with ``test_fraction``, default 0.2, and ``seed``, default 0) and
 ``role`` ('adaptation'|'heldout'|'pretrain'; the ``heldout``/``pretrain`` options override it)
@@ -16,11 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from time_ray.core.errors import shown
 from time_ray.core.real_data.common import (
     DEFAULT_TEMPLATE,
     ROLES,
     SPLITS,
     Catalog,
+    DataRoot,
     DatasetInfo,
     Item,
     cap_items,
@@ -32,6 +35,7 @@ from time_ray.core.real_data.common import (
     existing_path,
     fail,
     is_missing,
+    regular_file,
     resolve_roles,
     split_mask,
     templates_option,
@@ -48,6 +52,7 @@ def read_table(path: Path) -> list[dict]:
     readers: dict[str, Callable[[Path], pd.DataFrame]] = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
     if path.suffix.lower() not in readers:
         fail(KIND, "path", f"{path} must be a .csv or .parquet file.")
+    regular_file(KIND, "path", path, "the table")
     try:
         frame = readers[path.suffix.lower()](path)
     except Exception as exc:
@@ -78,12 +83,13 @@ def row_roles(rows: list[dict], path: Path) -> dict[str, str]:
         if role is None:
             continue
         if role not in ROLES:
-            fail(KIND, "path", f"{path} row {n}: role {role!r} is not one of {', '.join(ROLES)}.")
+            fail(KIND, "path", f"{path} row {n}: role {shown(role)} is not one of {', '.join(ROLES)}.")
         if roles.setdefault(row["_dataset"], role) != role:
             fail(
                 KIND,
                 "path",
-                f"{path} row {n}: dataset {row['_dataset']!r} has two roles, {roles[row['_dataset']]!r} and {role!r}.",
+                f"{path} row {n}: dataset {shown(row['_dataset'])} has two roles, "
+                f"{shown(roles[row['_dataset']])} and {shown(role)}.",
             )
     return roles
 
@@ -94,7 +100,7 @@ def scan(options: dict) -> Catalog:
     fraction = check_fraction(KIND, "test_fraction", options.get("test_fraction", 0.2))
     seed = options.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
-        fail(KIND, "seed", f"expected an integer, got {seed!r}.")
+        fail(KIND, "seed", f"expected an integer, got {shown(seed)}.")
     rows = read_table(path)
     for row in rows:
         row["_dataset"] = cell(row, "dataset") or path.stem
@@ -115,17 +121,19 @@ def scan(options: dict) -> Catalog:
         for name in found
     ]
     template = {info.name: info.template for info in infos}
+    inside = DataRoot(KIND, "path", path.parent, options)
     items, unsplit = [], []
     for n, row in enumerate(rows):
         image, caption, classname, split = (cell(row, c) for c in ("image", "caption", "classname", "split"))
         if image is None or (caption is None and classname is None):
             fail(KIND, "path", f"{path} row {n} has no {'image' if image is None else 'caption or classname'}.")
         if split is not None and split not in SPLITS:
-            fail(KIND, "path", f"{path} row {n}: split {split!r} is not 'train' or 'test'.")
+            fail(KIND, "path", f"{path} row {n}: split {shown(split)} is not 'train' or 'test'.")
         name = classname if classname is not None else caption
         assert name is not None  # refused above: a row has a classname or a caption
         caption = caption or template[row["_dataset"]].format(name)
-        items.append(Item(row["_dataset"], name, split or "", path.parent / image, caption))
+        image_path = inside.check(path.parent / image, f"table {path} row {n}", image)
+        items.append(Item(row["_dataset"], name, split or "", image_path, caption))
         if split is None:
             unsplit.append(n)
     for dataset in found:
