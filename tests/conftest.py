@@ -1,6 +1,7 @@
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -34,6 +35,28 @@ def _time_ray_logging():
         os.environ.pop(LEVEL_ENV, None)
     else:
         os.environ[LEVEL_ENV] = state[3]
+
+
+@pytest.fixture
+def small_disk():
+    """``small_disk("1m")``: a real file system of that size (a tmpfs) for a test of a full disk; mounting
+    needs root, as on the CI machine (the test is skipped elsewhere). Unmounted at the test's end."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a small tmpfs needs root")
+        where = Path(tempfile.mkdtemp(prefix="tr-small-disk-"))
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+        where.rmdir()
 
 
 def pytest_sessionfinish(session, exitstatus):

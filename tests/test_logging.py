@@ -90,11 +90,13 @@ def test_one_handler_however_often_main_runs(capsys):
 
 
 def test_progress_lines_look_as_before(capsys):
+    from time_ray.core.eta import mark_command_start
     from time_ray.orchestration.progress import ProgressPrinter
 
     configure(logging.INFO)
     cfg = load_config("configs/quickstart.yaml", ["policies.presets=[sequential-ft]", "policies.multitask=true"])
     printer = ProgressPrinter(expand_trials(cfg), tasks=2)  # a trial of 2 tasks + 1, the multitask reference 2
+    mark_command_start()  # the clock counts from the command's start (here: now, so 0-9 s)
     printer.done = 3
     printer._line("a: started")
     assert re.fullmatch(r"\[ {5}\ds   3/5\] a: started\n", capsys.readouterr().err)
@@ -160,29 +162,58 @@ def test_a_ray_worker_logs_at_the_drivers_level(monkeypatch):
         shutdown_ray()
 
 
-def test_progress_lines_carry_an_eta_from_the_rate_so_far(capsys, monkeypatch):
+def test_progress_lines_count_from_the_command_start_and_pace_the_eta_after_start_up(capsys, monkeypatch):
+    """The clock says how long the user has waited (Ray's start-up included); the ETA's pace is taken
+    from the timesteps after the first, so that start-up does not inflate it."""
+    from types import SimpleNamespace
+
+    from time_ray.core import eta
     from time_ray.orchestration import progress
 
     configure(logging.INFO)
     cfg = load_config("configs/quickstart.yaml", ["policies.presets=[sequential-ft, offline-merge]"])
-    now = [1000.0]
-    monkeypatch.setattr(progress.time, "time", lambda: now[0])
+    now = [900.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    eta.mark_command_start()  # the command starts at 900; Ray is up 100 s later
+    now[0] = 1000.0
     printer = progress.ProgressPrinter(expand_trials(cfg), tasks=4)  # 2 trials x 4 timesteps t >= 1
+    printer.on_trial_start(0, [], SimpleNamespace(config={"trial_id": "sequential-ft"}))
+    assert "[   100s   0/10] sequential-ft: started" in capsys.readouterr().err
 
     def result(t):
         return {"policy": "p", "timestep": t, "tasks": 4, "a_ka": 0.5, "a_zs": 0.5, "gm": 0.5}
 
-    printer.on_trial_result(0, [], None, result(0))  # theta_0's evaluation: no rate yet
+    printer.on_trial_result(0, [], None, result(0))  # theta_0's evaluation: no pace yet
     assert "ETA" not in capsys.readouterr().err
     now[0] += 30.0
-    printer.on_trial_result(0, [], None, result(1))  # 1 of 8 timesteps in 30 s: 7 x 30 s left
-    assert capsys.readouterr().err.rstrip().endswith("GM 0.500  ETA 3m30s")
-    printer.trained_done = 7
-    now[0] = 1000.0 + 7200.0
+    printer.on_trial_result(0, [], None, result(1))  # 1 of 8 in 30 s since the trials started: 7 x 30 s left
+    line = capsys.readouterr().err.rstrip()
+    assert line.startswith("[   130s   2/10]") and line.endswith("GM 0.500  ETA 3m30s"), line
+    now[0] += 10.0
+    printer.on_trial_result(0, [], None, result(2))  # then 10 s per timestep: 6 x 10 s left (not 6 x 20 s)
+    assert capsys.readouterr().err.rstrip().endswith("GM 0.500  ETA 1m00s")
+    for t in (3, 4, 1, 2, 3):
+        now[0] += 10.0
+        printer.on_trial_result(0, [], None, result(t))
+    now[0] += 10.0
     printer.on_trial_result(0, [], None, result(4))  # the last one: no ETA
-    assert "ETA" not in capsys.readouterr().err
-    printer.trained_done, printer.trained_total = 1, 100
-    assert printer.eta() == "  ETA 198h00m"
+    assert "ETA" not in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_the_eta_before_a_second_timestep_divides_by_the_trials_at_once():
+    from time_ray.core.eta import Rate, duration
+
+    rate = Rate(total=100, parallel=4, start=0.0)
+    assert rate.eta() == ""
+    rate.advance(now=60.0)  # one timestep in 60 s while 4 trials run at once: 99 x 15 s left
+    assert rate.seconds_left() == 99 * 15.0 and rate.eta() == "  ETA 24m45s"
+    rate.advance(now=60.1)
+    rate.advance(now=60.2)  # the rest of the first round, at once: their span says nothing (not 97 x 0.1 s)
+    assert rate.seconds_left() == 97 * 15.0
+    rate.advance(now=70.0)
+    rate.advance(now=80.0)  # a round after the first: 20 s for 4 timesteps, 95 x 5 s left
+    assert rate.seconds_left() == pytest.approx(95 * 5.0)
+    assert [duration(s) for s in (0.4, 59.6, 61, 3600 * 198)] == ["0s", "1m00s", "1m01s", "198h00m"]
 
 
 def test_a_resumed_sweeps_progress_counts_only_what_is_left():
@@ -191,23 +222,25 @@ def test_a_resumed_sweeps_progress_counts_only_what_is_left():
     cfg = load_config("configs/quickstart.yaml", ["policies.presets=[sequential-ft]", "policies.multitask=true"])
     trials = expand_trials(cfg)  # sequential-ft (timesteps 0..4) and the multitask reference (0 and 4)
     fresh = ProgressPrinter(trials, tasks=4)
-    assert (fresh.total, fresh.trained_total) == (5 + 2, 4 + 1)
+    assert (fresh.total, fresh.rate.total) == (5 + 2, 4 + 1)
     ft = next(t for t in trials if not t.multitask).trial_id
     mt = next(t for t in trials if t.multitask).trial_id
     resumed = ProgressPrinter(trials, tasks=4, recorded={ft: 2, mt: 0})  # ft recorded 0..2, the reference 0
-    assert (resumed.total, resumed.trained_total) == (2 + 1, 2 + 1)
+    assert (resumed.total, resumed.rate.total) == (2 + 1, 2 + 1)
 
 
 def test_a_quiet_minute_gets_a_line_saying_what_still_runs(capsys, monkeypatch):
     """On a busy machine a Train run can take minutes to start: the console is not silent that long."""
     from types import SimpleNamespace
 
+    from time_ray.core import eta
     from time_ray.orchestration import progress
 
     configure(logging.INFO)
     cfg = load_config("configs/quickstart.yaml", ["policies.presets=[sequential-ft, offline-merge]"])
     now = [1000.0]
-    monkeypatch.setattr(progress.time, "time", lambda: now[0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    eta.mark_command_start()
     printer = progress.ProgressPrinter(expand_trials(cfg), tasks=4)
     trials = [SimpleNamespace(status="RUNNING"), SimpleNamespace(status="PENDING"), SimpleNamespace(status="RUNNING")]
     now[0] += progress.QUIET_SECONDS - 1

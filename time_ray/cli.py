@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=100.0,
         help="sustained training TFLOP/s of one device, for the device-hours estimate (default 100)",
     )
+    plan.add_argument(
+        "--no-timing",
+        action="store_true",
+        help="skip the few training steps timed on this machine for the wall-clock estimate",
+    )
 
     report = sub.add_parser(
         "report",
@@ -143,9 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
         "directories make one report: those whose sweep has the first one's setting (model, stream, "
         "training, budget unit; e.g. the same experiment at other budgets or seeds) are pooled with it, "
         "the others are companions, compared with it policy by policy and seed by seed (a sweep without "
-        "replay for finding 2, another model for finding 5).",
+        "replay for finding 2, another model for finding 5). A companion may change the data mixture, the "
+        "model architecture, the training recipe or the budget unit; directories that ran different data, task "
+        "streams or base models are refused (exit code 2, nothing written): compare them separately. A trial "
+        "found in two pooled directories (the same config and seed run twice) counts once, with a warning. "
+        "What the sweep cannot back is not claimed: a finding tested on fewer than 2 seeds gets 'no verdict' "
+        "(naming its seeds), and the variance of GM by decision is withheld, saying what is missing, when no "
+        "policy ran 2 seeds or no decision varies with the others fixed.",
         epilog="example: time-ray report results/findings-t20 results/findings-t20-compute "
-        "results/findings-t20-noreplay results/findings-t20-wide --output analysis/reports/findings-t20",
+        "results/findings-t20-noreplay results/findings-t20-wide --output analysis/reports/findings-t20; "
+        "tables for a paper as well: time-ray report results/findings-t20 --format html,md,csv,latex "
+        "(writes results/findings-t20/report/tables/*.csv and *.tex beside the report)",
     )
     report.add_argument(
         "dir",
@@ -156,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--output", "-o", help="where to write the report (default: DIR/report of the first DIR)")
     report.add_argument(
         "--policy", help="the policy of the accuracy matrix, as named in the tables (default: the best final GM)"
+    )
+    report.add_argument(
+        "--format",
+        dest="formats",
+        default="html,md",
+        metavar="FORMATS",
+        help="what to write, a comma-separated list of: html (report.html), md (summary.md), csv "
+        "(tables/<table>.csv: accuracy, cost, findings, variance, companion-<sweep>, missing; numbers as "
+        "numbers, means and standard deviations in separate columns), latex (tables/<table>.tex: booktabs "
+        "tabulars with escaped underscores, to \\input in a paper; needs \\usepackage{booktabs}). The "
+        "figures (PNG) are drawn with html or md. Default: html,md; e.g. --format csv,latex for the "
+        "tables alone, --format html,md,csv,latex for everything",
     )
     listing = sub.add_parser(
         "list",
@@ -211,13 +236,17 @@ def cmd_list(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from time_ray.analysis.formats import TABLES_DIR, parse_formats
     from time_ray.analysis.report import build_report
 
-    result = build_report(args.dir, args.output, args.policy)
-    print(
-        f"report of {result['finished']} of {result['trials']} finished trials: {result['html']}, "
-        f"{result['markdown']}, {len(result['figures'])} figures (accuracy matrix: {result['policy']})"
-    )
+    formats = parse_formats(args.formats)  # an unknown format is one line, before any directory is read
+    result = build_report(args.dir, args.output, args.policy, formats)
+    written = [str(result[k]) for k in ("html", "markdown") if result[k] is not None]
+    if result["figures"]:
+        written.append(f"{len(result['figures'])} figures (accuracy matrix: {result['policy']})")
+    if result["tables"]:
+        written.append(f"{len(result['tables'])} table files in {result['output'] / TABLES_DIR}")
+    print(f"report of {result['finished']} of {result['trials']} finished trials: {', '.join(written)}")
     return 0
 
 
@@ -255,34 +284,15 @@ def cmd_sweep(args) -> int:
     return 0
 
 
-def _data_outline(cfg) -> tuple[list[dict], list[list[str]], int]:
-    """The config's datasets (a row each: name, role, classes, images...), its tasks as
-    ``dataset+++class`` names and the image size, without decoding an image."""
-    from time_ray.core.errors import ConfigError
-    from time_ray.core.real_data import dataset_row, outline_real_data
-    from time_ray.core.stream import make_stream
-
-    if cfg.stream.benchmark == "builtin":
-        from time_ray.core.benchmark import build_benchmark
-
-        bench, pairs, size = build_benchmark(cfg.stream.builtin), None, cfg.stream.builtin.image_size
-        rows = [dataset_row(bench, d.name, d.role, d.kind, d.template, d.classes) for d in bench.datasets.values()]
-        if bench.generic_classes:
-            rows.append(dataset_row(bench, "pretrain", "pretrain", "classification", None, bench.generic_classes))
-    else:
-        from time_ray.core.models import image_size
-
-        rows, bench, pairs = outline_real_data(cfg.stream.benchmark, cfg.stream.data)
-        size = image_size(cfg.model.arch)
-    try:
-        stream = make_stream(bench, cfg.stream.tasks, cfg.stream.order, cfg.stream.seed, pairs)
-    except ValueError as exc:
-        raise ConfigError(f"stream: {exc}.") from None
-    return rows, [[f"{bench.class_dataset[c]}+++{bench.class_names[c]}" for c in task] for task in stream], size
+def _one_line(text: object) -> str:
+    """A name from the data as one line of output: control characters (a newline in a folder name) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def _print_data(name: str, rows: list[dict], tasks: list[list[str]], size: int) -> None:
     images = sum(r["n_train"] + r["n_test"] for r in rows)
+    rows = [{k: _one_line(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows]
+    tasks = [[_one_line(pair) for pair in task] for task in tasks]
     print(
         f"{name}: {len(rows)} datasets, {sum(r['classes'] for r in rows)} classes, {images:,} images "
         f"(read per batch at {size} px; no process holds them)"
@@ -305,9 +315,10 @@ def cmd_data_show(args) -> int:
     import json
 
     from time_ray.config import load_config
+    from time_ray.plan import data_outline
 
     cfg = load_config(args.config, args.overrides)
-    rows, tasks, size = _data_outline(cfg)
+    rows, tasks, size, _ = data_outline(cfg)
     if args.json:
         print(json.dumps({"datasets": rows, "tasks": tasks}))
         return 0
@@ -475,12 +486,12 @@ def _data_path_line(data: dict) -> str:
 
 def cmd_plan(args) -> int:
     from time_ray.config import load_config
-    from time_ray.plan import make_plan
+    from time_ray.plan import data_outline, make_plan
 
     cfg = load_config(args.config, args.overrides)
-    rows, tasks, size = _data_outline(cfg)  # what the sweep checks first: the data, theta_0's source
+    rows, tasks, size, _ = data_outline(cfg)  # what the sweep checks first: the data, theta_0's source
     base = _base_model_line(cfg)
-    plan = make_plan(cfg, device_tflops=args.device_tflops)
+    plan = make_plan(cfg, device_tflops=args.device_tflops, time_here=not args.no_timing)
     print(
         f"{cfg.name}: {plan['trials']} trials x {plan['tasks']} tasks; {plan['expert_trainings']} expert trainings, "
         f"{plan['unique_experts']} unique after deduplication "
@@ -497,6 +508,8 @@ def cmd_plan(args) -> int:
     )
     print(base)
     print(_data_path_line(plan["data"]))
+    if plan["here"] is not None:
+        print(_here_line(plan["here"], cfg.training.batch_size))
     _print_data("data", rows, tasks, size)
     if cfg.search.samples:
         print(
@@ -518,7 +531,29 @@ def cmd_plan(args) -> int:
             f"  {t.trial_id:<40} init={t.init:<6} deploy={t.deploy:<6} merge={t.merge} "
             f"{t.merge_params or ''} steps/task={t.budget_steps} seed={t.seed}"
         )
+    for warning in plan["warnings"]:
+        logger.warning("time-ray: warning: %s", warning)
     return 0
+
+
+def _here_line(here: dict, batch: int) -> str:
+    """``plan``'s estimate of the training time on this machine."""
+    from time_ray.core.eta import duration
+
+    scaled = f"measured at batch {here['timed_batch']}, scaled by FLOPs" if here["timed_batch"] < batch else "measured"
+    return (
+        f"this machine: about {duration(here['train_seconds'])} of training, one expert at a time "
+        f"({here['seconds_per_step']:.3g} s per step of batch {batch} on {here['device']}, {scaled}); "
+        "merging and evaluation come on top"
+    )
+
+
+def _printable_streams() -> None:
+    """stdout and stderr that cannot encode a character (a C locale, a pipe opened as ASCII) escape it
+    instead of failing the command at its first non-ASCII dataset or class name."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and (stream.encoding or "").lower().replace("-", "") != "utf8":
+            stream.reconfigure(errors="backslashreplace")
 
 
 def _terminate(signum, frame):
@@ -580,6 +615,10 @@ def _log_level(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from time_ray.core.eta import mark_command_start
+
+    mark_command_start()  # progress lines count from here, Ray's start-up included
+    _printable_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.verbose and args.quiet:
@@ -603,7 +642,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("time-ray: error: %s", " ".join(str(exc).split()))
         return 2
     except KeyboardInterrupt:
-        logger.error("time-ray: interrupted; rerun with --resume to finish the sweep.")
+        resume = "; rerun with --resume to finish the sweep" if args.command == "sweep" else ""
+        logger.error("time-ray: interrupted%s.", resume)
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()

@@ -10,19 +10,21 @@ import math
 import re
 import types
 import typing
+from collections import Counter
 from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic.fields import FieldInfo
 
-from time_ray.core import policy_space
+from time_ray.core import policy_space, safe_yaml
 from time_ray.core.base_model import NO_PRETRAIN_DATA, BaseTraining
 from time_ray.core.benchmark import BenchmarkSpec
 from time_ray.core.contracts import ExperimentSettings, TrainingRecipe, Trial
-from time_ray.core.errors import ConfigError, did_you_mean
+from time_ray.core.errors import ConfigError, did_you_mean, shown
 from time_ray.core.policy_space import PRESETS
 from time_ray.core.stream import ORDERS, Mixture
 
@@ -34,6 +36,8 @@ SEARCH_METHODS = ("sobol", "random")
 SCHEDULERS = ("asha",)
 METRICS = ("a_ka", "a_zs", "gm")
 BUDGET_UNITS = ("steps_per_task", "samples_per_task", "gflops_per_task", "total_steps")
+WANDB_MODES = ("offline", "online", "disabled")
+MLFLOW_SCHEMES = ("file", "http", "https", "databricks")  # tracking URIs besides a plain directory
 
 # ---------------------------------------------------------------- the config's types
 
@@ -145,6 +149,9 @@ class ResourcesConfig(Section):
     gpus_per_worker: float | None = None  # fractions share a GPU; None: derived (use_gpu only)
     merge_actors: Count = 1  # the sweep's merge service: long-lived merge actors, each serving several trials' pools
     evaluators: Annotated[int, Field(ge=0, le=1024)] = 1  # shared evaluator actors; 0: each trial's driver evaluates
+    # `plan` and `sweep` warn (and go on) above these sizes: a typo in a budget or a search is seen before it runs
+    warn_trials: Count = 2000
+    warn_device_hours: Positive = 1000.0  # at plan's assumed device throughput (--device-tflops)
 
 
 class EarlyStoppingConfig(Section):
@@ -164,9 +171,43 @@ class SearchConfig(Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
 
+class OutputsConfig(Section):
+    """What a sweep writes beside its result tables (never what it computes)."""
+
+    # each trial's per-image predictions at its final timestep (trials/<id>/predictions.parquet):
+    # auto: when the test split has at most 100,000 images (core.predictions.AUTO_LIMIT)
+    predictions: Literal["auto", "always", "never"] = "auto"
+
+
+class WandbConfig(Section):
+    project: str  # the W&B project of the sweep's runs
+    mode: Literal[WANDB_MODES] = "offline"  # offline: run files under `dir`, uploaded later by `wandb sync`
+    dir: str | None = None  # where W&B writes its run files (None: W&B's default, ./wandb)
+    entity: str | None = None  # the W&B user or team (None: the account's default)
+
+
+class TrackingConfig(Section):
+    """Experiment trackers fed by the sweep's driver (orchestration/tracking.py): each trial's config and
+    metrics, the result tables at the end. They never change what a sweep computes."""
+
+    mlflow: str | None = None  # a tracking URI: a directory, file://..., http(s)://... or databricks
+    wandb: WandbConfig | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.mlflow is not None or self.wandb is not None
+
+
 # Fields added after the config fingerprints were pinned (tests/test_config_pins.py), as paths: to_dict() and
 # so fingerprint() and config.yaml leave each out while it holds its default; a value set is written.
-ADDED_LATER: tuple[tuple[str, ...], ...] = (("resources", "merge_actors"), ("resources", "evaluators"))
+ADDED_LATER: tuple[tuple[str, ...], ...] = (
+    ("resources", "merge_actors"),
+    ("resources", "evaluators"),
+    ("resources", "warn_trials"),
+    ("resources", "warn_device_hours"),
+    ("outputs",),
+    ("tracking",),
+)
 
 
 class SweepConfig(Section):
@@ -179,6 +220,8 @@ class SweepConfig(Section):
     seeds: Several[int] = (0,)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    outputs: OutputsConfig = Field(default_factory=OutputsConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict:
         """The config as plain data (written to config.yaml; its hash is the fingerprint). A field added after
@@ -190,7 +233,7 @@ class SweepConfig(Section):
             parent = data
             for section in sections:
                 model, parent = getattr(model, section), parent[section]
-            if getattr(model, name) == type(model).model_fields[name].default:
+            if getattr(model, name) == type(model).model_fields[name].get_default(call_default_factory=True):
                 del parent[name]
         return data
 
@@ -257,11 +300,11 @@ def config_error(error: ValidationError, model: type[BaseModel] = SweepConfig) -
         if isinstance(key, int):
             path, parent, hint = f"{path}[{key}]", here, (typing.get_args(here) or (Any,))[0]
         elif _field_names(here):
-            path, parent = f"{path}.{key}" if path else str(key), here
+            path, parent = f"{path}.{_cut(str(key))}" if path else _cut(str(key)), here
             hint = typing.get_type_hints(here, include_extras=True).get(str(key), Any)
         # else: the member of a union tried (policies.grid: a mapping or a list), not a field
     here, constraints = _unwrap(hint)
-    got = f", got {value!r}."
+    got = f", got {shown(value)}."
     if kind == "extra_forbidden":
         names = _field_names(parent)
         text = f"unknown field.{did_you_mean(first['loc'][-1], names)} Allowed: {', '.join(names)}."
@@ -271,14 +314,14 @@ def config_error(error: ValidationError, model: type[BaseModel] = SweepConfig) -
         text = f"expected a mapping of {', '.join(_field_names(here))}{got}"
     elif kind == "literal_error" and isinstance(value, str):
         allowed = [str(a) for a in typing.get_args(here)]
-        text = f"{value!r} is not allowed.{did_you_mean(value, allowed)} Allowed: {', '.join(allowed)}."
+        text = f"{shown(value)} is not allowed.{did_you_mean(value, allowed)} Allowed: {', '.join(allowed)}."
     elif kind == "literal_error":
         text = f"expected a string{got}"
     elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        text = f"{_range(constraints)}, got {value}."
+        text = f"{_range(constraints)}, got {_cut(str(value))}."
     else:
-        text = f"{EXPECTED.get(kind, first['msg'])}{got}"
-    return ConfigError(f"{path or 'config'}: {text}")
+        text = f"{EXPECTED.get(kind, _cut(first['msg']))}{got}"
+    return ConfigError(f"{_cut(path, 300) or 'config'}: {text}")
 
 
 # ---------------------------------------------------------------- loading
@@ -289,18 +332,18 @@ def parse_key_value(item: str, option: str, example: str) -> tuple[str, object]:
     YAML (``0.3`` a float, ``[1, 2]`` a list, ``ties`` a string); errors name the option and show
     ``example``."""
     if "=" not in item:
-        raise ConfigError(f"{option} {item!r}: expected key=value, e.g. {example}.")
+        raise ConfigError(f"{option} {shown(item)}: expected key=value, e.g. {example}.")
     key, text = item.split("=", 1)
     try:
-        return key, yaml.safe_load(text)
+        return key, safe_yaml.limited(text, f"{option} {_cut(key)}")
     except yaml.YAMLError as exc:
         raise ConfigError(
-            f"{option} {key}: the value {text!r} is not valid YAML ({getattr(exc, 'problem', exc)}); "
+            f"{option} {_cut(key)}: the value {shown(text)} is not valid YAML ({getattr(exc, 'problem', exc)}); "
             "quote strings that contain YAML syntax, e.g. --set name='\"a: b\"'."
         ) from None
 
 
-_PATH_PART = re.compile(r"([^.\[\]]+)((?:\[\d+\])*)")
+_PATH_PART = re.compile(r"([^.\[\]]+)((?:\[\d{1,18}\])*)")  # an index of 19 digits indexes no list
 
 
 def _field_path(key: str, item: str) -> list[str | int]:
@@ -310,8 +353,9 @@ def _field_path(key: str, item: str) -> list[str | int]:
         match = _PATH_PART.fullmatch(part)
         if not match:
             raise ConfigError(
-                f"--set {item!r}: {key!r} is not a field path; expected names joined by dots, each optionally "
-                "followed by list indexes, e.g. budget.steps_per_task=50 or stream.data.datasets[1].role=heldout."
+                f"--set {shown(item)}: {shown(key)} is not a field path; expected names joined by dots, each "
+                "optionally followed by list indexes, e.g. budget.steps_per_task=50 or "
+                "stream.data.datasets[1].role=heldout."
             )
         tokens.append(match.group(1))
         tokens += [int(i) for i in re.findall(r"\[(\d+)\]", match.group(2))]
@@ -319,7 +363,12 @@ def _field_path(key: str, item: str) -> list[str | int]:
 
 
 def _shown(tokens: list[str | int]) -> str:
-    return "".join(f"[{t}]" if isinstance(t, int) else f".{t}" for t in tokens).lstrip(".")
+    return _cut("".join(f"[{t}]" if isinstance(t, int) else f".{t}" for t in tokens).lstrip("."))
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    """A name or number an error message shows, cut to ``limit`` characters (with its length after a longer one)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} chars)"
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -335,17 +384,17 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if isinstance(token, int):
                 if not isinstance(node, list):
                     raise ConfigError(
-                        f"--set {key}: {where} holds {type(node).__name__} {node!r:.60}, not a list; "
+                        f"--set {_cut(key)}: {where} holds {type(node).__name__} {node!r:.60}, not a list; "
                         f"index it only where it is a list."
                     )
                 if token >= len(node):
                     raise ConfigError(
-                        f"--set {key}: {where} has {len(node)} item(s), so [{token}] is out of range "
+                        f"--set {_cut(key)}: {where} has {len(node)} item(s), so [{token}] is out of range "
                         f"(indexes start at 0)."
                     )
             elif not isinstance(node, dict):
                 raise ConfigError(
-                    f"--set {key}: {where} holds {type(node).__name__} {node!r:.60}, not a mapping of "
+                    f"--set {_cut(key)}: {where} holds {type(node).__name__} {node!r:.60}, not a mapping of "
                     f"fields; set it as a whole instead, e.g. --set {where}=..."
                     + (f", or an item: --set {where}[0]=..." if isinstance(node, list) else "")
                 )
@@ -356,27 +405,14 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if child is None and isinstance(token, str) and not isinstance(tokens[i + 1], int):
                 child = node[token] = {}  # type: ignore[index]
             elif child is None:
-                raise ConfigError(f"--set {key}: {_shown(tokens[: i + 1])} is not set; set it as a whole first.")
+                raise ConfigError(f"--set {_cut(key)}: {_shown(tokens[: i + 1])} is not set; set it as a whole first.")
             node = child
     return raw
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config {path}: {'a directory, not a file' if path.is_dir() else 'no such file'}.")
-    try:
-        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"config {path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8 YAML."
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"config {path}: cannot be read ({exc.strerror or exc}).") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"config {path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}.") from exc
+    raw = safe_yaml.load_file(path, f"config {path}")  # a regular file of at most 1 MiB, aliases bounded
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -440,8 +476,28 @@ def absolute_paths(cfg: SweepConfig) -> SweepConfig:
         update={
             "stream": cfg.stream.model_copy(update={"data": data}),
             "model": cfg.model.model_copy(update={"pretrained": pretrained}),
+            "tracking": _absolute_tracking(cfg.tracking),
         }
     )
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # the scheme of a URI (a directory has none)
+
+
+def mlflow_directory(uri: str) -> bool:
+    """An MLflow tracking URI that is a plain directory (a file store): no scheme, not ``databricks``."""
+    return uri != "databricks" and not _SCHEME.match(uri)
+
+
+def _absolute_tracking(tracking: TrackingConfig) -> TrackingConfig:
+    """The trackers' local directories (an MLflow file store, W&B's ``dir``) made absolute from the current
+    directory; they need not exist yet (the trackers create them)."""
+    mlflow, wandb = tracking.mlflow, tracking.wandb
+    if mlflow is not None and mlflow.strip() and mlflow_directory(mlflow):
+        mlflow = str(Path(mlflow).expanduser().resolve())
+    if wandb is not None and wandb.dir is not None and wandb.dir.strip():
+        wandb = wandb.model_copy(update={"dir": str(Path(wandb.dir).expanduser().resolve())})
+    return tracking.model_copy(update={"mlflow": mlflow, "wandb": wandb})
 
 
 # ---------------------------------------------------------------- semantic checks: what spans fields or is explained
@@ -455,11 +511,13 @@ def _check(cond: bool, message: str) -> None:
 def _choice(value: str, allowed, field_path: str) -> None:
     _check(
         value in allowed,
-        f"{field_path}: {value!r} is not allowed.{did_you_mean(value, allowed)} Allowed: {', '.join(allowed)}.",
+        f"{field_path}: {shown(value)} is not allowed.{did_you_mean(value, allowed)} Allowed: {', '.join(allowed)}.",
     )
 
 
 MAX_BATCH = 65536
+MAX_STEPS_PER_TASK = 10**9  # a trial's training steps per task (budget x multiplier): beyond it, a typo
+MAX_TRIALS = 50_000  # in one sweep; split a larger study into several sweeps (one output directory each)
 MAX_BENCHMARK_GIB = 4
 
 
@@ -524,11 +582,11 @@ def validate(cfg: SweepConfig) -> None:
     _check(len(cfg.seeds) > 0, "seeds: must list at least one seed.")
     for i, seed in enumerate(cfg.seeds):
         _check(0 <= seed < 2**31, f"seeds[{i}]: must be an integer in [0, 2^31), got {seed}.")
-    twice = sorted({s for s in cfg.seeds if cfg.seeds.count(s) > 1})
+    twice = sorted(s for s, n in Counter(cfg.seeds).items() if n > 1)
     _check(
         not twice,
-        f"seeds: {', '.join(map(str, twice))} listed more than once; each seed runs every policy "
-        f"once, so a repeated seed would run the same trials twice. Got {list(cfg.seeds)}.",
+        f"seeds: {_cut(', '.join(map(str, twice)))} listed more than once; each seed runs every policy "
+        f"once, so a repeated seed would run the same trials twice. Got {shown(list(cfg.seeds))}.",
     )
     for name, seed in (
         ("stream.seed", cfg.stream.seed),
@@ -539,7 +597,7 @@ def validate(cfg: SweepConfig) -> None:
         _check(0 <= seed < 2**31, f"{name}: must be an integer in [0, 2^31), got {seed}.")
     _check(
         len(set(cfg.budget.multipliers)) == len(cfg.budget.multipliers),
-        f"budget.multipliers: a multiplier is listed more than once: {list(cfg.budget.multipliers)}.",
+        f"budget.multipliers: a multiplier is listed more than once: {shown(list(cfg.budget.multipliers))}.",
     )
     _check(len(cfg.budget.multipliers) > 0, "budget.multipliers: must list at least one multiplier.")
     t = cfg.training
@@ -560,6 +618,7 @@ def validate(cfg: SweepConfig) -> None:
         f"use_gpu: true; got {r.gpus_per_worker} (use_gpu: {r.use_gpu}).",
     )
     _validate_search(cfg.search)
+    _validate_tracking(cfg.tracking)
     from time_ray.core.models import check_arch
 
     check_arch(cfg.model.arch)
@@ -578,6 +637,28 @@ def validate(cfg: SweepConfig) -> None:
 SEARCHABLE = ("lambda", "prune", "top", "t", "alpha", "beta", "ema_weight")
 
 
+def _validate_tracking(tracking: TrackingConfig) -> None:
+    """An MLflow URI MLflow can reach (a directory, file://, http(s)://HOST, databricks) and a W&B project
+    name that W&B takes (unknown fields and W&B's mode are checked by their types)."""
+    uri = tracking.mlflow
+    if uri is not None:
+        scheme = uri.split(":", 1)[0].lower() if _SCHEME.match(uri) else None
+        web = scheme in ("http", "https")
+        _check(
+            uri.strip() != "" and (scheme is None or scheme in MLFLOW_SCHEMES) and (not web or urlsplit(uri).netloc),
+            f"tracking.mlflow: {shown(uri)} is not an MLflow tracking URI; give a directory, file:///PATH, "
+            "http(s)://HOST[:PORT] or databricks.",
+        )
+    wandb = tracking.wandb
+    if wandb is not None:
+        _check(
+            wandb.project.strip() != "" and not set(wandb.project) & set("/\\#?%:"),
+            f"tracking.wandb.project: {shown(wandb.project)} is not a W&B project name (not empty, none of "
+            "/ \\ # ? % :).",
+        )
+        _check(wandb.dir is None or wandb.dir.strip() != "", "tracking.wandb.dir: empty; give a directory or null.")
+
+
 def _validate_search(search: SearchConfig) -> None:
     """The search space (samples, method and early stopping are checked by their types)."""
     for name, bounds in search.space.items():
@@ -591,10 +672,12 @@ def _validate_search(search: SearchConfig) -> None:
             and len(bounds) == 2
             and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
             and bounds[0] < bounds[1],
-            f"search.space.{name}: expected [low, high] with low < high (finite numbers), got {bounds!r}.",
+            f"search.space.{name}: expected [low, high] with low < high (finite numbers), got {shown(bounds)}.",
         )
         if name == "ema_weight":
-            _check(0 < bounds[0] and bounds[1] <= 1, f"search.space.ema_weight: must lie in (0, 1], got {bounds!r}.")
+            _check(
+                0 < bounds[0] and bounds[1] <= 1, f"search.space.ema_weight: must lie in (0, 1], got {shown(bounds)}."
+            )
     _check(not search.space or search.samples > 0, "search.space: given, but search.samples is 0; set how many draws.")
 
 
@@ -614,7 +697,14 @@ def steps_per_task(cfg: SweepConfig, flops_per_step: float | None = None) -> int
     ``flops_per_step`` is given (see ``measure_flops_per_step``)."""
     if cfg.budget.gflops_per_task is not None and flops_per_step is None:
         flops_per_step = measure_flops_per_step(cfg)
-    return policy_space.steps_per_task(cfg.budget, cfg.stream.tasks, cfg.training.batch_size, flops_per_step)
+    try:
+        return policy_space.steps_per_task(cfg.budget, cfg.stream.tasks, cfg.training.batch_size, flops_per_step)
+    except OverflowError:  # a budget so large that its steps are not a finite number
+        unit = next(u for u in BUDGET_UNITS if getattr(cfg.budget, u) is not None)
+        raise ConfigError(
+            f"budget: {unit} {getattr(cfg.budget, unit):g} gives no finite number of training steps per task; "
+            f"at most {MAX_STEPS_PER_TASK:.0e} (lower budget.{unit})."
+        ) from None
 
 
 def measure_flops_per_step(cfg: SweepConfig) -> float:
@@ -626,10 +716,26 @@ def measure_flops_per_step(cfg: SweepConfig) -> float:
 
 
 def expand_trials(cfg: SweepConfig, flops_per_step: float | None = None) -> list[Trial]:
-    """One typed trial per policy x budget multiplier x seed (core.policy_space.expand_trials)."""
-    return policy_space.expand_trials(
-        expand_policies(cfg), steps_per_task(cfg, flops_per_step), cfg.budget.multipliers, cfg.seeds, cfg.stream.tasks
+    """One typed trial per policy x budget multiplier x seed (core.policy_space.expand_trials); refuses a
+    budget beyond ``MAX_STEPS_PER_TASK`` steps per task and a sweep of more than ``MAX_TRIALS`` trials."""
+    per_task = steps_per_task(cfg, flops_per_step)
+    unit = next((u for u in BUDGET_UNITS if getattr(cfg.budget, u) is not None), "steps_per_task")
+    for m in cfg.budget.multipliers:
+        _check(
+            math.isfinite(per_task * m) and per_task * m <= MAX_STEPS_PER_TASK,
+            f"budget: {unit} {getattr(cfg.budget, unit) or per_task:g} x multiplier {m:g} gives "
+            f"{per_task * m:.3g} training steps per task; at most {MAX_STEPS_PER_TASK:.0e} (lower "
+            f"budget.{unit} or budget.multipliers).",
+        )
+    policies = expand_policies(cfg)
+    n = len(policies) * len(cfg.budget.multipliers) * len(cfg.seeds)
+    _check(
+        n <= MAX_TRIALS,
+        f"this config expands to {n:,} trials ({len(policies):,} policies x {len(cfg.budget.multipliers)} budget "
+        f"multipliers x {len(cfg.seeds)} seeds); one sweep runs at most {MAX_TRIALS:,}: lower search.samples, the "
+        "grid or the seeds, or split the study into several sweeps.",
     )
+    return policy_space.expand_trials(policies, per_task, cfg.budget.multipliers, cfg.seeds, cfg.stream.tasks)
 
 
 def base_model_source(cfg: SweepConfig) -> dict:

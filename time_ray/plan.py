@@ -6,9 +6,83 @@ from __future__ import annotations
 import json
 
 from time_ray.config import SweepConfig, expand_trials, measure_flops_per_step
+from time_ray.core.benchmark import Benchmark
 from time_ray.core.contracts import Trial
 
 DEFAULT_DEVICE_TFLOPS = 100.0  # sustained training throughput assumed for device-hours (state yours)
+
+
+MEASURE_ABOVE_STEPS = 100_000  # `sweep` measures a training step's FLOPs for its size warning only beyond this
+
+
+TIMED_BATCH = 16  # `plan` times steps of this batch first; the configured batch too when that is quick
+TIMED_STEPS = 5  # steps timed at each batch; the first two (warm-up) are not counted
+QUICK_STEP_SECONDS = 5.0  # a configured-batch step predicted faster than this is timed itself
+
+
+def measure_step_seconds(cfg: SweepConfig, flops_per_step: float) -> dict:
+    """Seconds of one training step of the config on this machine (CPU threads or the first GPU), images
+    read from the data as the sweep reads them. Steps of a batch of ``TIMED_BATCH`` are timed first; when
+    the configured batch's step, predicted from them by FLOPs (exact, ``flops_per_step``), takes less than
+    ``QUICK_STEP_SECONDS`` it is timed itself, else the prediction stands (a large model at a large batch
+    is estimated in seconds, not timed for hours)."""
+    import torch
+
+    batch = cfg.training.batch_size
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    small = min(TIMED_BATCH, batch)
+    seconds, flops = _timed_step(cfg, small, device)
+    predicted, timed = seconds * flops_per_step / flops, small
+    if small < batch and predicted < QUICK_STEP_SECONDS:
+        predicted, timed = _timed_step(cfg, batch, device)[0], batch
+    where = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    return {"seconds_per_step": predicted, "timed_batch": timed, "device": where}
+
+
+def _timed_step(cfg: SweepConfig, batch: int, device: str) -> tuple[float, float]:
+    """(seconds, FLOPs) of one training step at ``batch``: ``TIMED_STEPS`` real steps of task 1, after warm-up."""
+    import time
+    from dataclasses import replace
+
+    from time_ray.config import experiment_settings
+    from time_ray.core.experiment import Experiment
+
+    settings = experiment_settings(cfg)
+    experiment = Experiment.from_settings(replace(settings, training=replace(settings.training, batch_size=batch)))
+    model = experiment.new_model().to(device)
+    stamps: list[float] = []
+    experiment.train_expert(
+        model, 1, TIMED_STEPS, 0, device, on_step=lambda step, loss: stamps.append(time.perf_counter())
+    )
+    warm = stamps[1:]  # from the end of the second step
+    return (warm[-1] - warm[0]) / (len(warm) - 1), experiment.flops_per_step(model, device)
+
+
+def size_warnings(
+    cfg: SweepConfig, trials: list[Trial], flops_per_step: float | None = None, tflops: float = DEFAULT_DEVICE_TFLOPS
+) -> list[str]:
+    """Lines that say a sweep is larger than ``resources.warn_trials`` trials or ``resources.warn_device_hours``
+    device-hours (at ``tflops`` sustained): what ``plan`` prints and ``sweep`` logs before it starts.
+    Without ``flops_per_step``, one step is measured only when the unique experts' steps pass
+    ``MEASURE_ABOVE_STEPS`` (below it no sweep comes near the device-hours warning)."""
+    warnings = []
+    r = cfg.resources
+    if len(trials) > r.warn_trials:
+        warnings.append(
+            f"this sweep has {len(trials):,} trials, more than resources.warn_trials ({r.warn_trials:,}); "
+            "check search.samples, the grid and the seeds (raise the setting to silence this)"
+        )
+    steps = sum(s for _, _, s, _, _ in unique_experts(trials, cfg.stream.tasks))
+    if flops_per_step is None and steps > MEASURE_ABOVE_STEPS:
+        flops_per_step = measure_flops_per_step(cfg)
+    hours = steps * (flops_per_step or 0.0) / (tflops * 1e12) / 3600
+    if hours > r.warn_device_hours:
+        warnings.append(
+            f"this sweep trains {steps:,} steps, about {hours:,.3g} device-hours at {tflops:g} "
+            f"TFLOP/s, more than resources.warn_device_hours ({r.warn_device_hours:g}); check the budget "
+            "(raise the setting to silence this)"
+        )
+    return warnings
 
 
 def init_lineage(trial: Trial, t: int) -> str:
@@ -49,6 +123,35 @@ def asha_fraction(tasks: int, grace: int, reduction: int) -> float:
     return expected / tasks
 
 
+def data_outline(cfg: SweepConfig) -> tuple[list[dict], list[list[str]], int, Benchmark]:
+    """The config's datasets (a row each: name, role, classes, images...), its tasks as
+    ``dataset+++class`` names, the image size and the benchmark (images by path), without decoding an
+    image. ``plan``, ``data show`` and ``sweep`` (before it claims its output directory) all check the
+    data through it."""
+    from time_ray.core.errors import ConfigError
+    from time_ray.core.real_data import dataset_row, outline_real_data
+    from time_ray.core.stream import make_stream
+
+    if cfg.stream.benchmark == "builtin":
+        from time_ray.core.benchmark import build_benchmark
+
+        bench, pairs, size = build_benchmark(cfg.stream.builtin), None, cfg.stream.builtin.image_size
+        rows = [dataset_row(bench, d.name, d.role, d.kind, d.template, d.classes) for d in bench.datasets.values()]
+        if bench.generic_classes:
+            rows.append(dataset_row(bench, "pretrain", "pretrain", "classification", None, bench.generic_classes))
+    else:
+        from time_ray.core.models import image_size
+
+        rows, bench, pairs = outline_real_data(cfg.stream.benchmark, cfg.stream.data)
+        size = image_size(cfg.model.arch)
+    try:
+        stream = make_stream(bench, cfg.stream.tasks, cfg.stream.order, cfg.stream.seed, pairs)
+    except ValueError as exc:
+        raise ConfigError(f"stream: {exc}.") from None
+    names = [[f"{bench.class_dataset[c]}+++{bench.class_names[c]}" for c in task] for task in stream]
+    return rows, names, size, bench
+
+
 def data_path(cfg: SweepConfig) -> dict:
     """How the sweep reads its images (no image decoded): for real data the image files, read per batch
     (no store is built; docs/data.md), their bytes on disk (estimated from a sample), the pretraining
@@ -81,7 +184,10 @@ def make_plan(
     flops_per_step: float | None = None,
     model_bytes: int | None = None,
     device_tflops: float = DEFAULT_DEVICE_TFLOPS,
+    time_here: bool = False,
 ) -> dict:
+    """What the sweep costs. ``time_here``: also the training time on this machine, from steps timed here
+    (:func:`measure_step_seconds`)."""
     flops = flops_per_step if flops_per_step is not None else measure_flops_per_step(cfg)
     if model_bytes is None:
         from time_ray.core.models import create_model
@@ -113,4 +219,13 @@ def make_plan(
         # holds its own EMA chain; plus theta_0
         "storage_bytes": model_bytes * (len(experts) + chains + 1),
         "data": data_path(cfg),
+        "warnings": size_warnings(cfg, trials, flops, device_tflops),
+        "here": _time_here(cfg, flops, experts) if time_here else None,
     }
+
+
+def _time_here(cfg: SweepConfig, flops: float, experts: set[tuple]) -> dict:
+    """The unique experts' training time on this machine, one expert at a time."""
+    timed = measure_step_seconds(cfg, flops)
+    steps = sum(s for _, _, s, _, _ in experts)
+    return timed | {"train_seconds": steps * timed["seconds_per_step"]}

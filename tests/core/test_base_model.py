@@ -26,6 +26,15 @@ def test_builtin_base_is_pretrained_once_then_reused_from_the_cache(cache_dir, c
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
+def test_pretraining_lines_say_elapsed_time_and_eta(cache_dir, caplog):
+    caplog.set_level(logging.INFO, logger="time_ray")
+    builtin_base("tiny-clip", SPEC, BaseTraining(steps=20, batch_size=8))
+    steps = [m for m in caplog.messages if m.lstrip().startswith("pretraining step")]
+    assert [m.split()[2] for m in steps] == [f"{s}/20" for s in (2, 4, 6, 8, 10, 12, 14, 16, 18, 20)]
+    assert all(" elapsed" in m for m in steps)
+    assert all("  ETA " in m for m in steps[:-1]) and "ETA" not in steps[-1]  # none once it is done
+
+
 def test_cache_key_changes_with_anything_that_changes_the_weights():
     key = builtin_key("tiny-clip", SPEC, RECIPE)
     assert builtin_key("tiny-clip", SPEC, BaseTraining(steps=4, batch_size=8)) != key

@@ -79,7 +79,7 @@ def test_experiment_settings_keep_the_expert_cache_address():
 
 
 def test_timestep_costs_are_the_cost_columns_of_a_row():
-    expert = ExpertInfo(train_steps=7, train_seconds=1.5, train_gflops=2.0, loss=0.3)
+    expert = ExpertInfo.trained(steps=7, seconds=1.5, gflops=2.0, loss=0.3)
     costs = TimestepCosts.of(expert, merge_seconds=0.25, pool_bytes=1024)
     row = costs.to_row()
     assert set(row) <= set(TIMESTEP_COLUMNS)
@@ -91,8 +91,15 @@ def test_timestep_costs_are_the_cost_columns_of_a_row():
         "eval_seconds": 0.0,
         "pool_bytes": 1024,
         "expert_cache_hit": False,
+        "expert_train_steps": 7,
+        "expert_train_gflops": 2.0,
+        "expert_train_seconds": 1.5,
     }
-    hit = TimestepCosts.of(ExpertInfo.cache_hit(), 0.0, 0)
-    assert hit.expert_cache_hit and hit.train_steps == 0
+    hit = TimestepCosts.of(ExpertInfo.cache_hit(expert), 0.0, 0)  # this trial paid nothing; the expert took 7 steps
+    assert hit.expert_cache_hit and (hit.train_steps, hit.train_gflops, hit.train_seconds) == (0, 0.0, 0.0)
+    assert (hit.expert_train_steps, hit.expert_train_gflops, hit.expert_train_seconds) == (7, 2.0, 1.5)
+    # info kept by an older version (train_* only) still gives the expert's own cost
+    old = ExpertInfo(train_steps=7, train_seconds=1.5, train_gflops=2.0, loss=0.3)
+    assert ExpertInfo.cache_hit(old).expert_train_steps == 7 and ExpertInfo.cache_hit().expert_train_steps == 0
     # info_<t>.json round trip, tolerant of keys written by older versions
     assert ExpertInfo.from_json({**expert.to_json(), "old_key": 1}) == expert

@@ -87,6 +87,36 @@ def test_reduced_quickstart_on_local_ray(reduced_quickstart, cache_dir):
 
 
 @pytest.mark.e2e
+def test_the_final_numbers_are_reproduced_image_by_image_from_the_manifest_and_predictions(reduced_quickstart):
+    """DIR/test_split.parquet lists every test image; trials/<id>/predictions.parquet what each trial's final
+    model predicted for each: joined, they give metrics.parquet's final accuracy of every dataset exactly."""
+    out, _ = reduced_quickstart
+    split = pd.read_parquet(out / "test_split.parquet")
+    metrics = pd.read_parquet(out / "metrics.parquet")
+    assert split.test_index.is_monotonic_increasing and split.test_index.is_unique
+    assert split.path.isna().all()  # the built-in benchmark's images are generated, not files
+    assert set(split.role) == {"adaptation", "heldout", "retrieval"}
+    final = metrics[(metrics.timestep == 2) & (metrics.role != "task")]
+    for trial_id, rows in final.groupby("trial_id"):
+        predictions = pd.read_parquet(out / "trials" / trial_id / "predictions.parquet")
+        joined = predictions.merge(split, on="test_index", validate="one_to_one")
+        assert len(joined) == len(split)  # every test image, once (the final timestep uses the full test sets)
+        classified = joined[joined.role != "retrieval"]
+        assert (classified.correct == (classified.predicted == classified.label)).all()
+        assert (joined[joined.role == "retrieval"].predicted == -1).all()
+        accuracy = classified.groupby("dataset").correct.mean()
+        for row in rows[rows.metric == "accuracy"].itertuples():
+            assert accuracy[row.dataset] == pytest.approx(row.value, abs=1e-6), (trial_id, row.dataset)
+    steps = pd.read_parquet(out / "timesteps.parquet")
+    hits = steps[steps.expert_cache_hit]
+    # a cache hit paid nothing, but its expert's own training is there: the 60 steps the first trial paid
+    assert (hits.train_steps == 0).all() and (hits.expert_train_steps == 60).all()
+    assert (hits.expert_train_gflops > 0).all()
+    trained = steps[~steps.expert_cache_hit & (steps.timestep > 0)]
+    assert (trained.expert_train_steps == trained.train_steps).all()
+
+
+@pytest.mark.e2e
 def test_data_parallel_experts_in_the_training_service(reduced_quickstart, cache_dir, tmp_path):
     """workers_per_expert: 2 with 0.45 CPU per worker: the service runs 2 worker groups of 2 workers in
     one Train run (4 workers, a torch process subgroup per group); each expert is trained by a group

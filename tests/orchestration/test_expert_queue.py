@@ -31,7 +31,7 @@ def job(key="k", trial="a", t=1):
     return ExpertJob(key=key, t=t, init=None, steps=10, seed=0, multitask=False, trial_id=trial)
 
 
-TRAINED = ExpertInfo(train_steps=10, train_seconds=1.5, train_gflops=2.0, loss=0.5)
+TRAINED = ExpertInfo.trained(steps=10, seconds=1.5, gflops=2.0, loss=0.5)
 
 
 def test_two_trials_needing_one_expert_queue_one_job_and_the_first_is_charged():
@@ -42,9 +42,10 @@ def test_two_trials_needing_one_expert_queue_one_job_and_the_first_is_charged():
     assert cache.take("g1") is None  # nothing else to do
     assert cache.status("k", "a") == ("training", None)
     cache.done("k", "g0", TRAINED)
-    assert cache.status("k", "b") == ("done", ExpertInfo.cache_hit())
+    assert cache.status("k", "b") == ("done", ExpertInfo.cache_hit(TRAINED))
     assert cache.status("k", "a") == ("done", TRAINED)  # the trial that asked first carries the cost, once
-    assert cache.status("k", "a") == ("done", ExpertInfo.cache_hit())
+    hit = cache.status("k", "a")[1]
+    assert hit == ExpertInfo.cache_hit(TRAINED) and (hit.train_steps, hit.expert_train_steps) == (0, 10)
     assert cache.stats()["trained"] == 1
 
 

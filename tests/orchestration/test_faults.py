@@ -2,7 +2,9 @@
 against the uninterrupted reduced quickstart (`reduced_quickstart`): same metrics.parquet values,
 no duplicate or missing rows. Faults come from TIME_RAY_FAULTS (time_ray/orchestration/faults.py)."""
 
+import contextlib
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -168,4 +170,65 @@ def test_damaged_checkpoints_are_rebuilt_or_reported(reduced_quickstart, cache_d
     expert.with_name(expert.name + ".sha256").unlink()
     again = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(out), "--resume", *SETS], cache_dir, ray_dir())
     assert again.returncode == 0, again.stderr[-4000:]
+    assert_same_results(out, reference)
+
+
+@pytest.mark.e2e
+def test_a_damaged_trial_table_is_redone_on_resume(reduced_quickstart, cache_dir, tmp_path):
+    """Injected: sequential-ft's trials/<id>/timesteps.parquet emptied to 0 bytes (a copy cut short). Checked:
+    `--resume` says in one warning that the tables were set aside, redoes that trial's timesteps from its
+    pool and the expert cache (no expert trained again) and gives the reference's values."""
+    reference, _ = reduced_quickstart
+    out = copy_results(reference, tmp_path / "out")
+    steps = pd.read_parquet(out / "timesteps.parquet")
+    trial = steps[steps.policy == "sequential-ft"].trial_id.iloc[0]
+    (out / "trials" / trial / "timesteps.parquet").write_bytes(b"")
+    resumed = run_cli(
+        ["sweep", "configs/quickstart.yaml", "--output", str(out), "--resume", *SETS], cache_dir, ray_dir()
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-6000:]
+    warning = [line for line in resumed.stderr.splitlines() if "cannot be read" in line]
+    assert len(warning) == 1 and f"trials/{trial}" in warning[0] and "moved aside as *.damaged" in warning[0]
+    assert "(2 already finished)" in resumed.stderr and "experts trained 0," in resumed.stderr
+    assert (out / "trials" / trial / "timesteps.parquet.damaged").stat().st_size == 0
+    assert_same_results(out, reference)
+
+
+@pytest.mark.e2e
+def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_finishes_it(
+    reduced_quickstart, cache_dir, tmp_path, small_disk
+):
+    """Injected: the output's disk (a real 160 MiB tmpfs) filled up once a trial has recorded timestep 1. Checked:
+    the sweep stops at the first write that fails, with one line naming the file and the free space (no
+    retries announced as a busy machine); after space is freed, `--resume` gives the reference's values."""
+    import subprocess
+    import sys
+    import time
+
+    reference, _ = reduced_quickstart
+    out = small_disk("160m") / "out"
+    env = {**os.environ, "TIME_RAY_CACHE": str(cache_dir), "RAY_TMPDIR": ray_dir()}
+    env.pop("RAY_ADDRESS", None)
+    args = [sys.executable, "-m", "time_ray", "sweep", "configs/quickstart.yaml", "--output", str(out), *SETS]
+    sweep = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and sweep.poll() is None:
+        if any(pd.read_parquet(p).timestep.max() >= 1 for p in out.glob("trials/*/timesteps.parquet")):
+            break
+        time.sleep(0.5)
+    filler = out.parent / "filler"
+    with open(filler, "wb") as f:  # every byte left, taken
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(bytes(1 << 20))
+                f.flush()
+    _, stderr = sweep.communicate(timeout=600)
+    assert sweep.returncode == 2, stderr[-6000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("time-ray: error: disk full: cannot write " + str(out)), stderr[-6000:]
+    assert "free on " in last and "rerun with --resume" in last and "busy machine" not in stderr
+    assert "Traceback" not in stderr and "attempt 2 of" not in stderr
+    filler.unlink()
+    resumed = run_cli(args[3:] + ["--resume"], cache_dir, ray_dir())
+    assert resumed.returncode == 0, resumed.stderr[-6000:]
     assert_same_results(out, reference)

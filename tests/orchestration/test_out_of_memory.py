@@ -128,7 +128,7 @@ def test_a_job_whose_worker_was_killed_for_memory_is_not_trained_again_and_the_s
     assert cache.take("group-0").key == "k1"
     message = cache.out_of_memory("group-0", 0, RAY_260.replace("10.0.0.5", "127.0.0.1"))
     assert message.startswith("out of memory: expert-training worker (rank 0) on 127.0.0.1 was killed by Ray's")
-    assert cache.memory_killed() == message
+    assert cache.machine_fault() == message
     assert cache.out_of_memory("group-0", 0, "MemoryError") == message  # the first kill's message stays
     assert cache.register("group-0", node="n1") == 0  # Train restarted the group: the job is not given back
     assert cache.take("group-0") == STOP and cache.take("group-1") == STOP  # k2 is not started either
@@ -180,7 +180,7 @@ def test_trains_controller_reports_a_memory_kill_and_a_sigkill_only_when_the_ker
 def test_a_trial_failing_for_a_killed_evaluator_stops_the_sweep_without_an_attempt_line(tmp_path, caplog):
     from types import SimpleNamespace
 
-    from time_ray.orchestration.progress import ProgressPrinter, StopAtMemoryKill
+    from time_ray.orchestration.progress import ProgressPrinter, StopAtMachineFault
 
     error = tmp_path / "error.txt"
     error.write_text("Traceback (most recent call last):\n  ...\nray.exceptions.ActorDiedError: " + RAY_OLDER)
@@ -189,7 +189,7 @@ def test_a_trial_failing_for_a_killed_evaluator_stops_the_sweep_without_an_attem
         config = {"trial_id": "best-in-time-1"}
         error_file, num_failures = str(error), 1
 
-    stop = StopAtMemoryKill(cache=None)
+    stop = StopAtMachineFault(cache=None)
     printer = ProgressPrinter([SimpleNamespace(trial_id="best-in-time-1", multitask=False)], tasks=2, max_failures=2)
     with caplog.at_level("INFO", logger="time_ray"):
         printer.on_trial_recover(0, [], FakeTrial())
@@ -249,3 +249,41 @@ def test_a_training_worker_killed_for_memory_ends_the_sweep_with_one_line(cache_
     trials = pd.read_parquet(out / "trials.parquet")  # what finished is written; nothing marked failed
     assert trials.status.tolist() == ["unfinished"]
     assert not list(out.glob("trials/*/failed.json"))
+
+
+# a full disk: the same stop as a memory kill (time_ray/core/disk.py)
+
+
+def test_the_expert_cache_stops_the_service_at_a_full_disk_and_never_requeues_the_job():
+    cache = Cache(_Storage())
+    cache.register("group-0", node="n1")
+    cache.submit(job("k1"), "a")
+    cache.submit(job("k2", trial="b"), "b")
+    assert cache.take("group-0").key == "k1"
+    first = cache.disk_full("k1", "group-0", "disk full: cannot write /out/experts/k1.safetensors (...)")
+    assert cache.disk_full("k1", "group-0", "disk full: again") == first  # the first fault's message stays
+    assert cache.machine_fault() == first
+    assert cache.take("group-0") == STOP and cache.take("group-1") == STOP  # k2 is not started either
+    assert cache.stats()["retrained"] == 0 and cache.status("k1", "a") == ("killed", None)
+
+
+def test_a_trial_failing_on_a_full_disk_stops_the_sweep_without_an_attempt_line(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from time_ray.orchestration.progress import ProgressPrinter, StopAtMachineFault
+
+    error = tmp_path / "error.txt"
+    line = "disk full: cannot write /out/trials/t/metrics.parquet (12.0 KiB needed, 0 bytes free on /out)"
+    error.write_text(f"Traceback (most recent call last):\n  ...\ntime_ray.core.disk.DiskFull: {line}; free ...\n")
+
+    class FakeTrial:
+        config = {"trial_id": "best-in-time-1"}
+        error_file, num_failures = str(error), 1
+
+    stop = StopAtMachineFault(cache=None)
+    printer = ProgressPrinter([SimpleNamespace(trial_id="best-in-time-1", multitask=False)], tasks=2, max_failures=2)
+    with caplog.at_level("INFO", logger="time_ray"):
+        printer.on_trial_recover(0, [], FakeTrial())
+        stop.on_trial_recover(0, [], FakeTrial())
+    assert stop.stop_all() and stop.message.startswith(line)
+    assert not [r for r in caplog.records if "attempt" in r.getMessage()]

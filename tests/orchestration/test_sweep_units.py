@@ -5,7 +5,7 @@ import pytest
 
 from time_ray.config import SweepConfig, load_config
 from time_ray.core.errors import TimeRayError
-from time_ray.core.results import TIMESTEP_COLUMNS, write_parquet_atomic
+from time_ray.core.results import METRICS_COLUMNS, TIMESTEP_COLUMNS, write_parquet_atomic
 from time_ray.orchestration.storage import Storage
 from time_ray.orchestration.sweep import prepare_output, summary_table, trials_at_once, worker_resources
 
@@ -44,6 +44,26 @@ def test_output_of_another_sweep_is_refused(tmp_path):
     with pytest.raises(TimeRayError, match="--resume"):
         prepare_output(a, Storage(tmp_path), resume=False)
     prepare_output(a, Storage(tmp_path), resume=True)
+
+
+def test_resume_may_change_resources_and_nothing_else(tmp_path, caplog):
+    """``resources`` says where the trials run, never what they compute: --resume accepts a change there."""
+    a = load_config("configs/quickstart.yaml")
+    prepare_output(a, Storage(tmp_path), resume=False)
+    wider = load_config(
+        "configs/quickstart.yaml",
+        ["resources.max_concurrent_trials=1", "resources.evaluators=0", "resources.merge_actors=2"],
+    )
+    assert wider.fingerprint() != a.fingerprint()
+    with caplog.at_level("INFO"):
+        prepare_output(wider, Storage(tmp_path), resume=True)
+    assert "time-ray: resources changed since the sweep started" in caplog.text
+    assert "'max_concurrent_trials': 1" in caplog.text
+    with pytest.raises(TimeRayError, match="--resume"):  # still this sweep: without --resume it is refused
+        prepare_output(wider, Storage(tmp_path), resume=False)
+    both = load_config("configs/quickstart.yaml", ["resources.max_concurrent_trials=1", "training.lr=0.5"])
+    with pytest.raises(TimeRayError, match="another sweep"):  # a change beyond resources is another sweep
+        prepare_output(both, Storage(tmp_path), resume=True)
 
 
 def test_summary_table_lists_the_base_then_policies_by_gm():
@@ -202,11 +222,13 @@ def test_a_resume_reads_each_trials_timesteps_once_and_counts_from_them(tmp_path
         rows = [{c: 0 for c in TIMESTEP_COLUMNS} | {"timestep": t} for t in range(last + 1)]
         (tmp_path / "trials" / trial_id).mkdir(parents=True)
         write_parquet_atomic(pd.DataFrame(rows), tmp_path / "trials" / trial_id / "timesteps.parquet")
+        metrics = [{c: 0 for c in METRICS_COLUMNS} | {"timestep": t} for t in range(last + 1)]
+        write_parquet_atomic(pd.DataFrame(metrics), tmp_path / "trials" / trial_id / "metrics.parquet")
     reads, seen = [], {}
     real = sweep.recorded
     monkeypatch.setattr(sweep, "recorded", lambda storage, trial: reads.append(trial.trial_id) or real(storage, trial))
 
-    def run_trials(cfg, todo, storage, verbose, ray_temp_dir, last):
+    def run_trials(cfg, todo, storage, verbose, ray_temp_dir, last, *more, **options):
         seen.update(todo=[t.trial_id for t in todo], last=last)
         return {}
 

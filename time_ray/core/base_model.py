@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from time_ray.core.batches import CaptionTokens, TrainBatches
 from time_ray.core.benchmark import Benchmark, BenchmarkSpec, build_benchmark, cache_dir
 from time_ray.core.checkpoints import save_atomic
 from time_ray.core.errors import ConfigError
+from time_ray.core.eta import Rate, duration
 from time_ray.core.finetune import TrainSettings, finetune
 from time_ray.core.images import ImageFiles
 from time_ray.core.stream import PretrainSampler
@@ -77,10 +79,19 @@ def _pretrain(
     model = models.create_model(arch)
     sampler = PretrainSampler(bench, recipe.batch_size, seed=recipe.seed)
     every = max(1, recipe.steps // 10)
+    rate = Rate(recipe.steps)
 
     def progress(step, loss):
+        rate.advance()
         if step % every == 0 or step == recipe.steps:
-            logger.info("  pretraining step %d/%d  loss %.3f", step, recipe.steps, loss)
+            logger.info(
+                "  pretraining step %d/%d  loss %.3f  %s elapsed%s",
+                step,
+                recipe.steps,
+                loss,
+                duration(time.monotonic() - rate.start),
+                rate.eta(),
+            )
 
     settings = TrainSettings(
         steps=recipe.steps,

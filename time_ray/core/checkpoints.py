@@ -168,7 +168,7 @@ def save_atomic(state: Checkpoint, path: str | os.PathLike) -> int:
     (``<file>.sha256``, also atomic); returns the file size in bytes."""
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, size=sum(t.numel() * t.element_size() for t in tensors.values())) as tmp:
         save_file(tensors, str(tmp))
         digest = file_sha256(tmp)
     write_text_atomic(path.with_name(path.name + ".sha256"), digest + "\n")

@@ -107,7 +107,8 @@ class Trial:
 
 @dataclass(frozen=True)
 class ExpertInfo:
-    """What obtaining expert t cost: training, or nothing when it came from the sweep's expert cache.
+    """What obtaining expert t cost this trial (``train_*``: training, or nothing when it came from the
+    sweep's expert cache) and what training the expert took, whoever paid for it (``expert_train_*``).
     Kept beside the pool (``info_<t>.json``) so a restarted merge actor still knows it."""
 
     train_steps: int = 0
@@ -115,10 +116,28 @@ class ExpertInfo:
     train_gflops: float = 0.0
     loss: float | None = None
     expert_cache_hit: bool = False
+    expert_train_steps: int = 0
+    expert_train_seconds: float = 0.0
+    expert_train_gflops: float = 0.0
 
     @classmethod
-    def cache_hit(cls) -> ExpertInfo:
-        return cls(expert_cache_hit=True)
+    def trained(cls, steps: int, seconds: float, gflops: float, loss: float | None) -> ExpertInfo:
+        """Trained for this trial: it paid what the expert took."""
+        return cls(steps, seconds, gflops, loss, False, steps, seconds, gflops)
+
+    @classmethod
+    def cache_hit(cls, own: ExpertInfo | None = None) -> ExpertInfo:
+        """From the cache: nothing paid; ``own``, the info of the training that made it (None: unknown, an
+        expert cached before its info was kept)."""
+        if own is None:
+            return cls(expert_cache_hit=True)
+        return cls(
+            loss=own.loss,
+            expert_cache_hit=True,
+            expert_train_steps=own.expert_train_steps or own.train_steps,
+            expert_train_seconds=own.expert_train_seconds or own.train_seconds,
+            expert_train_gflops=own.expert_train_gflops or own.train_gflops,
+        )
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -139,6 +158,10 @@ class TimestepCosts:
     eval_seconds: float = 0.0
     pool_bytes: int = 0
     expert_cache_hit: bool = False
+    # what training the deployed timestep's expert took, whoever paid for it (a cache hit's train_* are 0)
+    expert_train_steps: int = 0
+    expert_train_gflops: float = 0.0
+    expert_train_seconds: float = 0.0
 
     @classmethod
     def of(cls, expert: ExpertInfo, merge_seconds: float, pool_bytes: int) -> TimestepCosts:
@@ -149,6 +172,9 @@ class TimestepCosts:
             merge_seconds=merge_seconds,
             pool_bytes=pool_bytes,
             expert_cache_hit=expert.expert_cache_hit,
+            expert_train_steps=expert.expert_train_steps,
+            expert_train_gflops=expert.expert_train_gflops,
+            expert_train_seconds=expert.expert_train_seconds,
         )
 
     def to_row(self) -> dict:
@@ -169,3 +195,4 @@ class RunContext:
     driver_cpu: float = 0.01
     eval_gpu: float = 0.0  # > 0: evaluations run as tasks holding this slice of a GPU
     loopback: bool = False  # Train's process group listens on 127.0.0.1 only
+    predictions: bool = False  # each trial writes its per-image predictions of the final timestep

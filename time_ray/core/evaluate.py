@@ -69,7 +69,9 @@ def zero_shot_accuracy(model, bench: Benchmark, tokenize, ds: Dataset, index: np
 
 
 @torch.no_grad()
-def recall_at_5(model, bench: Benchmark, tokenize, index: np.ndarray, device="cpu") -> float:
+def recall_at_5(
+    model, bench: Benchmark, tokenize, index: np.ndarray, device="cpu", per_image: list | None = None
+) -> float:
     """Mean of image->text and text->image Recall@5 over the images ``index`` and all their captions (an
     image may have several: ``bench.test_caption_sets``), as the TIME authors score retrieval
     (``utils/metrics.py``, ``RecallAtK``): image->text averages over images (a hit when one of the image's
@@ -92,10 +94,20 @@ def recall_at_5(model, bench: Benchmark, tokenize, index: np.ndarray, device="cp
     sim = (image @ text.T).cpu()  # [images, captions]
     rows = torch.arange(len(sets))[:, None]
     nearest = caption_id[sim.topk(min(5, len(texts)), dim=1).indices]  # text ids of each image's 5 nearest captions
-    i2t = owns[rows, nearest].any(dim=1).float().mean()
+    found = owns[rows, nearest].any(dim=1)  # image i: one of its captions among its 5 nearest
+    if per_image is not None:
+        per_image.append(found.numpy())
+    i2t = found.float().mean()
     images = sim.T.topk(min(5, len(sets)), dim=1).indices  # each caption's 5 nearest images
     t2i = owns[images, caption_id[:, None]].any(dim=1).float().mean()
     return float((i2t + t2i) / 2)
+
+
+def _keep(predictions: dict | None, index: np.ndarray, predicted: np.ndarray, correct: np.ndarray) -> None:
+    if predictions is None:
+        return
+    for key, values in (("test_index", index), ("predicted", predicted), ("correct", correct)):
+        predictions[key] = np.concatenate([predictions.get(key, np.zeros(0, values.dtype)), np.asarray(values)])
 
 
 def task_name(j: int, tasks: int) -> str:
@@ -111,9 +123,15 @@ def evaluate_all(
     subset: bool = False,
     seed: int = 0,
     tasks: list[list[int]] | None = None,
+    predictions: dict | None = None,
 ) -> list[dict]:
     """One record per dataset: dataset, role, metric, value (0..1), n_eval. With ``subset`` each
     dataset is evaluated on its class-balanced seeded subset of FoMo-in-Flux size (``eval_size``).
+
+    ``predictions`` (a dict, filled here): what each evaluated test image gave, as equal-length arrays:
+    ``test_index`` (the image's position in the test split), ``predicted`` (the class id predicted within
+    its dataset's classes; -1 for a retrieval image) and ``correct`` (the prediction is its label; for a
+    retrieval image, one of its captions is among its 5 nearest: the image->text half of Recall@5).
 
     ``tasks`` (the stream: each task's class ids) adds one record per task j after the datasets':
     dataset ``task_name(j)``, role ``task``, metric ``accuracy``: the accuracy over the evaluated test
@@ -130,14 +148,15 @@ def evaluate_all(
                 eval_subset(bench.test_labels[index].numpy(), eval_size(len(index), len(ds.classes)), seed + d)
             ]
         if ds.kind == "retrieval":
-            metric, value = "recall@5", recall_at_5(model, bench, tokenize, index, device)
+            found: list = []
+            metric, value = "recall@5", recall_at_5(model, bench, tokenize, index, device, found)
+            _keep(predictions, index, np.full(len(index), -1), found[0])
         else:
-            right = (
-                zero_shot_predictions(model, bench, tokenize, ds, index, device)
-                == bench.test_labels[torch.as_tensor(index)]
-            )
+            predicted = zero_shot_predictions(model, bench, tokenize, ds, index, device)
+            right = predicted == bench.test_labels[torch.as_tensor(index)]
             scored.append(index)
             hits_of.append(right.numpy())
+            _keep(predictions, index, predicted.numpy(), right.numpy())
             metric, value = "accuracy", float(right.float().mean())
         records.append({"dataset": name, "role": ds.role, "metric": metric, "value": value, "n_eval": len(index)})
     if tasks and scored:

@@ -147,10 +147,16 @@ class Experiment:
         size, context = models.image_size(self.arch), models.context_length(self.arch)
         return flops_per_step(model, self.sampler(1, 0).batch_len, size, context, device)
 
-    def evaluate(self, model, device="cpu", subset: bool = False, seed: int = 0) -> list[dict]:
+    def evaluate(
+        self, model, device="cpu", subset: bool = False, seed: int = 0, predictions: dict | None = None
+    ) -> list[dict]:
         """A record per dataset (roles 'adaptation' / 'heldout'), then one per task j of the stream
         (role 'task', dataset ``task_01``..: accuracy on task j's classes, from the same predictions);
         ``subset``: the class-balanced FoMo-size subsets used during the stream (the task records
         then cover the subsets' images of each task's classes)."""
         tasks = self.eval_tasks if self.eval_tasks is not None else self.stream
-        return evaluate_all(model, self.bench, self.tokenize, device, subset, seed, tasks)
+        records = evaluate_all(model, self.bench, self.tokenize, device, subset, seed, tasks, predictions)
+        if predictions is not None:  # names too: the process that reads the predictions holds no benchmark
+            names = self.bench.class_names
+            predictions["predicted_name"] = [names[p] if p >= 0 else None for p in predictions.get("predicted", [])]
+        return records

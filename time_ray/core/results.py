@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from time_ray.core.atomic import atomic_path
+from time_ray.core.errors import TimeRayError, shown
 
 if TYPE_CHECKING:
     from time_ray.core.contracts import Trial
@@ -41,6 +43,10 @@ TIMESTEP_COLUMNS = POLICY_COLUMNS + [
     "eval_seconds",
     "pool_bytes",
     "expert_cache_hit",
+    # the expert's own training, whoever paid for it: a cache hit's train_* are 0, these are not
+    "expert_train_steps",
+    "expert_train_gflops",
+    "expert_train_seconds",
 ]
 # trials.parquet: one row per trial of the sweep, finished or not
 TRIAL_STATUSES = ("finished", "stopped_early", "failed", "unfinished")
@@ -48,6 +54,24 @@ TRIAL_COLUMNS = POLICY_COLUMNS + ["status", "last_timestep", "expert_trainings_s
 
 
 TRIALS_FILE = "trials.json"  # the sweep's expanded trials, written when it starts (what a report expects)
+TRIAL_ID = re.compile(r"[A-Za-z0-9_.-]+")  # what policy_space.expand_trials writes: policy-technique-digest
+
+
+def checked_trial_id(value: object, source: str) -> str:
+    """``value``, a trial id read from ``source`` (a sweep directory's file, e.g. DIR/trials.json), if it
+    can name a directory of its own: ids become paths (pool/<id>, trials/<id>, export/<id>-...), so one
+    holding a path separator or '..' would reach outside the sweep directory. TimeRayError otherwise."""
+    if isinstance(value, str) and TRIAL_ID.fullmatch(value) and value.strip(".") != "":
+        return value
+    raise TimeRayError(
+        f"sweep {source}: trial id {shown(value)} is not a trial id (letters, digits, '-', '_', '.' only; "
+        "no path separators)."
+    )
+
+
+def checked_trial_ids(values, source: str) -> list[str]:
+    """:func:`checked_trial_id` of each value."""
+    return [checked_trial_id(value, source) for value in values]
 
 
 def trials_json(name: str, tasks: int, trials: list[Trial]) -> str:

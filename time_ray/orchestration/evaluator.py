@@ -34,17 +34,21 @@ class Evaluator:
         self.models: dict[bool, torch.nn.Module] = {}
         self.calls = 0
 
-    def evaluate(self, state: dict, multitask: bool, subset: bool, seed: int) -> tuple[list[dict], float]:
-        """(records, seconds) of ``state`` on every dataset and stream task (core Experiment.evaluate)."""
+    def evaluate(
+        self, state: dict, multitask: bool, subset: bool, seed: int, predictions: bool = False
+    ) -> tuple[list[dict], float, dict | None]:
+        """(records, seconds, per-image predictions when asked) of ``state`` on every dataset and stream
+        task (core Experiment.evaluate)."""
         start = time.perf_counter()
         if multitask not in self.experiments:
             self.experiments[multitask] = Experiment.from_settings(self.settings, multitask)
             self.models[multitask] = self.experiments[multitask].new_model()
         model = self.models[multitask]
         model.load_state_dict(state)
-        records = self.experiments[multitask].evaluate(model, subset=subset, seed=seed)
+        kept: dict | None = {} if predictions else None
+        records = self.experiments[multitask].evaluate(model, subset=subset, seed=seed, predictions=kept)
         self.calls += 1
-        return records, time.perf_counter() - start
+        return records, time.perf_counter() - start, kept
 
     def stats(self) -> dict:
         return {"calls": self.calls}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,20 @@ STOP = "stop"  # what ``take`` answers once the sweep closed the queue
 def expert_file(key: str) -> str:
     """Where the expert with content hash ``key`` lives, relative to the sweep's storage."""
     return f"experts/{key}.safetensors"
+
+
+def expert_info_file(key: str) -> str:
+    """Beside the expert: what its training took (an ``ExpertInfo`` as JSON), for the trials that reuse it."""
+    return f"experts/{key}.json"
+
+
+def cached_info(storage: Storage, key: str) -> ExpertInfo | None:
+    """The training info kept beside a cached expert; None when there is none (or it cannot be read)."""
+    try:
+        text = storage.read_text(expert_info_file(key))
+        return ExpertInfo.from_json(json.loads(text)) if text is not None else None
+    except (ValueError, TypeError, OSError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -119,7 +134,7 @@ class ExpertCache:
         self.workers: dict[str, str] = {}  # worker -> the node it runs on
         self.hosts: dict[str, tuple[str, float]] = {}  # worker -> its node's address and memory (bytes)
         self.held: dict[str, str] = {}  # worker -> the job it took last
-        self.memory_kill: str | None = None  # a worker was killed for memory: the sweep's error
+        self.fault: str | None = None  # the machine failed a worker (memory, a full disk): the sweep's error
         self.trained = 0
         self.hits = 0
         self.taken_over = 0  # jobs whose lease ran out while a worker held them
@@ -173,7 +188,7 @@ class ExpertCache:
                 entry.seen.add(owner)
                 return ("done", entry.info)
             self.hits += 1
-            return ("done", ExpertInfo.cache_hit())
+            return ("done", ExpertInfo.cache_hit(entry.info))
         if entry.state == "failed":
             return ("failed", entry.error)
         if self.broken is not None:
@@ -223,7 +238,7 @@ class ExpertCache:
             self.changed.wait(min(left, 1.0))
 
     def _take(self, worker: str) -> ExpertJob | str | None:
-        if self.closed or self.memory_kill is not None:  # after a memory kill the service winds down
+        if self.closed or self.fault is not None:  # after a machine fault the service winds down
             return STOP
         self._expire()
         while self.queue:
@@ -282,16 +297,28 @@ class ExpertCache:
         if entry is not None and entry.state not in ("done", "failed"):
             entry.state, entry.worker = "killed", None
             self.queue = collections.deque(k for k in self.queue if k != entry.job.key)
-        if self.memory_kill is None:
+        if self.fault is None:
             address, size = self.hosts.get(worker, ("", 0.0))
             process = f"expert-training worker (rank {rank})"
-            self.memory_kill = memory.out_of_memory_message(process, report, address, size, kernel=kernel)
-        return self.memory_kill
+            self.fault = memory.out_of_memory_message(process, report, address, size, kernel=kernel)
+        return self.fault
+
+    @_changes
+    def disk_full(self, key: str, worker: str, message: str) -> str:
+        """``worker`` could not write expert ``key`` for want of space (``message`` names the path): a retry
+        would fill the same disk, so the job is not given back, no worker takes another, and the sweep ends
+        with the returned message (the first fault's)."""
+        entry = self.entries.get(key)
+        if entry is not None and entry.state == "training" and entry.worker == worker:
+            entry.state, entry.worker = "killed", None
+        if self.fault is None:
+            self.fault = message
+        return self.fault
 
     @_locked
-    def memory_killed(self) -> str | None:
-        """The message of the first worker killed for memory (None: none was)."""
-        return self.memory_kill
+    def machine_fault(self) -> str | None:
+        """The message of the first machine fault (a worker killed for memory, a full disk), None if none."""
+        return self.fault
 
     @_changes
     def lost(self, key: str) -> None:

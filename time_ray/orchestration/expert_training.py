@@ -19,6 +19,7 @@ the job from being trained again and stops the service, and the sweep ends with 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -33,10 +34,11 @@ import torch
 from time_ray.core import models
 from time_ray.core.checkpoints import save_atomic
 from time_ray.core.contracts import ExperimentSettings, ExpertInfo
+from time_ray.core.disk import DiskFull, is_disk_full
 from time_ray.core.experiment import Experiment
 from time_ray.core.finetune import NonFiniteLoss
 from time_ray.orchestration import faults, memory
-from time_ray.orchestration.expert_cache import STOP, TAKE_WAIT_SECONDS, ExpertJob, expert_file, lease
+from time_ray.orchestration.expert_cache import STOP, TAKE_WAIT_SECONDS, ExpertJob, expert_file, expert_info_file, lease
 from time_ray.orchestration.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -145,19 +147,22 @@ def _train(config, queue, worker, job, experiment, model, inner, device, local, 
             ray.get(queue.failed.remote(job.key, worker, str(exc)))
         return
     except BaseException as exc:
+        if local == 0 and is_disk_full(exc):  # the machine's fault: a retry would fill the same disk
+            ray.get(queue.disk_full.remote(job.key, worker, str(exc)))
+            return
         if local == 0 and not memory.is_out_of_memory(exc):  # a memory kill is not retried (MemoryKills)
             ray.get(queue.release.remote(job.key, worker))
         raise
     if local == 0:
-        info = ExpertInfo(
-            train_steps=stats["steps"],
-            train_seconds=stats["seconds"],
-            train_gflops=flops * stats["steps"] * k / 1e9,
-            loss=stats["loss"],
-        )
+        info = ExpertInfo.trained(stats["steps"], stats["seconds"], flops * stats["steps"] * k / 1e9, stats["loss"])
         storage = config.storage
-        save_atomic(models.state_dict_of(inner), storage.local(expert_file(job.key)))
-        storage.push(expert_file(job.key))
+        try:
+            save_atomic(models.state_dict_of(inner), storage.local(expert_file(job.key)))
+            storage.push(expert_file(job.key))
+            storage.write_text(expert_info_file(job.key), json.dumps(info.to_json()))
+        except DiskFull as exc:  # the machine's fault: a retry would fill the same disk
+            ray.get(queue.disk_full.remote(job.key, worker, str(exc)))
+            return
         ray.get(queue.done.remote(job.key, worker, info))
 
 

@@ -10,7 +10,9 @@ import time
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
+from time_ray.core import disk
 from time_ray.core.contracts import Trial
+from time_ray.core.eta import Rate, since_command_start
 from time_ray.orchestration import memory
 
 logger = logging.getLogger(__name__)
@@ -42,52 +44,61 @@ def trial_error(trial) -> str:
     return last_line(error_text(trial))
 
 
+def is_machine_fault(text: str) -> bool:
+    """A failure the machine caused (memory, a full disk): the sweep stops with it, no retry is announced."""
+    return memory.is_out_of_memory(text) or disk.message_in(text) is not None
+
+
 class ProgressPrinter(Callback):
-    def __init__(self, trials: list[Trial], tasks: int, max_failures: int = 0, recorded: dict[str, int] | None = None):
-        """``recorded``: each trial's last timestep already recorded (a resumed sweep): not counted again."""
+    def __init__(
+        self,
+        trials: list[Trial],
+        tasks: int,
+        max_failures: int = 0,
+        recorded: dict[str, int] | None = None,
+        parallel: int = 1,
+    ):
+        """``recorded``: each trial's last timestep already recorded (a resumed sweep): not counted again.
+        ``parallel``: trials that run at once (the ETA before a second timestep is known). The clock
+        counts from the command's start (:func:`time_ray.core.eta.since_command_start`)."""
         self.attempts = max_failures + 1
         last = {t.trial_id: (recorded or {}).get(t.trial_id, -1) for t in trials}
         steps = {t.trial_id: [0, tasks] if t.multitask else list(range(tasks + 1)) for t in trials}
         self.total = sum(len([s for s in steps[i] if s > last[i]]) for i in steps)
         self.done = 0
-        self.start = time.time()
-        self.trained_total = sum(len([s for s in steps[i] if s > max(last[i], 0)]) for i in steps)  # t >= 1: slow ones
-        self.trained_done = 0
-        self.last_line = self.start
+        # timesteps t >= 1 (an expert trained, merged, evaluated) set the pace; t = 0 only evaluates
+        trained = sum(len([s for s in steps[i] if s > max(last[i], 0)]) for i in steps)
+        self.rate = Rate(trained, parallel)
+        self.trials_started = False
+        self.last_line = time.monotonic()
 
     def eta(self) -> str:
-        """'  ETA 2m05s': the remaining timesteps t >= 1 at the rate seen so far ('' before the first)."""
-        left = self.trained_total - self.trained_done
-        if self.trained_done == 0 or left <= 0:
-            return ""
-        seconds = round((time.time() - self.start) / self.trained_done * left)
-        return (
-            f"  ETA {seconds // 3600}h{seconds // 60 % 60:02d}m"
-            if seconds >= 3600
-            else f"  ETA {seconds // 60}m{seconds % 60:02d}s"
-        )
+        """'  ETA 2m05s': the remaining timesteps t >= 1 at the pace seen so far ('' before the first)."""
+        return self.rate.eta()
 
     def _line(self, msg: str) -> None:
-        elapsed = time.time() - self.start
-        logger.info("[%6.0fs %3d/%d] %s", elapsed, self.done, self.total, msg)
-        self.last_line = time.time()
+        logger.info("[%6.0fs %3d/%d] %s", since_command_start(), self.done, self.total, msg)
+        self.last_line = time.monotonic()
 
     def on_step(self, iteration, trials, **info):
         """Tune's loop, every iteration: after ``QUIET_SECONDS`` without a line, one that says the sweep
         is alive and what it waits for (on a busy machine, Ray's worker start-up can take minutes)."""
-        if time.time() - self.last_line < QUIET_SECONDS:
+        if time.monotonic() - self.last_line < QUIET_SECONDS:
             return
         states = [getattr(t, "status", "?") for t in trials]
         running, pending = states.count("RUNNING"), states.count("PENDING")
-        quiet = round(time.time() - self.last_line)
+        quiet = round(time.monotonic() - self.last_line)
         self._line(f"still working: {running} trial(s) running, {pending} waiting (nothing new for {quiet} s)")
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        if not self.trials_started:  # the pace counts from the first trial's start, not Ray's
+            self.rate.start, self.trials_started = time.monotonic(), True
         self._line(f"{trial.config['trial_id']}: started")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.done += 1
-        self.trained_done += result["timestep"] > 0
+        if result["timestep"] > 0:
+            self.rate.advance()
         cached = "  (expert from the cache)" if result.get("expert_cache_hit") else ""
         self._line(
             f"{result['policy']:<16} t={result['timestep']}/{result['tasks']}  "
@@ -95,7 +106,7 @@ class ProgressPrinter(Callback):
         )
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        if memory.is_out_of_memory(error_text(trial)):  # the sweep stops: its error says it (StopAtMemoryKill)
+        if is_machine_fault(error_text(trial)):  # the sweep stops: its error says it (StopAtMachineFault)
             return
         self._line(
             f"policy {trial.config['trial_id']}: attempt {trial.num_failures + 1} of "
@@ -103,19 +114,20 @@ class ProgressPrinter(Callback):
         )
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        if memory.is_out_of_memory(error_text(trial)):
+        if is_machine_fault(error_text(trial)):
             return
         self._line(
             f"policy {trial.config['trial_id']}: failed after {trial.num_failures} attempt(s): {trial_error(trial)}"
         )
 
 
-class StopAtMemoryKill(Callback, Stopper):
-    """Stops every trial at the first process of the sweep killed for memory: a retry would be killed the
-    same way. Seen in a trial's failure (its driver, the evaluator or merge service actor it called: Ray
-    restarts those actors and retries the call up to their ``max_restarts``; the trial fails after that)
-    or reported by the training service to the expert cache (``ExpertCache.memory_killed``, asked at most
-    every ``interval`` seconds without blocking Tune's loop). ``message`` is the sweep's error then."""
+class StopAtMachineFault(Callback, Stopper):
+    """Stops every trial at the machine's first fault: a process of the sweep killed for memory, or a file
+    that a full disk could not take. A retry would fail the same way. Seen in a trial's failure (its driver,
+    the evaluator or merge service actor it called: Ray restarts those actors and retries the call up to
+    their ``max_restarts``; the trial fails after that) or reported by the training service to the expert
+    cache (``ExpertCache.machine_fault``, asked at most every ``interval`` seconds without blocking Tune's
+    loop). ``message`` is the sweep's error then."""
 
     def __init__(self, cache, interval: float = 1.0):
         self.cache, self.interval = cache, interval
@@ -128,7 +140,11 @@ class StopAtMemoryKill(Callback, Stopper):
         return {**self.__dict__, "asking": None}
 
     def _seen(self, trial) -> None:
-        report = memory.memory_report(error_text(trial))
+        text = error_text(trial)
+        if self.trial is None and (full := disk.message_in(text)) is not None:
+            self.trial = full
+            return
+        report = memory.memory_report(text)
         if report is not None and self.trial is None:
             process, advice = memory.process_of(report)
             if process == "trial driver":
@@ -155,7 +171,7 @@ class StopAtMemoryKill(Callback, Stopper):
 
         if self.asking is None:
             if time.monotonic() - self.asked >= self.interval:
-                self.asked, self.asking = time.monotonic(), self.cache.memory_killed.remote()
+                self.asked, self.asking = time.monotonic(), self.cache.machine_fault.remote()
             return
         if ray.wait([self.asking], timeout=0)[0]:
             try:
@@ -170,7 +186,7 @@ class StopAtMemoryKill(Callback, Stopper):
 
         if self.service is None:
             try:
-                self.service = ray.get(self.cache.memory_killed.remote(), timeout=30)
+                self.service = ray.get(self.cache.machine_fault.remote(), timeout=30)
             except Exception:  # noqa: BLE001
                 pass
         return self.message

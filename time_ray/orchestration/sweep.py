@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -11,11 +12,14 @@ import pandas as pd
 import yaml
 
 from time_ray.config import SweepConfig, base_model_source, expand_trials, experiment_settings
+from time_ray.core import disk, safe_yaml
 from time_ray.core.base_model import load_base
 from time_ray.core.checkpoints import save_atomic
 from time_ray.core.contracts import RunContext, Trial
-from time_ray.core.errors import TimeRayError
+from time_ray.core.disk import DiskFull
+from time_ray.core.errors import ConfigError, TimeRayError
 from time_ray.core.policy_defaults import POLICY_DEFAULTS
+from time_ray.core.predictions import MANIFEST_FILE, manifest_frame, predictions_wanted
 from time_ray.core.results import (
     METRICS_COLUMNS,
     TIMESTEP_COLUMNS,
@@ -27,6 +31,8 @@ from time_ray.core.results import (
 )
 from time_ray.orchestration.memory import OutOfMemory
 from time_ray.orchestration.storage import Storage
+from time_ray.orchestration.trial_tables import read_tables
+from time_ray.plan import data_outline, size_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +63,7 @@ def check_output(cfg: SweepConfig, storage: Storage, resume: bool) -> None:
                 f"output {storage.display('sweep.json')}: damaged ({exc}); it says which sweep owns this "
                 "directory. Choose another --output directory, or delete this one."
             ) from None
-        if previous.get("fingerprint") != cfg.fingerprint():
+        if previous.get("fingerprint") != cfg.fingerprint() and not _same_but_execution(cfg, storage):
             raise TimeRayError(
                 f"output {storage.display()}: holds the results of another sweep ({previous.get('name')!r}, "
                 f"config fingerprint {previous.get('fingerprint')}; this config is {cfg.fingerprint()}). "
@@ -70,10 +76,41 @@ def check_output(cfg: SweepConfig, storage: Storage, resume: bool) -> None:
             )
 
 
+# sections that say where and how the trials run and what is reported beside the results, never what they compute
+EXECUTION = ("resources", "outputs", "tracking")
+
+
+def _same_but_execution(cfg: SweepConfig, storage: Storage) -> bool:
+    """The directory's config.yaml differs from ``cfg`` in ``EXECUTION`` sections alone (``resources``: workers,
+    GPUs, trials at once, merge actors, evaluators; ``outputs``; ``tracking``): the same sweep, run on other
+    hardware, with other parallelism, writing other extras or logging to other trackers; its results and
+    expert-cache keys are the same, so ``--resume`` continues it."""
+    text = storage.read_text("config.yaml")
+    try:
+        previous = safe_yaml.load(text, storage.display("config.yaml")) if text is not None else None
+    except ConfigError:  # damaged or hostile: not this sweep's
+        return False
+    if not isinstance(previous, dict):
+        return False
+    current = cfg.to_dict()
+    if {k: v for k, v in previous.items() if k not in EXECUTION} != {
+        k: v for k, v in current.items() if k not in EXECUTION
+    }:
+        return False
+    changed = [k for k in EXECUTION if previous.get(k) != current.get(k)]
+    logger.info(
+        "time-ray: %s changed since the sweep started (%s -> %s); the results do not depend on them",
+        ", ".join(changed),
+        "; ".join(str(previous.get(k)) for k in changed),
+        "; ".join(str(current.get(k)) for k in changed),
+    )
+    return True
+
+
 def recorded(storage: Storage, trial: Trial) -> int:
     """The last timestep the trial recorded (-1: none)."""
-    path = storage.pull(f"trials/{trial.trial_id}/timesteps.parquet", refresh=True)
-    return int(pd.read_parquet(path).timestep.max()) if path is not None else -1
+    tables = read_tables(storage, trial.trial_id)
+    return int(tables[0].timestep.max()) if tables is not None else -1
 
 
 def finished(storage: Storage, trial: Trial, tasks: int, last: int | None = None) -> bool:
@@ -186,13 +223,19 @@ def run_sweep(
     cfg: SweepConfig, output: str, resume: bool = False, verbose: bool = False, ray_temp_dir: str | None = None
 ) -> pd.DataFrame:
     """Runs the sweep and writes DIR/metrics.parquet, DIR/timesteps.parquet, DIR/config.yaml."""
-    trials = expand_trials(cfg)  # the last of the validation, before the output directory is touched
+    trials = expand_trials(cfg)
+    bench = data_outline(cfg)[3]  # the data checked as `time-ray plan` checks it, before the output is claimed
+    for warning in size_warnings(cfg, trials):
+        logger.warning("time-ray: warning: %s", warning)
     storage = Storage(output)
     check_output(cfg, storage, resume)
     # theta_0 before the output is claimed: a checkpoint of another architecture leaves no trace
     base = None if storage.pull("base.safetensors") is not None else load_base(**base_model_source(cfg))
     prepare_output(cfg, storage, resume)
     write_trials(storage, cfg, trials)
+    if not storage.exists(MANIFEST_FILE):  # the test split, image by image (deterministic: written once)
+        write_parquet_atomic(manifest_frame(bench), storage.local(MANIFEST_FILE))
+        storage.push(MANIFEST_FILE)
     # each trial's timesteps.parquet read once: what is left to do, and where the progress count starts
     last = {t.trial_id: recorded(storage, t) for t in trials} if resume else {}
     todo = [t for t in trials if not (resume and finished(storage, t, cfg.stream.tasks, last[t.trial_id]))]
@@ -202,18 +245,36 @@ def run_sweep(
         f"time-ray: sweep {cfg.name!r}: {len(trials)} trials, {cfg.stream.tasks} tasks each "
         f"({len(trials) - len(todo)} already finished) -> {storage.display()}"
     )
+    tracking = None
+    if cfg.tracking.enabled:  # experiment trackers, fed by a Tune callback (orchestration/tracking.py)
+        from time_ray.orchestration.tracking import TrackingCallback
+
+        tracking = TrackingCallback(cfg, trials, storage, resume)
 
     if base is not None:
         save_atomic(base, storage.local("base.safetensors"))
         storage.push("base.safetensors")
     try:
-        failed = _run_trials(cfg, todo, storage, verbose, ray_temp_dir, last) if todo else {}
-    except OutOfMemory as exc:  # a process was killed for memory: the sweep stopped instead of retrying
-        collect(storage, trials, cfg.stream.tasks)
-        raise OutOfMemory(
+        try:
+            predictions = predictions_wanted(cfg.outputs.predictions, len(bench.test_labels))
+            failed = (
+                _run_trials(cfg, todo, storage, verbose, ray_temp_dir, last, predictions, tracking=tracking)
+                if todo
+                else {}
+            )
+        except Exception as exc:  # Tune's own files (experiment state) on a full disk: named like ours
+            if isinstance(exc, (OutOfMemory, DiskFull)) or not disk.is_disk_full(exc):
+                raise
+            raise DiskFull(disk.disk_full_message(getattr(exc, "filename", None) or storage.display())) from None
+    except (OutOfMemory, DiskFull) as exc:  # the machine's fault: the sweep stopped instead of retrying
+        with contextlib.suppress(DiskFull):  # (a full disk may not take the tables either; the trials' are kept)
+            collect(storage, trials, cfg.stream.tasks)
+        raise type(exc)(
             f"{exc}. Every recorded timestep is kept in {storage.display()}; rerun with --resume after the change."
         ) from None
     steps = collect(storage, trials, cfg.stream.tasks)  # what finished is always written
+    if tracking is not None:  # the tables as artifacts of a sweep-level run
+        tracking.finish(failed=bool(failed))
     if failed:
         details = "; ".join(f"{trial_id}: {error}" for trial_id, error in failed.items())
         raise TimeRayError(
@@ -224,16 +285,28 @@ def run_sweep(
     return steps
 
 
-def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[str, int]) -> dict[str, str]:
-    """Runs the trials on Ray; returns {trial_id: error} of the trials that failed."""
+def _run_trials(
+    cfg,
+    todo,
+    storage: Storage,
+    verbose,
+    ray_temp_dir,
+    last: dict[str, int],
+    predictions: bool = False,
+    tracking=None,
+) -> dict[str, str]:
+    """Runs the trials on Ray; returns {trial_id: error} of the trials that failed. ``predictions``: each
+    trial writes its per-image predictions of the final timestep. ``tracking``: the sweep's TrackingCallback
+    (orchestration/tracking.py), or None."""
     import ray
     from ray import tune
 
     from time_ray.orchestration.local_ray import init_ray
-    from time_ray.orchestration.progress import ProgressPrinter, StopAtMemoryKill, WithdrawEndedTrials, last_line
+    from time_ray.orchestration.progress import ProgressPrinter, StopAtMachineFault, WithdrawEndedTrials, last_line
     from time_ray.orchestration.trial import run_trial
 
     cluster = init_ray(verbose=verbose, temp_dir=ray_temp_dir)
+    logging.getLogger(TUNE_STATE_LOGGER).addFilter(_disk_full_said_once)
     per_worker, groups = worker_resources(cfg, cluster, len(todo))
     concurrent = trials_at_once(cfg, groups, len(todo))
     where = f"joined the Ray cluster at {os.environ['RAY_ADDRESS']}" if cluster["joined"] else "started a local Ray"
@@ -260,6 +333,7 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
         driver_cpu=DRIVER_CPU,
         eval_gpu=EVAL_GPU if cfg.resources.use_gpu else 0.0,
         loopback=cluster["node_address"] == "127.0.0.1",  # Train's process group: no listener beyond it
+        predictions=predictions,
     )
     training = start_service(run, cache_name, groups)
     by_id = {t.trial_id: t for t in todo}
@@ -271,7 +345,7 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
     evaluators = start_evaluators(run.settings, list(by_id), n_eval) if n_eval else {}
     # trials, run context, pool and evaluator handles reach every trial through the object store, once
     trainable = tune.with_parameters(run_trial, trials=by_id, run=run, pools=pools, evaluators=evaluators)
-    memory_kill = StopAtMemoryKill(cache)  # a process killed for memory stops the sweep: a retry would be too
+    machine_fault = StopAtMachineFault(cache)  # memory or disk exhausted stops the sweep: a retry would be too
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": DRIVER_CPU}),
         param_space={"trial_id": tune.grid_search(list(by_id))},
@@ -285,14 +359,19 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
             name="tune",
             storage_path=storage.ray_path("ray"),
             verbose=0,
-            stop=memory_kill,
+            stop=machine_fault,
             failure_config=tune.FailureConfig(max_failures=TRIAL_MAX_FAILURES),
             callbacks=[
-                memory_kill,
+                machine_fault,
                 WithdrawEndedTrials(cache),
                 ProgressPrinter(
-                    todo, cfg.stream.tasks, TRIAL_MAX_FAILURES, {t.trial_id: last.get(t.trial_id, -1) for t in todo}
+                    todo,
+                    cfg.stream.tasks,
+                    TRIAL_MAX_FAILURES,
+                    {t.trial_id: last.get(t.trial_id, -1) for t in todo},
+                    parallel=concurrent,
                 ),
+                *([tracking] if tracking is not None else []),
             ],
         ),
     )
@@ -318,8 +397,8 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
     )
     logger.info(f"time-ray: experts trained {counts['trained']}, reused from the cache {counts['hits']}{again}")
     log_merge_service(service)
-    if (killed := memory_kill.final()) is not None:  # its trials were stopped, not finished, early or failed
-        raise OutOfMemory(killed)
+    if (fault := machine_fault.final()) is not None:  # its trials were stopped, not finished, early or failed
+        raise (DiskFull if fault.startswith(disk.PREFIX) else OutOfMemory)(fault)
     failed = {
         t.trial_id: json.loads(text)["error"]
         for t in todo
@@ -330,6 +409,16 @@ def _run_trials(cfg, todo, storage: Storage, verbose, ray_temp_dir, last: dict[s
         done = [r for r in results if r.config["trial_id"] not in failed]
         record_early_stops(storage, by_id, done, cfg.stream.tasks)
     return failed
+
+
+TUNE_STATE_LOGGER = "ray.tune.execution.experiment_state"  # logs its failed saves with a traceback
+
+
+def _disk_full_said_once(record: logging.LogRecord) -> bool:
+    """Tune's traceback of an experiment state that a full disk could not take is left out: the sweep
+    stops at that disk with its own one line (``StopAtMachineFault``)."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not disk.is_disk_full(error if error is not None else record.getMessage())
 
 
 def trials_at_once(cfg: SweepConfig, groups: int, n_trials: int) -> int:
@@ -377,9 +466,9 @@ def collect(storage: Storage, trials: list[Trial], tasks: int) -> pd.DataFrame:
     for trial in trials:
         d = f"trials/{trial.trial_id}"
         last = 0
-        if storage.pull(f"{d}/timesteps.parquet", refresh=True) is not None:
-            metrics.append(pd.read_parquet(storage.pull(f"{d}/metrics.parquet", refresh=True)))
-            steps.append(pd.read_parquet(storage.local(f"{d}/timesteps.parquet")))
+        if (tables := read_tables(storage, trial.trial_id)) is not None:
+            steps.append(tables[0])
+            metrics.append(tables[1])
             last = int(steps[-1].timestep.max())
         stop = json.loads(storage.read_text(f"{d}/stopped_early.json") or "null")
         state = (

@@ -24,7 +24,6 @@ import time
 from dataclasses import replace
 from typing import Any
 
-import pandas as pd
 import ray
 import torch
 from ray import tune
@@ -34,12 +33,14 @@ from time_ray.core.errors import CheckpointError
 from time_ray.core.experiment import Experiment
 from time_ray.core.experts import expert_key
 from time_ray.core.metrics import summarize
+from time_ray.core.predictions import PREDICTIONS_FILE, predictions_frame
 from time_ray.core.results import metrics_frame, timesteps_frame, write_parquet_atomic
 from time_ray.logs import worker_console
 from time_ray.orchestration import faults
-from time_ray.orchestration.expert_cache import ExpertJob, expert_file, obtain
+from time_ray.orchestration.expert_cache import ExpertJob, cached_info, expert_file, obtain
 from time_ray.orchestration.merge_actor import PoolHandle
 from time_ray.orchestration.storage import Storage
+from time_ray.orchestration.trial_tables import read_tables
 
 logger = logging.getLogger(__name__)
 WAIT_SECONDS = 5.0  # the driver asks its pool at least this often while it waits for an expert
@@ -54,13 +55,10 @@ class TrialRecorder:
         self.metric_rows: list[dict] = []
         self.timestep_rows: list[dict] = []
         # a resumed trial continues after its last recorded timestep
-        steps = storage.pull(f"{trial_dir}/timesteps.parquet", refresh=True)
-        if steps is not None:
-            done = pd.read_parquet(steps)
-            metrics = pd.read_parquet(storage.pull(f"{trial_dir}/metrics.parquet", refresh=True))
-            metrics = metrics[metrics.timestep.isin(done.timestep)]  # metrics are written first
-            self.timestep_rows = done.to_dict("records")
-            self.metric_rows = metrics.to_dict("records")
+        tables = read_tables(storage, trial.trial_id)
+        if tables is not None:
+            self.timestep_rows = tables[0].to_dict("records")
+            self.metric_rows = tables[1].to_dict("records")
 
     @property
     def last_timestep(self) -> int:
@@ -111,26 +109,31 @@ class TrialDriver:
         """The stream and benchmark, built only where this driver evaluates itself."""
         return Experiment.from_settings(self.run.settings, self.multitask)
 
-    def evaluate(self, t: int, subset: bool) -> tuple[list[dict], TimestepCosts]:
+    def evaluate(
+        self, t: int, subset: bool, predictions: bool = False
+    ) -> tuple[list[dict], TimestepCosts, dict | None]:
         """Zero-shot evaluation of theta^o_t: by the sweep's shared evaluator (the weights go to it from
         the merge service directly), with use_gpu as a task holding a GPU slice only while it evaluates,
-        or here. The same seeded subsets for every policy."""
+        or here. The same seeded subsets for every policy. ``predictions``: also each test image's
+        prediction (core.evaluate.evaluate_all), else None."""
         state, costs = self.actor.deployed.options(num_returns=2).remote(t)
         seed, start = self.run.settings.stream_seed, time.perf_counter()
         try:
             if self.evaluator is not None and not self.run.eval_gpu:
-                records, seconds = ray.get(self.evaluator.evaluate.remote(state, self.multitask, subset, seed))
-                return records, replace(ray.get(costs), eval_seconds=seconds)
+                call = self.evaluator.evaluate.remote(state, self.multitask, subset, seed, predictions)
+                records, seconds, kept = ray.get(call)
+                return records, replace(ray.get(costs), eval_seconds=seconds), kept
             if self.run.eval_gpu:
-                records = ray.get(
+                records, kept = ray.get(
                     evaluate_task.options(num_cpus=self.run.driver_cpu, num_gpus=self.run.eval_gpu).remote(
-                        self.run.settings, self.multitask, state, subset, seed
+                        self.run.settings, self.multitask, state, subset, seed, predictions
                     )
                 )
             else:
                 model = self.experiment.new_model(ray.get(state))
-                records = self.experiment.evaluate(model, subset=subset, seed=seed)
-            return records, replace(ray.get(costs), eval_seconds=time.perf_counter() - start)
+                kept = {} if predictions else None
+                records = self.experiment.evaluate(model, subset=subset, seed=seed, predictions=kept)
+            return records, replace(ray.get(costs), eval_seconds=time.perf_counter() - start), kept
         except ray.exceptions.RayTaskError as error:
             if isinstance(error.cause, CheckpointError):
                 raise NonRetryableFailure(f"policy {self.trial_id}: timestep {t}: {error.cause}") from None
@@ -165,6 +168,13 @@ class TrialDriver:
             self.events += 1
             self.progress.notify_all()
 
+    def write_predictions(self, kept: dict) -> None:
+        """``trials/<id>/predictions.parquet``: each test image's prediction at the final timestep
+        (core.predictions; join ``DIR/test_split.parquet`` on ``test_index``)."""
+        frame = predictions_frame(kept)
+        write_parquet_atomic(frame, self.storage.local(f"trials/{self.trial_id}/{PREDICTIONS_FILE}"))
+        self.storage.push(f"trials/{self.trial_id}/{PREDICTIONS_FILE}")
+
     def record(self, timestep: int, records: list[dict], costs: TimestepCosts) -> None:
         row = self.recorder.record(timestep, records, costs)
         tune.report(_report(row, self.tasks) | {"expert_cache_hit": costs.expert_cache_hit})
@@ -177,14 +187,16 @@ class TrialDriver:
                 self.obtain_experts, f"experts-{self.trial_id}", self.failure, done=self._progressed
             )
         if self.recorder.last_timestep < 0:
-            records, costs = self.evaluate(0, subset=True)
+            records, costs, _ = self.evaluate(0, subset=True)
             self.record(0, records, TimestepCosts(eval_seconds=costs.eval_seconds))  # theta_0 cost nothing
         for t in range(1, self.experts + 1):
             if self.timestep_of(t) <= self.recorder.last_timestep:
                 continue
             self.wait_for_expert(t)
             final = t == self.experts  # subsets during the stream, full test sets at its end
-            records, costs = self.evaluate(t, subset=not final)
+            records, costs, kept = self.evaluate(t, subset=not final, predictions=final and self.run.predictions)
+            if kept is not None:  # before the final row: a finished trial has its predictions
+                self.write_predictions(kept)
             self.record(self.timestep_of(t), records, costs)
         if self.training is not None:
             self.training.join()
@@ -221,7 +233,7 @@ class TrialDriver:
                 raise RuntimeError(f"policy {self.trial_id}: expert {t}: {value}")
             if answer == "cancelled":
                 return
-            info = ExpertInfo.cache_hit() if answer == "hit" else value
+            info = ExpertInfo.cache_hit(cached_info(self.storage, key)) if answer == "hit" else value
             trained += not info.expert_cache_hit
             ray.get(self.actor.link_expert.remote(t, expert_file(key), info))
             self._progressed()
@@ -274,13 +286,16 @@ def _experiment(settings_json: str, multitask: bool) -> Experiment:
 
 
 @ray.remote
-def evaluate_task(settings: ExperimentSettings, multitask: bool, state: dict, subset: bool, seed: int) -> list[dict]:
+def evaluate_task(
+    settings: ExperimentSettings, multitask: bool, state: dict, subset: bool, seed: int, predictions: bool = False
+) -> tuple[list[dict], dict | None]:
     """Zero-shot evaluation of a deployed model on the GPU Ray gave this task (the benchmark stays
-    loaded in the worker process between calls)."""
+    loaded in the worker process between calls): its records and, when asked, per-image predictions."""
     experiment = _experiment(json.dumps(settings.to_dict(), sort_keys=True), multitask)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = experiment.new_model(state).to(device)
-    return experiment.evaluate(model, device=device, subset=subset, seed=seed)
+    kept: dict | None = {} if predictions else None
+    return experiment.evaluate(model, device=device, subset=subset, seed=seed, predictions=kept), kept
 
 
 def _report(row: dict, tasks: int) -> dict:
