@@ -15,7 +15,7 @@ from time_ray.cli import main
 from time_ray.config import expand_trials, load_config
 from time_ray.core import models
 from time_ray.core.checkpoints import materialize, save_atomic
-from time_ray.core.errors import ConfigError
+from time_ray.core.errors import ConfigError, TimeRayError
 from time_ray.core.pool import CheckpointPool
 from time_ray.core.results import trials_json
 from time_ray.core.strategies import deploy_weights
@@ -148,3 +148,20 @@ def test_a_policy_name_that_one_trial_has_names_that_trial(sweep, tmp_path):
     (copy / "trials.json").write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match=r"--trial 'best-in-time': 2 trials have that policy .* give one id: "):
         export_model(str(copy), "best-in-time", 2)
+
+
+def test_an_expert_file_gone_from_the_directory_is_named_not_counted_as_unrecorded(sweep, tmp_path):
+    """A sweep directory copied without experts/ (or one expert deleted): the message names the missing file
+    and what brings it back, instead of 'recorded timesteps 1..1'."""
+    root, trials, _ = sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    (copy / "experts" / "e2.safetensors").unlink()
+    trial = trials[0].trial_id
+    with pytest.raises(TimeRayError) as raised:
+        export_model(str(copy), trial, 3)
+    message = str(raised.value)
+    assert message.startswith(f"--timestep 3: expert 2 of trial {trial} is missing: ")
+    assert f"pool/{trial}/expert_002.ref names {copy / 'experts' / 'e2.safetensors'}, which is not there" in message
+    assert "rerun the sweep with --resume" in message and "recorded timesteps" not in message
+    export_model(str(copy), trial, 1, output=str(tmp_path / "t1.safetensors"))  # what is there still exports

@@ -137,6 +137,12 @@ def export_model(
     pool = CheckpointPool(storage.local(pool_dir), storage.local("base.safetensors"), fetch=storage.fetch)
     recorded = pool.n_experts
     low = 1 if kind == "expert" else 0
+    if timestep > recorded and (gone := pool.missing_expert(recorded + 1)) is not None:
+        raise TimeRayError(
+            f"--timestep {timestep}: expert {recorded + 1} of trial {trial_id} is missing: "
+            f"{storage.display(f'{pool_dir}/expert_{recorded + 1:03d}.ref')} names {gone}, which is not there "
+            "(deleted, or not copied with the sweep directory); rerun the sweep with --resume to train it again."
+        )
     if not low <= timestep <= recorded:
         of = f" of {tasks}" if tasks is not None and not trial.multitask else ""
         held = f"recorded timesteps 1..{recorded}{of}" if recorded else "has recorded no timestep yet (no expert)"

@@ -86,6 +86,13 @@ class CheckpointPool:
             self.fetch(target)
         return target.exists()
 
+    def missing_expert(self, t: int) -> Path | None:
+        """The file expert t's reference names when that file is gone (deleted, or not copied with the pool's
+        directory); None when expert t is there or was never stored."""
+        if not self._path("expert", t, ".ref").exists() or self._has_expert(t):
+            return None
+        return self._expert_path(t)
+
     @property
     def n_experts(self) -> int:
         t = 0
