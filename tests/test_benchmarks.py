@@ -144,3 +144,11 @@ def test_real_model_e2e_quick_measures_every_process_of_the_sweep():
     assert len(verdicts) == 4 and verdicts[0].startswith("sweep finished: rc 0, 6/6") and verdicts[0].endswith(" OK")
     processes = [v.split(" peak private memory")[0] for v in verdicts[1:]]
     assert processes == ["largest Train worker", "merge actor", "evaluator"]
+
+
+def test_image_check_quick_reads_every_header_then_reuses_the_verdict():
+    results, lines = run_quick("image_check.py")
+    assert results["images"] == 400 and results["workers"] >= 1
+    for run in ("fresh", "cached"):
+        assert results[run]["per_s"] > 0 and results[run]["unreadable"] == 0, run
+    assert any(line.startswith("FoMo-in-Flux's 2,530,000 images") for line in lines)

@@ -60,7 +60,8 @@ def test_plan_and_sweep_warn_above_the_configured_trials_and_device_hours():
 def test_plan_prints_the_warnings_and_a_wall_clock_estimate_measured_here(capsys):
     plan = make_plan(load_config(QUICKSTART), time_here=True)
     here = plan["here"]
-    assert here["timed_batch"] == 64 and here["seconds_per_step"] > 0 and here["device"].startswith("CPU, ")
+    # the configured batch is timed itself when its step is predicted quick, else batch 16 scaled (a busy machine)
+    assert here["timed_batch"] in (16, 64) and here["seconds_per_step"] > 0 and here["device"].startswith("CPU, ")
     assert here["train_seconds"] == 2000 * here["seconds_per_step"]
     assert main(["plan", QUICKSTART, "--set", "resources.warn_trials=1"]) == 0
     captured = capsys.readouterr()

@@ -318,12 +318,31 @@ def cmd_data_show(args) -> int:
     from time_ray.plan import data_outline
 
     cfg = load_config(args.config, args.overrides)
-    rows, tasks, size, _ = data_outline(cfg)
+    outline = data_outline(cfg, strict=False)  # every problem listed, none refused
     if args.json:
-        print(json.dumps({"datasets": rows, "tasks": tasks}))
+        print(json.dumps({"datasets": outline.rows, "tasks": outline.tasks, "problems": outline.problems.as_json()}))
         return 0
-    _print_data(cfg.name, rows, tasks, size)
+    _print_data(cfg.name, outline.rows, outline.tasks, outline.size)
+    _print_problems(outline.problems)
     return 0
+
+
+def _print_problems(problems) -> None:
+    """``data show``'s 'problems:' block: each kind found, its count and its first offenders, one line each."""
+    from time_ray.core.real_data.problems import SHOWN
+
+    if not problems:
+        print("problems: none")
+        return
+    print("problems:")
+    for _, what, offenders in problems.kinds():
+        if not offenders:
+            continue
+        print(f"  {len(offenders):,} {what}:")
+        for offender in offenders[:SHOWN]:
+            print(f"    {_one_line(offender)}")
+        if len(offenders) > SHOWN:
+            print(f"    ... and {len(offenders) - SHOWN:,} more (--json lists them all)")
 
 
 def cmd_data(args) -> int:
@@ -489,7 +508,7 @@ def cmd_plan(args) -> int:
     from time_ray.plan import data_outline, make_plan
 
     cfg = load_config(args.config, args.overrides)
-    rows, tasks, size, _ = data_outline(cfg)  # what the sweep checks first: the data, theta_0's source
+    rows, tasks, size, _, _ = data_outline(cfg)  # what the sweep checks first: the data, theta_0's source
     base = _base_model_line(cfg)
     plan = make_plan(cfg, device_tflops=args.device_tflops, time_here=not args.no_timing)
     print(

@@ -4,10 +4,15 @@ training GFLOPs and device hours, pool storage (`time-ray plan`)."""
 from __future__ import annotations
 
 import json
+import logging
+from typing import NamedTuple
 
 from time_ray.config import SweepConfig, expand_trials, measure_flops_per_step
 from time_ray.core.benchmark import Benchmark
 from time_ray.core.contracts import Trial
+from time_ray.core.real_data.problems import DataProblems
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_DEVICE_TFLOPS = 100.0  # sustained training throughput assumed for device-hours (state yours)
 
@@ -123,13 +128,25 @@ def asha_fraction(tasks: int, grace: int, reduction: int) -> float:
     return expected / tasks
 
 
-def data_outline(cfg: SweepConfig) -> tuple[list[dict], list[list[str]], int, Benchmark]:
-    """The config's datasets (a row each: name, role, classes, images...), its tasks as
-    ``dataset+++class`` names, the image size and the benchmark (images by path), without decoding an
-    image. ``plan``, ``data show`` and ``sweep`` (before it claims its output directory) all check the
-    data through it."""
+class DataOutline(NamedTuple):
+    """What :func:`data_outline` returns."""
+
+    rows: list[dict]  # a row per dataset: name, role, classes, images...
+    tasks: list[list[str]]  # each task's ``dataset+++class`` names
+    size: int  # the image size
+    bench: Benchmark  # images by path
+    problems: DataProblems  # what is wrong with the data, every offender
+
+
+def data_outline(cfg: SweepConfig, strict: bool = True) -> DataOutline:
+    """The config's datasets, tasks, image size, benchmark and data problems, without decoding an image
+    (every image file's header is read once, :func:`~time_ray.core.real_data.problems.check_images`).
+    ``plan``, ``data show`` and ``sweep`` (before it claims its output directory) all check the data
+    through it. ``strict`` (``plan``, ``sweep``): unreadable images are a ConfigError and the other problems
+    are logged as warnings; otherwise (``data show``) they are only returned."""
     from time_ray.core.errors import ConfigError
     from time_ray.core.real_data import dataset_row, outline_real_data
+    from time_ray.core.real_data.problems import find_problems
     from time_ray.core.stream import make_stream
 
     if cfg.stream.benchmark == "builtin":
@@ -149,7 +166,13 @@ def data_outline(cfg: SweepConfig) -> tuple[list[dict], list[list[str]], int, Be
     except ValueError as exc:
         raise ConfigError(f"stream: {exc}.") from None
     names = [[f"{bench.class_dataset[c]}+++{bench.class_names[c]}" for c in task] for task in stream]
-    return rows, names, size, bench
+    problems = find_problems(bench, images=cfg.stream.benchmark != "builtin")
+    if strict:
+        if (error := problems.error()) is not None:
+            raise ConfigError(error)
+        for warning in problems.warnings():
+            logger.warning("time-ray: warning: %s", warning)
+    return DataOutline(rows, names, size, bench, problems)
 
 
 def data_path(cfg: SweepConfig) -> dict:

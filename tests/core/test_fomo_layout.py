@@ -355,7 +355,8 @@ def test_data_show_json_lists_datasets_and_the_task_cut_without_decoding(tree, t
     config = write_config(tmp_path, options(tree), tasks=5)
     assert main(["data", "show", config, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"datasets", "tasks"}
+    assert set(out) == {"datasets", "tasks", "problems"}
+    assert out["problems"] == {"unreadable": [], "untested": [], "single": [], "untrained": []}
     rows = {r["name"]: r for r in out["datasets"]}
     assert list(rows)[:4] == ["DTD", "FSCOCO", "MTSD", "iNATURALIST2021"]
     assert all(set(r) == {"name", "role", "classes", "n_train", "n_test", "template", "caption"} for r in rows.values())

@@ -249,11 +249,12 @@ def test_folders_roles_templates_captions_and_explicit_splits(tmp_path):
     assert (pets.role, pets.template, pets.kind) == ("heldout", "a photo of a {}.", "retrieval")
     assert "web" not in bench.datasets and bench.generic_classes == [5, 6]
     train, test = np.bincount(bench.train_labels.numpy()), np.bincount(bench.test_labels.numpy(), minlength=7)
-    assert train.tolist()[:5] == [4, 4, 4, 3, 3] and test.tolist()[:5] == [1, 1, 1, 2, 2]
+    # the held-out pets are only evaluated: their train/ folder is not read
+    assert train.tolist()[:5] == [4, 4, 4, 0, 0] and test.tolist()[:5] == [1, 1, 1, 2, 2]
     assert train[5:].sum() + test[5:].sum() == 4 and test[5:].sum() == 1  # round(0.2 * 4) test images
     assert bench.test_captions[:3] == ["a flower called rose.", "a flower called sun flower.", "a flower called tulip."]
     assert bench.train_captions[-1] == "a photo of a tree."
-    assert isinstance(bench.train_images, ImageFiles) and bench.train_images.shape == (21, 3, 16, 16)
+    assert isinstance(bench.train_images, ImageFiles) and bench.train_images.shape == (15, 3, 16, 16)
 
 
 def test_folders_split_is_class_stratified_and_seeded(tmp_path):
@@ -317,13 +318,15 @@ def test_table_classes_captions_roles_and_caption_only_retrieval(tmp_path, fmt):
     )
     assert stream is None
     assert bench.class_names[:4] == ["blue car", "red car", "cat", "dog"]
-    assert bench.class_names[4:] == [f"scene {i}" for i in range(5)]  # one class per distinct caption
+    # one class per distinct caption of the held-out coco's test rows (its train rows are left out)
+    assert bench.class_names[4:] == [f"scene {i}" for i in range(3)]
     assert {n: (d.role, d.kind, d.template) for n, d in bench.datasets.items()} == {
         "cars": ("adaptation", "classification", "a car: {}."),
         "pets": ("heldout", "classification", "a photo of a {}."),
         "coco": ("heldout", "retrieval", "{}"),
     }
-    assert bench.train_images.shape == (4 * 4 + 2, 3, 16, 16) and bench.test_images.shape == (4 + 3, 3, 16, 16)
+    # held-out pets and coco: their 'train' rows are left out
+    assert bench.train_images.shape == (2 * 4, 3, 16, 16) and bench.test_images.shape == (4 + 3, 3, 16, 16)
     assert bench.test_captions == [
         "blue car photo 0",
         "red car photo 0",
@@ -347,7 +350,7 @@ def test_table_without_split_column_splits_stratified_and_role_column(tmp_path):
     assert list(bench.datasets) == ["cars", "coco"] and bench.datasets["coco"].role == "heldout"
     assert bench.class_dataset[2:4] == ["pretrain", "pretrain"]
     counts = np.bincount(bench.test_labels.numpy(), minlength=9).tolist()
-    assert counts[:4] == [1, 1, 1, 1] and sum(counts[4:]) == 1  # 20% of 5 caption-only rows
+    assert counts[:4] == [1, 1, 1, 1] and sum(counts[4:]) == 5  # held out: every caption-only row is a test image
 
 
 def test_table_errors(tmp_path):

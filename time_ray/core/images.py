@@ -94,13 +94,19 @@ def open_rgb(source: Path | bytes, name: str, size: int) -> Image.Image:
         raise ConfigError(f"real data: cannot read image {name}: {exc}") from None
 
 
-def _check_regular(path: Path, name: str) -> None:
-    """A FIFO or device would block or never end: only regular files are opened."""
+def regular_problem(path: str | os.PathLike) -> tuple[os.stat_result | None, str | None]:
+    """``(stat, None)`` for a regular file; ``(stat or None, why)`` otherwise: a FIFO or a device would block
+    or never end, so only regular files are opened (one ``os.stat``)."""
     try:
-        mode = os.stat(path).st_mode
+        info = os.stat(path)
     except OSError as exc:
-        raise ConfigError(f"real data: cannot read image {name}: {exc.strerror}.") from None
-    if (why := not_regular(mode)) is not None:
+        return None, str(exc.strerror or exc)
+    return info, not_regular(info.st_mode)
+
+
+def _check_regular(path: Path, name: str) -> None:
+    """ConfigError naming the image unless it is a regular file (:func:`regular_problem`)."""
+    if (why := regular_problem(path)[1]) is not None:
         raise ConfigError(f"real data: cannot read image {name}: {why}.")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -288,19 +289,40 @@ def check_fraction(kind: str, option: str, value) -> float:
     return float(value)
 
 
+def listed(names: Sequence[str], limit: int = 10, sep: str = ", ") -> str:
+    """The first ``limit`` names joined by ``sep``, then ' and N more' for the rest."""
+    more = f" and {len(names) - limit:,} more" if len(names) > limit else ""
+    return sep.join(names[:limit]) + more
+
+
 def check_catalog(kind: str, catalog: Catalog) -> None:
-    """Every dataset has images, test images unless pretrain-only, train images unless held-out."""
+    """Every dataset has images, test images unless pretrain-only, train images unless held-out: one error
+    names every dataset that breaks a rule (the first 10 of each rule)."""
     counts = {(d.name, s): 0 for d in catalog.datasets for s in SPLITS}
     for item in catalog.items:
         counts[item.dataset, item.split] += 1
+    empty, untested, untrained = [], [], []
     for d in catalog.datasets:
         train, test = counts[d.name, "train"], counts[d.name, "test"]
         if train + test == 0:
-            fail(kind, "datasets", f"dataset {shown(d.name)} is empty (no images).")
+            empty.append(shown(d.name))
+            continue
         if d.role != "pretrain" and test == 0:
-            fail(kind, "datasets", f"dataset {shown(d.name)} has no test images (it is evaluated as {d.role}).")
+            untested.append(f"{shown(d.name)} ({d.role})")
         if d.role != "heldout" and train == 0:
-            fail(kind, "datasets", f"dataset {shown(d.name)} has no train images (a {d.role} dataset is trained on).")
+            untrained.append(f"{shown(d.name)} ({d.role})")
+    rules = [
+        (empty, "is empty (no images)", "are empty (no images)"),
+        (untested, "has no test images (it is evaluated)", "have no test images (they are evaluated)"),
+        (untrained, "has no train images (it is trained on)", "have no train images (they are trained on)"),
+    ]
+    found = [
+        f"dataset {names[0]} {one}" if len(names) == 1 else f"{len(names)} datasets {many}: {listed(names)}"
+        for names, one, many in rules
+        if names
+    ]
+    if found:
+        fail(kind, "datasets", "; ".join(found) + ".")
 
 
 def cap_items(items: list[Item], cap: int | None) -> list[Item]:

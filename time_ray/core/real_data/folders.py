@@ -6,6 +6,8 @@ then split class-stratified with ``test_fraction`` (default 0.2) and the top-lev
 (default 0). A class folder's name is the class name, underscores read as spaces. ``role`` is
 'adaptation' (default), 'heldout' or 'pretrain'; ``template`` defaults to "a photo of a {}.";
 ``kind`` is 'classification' (default) or 'retrieval'. Each image's caption is its class caption.
+A held-out dataset is only evaluated: without ``train/`` and ``test/`` all its images are test images;
+with them its ``train/`` is not read.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from time_ray.core.real_data.common import (
     common_settings,
     fail,
     image_files,
+    listed,
     split_mask,
 )
 
@@ -72,13 +75,16 @@ def class_folders(directory: Path, option: str, inside: DataRoot) -> list[tuple[
     folders = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         fail(KIND, option, f"{directory} has no class folders (dataset is empty).")
-    out = []
+    out, empty = [], []
     for folder in folders:
         inside.check(folder, f"folder {directory}", folder.name)
         files = [inside.check(f, f"class folder {folder}", f.name) for f in image_files(folder)]
         if not files:
-            fail(KIND, option, f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+            empty.append(str(folder))
         out.append((folder.name.replace("_", " "), files))
+    if empty:
+        what = f"class folder {empty[0]} holds" if len(empty) == 1 else f"{len(empty)} class folders hold"
+        fail(KIND, option, f"{what} no images ({', '.join(IMAGE_EXTENSIONS)}): {listed(empty)}.")
     return out
 
 
@@ -87,11 +93,13 @@ def dataset_items(info: DatasetInfo, entry: dict, n: int, seed: int, options: di
     inside = DataRoot(KIND, option, root, options)
     items = []
     if all((root / split).is_dir() for split in SPLITS):
-        for split in SPLITS:
+        for split in ("test",) if info.role == "heldout" else SPLITS:  # a held-out set is only evaluated
             for name, files in class_folders(root / split, option, inside):
                 items += [Item(info.name, name, split, f, info.template.format(name)) for f in files]
         return items
     pairs = [(name, f) for name, files in class_folders(root, option, inside) for f in files]
+    if info.role == "heldout":  # only evaluated: every image is a test image
+        return [Item(info.name, name, "test", f, info.template.format(name)) for name, f in pairs]
     mask = split_mask([name for name, _ in pairs], float(entry.get("test_fraction", 0.2)), (seed, info.name))
     return [
         Item(info.name, name, "test" if test else "train", f, info.template.format(name))

@@ -10,6 +10,8 @@ its own and their dataset is scored by retrieval (Recall@5 over the per-image ca
 of caption-only rows gets the template "{}", so a class caption is the caption itself.
 ``retrieval`` lists further datasets scored by retrieval; ``templates`` maps a dataset name to its
 prompt template (default "a photo of a {}.").
+A held-out dataset is only evaluated: its rows without a split are all test images, its 'train' rows
+are left out.
 """
 
 from __future__ import annotations
@@ -121,8 +123,10 @@ def scan(options: dict) -> Catalog:
         for name in found
     ]
     template = {info.name: info.template for info in infos}
+    role = {info.name: info.role for info in infos}
     inside = DataRoot(KIND, "path", path.parent, options)
-    items, unsplit = [], []
+    items: list[Item] = []
+    unsplit: list[int] = []  # positions in items of the rows without a split
     for n, row in enumerate(rows):
         image, caption, classname, split = (cell(row, c) for c in ("image", "caption", "classname", "split"))
         if image is None or (caption is None and classname is None):
@@ -131,11 +135,15 @@ def scan(options: dict) -> Catalog:
             fail(KIND, "path", f"{path} row {n}: split {shown(split)} is not 'train' or 'test'.")
         name = classname if classname is not None else caption
         assert name is not None  # refused above: a row has a classname or a caption
+        if role[row["_dataset"]] == "heldout":  # only evaluated: no train split
+            if split == "train":
+                continue
+            split = "test"
         caption = caption or template[row["_dataset"]].format(name)
         image_path = inside.check(path.parent / image, f"table {path} row {n}", image)
-        items.append(Item(row["_dataset"], name, split or "", image_path, caption))
         if split is None:
-            unsplit.append(n)
+            unsplit.append(len(items))
+        items.append(Item(row["_dataset"], name, split or "", image_path, caption))
     for dataset in found:
         members = [n for n in unsplit if items[n].dataset == dataset]
         mask = split_mask([items[n].classname for n in members], fraction, (seed, dataset))
