@@ -163,8 +163,8 @@ def test_a_ray_worker_logs_at_the_drivers_level(monkeypatch):
 
 
 def test_progress_lines_count_from_the_command_start_and_pace_the_eta_after_start_up(capsys, monkeypatch):
-    """The clock says how long the user has waited (Ray's start-up included); the ETA's pace is taken
-    from the timesteps after the first, so that start-up does not inflate it."""
+    """The clock says how long the user has waited (Ray's start-up included); the ETA's pace is a trial's
+    own time between timesteps, then the span after the first, so that start-up does not inflate it."""
     from types import SimpleNamespace
 
     from time_ray.core import eta
@@ -186,7 +186,7 @@ def test_progress_lines_count_from_the_command_start_and_pace_the_eta_after_star
     printer.on_trial_result(0, [], None, result(0))  # theta_0's evaluation: no pace yet
     assert "ETA" not in capsys.readouterr().err
     now[0] += 30.0
-    printer.on_trial_result(0, [], None, result(1))  # 1 of 8 in 30 s since the trials started: 7 x 30 s left
+    printer.on_trial_result(0, [], None, result(1))  # 30 s after the trial's theta_0 row: 7 x 30 s left
     line = capsys.readouterr().err.rstrip()
     assert line.startswith("[   130s   2/10]") and line.endswith("GM 0.500  ETA 3m30s"), line
     now[0] += 10.0
@@ -200,18 +200,20 @@ def test_progress_lines_count_from_the_command_start_and_pace_the_eta_after_star
     assert "ETA" not in capsys.readouterr().err.splitlines()[-1]
 
 
-def test_the_eta_before_a_second_timestep_divides_by_the_trials_at_once():
+def test_the_eta_is_paced_by_a_trials_own_timesteps_until_a_round_has_passed():
+    """Timesteps of one round finish together and start-up makes the first slow: until a round of
+    ``parallel`` timesteps has finished after the first, the pace is a trial's gap between two of its own
+    timesteps; with none known (a resumed sweep's first round) no ETA is shown rather than a made-up one."""
     from time_ray.core.eta import Rate, duration
 
     rate = Rate(total=100, parallel=4, start=0.0)
     assert rate.eta() == ""
-    rate.advance(now=60.0)  # one timestep in 60 s while 4 trials run at once: 99 x 15 s left
-    assert rate.seconds_left() == 99 * 15.0 and rate.eta() == "  ETA 24m45s"
-    rate.advance(now=60.1)
-    rate.advance(now=60.2)  # the rest of the first round, at once: their span says nothing (not 97 x 0.1 s)
-    assert rate.seconds_left() == 97 * 15.0
-    rate.advance(now=70.0)
-    rate.advance(now=80.0)  # a round after the first: 20 s for 4 timesteps, 95 x 5 s left
+    for now in (60.0, 60.1, 60.2):  # a resumed sweep's first round: start-up and training, inseparable
+        rate.advance(now=now)
+    assert rate.eta() == ""
+    rate.advance(now=70.0, gap=30.0)  # a trial's second timestep, 30 s after its first; 4 trials at once
+    assert rate.seconds_left() == 96 * 30.0 / 4 and rate.eta() == "  ETA 12m00s"
+    rate.advance(now=80.0, gap=20.0)  # a round after the first: 20 s for 4 timesteps, 95 x 5 s left
     assert rate.seconds_left() == pytest.approx(95 * 5.0)
     assert [duration(s) for s in (0.4, 59.6, 61, 3600 * 198)] == ["0s", "1m00s", "1m01s", "198h00m"]
 

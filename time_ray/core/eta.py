@@ -34,9 +34,10 @@ class Rate:
 
     Start-up (processes, a first compile, a cache filled) makes the first unit slow and tells nothing
     about the others: once a round of ``parallel`` units (units that run at once) has finished after the
-    first, the estimate uses only the span from the first unit's end to the latest one's; before that
-    (units of one round finish together, so their span says nothing), the first unit's own duration
-    divided by ``parallel``."""
+    first, the estimate uses only the span from the first unit's end to the latest one's. Before that
+    (units of one round finish together, so their span says nothing) it uses the ``gap`` the caller
+    measured for a unit from its predecessor's end (a trial's timestep after its previous one), divided
+    by ``parallel``; with neither, it says nothing rather than something start-up made up."""
 
     def __init__(self, total: int, parallel: int = 1, start: float | None = None):
         self.total, self.parallel = total, max(1, parallel)
@@ -44,13 +45,17 @@ class Rate:
         self.done = 0
         self.first: float | None = None
         self.latest: float | None = None
+        self.gaps: list[float] = []
 
-    def advance(self, units: int = 1, now: float | None = None) -> None:
+    def advance(self, units: int = 1, now: float | None = None, gap: float | None = None) -> None:
+        """``units`` finished at ``now``; ``gap``: how long the unit took after its predecessor (if known)."""
         now = time.monotonic() if now is None else now
         self.done += units
         if self.first is None:
             self.first = now
         self.latest = now
+        if gap is not None:
+            self.gaps.append(gap)
 
     def seconds_left(self) -> float | None:
         left = self.total - self.done
@@ -58,7 +63,9 @@ class Rate:
             return None
         if self.done - 1 >= self.parallel and self.latest > self.first:
             return (self.latest - self.first) / (self.done - 1) * left
-        return (self.first - self.start) / self.parallel * left
+        if self.gaps:
+            return sorted(self.gaps)[len(self.gaps) // 2] / self.parallel * left
+        return None
 
     def eta(self) -> str:
         """'  ETA 3m05s', or '' while nothing is known."""

@@ -69,7 +69,7 @@ class ProgressPrinter(Callback):
         # timesteps t >= 1 (an expert trained, merged, evaluated) set the pace; t = 0 only evaluates
         trained = sum(len([s for s in steps[i] if s > max(last[i], 0)]) for i in steps)
         self.rate = Rate(trained, parallel)
-        self.trials_started = False
+        self.previous: dict = {}  # each trial's last result time: the gap to its next timestep paces the ETA
         self.last_line = time.monotonic()
 
     def eta(self) -> str:
@@ -91,14 +91,15 @@ class ProgressPrinter(Callback):
         self._line(f"still working: {running} trial(s) running, {pending} waiting (nothing new for {quiet} s)")
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        if not self.trials_started:  # the pace counts from the first trial's start, not Ray's
-            self.rate.start, self.trials_started = time.monotonic(), True
         self._line(f"{trial.config['trial_id']}: started")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.done += 1
+        now, key = time.monotonic(), result.get("trial_id")
         if result["timestep"] > 0:
-            self.rate.advance()
+            before = self.previous.get(key)
+            self.rate.advance(now=now, gap=None if before is None else now - before)
+        self.previous[key] = now
         cached = "  (expert from the cache)" if result.get("expert_cache_hit") else ""
         self._line(
             f"{result['policy']:<16} t={result['timestep']}/{result['tasks']}  "
