@@ -32,11 +32,18 @@ def test_the_evaluator_gives_what_the_driver_would_for_each_model_in_turn(cache_
         experiment = Experiment.from_settings(settings, multitask)
         for state in _states(experiment, 2):
             for subset in (True, False):
-                records, seconds = shared.evaluate(state, multitask, subset, 0)
+                records, seconds, kept = shared.evaluate(state, multitask, subset, 0)
                 alone = experiment.evaluate(experiment.new_model(state), subset=subset, seed=0)
-                assert records == alone and seconds > 0
+                assert records == alone and seconds > 0 and kept is None  # predictions only when asked
                 assert [r["role"] for r in records].count("task") == 2  # the stream's tasks, also for multitask
     assert shared.stats() == {"calls": 8}
+    # asked for them, the per-image predictions are the driver's, image by image
+    _, _, kept = shared.evaluate(state, False, False, 0, predictions=True)
+    experiment = Experiment.from_settings(settings, False)
+    mine: dict = {}
+    experiment.evaluate(experiment.new_model(state), subset=False, seed=0, predictions=mine)
+    assert set(kept) == {"test_index", "predicted", "correct", "predicted_name"}
+    assert all(list(kept[k]) == list(mine[k]) for k in kept) and len(kept["test_index"]) > 0
 
 
 def test_trials_are_served_round_robin(monkeypatch):
