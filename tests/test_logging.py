@@ -107,6 +107,8 @@ def test_progress_lines_look_as_before(capsys):
 
 def test_worker_console_outside_ray_leaves_a_library_users_logging_alone(monkeypatch):
     monkeypatch.delenv(LEVEL_ENV, raising=False)
+    logger = logging.getLogger("time_ray")  # as a library user has it (a module fixture may have run the CLI)
+    monkeypatch.setattr(logger, "handlers", [h for h in logger.handlers if not isinstance(h, ConsoleHandler)])
     worker_console()
     assert not any(isinstance(h, ConsoleHandler) for h in logging.getLogger("time_ray").handlers)
 
