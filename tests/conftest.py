@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-# Every test keeps Ray on loopback (ARCHITECTURE.md "Ray facts"), never reaches a model hub, and
+# Every test keeps Ray on loopback (docs/architecture.md "Ray facts"), never reaches a model hub, and
 # caches benchmarks and base models in a directory of its own, removed at the end of the session.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,4 +1,4 @@
-"""The findings of TIME.md §7 on the synthetic sweep, whose answers are known by construction, and on
+"""The findings of docs/method.md §7 on the synthetic sweep, whose answers are known by construction, and on
 variants of it where a finding must fail or cannot be tested."""
 
 import math

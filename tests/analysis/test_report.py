@@ -150,7 +150,7 @@ def test_help_explains_the_outputs():
 
 
 def test_the_analysis_layer_never_imports_ray_torch_or_the_config_layer(synthetic_sweep, tmp_path):
-    """ARCHITECTURE.md "Layers": analysis reads the results schema (and DIR/trials.json): it needs no
+    """docs/architecture.md "Layers": analysis reads the results schema (and DIR/trials.json): it needs no
     Ray, builds no model, benchmark or config."""
     code = (
         "import sys; from time_ray.analysis import build_report; "

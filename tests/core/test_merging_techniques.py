@@ -1,4 +1,4 @@
-"""Merging techniques of TIME.md §5 beyond averaging and task arithmetic: hand-computed cases and invariants."""
+"""Merging techniques of docs/method.md §5 beyond averaging and task arithmetic: hand-computed cases and invariants."""
 
 import math
 

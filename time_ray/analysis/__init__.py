@@ -1,4 +1,4 @@
-"""The analysis layer of time-ray (ARCHITECTURE.md "Layers"): results parquet -> tables, figures,
+"""The analysis layer of time-ray (docs/architecture.md "Layers"): results parquet -> tables, figures,
 findings, report. Reads only the results schema (time_ray.core.results) and the sweep's config; never
 imports Ray.
 

@@ -275,7 +275,7 @@ def init_deploy_heatmap(table: pd.DataFrame) -> Figure | None:
 def technique_spread(final: pd.DataFrame) -> Figure | None:
     """GM of each merging technique at a fixed init/deploy pair (one panel per pair with at least two
     techniques): dots are seeds, bars the mean; the grey band is the range of GM over init x deploy
-    pairs with weight averaging, for scale (TIME.md §7 finding 3). None when no pair has two techniques."""
+    pairs with weight averaging, for scale (docs/method.md §7 finding 3). None when no pair has two techniques."""
     stream = final[~final.multitask & (final.settings == "")]
     pairs = stream.groupby(["init", "deploy"]).technique.nunique()
     pairs = pairs[pairs >= 2]
@@ -418,7 +418,7 @@ def accuracy_matrix(metrics: pd.DataFrame, label: str) -> Figure:
 
 def budget_curves(table: pd.DataFrame, colours: dict) -> Figure:
     """Final GM against the training compute of each budget (the policy on its own), one line per
-    policy across budgets; the multitask reference, when the sweep has one, dashed black (TIME.md §7
+    policy across budgets; the multitask reference, when the sweep has one, dashed black (docs/method.md §7
     finding 5). The report draws it only for a sweep with two or more budgets."""
     fig = Figure(figsize=(10, 6))
     ax = fig.subplots()

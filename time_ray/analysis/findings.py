@@ -1,4 +1,4 @@
-"""The five findings of TIME.md §7, each tested on a sweep's final values (which decisions matter
+"""The five findings of docs/method.md §7, each tested on a sweep's final values (which decisions matter
 overall is time_ray.analysis.stats.variance_decomposition).
 
 Every test compares policies at one budget (tables.main_budget: the one with the most policies,
@@ -32,7 +32,7 @@ MIN_SEEDS = 2  # a verdict needs a seed interval: at least two seeds shared by t
 @dataclass(frozen=True)
 class Finding:
     number: int
-    claim: str  # TIME.md §7, verbatim in substance
+    claim: str  # docs/method.md §7, verbatim in substance
     test: str  # how this report turns the claim into numbers
     verdict: str  # SUPPORTED / NOT_SUPPORTED / NOT_TESTABLE, possibly with a qualifier
     evidence: tuple[str, ...]

@@ -1,4 +1,4 @@
-"""Reading a sweep directory (README "Output"; ARCHITECTURE.md "Contracts": the results schema).
+"""Reading a sweep directory (README "Output"; docs/architecture.md "Contracts": the results schema).
 
 A finished sweep has DIR/metrics.parquet and DIR/timesteps.parquet; while it runs (or after it was
 interrupted) each trial's rows are in DIR/trials/<trial_id>/{metrics,timesteps}.parquet, rewritten
@@ -10,7 +10,7 @@ Every row gets the columns the analysis groups by:
   technique  the merging technique with its parameters, e.g. ``ties(lambda=1.0, prune=0.7)``
   settings   non-default EMA-chain / 'all' settings, e.g. ``recency=linear`` ('' when default)
   label      one name per policy (seeds and budgets aside): policy name + technique + settings
-  multitask  the multitask reference (one expert on the union of all tasks, TIME.md §3)
+  multitask  the multitask reference (one expert on the union of all tasks, docs/method.md §3)
   budget     training steps per task (the multitask reference: its steps / T, the same total)
 """
 
@@ -74,7 +74,7 @@ def technique_label(merge: str, merge_params: str | dict | None) -> str:
 
 
 def settings_label(row) -> str:
-    """The EMA-chain and 'all' settings that differ from the defaults (TIME.md §3-4), e.g.
+    """The EMA-chain and 'all' settings that differ from the defaults (docs/method.md §3-4), e.g.
     ``recency=exp``; '' when every setting is the default."""
     return " ".join(
         f"{k}={row[k]}"

@@ -1,4 +1,4 @@
-"""Per-trial and per-policy tables: accuracy (TIME.md §6 metrics) and cost.
+"""Per-trial and per-policy tables: accuracy (docs/method.md §6 metrics) and cost.
 
 final_values: one row per finished trial
   a_ka, a_zs, gm            at the last timestep T (the paper's headline numbers)

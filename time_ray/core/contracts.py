@@ -1,4 +1,4 @@
-"""The data that crosses process boundaries (ARCHITECTURE.md "Contracts"), as frozen dataclasses that
+"""The data that crosses process boundaries (docs/architecture.md "Contracts"), as frozen dataclasses that
 pickle for Ray: what a process needs to rebuild the stream (``ExperimentSettings``), one trial of a
 sweep (``Trial``), what training an expert cost (``ExpertInfo``) and the costs of one timestep
 (``TimestepCosts``). A misspelt field fails at construction (or at the type checker), not as a
@@ -17,7 +17,7 @@ from time_ray.core.stream import Mixture
 
 @dataclass(frozen=True)
 class TrainingRecipe:
-    """The optimiser settings every expert is finetuned with (TIME.md §6)."""
+    """The optimiser settings every expert is finetuned with (docs/method.md §6)."""
 
     batch_size: int = 64
     lr: float = 1e-4

@@ -1,4 +1,4 @@
-"""Evaluation of a deployed model (TIME.md §6): zero-shot classification with one prompt template
+"""Evaluation of a deployed model (docs/method.md §6): zero-shot classification with one prompt template
 per dataset (argmax over that dataset's classes), and for retrieval datasets the mean of
 image->text and text->image Recall@5 over per-image captions."""
 

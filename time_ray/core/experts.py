@@ -1,6 +1,6 @@
 """Content addresses of experts: an expert is determined by what produced it (the init weights, the
 task, the budget, the seed and every training and stream setting), so identical experts, wherever
-a sweep needs them, are trained once (ARCHITECTURE.md "Checkpoints")."""
+a sweep needs them, are trained once (docs/architecture.md "Checkpoints")."""
 
 from __future__ import annotations
 

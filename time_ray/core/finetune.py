@@ -1,4 +1,4 @@
-"""Contrastive finetuning of both CLIP towers (TIME.md §6): symmetric InfoNCE with the model's
+"""Contrastive finetuning of both CLIP towers (docs/method.md §6): symmetric InfoNCE with the model's
 learnable temperature, AdamW, grad-norm clipping, a fresh optimizer and a cosine schedule with
 linear warm-up per task, fp16 autocast on GPU, and a per-task seed.
 """

@@ -1,4 +1,4 @@
-"""Stream metrics (TIME.md §6): A_KA = mean over adaptation datasets, A_ZS = mean over held-out
+"""Stream metrics (docs/method.md §6): A_KA = mean over adaptation datasets, A_ZS = mean over held-out
 datasets, GM = sqrt(A_KA * A_ZS)."""
 
 from __future__ import annotations

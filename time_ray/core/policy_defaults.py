@@ -1,4 +1,4 @@
-"""The EMA-chain and 'all' settings a policy has when its config does not name them (TIME.md §3-4),
+"""The EMA-chain and 'all' settings a policy has when its config does not name them (docs/method.md §3-4),
 in one place: ``strategies.Policy`` takes its defaults from here, and results tables and reports show
 a setting only where it differs from these. Kept free of imports, so reading results needs no torch."""
 

@@ -1,4 +1,4 @@
-"""The policy space of a sweep (TIME.md §2-6) expanded into trials: presets and grids of init x deploy
+"""The policy space of a sweep (docs/method.md §2-6) expanded into trials: presets and grids of init x deploy
 x merging technique (with chain/recency settings and searched hyperparameters), crossed with budget
 multipliers and seeds; and the compute budget turned into training steps per task.
 
@@ -209,7 +209,7 @@ def _apply_search(policy: dict, points: Sequence[dict]) -> list[dict]:
 
 
 class Budget(Protocol):
-    """Compute per task in one unit (config.BudgetConfig; TIME.md §6)."""
+    """Compute per task in one unit (config.BudgetConfig; docs/method.md §6)."""
 
     @property
     def steps_per_task(self) -> int | None: ...

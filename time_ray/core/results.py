@@ -1,4 +1,4 @@
-"""The results schema (ARCHITECTURE.md "Contracts") and atomic parquet writes."""
+"""The results schema (docs/architecture.md "Contracts") and atomic parquet writes."""
 
 from __future__ import annotations
 

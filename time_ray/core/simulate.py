@@ -1,4 +1,4 @@
-"""One temporal simulation in a single process, without Ray: the loop of TIME.md §1
+"""One temporal simulation in a single process, without Ray: the loop of docs/method.md §1
 (INIT -> TRAIN -> STORE -> DEPLOY -> EVAL) for one policy. For debugging, `time-ray data stats`,
 and users who want the core without a cluster; sweeps run the same pieces on Ray."""
 

@@ -1,4 +1,4 @@
-"""Initialization and deployment strategies (TIME.md §2-4): independent functions of the pool.
+"""Initialization and deployment strategies (docs/method.md §2-4): independent functions of the pool.
 
 theta^i_t (init) and theta^o_t (deploy) for timestep t, with M the policy's merging technique:
 

@@ -1,4 +1,4 @@
-"""The task stream: the adaptation (dataset, class) pairs in an order, cut into T chunks (TIME.md §6),
+"""The task stream: the adaptation (dataset, class) pairs in an order, cut into T chunks (docs/method.md §6),
 and the per-batch data mixture of pretraining data, the current task and replay of earlier tasks.
 """
 

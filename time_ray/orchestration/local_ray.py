@@ -1,4 +1,4 @@
-"""Starting or joining Ray, loopback-only by default (ARCHITECTURE.md "Ray facts").
+"""Starting or joining Ray, loopback-only by default (docs/architecture.md "Ray facts").
 
 With RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 set before Ray starts, a local ``ray.init()`` runs in
 single-node mode with node address 127.0.0.1; the dashboard (when installed) binds to 127.0.0.1.

@@ -1,4 +1,4 @@
-"""The Tune function trial: the driver of one policy's temporal loop (ARCHITECTURE.md data flow).
+"""The Tune function trial: the driver of one policy's temporal loop (docs/architecture.md "Data flow").
 
   the trial's pool is in the sweep's merge service (merge_actor.py), called through a PoolHandle as an
   actor of the trial's own; its experts come from the sweep's expert cache, which is the job queue of

@@ -1,4 +1,4 @@
-"""Merging techniques (TIME.md §5). Each technique is a small registered unit that merges
+"""Merging techniques (docs/method.md §5). Each technique is a small registered unit that merges
 checkpoints tensor by tensor, in fp32, over every parameter of both towers (logit_scale included); element-wise
 techniques take each tensor in chunks of at most ``base.CHUNK`` entries, so memory stays O(experts x chunk).
 

@@ -1,4 +1,4 @@
-"""The registry of merging techniques and what they share (TIME.md §5): the ``Technique`` base class,
+"""The registry of merging techniques and what they share (docs/method.md §5): the ``Technique`` base class,
 parameter checks, tower helpers, seeding, and building a technique from config.
 
 Notation: theta_0 is the base model (the anchor), theta_k the experts, tau_k = theta_k - theta_0

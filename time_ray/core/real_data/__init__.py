@@ -4,7 +4,7 @@ Three layouts (``kind``), one module each:
 
 * ``fomo`` (:mod:`.fomo`): the FoMo-in-Flux info files exactly as the TIME authors' repository ships
   them (``data_lib/00_info/<DATASET>_{train,test}.json``, ``<DATASET>_classnames.json``, images under
-  ``<root>/<DATASET>/``) and their stream files, JSON lists of ``"DATASET+++classname"`` (TIME.md §6).
+  ``<root>/<DATASET>/``) and their stream files, JSON lists of ``"DATASET+++classname"`` (docs/method.md §6).
 * ``folders`` (:mod:`.folders`): one directory per dataset with one sub-folder per class.
 * ``table`` (:mod:`.table`): one CSV/parquet file, a row per image.
 

@@ -1,5 +1,5 @@
 """The FoMo-in-Flux layout, as the TIME authors' code base ships it (pseudope/fomo_in_flux, ``data_lib/``;
-TIME.md §6). Nothing is moved or renamed: ``info_dir`` is their ``data_lib/00_info`` (default: ``root``),
+docs/method.md §6). Nothing is moved or renamed: ``info_dir`` is their ``data_lib/00_info`` (default: ``root``),
 ``root`` their data directory, ``stream_file`` one of their ``stream_construction/*.json`` files.
 
 Info files, all in ``info_dir``:

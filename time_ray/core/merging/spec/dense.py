@@ -1,4 +1,4 @@
-"""Specs of the dense techniques (TIME.md §5): every entry of every expert counts. Averaging, task
+"""Specs of the dense techniques (docs/method.md §5): every entry of every expert counts. Averaging, task
 arithmetic, SLERP, MagMax, Random, Model Stock, and LiNeS, the scale option of the task-vector techniques.
 
 Each spec is the oracle of the executable technique of the same name (``time_ray.core.merging.basic``):

@@ -1,4 +1,4 @@
-"""Generalized task arithmetic (TIME.md §5): sparsify each task vector over its tower, elect a sign per
+"""Generalized task arithmetic (docs/method.md §5): sparsify each task vector over its tower, elect a sign per
 entry, merge the entries that agree with it, scale. TIES, DARE-TIES and Breadcrumbs-TIES are instances
 that differ only in the sparsifier; ``towers`` routes each tower to a spec of its own.
 
