@@ -4,8 +4,8 @@ and 50 experts, under each deploy strategy.
     .venv/bin/python benchmarks/pool_scaling.py [--quick]
 
 * A pool of 50 experts of tiny-clip-wide (8M parameters, 32 MB: the size used for the
-  pool's memory measurements) written through CheckpointPool (safetensors + content hash), opened once and reused, as the
-  merge service holds it; one torch thread, as the merge service.
+  pool's memory measurements) written through CheckpointPool (safetensors + content hash), opened once and
+  reused, as the merge service holds it; one torch thread, as the merge service.
 * For each technique (average, ties), deploy strategy and n: the steady-state cost at timestep t = n, what
   the merge service pays (``materialize(deploy_weights(policy, pool, n))``): ft loads expert n; ft-zs merges
   it with theta_0; all merges experts 1..n; ema computes r_n = M(expert n, r_{n-1}) and stores it, with

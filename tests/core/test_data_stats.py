@@ -1,4 +1,5 @@
-"""The benchmark's properties (docs/method.md §6, the built-in benchmark: a stream worth simulating), checked at a small size."""
+"""The benchmark's properties (docs/method.md §6, the built-in benchmark: a stream worth simulating),
+checked at a small size."""
 
 from dataclasses import asdict
 
