@@ -91,7 +91,7 @@ EVALUATOR_LIMIT = 3 * GIB
 # plus MERGE_RUNTIME for Python, torch, numba, Ray's core worker (about 1.1 GiB of RSS with a 13 MiB model,
 # --quick: half of it the shared libraries' pages) and TIES' selection scratch (at most 256 MiB of scores
 # inside the threshold brackets, plus the tau blocks of one chunk).
-# Measured with ViT-B/16 (benchmarks/README.md): more than this, 6 files mapped (theta_0, 3 experts, the EMA
+# Measured with ViT-B/16 (docs/performance.md): more than this, 6 files mapped (theta_0, 3 experts, the EMA
 # chain's r_1 and r_2) and 3 state dicts' pages of the object store, besides the merged model in its heap.
 MERGE_STATE_DICTS = 7
 MERGE_RUNTIME = 3 * GIB // 2

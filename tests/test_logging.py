@@ -129,7 +129,7 @@ def test_worker_console_takes_the_level_from_the_driver(level, expected):
 def test_a_ray_worker_logs_at_the_drivers_level(monkeypatch):
     """The level reaches the workers of an embedded Ray (local_ray.init_ray); without it a Ray worker
     logs at INFO. (The message then reaches the console as a print would: Ray forwards the worker's
-    stderr with --verbose, see tests/orchestration/test_lazy_training.py.)"""
+    stderr with --verbose, see tests/orchestration/test_expert_queue.py.)"""
     import ray
 
     from time_ray.orchestration.local_ray import init_ray, shutdown_ray

@@ -1,4 +1,4 @@
-"""Reading a sweep directory (README "Output"; docs/architecture.md "Contracts": the results schema).
+"""Reading a sweep directory (docs/output.md; docs/architecture.md "Contracts": the results schema).
 
 A finished sweep has DIR/metrics.parquet and DIR/timesteps.parquet; while it runs (or after it was
 interrupted) each trial's rows are in DIR/trials/<trial_id>/{metrics,timesteps}.parquet, rewritten

@@ -42,7 +42,7 @@ QUIET_RAYLET = ("worker processes have been started on node",)  # a small machin
 def quiet_console(verbose: bool) -> None:
     """Without ``verbose``: no notice that the local Ray uses token authentication (it does, as Ray's
     default), and no raylet warning that many worker processes started (expected: each trial runs a
-    driver and Train processes with fractional CPU requests; README "Resources").
+    driver and Train processes with fractional CPU requests; docs/architecture.md "Ray facts").
     Other raylet messages (e.g. out of memory) still reach the console."""
     logging.getLogger(TOKEN_NOTICE_LOGGER).setLevel(logging.NOTSET if verbose else logging.ERROR)
     from ray._private import worker  # the driver's printer of raylet messages (a private API: checked by a test)

@@ -5,7 +5,7 @@ listens on every interface (``*:PORT``, no authentication), even on an embedded 
 everything else on 127.0.0.1. When every Ray node is this loopback node, the workers instead meet at a
 ``FileStore`` (a file in the node's temp dir: all workers share the machine) and gloo / NCCL bind
 their own sockets to the loopback interface. A cluster across machines keeps Ray's TCP rendezvous:
-the user asked for the network there (README "Running on a cluster").
+the user asked for the network there (docs/cluster.md).
 """
 
 from __future__ import annotations

@@ -244,7 +244,7 @@ def existing_path(kind: str, options: dict, key: str, directory: bool) -> Path:
             kind,
             key,
             f"{options[key]} is a URI; data is read from local paths only: copy it to the same path on every "
-            "node, or to a shared file system (README: Running on a cluster).",
+            "node, or to a shared file system (docs/cluster.md).",
         )
     path = Path(os.path.expanduser(str(options[key])))
     if not path.exists():
