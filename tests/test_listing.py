@@ -1,12 +1,13 @@
 """`time-ray list`: every name a config accepts, from the registries the config is checked against."""
 
+import pytest
 import yaml
 
 from time_ray.cli import main
 from time_ray.core.merging import TECHNIQUES, make_technique, technique_params
 from time_ray.core.policy_space import PRESETS
-from time_ray.core.strategies import DEPLOY_STRATEGIES, INIT_STRATEGIES
-from time_ray.listing import technique_rows
+from time_ray.core.strategies import DEPLOY_STRATEGIES, INIT_STRATEGIES, STRATEGIES, register
+from time_ray.listing import strategy_rows, technique_rows
 
 
 def test_every_technique_is_listed_with_its_parameters_and_a_description():
@@ -31,3 +32,19 @@ def test_list_prints_strategies_and_presets(capsys):
     out = capsys.readouterr().out
     assert out.index("techniques:") < out.index("strategies:") < out.index("presets:")
     assert all(f"  {p} " in out for p in PRESETS) and "lambda=1.0, prune=0.2" in out
+
+
+def test_a_registered_strategy_is_listed_with_its_description(capsys, monkeypatch):
+    monkeypatch.setitem(STRATEGIES, "init", dict(STRATEGIES["init"]))  # the registration ends with the test
+    register(STRATEGIES["init"], "half-base", "1/2 theta_0: a test strategy")(lambda policy, pool, n: pool.base)
+    assert main(["list", "strategies"]) == 0
+    assert "  init half-base  " in capsys.readouterr().out
+    assert ("init half-base", "", "1/2 theta_0: a test strategy") in strategy_rows()
+
+
+def test_a_strategy_name_is_registered_and_listed_once_per_role():
+    names = [name for name, _, _ in strategy_rows()]
+    assert len(names) == len(set(names))
+    with pytest.raises(ValueError, match="'ft' is already registered"):
+        register(STRATEGIES["deploy"], "ft", "the latest expert, again")(lambda policy, pool, n: pool.expert(n))
+    assert [name for name, _, _ in strategy_rows()] == names

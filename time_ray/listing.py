@@ -12,7 +12,7 @@ from time_ray.core import policy_defaults
 from time_ray.core.merging import TECHNIQUES
 from time_ray.core.merging.base import config_name
 from time_ray.core.policy_space import PRESETS
-from time_ray.core.strategies import DEPLOY_DESCRIPTIONS, INIT_DESCRIPTIONS, RECENCY_SCHEMES
+from time_ray.core.strategies import RECENCY_SCHEMES, STRATEGIES
 
 KINDS = ("techniques", "strategies", "presets")
 
@@ -41,8 +41,9 @@ def technique_rows() -> list[tuple[str, str, str]]:
 
 
 def strategy_rows() -> list[tuple[str, str, str]]:
-    rows = [(f"init {n}", "", d) for n, d in INIT_DESCRIPTIONS.items()]
-    rows += [(f"deploy {n}", "", d) for n, d in DEPLOY_DESCRIPTIONS.items()]
+    """(role and name, "", description) of every registered init and deploy strategy, then the grid's
+    EMA-chain and 'all' settings with their defaults."""
+    rows = [(f"{role} {s.name}", "", s.description) for role, found in STRATEGIES.items() for s in found.values()]
     chain = ", ".join(f"{k}={_yaml(v)}" for k, v in policy_defaults.POLICY_DEFAULTS.items())
     rows.append(("grid settings", chain, f"EMA chain and 'all' settings; recency: {', '.join(RECENCY_SCHEMES)}"))
     return rows

@@ -96,3 +96,15 @@ def test_pool_rejects_experts_out_of_order(tmp_path):
     pool = make_pool(tmp_path, 1)
     with pytest.raises(ValueError, match="out of order"):
         pool.add_expert(3, expert(3))
+
+
+def test_a_registered_strategy_is_used_for_init_and_unknown_names_are_refused(tmp_path, monkeypatch):
+    from time_ray.core.strategies import STRATEGIES, register
+
+    pool = make_pool(tmp_path, 2)
+    monkeypatch.setitem(STRATEGIES, "init", dict(STRATEGIES["init"]))
+    register(STRATEGIES["init"], "first", "theta^s_1: the first expert")(lambda policy, pool, n: pool.expert(1))
+    assert torch.equal(w(init_weights(Policy("first", "ft"), pool, 3)), expert(1)["w"])
+    assert torch.equal(w(init_weights(Policy("first", "ft"), pool, 1)), THETA_0)  # no expert yet: theta_0
+    with pytest.raises(ValueError, match="unknown deploy strategy 'first'"):
+        deploy_weights(Policy("ft", "first"), pool, 1)

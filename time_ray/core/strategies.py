@@ -23,6 +23,11 @@ theta^s_t; theta_0): each new task vector projected away from the dominant singu
 update so far, the sum rescaled to the mean task-vector norm. It has its own rule, so the policy's
 merging technique M is not used by ``opcm`` (the chain's threshold is OPCM_ALPHA = 0.5, the paper's).
 Like r_t, m_t is computed once per timestep and kept in the pool (with lambda_t and the mean norm).
+
+Registry: each strategy is registered once per role (``INIT``, ``DEPLOY``) with its config name, a line
+for ``time-ray list`` and its function of the first n experts (init at t draws on n = t - 1 of them,
+deploy at t on n = t; with n = 0 every strategy is theta_0). The config is validated against the registry's
+names (``INIT_STRATEGIES``, ``DEPLOY_STRATEGIES``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -40,25 +46,6 @@ from time_ray.core.merging import Technique, WeightAveraging
 from time_ray.core.merging.spec import task_vectors
 from time_ray.core.merging.spec.opcm import OPCM_ALPHA, opcm_update, task_vector_norm
 from time_ray.core.pool import CheckpointPool
-
-INIT_STRATEGIES = ("zs", "ft", "ema", "all", "ft-zs", "opcm")
-DEPLOY_STRATEGIES = ("ft", "ema", "all", "ft-zs", "opcm")
-# one line each, for `time-ray list strategies` (the formulas: this module's docstring)
-INIT_DESCRIPTIONS = {
-    "zs": "theta_0: every task starts from the base model",
-    "ft": "theta^s_{t-1}: the previous expert (sequential finetuning)",
-    "ema": "r_{t-1}: the EMA chain of experts merged with the technique",
-    "all": "M(theta^s_1..theta^s_{t-1}; theta_0): every earlier expert merged (recency weights)",
-    "ft-zs": "M(theta^s_{t-1}, theta_0): the previous expert merged half-half with the base",
-    "opcm": "m_{t-1}: the OPCM chain (orthogonal projections; the technique is not used)",
-}
-DEPLOY_DESCRIPTIONS = {
-    "ft": "theta^s_t: the latest expert",
-    "ema": "r_t: the EMA chain, r_t = M(theta^s_t, r_{t-1}) with weights (w, 1 - w)",
-    "all": "M(theta^s_1..theta^s_t; theta_0): every expert so far merged (recency weights)",
-    "ft-zs": "M(theta^s_t, theta_0): the latest expert merged half-half with the base",
-    "opcm": "m_t: the OPCM chain (orthogonal projections; the technique is not used)",
-}
 
 RECENCY = {
     "uniform": lambda i: 1.0,
@@ -166,35 +153,90 @@ def with_zero_shot(policy: Policy, pool: CheckpointPool, expert: Checkpoint) -> 
     return policy.technique.merge([expert, pool.base], [0.5, 0.5], pool.base, pool.executor)
 
 
+StrategyFn = Callable[[Policy, CheckpointPool, int], Checkpoint]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registered strategy (docs/method.md §2-4): its config name, one line for ``time-ray list`` and
+    ``weights(policy, pool, n)``, the model it builds from the first n >= 1 experts of the pool."""
+
+    name: str
+    description: str
+    weights: StrategyFn
+
+
+INIT: dict[str, Strategy] = {}  # theta^i_t, where training for task t starts
+DEPLOY: dict[str, Strategy] = {}  # theta^o_t, the model served after task t
+STRATEGIES = {"init": INIT, "deploy": DEPLOY}  # by role, as a config names them
+
+
+def register(registry: dict[str, Strategy], name: str, description: str) -> Callable[[StrategyFn], StrategyFn]:
+    """Decorator: registers the function under ``name`` in ``registry`` (``INIT`` or ``DEPLOY``); a name is
+    registered once per registry."""
+
+    def add(weights: StrategyFn) -> StrategyFn:
+        if name in registry:
+            raise ValueError(f"strategy {name!r} is already registered")
+        registry[name] = Strategy(name, description, weights)
+        return weights
+
+    return add
+
+
+@register(INIT, "zs", "theta_0: every task starts from the base model")
+def zero_shot(policy: Policy, pool: CheckpointPool, n: int) -> Checkpoint:
+    return pool.base
+
+
+@register(INIT, "ft", "theta^s_{t-1}: the previous expert (sequential finetuning)")
+@register(DEPLOY, "ft", "theta^s_t: the latest expert")
+def latest_expert(policy: Policy, pool: CheckpointPool, n: int) -> Checkpoint:
+    return pool.expert(n)
+
+
+@register(INIT, "ema", "r_{t-1}: the EMA chain of experts merged with the technique")
+@register(DEPLOY, "ema", "r_t: the EMA chain, r_t = M(theta^s_t, r_{t-1}) with weights (w, 1 - w)")
+def ema(policy: Policy, pool: CheckpointPool, n: int) -> Checkpoint:
+    return ema_chain(policy, pool, n)
+
+
+@register(INIT, "all", "M(theta^s_1..theta^s_{t-1}; theta_0): every earlier expert merged (recency weights)")
+@register(DEPLOY, "all", "M(theta^s_1..theta^s_t; theta_0): every expert so far merged (recency weights)")
+def all_experts(policy: Policy, pool: CheckpointPool, n: int) -> Checkpoint:
+    return merge_all(policy, pool, n)
+
+
+@register(INIT, "ft-zs", "M(theta^s_{t-1}, theta_0): the previous expert merged half-half with the base")
+@register(DEPLOY, "ft-zs", "M(theta^s_t, theta_0): the latest expert merged half-half with the base")
+def latest_with_zero_shot(policy: Policy, pool: CheckpointPool, n: int) -> Checkpoint:
+    return with_zero_shot(policy, pool, pool.expert(n))
+
+
+@register(INIT, "opcm", "m_{t-1}: the OPCM chain (orthogonal projections; the technique is not used)")
+@register(DEPLOY, "opcm", "m_t: the OPCM chain (orthogonal projections; the technique is not used)")
+def opcm(policy: Policy, pool: CheckpointPool, n: int) -> Checkpoint:
+    return opcm_chain(pool, n)
+
+
+INIT_STRATEGIES = tuple(INIT)  # the names a config's init list may use, in registration order
+DEPLOY_STRATEGIES = tuple(DEPLOY)
+
+
+def strategy_weights(role: str, name: str, policy: Policy, pool: CheckpointPool, n: int) -> Checkpoint:
+    """The model that the ``role`` ("init" or "deploy") strategy ``name`` builds from the first n experts;
+    theta_0 when n = 0."""
+    found = STRATEGIES[role].get(name)
+    if found is None:
+        raise ValueError(f"unknown {role} strategy {name!r}; allowed: {tuple(STRATEGIES[role])}")
+    return pool.base if n == 0 else found.weights(policy, pool, n)
+
+
 def init_weights(policy: Policy, pool: CheckpointPool, t: int) -> Checkpoint:
-    """theta^i_t: where training for task t starts."""
-    if t == 1 or policy.init == "zs":
-        return pool.base
-    if policy.init == "ft":
-        return pool.expert(t - 1)
-    if policy.init == "ema":
-        return ema_chain(policy, pool, t - 1)
-    if policy.init == "all":
-        return merge_all(policy, pool, t - 1)
-    if policy.init == "ft-zs":
-        return with_zero_shot(policy, pool, pool.expert(t - 1))
-    if policy.init == "opcm":
-        return opcm_chain(pool, t - 1)
-    raise ValueError(f"unknown init strategy {policy.init!r}; allowed: {INIT_STRATEGIES}")
+    """theta^i_t: where training for task t starts (from experts 1..t-1)."""
+    return strategy_weights("init", policy.init, policy, pool, t - 1)
 
 
 def deploy_weights(policy: Policy, pool: CheckpointPool, t: int) -> Checkpoint:
-    """theta^o_t: the model served after task t (t = 0: the base model)."""
-    if t == 0:
-        return pool.base
-    if policy.deploy == "ft":
-        return pool.expert(t)
-    if policy.deploy == "ema":
-        return ema_chain(policy, pool, t)
-    if policy.deploy == "all":
-        return merge_all(policy, pool, t)
-    if policy.deploy == "ft-zs":
-        return with_zero_shot(policy, pool, pool.expert(t))
-    if policy.deploy == "opcm":
-        return opcm_chain(pool, t)
-    raise ValueError(f"unknown deploy strategy {policy.deploy!r}; allowed: {DEPLOY_STRATEGIES}")
+    """theta^o_t: the model served after task t (from experts 1..t; t = 0: the base model)."""
+    return strategy_weights("deploy", policy.deploy, policy, pool, t)
