@@ -62,15 +62,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import REPO, emit, log, machine, verdict  # noqa: E402
 
-# the end-to-end test's reduction of the quickstart (tests/orchestration/test_e2e_sweep.py)
-QUICK = [
-    "stream.tasks=2",
-    "budget.steps_per_task=60",
-    "training.batch_size=32",
-    "stream.builtin={adaptation_datasets: 2, heldout_datasets: 2, classes_per_dataset: 5, "
-    "pretrain_classes: 10, train_per_class: 20, test_per_class: 10}",
-    "model.base_training={steps: 300, batch_size: 64, lr: 2.0e-3}",
-]
+from time_ray.reduced import REDUCED  # noqa: E402  (the end-to-end tests' reduction of the quickstart)
+
 TICK = os.sysconf("SC_CLK_TCK")
 # process titles as /proc/<pid>/stat gives them (cut to 15 characters): the training service's Train workers,
 # the merge service's actors (time_ray.orchestration.merge_actor.PROCESS_TITLE, class MergeService), the
@@ -299,10 +292,10 @@ def main(argv=None) -> int:
         return 0
     cores = os.cpu_count() or 1
     results = {"benchmark": "sweep_efficiency", "machine": machine()}
-    sweeps = {"quickstart": (REPO / "configs" / "quickstart.yaml", QUICK if args.quick else [])}
+    sweeps = {"quickstart": (REPO / "configs" / "quickstart.yaml", REDUCED if args.quick else [])}
     if not args.quick:
         sweeps["sweep12"] = (REPO / "benchmarks" / "configs" / "sweep12.yaml", [])
-    results["reduced_settings"] = QUICK if args.quick else []
+    results["reduced_settings"] = REDUCED if args.quick else []
     with tempfile.TemporaryDirectory(prefix="tr-sweep-") as tmp:
         for name, (config, sets) in sweeps.items():
             log(f"{name}: caches")

@@ -20,8 +20,6 @@ Ray on this shared machine).
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,21 +34,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.orchestration.test_e2e_sweep import REDUCED
+from tests.helpers.processes import LOOPBACK, alive, free_ports, listening_addresses, stop_tree, tree
 from time_ray.core.results import METRICS_COLUMNS, TIMESTEP_COLUMNS
+from time_ray.reduced import REDUCED
 
-
-def _psutil():
-    import psutil
-    import ray  # noqa: F401  ray[default] ships psutil in ray/thirdparty_files, on sys.path once ray is imported
-
-    return psutil
-
-
-psutil = _psutil()
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the virtualenv's bin/: ray, time-ray, python
-LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 PORT_FLAGS = (
     "--port",
     "--dashboard-port",
@@ -62,19 +51,6 @@ PORT_FLAGS = (
     "--node-manager-port",
     "--object-manager-port",
 )
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (held together while chosen, so they differ); other Rays on
-    this machine keep their default ports."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 HEAD_START_S = 600  # how long the head may take to start on a saturated machine
@@ -96,14 +72,6 @@ def base_env() -> dict:
     # the README's head: its workers at the shell's priority, not Ray's nice 15 (starved beside busy programs)
     env["RAY_worker_niceness"] = "0"
     return env
-
-
-def tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
 
 
 @contextmanager
@@ -140,45 +108,6 @@ def ray_head(base: Path, env: dict):
         yield f"http://127.0.0.1:{ports['--dashboard-port']}", proc.pid, started
     finally:
         stop_tree(proc, started, base)  # ray start --block stops what it started, then exits
-
-
-def stop_tree(proc: subprocess.Popen, started: set, base: Path) -> None:
-    """SIGTERM to ``proc`` (60 s to exit, then SIGKILL), then SIGKILL to whatever survived: the descendants
-    seen while it ran (``started``, added to here) and anything started from the temp dir ``base``."""
-    started |= set(tree(proc.pid))
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=30)
-    started |= {
-        p for p in psutil.process_iter(["cmdline"]) if any(str(base) in part for part in (p.info["cmdline"] or []))
-    }
-    for p in started:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(list(started), timeout=30)
-
-
-def alive(p) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def listening_addresses(processes) -> set[tuple[str, int]]:
-    found = set()
-    for p in processes:
-        try:
-            conns = p.net_connections(kind="inet")
-        except psutil.Error:
-            continue
-        found |= {(c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN}
-    return found
 
 
 def local_runtime_env(path: Path, cache_dir: Path) -> Path:

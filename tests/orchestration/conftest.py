@@ -3,7 +3,7 @@ import tempfile
 
 import pytest
 
-from tests.orchestration.e2e_helpers import SETS, run_cli
+from tests.helpers.e2e import SETS, run_cli
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,10 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 
+from tests.helpers.e2e import run_cli
 from tests.orchestration.s3_server import local_s3
-from tests.orchestration.test_e2e_sweep import REDUCED, run_cli
 from time_ray.core.results import TRIAL_COLUMNS
+from time_ray.reduced import REDUCED
 
 # trials run one at a time in order: sequential-ft reaches timestep 1 first; the Model Stock EMA
 # chain from theta_0 never moves (tau of r_0 is 0), so it serves theta_0, whose GM is below

@@ -7,10 +7,11 @@ import tempfile
 import pandas as pd
 import pytest
 
-from tests.orchestration.e2e_helpers import REDUCED, SETS, run_cli  # noqa: F401 (REDUCED: used by other tests)
+from tests.helpers.e2e import SETS, run_cli
 from time_ray.config import load_config
 from time_ray.core.results import METRICS_COLUMNS, TIMESTEP_COLUMNS
 from time_ray.plan import make_plan
+from time_ray.reduced import REDUCED
 
 
 @pytest.mark.e2e

@@ -10,7 +10,7 @@ import threading
 import pandas as pd
 import pytest
 
-from tests.orchestration.e2e_helpers import SETS, run_cli
+from tests.helpers.e2e import SETS, run_cli
 from time_ray.core.contracts import ExpertInfo
 from time_ray.orchestration import expert_cache
 from time_ray.orchestration import trial as trial_module

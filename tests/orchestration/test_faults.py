@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.orchestration.e2e_helpers import SETS, kill_once_recorded, run_cli
+from tests.helpers.e2e import SETS, kill_once_recorded, run_cli
 from time_ray.core.checkpoints import verify
 
 KEYS = ["trial_id", "timestep", "dataset"]

@@ -10,7 +10,7 @@ import tempfile
 import pandas as pd
 import pytest
 
-from tests.orchestration.e2e_helpers import SETS, run_cli
+from tests.helpers.e2e import SETS, run_cli
 from time_ray.orchestration import memory
 from time_ray.orchestration.expert_cache import STOP, ExpertCache, ExpertJob
 

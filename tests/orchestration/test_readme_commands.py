@@ -22,7 +22,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from tests.orchestration.e2e_helpers import SETS
+from tests.helpers.e2e import SETS
 from tests.orchestration.test_faults import assert_same_results
 
 ROOT = Path(__file__).resolve().parents[2]

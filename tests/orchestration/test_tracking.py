@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.orchestration.e2e_helpers import SETS, run_cli
+from tests.helpers.e2e import SETS, run_cli
 from time_ray.config import ADDED_LATER, expand_trials, load_config
 from time_ray.core.errors import ConfigError
 from time_ray.core.results import metrics_frame, timesteps_frame, write_parquet_atomic

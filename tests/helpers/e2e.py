@@ -1,4 +1,5 @@
-"""What the end-to-end tests share: the reduced quickstart and how to run the CLI in a subprocess."""
+"""What the end-to-end tests share: the reduced quickstart (``REDUCED``, as ``--set`` arguments: ``SETS``) and how
+to run the CLI in a subprocess."""
 
 import os
 import signal
@@ -7,14 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-REDUCED = [
-    "stream.tasks=2",
-    "budget.steps_per_task=60",
-    "training.batch_size=32",
-    "stream.builtin={adaptation_datasets: 2, heldout_datasets: 2, classes_per_dataset: 5, "
-    "pretrain_classes: 10, train_per_class: 20, test_per_class: 10}",
-    "model.base_training={steps: 300, batch_size: 64, lr: 2.0e-3}",
-]
+from time_ray.reduced import REDUCED
 
 
 def run_cli(args, cache_dir, ray_tmp, timeout=900):
