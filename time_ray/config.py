@@ -11,7 +11,7 @@ import re
 import types
 import typing
 from collections import Counter
-from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
+from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -69,11 +69,16 @@ PositiveInt = Annotated[int, Field(gt=0)]
 Count = Annotated[int, Field(ge=1)]
 
 
-def _dataclass(cls):
+MIRRORS: dict[type, type[BaseModel]] = {}  # a dataclass section -> the Section that checks its mapping
+
+
+def _dataclass(cls, **bounds):
     """A stdlib dataclass (the core's, or one core receives through ``asdict``) as a config section: checked
     like a Section, and kept an instance of ``cls``. Pydantic validates dataclass fields itself, but in strict
-    mode it would take an instance only, not a mapping; so a Section with the same fields checks the mapping."""
-    hints = typing.get_type_hints(cls, include_extras=True)
+    mode it would take an instance only, not a mapping; so a Section with the same fields checks the mapping.
+    ``bounds``: a field's type with its constraints (``lr=Positive``), where the config, not core, bounds it;
+    the fields and their defaults stay ``cls``'s own."""
+    hints = typing.get_type_hints(cls, include_extras=True) | bounds
 
     def default(f):
         if f.default is not MISSING:
@@ -81,6 +86,7 @@ def _dataclass(cls):
         return ... if f.default_factory is MISSING else Field(default_factory=f.default_factory)
 
     mirror = create_model(cls.__name__, __base__=Section, **{f.name: (hints[f.name], default(f)) for f in fields(cls)})
+    MIRRORS[cls] = mirror
 
     def build(value):
         return value if isinstance(value, cls) else cls(**dict(mirror.model_validate(value)))
@@ -88,21 +94,16 @@ def _dataclass(cls):
     return Annotated[cls, BeforeValidator(build)]
 
 
-@dataclass(frozen=True)
-class TrainingConfig:
-    """A stdlib dataclass, not a Section: experiment_settings hands it to core with ``asdict``."""
-
-    batch_size: int = 64  # its range, explained, in validate()
-    lr: Positive = 1e-4
-    weight_decay: Annotated[float, Field(ge=0)] = 0.2
-    warmup: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    grad_clip: Positive = 1.0
-
-
 BaseTrainingSection = _dataclass(BaseTraining)
 BenchmarkSection = _dataclass(BenchmarkSpec)
 MixtureSection = _dataclass(Mixture)
-TrainingSection = _dataclass(TrainingConfig)
+TrainingSection = _dataclass(  # the recipe every expert is finetuned with; batch_size's range, explained, in validate()
+    TrainingRecipe,
+    lr=Positive,
+    weight_decay=Annotated[float, Field(ge=0)],
+    warmup=Annotated[float, Field(ge=0, lt=1)],
+    grad_clip=Positive,
+)
 
 
 class ModelConfig(Section):
@@ -115,7 +116,7 @@ class ModelConfig(Section):
 
 class StreamConfig(Section):
     benchmark: Literal[BENCHMARKS] = "builtin"  # builtin | fomo | folders | table (real data, options in `data`)
-    data: dict | None = None  # options of the real-data reader (see README "Real data"), checked by the reader
+    data: dict | None = None  # options of the real-data reader (docs/data.md "Using real data"), checked by the reader
     tasks: int = 4  # its range in validate(): the upper bound is the benchmark's
     order: Literal[ORDERS] = "dataset"
     seed: int = 0
@@ -214,7 +215,7 @@ class SweepConfig(Section):
     name: str = "sweep"
     model: ModelConfig = Field(default_factory=ModelConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
-    training: TrainingSection = Field(default_factory=TrainingConfig)
+    training: TrainingSection = Field(default_factory=TrainingRecipe)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
     seeds: Several[int] = (0,)
@@ -301,7 +302,7 @@ def config_error(error: ValidationError, model: type[BaseModel] = SweepConfig) -
             path, parent, hint = f"{path}[{key}]", here, (typing.get_args(here) or (Any,))[0]
         elif _field_names(here):
             path, parent = f"{path}.{_cut(str(key))}" if path else _cut(str(key)), here
-            hint = typing.get_type_hints(here, include_extras=True).get(str(key), Any)
+            hint = typing.get_type_hints(MIRRORS.get(here, here), include_extras=True).get(str(key), Any)
         # else: the member of a union tried (policies.grid: a mapping or a list), not a field
     here, constraints = _unwrap(hint)
     got = f", got {shown(value)}."
@@ -762,6 +763,6 @@ def experiment_settings(cfg: SweepConfig) -> ExperimentSettings:
         order=cfg.stream.order,
         stream_seed=cfg.stream.seed,
         mixture=cfg.stream.mixture,
-        training=TrainingRecipe(**asdict(cfg.training)),
+        training=cfg.training,
         captions=cfg.stream.captions,
     )

@@ -9,6 +9,7 @@ from time_ray.core.base_model import BaseTraining, builtin_base
 from time_ray.core.benchmark import BenchmarkSpec
 from time_ray.core.contracts import ExperimentSettings
 from time_ray.core.experiment import Experiment
+from time_ray.core.experts import expert_key
 from time_ray.core.merging import TECHNIQUES, make_technique
 from time_ray.core.simulate import simulate
 from time_ray.core.strategies import DEPLOY_STRATEGIES, INIT_STRATEGIES, Policy
@@ -107,4 +108,7 @@ def test_expert_cache_trains_each_distinct_expert_once(setup, tmp_path, monkeypa
             assert [r["records"] for r in rows] == [r["records"] for r in plain]
     assert hits == {("ft", "ft"): [False, False], ("ft", "ema"): [True, True], ("zs", "ft"): [True, False]}
     assert trained == [1, 2, 1, 2, 2] and len(cache) == 3
+    # addressed as the sweep's expert cache addresses them: expert 1 starts at theta_0
+    assert expert_key(base, 1, 2, 0, experiment.settings) in cache
+    assert expert_key(base, 1, 2, 0, experiment.settings, multitask=True) not in cache
     assert "expert_cache_hit" not in plain[1]

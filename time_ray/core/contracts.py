@@ -188,11 +188,11 @@ class RunContext:
 
     storage: Any  # orchestration.storage.Storage (core does not import the orchestration layer)
     settings: ExperimentSettings
+    driver_cpu: float  # what a trial's driver (and its evaluation tasks) holds: orchestration.sweep.DRIVER_CPU
     expert_cache: str | None = None  # the name of the sweep's ExpertCache actor
     workers: int = 1
     use_gpu: bool = False
     resources_per_worker: dict = field(default_factory=lambda: {"CPU": 1.0})
-    driver_cpu: float = 0.01
     eval_gpu: float = 0.0  # > 0: evaluations run as tasks holding this slice of a GPU
     loopback: bool = False  # Train's process group listens on 127.0.0.1 only
     predictions: bool = False  # each trial writes its per-image predictions of the final timestep

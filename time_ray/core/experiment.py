@@ -55,6 +55,8 @@ class Experiment:
     eval_tasks: list[list[int]] | None = None
     augment: bool = False  # RandomResizedCrop on training images (real data)
     pool_shards: tuple = ()  # the pretraining pool's tar shards (real data's pretrain_shards)
+    settings: ExperimentSettings | None = None  # what it was built from (from_settings): its experts' address
+    multitask: bool = False  # the multitask reference's experiment (from_settings)
 
     @classmethod
     def from_settings(cls, s: ExperimentSettings, multitask: bool = False) -> Experiment:
@@ -79,6 +81,8 @@ class Experiment:
             mixture=s.mixture,
             training=s.training,
             per_image_captions=s.captions == "image",
+            settings=s,
+            multitask=multitask,
         )
 
     @property

@@ -10,16 +10,26 @@ from collections.abc import Mapping
 
 import torch
 
+from time_ray.core.contracts import ExperimentSettings
+
 
 def expert_key(
-    init_state: Mapping[str, torch.Tensor], task: int, steps: int, seed: int, settings: dict, multitask: bool = False
+    init_state: Mapping[str, torch.Tensor],
+    task: int,
+    steps: int,
+    seed: int,
+    settings: ExperimentSettings,
+    multitask: bool = False,
 ) -> str:
-    """sha256 over the init weights (names, dtypes, shapes, bytes) and the training recipe."""
+    """sha256 over the init weights (names, dtypes, shapes, bytes) and the training recipe: the task, the
+    steps, the seed, every stream and training setting (``settings.to_dict()``, whose shape is part of the
+    address) and whether the expert is the multitask reference's. The one address of an expert: the sweep's
+    expert cache (orchestration.trial) and a single-process simulation's (core.simulate) both use it."""
     digest = hashlib.sha256()
     for name in sorted(init_state):
         tensor = init_state[name].detach().to("cpu").contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    recipe = {"task": task, "steps": steps, "seed": seed, "settings": settings, "multitask": multitask}
+    recipe = {"task": task, "steps": steps, "seed": seed, "settings": settings.to_dict(), "multitask": multitask}
     digest.update(json.dumps(recipe, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:32]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from time_ray.core import models
@@ -41,7 +40,7 @@ def simulate(
     test sets at the last one; by default every timestep is evaluated on the full test sets.
     ``experts``: a cache of experts (a dict, kept by the caller across calls on the same experiment)
     keyed by ``core.experts.expert_key`` over the init weights, the task, ``steps``, ``seed`` and
-    the experiment's stream and recipe, as the sweep's expert cache is: an expert found there is
+    the settings the experiment was built from, as the sweep's expert cache is: an expert found there is
     reused instead of trained again, one trained is added, and each row after timestep 0 says which
     (``expert_cache_hit``)."""
     workdir = Path(workdir)
@@ -49,7 +48,8 @@ def simulate(
     pool = CheckpointPool(workdir / "pool", workdir / "base.safetensors")
     model = experiment.new_model(base)
     last = tasks or experiment.tasks
-    recipe = _recipe(experiment) if experts is not None else None
+    if experts is not None and experiment.settings is None:
+        raise ValueError("simulate(experts=...) needs an Experiment built by Experiment.from_settings")
 
     def evaluate(model, t: int) -> list[dict]:
         final = t == last
@@ -59,9 +59,11 @@ def simulate(
     for t in range(1, last + 1):
         start = time.perf_counter()
         init = materialize(init_weights(policy, pool, t))
-        key = expert_key(init, t, steps, seed, recipe) if experts is not None and recipe is not None else None
+        key = None
+        if experts is not None and experiment.settings is not None:  # the address the sweep's cache gives it
+            key = expert_key(init, t, steps, seed, experiment.settings, experiment.multitask)
         hit = experts is not None and key in experts
-        if experts is not None and key in experts:
+        if hit and experts is not None and key is not None:
             pool.add_expert(t, experts[key])
         else:
             model.load_state_dict(init)
@@ -78,15 +80,3 @@ def simulate(
         rows.append(row)
         logger.info("  t=%d: A_KA %.3f  A_ZS %.3f  GM %.3f", t, rows[-1]["a_ka"], rows[-1]["a_zs"], rows[-1]["gm"])
     return rows
-
-
-def _recipe(experiment: Experiment) -> dict:
-    """What, besides its init, task, steps and seed, decides an expert of ``experiment`` (the multitask
-    reference's stream is one task, the union, so its experts never match the stream's)."""
-    return {
-        "arch": experiment.arch,
-        "stream": experiment.stream,
-        "mixture": asdict(experiment.mixture),
-        "training": asdict(experiment.training),
-        "per_image_captions": experiment.per_image_captions,
-    }

@@ -37,7 +37,9 @@ from time_ray.core.contracts import ExpertInfo
 from time_ray.orchestration import faults, memory
 from time_ray.orchestration.storage import Storage
 
-WAIT_SECONDS = 5.0  # a waiting trial's call returns at the latest after this long (then it asks again)
+# how long a trial waits for an expert before it asks again: a waiting call to the cache returns after it at
+# the latest, and a trial's driver asks its pool at least this often (trial.TrialDriver.wait_for_expert)
+WAIT_SECONDS = 5.0
 TAKE_WAIT_SECONDS = 1.0  # an idle worker's ``take`` returns None after this long
 LEASE_SECONDS = 60.0
 STOP = "stop"  # what ``take`` answers once the sweep closed the queue

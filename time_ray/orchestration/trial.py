@@ -37,13 +37,12 @@ from time_ray.core.predictions import PREDICTIONS_FILE, predictions_frame
 from time_ray.core.results import metrics_frame, timesteps_frame, write_parquet_atomic
 from time_ray.logs import worker_console
 from time_ray.orchestration import faults
-from time_ray.orchestration.expert_cache import ExpertJob, cached_info, expert_file, obtain
+from time_ray.orchestration.expert_cache import WAIT_SECONDS, ExpertJob, cached_info, expert_file, obtain
 from time_ray.orchestration.merge_actor import PoolHandle
 from time_ray.orchestration.storage import Storage
 from time_ray.orchestration.trial_tables import read_tables
 
 logger = logging.getLogger(__name__)
-WAIT_SECONDS = 5.0  # the driver asks its pool at least this often while it waits for an expert
 
 
 class TrialRecorder:
@@ -141,7 +140,7 @@ class TrialDriver:
 
     def wait_for_expert(self, t: int) -> None:
         """Until expert t is in the pool. The experts thread wakes this wait after each expert it links and
-        when it ends (``progress``), so the pool is asked only then (and every ``WAIT_SECONDS``)."""
+        when it ends (``progress``), so the pool is asked only then (and every ``expert_cache.WAIT_SECONDS``)."""
         while True:
             with self.progress:
                 seen = self.events
@@ -222,7 +221,7 @@ class TrialDriver:
                     return
                 raise
             steps, seed = self.trial.budget_steps, self.trial.seed
-            key = expert_key(init, t, steps, seed, self.run.settings.to_dict(), self.multitask)
+            key = expert_key(init, t, steps, seed, self.run.settings, self.multitask)
             del init  # the service reads it through the reference
             job = ExpertJob(key, t, init_ref, steps, seed, self.multitask, self.trial_id)
             answer, value = obtain(cache, job, owner=self.trial_id)
