@@ -5,7 +5,8 @@
 
 * theta_0 and max(k) experts theta_0 + tau_k are written as safetensors to a temporary directory through the
   project's CheckpointPool, and merged through the real lazy path: ``make_technique(name).merge(pool.experts(k),
-  base=pool.base)``, default parameters, torch on ``--threads`` threads (default 1, the merge service's setting).
+  base=pool.base)``, default parameters, on the merge executor's one backend (its numba kernels; docs/merging.md),
+  torch on ``--threads`` threads (default 1, the merge service's setting).
 * Page cache warm: every file is read once before timing and the pool's opened checkpoints (their mappings)
   are reused, as in the merge service. Expert data read = k x 598 MB per merge (theta_0 not counted);
   GB/s = that / the median wall time of ``--repeats`` interleaved rounds.
@@ -18,8 +19,8 @@
   text tower task vectors quantized (ties at thresholds, zero sums): each technique against its spec, the
   paper-like definition of ``time_ray.core.merging.spec`` run by ``spec_merge`` (whole towers at once,
   ``torch.kthvalue`` thresholds, a stable sort for DARE's exact drop count, sums over experts in the
-  documented order of ``CascadeSum``, which changes above 16 experts): bit-identical, except the techniques
-  on the weights themselves (``average``; SLERP, Model Stock) within rtol 1e-6 (a spec sees theta_k as
+  documented order of ``spec.generalized.expert_sum``, which changes above 16 experts): bit-identical, except
+  the techniques on the weights themselves (``average``; SLERP, Model Stock) within rtol 1e-6 (a spec sees theta_k as
   theta_0 + tau_k, which can differ from theta_k in the last bit).
 * Spec-only techniques (registered by the spec layer with ``executable=True``, e.g. ``tsv_m``, ``iso_c``)
   are timed too when registered, with no target and no exactness check (their spec is what runs); they
@@ -50,7 +51,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -61,8 +61,9 @@ import time_ray.core.merging.spec as spec_layer  # noqa: E402
 from time_ray.core.checkpoints import materialize  # noqa: E402
 from time_ray.core.merging import TECHNIQUES as REGISTRY  # noqa: E402
 from time_ray.core.merging import make_technique, tower_of  # noqa: E402
-from time_ray.core.merging.executor import Backend, MergeExecutor, default_backend  # noqa: E402
-from time_ray.core.merging.spec import SPECS, SpecTechnique, spec_merge  # noqa: E402
+from time_ray.core.merging.executor import MergeExecutor  # noqa: E402
+from time_ray.core.merging.spec import SPECS, spec_merge  # noqa: E402
+from time_ray.core.merging.spec_technique import SpecTechnique  # noqa: E402
 
 for _module in pkgutil.iter_modules(spec_layer.__path__):  # every spec module: registers its specs
     importlib.import_module(f"{spec_layer.__name__}.{_module.name}")
@@ -147,25 +148,23 @@ def naive_threshold(experts, base):
             del magnitudes
 
 
-def measure(pool, k: int, techniques: list[str], repeats: int, model_bytes: int, backend: Backend) -> dict:
+def measure(pool, k: int, techniques: list[str], repeats: int, model_bytes: int) -> dict:
     experts, base = pool.experts(k), pool.base
-    warm = MergeExecutor(backend)  # one executor, its cache kept across merges
+    warm = MergeExecutor()  # one executor, its cache kept across merges
     candidates = {
         "copy": lambda: plain_copy(experts),
         "mean": lambda: plain_mean(experts),
         "stack_mean": lambda: stack_mean(experts),
     }
     for name in techniques:  # cold: a new executor, an empty threshold cache, for every merge
-        candidates[name] = lambda name=name: make_technique(name).merge(
-            experts, base=base, executor=MergeExecutor(backend)
-        )
+        candidates[name] = lambda name=name: make_technique(name).merge(experts, base=base, executor=MergeExecutor())
         if name in REMEMBERED:  # warm: a pool merging the same experts again (thresholds remembered)
             for expert in experts:  # as when each entered the pool (DARE: thresholds per position)
                 make_technique(name).warm(expert, base, warm, positions=range(k))
             candidates[f"{name}_warm"] = lambda name=name: make_technique(name).merge(experts, base=base, executor=warm)
             # what a pool computes when an expert enters it: that expert's thresholds (a new, empty cache)
             candidates[f"{name}_precompute"] = lambda name=name: make_technique(name).warm(
-                experts[-1], base, MergeExecutor(backend)
+                experts[-1], base, MergeExecutor()
             )
     peaks: dict[str, float] = {}
     times = interleaved(
@@ -196,9 +195,6 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the merge service)")
     parser.add_argument("--techniques", default=",".join(TECHNIQUES + spec_only_techniques()))
-    parser.add_argument(
-        "--backend", default=default_backend(), choices=["numba", "torch"], help="the merge executor's backend"
-    )
     parser.add_argument("--dir", default=None, help="where the temporary checkpoints go (default: the system temp dir)")
     args = parser.parse_args(argv)
     arch = args.arch or ("tiny-clip-wide" if args.quick else "ViT-B-16")
@@ -213,7 +209,7 @@ def main(argv=None) -> int:
         "repeats": repeats,
         "machine": machine(args.threads),
         "page_cache": "warm (files read once before timing)",
-        "backend": args.backend,
+        "backend": "numba kernels (the merge executor's one backend)",
     }
     with tempfile.TemporaryDirectory(prefix="tr-merge-", dir=args.dir) as tmp:
         exact_arch = "tiny-clip" if args.quick else "tiny-clip-wide"
@@ -230,7 +226,7 @@ def main(argv=None) -> int:
         results["by_k"] = {}
         for k in ks:
             log(f"k = {k}")
-            results["by_k"][str(k)] = measure(pool, k, techniques, repeats, model_bytes, cast(Backend, args.backend))
+            results["by_k"][str(k)] = measure(pool, k, techniques, repeats, model_bytes)
         naive_k = max(k for k in ks if k <= 10)
         start = time.perf_counter()
         naive_threshold(pool.experts(naive_k), pool.base)

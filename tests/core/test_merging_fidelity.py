@@ -2,8 +2,8 @@
 pinned against hand-computed values on small tensors:
 
 * Breadcrumbs-TIES drops exactly floor(N p) entries at the bottom and floor(N top) at the top of each
-  expert's tower ranked by |tau| (``BreadcrumbsTIES.filter_tensor_nd_magnitude``), in the torch path and
-  in the fused kernels alike (executors on the ``numba`` and ``torch`` backends);
+  expert's tower ranked by |tau| (``BreadcrumbsTIES.filter_tensor_nd_magnitude``), in the executor's
+  kernels and in the spec alike;
 * SLERP with t unset takes t from the strategy's weights (the second model's weight); a set t wins;
 * Model Stock plainly averages one-entry tensors (logit_scale) and keeps its formula for the others.
 """
@@ -13,27 +13,16 @@ import math
 import pytest
 import torch
 
-import time_ray.core.merging.executor as executor_module
 from time_ray.config import expand_trials, load_config
 from time_ray.core.checkpoints import save_atomic
-from time_ray.core.merging import BreadcrumbsTies, ModelStock, Slerp, kernels, make_technique, technique_params
-from time_ray.core.merging.executor import MergeExecutor
+from time_ray.core.merging import BreadcrumbsTies, ModelStock, Slerp, make_technique, technique_params
+from time_ray.core.merging.spec import spec_merge
 from time_ray.core.pool import CheckpointPool
 from time_ray.core.strategies import Policy, deploy_weights, init_weights
-
-PATHS = ["numba", "torch"] if kernels.numba is not None else ["torch"]  # fused kernels, torch ops
 
 
 def T(*values):
     return torch.tensor(values, dtype=torch.float32)
-
-
-@pytest.fixture(params=PATHS, ids=lambda v: {"numba": "kernels", "torch": "torch"}[v])
-def path(request, monkeypatch):
-    """Merges without an executor of their own run on this backend (the default executor's)."""
-    monkeypatch.setattr(executor_module, "default_backend", lambda: request.param)
-    assert MergeExecutor().backend == request.param
-    return request.param
 
 
 def kept_magnitudes(technique, tau):
@@ -58,14 +47,14 @@ SCRAMBLED = T(-7.0, 3.0, 10.0, -1.0, 5.0, -9.0, 2.0, 8.0, -6.0, 4.0)
         (0.05, 0.3, range(1, 8)),  # 0 at the bottom, floor(3) = 3 at the top
     ],
 )
-def test_breadcrumbs_drops_floor_np_at_the_bottom_and_floor_n_top_at_the_top(path, prune, top, kept):
+def test_breadcrumbs_drops_floor_np_at_the_bottom_and_floor_n_top_at_the_top(prune, top, kept):
     technique = BreadcrumbsTies(prune=prune, top=top)
     got = kept_magnitudes(technique, {"visual.w": SCRAMBLED})["visual.w"]
     expected = torch.where(torch.isin(SCRAMBLED.abs(), T(*kept)), SCRAMBLED.abs(), 0.0)
     assert torch.equal(got, expected), (got, expected)
 
 
-def test_breadcrumbs_n10_p015_top025_drops_one_bottom_and_two_top_entries(path):
+def test_breadcrumbs_n10_p015_top025_drops_one_bottom_and_two_top_entries():
     merged = BreadcrumbsTies(prune=0.15, top=0.25).merge([{"visual.w": SCRAMBLED}], base={"visual.w": torch.zeros(10)})
     w = merged["visual.w"]
     assert int((w == 0).sum()) == 3
@@ -73,13 +62,13 @@ def test_breadcrumbs_n10_p015_top025_drops_one_bottom_and_two_top_entries(path):
     assert torch.equal(w[w != 0], T(-7.0, 3.0, 5.0, 2.0, 8.0, -6.0, 4.0))  # kept entries untouched (sum, one expert)
 
 
-def test_breadcrumbs_reads_p_as_written_on_a_tower_of_100(path):
+def test_breadcrumbs_reads_p_as_written_on_a_tower_of_100():
     tau = {"t": torch.arange(1, 101, dtype=torch.float32)}
     got = kept_magnitudes(BreadcrumbsTies(prune=0.29, top=0.07), tau)["t"]  # floor(29) = 29, floor(7) = 7
     assert torch.equal(got, torch.where((tau["t"] >= 30) & (tau["t"] <= 93), tau["t"], 0.0))
 
 
-def test_breadcrumbs_ranks_over_the_whole_tower_not_per_tensor(path):
+def test_breadcrumbs_ranks_over_the_whole_tower_not_per_tensor():
     """The authors flatten each merged module (vision backbone, text head) into one vector: thresholds are
     per expert and tower. Image tower: a = 1..5, b = 6..10 (N = 10): p = 0.2 drops 1, 2 (both in a), top =
     0.1 drops 10 (in b); per tensor (N = 5) it would drop one entry of each tensor at the bottom and none
@@ -91,7 +80,7 @@ def test_breadcrumbs_ranks_over_the_whole_tower_not_per_tensor(path):
     assert torch.equal(got["t"], tau["t"])
 
 
-def test_breadcrumbs_keeps_every_entry_equal_to_a_threshold(path):
+def test_breadcrumbs_keeps_every_entry_equal_to_a_threshold():
     """As the authors' masks (|tau| >= sorted[bottom_k], |tau| <= sorted[-top_k - 1]), ties never depend on
     position: N = 10, sorted |tau| = 1 2 2 2 3 4 5 7 9 9. p = 0.2: the 3rd smallest is 2, all three 2s stay
     (one entry dropped, not two); top = 0.1: the 9th smallest is 9, both 9s stay (none dropped, not one)."""
@@ -100,9 +89,7 @@ def test_breadcrumbs_keeps_every_entry_equal_to_a_threshold(path):
     assert torch.equal(got, T(2.0, 0.0, 9.0, 2.0, 5.0, 2.0, 9.0, 3.0, 7.0, 4.0))
 
 
-def test_breadcrumbs_kernels_and_torch_give_the_same_bits_with_several_experts():
-    if kernels.numba is None:
-        pytest.skip("numba is not installed")
+def test_breadcrumbs_kernels_and_spec_give_the_same_bits_with_several_experts():
     g = torch.Generator().manual_seed(5)
     base = {
         "visual.w": torch.randn(40, 7, generator=g),
@@ -112,8 +99,8 @@ def test_breadcrumbs_kernels_and_torch_give_the_same_bits_with_several_experts()
     }
     experts = [{k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(3)]
     for technique in (BreadcrumbsTies(prune=0.15, top=0.25), BreadcrumbsTies(prune=0.3, top=0.05, disjoint="mean")):
-        fused = technique.merge(experts, base=base, executor=MergeExecutor("numba"))
-        reference = technique.merge(experts, base=base, executor=MergeExecutor("torch"))
+        fused = technique.merge(experts, base=base)
+        reference = spec_merge(technique.name, experts, None, base, **technique.params())
         for key in base:
             assert torch.equal(fused[key], reference[key]), key
         alone = technique.merge(experts[:1], base=base)  # one expert: dropped entries are theta_0 exactly

@@ -1,18 +1,18 @@
-"""The fused merging kernels (time_ray/core/merging/kernels.py) against the torch path they replace:
-the same bits for every TIES-family variant, the DARE score hash against its written definition, and the
-exact fall-backs (a bracket that misses or overflows, ties an exact count must split by position)."""
+"""The merge executor (its kernels, time_ray/core/merging/kernels.py) against the spec layer: the same bits
+for every TIES-family variant, task arithmetic and MagMax, the DARE score hash against its written
+definition, the documented order of sums over experts, and the exact fall-backs (a bracket that misses or
+overflows, ties an exact count must split by position)."""
 
 import pytest
 import torch
 
 import time_ray.core.merging.base as merging_base
 import time_ray.core.merging.executor as executor_module
-import time_ray.core.merging.sparse as sparse
 from time_ray.core.merging import BreadcrumbsTies, DareTies, MagMax, TaskArithmetic, Ties, kernels, scorers, select
-from time_ray.core.merging.base import derived_seed
 from time_ray.core.merging.executor import MergeExecutor, ThresholdCache
-
-pytestmark = pytest.mark.skipif(kernels.numba is None, reason="numba is not installed")
+from time_ray.core.merging.notation import derived_seed
+from time_ray.core.merging.spec import spec_merge
+from time_ray.core.merging.spec.generalized import expert_sum, hashed_scores
 
 VARIANTS = [
     Ties(),
@@ -51,12 +51,12 @@ def models(n_experts: int, seed: int = 11):
 
 
 def merge_both(technique, experts, base, monkeypatch, kernel="merge_block"):
-    """(kernel result, torch result, how many chunks the kernel ``kernel`` merged)."""
+    """(the executor's result, the spec's, how many chunks the kernel ``kernel`` merged)."""
     calls = []
     merge_block = getattr(kernels, kernel)
     monkeypatch.setattr(kernels, kernel, lambda *a: calls.append(1) or merge_block(*a))
-    fused = technique.merge(experts, base=base, executor=MergeExecutor("numba"))
-    reference = technique.merge(experts, base=base, executor=MergeExecutor("torch"))
+    fused = technique.merge(experts, base=base, executor=MergeExecutor())
+    reference = spec_merge(technique.name, experts, None, base, **technique.params())
     return fused, reference, len(calls)
 
 
@@ -66,9 +66,9 @@ def assert_same_bits(a, b):
         assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), (key, (a[key] - b[key]).abs().max())
 
 
-@pytest.mark.parametrize("n_experts", [1, 3, 17, 40])  # 17, 40: CascadeSum carries runs of 16 up its levels
+@pytest.mark.parametrize("n_experts", [1, 3, 17, 40])  # 17, 40: the sum carries runs of 16 up its levels
 @pytest.mark.parametrize("technique", VARIANTS, ids=lambda t: f"{t.name}-{t.disjoint}")
-def test_kernels_give_the_torch_paths_bits(technique, n_experts, monkeypatch):
+def test_kernels_give_the_specs_bits(technique, n_experts, monkeypatch):
     experts, base = models(n_experts)
     fused, reference, chunks = merge_both(technique, experts, base, monkeypatch)
     assert chunks > 0  # the kernel did merge
@@ -81,7 +81,7 @@ def test_kernels_give_the_same_bits_in_any_chunking(technique, monkeypatch):
     whole, _, _ = merge_both(technique, experts, base, monkeypatch)
     for chunk in (1, 7, 64):
         monkeypatch.setattr(merging_base, "CHUNK", chunk)
-        monkeypatch.setattr(sparse, "MIN_CHUNK", 1)
+        monkeypatch.setattr(executor_module, "MIN_CHUNK", 1)
         chunked, reference, _ = merge_both(technique, experts, base, monkeypatch)
         assert_same_bits(chunked, whole)
         assert_same_bits(reference, whole)
@@ -97,22 +97,40 @@ def test_hashed_scores_follow_their_written_definition():
 
     seed = derived_seed(4, 1, "visual.w")
     expected = [score(j, seed) for j in range(1000, 1010)]
-    assert kernels.hashed_scores(seed, 1000, 10).tolist() == expected
+    assert hashed_scores(seed, 1000, 10).tolist() == expected
     big = 2**63 - 5  # j + seed past 2^63: the sums and products wrap mod 2^64
-    assert kernels.hashed_scores(big, 0, 10).tolist() == [score(j, big) for j in range(10)]
-    many = kernels.hashed_scores(seed, 0, 100_000)
+    assert hashed_scores(big, 0, 10).tolist() == [score(j, big) for j in range(10)]
+    many = hashed_scores(seed, 0, 100_000)
     assert many.dtype == torch.int32 and int(many.min()) >= 0
     assert torch.equal(
-        torch.cat([kernels.hashed_scores(seed, 0, 40_000), kernels.hashed_scores(seed, 40_000, 60_000)]), many
+        torch.cat([hashed_scores(seed, 0, 40_000), hashed_scores(seed, 40_000, 60_000)]), many
     )  # a function of the index: any chunking draws the same scores
     assert abs(float(many.double().mean()) / 2**31 - 0.5) < 0.01  # uniform on [0, 2^31)
-    assert not torch.equal(kernels.hashed_scores(seed + 1, 0, 100), many[:100])
+    assert not torch.equal(hashed_scores(seed + 1, 0, 100), many[:100])
 
 
-def test_dare_scores_are_the_hash_of_seed_expert_and_tensor():
-    tau = torch.zeros(3, 4)
-    scores = DareTies(seed=7).scores(tau, 2, "visual.w")
-    assert torch.equal(scores, kernels.hashed_scores(derived_seed(7, 2, "visual.w"), 0, 12).view(3, 4))
+def test_dare_scores_are_the_hash_of_seed_expert_and_tensor_in_any_chunking():
+    stream = DareTies(seed=7).scorer().stream(2, "visual.w")  # what the radix selection reads, chunk by chunk
+    chunks = [stream(torch.zeros(5)), stream(torch.zeros(3, 4)).flatten()]
+    assert torch.equal(torch.cat(chunks), hashed_scores(derived_seed(7, 2, "visual.w"), 0, 17))
+    assert not torch.equal(torch.cat(chunks), hashed_scores(derived_seed(7, 1, "visual.w"), 0, 17))
+
+
+def test_sums_over_experts_cascade_runs_of_16_as_documented(monkeypatch):
+    """33 rows, runs of 2^4: (r_0 + ... + r_15) + (r_16 + ... + r_31) at the level above, r_32 at the bottom.
+    With r_0 = 2^24 and ones after it, each one added to 2^24 in order is lost (float32 rounds 2^24 + 1 to
+    2^24), but the second run's 16 ones add up to 16 first: 2^24 + 16, not the sequential 2^24."""
+    rows = torch.ones(33, 1)
+    rows[0], rows[32] = 2.0**24, 0.0
+    assert float(expert_sum(rows)[0]) == 2.0**24 + 16
+    sequential = rows[0].clone()
+    for row in rows[1:]:
+        sequential += row
+    assert float(sequential[0]) == 2.0**24  # the order matters
+    assert float(expert_sum(rows[:16])[0]) == 2.0**24  # up to 16 rows: in order
+    experts, base = models(33)
+    merged, reference, _ = merge_both(Ties(disjoint="sum"), experts, base, monkeypatch)
+    assert_same_bits(merged, reference)  # the kernel's sums take the same order
 
 
 def test_a_bracket_that_misses_or_overflows_falls_back_to_exact_radix_selection(monkeypatch):
@@ -149,19 +167,18 @@ def test_ties_of_an_exact_count_at_the_threshold_are_split_by_position_as_in_tor
     from fractions import Fraction
 
     n = 1 << 20
-    technique = DareTies(seed=3)
-    scores = torch.sort(technique.scores(torch.zeros(n), 0, "visual.w")).values
+    scores = torch.sort(hashed_scores(derived_seed(3, 0, "visual.w"), 0, n)).values
     rank = int((scores[1:] == scores[:-1]).nonzero()[0]) + 1  # the rank-th and (rank+1)-th smallest are equal
     prune = float(Fraction(2 * rank + 1, 2 * n))  # floor(n * prune) = rank
     g = torch.Generator().manual_seed(0)
     base = {"visual.w": torch.randn(n, generator=g), "t": torch.randn(5, generator=g)}
     experts = [{k: v + torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(2)]
     technique = DareTies(prune=prune, seed=3)
-    prep = technique.prepare(experts, base, MergeExecutor())
-    assert prep.bounds[0, "image"].ties_to_drop < prep.bounds[0, "image"].equal  # ties split by position
+    _, state = technique.prepare(experts, base, MergeExecutor())
+    assert state.bounds[0, "image"].ties_to_drop < state.bounds[0, "image"].equal  # ties split by position
     for chunk in (1 << 20, 1000):
         monkeypatch.setattr(merging_base, "CHUNK", chunk)
-        monkeypatch.setattr(sparse, "MIN_CHUNK", 1)
+        monkeypatch.setattr(executor_module, "MIN_CHUNK", 1)
         fused, reference, chunks = merge_both(technique, experts, base, monkeypatch)
         assert chunks > 0
         assert_same_bits(fused, reference)
@@ -169,28 +186,12 @@ def test_ties_of_an_exact_count_at_the_threshold_are_split_by_position_as_in_tor
     assert int((alone["visual.w"] == base["visual.w"]).sum()) == rank
 
 
-def test_the_backend_is_chosen_where_the_executor_is_built(monkeypatch):
-    experts, base = models(3)
-    calls = []
-    merge_block = kernels.merge_block
-    monkeypatch.setattr(kernels, "merge_block", lambda *a: calls.append(1) or merge_block(*a))
-    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "0")  # not read by the core: the executor's backend decides
-    assert MergeExecutor().backend == "numba" and MergeExecutor("torch").backend == "torch"
-    Ties().merge(experts, base=base, executor=MergeExecutor("torch"))
-    assert not calls
-    Ties().merge(experts, base=base)  # the default executor: numba when importable
-    assert calls
-    assert Ties().scorer().kernel_mode == kernels.MAGNITUDE and DareTies().scorer().kernel_mode == kernels.HASHED
-    with pytest.raises(ValueError, match="backend"):
-        MergeExecutor("cuda")  # type: ignore[arg-type]
-
-
 @pytest.mark.parametrize(
     "technique",
     [TaskArithmetic(), TaskArithmetic(lam=0.3), TaskArithmetic(lines="sqrt")],
     ids=["lam1", "lam0.3", "lines"],
 )
-def test_task_arithmetic_kernel_gives_the_torch_paths_bits(technique, monkeypatch):
+def test_task_arithmetic_kernel_gives_the_specs_bits(technique, monkeypatch):
     experts, base = models(6)
     fused, reference, chunks = merge_both(technique, experts, base, monkeypatch, kernel="task_sum_block")
     assert chunks and chunks == len([k for k in base if base[k].is_floating_point()])
@@ -215,8 +216,8 @@ def test_thresholds_of_file_experts_are_remembered_and_only_new_experts_are_read
     assert selected == [3] and all(torch.equal(first[k], again[k]) for k in first)
     grown = technique.merge(files[1:5], base=files[0], executor=executor)
     assert selected == [3, 1]  # only the new expert
-    torch_path = MergeExecutor("torch", cache=executor.cache)
-    assert_same_bits(grown, technique.merge(experts, base=base, executor=torch_path))  # dicts: no fingerprint
+    sharing = MergeExecutor(executor.cache)
+    assert_same_bits(grown, technique.merge(experts, base=base, executor=sharing))  # dicts: no fingerprint
     assert selected == [3, 1, 4]
     Ties(prune=0.3).merge(files[1:3], base=files[0], executor=executor)  # another rank: found afresh
     assert selected == [3, 1, 4, 2]
@@ -225,7 +226,7 @@ def test_thresholds_of_file_experts_are_remembered_and_only_new_experts_are_read
 
 
 @pytest.mark.parametrize("lam", [1.0, 0.7])
-def test_magmax_kernel_gives_the_torch_paths_bits_ties_included(lam, monkeypatch):
+def test_magmax_kernel_gives_the_specs_bits_ties_included(lam, monkeypatch):
     experts, base = models(5)
     experts[1]["t"] = experts[1]["t"].clone()
     experts[1]["t"][130:150] = base["t"][130:150] - (experts[0]["t"][130:150] - base["t"][130:150])  # +m, -m
@@ -238,17 +239,16 @@ def test_magmax_kernel_gives_the_torch_paths_bits_ties_included(lam, monkeypatch
     magmax = kernels.magmax_block
     monkeypatch.setattr(kernels, "magmax_block", lambda *a: calls.append(1) or magmax(*a))
     for models_, anchor in ((experts, base), (signs, zero)):
-        fused = technique.merge(models_, base=anchor, executor=MergeExecutor("numba"))
-        assert_same_bits(fused, technique.merge(models_, base=anchor, executor=MergeExecutor("torch")))
+        fused = technique.merge(models_, base=anchor, executor=MergeExecutor())
+        assert_same_bits(fused, spec_merge("magmax", models_, None, anchor, lam=lam))
     assert calls
     assert torch.equal(fused["t"], -lam * torch.ones_like(base["t"]))  # the first expert reaching m decides
 
 
-@pytest.mark.parametrize("backend", ["numba", "torch"])
-def test_dare_thresholds_depend_on_seed_index_and_layout_only_and_are_remembered(backend, monkeypatch):
+def test_dare_thresholds_depend_on_seed_index_and_layout_only_and_are_remembered(monkeypatch):
     experts, base = models(5)
     selected = spy_selections(monkeypatch)
-    executor = MergeExecutor(backend)
+    executor = MergeExecutor()
     technique = DareTies(prune=0.3, seed=4)
     technique.merge(experts[:3], base=base, executor=executor)
     grown = technique.merge(experts, base=base, executor=executor)
@@ -270,7 +270,7 @@ def test_an_injected_cache_is_used_and_a_new_executor_has_its_own(monkeypatch):
     technique = DareTies(prune=0.3, seed=1)
     first = technique.merge(experts, base=base, executor=MergeExecutor(cache=cache))
     assert selected == [4] and len(cache) == 4 * 2 and cache.stores == 8  # (expert, tower)
-    again = technique.merge(experts, base=base, executor=MergeExecutor("torch", cache=cache))  # the cache's owner
+    again = technique.merge(experts, base=base, executor=MergeExecutor(cache=cache))  # the cache's owner
     assert selected == [4] and cache.hits == 8
     assert_same_bits(first, again)
     fresh = MergeExecutor()
@@ -281,7 +281,7 @@ def test_an_injected_cache_is_used_and_a_new_executor_has_its_own(monkeypatch):
 
 
 def test_no_environment_is_read_in_the_merging_core():
-    """Backends and caches are chosen where an executor is built, never from the environment here."""
+    """Caches are chosen where an executor is built, never from the environment here."""
     import pathlib
 
     root = pathlib.Path(merging_base.__file__).parent

@@ -1,6 +1,6 @@
 """The executable merging techniques (time_ray/core/merging: chunked, fused kernels) equal their specs
 (time_ray/core/merging/spec: whole tensors, paper-like), for every technique in TECHNIQUES that has a spec,
-x backend (executors on numba kernels / torch ops) x chunking (7, 64 entries / default) x k in {1, 2, 5}
+x chunking (7, 64 entries / default) x k in {1, 2, 5}
 x a few parameter values x three kinds of inputs:
 
 * ``grid``: theta_0 and tau_k on a dyadic grid (multiples of 1/64, |tau| <= 1/8): every subtraction and
@@ -26,10 +26,11 @@ import torch
 import time_ray.core.merging.base as merging_base
 import time_ray.core.merging.spec.dense  # noqa: F401  (registers the dense specs)
 import time_ray.core.merging.spec.generalized  # noqa: F401  (registers TIES & co. and towers)
-from time_ray.core.merging import TECHNIQUES, kernels, make_technique
+from time_ray.core.merging import TECHNIQUES, make_technique
 from time_ray.core.merging.executor import MergeExecutor
-from time_ray.core.merging.spec import SPECS, SpecTechnique, spec_merge
+from time_ray.core.merging.spec import SPECS, spec_merge
 from time_ray.core.merging.spec.generalized import count
+from time_ray.core.merging.spec_technique import SpecTechnique
 
 SHAPES = {
     "visual.transformer.resblocks.0.attn.in_proj_weight": (12, 5),
@@ -127,14 +128,6 @@ def weights_for(k: int) -> list[float]:
     return (w / w.sum()).tolist()
 
 
-@pytest.fixture(params=["numba", "torch"], ids=["kernels", "torch"])
-def backend(request):
-    """A new executor on the backend, for each merge."""
-    if request.param == "numba" and kernels.numba is None:
-        pytest.skip("numba is not installed")
-    return lambda: MergeExecutor(backend=request.param)
-
-
 @pytest.fixture(params=[7, 64, None], ids=["chunk7", "chunk64", "chunk-default"])
 def chunking(request, monkeypatch):
     if request.param is not None:
@@ -149,12 +142,12 @@ def on_raw_weights(name: str, params: dict) -> bool:
 
 
 @pytest.mark.parametrize("name, params, k", list(matrix()))
-def test_technique_equals_its_spec(name, params, k, backend, chunking):
+def test_technique_equals_its_spec(name, params, k, chunking):
     technique = make_technique(name, **params)
     for kind in KINDS:
         experts, base = models(kind, k, seed=k)
         weights = weights_for(k)
-        ours = technique.merge(experts, weights, base=base, executor=backend())
+        ours = technique.merge(experts, weights, base=base, executor=MergeExecutor())
         spec = spec_merge(name, experts, weights, base, **technique.params())
         assert list(ours) == list(spec) == list(base)
         for key in base:

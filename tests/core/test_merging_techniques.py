@@ -22,7 +22,7 @@ from time_ray.core.merging import (
     make_technique,
     technique_params,
 )
-from time_ray.core.merging.scorers import ElementwiseScorer
+from time_ray.core.merging.executor import chunk_spans
 from time_ray.core.merging.select import RadixSelect, fraction_count, kth_smallest
 
 
@@ -225,16 +225,6 @@ def test_dare_is_reproducible_by_seed_and_drops_each_entry_about_p_of_the_time()
     )
     assert dropped.sum() == 400 * 5  # exactly 5 of 20 each time
     assert dropped.min() > 60 and dropped.max() < 140  # about 100 each: uniform, not always the same entries
-
-
-def test_dare_breaks_ties_of_random_scores_by_position_to_drop_exactly():
-    class ConstantScores(DareTies):  # every score equal: the first floor(N p) entries of the tower go
-        def scorer(self):
-            return ElementwiseScorer(lambda tau, k, key: torch.zeros(tau.shape, dtype=torch.int32))
-
-    base = {"a": torch.zeros(3), "b": torch.zeros(3)}
-    merged = ConstantScores(prune=0.5).merge([{"a": T(1.0, 1.0, 1.0), "b": T(1.0, 1.0, 1.0)}], base=base)
-    assert torch.equal(merged["a"], T(0.0, 0.0, 0.0)) and torch.equal(merged["b"], T(2.0, 2.0, 2.0))
 
 
 # --------------------------------------------------------------------------- Breadcrumbs-TIES
@@ -529,4 +519,4 @@ def test_chunking_a_tensor_does_not_change_the_merge(technique, monkeypatch):
         assert sorted(chunked) == sorted(whole)
         for key in whole:
             assert chunked[key].shape == whole[key].shape and torch.equal(chunked[key], whole[key]), (chunk, key)
-    assert merging_base.chunk_spans(17) == [(0, 16), (16, 17)]
+    assert chunk_spans(17, 16) == [(0, 16), (16, 17)] and chunk_spans(16, 16) == [(0, 16)]

@@ -9,12 +9,11 @@ import pytest
 import torch
 
 from time_ray.core.checkpoints import save_atomic
-from time_ray.core.merging import BreadcrumbsTies, DareTies, Ties, kernels
+from time_ray.core.merging import BreadcrumbsTies, DareTies, Ties
 from time_ray.core.merging.executor import MergeExecutor, ThresholdCache
 from time_ray.core.merging.sidecar import ThresholdStore
 from time_ray.core.pool import CheckpointPool
 
-BACKENDS = ["numba", "torch"] if kernels.numba is not None else ["torch"]
 TECHNIQUES = [
     Ties(),
     Ties(prune=0.3, disjoint="max"),
@@ -42,8 +41,8 @@ def spy(monkeypatch) -> list[int]:
     return selected
 
 
-def executor_for(root, backend) -> MergeExecutor:
-    return MergeExecutor(backend, ThresholdCache(store=ThresholdStore(root / "thresholds")))
+def executor_for(root) -> MergeExecutor:
+    return MergeExecutor(ThresholdCache(store=ThresholdStore(root / "thresholds")))
 
 
 def assert_same_bits(a, b):
@@ -52,12 +51,11 @@ def assert_same_bits(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("technique", TECHNIQUES, ids=lambda t: f"{t.name}-{t.disjoint}")
-def test_after_an_expert_enters_the_pool_no_merge_selects_thresholds(technique, backend, tmp_path, monkeypatch):
+def test_after_an_expert_enters_the_pool_no_merge_selects_thresholds(technique, tmp_path, monkeypatch):
     base, experts = states(4)
     save_atomic(base, tmp_path / "base.safetensors")
-    pool = CheckpointPool(tmp_path / "pool", tmp_path / "base.safetensors", executor=executor_for(tmp_path, backend))
+    pool = CheckpointPool(tmp_path / "pool", tmp_path / "base.safetensors", executor=executor_for(tmp_path))
     selected = spy(monkeypatch)
     for t, state in enumerate(experts, start=1):
         pool.add_expert(t, state)
@@ -68,18 +66,18 @@ def test_after_an_expert_enters_the_pool_no_merge_selects_thresholds(technique, 
             before = len(selected)
             warm = technique.merge(window, base=pool.base, executor=pool.executor)
             assert selected[before:] == []  # no threshold selected by the merge
-            cold = technique.merge(window, base=pool.base, executor=MergeExecutor(backend))
+            cold = technique.merge(window, base=pool.base, executor=MergeExecutor())
             assert_same_bits(warm, cold)
     assert pool.warm_expert(len(experts), technique) == 0  # nothing new to compute
 
     restarted = CheckpointPool(
-        tmp_path / "pool", tmp_path / "base.safetensors", executor=executor_for(tmp_path, backend)
+        tmp_path / "pool", tmp_path / "base.safetensors", executor=executor_for(tmp_path)
     )  # a new cache; the sidecars are there
     before = len(selected)
     again = technique.merge(restarted.experts(4), base=restarted.base, executor=restarted.executor)
     assert selected[before:] == []
     assert restarted.executor.cache.store.loaded > 0
-    assert_same_bits(again, technique.merge(pool.experts(4), base=pool.base, executor=MergeExecutor(backend)))
+    assert_same_bits(again, technique.merge(pool.experts(4), base=pool.base, executor=MergeExecutor()))
 
 
 @pytest.mark.parametrize("damage", ["garbage", "number", "identity", "checksum", "shape"])
@@ -87,11 +85,11 @@ def test_a_damaged_or_mismatched_sidecar_is_ignored_and_recomputed(damage, tmp_p
     base, experts = states(2)
     save_atomic(base, tmp_path / "base.safetensors")
     technique = BreadcrumbsTies(prune=0.2, top=0.1)
-    pool = CheckpointPool(tmp_path / "pool", tmp_path / "base.safetensors", executor=executor_for(tmp_path, "torch"))
+    pool = CheckpointPool(tmp_path / "pool", tmp_path / "base.safetensors", executor=executor_for(tmp_path))
     for t, state in enumerate(experts, start=1):
         pool.add_expert(t, state)
         pool.warm_expert(t, technique)
-    reference = technique.merge(pool.experts(2), base=pool.base, executor=MergeExecutor("torch"))
+    reference = technique.merge(pool.experts(2), base=pool.base, executor=MergeExecutor())
     files = sorted((tmp_path / "thresholds").glob("thr-*.json"))
     assert len(files) == 6  # (2 experts + theta_0 as a model) x 2 towers
     first = pool.expert(1).fingerprint
@@ -112,22 +110,20 @@ def test_a_damaged_or_mismatched_sidecar_is_ignored_and_recomputed(damage, tmp_p
         record["found"] = [[1, 2, 3, 4]]
         victim.write_text(json.dumps(record))
     selected = spy(monkeypatch)
-    restarted = CheckpointPool(
-        tmp_path / "pool", tmp_path / "base.safetensors", executor=executor_for(tmp_path, "torch")
-    )
+    restarted = CheckpointPool(tmp_path / "pool", tmp_path / "base.safetensors", executor=executor_for(tmp_path))
     merged = technique.merge(restarted.experts(2), base=restarted.base, executor=restarted.executor)
     assert selected == [1]  # the expert with the bad sidecar, selected again
     assert restarted.executor.cache.store.rejected == 1
     assert_same_bits(merged, reference)
     assert json.loads(victim.read_text())["checksum"] != "0" * 64  # rewritten, valid again
-    fresh = CheckpointPool(tmp_path / "pool", tmp_path / "base.safetensors", executor=executor_for(tmp_path, "torch"))
+    fresh = CheckpointPool(tmp_path / "pool", tmp_path / "base.safetensors", executor=executor_for(tmp_path))
     technique.merge(fresh.experts(2), base=fresh.base, executor=fresh.executor)
     assert selected == [1] and fresh.executor.cache.store.rejected == 0
 
 
 def test_dict_experts_have_no_identity_and_are_never_stored(tmp_path):
     base, experts = states(2)
-    executor = executor_for(tmp_path, "torch")
+    executor = executor_for(tmp_path)
     assert Ties().warm(experts[0], base, executor) == 0  # no content hash: nothing can be remembered
     Ties().merge(experts, base=base, executor=executor)
     assert not (tmp_path / "thresholds").exists()

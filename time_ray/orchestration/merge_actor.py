@@ -11,19 +11,16 @@ trial run in the order they arrive, as they did with an actor per trial.
 
 Per trial the actor keeps a ``TrialPool`` (pool, policy, merge seconds, experts' training info, a
 reported failure), opened on the trial's first call from the sweep's storage. The actor's pools share one
-``MergeExecutor`` (backend, threshold cache, scratch buffers: one merge runs at a time) and the opened
+``MergeExecutor`` (threshold cache, scratch buffers: one merge runs at a time) and the opened
 checkpoint files (``OpenedCheckpoints``): an expert from the sweep's cache that several pools reference,
 and theta_0, are mapped and hash-checked once per process.
 
-The merges' backend is the fused numba kernels when numba is importable; the environment variable
-``TIME_RAY_MERGE_KERNELS=0`` (also ``false``, ``off``; read here, when the actor is built) runs torch ops
-instead (bit-identical, slower: for comparison or debugging).
+The merges run on the executor's one backend, the fused numba kernels (docs/merging.md).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,32 +30,22 @@ import torch
 
 from time_ray.core.checkpoints import OpenedCheckpoints, materialize
 from time_ray.core.contracts import ExpertInfo, TimestepCosts
-from time_ray.core.merging.executor import Backend, MergeExecutor, ThresholdCache, default_backend
+from time_ray.core.merging.executor import MergeExecutor, ThresholdCache
 from time_ray.core.merging.sidecar import ThresholdStore
 from time_ray.core.pool import CheckpointPool
 from time_ray.core.strategies import Policy, deploy_weights, init_weights
 from time_ray.orchestration.local_ray import node_strategies
 from time_ray.orchestration.storage import Storage
 
-KERNELS_SWITCH = "TIME_RAY_MERGE_KERNELS"
-
-
-def backend_from_environment() -> Backend:
-    """``torch`` when ``TIME_RAY_MERGE_KERNELS`` is 0 / false / off, else the default (numba if importable)."""
-    if os.environ.get(KERNELS_SWITCH, "1").strip().lower() in ("0", "false", "off"):
-        return "torch"
-    return default_backend()
-
-
 THRESHOLDS_DIR = "thresholds"  # sidecar files of the experts' thresholds, in the sweep's storage (shared)
 
 
 def build_executor(storage: Storage) -> MergeExecutor:
-    """The executor of a merge actor's pools: its backend from the environment, a threshold cache of its
+    """The executor of a merge actor's pools: a threshold cache of its
     own, backed by the sweep's threshold sidecars (a restarted actor, or another actor whose trial shares an
     expert, reads them instead of selecting again)."""
     store = ThresholdStore(storage.local(THRESHOLDS_DIR), fetch=storage.fetch, publish=storage.push)
-    return MergeExecutor(backend_from_environment(), ThresholdCache(store=store))
+    return MergeExecutor(ThresholdCache(store=store))
 
 
 class TrialPool:

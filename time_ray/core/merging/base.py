@@ -8,36 +8,36 @@ Towers: keys starting with ``visual.`` form the image tower, all other keys the 
 
 from __future__ import annotations
 
-import hashlib
 import math
-import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
 from time_ray.core.checkpoints import Checkpoint
 from time_ray.core.errors import CheckpointError, ConfigError, did_you_mean
-
-if TYPE_CHECKING:
-    from time_ray.core.merging.executor import MergeExecutor
+from time_ray.core.merging.executor import MergeExecutor, Span
+from time_ray.core.merging.notation import (  # noqa: F401  (re-exported: the package's notation)
+    BLOCK,
+    IMAGE_PREFIX,
+    LINES,
+    PARAM_ALIASES,
+    check_weights,
+    derived_seed,
+    seeded_generator,
+    tower_of,
+    uniform,
+)
 
 TECHNIQUES: dict[str, type["Technique"]] = {}
 
-IMAGE_PREFIX = "visual."
-BLOCK = re.compile(r"transformer\.resblocks\.(\d+)\.")
 DISJOINT = ("mean", "sum", "max")
-LINES = {"linear": lambda x: x, "quadratic": lambda x: x * x, "sqrt": math.sqrt}
 
 
 def register(cls):
     TECHNIQUES[cls.name] = cls
     return cls
-
-
-def tower_of(key: str) -> str:
-    return "image" if key.startswith(IMAGE_PREFIX) else "text"
 
 
 def _is_number(value) -> bool:
@@ -82,8 +82,8 @@ class Technique:
         base: Checkpoint | None = None,
         executor: MergeExecutor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The merged model. ``executor`` runs it (backend, threshold cache, scratch buffers); by default a
-        new one (``executor.default_backend()``, an empty cache)."""
+        """The merged model. ``executor`` runs it (threshold cache, scratch buffers); by default a new one
+        (an empty cache)."""
         if not experts:
             raise ValueError("merge needs at least one checkpoint")
         if len(experts) < self.min_models:
@@ -94,11 +94,7 @@ class Technique:
             raise ValueError(f"{self.name} needs the base model theta_0 as anchor")
         weights = check_weights(weights, len(experts))
         check_compatible(experts, base if self.uses_base() else None)
-        if executor is None:
-            from time_ray.core.merging.executor import MergeExecutor
-
-            executor = MergeExecutor()
-        return executor.run(self, experts, weights, base)
+        return (MergeExecutor() if executor is None else executor).run(self, experts, weights, base)
 
     def uses_base(self) -> bool:
         return self.needs_base
@@ -127,7 +123,7 @@ class Technique:
         weights: list[float],
         theta_0: torch.Tensor | None,
         prep,
-        span: "Span",
+        span: Span,
     ) -> torch.Tensor:
         """Merges the entries ``span`` of the flattened tensor ``key``: ``thetas`` are those entries of each
         expert (fp32, 1-D, each converted when accessed), ``theta_0`` those of the base. Element-wise
@@ -149,107 +145,6 @@ class Technique:
 # ---------------------------------------------------------------- merging tensor by tensor, chunk by chunk
 
 CHUNK = 1 << 20  # entries of a flattened tensor merged at a time: the working set is O(experts x CHUNK)
-
-
-def chunk_spans(numel: int, size: int | None = None) -> list[tuple[int, int]]:
-    """(start, stop) of the consecutive chunks of at most ``size`` (default ``CHUNK``) entries of a flattened tensor."""
-    size = CHUNK if size is None else size
-    return [(start, min(start + size, numel)) for start in range(0, numel, size)]
-
-
-@dataclass
-class Span:
-    """The entries start:stop of the flattened tensor being merged; ``memo`` is shared by all chunks of
-    the tensor (e.g. a random generator drawing the chunks in order); ``executor`` runs the merge (its
-    backend and scratch buffers)."""
-
-    start: int
-    stop: int
-    memo: dict
-    executor: MergeExecutor | None = None
-
-    @property
-    def size(self) -> int:
-        return self.stop - self.start
-
-
-class Chunks(Sequence):
-    """The entries start:stop of each expert's flattened tensor, as fp32, converted one at a time when
-    accessed (never all experts' fp32 copies at once unless a technique keeps them)."""
-
-    def __init__(self, flats: list[torch.Tensor], start: int, stop: int):
-        self.flats, self.start, self.stop = flats, start, stop
-
-    def __len__(self) -> int:
-        return len(self.flats)
-
-    def __getitem__(self, k):
-        if isinstance(k, slice):
-            return [self[i] for i in range(len(self))[k]]
-        return self.flats[k][self.start : self.stop].float()
-
-    def __iter__(self):
-        return (flat[self.start : self.stop].float() for flat in self.flats)
-
-
-class CascadeSum:
-    """Sums ``n`` tensors fed one at a time, adding them in the order ``torch.stack(xs).sum(0)`` does
-    along dim 0 on CPU (sequential runs of 2^p, p = max(4, ceil(log2 n) // 4), cascaded over 4 levels;
-    plain sequential for n <= 16), so a running sum matches the stacked one bit for bit without stacking.
-    (torch adds the few trailing columns its vectorized loop leaves over in another order: this order, not
-    torch's, is the definition, the same bits for any chunking.) A level holds its own copy once something
-    is added to it (an empty level adds nothing: x + 0 = x)."""
-
-    LEVELS = 4
-
-    def __init__(self, n: int, like: torch.Tensor):
-        self.power = max(4, math.ceil(math.log2(n)) // self.LEVELS) if n > 1 else 4
-        self.like = like
-        self.acc: list[torch.Tensor | None] = [None] * self.LEVELS
-        self.count = 0
-
-    def _into(self, level: int, x: torch.Tensor) -> None:
-        acc = self.acc[level]
-        if acc is None:
-            self.acc[level] = x.clone()
-        else:
-            acc += x
-
-    def add(self, x: torch.Tensor) -> None:
-        self._into(0, x)
-        self.count += 1
-        step = 1 << self.power
-        if self.count % step:
-            return
-        for j in range(1, self.LEVELS):  # a run of 2^p is complete: carry it up the levels
-            carried = self.acc[j - 1]
-            assert carried is not None  # a complete run of 2^p left its sum at level j - 1
-            self._into(j, carried)
-            self.acc[j - 1] = None
-            if self.count & ((step - 1) << (j * self.power)):
-                break
-
-    def result(self) -> torch.Tensor:
-        levels = [level for level in self.acc if level is not None]
-        if not levels:
-            return torch.zeros_like(self.like)
-        total = levels[0] if len(levels) == 1 else levels[0].clone()
-        for level in levels[1:]:
-            total += level
-        return total
-
-
-def check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
-    """The weights w_k as floats (uniform when None): one finite number per expert."""
-    if weights is None:
-        return uniform(n)
-    weights = [float(w) for w in weights]
-    if len(weights) != n:
-        raise ValueError(f"{len(weights)} weights for {n} models")
-    bad = [w for w in weights if not math.isfinite(w)]
-    if bad:
-        raise ValueError(f"weights must be finite numbers, got {bad[0]} in {weights}")
-    return weights
 
 
 def _label(checkpoint: Checkpoint, what: str) -> str:
@@ -294,22 +189,7 @@ def check_compatible(experts: Sequence[Checkpoint], base: Checkpoint | None = No
                 )
 
 
-def uniform(n: int) -> list[float]:
-    return [1.0 / n] * n
-
-
-def derived_seed(*parts) -> int:
-    """A reproducible 63-bit seed from the technique's seed and where it is used (expert, tensor)."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
-
-
-def seeded_generator(*parts) -> torch.Generator:
-    return torch.Generator().manual_seed(derived_seed(*parts))
-
-
 # ---------------------------------------------------------------- building techniques from config
-
-PARAM_ALIASES = {"lambda": "lam"}
 
 
 def config_name(attr: str) -> str:
@@ -345,6 +225,18 @@ def make_technique(name: str, field: str = "merge.technique", **params) -> Techn
         if prefix != "merge" and message.startswith("merge."):
             message = prefix + message[len("merge") :]
         raise ConfigError(message) from None
+
+
+def as_technique(spec, where: str) -> Technique:
+    """A technique from a technique, its registered name, or {technique: NAME, param: value, ...}."""
+    if isinstance(spec, Technique):
+        return spec
+    if isinstance(spec, str):
+        spec = {"technique": spec}
+    if not isinstance(spec, Mapping) or "technique" not in spec:
+        raise ConfigError(f"{where}: expected a technique name or {{technique: NAME, ...}}, got {spec!r}.")
+    params = {k: v for k, v in spec.items() if k != "technique"}
+    return make_technique(spec["technique"], f"{where}.technique", **params)
 
 
 def technique_params(technique: Technique) -> dict:

@@ -6,13 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
 import torch
 
-from time_ray.core.merging import kernels
-from time_ray.core.merging.base import Technique, register, seeded_generator
-from time_ray.core.merging.executor import pointers
+from time_ray.core.merging.base import Technique, register
 from time_ray.core.merging.lines import LinesOption
+from time_ray.core.merging.notation import seeded_generator
 
 CACHED_CHUNK = 1 << 17  # entries per chunk for techniques passing over a chunk several times: fits a core's L2
 
@@ -63,22 +61,8 @@ class TaskArithmetic(LinesOption, Technique):
         return min(super().chunk_size(n_models), CACHED_CHUNK)
 
     def merge_key(self, key, thetas, weights, theta_0, prep, span):
-        if span.executor is not None and span.executor.fused:  # the same sums in one fused pass per expert
-            chunks, theta_0 = [t.contiguous() for t in thetas], theta_0.contiguous()
-            out = torch.empty(span.size)
-            acc = span.executor.scratch.array("task_sum", (self.chunk_size(len(thetas)),), np.float32)
-            kernels.task_sum_block(
-                pointers(chunks), theta_0.numpy(), np.float32(self.scale(key, prep)), acc[: span.size], out.numpy()
-            )
-            return out
-        tau_sum = tau = None
-        for theta_k in thetas:  # tau_1 + tau_2 + ..., in order; one scratch tensor for tau_k
-            if tau_sum is None:
-                tau_sum = theta_k - theta_0
-            else:
-                tau = torch.sub(theta_k, theta_0, out=tau)
-                tau_sum += tau
-        return theta_0 + self.scale(key, prep) * tau_sum
+        """tau_1 + tau_2 + ..., in order (the executor's sum, one pass per expert)."""
+        return span.executor.task_sum(thetas, theta_0, self.scale(key, prep), span)
 
 
 # ---------------------------------------------------------------- SLERP, MagMax, Random, Model Stock
@@ -153,15 +137,9 @@ class MagMax(Technique):
         return min(super().chunk_size(n_models), CACHED_CHUNK)
 
     def merge_key(self, key, thetas, weights, theta_0, prep, span):
-        if span.executor is not None and span.executor.fused:  # one fused pass per expert; ties: torch path
-            chunks, theta_0 = [t.contiguous() for t in thetas], theta_0.contiguous()
-            size = (self.chunk_size(len(thetas)),)
-            high, low = (span.executor.scratch.array(name, size, np.float32)[: span.size] for name in ("high", "low"))
-            out = torch.empty(span.size)
-            tied = kernels.magmax_block(pointers(chunks), theta_0.numpy(), np.float32(self.lam), high, low, out.numpy())
-            if not tied:
-                return out
-        return self.merge_tensor(thetas, weights, theta_0)
+        """The executor's running extremes; where +m and -m both occur, ``tied`` picks the first expert."""
+        merged = span.executor.magmax(thetas, theta_0, self.lam, span)
+        return self.merge_tensor(thetas, weights, theta_0) if merged is None else merged
 
     def merge_tensor(self, thetas, weights, theta_0):
         experts = iter(thetas)

@@ -1,20 +1,13 @@
-"""LiNeS (Wang et al. 2025): layer-dependent scaling of a merged task vector, as an option of a technique."""
+"""LiNeS (Wang et al. 2025): layer-dependent scaling of a merged task vector, as an option of a technique.
+The formula is the spec's (``spec.dense.lines_scale``); this option only applies it."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from time_ray.core.merging.base import BLOCK, LINES, tower_of
+from time_ray.core.merging.spec.dense import lines_depths, lines_scale
 
-
-def lines_depths(keys) -> dict[str, int]:
-    """L per tower: the number of distinct l in keys containing ``transformer.resblocks.l.``."""
-    blocks: dict[str, set] = {"image": set(), "text": set()}
-    for key in keys:
-        match = BLOCK.search(key)
-        if match:
-            blocks[tower_of(key)].add(int(match[1]))
-    return {tower: len(ls) for tower, ls in blocks.items()}
+__all__ = ["LinesOption", "lines_depths"]
 
 
 class LinesOption:
@@ -35,12 +28,8 @@ class LinesOption:
     def scale(self, key: str, depths: dict[str, int] | None) -> float:
         if self.lines is None:
             return getattr(self, "lam", 1.0)
-        match = BLOCK.search(key)
-        if match is None:
-            return self.alpha
         assert depths is not None, "prepare() computes the depths whenever lines is set"
-        depth = depths[tower_of(key)]
-        return self.alpha + self.beta * LINES[self.lines](int(match[1]) / max(depth - 1, 1))
+        return lines_scale(key, depths, self.lines, self.alpha, self.beta)
 
     def prepare(self, experts, base, executor):
         return lines_depths(experts[0]) if self.lines is not None else None

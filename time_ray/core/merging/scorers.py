@@ -2,54 +2,52 @@
 
 A scorer gives non-negative int32 scores to the entries of tau_k, chunk by chunk in flat order, and says
 what the executor may know about them without reading them: whether they are |tau| itself
-(``magnitudes``: thresholds apply to the values), the fused kernels' score mode (None: torch ops only),
-a bracket of the wanted order statistics, and what a tower's thresholds depend on (``identity``: the key
-under which the executor's ``ThresholdCache`` remembers them; None: never remembered).
+(``magnitudes``: thresholds apply to the values), the kernels' score mode, a bracket of the wanted order
+statistics, and what a tower's thresholds depend on (``identity``: the key under which the executor's
+``ThresholdCache`` remembers them; None: never remembered).
 
 * ``MagnitudeScorer``: |tau| as its float32 bit pattern (TIES, Breadcrumbs-TIES).
 * ``HashedScorer``: DARE's random scores, a counter-based hash of the flat index seeded from
-  (seed, expert index, tensor) (``kernels.hashed_scores``): independent of the weights.
-* ``ElementwiseScorer``: any element-wise function of (tau chunk, expert index, tensor name).
+  (seed, expert index, tensor) (``spec.generalized.hashed_scores``): independent of the weights.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
 
-from time_ray.core.checkpoints import Checkpoint
 from time_ray.core.merging import kernels
-from time_ray.core.merging.base import derived_seed, tower_of
+from time_ray.core.merging.notation import derived_seed, tower_of
 from time_ray.core.merging.select import magnitude_keys, sample_bracket
+from time_ray.core.merging.spec.generalized import hashed_scores
 
 SAMPLE = 1 << 18  # |tau| entries sampled per (expert, tower) to bracket its thresholds
 
 Stream = Callable[[torch.Tensor], torch.Tensor]
 Ranks = dict[tuple[int, str], list[int]]
 Brackets = dict[tuple[int, str], list[tuple[int, int, float]]]
+Model = Mapping[str, torch.Tensor]
 
 
 class Scorer(Protocol):
     magnitudes: ClassVar[bool]
-    kernel_mode: ClassVar[int | None]
+    kernel_mode: ClassVar[int]
 
     def stream(self, k: int, key: str) -> Stream: ...
 
     def seeds(self, indices: Sequence[int], key: str) -> np.ndarray: ...
 
     def identity(
-        self, expert: Checkpoint, base: Checkpoint, k: int, tower: str, layout: tuple, wanted: tuple
+        self, expert: Model, base: Model, k: int, tower: str, layout: tuple, wanted: tuple
     ) -> tuple | None: ...
 
-    def brackets(
-        self, experts: Sequence[Checkpoint], base: Checkpoint, ranks: Ranks, sizes: dict[str, int]
-    ) -> Brackets | None: ...
+    def brackets(self, experts: Sequence[Model], base: Model, ranks: Ranks, sizes: dict[str, int]) -> Brackets: ...
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ class MagnitudeScorer:
     """|tau| as its float32 bit pattern (non-negative floats order like their bits)."""
 
     magnitudes: ClassVar[bool] = True
-    kernel_mode: ClassVar[int | None] = kernels.MAGNITUDE
+    kernel_mode: ClassVar[int] = kernels.MAGNITUDE
 
     def stream(self, k: int, key: str) -> Stream:
         return magnitude_keys
@@ -94,16 +92,13 @@ class HashedScorer:
 
     seed: int = 0
     magnitudes: ClassVar[bool] = False
-    kernel_mode: ClassVar[int | None] = kernels.HASHED
-
-    def scores(self, tau: torch.Tensor, k: int, key: str, offset: int = 0) -> torch.Tensor:
-        return kernels.hashed_scores(derived_seed(self.seed, k, key), offset, tau.numel()).view(tau.shape)
+    kernel_mode: ClassVar[int] = kernels.HASHED
 
     def stream(self, k: int, key: str) -> Stream:
-        offset = [0]
+        offset, seed = [0], derived_seed(self.seed, k, key)
 
         def scores(tau: torch.Tensor) -> torch.Tensor:
-            out = self.scores(tau, k, key, offset[0])
+            out = hashed_scores(seed, offset[0], tau.numel()).view(tau.shape)
             offset[0] += tau.numel()
             return out
 
@@ -129,25 +124,3 @@ class HashedScorer:
                     (max(0, math.floor((q - half) * 2**31)), min(2**31 - 1, math.ceil((q + half) * 2**31)), 2 * half)
                 )
         return out
-
-
-@dataclass(frozen=True)
-class ElementwiseScorer:
-    """Scores ``fn(tau chunk, expert index, tensor name)``: element-wise, so any chunking gives the same.
-    Nothing known in advance: torch ops, a radix selection, never remembered."""
-
-    fn: Callable[[torch.Tensor, int, str], torch.Tensor]
-    magnitudes: ClassVar[bool] = False
-    kernel_mode: ClassVar[int | None] = None
-
-    def stream(self, k: int, key: str) -> Stream:
-        return lambda tau: self.fn(tau, k, key)
-
-    def seeds(self, indices: Sequence[int], key: str) -> np.ndarray:
-        return np.zeros(len(indices), np.int64)
-
-    def identity(self, expert, base, k, tower, layout, wanted):
-        return None
-
-    def brackets(self, experts, base, ranks, sizes):
-        return None

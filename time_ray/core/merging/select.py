@@ -1,6 +1,6 @@
-"""Exact k-th values over a whole tower without concatenating it: a one-pass selection inside a bracket
-known to hold them (``BracketSelect``), with a two-pass radix selection (``RadixSelect``) when there is none
-or the bracket misses."""
+"""Exact k-th values over a whole tower without concatenating it: brackets of them from a sample
+(``sample_bracket``; the executor's kernel counts inside them in one pass), and a two-pass radix selection
+(``RadixSelect``) when there is none or the bracket misses."""
 
 from __future__ import annotations
 
@@ -61,33 +61,6 @@ class RadixSelect:
             found = ((b << 16) | low, below_bin + int(cumulative[low] - self.low[b][low]))
             out.append(found + (int(self.low[b][low]),) if with_ties else found)
         return out
-
-
-class BracketSelect:
-    """Exact k-th smallest key of a stream of int32 keys in one pass, given a bracket [lo, hi] of keys that
-    probably holds it (from a sample, or from the keys' known distribution): counts the keys below lo and
-    keeps the few inside the bracket. ``result`` is exact, or None when the rank fell outside the bracket."""
-
-    def __init__(self, rank: int, lo: int, hi: int):
-        self.rank, self.lo, self.hi = rank, lo, hi
-        self.below = 0
-        self.inside: list[torch.Tensor] = []
-
-    def count(self, keys: torch.Tensor) -> None:
-        keys = keys.flatten()
-        below = keys < self.lo
-        self.below += int(below.sum(dtype=torch.int32))
-        self.inside.append(keys[(keys <= self.hi) ^ below])  # lo <= key <= hi (below implies <= hi)
-
-    def result(self) -> tuple[int, int, int] | None:
-        """(the rank-th smallest key, how many keys are smaller, how many equal it), or None: the rank is
-        outside the bracket."""
-        inside = torch.cat(self.inside) if self.inside else torch.zeros(0, dtype=torch.int32)
-        j = self.rank - self.below
-        if not 1 <= j <= inside.numel():
-            return None
-        key = int(torch.kthvalue(inside, j).values)
-        return key, self.below + int((inside < key).sum()), int((inside == key).sum())
 
 
 def sample_bracket(sample: torch.Tensor, rank: int, n: int, z: float = 4.0) -> tuple[int, int, float]:

@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from time_ray.core.checkpoints import Checkpoint
-from time_ray.core.errors import ConfigError
 from time_ray.core.merging.base import (
     Technique,
+    as_technique,
     check_compatible,
-    make_technique,
     register,
     technique_params,
     tower_of,
@@ -39,17 +38,6 @@ class _TowerView(Mapping):
         return len(self.keys_)
 
 
-def _as_technique(spec, where: str) -> Technique:
-    if isinstance(spec, Technique):
-        return spec
-    if isinstance(spec, str):
-        spec = {"technique": spec}
-    if not isinstance(spec, Mapping) or "technique" not in spec:
-        raise ConfigError(f"{where}: expected a technique name or {{technique: NAME, ...}}, got {spec!r}.")
-    params = {k: v for k, v in spec.items() if k != "technique"}
-    return make_technique(spec["technique"], f"{where}.technique", **params)
-
-
 @register
 @dataclass(frozen=True)
 class Towers(Technique):
@@ -64,7 +52,7 @@ class Towers(Technique):
     def __post_init__(self):
         super().__post_init__()
         for side in ("image", "text"):
-            object.__setattr__(self, side, _as_technique(getattr(self, side), f"merge.{side}"))
+            object.__setattr__(self, side, as_technique(getattr(self, side), f"merge.{side}"))
 
     def merge(self, experts, weights=None, base=None, executor=None):
         if not experts:

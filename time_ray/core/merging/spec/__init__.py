@@ -12,9 +12,11 @@ chunked, kernels) must equal them (tests/core/test_merging_spec.py). They favour
 and memory; never call them on a real sweep's models.
 
 A spec registered with ``executable=True`` (a technique that exists only here) is also registered as a
-technique in ``TECHNIQUES`` by an adapter (``SpecTechnique``) that materialises the models and calls
-it: adding such a technique touches only the spec layer. Its keyword-only parameters, with their
+technique in ``TECHNIQUES`` by an adapter (``spec_technique.SpecTechnique``) that materialises the models
+and calls it: adding such a technique touches only the spec layer. Its keyword-only parameters, with their
 defaults and annotations, become the technique's config parameters (checked by ``base.RULES`` by name).
+
+The spec layer imports nothing of the implementation (only ``notation``): the implementation uses it.
 
 Modules (every module of this package is imported, and so registered, with it): ``dense`` (averaging,
 task arithmetic, SLERP, MagMax, Random, Model Stock), ``generalized`` (generalized task arithmetic:
@@ -26,13 +28,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, make_dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from time_ray.core.checkpoints import Checkpoint
-from time_ray.core.merging.base import TECHNIQUES, Technique, check_compatible, check_weights, register
+from time_ray.core.merging.notation import check_weights
 
 State = dict[str, torch.Tensor]
 SpecFn = Callable[..., State]
@@ -48,6 +49,7 @@ class Spec:
     min_models: int = 1
     max_models: int | None = None
     params: Mapping[str, Any] = field(default_factory=dict)  # keyword-only parameters and their defaults
+    executable: bool = False  # also a technique (``spec_technique``): it exists only as a spec
 
 
 SPECS: dict[str, Spec] = {}
@@ -64,9 +66,7 @@ def spec(
             for p in inspect.signature(fn).parameters.values()
             if p.kind is inspect.Parameter.KEYWORD_ONLY
         }
-        SPECS[name] = Spec(name, fn, needs_base, min_models, max_models, kw)
-        if executable:
-            _register_executable(SPECS[name])
+        SPECS[name] = Spec(name, fn, needs_base, min_models, max_models, kw, executable)
         return fn
 
     return wrap
@@ -91,55 +91,6 @@ def spec_merge(
     theta_0 = {k: v.float() for k, v in base.items() if v.is_floating_point()}
     merged = s.fn(task_vectors(experts, base), w, theta_0, **{**s.params, **params})
     return {k: (merged[k].to(v.dtype) if k in merged else experts[0][k].clone()) for k, v in base.items()}
-
-
-class SpecTechnique(Technique):
-    """An executable technique that runs its spec on materialised models (no chunking, no kernels)."""
-
-    spec_name: ClassVar[str]
-    elementwise: ClassVar[bool] = False
-
-    def merge(
-        self,
-        experts: Sequence[Checkpoint],
-        weights: Sequence[float] | None = None,
-        base: Checkpoint | None = None,
-        executor=None,
-    ) -> State:
-        """Runs the spec itself (``executor`` is not used: no chunking, no kernels)."""
-        s = SPECS[self.spec_name]
-        if not experts:
-            raise ValueError("merge needs at least one checkpoint")
-        if len(experts) < s.min_models or (s.max_models is not None and len(experts) > s.max_models):
-            raise ValueError(f"{self.name} merges {s.min_models}..{s.max_models or 'any'} models, got {len(experts)}")
-        if base is None:
-            raise ValueError(f"{self.name} needs the base model theta_0 as anchor")
-        check_compatible(experts, base)
-        models = [{k: e[k] for k in e} for e in experts]
-        return spec_merge(self.spec_name, models, weights, {k: base[k] for k in base}, **self.params())
-
-
-def _register_executable(s: Spec) -> None:
-    """A frozen dataclass technique named ``s.name`` whose fields are the spec's parameters."""
-    if s.name in TECHNIQUES:
-        raise ValueError(f"technique {s.name!r} is registered twice")
-    annotations = inspect.get_annotations(s.fn, eval_str=True)
-    cls = make_dataclass(
-        "".join(part.title() for part in s.name.split("_")),
-        [(p, annotations.get(p, Any), field(default=d)) for p, d in s.params.items()],
-        bases=(SpecTechnique,),
-        frozen=True,
-        namespace={
-            "name": s.name,
-            "spec_name": s.name,
-            "needs_base": True,
-            "min_models": s.min_models,
-            "max_models": s.max_models,
-            "__doc__": inspect.getdoc(s.fn),
-            "__module__": s.fn.__module__,
-        },
-    )
-    register(cls)
 
 
 def _import_every_spec_module() -> None:

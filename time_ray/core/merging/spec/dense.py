@@ -10,25 +10,35 @@ from __future__ import annotations
 
 import torch
 
-from time_ray.core.merging.base import BLOCK, LINES, seeded_generator, tower_of
+from time_ray.core.merging.notation import BLOCK, LINES, seeded_generator, tower_of
 from time_ray.core.merging.spec import State, spec
 
 
-def scales(keys, lam: float = 1.0, lines: str | None = None, alpha: float = 0.5, beta: float = 0.5) -> dict[str, float]:
-    """The factor of each tensor's merged task vector: lambda; with LiNeS (Wang et al. 2025, ``lines`` set)
-    s = alpha + beta * f(l / (L - 1)) for a tensor of ``transformer.resblocks.l.`` (L: the number of
-    blocks of its tower; f: linear, quadratic or sqrt), s = alpha for the others. LiNeS replaces lambda."""
-    if lines is None:
-        return {key: lam for key in keys}
+def lines_depths(keys) -> dict[str, int]:
+    """L per tower: the number of distinct l among the keys containing ``transformer.resblocks.l.``."""
     blocks: dict[str, set[int]] = {"image": set(), "text": set()}
     for key in keys:
         if match := BLOCK.search(key):
             blocks[tower_of(key)].add(int(match[1]))
-    out = {}
-    for key in keys:
-        match, depth = BLOCK.search(key), len(blocks[tower_of(key)])
-        out[key] = alpha if match is None else alpha + beta * LINES[lines](int(match[1]) / max(depth - 1, 1))
-    return out
+    return {tower: len(ls) for tower, ls in blocks.items()}
+
+
+def lines_scale(key: str, depths: dict[str, int], lines: str, alpha: float, beta: float) -> float:
+    """LiNeS (Wang et al. 2025): s = alpha + beta * f(l / (L - 1)) for a tensor of ``transformer.resblocks.l.``
+    (L = ``depths`` of its tower; f: linear, quadratic or sqrt), s = alpha for every other tensor."""
+    match = BLOCK.search(key)
+    if match is None:
+        return alpha
+    return alpha + beta * LINES[lines](int(match[1]) / max(depths[tower_of(key)] - 1, 1))
+
+
+def scales(keys, lam: float = 1.0, lines: str | None = None, alpha: float = 0.5, beta: float = 0.5) -> dict[str, float]:
+    """The factor of each tensor's merged task vector: lambda; with LiNeS (``lines`` set) ``lines_scale``
+    over the blocks of ``keys``. LiNeS replaces lambda."""
+    if lines is None:
+        return {key: lam for key in keys}
+    depths = lines_depths(keys)
+    return {key: lines_scale(key, depths, lines, alpha, beta) for key in keys}
 
 
 def models(taus: list[State], theta_0: State, key: str) -> list[torch.Tensor]:

@@ -4,21 +4,21 @@ that differ only in the sparsifier; ``towers`` routes each tower to a spec of it
 
 Each spec is the oracle of the executable technique of the same name (``time_ray.core.merging.sparse``,
 ``towers``): whole towers at once, ``torch.kthvalue`` / sorted thresholds, no selection passes, no kernels.
+Two definitions here are also the implementation's: DARE's scores (``hashed_scores``) and the order of
+sums over experts (``expert_sum``); the executor's kernels compute the same, bit for bit.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from fractions import Fraction
 
 import torch
 
-from time_ray.core.merging.base import CascadeSum, derived_seed, tower_of
-from time_ray.core.merging.kernels import hashed_scores
+from time_ray.core.merging.notation import attribute_name, derived_seed, tower_of
 from time_ray.core.merging.spec import SPECS, State, spec
 from time_ray.core.merging.spec.dense import scales
-from time_ray.core.merging.towers import _as_technique
 
 Layout = list[tuple[str, int]]  # a tower's tensors, in order: (name, number of entries)
 Sparsifier = Callable[[torch.Tensor, int, Layout], torch.Tensor]  # (tau_k's flattened tower, k, layout) -> tau_k'
@@ -27,6 +27,60 @@ Sparsifier = Callable[[torch.Tensor, int, Layout], torch.Tensor]  # (tau_k's fla
 def count(n: int, fraction: float) -> int:
     """floor(n * fraction), the fraction read as the decimal it is written as (floor(100 * 0.29) = 29)."""
     return math.floor(n * Fraction(str(fraction)))
+
+
+# ---------------------------------------------------------------- DARE's scores
+
+M32 = 0xFFFFFFFF
+GOLDEN, MIX = 0x9E3779B97F4A7C15, 0xD6E8FEB86659FD93  # odd 64-bit constants of the hash
+
+
+def _signed(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+def hashed_scores(seed: int, start: int, n: int) -> torch.Tensor:
+    """int32 scores in [0, 2^31) of flat indices j = start .. start + n - 1 for a 63-bit ``seed``, all
+    arithmetic mod 2^64: x = (j + seed) * 0x9E3779B97F4A7C15; x ^= x >> 32; x *= 0xD6E8FEB86659FD93;
+    x ^= x >> 32; score = x >> 33 (a multiply-xorshift hash of a counter: any chunking draws the same)."""
+    x = (torch.arange(start, start + n, dtype=torch.int64) + _signed(seed)) * _signed(GOLDEN)  # int64 wraps
+    x = x ^ ((x >> 32) & M32)  # >> of int64 is arithmetic: the mask makes it logical
+    x = x * _signed(MIX)
+    x = x ^ ((x >> 32) & M32)
+    return ((x >> 33) & 0x7FFFFFFF).to(torch.int32)
+
+
+# ---------------------------------------------------------------- sums over experts
+
+LEVELS = 4  # levels of the cascade
+
+
+def cascade_power(n: int) -> int:
+    """p of the cascade for n experts: runs of 2^p rows, p = max(4, ceil(log2 n) // 4) (4 for n <= 1)."""
+    return max(4, math.ceil(math.log2(n)) // LEVELS) if n > 1 else 4
+
+
+def _in_order(rows: list[torch.Tensor]) -> torch.Tensor:
+    total = rows[0].clone()
+    for row in rows[1:]:
+        total += row
+    return total
+
+
+def expert_sum(rows) -> torch.Tensor:
+    """sum_k rows[k] in the order ``torch.stack(rows).sum(0)`` takes on CPU: the rows in consecutive runs of
+    2^p (``cascade_power``), each run summed in order; the runs' sums again in runs of 2^p, up to the top of
+    ``LEVELS`` levels, where all are summed in order. Each level's incomplete last run is summed in order and
+    the result is these partial sums from the lowest level up (in order up to 16 experts). torch adds the
+    few trailing columns of its vectorized loop in another order: this order, not torch's, is the definition."""
+    step, items, partial = 1 << cascade_power(len(rows)), list(rows), []  # partial: one sum per level
+    for level in range(LEVELS):
+        top = level == LEVELS - 1
+        whole = 0 if top else len(items) // step * step
+        if whole < len(items):
+            partial.append(_in_order(items[whole:]))
+        items = [_in_order(items[i : i + step]) for i in range(0, whole, step)]
+    return _in_order(partial)  # the lowest level first
 
 
 # ---------------------------------------------------------------- sparsifiers: tau_k -> tau_k', per tower
@@ -72,14 +126,6 @@ def two_sided_cut(prune: float, top: float) -> Sparsifier:
 # ---------------------------------------------------------------- consensus: sign election + disjoint merge
 
 
-def expert_sum(rows: torch.Tensor) -> torch.Tensor:
-    """sum_k rows[k] in the project's documented order (``CascadeSum``: in order up to 16 experts)."""
-    total = CascadeSum(len(rows), rows[0])
-    for row in rows:
-        total.add(row)
-    return total.result()
-
-
 def elect(sparse: torch.Tensor) -> torch.Tensor:
     """gamma = sign(sum_k tau_k') per entry of a [K, N] tower; where the sum is exactly 0 while some tau_k' is
     not, the sign of the tower's sum of gamma (0 if that is 0 too)."""
@@ -88,7 +134,7 @@ def elect(sparse: torch.Tensor) -> torch.Tensor:
     return torch.where((gamma == 0) & (sparse != 0).any(0), majority, gamma)
 
 
-def disjoint_merge(sparse: torch.Tensor, gamma: torch.Tensor, disjoint: str) -> torch.Tensor:
+def disjoint_merge(sparse: torch.Tensor, gamma: torch.Tensor | float, disjoint: str) -> torch.Tensor:
     """The tau_k' agreeing with gamma (same sign, non-zero): their mean, their sum, or gamma * max |tau_k'|."""
     agree = sparse * gamma > 0
     kept = torch.where(agree, sparse, 0.0)
@@ -150,9 +196,18 @@ def towers(taus, weights, theta_0, *, image="average", text="average") -> State:
     tensor) by that of ``text``: each a technique, its name, or {technique: NAME, param: value, ...}."""
     merged: State = {}
     for tower, side in (("image", image), ("text", text)):
-        technique = _as_technique(side, f"merge.{tower}")
+        name, chosen = side_spec(side)
         keys = [key for key in theta_0 if tower_of(key) == tower]
         part = [{key: tau[key] for key in keys} for tau in taus]
-        params = {**SPECS[technique.name].params, **technique.params()}
-        merged |= SPECS[technique.name].fn(part, weights, {key: theta_0[key] for key in keys}, **params)
+        merged |= SPECS[name].fn(part, weights, {key: theta_0[key] for key in keys}, **{**SPECS[name].params, **chosen})
     return {key: merged[key] for key in theta_0}
+
+
+def side_spec(side) -> tuple[str, dict]:
+    """(spec name, parameters under their attribute names) of a tower's technique: a name, a mapping
+    {technique: NAME, param: value, ...}, or a technique (anything with ``name`` and ``params()``)."""
+    if isinstance(side, str):
+        return side, {}
+    if isinstance(side, Mapping):
+        return side["technique"], {attribute_name(k): v for k, v in side.items() if k != "technique"}
+    return side.name, dict(side.params())
