@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from time_ray.config import expand_policies, expand_trials, load_config
 from time_ray.core.errors import ConfigError
@@ -260,16 +261,42 @@ def test_set_indexes_lists_in_a_field_path():
         assert all(w in str(error.value) for w in words), str(error.value)
 
 
-def test_merge_actors_is_written_only_when_set_so_fingerprints_stay():
-    from time_ray.config import ADDED_LATER
-
+def test_execution_settings_are_written_but_change_no_fingerprint():
+    """docs/config.md "Identity": resources, outputs, tracking and the name say how a sweep runs, not what it
+    computes; config.yaml holds them all, the fingerprint none of them."""
     default = load_config("configs/quickstart.yaml")
-    assert default.resources.merge_actors == 1 and ("resources", "merge_actors") in ADDED_LATER
-    assert "merge_actors" not in default.to_dict()["resources"]  # the pinned fingerprints hold
-    two = load_config("configs/quickstart.yaml", ["resources.merge_actors=2"])
-    assert two.to_dict()["resources"]["merge_actors"] == 2 and two.fingerprint() != default.fingerprint()
-    explicit = load_config("configs/quickstart.yaml", ["resources.merge_actors=1"])
-    assert explicit.fingerprint() == default.fingerprint()  # the default, said or not, is one sweep
+    assert default.to_dict()["resources"]["merge_actors"] == 1 and default.to_dict()["outputs"] == {
+        "predictions": "auto"
+    }
+    for change in (
+        "resources.merge_actors=2",
+        "resources.evaluators=0",
+        "resources.workers_per_expert=2",
+        "outputs.predictions=never",
+        "tracking.mlflow=mlruns",
+        "name=renamed",
+    ):
+        other = load_config("configs/quickstart.yaml", [change])
+        assert other.to_dict() != default.to_dict() and other.fingerprint() == default.fingerprint(), change
+    for change in ("training.lr=0.5", "seeds=[1]", "stream.tasks=3", "search.early_stopping.scheduler=asha"):
+        assert load_config("configs/quickstart.yaml", [change]).fingerprint() != default.fingerprint(), change
+
+
+def test_schema_version_is_written_and_only_this_one_is_read(tmp_path):
+    from time_ray.core.results import SCHEMA_VERSION
+
+    cfg = load_config("configs/quickstart.yaml")
+    assert list(cfg.to_dict())[0] == "schema_version" and cfg.to_dict()["schema_version"] == SCHEMA_VERSION == 2
+    written = tmp_path / "config.yaml"  # DIR/config.yaml reads back as the same config
+    written.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    assert load_config(written) == cfg
+    with pytest.raises(
+        ConfigError, match=r"^schema_version: 3 is not one this time-ray reads; it reads and writes version 2"
+    ):
+        load_config(written, ["schema_version=3"])
+
+
+def test_merge_actors_is_checked():
     for bad in ("0", "1.5", "true"):
         with pytest.raises(ConfigError, match="resources.merge_actors"):
             load_config("configs/quickstart.yaml", [f"resources.merge_actors={bad}"])

@@ -1,21 +1,30 @@
 """Pins of the config's serialised form: ``SweepConfig.fingerprint()`` names result directories and
 ``--resume`` compares it, and ``to_dict()`` is written to each sweep's config.yaml (key order included),
-so neither may change when the config layer does. The values were computed before the move to pydantic."""
+so neither may change when the config layer does (docs/config.md). Schema version 2's fingerprints hash
+``config.IDENTITY`` alone; version 1's (no schema version, every section hashed) are what the sweep.json of
+a directory written before it holds, and ``config.version_1_fingerprint`` must still give them."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from time_ray.config import SweepConfig, load_config
+from time_ray.config import SweepConfig, load_config, version_1_fingerprint
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
-FINGERPRINTS = {
+FINGERPRINTS = {  # schema version 2
+    "quickstart.yaml": "e96c50d104e3db55",
+    "search.yaml": "9bda928bacda5978",
+    "policy-space.yaml": "01b0f09dbb1f5cf0",
+    "findings-t20.yaml": "01846a54db72604c",
+    "findings.yaml": "544526b5154e2d0a",
+}
+VERSION_1_FINGERPRINTS = {  # computed before the move to pydantic, as version 1's sweep.json holds them
     "quickstart.yaml": "628200a209eb115e",
     "search.yaml": "c59b7779064d883b",
     "policy-space.yaml": "acbc67a8b6249635",  # changed on purpose: opcm, tsv_m and iso_c added
-    "findings-t20.yaml": "0fbb968f17e27ce0",
+    "findings-t20.yaml": "0fbb968f17e27ce0",  # also in analysis/reports/findings-t20/sweeps/findings-t20/sweep.json
     "findings.yaml": "ca89be81a59c6526",
 }
 
@@ -34,6 +43,7 @@ OVERRIDES = [
 ]
 
 QUICKSTART = {
+    "schema_version": 2,
     "name": "quickstart",
     "model": {
         "arch": "tiny-clip",
@@ -77,6 +87,10 @@ QUICKSTART = {
         "max_concurrent_trials": None,
         "cpus_per_worker": None,
         "gpus_per_worker": None,
+        "merge_actors": 1,
+        "evaluators": 1,
+        "warn_trials": 2000,
+        "warn_device_hours": 1000.0,
     },
     "search": {
         "samples": 0,
@@ -85,6 +99,8 @@ QUICKSTART = {
         "space": {},
         "early_stopping": {"scheduler": None, "metric": "gm", "grace_period": 1, "reduction_factor": 2},
     },
+    "outputs": {"predictions": "auto"},
+    "tracking": {"mlflow": None, "wandb": None},
 }
 
 
@@ -118,15 +134,26 @@ OVERRIDDEN = _updated(  # QUICKSTART after OVERRIDES: floats given as ints come 
 
 @pytest.mark.parametrize("name", sorted(FINGERPRINTS))
 def test_fingerprints_of_shipped_configs_are_unchanged(name):
-    assert load_config(CONFIGS / name).fingerprint() == FINGERPRINTS[name]
+    cfg = load_config(CONFIGS / name)
+    assert cfg.fingerprint() == FINGERPRINTS[name]
+    assert version_1_fingerprint(cfg) == VERSION_1_FINGERPRINTS[name]
 
 
 def test_default_config_fingerprint_is_unchanged():
-    assert SweepConfig().fingerprint() == "f87c8a567c32b923"
+    assert SweepConfig().fingerprint() == "14f09f3b06c1df1d"
+    assert version_1_fingerprint(SweepConfig()) == "f87c8a567c32b923"
+
+
+def test_version_1_fingerprint_counts_resources_the_version_2_one_does_not():
+    default = load_config(CONFIGS / "quickstart.yaml")
+    for change in ("resources.merge_actors=2", "resources.use_gpu=true", "outputs.predictions=never"):
+        other = load_config(CONFIGS / "quickstart.yaml", [change])
+        assert other.fingerprint() == default.fingerprint()
+        assert version_1_fingerprint(other) != version_1_fingerprint(default), change
 
 
 def test_to_dict_is_unchanged_key_order_included():
     assert json.dumps(load_config(CONFIGS / "quickstart.yaml").to_dict()) == json.dumps(QUICKSTART)
     cfg = load_config(CONFIGS / "quickstart.yaml", OVERRIDES)
     assert json.dumps(cfg.to_dict()) == json.dumps(OVERRIDDEN)
-    assert cfg.fingerprint() == "fb2dbd8c9ae89ce1"
+    assert cfg.fingerprint() == "cdd04980bd4233fe" and version_1_fingerprint(cfg) == "fb2dbd8c9ae89ce1"

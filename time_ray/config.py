@@ -26,6 +26,7 @@ from time_ray.core.benchmark import BenchmarkSpec
 from time_ray.core.contracts import ExperimentSettings, TrainingRecipe, Trial
 from time_ray.core.errors import ConfigError, did_you_mean, shown
 from time_ray.core.policy_space import PRESETS
+from time_ray.core.results import SCHEMA_VERSION
 from time_ray.core.stream import ORDERS, Mixture
 
 logger = logging.getLogger(__name__)
@@ -199,19 +200,19 @@ class TrackingConfig(Section):
         return self.mlflow is not None or self.wandb is not None
 
 
-# Fields added after the config fingerprints were pinned (tests/test_config_pins.py), as paths: to_dict() and
-# so fingerprint() and config.yaml leave each out while it holds its default; a value set is written.
-ADDED_LATER: tuple[tuple[str, ...], ...] = (
-    ("resources", "merge_actors"),
-    ("resources", "evaluators"),
-    ("resources", "warn_trials"),
-    ("resources", "warn_device_hours"),
-    ("outputs",),
-    ("tracking",),
-)
+# What a sweep computes (docs/config.md "Identity"): the sections its results depend on. The fingerprint (and
+# so a sweep directory's owner and ``--resume``) hashes these alone; trial ids hash each trial's policy, its
+# steps per task and its seed (core.policy_space.expand_trials); experts' cache addresses, the settings that
+# train them (core.experts.expert_key).
+IDENTITY = ("model", "stream", "training", "budget", "policies", "seeds", "search")
+# what only names the sweep or says where and how its trials run and what is written beside the results
+EXECUTION = ("name", "resources", "outputs", "tracking")
 
 
 class SweepConfig(Section):
+    # the version of the sweep directory this time-ray writes (docs/config.md "Schema versions"); a config
+    # that leaves it out is of this version: DIR/config.yaml carries it, and reads back as a config
+    schema_version: int = SCHEMA_VERSION
     name: str = "sweep"
     model: ModelConfig = Field(default_factory=ModelConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
@@ -225,21 +226,38 @@ class SweepConfig(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict:
-        """The config as plain data (written to config.yaml; its hash is the fingerprint). A field added after
-        the fingerprints were pinned (``ADDED_LATER``) is left out while it holds its default, so that a
-        config not setting it keeps its fingerprint (and an existing sweep directory its ``--resume``)."""
-        data = json.loads(json.dumps(self.model_dump()))
-        for *sections, name in ADDED_LATER:
-            model: BaseModel = self
-            parent = data
-            for section in sections:
-                model, parent = getattr(model, section), parent[section]
-            if getattr(model, name) == type(model).model_fields[name].get_default(call_default_factory=True):
-                del parent[name]
-        return data
+        """The config as plain data, every field written (DIR/config.yaml, ``schema_version`` first)."""
+        return json.loads(json.dumps(self.model_dump()))
+
+    def identity(self) -> dict:
+        """What the sweep computes: the ``IDENTITY`` sections of ``to_dict()`` (docs/config.md "Identity")."""
+        data = self.to_dict()
+        return {k: data[k] for k in IDENTITY}
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """The hash of ``identity()``: two configs with one fingerprint compute the same results, whatever their
+        ``EXECUTION`` sections say. DIR/sweep.json holds it; ``--resume`` compares it."""
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# resources' fields when sweep directories had no schema version (version 1); fields added to resources since,
+# and the outputs and tracking sections, were left out of version 1's config.yaml while they held their defaults
+VERSION_1_RESOURCES = ("workers_per_expert", "use_gpu", "max_concurrent_trials", "cpus_per_worker", "gpus_per_worker")
+
+
+def version_1_fingerprint(cfg: SweepConfig) -> str:
+    """Compatibility only: the fingerprint that ``cfg`` had when sweep directories had no schema version
+    (version 1, docs/config.md "Schema versions"), which hashed every section, resources included. It is what
+    the DIR/sweep.json of such a directory holds; ``orchestration.sweep.check_output`` compares it there."""
+    data = {k: v for k, v in cfg.to_dict().items() if k != "schema_version"}
+    default = SweepConfig().to_dict()
+    data["resources"] = {
+        k: v for k, v in data["resources"].items() if k in VERSION_1_RESOURCES or v != default["resources"][k]
+    }
+    for section in ("outputs", "tracking"):
+        if data[section] == default[section]:
+            del data[section]
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- pydantic's errors as users read them
@@ -541,6 +559,11 @@ def _validate_real(cfg: SweepConfig) -> None:
 
 
 def validate(cfg: SweepConfig) -> None:
+    _check(
+        cfg.schema_version == SCHEMA_VERSION,
+        f"schema_version: {cfg.schema_version} is not one this time-ray reads; it reads and writes version "
+        f'{SCHEMA_VERSION} (docs/config.md "Schema versions"): leave the line out, or use the time-ray that wrote it.',
+    )
     spec = cfg.stream.builtin
     if cfg.stream.benchmark != "builtin":
         _validate_real(cfg)

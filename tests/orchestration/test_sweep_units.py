@@ -1,13 +1,27 @@
 """Pure parts of the sweep layer (no Ray started)."""
 
+import json
+import shutil
+from pathlib import Path
+
 import pandas as pd
 import pytest
+import yaml
 
-from time_ray.config import SweepConfig, load_config
+from time_ray.config import SweepConfig, expand_trials, load_config
 from time_ray.core.errors import TimeRayError
 from time_ray.core.results import METRICS_COLUMNS, TIMESTEP_COLUMNS, write_parquet_atomic
 from time_ray.orchestration.storage import Storage
-from time_ray.orchestration.sweep import prepare_output, summary_table, trials_at_once, worker_resources
+from time_ray.orchestration.sweep import (
+    prepare_output,
+    summary_table,
+    trials_at_once,
+    worker_resources,
+    write_trials,
+)
+
+# a sweep directory written before schema versions (version 1: no schema_version in its files)
+VERSION_1_SWEEP = Path(__file__).resolve().parents[2] / "analysis/reports/findings-t20/sweeps/findings-t20"
 
 
 def test_worker_resources_fit_the_cluster():
@@ -54,7 +68,7 @@ def test_resume_may_change_resources_and_nothing_else(tmp_path, caplog):
         "configs/quickstart.yaml",
         ["resources.max_concurrent_trials=1", "resources.evaluators=0", "resources.merge_actors=2"],
     )
-    assert wider.fingerprint() != a.fingerprint()
+    assert wider.fingerprint() == a.fingerprint()  # what it computes is the same (docs/config.md "Identity")
     with caplog.at_level("INFO"):
         prepare_output(wider, Storage(tmp_path), resume=True)
     assert "time-ray: resources changed since the sweep started" in caplog.text
@@ -64,6 +78,58 @@ def test_resume_may_change_resources_and_nothing_else(tmp_path, caplog):
     both = load_config("configs/quickstart.yaml", ["resources.max_concurrent_trials=1", "training.lr=0.5"])
     with pytest.raises(TimeRayError, match="another sweep"):  # a change beyond resources is another sweep
         prepare_output(both, Storage(tmp_path), resume=True)
+
+
+def test_a_sweep_directory_of_schema_version_1_resumes_and_is_rewritten_in_version_2(tmp_path, caplog):
+    """docs/config.md "Schema versions": a directory whose sweep.json holds version 1's fingerprint (it hashed
+    resources too) is still this config's sweep; --resume rewrites its sweep.json, config.yaml and trials.json
+    in version 2, and its trials keep their ids (they never hashed the fingerprint)."""
+    old = tmp_path / "old"
+    shutil.copytree(VERSION_1_SWEEP, old)
+    assert "schema_version" not in json.loads((old / "sweep.json").read_text())
+    assert "schema_version" not in yaml.safe_load((old / "config.yaml").read_text())
+    cfg = load_config("configs/findings-t20.yaml", ["resources.merge_actors=2"])  # version 1 hashed resources
+    with pytest.raises(TimeRayError, match="Pass --resume"):
+        prepare_output(cfg, Storage(old), resume=False)
+    with caplog.at_level("INFO"):
+        prepare_output(cfg, Storage(old), resume=True)
+    assert "written in sweep schema version 1; it is rewritten in version 2" in caplog.text
+    trials = expand_trials(cfg)
+    write_trials(Storage(old), cfg, trials)
+    assert json.loads((old / "sweep.json").read_text()) == {
+        "name": "findings-t20",
+        "fingerprint": cfg.fingerprint(),
+        "schema_version": 2,
+    }
+    assert yaml.safe_load((old / "config.yaml").read_text())["schema_version"] == 2
+    assert json.loads((old / "trials.json").read_text())["schema_version"] == 2
+    recorded = pd.read_parquet(old / "trials.parquet").trial_id
+    assert sorted(t.trial_id for t in trials) == sorted(recorded)  # every recorded trial is found again
+
+    # only its sweep.json (no config.yaml): recognised by version 1's fingerprint
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(VERSION_1_SWEEP / "sweep.json", bare / "sweep.json")
+    prepare_output(load_config("configs/findings-t20.yaml"), Storage(bare), resume=True)
+    # another config is another sweep, whichever version wrote the directory
+    other = tmp_path / "other"
+    shutil.copytree(VERSION_1_SWEEP, other)
+    with pytest.raises(
+        TimeRayError, match=r"another sweep \('findings-t20', config fingerprint 0fbb968f17e27ce0, schema "
+    ):
+        prepare_output(load_config("configs/findings-t20.yaml", ["seeds=[5]"]), Storage(other), resume=True)
+
+
+def test_a_sweep_directory_of_a_newer_schema_version_is_refused_in_one_line(tmp_path):
+    cfg = load_config("configs/quickstart.yaml")
+    prepare_output(cfg, Storage(tmp_path), resume=False)
+    owner = json.loads((tmp_path / "sweep.json").read_text())
+    (tmp_path / "sweep.json").write_text(json.dumps({**owner, "schema_version": 3}))
+    with pytest.raises(TimeRayError) as error:
+        prepare_output(cfg, Storage(tmp_path), resume=True)
+    message = str(error.value)
+    assert "\n" not in message and "written in sweep schema version 3" in message
+    assert "reads versions 1 to 2" in message and "another --output directory" in message
 
 
 def test_summary_table_lists_the_base_then_policies_by_gm():

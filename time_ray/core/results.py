@@ -15,7 +15,10 @@ from time_ray.core.errors import TimeRayError, shown
 if TYPE_CHECKING:
     from time_ray.core.contracts import Trial
 
-SCHEMA_VERSION = 1
+# The version of a sweep directory's schema, written into DIR/config.yaml, DIR/sweep.json and DIR/trials.json
+# (docs/config.md "Schema versions"). 1 (no version written): the config fingerprint hashed every section,
+# resources included. 2: it hashes only what changes results (config.IDENTITY).
+SCHEMA_VERSION = 2
 POLICY_COLUMNS = [
     "trial_id",
     "policy",
@@ -75,8 +78,10 @@ def checked_trial_ids(values, source: str) -> list[str]:
 
 
 def trials_json(name: str, tasks: int, trials: list[Trial]) -> str:
-    """DIR/trials.json: the sweep's name, T and every trial's policy columns plus ``multitask``."""
-    return json.dumps({"name": name, "tasks": tasks, "trials": [t.to_json() for t in trials]}, indent=1)
+    """DIR/trials.json: its schema version (``SCHEMA_VERSION``), the sweep's name, T and every
+    trial's policy columns plus ``multitask``."""
+    document = {"schema_version": SCHEMA_VERSION, "name": name, "tasks": tasks, "trials": [t.to_json() for t in trials]}
+    return json.dumps(document, indent=1)
 
 
 def write_parquet_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -11,7 +12,15 @@ import os
 import pandas as pd
 import yaml
 
-from time_ray.config import SweepConfig, base_model_source, expand_trials, experiment_settings
+from time_ray import config
+from time_ray.config import (
+    IDENTITY,
+    SweepConfig,
+    base_model_source,
+    expand_trials,
+    experiment_settings,
+    version_1_fingerprint,
+)
 from time_ray.core import disk, safe_yaml
 from time_ray.core.base_model import load_base
 from time_ray.core.checkpoints import save_atomic
@@ -22,6 +31,7 @@ from time_ray.core.policy_defaults import POLICY_DEFAULTS
 from time_ray.core.predictions import MANIFEST_FILE, manifest_frame, predictions_wanted
 from time_ray.core.results import (
     METRICS_COLUMNS,
+    SCHEMA_VERSION,
     TIMESTEP_COLUMNS,
     TRIALS_FILE,
     concat_rows,
@@ -38,9 +48,11 @@ logger = logging.getLogger(__name__)
 
 
 def prepare_output(cfg: SweepConfig, storage: Storage, resume: bool) -> None:
-    """Claims the output location for this sweep: never mixes two sweeps' results in one place."""
+    """Claims the output location for this sweep: never mixes two sweeps' results in one place. A directory of
+    an older schema version that holds this sweep is rewritten in this version's (its trials keep their ids)."""
     check_output(cfg, storage, resume)
-    storage.write_text("sweep.json", json.dumps({"name": cfg.name, "fingerprint": cfg.fingerprint()}, indent=2))
+    owner = {"name": cfg.name, "fingerprint": cfg.fingerprint(), "schema_version": SCHEMA_VERSION}
+    storage.write_text("sweep.json", json.dumps(owner, indent=2))
     storage.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
@@ -51,60 +63,90 @@ def write_trials(storage: Storage, cfg: SweepConfig, trials: list[Trial]) -> Non
 
 
 def check_output(cfg: SweepConfig, storage: Storage, resume: bool) -> None:
-    """Refuses an output location holding another sweep, or this sweep without --resume."""
+    """Refuses an output location holding another sweep (another fingerprint: docs/config.md "Identity"), one
+    written by a newer time-ray, or this sweep without --resume."""
     previous_text = storage.read_text("sweep.json")
-    if previous_text is not None:
-        try:
-            previous = json.loads(previous_text)
-            if not isinstance(previous, dict):
-                raise ValueError(f"a JSON {type(previous).__name__}, not an object")
-        except ValueError as exc:
-            raise TimeRayError(
-                f"output {storage.display('sweep.json')}: damaged ({exc}); it says which sweep owns this "
-                "directory. Choose another --output directory, or delete this one."
-            ) from None
-        if previous.get("fingerprint") != cfg.fingerprint() and not _same_but_execution(cfg, storage):
-            raise TimeRayError(
-                f"output {storage.display()}: holds the results of another sweep ({previous.get('name')!r}, "
-                f"config fingerprint {previous.get('fingerprint')}; this config is {cfg.fingerprint()}). "
-                "Choose another --output directory, or delete that one."
-            )
-        if not resume:
-            raise TimeRayError(
-                f"output {storage.display()}: already holds results of this sweep. Pass --resume to finish "
-                "the unfinished trials, or choose another --output directory."
-            )
+    if previous_text is None:
+        return
+    try:
+        previous = json.loads(previous_text)
+        if not isinstance(previous, dict):
+            raise ValueError(f"a JSON {type(previous).__name__}, not an object")
+    except ValueError as exc:
+        raise TimeRayError(
+            f"output {storage.display('sweep.json')}: damaged ({exc}); it says which sweep owns this "
+            "directory. Choose another --output directory, or delete this one."
+        ) from None
+    written = _written_config(storage)
+    version = previous.get("schema_version", 1)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise TimeRayError(
+            f"output {storage.display()}: written in sweep schema version {version!r}; this time-ray reads versions "
+            f"1 to {SCHEMA_VERSION}. Use the time-ray that wrote it, or choose another --output directory."
+        )
+    if version == 1:
+        same = previous.get("fingerprint") == version_1_fingerprint(cfg) or _same_identity(cfg, written)
+    else:
+        same = previous.get("fingerprint") == cfg.fingerprint()
+    if not same:
+        raise TimeRayError(
+            f"output {storage.display()}: holds the results of another sweep ({previous.get('name')!r}, "
+            f"config fingerprint {previous.get('fingerprint')}, schema version {version}; this config is "
+            f"{cfg.fingerprint()}). Choose another --output directory, or delete that one."
+        )
+    if not resume:
+        raise TimeRayError(
+            f"output {storage.display()}: already holds results of this sweep. Pass --resume to finish "
+            "the unfinished trials, or choose another --output directory."
+        )
+    if version < SCHEMA_VERSION:
+        logger.info(
+            "time-ray: %s was written in sweep schema version %d; it is rewritten in version %d (its trials and "
+            "experts keep their ids)",
+            storage.display(),
+            version,
+            SCHEMA_VERSION,
+        )
+    _log_execution_changes(cfg, written)
 
 
-# sections that say where and how the trials run and what is reported beside the results, never what they compute
-EXECUTION = ("resources", "outputs", "tracking")
+# sections that name the sweep or say where and how the trials run and what is reported beside the results,
+# never what they compute (config.EXECUTION)
+EXECUTION = config.EXECUTION
 
 
-def _same_but_execution(cfg: SweepConfig, storage: Storage) -> bool:
-    """The directory's config.yaml differs from ``cfg`` in ``EXECUTION`` sections alone (``resources``: workers,
-    GPUs, trials at once, merge actors, evaluators; ``outputs``; ``tracking``): the same sweep, run on other
-    hardware, with other parallelism, writing other extras or logging to other trackers; its results and
-    expert-cache keys are the same, so ``--resume`` continues it."""
+def _written_config(storage: Storage) -> dict | None:
+    """The directory's config.yaml as plain data (None: missing, damaged or not a mapping)."""
     text = storage.read_text("config.yaml")
     try:
-        previous = safe_yaml.load(text, storage.display("config.yaml")) if text is not None else None
+        written = safe_yaml.load(text, storage.display("config.yaml")) if text is not None else None
     except ConfigError:  # damaged or hostile: not this sweep's
-        return False
-    if not isinstance(previous, dict):
-        return False
+        return None
+    return written if isinstance(written, dict) else None
+
+
+def _same_identity(cfg: SweepConfig, written: dict | None) -> bool:
+    """The directory's config.yaml (``written``, of any schema version) computes what ``cfg`` computes: the
+    same ``config.IDENTITY`` sections, whatever its ``EXECUTION`` sections say."""
+    return written is not None and {k: written.get(k) for k in IDENTITY} == cfg.identity()
+
+
+def _log_execution_changes(cfg: SweepConfig, written: dict | None) -> None:
+    """Says which ``EXECUTION`` sections (``resources``: workers, GPUs, trials at once, merge actors,
+    evaluators; ``outputs``; ``tracking``; ``name``) a resumed sweep changed: the same sweep, run on other
+    hardware, with other parallelism, writing other extras or logging to other trackers; its results and
+    expert-cache keys are the same."""
+    if written is None:
+        return
     current = cfg.to_dict()
-    if {k: v for k, v in previous.items() if k not in EXECUTION} != {
-        k: v for k, v in current.items() if k not in EXECUTION
-    }:
-        return False
-    changed = [k for k in EXECUTION if previous.get(k) != current.get(k)]
-    logger.info(
-        "time-ray: %s changed since the sweep started (%s -> %s); the results do not depend on them",
-        ", ".join(changed),
-        "; ".join(str(previous.get(k)) for k in changed),
-        "; ".join(str(current.get(k)) for k in changed),
-    )
-    return True
+    changed = [k for k in EXECUTION if written.get(k) is not None and written.get(k) != current.get(k)]
+    if changed:
+        logger.info(
+            "time-ray: %s changed since the sweep started (%s -> %s); the results do not depend on them",
+            ", ".join(changed),
+            "; ".join(str(written.get(k)) for k in changed),
+            "; ".join(str(current.get(k)) for k in changed),
+        )
 
 
 def recorded(storage: Storage, trial: Trial) -> int:
@@ -321,7 +363,10 @@ def _run_trials(
     from time_ray.orchestration.expert_training import start_service
     from time_ray.orchestration.merge_actor import start_merge_service
 
-    cache_name = f"time-ray-experts-{cfg.fingerprint()}"
+    # one per sweep directory: two directories running one config on one Ray cluster each have their own
+    cache_name = (
+        f"time-ray-experts-{hashlib.sha256(f'{cfg.fingerprint()} {storage.display()}'.encode()).hexdigest()[:16]}"
+    )
     cache = ExpertCache.options(name=cache_name).remote(storage)
     run = RunContext(
         storage=storage,
