@@ -78,3 +78,23 @@ def test_plan_checks_theta_0_as_the_sweep_does(capsys, tmp_path):
     assert main(["plan", "configs/quickstart.yaml", "--set", "model.pretrained=none"]) == 0
     captured = capsys.readouterr()
     assert "base model: none" in captured.out and "starts at chance" in captured.err
+
+
+def test_plan_lines_tell_apart_every_trial_of_one_policy_name():
+    """Two trials of one policy name that differ in a chain setting only (ema_weight, recency) read
+    differently in `plan`'s trial list: the setting that tells them apart is shown, the others are not."""
+    from time_ray.config import expand_trials
+    from time_ray.plan import trial_lines
+
+    trials = expand_trials(load_config("configs/policy-space.yaml"))
+    lines = dict(zip((t.trial_id for t in trials), trial_lines(trials)))
+    ties = [t for t in trials if t.name == "ema/ema" and t.merge == "ties"]
+    assert {t.policy.ema_weight for t in ties} == {0.5, "running-mean"}
+    for t in ties:
+        assert lines[t.trial_id].endswith(f" seed=0 ema_weight={t.policy.ema_weight}"), lines[t.trial_id]
+    without_ids = {}
+    for t in trials:  # no two lines of one name read the same once their ids are taken away
+        without_ids.setdefault(t.name, []).append(lines[t.trial_id].split(maxsplit=1)[1])
+    assert all(len(set(shown)) == len(shown) for shown in without_ids.values())
+    quickstart = expand_trials(load_config("configs/quickstart.yaml"))  # one trial per name: nothing added
+    assert all(line.endswith("seed=0") for line in trial_lines(quickstart))

@@ -505,7 +505,7 @@ def _data_path_line(data: dict) -> str:
 
 def cmd_plan(args) -> int:
     from time_ray.config import load_config
-    from time_ray.plan import data_outline, make_plan
+    from time_ray.plan import data_outline, make_plan, trial_lines
 
     cfg = load_config(args.config, args.overrides)
     rows, tasks, size, _, _ = data_outline(cfg)  # what the sweep checks first: the data, theta_0's source
@@ -545,11 +545,7 @@ def cmd_plan(args) -> int:
             "trials.parquet says which trials were stopped and what that saved"
         )
     print("trials:")
-    for t in plan["trials_list"]:
-        print(
-            f"  {t.trial_id:<40} init={t.init:<6} deploy={t.deploy:<6} merge={t.merge} "
-            f"{t.merge_params or ''} steps/task={t.budget_steps} seed={t.seed}"
-        )
+    print("\n".join(trial_lines(plan["trials_list"])))
     for warning in plan["warnings"]:
         logger.warning("time-ray: warning: %s", warning)
     return 0

@@ -90,6 +90,34 @@ def size_warnings(
     return warnings
 
 
+# what every line of plan's trial list shows; the other policy columns (core.results.POLICY_COLUMNS) are shown
+# where they tell apart trials of one policy name
+TRIAL_LINE = ("init", "deploy", "merge", "merge_params", "budget_steps", "seed")
+
+
+def trial_lines(trials: list[Trial]) -> list[str]:
+    """``plan``'s line per trial: its id, init, deploy, technique and parameters, steps per task and seed, plus
+    every other policy column (``ema_weight``, ``ema_with_base``, ``all_with_base``, ``recency``) whose value
+    differs between trials of the same policy name, so that no two lines of a name read the same."""
+    columns = {t.trial_id: t.columns() for t in trials}
+    values: dict[str, dict[str, set[str]]] = {}
+    for t in trials:
+        for name, value in columns[t.trial_id].items():
+            values.setdefault(t.name, {}).setdefault(name, set()).add(str(value))
+    lines = []
+    for t in trials:
+        row = columns[t.trial_id]
+        differing = [
+            k for k, seen in values[t.name].items() if k not in ("trial_id", "policy", *TRIAL_LINE) and len(seen) > 1
+        ]
+        extra = "".join(f" {k}={row[k]}" for k in differing)
+        lines.append(
+            f"  {t.trial_id:<40} init={t.init:<6} deploy={t.deploy:<6} merge={t.merge} "
+            f"{t.merge_params or ''} steps/task={t.budget_steps} seed={t.seed}{extra}"
+        )
+    return lines
+
+
 def init_lineage(trial: Trial, t: int) -> str:
     """What expert t of a trial starts from, as a name: every trial whose experts share it trains the
     same expert. Task 1 and the zs strategy start at theta_0; otherwise the start depends on the
