@@ -159,8 +159,9 @@ class _Remote:
 class _Actor:
     def __init__(self, experts, failure=None):
         self.experts, self.failure = experts, failure
-        self.n_experts = _Remote(lambda: self.experts)
-        self.failed = _Remote(lambda: self.failure)
+        self.asked: list[str] = []  # the trial ids the driver called with
+        self.n_experts = _Remote(lambda trial_id: self.asked.append(trial_id) or self.experts)
+        self.failed = _Remote(lambda trial_id: self.asked.append(trial_id) or self.failure)
 
 
 def _driver(actor, training):
@@ -194,8 +195,10 @@ def test_waiting_for_an_expert_after_the_experts_thread_ended(monkeypatch):
     done = threading.Thread(target=lambda: None)
     done.start()
     done.join()
-    # the thread linked expert 2 and ended: nothing stopped
-    _driver(_Actor(2), done).wait_for_expert(2)
+    # the thread linked expert 2 and ended: nothing stopped; the merge service was asked for trial "p"
+    served = _Actor(2)
+    _driver(served, done).wait_for_expert(2)
+    assert served.asked and set(served.asked) == {"p"}
     # the thread ended without expert 2
     with pytest.raises(RuntimeError, match="stopped before expert 2"):
         _driver(_Actor(1), done).wait_for_expert(2)

@@ -1,11 +1,10 @@
-"""The merge service without Ray: a trial's handle forwards each call with its trial id, trials are assigned
-to actors deterministically, and one actor's per-trial state (the plain class behind the Ray actor) serves
+"""The merge service without Ray: trials are assigned to actors deterministically, each trial is given the
+actor serving it, and one actor's per-trial state (the plain class behind the Ray actor) serves
 several pools, shares their opened expert files, repeats nothing on a retried call and reopens everything
 from storage after a restart."""
 
 import importlib.util
 import json
-import pickle
 import sys
 from pathlib import Path
 
@@ -17,64 +16,10 @@ from time_ray.core.contracts import ExpertInfo
 from time_ray.core.strategies import Policy
 from time_ray.orchestration import faults
 from time_ray.orchestration import merge_actor as service_module
-from time_ray.orchestration.merge_actor import PROCESS_TITLE, PoolHandle, assign, start_merge_service
+from time_ray.orchestration.merge_actor import PROCESS_TITLE, assign, start_merge_service
 from time_ray.orchestration.storage import Storage
 
 Service = service_module.MergeService.__ray_actor_class__  # the plain class: its bookkeeping without Ray
-
-
-class _Call:
-    def __init__(self, log, name, options=None):
-        self.log, self.name, self.options_ = log, name, options or {}
-
-    def options(self, **options):
-        return _Call(self.log, self.name, {**self.options_, **options})
-
-    def remote(self, *args, **kwargs):
-        self.log.append((self.name, self.options_, args, kwargs))
-        return f"ref-{len(self.log)}"
-
-
-class _FakeService:
-    """Records what the handle asks of the actor (picklable: a module-level class)."""
-
-    def __init__(self):
-        self.log = []
-
-    def __getattr__(self, name):
-        if name.startswith("__") or name == "log":
-            raise AttributeError(name)
-        return _Call(self.log, name)
-
-
-def test_a_handle_forwards_each_method_with_the_trial_id_first():
-    service = _FakeService()
-    handle = PoolHandle(service, "p-1")
-    assert handle.n_experts.remote() == "ref-1"
-    handle.init_weights.remote(3)
-    handle.deployed.options(num_returns=2).remote(2)
-    handle.link_expert.remote(1, "experts/k.safetensors", info="i")
-    handle.store_expert.options(name="x").options(num_returns=1).remote(4, {}, "i")
-    handle.fail.remote("nan")
-    handle.failed.remote()
-    assert service.log == [
-        ("n_experts", {}, ("p-1",), {}),
-        ("init_weights", {}, ("p-1", 3), {}),
-        ("deployed", {"num_returns": 2}, ("p-1", 2), {}),
-        ("link_expert", {}, ("p-1", 1, "experts/k.safetensors"), {"info": "i"}),
-        ("store_expert", {"name": "x", "num_returns": 1}, ("p-1", 4, {}, "i"), {}),
-        ("fail", {}, ("p-1", "nan"), {}),
-        ("failed", {}, ("p-1",), {}),
-    ]
-
-
-def test_a_handle_pickles_with_its_service_and_trial():
-    handle = pickle.loads(pickle.dumps(PoolHandle(_FakeService(), "p-2")))
-    assert handle.trial_id == "p-2"
-    handle.init_weights.remote(1)
-    assert handle.service.log == [("init_weights", {}, ("p-2", 1), {})]
-    with pytest.raises(AttributeError):
-        PoolHandle.n_experts  # noqa: B018 - on the class there is no trial to forward for
 
 
 def test_trials_are_assigned_by_their_index_modulo_the_actors():
@@ -97,7 +42,7 @@ class _FakeActorClass:
 
     def remote(self, storage, policies):
         self.started.append(policies)
-        return _FakeService()
+        return object()  # an actor handle
 
 
 def test_the_service_starts_at_most_one_actor_per_trial_each_knowing_only_its_trials(monkeypatch):
@@ -106,8 +51,7 @@ def test_the_service_starts_at_most_one_actor_per_trial_each_knowing_only_its_tr
     policies = {f"t{i}": Policy("ft", "ft") for i in range(3)}
     actors, pools = start_merge_service("storage", policies, 2)
     assert len(actors) == 2 and [sorted(p) for p in fake.started] == [["t0", "t2"], ["t1"]]
-    assert pools["t0"].service is actors[0] and pools["t2"].service is actors[0] and pools["t1"].service is actors[1]
-    assert all(pools[t].trial_id == t for t in policies)
+    assert pools["t0"] is actors[0] and pools["t2"] is actors[0] and pools["t1"] is actors[1]
     fake.started.clear()
     actors, pools = start_merge_service("storage", policies, 8)
     assert len(actors) == 3 and [sorted(p) for p in fake.started] == [["t0"], ["t1"], ["t2"]]
@@ -179,18 +123,15 @@ def test_one_actor_serves_several_pools_sharing_their_opened_experts(sweep_dir, 
     assert torch.equal(restarted.init_weights("a", 2)["w"], torch.full((4,), 2.0))  # ft: starts from expert 1
     state, costs = restarted.deployed("a", 1)
     assert torch.equal(state["w"], state_a["w"]) and costs.train_steps == 60
-    # store_expert writes the expert into the trial's own pool directory
-    assert restarted.store_expert("a", 2, {"w": torch.full((4,), 3.0), "b": torch.ones(2)}, info) > 0
-    assert (sweep_dir / "pool" / "a" / "expert_002.safetensors").exists()
+    # a second expert linked after the restart: its training info is kept in the trial's own pool directory
+    save_atomic({"w": torch.full((4,), 3.0), "b": torch.ones(2)}, sweep_dir / "experts" / "k2.safetensors")
+    assert restarted.link_expert("a", 2, "experts/k2.safetensors", info) > 0
     assert json.loads((sweep_dir / "pool" / "a" / "info_002.json").read_text())["train_steps"] == 60
+    assert torch.equal(restarted.deployed("a", 2)[0]["w"], torch.full((4,), 3.0))
     assert restarted.n_experts("a") == 2 and restarted.n_experts("b") == 1
 
 
-class _Killable:
-    service = "the service actor"
-
-
-def test_kill_merge_actor_kills_the_service_actor_behind_the_handle(tmp_path, monkeypatch):
+def test_kill_merge_actor_kills_the_service_actor_serving_the_trial(tmp_path, monkeypatch):
     import ray
 
     killed = []
@@ -198,10 +139,10 @@ def test_kill_merge_actor_kills_the_service_actor_behind_the_handle(tmp_path, mo
     fault = {"fault": "kill_merge_actor", "trial": "best-in-time", "after_timestep": 1}
     monkeypatch.setenv("TIME_RAY_FAULTS", json.dumps([fault]))
     monkeypatch.setenv("TIME_RAY_FAULTS_DIR", str(tmp_path))
-    faults.after_timestep("best-in-time-x", 0, _Killable())
+    faults.after_timestep("best-in-time-x", 0, "the service actor")
     assert killed == []
-    faults.after_timestep("best-in-time-x", 1, _Killable())
-    faults.after_timestep("best-in-time-x", 1, _Killable())  # fires once
+    faults.after_timestep("best-in-time-x", 1, "the service actor")
+    faults.after_timestep("best-in-time-x", 1, "the service actor")  # fires once
     assert killed == [("the service actor", False)]
 
 

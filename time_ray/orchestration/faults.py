@@ -103,14 +103,14 @@ class InjectedCrash(RuntimeError):
     """A ``crash_trial`` fault."""
 
 
-def after_timestep(trial_id: str, t: int, pool) -> None:
-    """``pool``: the trial's ``PoolHandle``; ``kill_merge_actor`` kills the service actor behind it."""
+def after_timestep(trial_id: str, t: int, service) -> None:
+    """``service``: the merge service actor serving the trial; ``kill_merge_actor`` kills it (Ray restarts it)."""
     if _matching("crash_trial", trial_id, after_timestep=t):
         raise InjectedCrash(f"injected crash of {trial_id} after timestep {t}")
     if _matching("kill_merge_actor", trial_id, after_timestep=t):
         import ray
 
-        ray.kill(pool.service, no_restart=False)
+        ray.kill(service, no_restart=False)
 
 
 def lease_seconds(default: float) -> float:

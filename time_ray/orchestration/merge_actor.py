@@ -3,11 +3,10 @@ default 1), each holding the checkpoint pools of the trials assigned to it and a
 t start?" (init strategy) and "which model is served after task t?" (deploy strategy + merging technique).
 
 A trial is assigned to one service actor by its index in the sweep's list of trials to run, modulo the
-number of actors (``assign``). Its driver and its Train workers talk to it through a ``PoolHandle``: the
-calls they made to a merge actor of their own (``handle.deployed.options(num_returns=2).remote(t)``,
-``handle.n_experts.remote()``, ...) are forwarded as ``service.<method>.remote(trial_id, ...)``. A
-service actor is a plain (single-threaded) Ray actor: it runs one call at a time, so the calls of one
-trial run in the order they arrive, as they did with an actor per trial.
+number of actors (``assign``). Its driver calls that actor directly, with its trial id first:
+``service.deployed.options(num_returns=2).remote(trial_id, t)``, ``service.n_experts.remote(trial_id)``.
+A service actor is a plain (single-threaded) Ray actor: it runs one call at a time, so the calls of one
+trial run in the order they arrive.
 
 Per trial the actor keeps a ``TrialPool`` (pool, policy, merge seconds, experts' training info, a
 reported failure), opened on the trial's first call from the sweep's storage. The actor's pools share one
@@ -22,7 +21,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -90,24 +88,14 @@ class TrialPool:
         """theta^i_t as an in-memory state dict (merge time is charged to timestep t)."""
         return self._timed(t, init_weights)
 
-    def _keep_info(self, t: int, info: ExpertInfo) -> None:
-        self.expert_info[t] = info
-        self.storage.write_text(f"{self.dir}/info_{t:03d}.json", json.dumps(info.to_json()))
-
-    def store_expert(self, t: int, state: dict, info: ExpertInfo) -> int:
-        """Appends theta^s_t to the pool; ``info`` holds training steps, seconds and GFLOPs."""
-        if self.pool.n_experts >= t:  # a retried call after a restart: already stored
-            return 0
-        self._keep_info(t, info)
-        size = self.pool.add_expert(t, state)
-        self._warm(t)
-        return size
-
     def link_expert(self, t: int, rel: str, info: ExpertInfo) -> int:
-        """Appends the cached expert file ``rel`` (in the sweep's storage) as theta^s_t, by reference."""
+        """Appends the cached expert file ``rel`` (in the sweep's storage) as theta^s_t, by reference;
+        ``info`` (training steps, seconds, GFLOPs) is kept beside it. A retried call after a restart finds
+        expert t stored already and returns 0."""
         if self.pool.n_experts >= t:
             return 0
-        self._keep_info(t, info)
+        self.expert_info[t] = info
+        self.storage.write_text(f"{self.dir}/info_{t:03d}.json", json.dumps(info.to_json()))
         self.storage.pull(rel)
         size = self.pool.link_expert(t, self.storage.local(rel))
         self._warm(t)
@@ -144,7 +132,7 @@ class MergeService:
 
     Restartable: the constructor's arguments are given again on a restart, and a trial's pool is opened
     again from storage on the trial's next call; calls made meanwhile are retried (``max_task_retries``).
-    Every method takes the trial id first; a ``PoolHandle`` adds it."""
+    Every method takes the trial id first and answers for that trial's ``TrialPool``."""
 
     def __init__(self, storage: Storage, policies: dict[str, Policy], num_threads: int = 1):
         torch.set_num_threads(num_threads)
@@ -166,9 +154,6 @@ class MergeService:
 
     def init_weights(self, trial_id: str, t: int) -> dict:
         return self._trial(trial_id).init_weights(t)
-
-    def store_expert(self, trial_id: str, t: int, state: dict, info: ExpertInfo) -> int:
-        return self._trial(trial_id).store_expert(t, state, info)
 
     def link_expert(self, trial_id: str, t: int, rel: str, info: ExpertInfo) -> int:
         return self._trial(trial_id).link_expert(t, rel, info)
@@ -199,58 +184,6 @@ class MergeService:
 PROCESS_TITLE = f"ray::{MergeService.__ray_actor_class__.__name__}"[:15]  # as /proc/<pid>/stat names it
 
 
-# ---------------------------------------------------------------- a trial's view of the service
-
-
-@dataclass(frozen=True)
-class _Method:
-    """``handle.<name>``: ``.remote(*args)`` calls ``service.<name>.remote(trial_id, *args)``;
-    ``.options(...)`` (e.g. ``num_returns=2``) is passed on to the actor method."""
-
-    service: Any
-    name: str
-    trial_id: str
-    options_: dict = field(default_factory=dict)
-
-    def options(self, **options) -> _Method:
-        return _Method(self.service, self.name, self.trial_id, {**self.options_, **options})
-
-    def remote(self, *args, **kwargs):
-        method = getattr(self.service, self.name)
-        if self.options_:
-            method = method.options(**self.options_)
-        return method.remote(self.trial_id, *args, **kwargs)
-
-
-class _Forward:
-    """A method of the service, seen from one trial's handle."""
-
-    def __set_name__(self, owner, name: str) -> None:
-        self.name = name
-
-    def __get__(self, handle: PoolHandle | None, owner=None) -> _Method:
-        if handle is None:
-            raise AttributeError(self.name)
-        return _Method(handle.service, self.name, handle.trial_id)
-
-
-@dataclass(frozen=True)
-class PoolHandle:
-    """One trial's pool in the merge service, used as a merge actor of its own was: picklable (the
-    trial driver hands it to its Train workers), ``handle.<method>.remote(...)`` and ``.options(...)``."""
-
-    service: Any  # the MergeService actor serving this trial
-    trial_id: str
-
-    init_weights = _Forward()
-    store_expert = _Forward()
-    link_expert = _Forward()
-    fail = _Forward()
-    failed = _Forward()
-    n_experts = _Forward()
-    deployed = _Forward()
-
-
 def assign(trial_ids: list[str], actors: int) -> dict[str, int]:
     """Which service actor serves each trial: its index in the list modulo the number of actors."""
     if actors < 1:
@@ -258,10 +191,8 @@ def assign(trial_ids: list[str], actors: int) -> dict[str, int]:
     return {trial_id: i % actors for i, trial_id in enumerate(trial_ids)}
 
 
-def start_merge_service(
-    storage: Storage, policies: dict[str, Policy], actors: int
-) -> tuple[list, dict[str, PoolHandle]]:
-    """Starts ``min(actors, trials)`` service actors and returns them with each trial's handle."""
+def start_merge_service(storage: Storage, policies: dict[str, Policy], actors: int) -> tuple[list, dict[str, Any]]:
+    """Starts ``min(actors, trials)`` service actors; returns them, and for each trial the actor serving it."""
     where = assign(list(policies), actors)
     n = min(actors, len(policies))
     served: list[dict[str, Policy]] = [{} for _ in range(n)]
@@ -272,4 +203,4 @@ def start_merge_service(
         MergeService.options(scheduling_strategy=strategy).remote(storage, served[i])
         for i, strategy in enumerate(node_strategies(n))
     ]
-    return service, {trial_id: PoolHandle(service[index], trial_id) for trial_id, index in where.items()}
+    return service, {trial_id: service[index] for trial_id, index in where.items()}

@@ -1,7 +1,7 @@
 """The Tune function trial: the driver of one policy's temporal loop (docs/architecture.md "Data flow").
 
-  the trial's pool is in the sweep's merge service (merge_actor.py), called through a PoolHandle as an
-  actor of the trial's own; its experts come from the sweep's expert cache, which is the job queue of
+  the trial's pool is in the sweep's merge service (merge_actor.py), whose actor it calls with its trial
+  id first; its experts come from the sweep's expert cache, which is the job queue of
   the sweep's expert-training service (expert_training.py): a thread asks the pool for theta^i_t,
   submits the job (or finds the expert cached) and links expert t into the pool when it is there
   t = 0: evaluate theta_0
@@ -38,7 +38,6 @@ from time_ray.core.results import metrics_frame, timesteps_frame, write_parquet_
 from time_ray.logs import worker_console
 from time_ray.orchestration import faults
 from time_ray.orchestration.expert_cache import WAIT_SECONDS, ExpertJob, cached_info, expert_file, obtain
-from time_ray.orchestration.merge_actor import PoolHandle
 from time_ray.orchestration.storage import Storage
 from time_ray.orchestration.trial_tables import read_tables
 
@@ -84,9 +83,10 @@ class NonRetryableFailure(Exception):
 
 
 class TrialDriver:
-    """One trial: its recorder, its pool in the merge service (``actor``), its experts' thread and evaluation."""
+    """One trial: its recorder, the merge service actor holding its pool (``actor``, called with the trial
+    id first), its experts' thread and evaluation."""
 
-    def __init__(self, trial: Trial, run: RunContext, pool: PoolHandle, evaluator=None):
+    def __init__(self, trial: Trial, run: RunContext, service: Any, evaluator=None):
         self.trial, self.run = trial, run
         self.storage, self.trial_id = run.storage, trial.trial_id
         self.multitask = trial.multitask
@@ -94,7 +94,7 @@ class TrialDriver:
         self.experts = 1 if self.multitask else self.tasks  # the multitask reference: one, on the union
         self.evaluator = evaluator  # the sweep's shared Evaluator actor serving this trial (None: here)
         self.recorder = TrialRecorder(self.storage, f"trials/{self.trial_id}", trial)
-        self.actor = pool  # called as a merge actor of the trial's own
+        self.actor = service  # the merge service actor serving this trial
         self.failure: list[BaseException] = []
         self.training: threading.Thread | None = None
         self.progress, self.events = threading.Condition(), 0  # the experts thread's news, for wait_for_expert
@@ -115,7 +115,7 @@ class TrialDriver:
         the merge service directly), with use_gpu as a task holding a GPU slice only while it evaluates,
         or here. The same seeded subsets for every policy. ``predictions``: also each test image's
         prediction (core.evaluate.evaluate_all), else None."""
-        state, costs = self.actor.deployed.options(num_returns=2).remote(t)
+        state, costs = self.actor.deployed.options(num_returns=2).remote(self.trial_id, t)
         seed, start = self.run.settings.stream_seed, time.perf_counter()
         try:
             if self.evaluator is not None and not self.run.eval_gpu:
@@ -147,9 +147,9 @@ class TrialDriver:
             # read before the pool: a thread that had ended by then did all it would do (it ends right
             # after linking the last expert)
             alive = self.training is not None and self.training.is_alive()
-            if ray.get(self.actor.n_experts.remote()) >= t:
+            if ray.get(self.actor.n_experts.remote(self.trial_id)) >= t:
                 return
-            if (message := ray.get(self.actor.failed.remote())) is not None:
+            if (message := ray.get(self.actor.failed.remote(self.trial_id))) is not None:
                 raise NonRetryableFailure(message)
             if not alive:
                 cause = self.failure[0] if self.failure else None
@@ -181,7 +181,7 @@ class TrialDriver:
 
     def drive(self) -> None:
         """Continues after the last recorded timestep (all of them for a new trial)."""
-        if ray.get(self.actor.n_experts.remote()) < self.experts:  # else: resumed, nothing to train
+        if ray.get(self.actor.n_experts.remote(self.trial_id)) < self.experts:  # else: resumed, nothing to train
             self.training = _in_thread(
                 self.obtain_experts, f"experts-{self.trial_id}", self.failure, done=self._progressed
             )
@@ -209,15 +209,16 @@ class TrialDriver:
         already training for another trial), waited for. Expert t is linked into the pool as soon as it
         is there, so timestep t is evaluated while expert t+1 trains."""
         cache = ray.get_actor(self.run.expert_cache)
-        first = ray.get(self.actor.n_experts.remote()) + 1
+        first = ray.get(self.actor.n_experts.remote(self.trial_id)) + 1
         trained = 0
         for t in range(first, self.experts + 1):
-            init_ref = self.actor.init_weights.remote(t)
+            init_ref = self.actor.init_weights.remote(self.trial_id, t)
             try:
                 init = ray.get(init_ref)
             except ray.exceptions.RayTaskError as error:  # a damaged expert: training cannot help
                 if isinstance(error.cause, CheckpointError):
-                    ray.get(self.actor.fail.remote(f"policy {self.trial_id}: init of task {t}: {error.cause}"))
+                    message = f"policy {self.trial_id}: init of task {t}: {error.cause}"
+                    ray.get(self.actor.fail.remote(self.trial_id, message))
                     return
                 raise
             steps, seed = self.trial.budget_steps, self.trial.seed
@@ -227,14 +228,14 @@ class TrialDriver:
             answer, value = obtain(cache, job, owner=self.trial_id)
             if answer in ("failed", "error"):
                 if answer == "failed":  # deterministic (a NaN loss): recorded, not retried
-                    ray.get(self.actor.fail.remote(value))
+                    ray.get(self.actor.fail.remote(self.trial_id, value))
                     return
                 raise RuntimeError(f"policy {self.trial_id}: expert {t}: {value}")
             if answer == "cancelled":
                 return
             info = ExpertInfo.cache_hit(cached_info(self.storage, key)) if answer == "hit" else value
             trained += not info.expert_cache_hit
-            ray.get(self.actor.link_expert.remote(t, expert_file(key), info))
+            ray.get(self.actor.link_expert.remote(self.trial_id, t, expert_file(key), info))
             self._progressed()
         if trained == 0:
             which = f"all {self.experts}" if first == 1 else f"{self.experts - first + 1} remaining"
@@ -246,11 +247,11 @@ def run_trial(
     config: dict,
     trials: dict[str, Trial],
     run: RunContext,
-    pools: dict[str, PoolHandle],
+    pools: dict[str, Any],
     evaluators: dict[str, Any] | None = None,
 ) -> None:
-    """The Tune function trial of ``config["trial_id"]`` (``trials``, ``run`` and each trial's handle of
-    its pool in the merge service, ``pools``, come through ``tune.with_parameters``). A deterministic failure
+    """The Tune function trial of ``config["trial_id"]`` (``trials``, ``run`` and the merge service actor
+    serving each trial, ``pools``, come through ``tune.with_parameters``). A deterministic failure
     is recorded in ``trials/<id>/failed.json`` for the sweep's report and the trial ends, so Tune does not
     retry what would fail the same way."""
     trial_id = config["trial_id"]
