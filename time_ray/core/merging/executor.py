@@ -75,7 +75,7 @@ class Span:
     stop: int
     memo: dict
     executor: MergeExecutor
-    chunk: int = 0
+    chunk: int  # the chunk size of the tensor's spans (the executor's buffers are allocated for it)
 
     @property
     def size(self) -> int:
@@ -196,8 +196,8 @@ def consensus_chunk(n_models: int) -> int:
 class Consensus:
     """A sparse technique's declaration (generalized task arithmetic, ``sparse.SparseConsensus``): what the
     entries of tau_k are ranked by (``scorer``), which 1-based order statistics (lo, hi) of a tower's n scores
-    bound the kept ones (``ranks``; lo = 0, hi = n: no bound), whether exactly lo - 1 entries go (ties at the
-    threshold dropped by position: ``exact_count``) or all below lo, the kept entries' ``rescale``, the
+    bound the kept ones (``ranks``; lo = 0, hi = n: no bound), whether exactly the lo smallest go (ties at the
+    threshold dropped by position: ``exact_count``) or only those below the lo-th, the kept entries' ``rescale``, the
     ``disjoint`` rule (mean, sum, max) and whether anything may be dropped at all (``drops``)."""
 
     scorer: Scorer

@@ -204,8 +204,8 @@ def _into(acc, has, level, src, n):
 
 @numba.njit(inline="always")
 def _carry(acc, has, count, n, power):
-    """``CascadeSum.add`` after the row was added into level 0 (acc[0], has[0] set) by the caller's
-    loop: count it, and carry complete runs of 2^power up the levels."""
+    """The carry of ``spec.generalized.expert_sum`` after the row was added into level 0 (acc[0], has[0]
+    set) by the caller's loop: count it, and carry complete runs of 2^power up the levels."""
     count += 1
     step = 1 << power
     if count % step == 0:
@@ -219,7 +219,7 @@ def _carry(acc, has, count, n, power):
 
 @numba.njit(inline="always")
 def _cascade_result(acc, has, n, out):
-    """``CascadeSum.result``: the levels added in increasing order."""
+    """``expert_sum``'s result: the levels added in increasing order."""
     first = True
     for level in range(4):
         if has[level]:
@@ -274,7 +274,7 @@ def _sparsify(rule, x, t0, seed, offset, bounds, k, w):
 
 @numba.njit(inline="always")
 def _add_row(acc, has, added, row, n, power):
-    """``CascadeSum``'s order (spec.generalized.expert_sum): row into level 0, complete runs carried up."""
+    """The order of spec.generalized.expert_sum: row into level 0, complete runs carried up."""
     _into(acc, has, 0, row, n)
     return _carry(acc, has, added, n, power)
 
