@@ -298,3 +298,17 @@ def spy_selections(monkeypatch) -> list[int]:
         MergeExecutor, "select", lambda self, e, *a, **kw: selected.append(len(e)) or original(self, e, *a, **kw)
     )
     return selected
+
+
+def test_a_consensus_the_kernels_cannot_run_is_refused_when_declared():
+    """Exact counts are split by position for hashed scores only (magnitude ties are all kept or all go)."""
+    from time_ray.core.merging.executor import Consensus
+
+    class ExactTies(Ties):
+        exact_count = True
+
+    with pytest.raises(ValueError, match="exact counts"):
+        ExactTies().consensus()
+    with pytest.raises(ValueError, match="disjoint"):
+        Consensus(scorers.MagnitudeScorer(), Ties().ranks, disjoint="median")
+    assert DareTies().consensus().exact_count and not Ties().consensus().exact_count

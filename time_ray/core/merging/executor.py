@@ -207,6 +207,12 @@ class Consensus:
     disjoint: str = "mean"
     drops: bool = True
 
+    def __post_init__(self):
+        if self.exact_count and self.scorer.kernel_mode != kernels.HASHED:
+            raise ValueError("exact counts (ties at the threshold split by position) are kept for hashed scores only")
+        if self.disjoint not in kernels.DISJOINT_CODES:
+            raise ValueError(f"disjoint must be one of {', '.join(kernels.DISJOINT_CODES)}, got {self.disjoint!r}")
+
 
 @dataclass
 class Bounds:
