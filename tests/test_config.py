@@ -60,6 +60,30 @@ def write(tmp_path, text: str) -> Path:
         ("policies: {presets: [], grid: {init: [zz]}}\n", r"policies.grid.init\[0\]: 'zz' is not allowed"),
         ("policies: {presets: [], grid: {merge: [{technique: ties2}]}}\n", r"unknown merging technique 'ties2'"),
         ("policies: {presets: [], grid: {ema_weight: [1.5]}}\n", r"ema_weight\[0\]: must be in \(0, 1\]"),
+        (
+            "policies: {presets: [], grid: {ema_weight: [true]}}\n",
+            r"^policies.grid.ema_weight\[0\]: must be in \(0, 1\] or 'running-mean', got True\.$",
+        ),
+        (
+            "policies: {presets: [], grid: [{init: [ema]}, {ema_with_base: [1]}]}\n",
+            r"^policies.grid\[1\].ema_with_base\[0\]: expected true or false, got 1\.$",
+        ),
+        (
+            "policies: {presets: [], grid: {merge: [{prune: 0.2}]}}\n",
+            r"^policies.grid.merge\[0\].technique: required\.$",
+        ),
+        (
+            "policies: {presets: [], grid: {recency: [linaer]}}\n",
+            r"^policies.grid.recency\[0\]: 'linaer' is not allowed. Did you mean linear\? Allowed: uniform, linear,",
+        ),
+        (
+            "policies: {presets: [], grid: {inti: [zs]}}\n",
+            r"^policies.grid.inti: unknown field. Did you mean init\? Allowed: init, deploy, merge, ema_weight,",
+        ),
+        (
+            "policies: {presets: [], grid: 3}\n",
+            r"^policies.grid: expected a mapping of init, deploy, merge, .*, got 3\.$",
+        ),
         ("model: {arch: ViT-Q-99}\n", r"model.arch: unknown architecture 'ViT-Q-99'"),
         ("training: {lr: -1}\n", r"training.lr: must be > 0"),
     ],
@@ -249,7 +273,7 @@ def test_set_indexes_lists_in_a_field_path():
     assert [d["role"] for d in raw["stream"]["data"]["datasets"]] == ["adaptation", "heldout"]
     grids = "policies.grid=[{init: [zs], deploy: [ft]}, {init: [ft], deploy: [ft]}]"
     cfg = load_config("configs/quickstart.yaml", [grids, "policies.grid[1].deploy=[ema]", "seeds[0]=5"])
-    assert cfg.policies.grid[1]["deploy"] == ["ema"] and cfg.seeds == (5,)
+    assert cfg.policies.grids()[1].deploy == ("ema",) and cfg.seeds == (5,)
     for override, words in (
         ("policies.grid[2].init=[ft]", ["policies.grid has 2 item(s)", "[2] is out of range"]),
         ("name[0]=x", ["name holds str", "not a list"]),
@@ -294,6 +318,26 @@ def test_schema_version_is_written_and_only_this_one_is_read(tmp_path):
         ConfigError, match=r"^schema_version: 3 is not one this time-ray reads; it reads and writes version 2"
     ):
         load_config(written, ["schema_version=3"])
+
+
+def test_a_grid_is_typed_and_written_as_it_was_given(tmp_path):
+    """policies.grid is a typed Grid (or several): a scalar stands for a list of one, defaults fill what is
+    left out, and config.yaml (so the fingerprint) holds only what was given; trial ids are unchanged."""
+    from time_ray.config import Grid
+
+    cfg = load_config("configs/policy-space.yaml")
+    grids = cfg.policies.grids()
+    assert all(isinstance(g, Grid) for g in grids) and len(grids) == len(cfg.to_dict()["policies"]["grid"])
+    raw = yaml.safe_load(Path("configs/policy-space.yaml").read_text())["policies"]["grid"]
+    assert cfg.to_dict()["policies"]["grid"] == raw  # every grid of the file, as typed there
+    assert {"ema-ema-ties-59bcddb7", "ema-ema-ties-67b32523"} <= {t.trial_id for t in expand_trials(cfg, 1e9)}
+    one = load_config("configs/quickstart.yaml", ["policies.grid={init: ema, merge: [ties]}"])
+    grid = one.policies.grids()[0]
+    assert (grid.init, grid.deploy, grid.merge, grid.ema_weight) == (("ema",), ("ft",), ("ties",), None)
+    assert one.to_dict()["policies"]["grid"] == {"init": ["ema"], "merge": ["ties"]}
+    written = tmp_path / "config.yaml"
+    written.write_text(yaml.safe_dump(one.to_dict(), sort_keys=False))
+    assert load_config(written) == one
 
 
 def test_merge_actors_is_checked():

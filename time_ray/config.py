@@ -17,7 +17,19 @@ from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    create_model,
+    model_serializer,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from time_ray.core import policy_space, safe_yaml
@@ -25,8 +37,9 @@ from time_ray.core.base_model import NO_PRETRAIN_DATA, BaseTraining
 from time_ray.core.benchmark import BenchmarkSpec
 from time_ray.core.contracts import ExperimentSettings, TrainingRecipe, Trial
 from time_ray.core.errors import ConfigError, did_you_mean, shown
-from time_ray.core.policy_space import PRESETS
+from time_ray.core.policy_space import CHAIN_KEYS, PRESETS
 from time_ray.core.results import SCHEMA_VERSION
+from time_ray.core.strategies import DEPLOY_STRATEGIES, INIT_STRATEGIES, RECENCY_SCHEMES
 from time_ray.core.stream import ORDERS, Mixture
 
 logger = logging.getLogger(__name__)
@@ -137,10 +150,75 @@ class BudgetConfig(Section):
     multipliers: Several[Positive] = (1.0,)
 
 
+def _ema_weight(value):
+    """An EMA weight of a grid (docs/method.md §3): in (0, 1], or the running mean; checked here only."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if value == "running-mean" or (number and 0 < value <= 1):
+        return value
+    raise ValueError(f"must be in (0, 1] or 'running-mean', got {shown(value)}.")
+
+
+EmaWeight = Annotated[Any, AfterValidator(_ema_weight)]
+
+
+class MergeVariant(Section):
+    """One merging technique of a grid and its parameters, each a value or a list of values (crossed):
+    ``{technique: ties, prune: [0.2, 0.7]}``. The parameters are the technique's own, checked by it
+    (core.merging.make_technique, naming ``policies.grid.merge[i].PARAM``) when the grid is expanded."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True, allow_inf_nan=False)
+    technique: str
+
+    @property
+    def params(self) -> dict:
+        return dict(self.model_extra or {})
+
+
+def _tag(kinds: dict[type, str], default: str):
+    """A discriminator: the tag of the first type in ``kinds`` that the raw value is an instance of."""
+    return Discriminator(lambda value: next((tag for t, tag in kinds.items() if isinstance(value, t)), default))
+
+
+# a grid's technique: its name alone (``ties``), or a MergeVariant
+MergeEntry = Annotated[
+    Annotated[str, Tag("name")] | Annotated[MergeVariant, Tag("variant")], _tag({str: "name"}, "variant")
+]
+
+
+class Grid(Section):
+    """One grid of policies (docs/method.md §2-5): every init x deploy x merge variant x the chain settings
+    given, each field a value or a list of values. Only the fields given are written (DIR/config.yaml, the
+    fingerprint), so a grid reads back as it was typed."""
+
+    init: Several[Literal[INIT_STRATEGIES]] = ("zs",)
+    deploy: Several[Literal[DEPLOY_STRATEGIES]] = ("ft",)
+    merge: Several[MergeEntry] = ("average",)
+    # the chain settings (core.strategies.Policy); left out: the policy's default, and no key in its trial id
+    ema_weight: Several[EmaWeight] | None = None
+    ema_with_base: Several[bool] | None = None
+    all_with_base: Several[bool] | None = None
+    recency: Several[Literal[RECENCY_SCHEMES]] | None = None
+
+    @model_serializer(mode="wrap")
+    def _as_given(self, handler):
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
+    def chain(self) -> dict[str, tuple]:
+        """The chain settings given (core.policy_space.CHAIN_KEYS), each as its values."""
+        return {k: v for k in CHAIN_KEYS if (v := getattr(self, k)) is not None}
+
+
 class PoliciesConfig(Section):
     presets: Several[Literal[tuple(PRESETS)]] = ("sequential-ft", "offline-merge", "best-in-time")
-    grid: dict | list | None = None  # one grid (a mapping), or a list of grids; checked as they are expanded
+    # one grid (a mapping), or a list of grids
+    grid: Annotated[
+        Annotated[Grid, Tag("grid")] | Annotated[Several[Grid], Tag("grids")] | Annotated[None, Tag("none")],
+        _tag({type(None): "none", list: "grids", tuple: "grids"}, "grid"),
+    ] = None
     multitask: bool = False  # add the multitask reference: one expert on the union, same total compute
+
+    def grids(self) -> tuple[Grid, ...]:
+        return () if self.grid is None else self.grid if isinstance(self.grid, tuple) else (self.grid,)
 
 
 class ResourcesConfig(Section):
@@ -284,6 +362,16 @@ def _field_names(hint) -> list[str]:
     return [f.name for f in fields(hint)] if is_dataclass(hint) else []
 
 
+def _tagged(hint, key) -> Any:
+    """The member of a tagged union (``policies.grid``: a Grid or several) whose tag is ``key``, else None."""
+    if typing.get_origin(hint) not in (typing.Union, types.UnionType):
+        return None
+    for member in typing.get_args(hint):
+        if any(isinstance(m, Tag) and m.tag == key for m in getattr(member, "__metadata__", ())):
+            return member
+    return None
+
+
 def _range(constraints: list) -> str:
     """'must be between 1 and 1024', 'must be in [0, 1)', 'must be > 0': the bounds of a field."""
     bound = {k: getattr(c, k) for c in constraints for k in ("ge", "gt", "le", "lt") if hasattr(c, k)}
@@ -316,12 +404,13 @@ def config_error(error: ValidationError, model: type[BaseModel] = SweepConfig) -
     path, parent, hint = "", None, model  # walk the types along the error's location, naming the fields
     for key in first["loc"]:
         here, _ = _unwrap(hint)
-        if isinstance(key, int):
+        if (member := _tagged(here, key)) is not None:  # the member of a tagged union that was tried
+            hint = member
+        elif isinstance(key, int):
             path, parent, hint = f"{path}[{key}]", here, (typing.get_args(here) or (Any,))[0]
         elif _field_names(here):
             path, parent = f"{path}.{_cut(str(key))}" if path else _cut(str(key)), here
             hint = typing.get_type_hints(MIRRORS.get(here, here), include_extras=True).get(str(key), Any)
-        # else: the member of a union tried (policies.grid: a mapping or a list), not a field
     here, constraints = _unwrap(hint)
     got = f", got {shown(value)}."
     if kind == "extra_forbidden":
@@ -338,6 +427,8 @@ def config_error(error: ValidationError, model: type[BaseModel] = SweepConfig) -
         text = f"expected a string{got}"
     elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         text = f"{_range(constraints)}, got {_cut(str(value))}."
+    elif kind == "value_error":  # a validator of ours: its message says what is allowed
+        text = str(first["ctx"]["error"])
     else:
         text = f"{EXPECTED.get(kind, _cut(first['msg']))}{got}"
     return ConfigError(f"{_cut(path, 300) or 'config'}: {text}")
@@ -527,13 +618,6 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _choice(value: str, allowed, field_path: str) -> None:
-    _check(
-        value in allowed,
-        f"{field_path}: {shown(value)} is not allowed.{did_you_mean(value, allowed)} Allowed: {', '.join(allowed)}.",
-    )
-
-
 MAX_BATCH = 65536
 MAX_STEPS_PER_TASK = 10**9  # a trial's training steps per task (budget x multiplier): beyond it, a typo
 MAX_TRIALS = 50_000  # in one sweep; split a larger study into several sweeps (one output directory each)
@@ -590,12 +674,14 @@ def validate(cfg: SweepConfig) -> None:
         0 <= spec.retrieval_datasets <= spec.heldout_datasets,
         f"stream.builtin.retrieval_datasets: must be between 0 and heldout_datasets ({spec.heldout_datasets}).",
     )
-    n_pairs = spec.adaptation_datasets * spec.classes_per_dataset
+    n_pairs = spec.adaptation_datasets * spec.classes_per_dataset  # real data's bound: core.stream.make_stream
+    builtin = cfg.stream.benchmark == "builtin"
     _check(
-        cfg.stream.benchmark != "builtin" or 1 <= cfg.stream.tasks <= n_pairs,
-        f"stream.tasks: must be between 1 and {n_pairs} (the adaptation classes), got {cfg.stream.tasks}.",
+        1 <= cfg.stream.tasks and (not builtin or cfg.stream.tasks <= n_pairs),
+        f"stream.tasks: must be between 1 and {n_pairs} (the adaptation classes), got {cfg.stream.tasks}."
+        if builtin
+        else f"stream.tasks: must be at least 1, got {cfg.stream.tasks}.",
     )
-    _check(cfg.stream.tasks >= 1, f"stream.tasks: must be at least 1, got {cfg.stream.tasks}.")
     mix = cfg.stream.mixture
     _check(
         min(mix.pretrain, mix.current, mix.replay) >= 0 and mix.current > 0,
@@ -713,7 +799,10 @@ def search_points(search: SearchConfig) -> list[dict]:
 def expand_policies(cfg: SweepConfig) -> list[dict]:
     """Every policy the config names (core.policy_space.expand_policies)."""
     p = cfg.policies
-    return policy_space.expand_policies(p.presets, p.grid, p.multitask, search_points(cfg.search))
+    grids = p.grids()
+    where = [f"policies.grid[{g}]" for g in range(len(grids))] if isinstance(p.grid, tuple) else ["policies.grid"]
+    given = [(path, grid) for path, grid in zip(where, grids) if grid.model_fields_set]  # ``{}``: no policy
+    return policy_space.expand_policies(p.presets, given, p.multitask, search_points(cfg.search))
 
 
 def steps_per_task(cfg: SweepConfig, flops_per_step: float | None = None) -> int:

@@ -233,10 +233,11 @@ def test_config_accepts_opcm_strategies_and_the_svd_techniques():
 
 
 def test_a_searched_alpha_reaches_the_svd_techniques_but_not_averaging_without_lines():
+    from time_ray.config import Grid
     from time_ray.core import policy_space
 
-    grid = {"init": ["ema"], "deploy": ["ema"], "merge": ["tsv_m", "iso_c", "average"]}
-    policies = policy_space.expand_policies([], grid, False, [{"alpha": 0.3}, {"alpha": 0.7}])
+    grid = Grid.model_validate({"init": ["ema"], "deploy": ["ema"], "merge": ["tsv_m", "iso_c", "average"]})
+    policies = policy_space.expand_policies([], [("policies.grid", grid)], False, [{"alpha": 0.3}, {"alpha": 0.7}])
     alphas = {(p["merge"], p["merge_params"].get("alpha")) for p in policies}
     assert alphas == {("tsv_m", 0.3), ("tsv_m", 0.7), ("iso_c", 0.3), ("iso_c", 0.7), ("average", None)}
 

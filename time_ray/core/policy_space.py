@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from time_ray.core.contracts import Trial
-from time_ray.core.errors import ConfigError, did_you_mean
+from time_ray.core.errors import ConfigError
 from time_ray.core.merging import make_technique, technique_params
-from time_ray.core.strategies import DEPLOY_STRATEGIES, INIT_STRATEGIES, RECENCY_SCHEMES, Policy
+from time_ray.core.strategies import Policy
 
 logger = logging.getLogger(__name__)
 
@@ -30,45 +30,47 @@ PRESETS = {
     "best-in-time": ("ema", "ema"),
     "ema-merge": ("ema", "ema"),
 }
-GRID_KEYS = ("init", "deploy", "merge", "ema_weight", "ema_with_base", "all_with_base", "recency")
 CHAIN_KEYS = ("ema_weight", "ema_with_base", "all_with_base", "recency")
 DEFAULT_STEPS_PER_TASK = 200
 
 
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
+# ---------------------------------------------------------------- policies
 
 
-def _choice(value, allowed, field_path: str) -> None:
-    _check(
-        value in allowed,
-        f"{field_path}: {value!r} is not allowed.{did_you_mean(str(value), allowed)} Allowed: {', '.join(allowed)}.",
-    )
+class MergeVariant(Protocol):
+    """A technique of a grid and its parameters, each a value or a list (config.MergeVariant)."""
+
+    @property
+    def technique(self) -> str: ...
+    @property
+    def params(self) -> dict: ...
+
+
+class Grid(Protocol):
+    """One grid of policies, typed and checked by the config layer (config.Grid): every field a tuple of values."""
+
+    @property
+    def init(self) -> Sequence[str]: ...
+    @property
+    def deploy(self) -> Sequence[str]: ...
+    @property
+    def merge(self) -> Sequence[str | MergeVariant]: ...
+    def chain(self) -> dict[str, tuple]: ...
 
 
 def _grid_values(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-# ---------------------------------------------------------------- policies
-
-
-def _merge_variants(entries, path: str) -> list[tuple[str, dict]]:
+def _merge_variants(entries: Sequence[str | MergeVariant], path: str) -> list[tuple[str, dict]]:
+    """Each technique of a grid at each combination of its parameters' values, as (name, its parameters)."""
     variants = []
-    for i, entry in enumerate(_grid_values(entries)):
-        here = f"{path}[{i}]"
-        if isinstance(entry, str):
-            entry = {"technique": entry}
-        _check(
-            isinstance(entry, dict) and "technique" in entry,
-            f"{here}: expected {{technique: NAME, ...}}, got {entry!r}.",
-        )
-        params = {k: _grid_values(v) for k, v in entry.items() if k != "technique"}
+    for i, entry in enumerate(entries):
+        name, given = (entry, {}) if isinstance(entry, str) else (entry.technique, entry.params)
+        params = {k: _grid_values(v) for k, v in given.items()}
         for combo in itertools.product(*params.values()):
-            kwargs = dict(zip(params, combo))
-            technique = make_technique(entry["technique"], f"{here}.technique", **kwargs)
-            variants.append((entry["technique"], technique_params(technique)))
+            technique = make_technique(name, f"{path}[{i}].technique", **dict(zip(params, combo)))
+            variants.append((name, technique_params(technique)))
     return variants
 
 
@@ -79,20 +81,10 @@ def _max_models(technique) -> int | None:
     return min(limits) if limits else None
 
 
-def _expand_grid(grid: dict, where: str) -> list[dict]:
+def _expand_grid(grid: Grid, where: str) -> list[dict]:
     """The policies of one grid: init x deploy x merge variants x chain/recency settings."""
-    for key in grid:
-        _check(
-            key in GRID_KEYS,
-            f"{where}.{key}: unknown field.{did_you_mean(key, GRID_KEYS)} Allowed: {', '.join(GRID_KEYS)}.",
-        )
-    inits = _grid_values(grid.get("init", ["zs"]))
-    deploys = _grid_values(grid.get("deploy", ["ft"]))
-    for i, v in enumerate(inits):
-        _choice(v, INIT_STRATEGIES, f"{where}.init[{i}]")
-    for i, v in enumerate(deploys):
-        _choice(v, DEPLOY_STRATEGIES, f"{where}.deploy[{i}]")
-    merges = _merge_variants(grid.get("merge", [{"technique": "average"}]), f"{where}.merge")
+    inits, deploys = list(grid.init), list(grid.deploy)
+    merges = _merge_variants(grid.merge, f"{where}.merge")
     pairwise_only = sorted({m for m, p in merges if _max_models(make_technique(m, **p)) == 2})
     if pairwise_only and "all" in inits + deploys:
         raise ConfigError(
@@ -100,14 +92,7 @@ def _expand_grid(grid: dict, where: str) -> list[dict]:
             "strategy merges every expert in the pool. Use them with the pairwise strategies (ema, "
             "ft-zs), or put them in a separate grid without 'all'."
         )
-    extras = {k: _grid_values(grid[k]) for k in CHAIN_KEYS if k in grid}
-    for i, v in enumerate(extras.get("recency", [])):
-        _choice(v, RECENCY_SCHEMES, f"{where}.recency[{i}]")
-    for i, v in enumerate(extras.get("ema_weight", [])):
-        _check(
-            v == "running-mean" or (isinstance(v, (int, float)) and 0 < v <= 1),
-            f"{where}.ema_weight[{i}]: must be in (0, 1] or 'running-mean', got {v!r}.",
-        )
+    extras = grid.chain()
     return [
         {
             "policy": f"{init}/{deploy}",
@@ -122,22 +107,17 @@ def _expand_grid(grid: dict, where: str) -> list[dict]:
 
 
 def expand_policies(
-    presets: Sequence[str], grid: dict | list | None, multitask: bool, points: Sequence[dict] = ()
+    presets: Sequence[str], grids: Sequence[tuple[str, Grid]], multitask: bool, points: Sequence[dict] = ()
 ) -> list[dict]:
     """Every policy the config names, as JSON-able specs (hashed into trial ids): presets (weight
-    averaging) plus each grid crossed with the search ``points``, plus the multitask reference;
-    deduplicated."""
+    averaging) plus each grid (with its config path, ``policies.grid[1]``) crossed with the search
+    ``points``, plus the multitask reference; deduplicated."""
     out: list[dict] = []
-    for i, name in enumerate(presets):
-        _choice(name, list(PRESETS), f"policies.presets[{i}]")
+    for name in presets:
         init, deploy = PRESETS[name]
         out.append({"policy": name, "init": init, "deploy": deploy, "merge": "average", "merge_params": {}})
-    grids = grid if isinstance(grid, list) else [grid]
-    for g, one in enumerate(grids):
-        if one:
-            where = f"policies.grid[{g}]" if isinstance(grid, list) else "policies.grid"
-            _check(isinstance(one, dict), f"{where}: expected a mapping of {', '.join(GRID_KEYS)}.")
-            out += [v for p in _expand_grid(one, where) for v in _apply_search(p, points)]
+    for where, grid in grids:
+        out += [v for p in _expand_grid(grid, where) for v in _apply_search(p, points)]
     if multitask:
         out.append(
             {
