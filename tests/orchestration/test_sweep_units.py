@@ -120,6 +120,24 @@ def test_a_sweep_directory_of_schema_version_1_resumes_and_is_rewritten_in_versi
         prepare_output(load_config("configs/findings-t20.yaml", ["seeds=[5]"]), Storage(other), resume=True)
 
 
+def test_a_version_1_directory_is_recognised_by_what_its_config_yaml_computes(tmp_path):
+    """Its sweep.json's fingerprint hashed the config as written then (here a grid's scalar, ``init: zs``,
+    which is a list of one now): its config.yaml, read as a config, still says it is this sweep."""
+    cfg = load_config("configs/quickstart.yaml", ["policies.grid={init: [zs], deploy: [ema]}"])
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("schema_version", "outputs", "tracking")}
+    old["policies"]["grid"] = {"init": "zs", "deploy": "ema"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    (tmp_path / "sweep.json").write_text(json.dumps({"name": "quickstart", "fingerprint": "0123456789abcdef"}))
+    prepare_output(cfg, Storage(tmp_path), resume=True)
+    assert json.loads((tmp_path / "sweep.json").read_text())["fingerprint"] == cfg.fingerprint()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    (other / "sweep.json").write_text(json.dumps({"name": "quickstart", "fingerprint": "0123456789abcdef"}))
+    with pytest.raises(TimeRayError, match="another sweep"):
+        prepare_output(load_config("configs/quickstart.yaml", ["policies.grid={init: [ft]}"]), Storage(other), True)
+
+
 def test_a_sweep_directory_of_a_newer_schema_version_is_refused_in_one_line(tmp_path):
     cfg = load_config("configs/quickstart.yaml")
     prepare_output(cfg, Storage(tmp_path), resume=False)

@@ -11,6 +11,7 @@ import os
 
 import pandas as pd
 import yaml
+from pydantic import ValidationError
 
 from time_ray import config
 from time_ray.config import (
@@ -126,9 +127,15 @@ def _written_config(storage: Storage) -> dict | None:
 
 
 def _same_identity(cfg: SweepConfig, written: dict | None) -> bool:
-    """The directory's config.yaml (``written``, of any schema version) computes what ``cfg`` computes: the
-    same ``config.IDENTITY`` sections, whatever its ``EXECUTION`` sections say."""
-    return written is not None and {k: written.get(k) for k in IDENTITY} == cfg.identity()
+    """The directory's config.yaml (``written``, of any schema version) computes what ``cfg`` computes: its
+    ``config.IDENTITY`` sections, read as a config, are ``cfg``'s, whatever its ``EXECUTION`` sections say."""
+    if written is None:
+        return False
+    try:
+        previous = SweepConfig.model_validate({k: written[k] for k in IDENTITY if k in written})
+    except ValidationError:  # a field this time-ray no longer has: not a sweep it can continue
+        return False
+    return previous.identity() == cfg.identity()
 
 
 def _log_execution_changes(cfg: SweepConfig, written: dict | None) -> None:
