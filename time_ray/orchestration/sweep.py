@@ -138,6 +138,13 @@ def _same_identity(cfg: SweepConfig, written: dict | None) -> bool:
     return previous.identity() == cfg.identity()
 
 
+def _like(current, written):
+    """``current`` with only the fields of ``written`` when both are mappings (else ``current``)."""
+    if isinstance(current, dict) and isinstance(written, dict):
+        return {k: current.get(k) for k in written}
+    return current
+
+
 def _log_execution_changes(cfg: SweepConfig, written: dict | None) -> None:
     """Says which ``EXECUTION`` sections (``resources``: workers, GPUs, trials at once, merge actors,
     evaluators; ``outputs``; ``tracking``; ``name``) a resumed sweep changed: the same sweep, run on other
@@ -146,7 +153,8 @@ def _log_execution_changes(cfg: SweepConfig, written: dict | None) -> None:
     if written is None:
         return
     current = cfg.to_dict()
-    changed = [k for k in EXECUTION if written.get(k) is not None and written.get(k) != current.get(k)]
+    # a section written by an older schema version may lack fields added since: only the fields it has count
+    changed = [k for k in EXECUTION if written.get(k) is not None and written[k] != _like(current.get(k), written[k])]
     if changed:
         logger.info(
             "time-ray: %s changed since the sweep started (%s -> %s); the results do not depend on them",
