@@ -1,6 +1,6 @@
 """The cluster path end to end, on this machine: a real Ray head started with `ray start --head`,
 token authentication as Ray 2.60 sets it up, a reduced sweep submitted with `ray job submit` and
-cluster/runtime_env.yaml (README, "Running on a cluster"), its parquet checked, the head stopped.
+cluster/runtime_env.yaml (docs/cluster.md), its parquet checked, the head stopped.
 
 Everything stays on loopback: with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 in its environment,
 `ray start --head` takes 127.0.0.1 as its node address (ray._private.services.get_node_ip_address
