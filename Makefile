@@ -1,6 +1,10 @@
 # Two commands do everything on a fresh machine (the venv is created on first use):
 #   make quickstart   run configs/quickstart.yaml on an embedded local Ray -> results/quickstart
 #   make test         run the test suite (unit tests + end-to-end tests on a real local Ray)
+# and, while working on the code:
+#   make test-fast    lint, then the tests without a Ray end-to-end sweep (marker e2e) and without the
+#                     few slow unit tests in FAST_SKIP (a few minutes on a quiet 2-core machine)
+#   make lint         ruff (lint + format check) and mypy
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -8,7 +12,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := $(if $(filter aarch64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
 OUTPUT ?= results/quickstart
 
-.PHONY: quickstart test lint venv clean chromium
+.PHONY: quickstart test test-fast lint venv clean chromium
 
 venv: $(STAMP)
 
@@ -24,6 +28,21 @@ quickstart: $(STAMP)
 
 test: $(STAMP) chromium lint
 	$(VENV)/bin/python -m pytest -q -rs $(PYTEST_ARGS)
+
+# the slowest tests that are not end-to-end sweeps (pytest --durations on 2 cores): each pretrains a base
+# model, finetunes an expert or runs a benchmark's quick mode; left out of test-fast, run by test
+FAST_SKIP := \
+  tests/core/test_data_stats.py::test_small_builtin_benchmark_has_the_properties_that_make_it_worth_simulating \
+  tests/core/test_base_model.py::test_pretraining_lines_say_elapsed_time_and_eta \
+  tests/core/test_base_model.py::test_builtin_base_is_pretrained_once_then_reused_from_the_cache \
+  tests/core/test_finetune_and_evaluate.py::test_finetuning_both_towers_learns_a_task_and_evaluation_is_well_formed \
+  tests/core/test_image_memory.py::test_peak_memory_does_not_grow_with_the_number_of_images \
+  tests/core/test_real_data_base.py::test_builtin_with_real_data_pretrains_on_the_pretrain_role_datasets_once \
+  tests/test_benchmarks.py::test_merge_throughput_quick_measures_every_technique_and_is_exact \
+  tests/test_benchmarks.py::test_pool_scaling_quick_covers_every_deploy_strategy
+
+test-fast: $(STAMP) lint
+	$(VENV)/bin/python -m pytest -q -rs -m "not e2e" $(foreach t,$(FAST_SKIP),--deselect $(t)) $(PYTEST_ARGS)
 
 # ruff (lint + format) over the repo and mypy over time_ray/core, configured in pyproject.toml
 lint: $(STAMP)
