@@ -30,7 +30,7 @@ test: $(STAMP) chromium lint
 	$(VENV)/bin/python -m pytest -q -rs $(PYTEST_ARGS)
 
 # the slowest tests that are not end-to-end sweeps (pytest --durations on 2 cores): each pretrains a base
-# model, finetunes an expert or runs a benchmark's quick mode; left out of test-fast, run by test
+# model, finetunes an expert, starts a process or runs a benchmark's quick mode; left out of test-fast, run by test
 FAST_SKIP := \
   tests/core/test_data_stats.py::test_small_builtin_benchmark_has_the_properties_that_make_it_worth_simulating \
   tests/core/test_base_model.py::test_pretraining_lines_say_elapsed_time_and_eta \
@@ -39,7 +39,13 @@ FAST_SKIP := \
   tests/core/test_image_memory.py::test_peak_memory_does_not_grow_with_the_number_of_images \
   tests/core/test_real_data_base.py::test_builtin_with_real_data_pretrains_on_the_pretrain_role_datasets_once \
   tests/test_benchmarks.py::test_merge_throughput_quick_measures_every_technique_and_is_exact \
-  tests/test_benchmarks.py::test_pool_scaling_quick_covers_every_deploy_strategy
+  tests/test_benchmarks.py::test_pool_scaling_quick_covers_every_deploy_strategy \
+  tests/test_benchmarks.py::test_data_loading_quick_reads_training_batches_through_the_real_path \
+  tests/core/test_image_memory.py::test_image_files_hold_paths_and_no_pixels_after_reading \
+  tests/cluster/test_gpu_check.py::test_gpu_check_smoke_run_on_cpu \
+  tests/test_bad_inputs.py::test_the_installed_command_gives_one_line_too \
+  tests/test_sizes_and_early_checks.py::test_more_trials_than_one_sweep_runs_are_refused_with_the_product_that_made_them \
+  tests/core/test_pretrained_offline.py::test_tag_loads_offline_in_a_fresh_process_that_only_sets_hf_home
 
 test-fast: $(STAMP) lint
 	$(VENV)/bin/python -m pytest -q -rs -m "not e2e" $(foreach t,$(FAST_SKIP),--deselect $(t)) $(PYTEST_ARGS)
