@@ -80,7 +80,7 @@ def test_the_checks_above_would_fail_on_what_they_look_for():
 def test_the_readme_is_a_users_page():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 250
-    for doc in ("method", "architecture", "performance", "configs", "data", "output", "failures", "cluster"):
+    for doc in ("method", "architecture", "performance", "config", "data", "output", "failures", "cluster"):
         assert f"docs/{doc}.md" in readme, doc
 
 

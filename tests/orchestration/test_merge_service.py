@@ -84,7 +84,6 @@ def one_thread():
 
 @pytest.fixture
 def sweep_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("TIME_RAY_MERGE_KERNELS", "0")
     save_atomic({"w": torch.zeros(4), "b": torch.zeros(2)}, tmp_path / "base.safetensors")
     save_atomic({"w": torch.full((4,), 2.0), "b": torch.ones(2)}, tmp_path / "experts" / "k1.safetensors")
     return tmp_path

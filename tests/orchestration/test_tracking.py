@@ -176,7 +176,12 @@ def key(item):
 
 def wandb_runs(directory):
     """{run id: [what each offline run directory of that id holds]}: display name, group, job type, config,
-    history {step: {key: value}}, artifacts {name: [files]}, exit code."""
+    history {step: {key: value}}, artifacts {name: [files]}, exit code. W&B's service process writes the
+    files after ``finish`` returns; ``teardown`` waits until it has written everything and stops it (the
+    next ``wandb.init`` starts another), so on a busy machine no file is read half written."""
+    import wandb
+
+    wandb.teardown()
     runs: dict = {}
     for path in sorted(Path(directory).glob("wandb/offline-run-*/run-*.wandb")):
         run = {"history": {}, "artifacts": {}, "exit": None}

@@ -3,7 +3,7 @@ that strategies reuse (the EMA chain r_t), each a safetensors file written atomi
 
 An expert that already exists elsewhere (the sweep's content-addressed expert cache) enters the pool
 as a reference (``expert_003.ref`` holding the file's path relative to the pool), not as a copy.
-Files are immutable once written. The pool's merges run on its ``executor`` (backend, threshold cache),
+Files are immutable once written. The pool's merges run on its ``executor`` (kernels, threshold cache),
 given by whoever builds the pool (the merge service) or a default one; ``opened`` (``OpenedCheckpoints``),
 when given, shares opened files with the other pools of the process (theta_0, cached experts). Two optional
 hooks let a caller keep the pool on remote storage:
