@@ -338,7 +338,7 @@ def main(argv=None) -> int:
         results,
         [
             verdict(
-                f"Ray Train overhead at {max(sizes)} steps, a Train run per expert (the earlier design)",
+                f"Ray Train overhead at {max(sizes)} steps, a Train run per expert (the design compared against)",
                 100 * largest["overhead"],
                 "<= 10%",
                 largest["overhead"] <= 0.10,

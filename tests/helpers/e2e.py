@@ -5,8 +5,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import pandas as pd
 
 from time_ray.reduced import REDUCED
 
@@ -53,3 +56,22 @@ def kill_once_recorded(args, out: Path, cache_dir, ray_tmp: str, timestep: int =
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(30)
         subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)  # Ray processes that left the group
+
+
+KEYS = ["trial_id", "timestep", "dataset"]  # a metrics row's key
+
+
+def assert_same_results(out: Path, reference: Path) -> None:
+    """Every (trial, timestep, dataset) value equals the uninterrupted run's; nothing twice, nothing missing."""
+    got, want = pd.read_parquet(out / "metrics.parquet"), pd.read_parquet(reference / "metrics.parquet")
+    assert not got.duplicated(KEYS).any()
+    merged = want.merge(got, on=KEYS, how="outer", suffixes=("_want", "_got"), indicator=True)
+    assert (merged._merge == "both").all(), merged[merged._merge != "both"][KEYS]
+    assert (merged.value_want == merged.value_got).all(), merged[merged.value_want != merged.value_got]
+    steps = pd.read_parquet(out / "timesteps.parquet")
+    assert not steps.duplicated(["trial_id", "timestep"]).any()
+    assert len(steps) == len(pd.read_parquet(reference / "timesteps.parquet"))
+
+
+def ray_dir() -> str:
+    return tempfile.mkdtemp(prefix="tr-", dir="/tmp")

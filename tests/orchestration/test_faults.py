@@ -7,28 +7,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.helpers.e2e import SETS, kill_once_recorded, run_cli
+from tests.helpers.e2e import SETS, assert_same_results, kill_once_recorded, ray_dir, run_cli
 from time_ray.core.checkpoints import verify
-
-KEYS = ["trial_id", "timestep", "dataset"]
-
-
-def assert_same_results(out: Path, reference: Path) -> None:
-    """Every (trial, timestep, dataset) value equals the uninterrupted run's; nothing twice, nothing missing."""
-    got, want = pd.read_parquet(out / "metrics.parquet"), pd.read_parquet(reference / "metrics.parquet")
-    assert not got.duplicated(KEYS).any()
-    merged = want.merge(got, on=KEYS, how="outer", suffixes=("_want", "_got"), indicator=True)
-    assert (merged._merge == "both").all(), merged[merged._merge != "both"][KEYS]
-    assert (merged.value_want == merged.value_got).all(), merged[merged.value_want != merged.value_got]
-    steps = pd.read_parquet(out / "timesteps.parquet")
-    assert not steps.duplicated(["trial_id", "timestep"]).any()
-    assert len(steps) == len(pd.read_parquet(reference / "timesteps.parquet"))
 
 
 def copy_results(reference: Path, to: Path) -> Path:
@@ -42,10 +27,6 @@ def faults_env(monkeypatch, tmp_path, *faults) -> Path:
     monkeypatch.setenv("TIME_RAY_FAULTS", json.dumps(list(faults)))
     monkeypatch.setenv("TIME_RAY_FAULTS_DIR", str(marks))
     return marks
-
-
-def ray_dir() -> str:
-    return tempfile.mkdtemp(prefix="tr-", dir="/tmp")
 
 
 @pytest.mark.e2e

@@ -26,9 +26,8 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from tests.helpers.e2e import SETS
+from tests.helpers.e2e import SETS, assert_same_results
 from tests.helpers.processes import LOOPBACK, alive, free_ports, listening_addresses, stop_tree, tree
-from tests.orchestration.test_faults import assert_same_results
 
 REPO = Path(__file__).resolve().parents[2]
 NODES = 3  # head + 2 workers, 1 CPU each

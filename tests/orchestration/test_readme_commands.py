@@ -22,8 +22,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from tests.helpers.e2e import SETS
-from tests.orchestration.test_faults import assert_same_results
+from tests.helpers.e2e import SETS, assert_same_results
 
 ROOT = Path(__file__).resolve().parents[2]
 

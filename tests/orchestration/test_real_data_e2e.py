@@ -5,8 +5,7 @@ after a trial recorded timestep 1 and resumed gives every value of the uninterru
 import pandas as pd
 import pytest
 
-from tests.helpers.e2e import kill_once_recorded, run_cli
-from tests.orchestration.test_faults import assert_same_results, ray_dir
+from tests.helpers.e2e import assert_same_results, kill_once_recorded, ray_dir, run_cli
 from time_ray.core.real_data.example import write_fomo_layout, write_shards
 
 CONFIG = """\

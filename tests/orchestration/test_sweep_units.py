@@ -122,7 +122,7 @@ def test_a_sweep_directory_of_schema_version_1_resumes_and_is_rewritten_in_versi
 
 def test_a_version_1_directory_is_recognised_by_what_its_config_yaml_computes(tmp_path):
     """Its sweep.json's fingerprint hashed the config as written then (here a grid's scalar, ``init: zs``,
-    which is a list of one now): its config.yaml, read as a config, still says it is this sweep."""
+    which version 2 reads as a list of one): its config.yaml, read as a config, still says it is this sweep."""
     cfg = load_config("configs/quickstart.yaml", ["policies.grid={init: [zs], deploy: [ema]}"])
     old = {k: v for k, v in cfg.to_dict().items() if k not in ("schema_version", "outputs", "tracking")}
     old["policies"]["grid"] = {"init": "zs", "deploy": "ema"}
