@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.cli import one_line_error
 from time_ray.cli import main
 from time_ray.core.checkpoints import save_atomic
 
@@ -21,16 +22,6 @@ SMALL = [
     "--set",
     "stream.tasks=2",
 ]
-
-
-def one_line_error(capsys, code: int, *expected: str) -> str:
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert err.startswith("time-ray: error: "), err
-    for text in expected:
-        assert text in err, err
-    return err
 
 
 # (extra sweep arguments, what the message must say): each refused before the output is claimed

@@ -74,7 +74,7 @@ def test_plan_lists_trials_and_measured_gflops(capsys):
 
 
 def _fomo_root(tmp_path):
-    from tests.core.test_real_data import write_fomo
+    from tests.helpers.real_data import write_fomo
 
     return write_fomo(tmp_path / "fomo")
 

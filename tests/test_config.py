@@ -15,11 +15,11 @@ def test_every_shipped_config_loads_and_names_its_command(path, tmp_path_factory
     assert first.startswith("# time-ray sweep configs/" + path.name)
     overrides = []
     if path.name == "fomo-in-flux.yaml":  # its data paths are placeholders: a small tree in the authors' layout
-        from tests.core.test_fomo_layout import fomo_overrides, write_authors_layout
+        from tests.helpers.fomo_layout import fomo_overrides, write_authors_layout
 
         overrides = fomo_overrides(write_authors_layout(tmp_path_factory.mktemp("fomo_in_flux")))
         assert all(f"--set {o.split('=')[0]}=" in first for o in overrides)  # the command names them
-    from tests.test_config_templates import TEMPLATES, template_overrides
+    from tests.helpers.configs import TEMPLATES, template_overrides
 
     if path.name in TEMPLATES:  # the real-data templates: small data in their layouts (tests/test_config_templates.py)
         overrides = template_overrides(path.name, tmp_path_factory.mktemp(path.stem))

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tests.analysis.synthetic import write_sweep
+from tests.helpers.synthetic import write_sweep
 from time_ray.analysis.load import load_sweep
 from time_ray.cli import main
 from time_ray.config import SweepConfig, config_error, expand_trials, load_config, validate

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_real_data_sweep import config_text, make_folders
+from tests.helpers.folders_config import config_text, make_folders
 from time_ray.config import expand_trials, load_config
 from time_ray.core.checkpoints import SafetensorsCheckpoint, save_atomic
 from time_ray.core.errors import CheckpointError, ConfigError, TimeRayError

@@ -1,45 +1,15 @@
 """Real data through the config: a folders-layout benchmark validated at load time, then one policy
 run end to end in process (the Ray path builds the same Experiment from the same settings)."""
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from tests.helpers.folders_config import config_text, make_folders
 from time_ray.config import experiment_settings, load_config
 from time_ray.core.base_model import load_base
 from time_ray.core.errors import ConfigError
 from time_ray.core.experiment import Experiment
 from time_ray.core.simulate import simulate
 from time_ray.core.strategies import Policy
-
-COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "cyan": (0, 255, 255)}
-
-
-def make_folders(root):
-    rng = np.random.default_rng(0)
-    for dataset, classes in (("shapes", ["red", "green"]), ("tones", ["blue", "cyan"]), ("known", ["red", "blue"])):
-        for name in classes:
-            folder = root / dataset / name
-            folder.mkdir(parents=True)
-            for i in range(6):
-                pixels = np.clip(np.array(COLOURS[name]) + rng.normal(0, 20, (8, 8, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-
-
-def config_text(root):
-    return f"""
-model: {{arch: tiny-clip, pretrained: none}}
-stream:
-  benchmark: folders
-  tasks: 2
-  data:
-    datasets:
-      - {{path: {root}/shapes, role: adaptation}}
-      - {{path: {root}/tones, role: adaptation}}
-      - {{path: {root}/known, role: heldout, template: "a {{}} thing."}}
-training: {{batch_size: 8}}
-budget: {{steps_per_task: 3}}
-"""
 
 
 def test_folders_benchmark_runs_a_policy_end_to_end(tmp_path):

@@ -1,7 +1,8 @@
 """The repository explains itself (docs/architecture.md): every file, doc and section a text names is in the
 repository; nothing points at documents outside it or at a tracker's numbers; the README stays a user's
-page; the pure core never imports Ray."""
+page; the pure core never imports Ray; no test module imports another (what tests share is in tests/helpers/)."""
 
+import ast
 import re
 import subprocess
 import sys
@@ -94,3 +95,62 @@ def test_the_core_imports_no_ray(package):
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def foreign_test_imports(source: str, module: str) -> list[str]:
+    """The imports in ``source`` (the module ``module``, e.g. ``tests.core.test_x``) of a module under
+    ``tests`` other than the package ``tests.helpers``, relative imports resolved, as ``line: name``."""
+    package = module.rsplit(".", 1)[0] if not module.endswith(".__init__") else module.removesuffix(".__init__")
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            # ``from tests.x import y`` may import the module tests.x.y: name both, either may be a test module
+            names = [base] if base != "tests" else [f"tests.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            inside = name == "tests" or name.startswith("tests.")
+            if inside and name != "tests.helpers" and not name.startswith("tests.helpers."):
+                found.append(f"{node.lineno}: {name}")
+    return found
+
+
+def test_no_test_module_imports_another():
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        offenders += [f"{path.relative_to(ROOT)}:{hit}" for hit in foreign_test_imports(path.read_text(), module)]
+    assert not offenders, "test modules import from one another (move what they share to tests/helpers/):\n" + (
+        "\n".join(offenders)
+    )
+
+
+def test_the_import_check_would_fail_on_an_import_of_a_test_module():
+    source = """
+import tests.test_cli
+from tests.core.test_real_data import write_fomo
+from tests import test_bad_inputs
+from .test_report import table_rows
+from . import synthetic
+from tests.helpers.real_data import png
+from tests.helpers import e2e
+import tests.helpers.cli
+import time_ray.tests_like
+def f():
+    from tests.analysis.test_report import table_rows
+"""
+    assert foreign_test_imports(source, "tests.analysis.test_x") == [
+        "2: tests.test_cli",
+        "3: tests.core.test_real_data",
+        "4: tests.test_bad_inputs",
+        "5: tests.analysis.test_report",
+        "6: tests.analysis",
+        "12: tests.analysis.test_report",
+    ]

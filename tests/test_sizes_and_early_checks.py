@@ -4,8 +4,8 @@ before `sweep` claims its output directory (time_ray/config.py expand_trials, ti
 import re
 from pathlib import Path
 
-from tests.test_bad_inputs import one_line_error
-from tests.test_real_data_sweep import config_text, make_folders
+from tests.helpers.cli import one_line_error
+from tests.helpers.folders_config import config_text, make_folders
 from time_ray.cli import main
 from time_ray.config import MAX_TRIALS, expand_trials, load_config
 from time_ray.plan import make_plan, size_warnings

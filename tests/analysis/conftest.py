@@ -1,12 +1,12 @@
 import pytest
 
-from tests.analysis.synthetic import write_sweep
+from tests.helpers.synthetic import write_sweep
 from time_ray.analysis import build_report
 
 
 @pytest.fixture(scope="session")
 def synthetic_sweep(tmp_path_factory):
-    """The synthetic sweep (tests/analysis/synthetic.py): 78 finished trials with known answers."""
+    """The synthetic sweep (tests/helpers/synthetic.py): 78 finished trials with known answers."""
     out = tmp_path_factory.mktemp("synthetic") / "sweep"
     trials = write_sweep(out)
     return out, trials

@@ -1,13 +1,13 @@
 """Several sweeps in one report (time_ray.analysis.companions): a sweep of the same setting is pooled, sweeps of
 another setting are companions that findings 2 (replay) and 5 (model size) read. The synthetic
-companions' effects are known by construction (tests/analysis/synthetic.py)."""
+companions' effects are known by construction (tests/helpers/synthetic.py)."""
 
 import math
 import re
 
 import pytest
 
-from tests.analysis.synthetic import (
+from tests.helpers.synthetic import (
     COMPUTE,
     FINAL,
     NOREPLAY,

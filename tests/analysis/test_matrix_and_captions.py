@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from matplotlib.text import Text
 
-from tests.analysis.synthetic import write_sweep
+from tests.helpers.synthetic import write_sweep
 from time_ray.analysis import build_report, figures
 from time_ray.analysis.load import load_sweep
 from time_ray.analysis.report import _policy_metrics

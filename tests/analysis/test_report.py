@@ -9,18 +9,12 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.analysis.synthetic import write_sweep
+from tests.helpers.report import table_rows
+from tests.helpers.synthetic import write_sweep
 from time_ray.analysis.load import load_sweep
 from time_ray.analysis.report import _missing_table
 from time_ray.cli import build_parser, main
 from time_ray.core.results import write_parquet_atomic
-
-
-def table_rows(markdown: str, title: str) -> list[list[str]]:
-    """The body rows of the Markdown table under ``### title``."""
-    section = markdown.split(f"### {title}", 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
-    lines = [ln for ln in section.splitlines() if ln.startswith("| ")][1:]
-    return [[c.strip() for c in ln.strip("|").split(" | ")] for ln in lines]
 
 
 def test_the_report_has_every_output(synthetic_report):

@@ -6,8 +6,8 @@ import math
 import pandas as pd
 import pytest
 
-from tests.analysis.synthetic import BASE, BUDGET_KA, FINAL, GFLOPS_PER_STEP, SEED_NOISE, write_sweep
-from tests.analysis.test_report_trust import plain
+from tests.helpers.report import plain
+from tests.helpers.synthetic import BASE, BUDGET_KA, FINAL, GFLOPS_PER_STEP, SEED_NOISE, write_sweep
 from time_ray.analysis.companions import load_sweeps
 from time_ray.analysis.formats import latex_escape, latex_table, parse_formats
 from time_ray.analysis.report import companion_table

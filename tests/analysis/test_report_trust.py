@@ -6,29 +6,14 @@ from html import escape
 import pandas as pd
 import pytest
 
-from tests.analysis.synthetic import write_sweep
-from tests.analysis.test_report import table_rows
+from tests.helpers.report import plain, table_rows
+from tests.helpers.synthetic import write_sweep
 from time_ray.analysis import build_report
 from time_ray.analysis.findings import NO_VERDICT, SUPPORTED, finding_4, no_verdict
 from time_ray.analysis.load import load_sweep
 from time_ray.analysis.report import _variance_block
 from time_ray.analysis.tables import final_values
 from time_ray.cli import main
-
-PLAIN = """\
-# time-ray sweep {name}.yaml
-name: {name}
-{model}stream: {{tasks: {tasks}{stream}}}
-budget: {{steps_per_task: 20, multipliers: [1.0]}}
-policies:
-  presets: [sequential-ft, offline-merge, best-in-time]
-seeds: {seeds}
-"""
-
-
-def plain(name="plain", seeds="[0, 1]", tasks=3, stream="", model="") -> str:
-    return PLAIN.format(name=name, seeds=seeds, tasks=tasks, stream=stream, model=model)
-
 
 ONE_SEED = "no verdict: 1 seed; a verdict needs >= 2 seeds (seeds: [0])"
 

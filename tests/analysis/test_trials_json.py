@@ -3,7 +3,7 @@ never from the config layer: reporting builds no model, benchmark or config."""
 
 import json
 
-from tests.analysis.synthetic import write_sweep
+from tests.helpers.synthetic import write_sweep
 from time_ray.analysis.load import load_sweep
 from time_ray.core.results import TRIAL_COLUMNS, trials_frame, write_parquet_atomic
 

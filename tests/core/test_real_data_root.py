@@ -9,7 +9,7 @@ import os
 import pandas as pd
 import pytest
 
-from tests.core.test_real_data import fomo_options, png, write_folders, write_fomo, write_table
+from tests.helpers.real_data import fomo_options, png, write_folders, write_fomo, write_table
 from time_ray.config import experiment_settings, load_config
 from time_ray.core.errors import ConfigError
 from time_ray.core.real_data import validate_real_data

@@ -10,7 +10,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from tests.helpers.e2e import run_cli
-from tests.orchestration.s3_server import local_s3
+from tests.helpers.s3_server import local_s3
 from time_ray.core.results import TRIAL_COLUMNS
 from time_ray.reduced import REDUCED
 

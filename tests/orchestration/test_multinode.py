@@ -1,5 +1,5 @@
 """Scale-out on a multi-node Ray cluster, on this machine: a head and two worker nodes of 1 CPU each on
-127.0.0.1 (tests/orchestration/loopback_cluster.py, token authentication on), the reduced quickstart
+127.0.0.1 (tests/helpers/loopback_cluster.py, token authentication on), the reduced quickstart
 run as users run it on a cluster (`time-ray sweep` with RAY_ADDRESS), then checked: the sweep joined
 this cluster and saw its 3 CPUs, its 3 merge service actors ran one per node, the training service's
 one Train run had its 3 workers one per node (Ray's state API, which keeps dead actors listed), nothing
@@ -62,7 +62,7 @@ def loopback_cluster(cache_dir):
     log_path = base / "cluster.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.orchestration.loopback_cluster", str(base), str(NODES), str(dashboard_port)],
+            [sys.executable, "-m", "tests.helpers.loopback_cluster", str(base), str(NODES), str(dashboard_port)],
             env=env,
             cwd=REPO,
             stdout=log,

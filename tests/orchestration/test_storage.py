@@ -4,7 +4,7 @@ node-local staging copy (file:// and a real S3 protocol endpoint on loopback).""
 import pytest
 import torch
 
-from tests.orchestration.s3_server import local_s3
+from tests.helpers.s3_server import local_s3
 from time_ray.core.checkpoints import save_atomic
 from time_ray.core.errors import CheckpointError, TimeRayError
 from time_ray.core.pool import CheckpointPool

@@ -1,4 +1,4 @@
-"""A multi-node Ray cluster on loopback for tests: `python -m tests.orchestration.loopback_cluster BASE NODES PORT`
+"""A multi-node Ray cluster on loopback for tests: `python -m tests.helpers.loopback_cluster BASE NODES PORT`
 starts a head and NODES - 1 worker nodes of 1 CPU each with ray.cluster_utils.Cluster, writes
 BASE/cluster.json (GCS address, dashboard URL) once every node is up, and on SIGTERM stops them all.
 
