@@ -112,11 +112,16 @@ def run_sweep(config: Path, sets: list[str], out: Path) -> dict:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def run_tree(args: list[str], env: dict, what: str) -> dict:
-    """``args`` in a subprocess: its wall time, its process tree's CPU seconds by process name, and its
-    stderr lines stamped with their time."""
+def run_tree(args: list[str], env: dict, what: str, beside: int | None = None) -> dict:
+    """``args`` in a subprocess: its wall time, its process tree's CPU seconds by process name (and those of
+    the tree of ``beside``, e.g. a Ray cluster the command joins, counted from the command's start), the
+    command's own peak resident memory, and its stderr lines stamped with their time."""
     seen: dict[int, tuple[str, float]] = {}
+    before: dict[int, tuple[str, float]] = {}
+    if beside is not None:
+        process_tree_cpu(beside, before)
     lines: list[tuple[float, str]] = []
+    peak_kib = 0
     start = time.perf_counter()
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -129,6 +134,9 @@ def run_tree(args: list[str], env: dict, what: str) -> dict:
     reader.start()
     while proc.poll() is None:
         process_tree_cpu(proc.pid, seen)
+        if beside is not None:
+            process_tree_cpu(beside, seen)
+        peak_kib = max(peak_kib, _peak_rss_kib(proc.pid))
         time.sleep(0.5)
     wall = time.perf_counter() - start
     reader.join()
@@ -136,9 +144,20 @@ def run_tree(args: list[str], env: dict, what: str) -> dict:
         tail = "\n".join(line for _, line in lines[-20:])
         raise RuntimeError(f"{what} failed ({proc.returncode}):\n{tail}")
     by_name: dict[str, float] = {}
-    for name, seconds in seen.values():
-        by_name[name] = by_name.get(name, 0.0) + seconds
-    return {"wall": wall, "cpu_by_process": by_name, "lines": lines}
+    for pid, (name, seconds) in seen.items():
+        by_name[name] = by_name.get(name, 0.0) + seconds - before.get(pid, (name, 0.0))[1]
+    return {"wall": wall, "cpu_by_process": by_name, "lines": lines, "driver_peak_mib": peak_kib / 1024}
+
+
+def _peak_rss_kib(pid: int) -> int:
+    """The peak resident memory of process ``pid`` so far (VmHWM), 0 when it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def first_time(lines, pattern: str) -> float | None:

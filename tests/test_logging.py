@@ -9,7 +9,9 @@ import re
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -263,4 +265,38 @@ def test_a_quiet_minute_gets_a_line_saying_what_still_runs(capsys, monkeypatch):
     capsys.readouterr()
     now[0] += progress.QUIET_SECONDS - 1
     printer.on_step(3, trials)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_sweep_of_many_trials_prints_a_summary_line_per_interval_not_a_line_per_timestep(monkeypatch, capsys):
+    from time_ray.core import eta
+    from time_ray.orchestration import progress
+
+    configure(logging.INFO)
+    cfg = load_config("configs/quickstart.yaml", ["policies.presets=[sequential-ft]", "seeds=[0]"])
+    [trial] = expand_trials(cfg)
+    trials = [replace(trial, trial_id=f"t{i:02d}") for i in range(progress.DETAILED_TRIALS + 1)]
+    now = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    eta.mark_command_start()
+    printer = progress.ProgressPrinter(trials, tasks=2, summary_seconds=30.0)
+    for i, gm in ((0, 0.5), (1, 0.75), (2, 0.25)):
+        printer.on_trial_start(0, [], SimpleNamespace(config={"trial_id": f"t{i:02d}"}))
+        for t in range(3):
+            now[0] += 2.0
+            printer.on_trial_result(
+                0,
+                [],
+                None,
+                {"policy": "p", "trial_id": f"t{i:02d}", "timestep": t, "tasks": 2, "a_ka": gm, "a_zs": gm, "gm": gm},
+            )
+    printer.on_trial_complete(0, [], SimpleNamespace(config={"trial_id": "t00"}))
+    printer.on_step(0, [])
+    assert capsys.readouterr().err == ""  # 18 s of results, no line per start or timestep; 30 s not yet passed
+    now[0] += 30.0
+    printer.on_step(0, [])
+    [line] = capsys.readouterr().err.splitlines()
+    assert "trials: 2 running, 1 of 25 ended  best final GM 0.750 (t01)" in line, line
+    assert line.startswith("[    48s   9/75]"), line
+    printer.on_step(0, [])  # the next one an interval later
     assert capsys.readouterr().err == ""

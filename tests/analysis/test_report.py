@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers.report import table_rows
 from tests.helpers.synthetic import write_sweep
-from time_ray.analysis.load import load_sweep
+from time_ray.analysis.load import ReportError, load_sweep
 from time_ray.analysis.report import _missing_table
 from time_ray.cli import build_parser, main
 from time_ray.core.results import write_parquet_atomic
@@ -76,6 +76,32 @@ def test_summary_answers_the_question_and_splits_the_variance(synthetic_report):
     assert sum(shares.values()) == pytest.approx(100, abs=0.2)
     assert len(re.findall(r"### Finding \d: ", text)) == 5
     assert synthetic_report["policy"] == "ema/ema ties(disjoint=mean, lambda=1.0, prune=0.7)"
+
+
+def test_a_running_trials_row_files_are_read_as_its_tables(tmp_path):
+    """A trial that is still running has row files (trials/<id>/rows/<t>.json), not tables yet: the report
+    reads them, and its rows equal those the trial's tables will hold."""
+    from time_ray.core.results import row_file, row_file_text
+
+    trials = write_sweep(tmp_path / "sweep", truncate=2)
+    before = load_sweep(tmp_path / "sweep")
+    folder = tmp_path / "sweep" / "trials" / trials[1].trial_id
+    steps, metrics = pd.read_parquet(folder / "timesteps.parquet"), pd.read_parquet(folder / "metrics.parquet")
+    for row in steps.to_dict("records"):
+        rows = metrics[metrics.timestep == row["timestep"]].to_dict("records")
+        (folder / row_file(row["timestep"])).parent.mkdir(exist_ok=True)
+        (folder / row_file(row["timestep"])).write_text(row_file_text(row, rows))
+    (folder / "timesteps.parquet").unlink()
+    (folder / "metrics.parquet").unlink()
+    after = load_sweep(tmp_path / "sweep")
+    key = ["trial_id", "timestep"]
+    pd.testing.assert_frame_equal(
+        after.steps.sort_values(key).reset_index(drop=True), before.steps.sort_values(key).reset_index(drop=True)
+    )
+    assert list(after.missing.trial_id) == list(before.missing.trial_id) == [t.trial_id for t in trials[:2]]
+    (folder / row_file(1)).write_text("[]")
+    with pytest.raises(ReportError, match=r"rows: a row file that cannot be read .*--resume"):
+        load_sweep(tmp_path / "sweep")
 
 
 def test_partial_sweep_lists_the_missing_trials(tmp_path):

@@ -30,10 +30,26 @@ def run_cli(args, cache_dir, ray_tmp, timeout=900):
 SETS = [arg for s in REDUCED for arg in ("--set", s)]
 
 
+def recorded_timesteps(out: Path) -> dict[str, int]:
+    """Each trial's last recorded timestep in sweep directory ``out``, read as the sweep reads it (its tables
+    and the row files of a running trial); a trial whose files are being rewritten is left out this time."""
+    from time_ray.orchestration.storage import Storage
+    from time_ray.orchestration.trial_tables import read_tables
+
+    last = {}
+    for folder in sorted(out.glob("trials/*")):
+        try:
+            tables = read_tables(Storage(out), folder.name, set_aside=False)
+        except Exception:  # noqa: BLE001 - read again at the next poll
+            continue
+        if tables is not None and not tables[0].empty:
+            last[folder.name] = int(tables[0].timestep.max())
+    return last
+
+
 def kill_once_recorded(args, out: Path, cache_dir, ray_tmp: str, timestep: int = 1, wait: float = 600) -> None:
     """Starts ``time-ray ARGS`` in a session of its own and SIGKILLs the whole process group (driver,
     embedded Ray and its workers) once a trial of ``out`` has recorded ``timestep``."""
-    import pandas as pd
 
     env = {**os.environ, "TIME_RAY_CACHE": str(cache_dir), "RAY_TMPDIR": ray_tmp}
     env.pop("RAY_ADDRESS", None)
@@ -47,8 +63,7 @@ def kill_once_recorded(args, out: Path, cache_dir, ray_tmp: str, timestep: int =
     deadline = time.time() + wait
     try:
         while time.time() < deadline and driver.poll() is None:
-            done = [pd.read_parquet(p).timestep.max() for p in out.glob("trials/*/timesteps.parquet")]
-            if any(t >= timestep for t in done):
+            if any(t >= timestep for t in recorded_timesteps(out).values()):
                 break
             time.sleep(0.5)
         assert driver.poll() is None, "the sweep ended before it could be killed"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers.e2e import SETS, assert_same_results, kill_once_recorded, ray_dir, run_cli
+from tests.helpers.e2e import SETS, assert_same_results, kill_once_recorded, ray_dir, recorded_timesteps, run_cli
 from time_ray.core.checkpoints import verify
 
 
@@ -75,7 +75,7 @@ def test_killed_driver_resumes_where_it_stopped(reduced_quickstart, cache_dir, t
     reference, _ = reduced_quickstart
     out = tmp_path / "out"
     kill_once_recorded(["sweep", "configs/quickstart.yaml", "--output", str(out), *SETS], out, cache_dir, ray_dir())
-    recorded = {p.parent.name: int(pd.read_parquet(p).timestep.max()) for p in out.glob("trials/*/timesteps.parquet")}
+    recorded = recorded_timesteps(out)
     assert any(t >= 1 for t in recorded.values()) and not all(t == 2 for t in recorded.values())
 
     resumed = run_cli(
@@ -194,7 +194,7 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_finishes_it(
     sweep = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
     while time.time() < deadline and sweep.poll() is None:
-        if any(pd.read_parquet(p).timestep.max() >= 1 for p in out.glob("trials/*/timesteps.parquet")):
+        if any(t >= 1 for t in recorded_timesteps(out).values()):
             break
         time.sleep(0.5)
     filler = out.parent / "filler"

@@ -22,7 +22,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from tests.helpers.e2e import SETS, assert_same_results
+from tests.helpers.e2e import SETS, assert_same_results, recorded_timesteps
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -179,8 +179,7 @@ def test_ctrl_c_then_resume_gives_every_row(reduced_quickstart, cache_dir, relat
     deadline = time.time() + 900
     try:
         while time.time() < deadline and sweep.poll() is None:
-            done = [pd.read_parquet(p).timestep.max() for p in (ROOT / out).glob("trials/*/timesteps.parquet")]
-            if any(t >= 1 for t in done):
+            if any(t >= 1 for t in recorded_timesteps(ROOT / out).values()):
                 break
             time.sleep(0.3)
         assert sweep.poll() is None, "the sweep ended before it could be interrupted"
@@ -192,9 +191,7 @@ def test_ctrl_c_then_resume_gives_every_row(reduced_quickstart, cache_dir, relat
             sweep.wait(30)
     assert sweep.returncode == 130, stdout[-2000:] + stderr[-6000:]
     assert "interrupted; rerun with --resume" in stderr and "Traceback" not in stderr, stderr[-6000:]
-    recorded = {
-        p.parent.name: int(pd.read_parquet(p).timestep.max()) for p in (ROOT / out).glob("trials/*/timesteps.parquet")
-    }
+    recorded = recorded_timesteps(ROOT / out)
     assert not all(t == 2 for t in recorded.values()) or len(recorded) < 3, recorded
     assert not list((ROOT / out).glob("trials/*/stopped_early.json"))
 

@@ -14,7 +14,7 @@ import pytest
 from tests.helpers.e2e import SETS, run_cli
 from time_ray.config import expand_trials, load_config
 from time_ray.core.errors import ConfigError
-from time_ray.core.results import metrics_frame, timesteps_frame, write_parquet_atomic
+from time_ray.core.results import row_file, row_file_text
 from time_ray.orchestration.storage import Storage
 from time_ray.orchestration.sweep import EXECUTION, collect, prepare_output
 from time_ray.orchestration.tracking import (
@@ -25,6 +25,7 @@ from time_ray.orchestration.tracking import (
     TrackingCallback,
     sweep_fingerprint,
 )
+from time_ray.orchestration.trial import REPORTED
 
 QUICKSTART = "configs/quickstart.yaml"
 TWO_POLICIES = "policies.presets=[sequential-ft, best-in-time]"
@@ -85,18 +86,16 @@ def row(trial, t):
 
 
 def record(storage, trial, last):
-    """What a trial's driver writes before it reports timestep ``last``: its tables, rows 0..last."""
-    folder = storage.local(f"trials/{trial.trial_id}")
-    folder.mkdir(parents=True, exist_ok=True)
-    write_parquet_atomic(metrics_frame([]), folder / "metrics.parquet")
-    write_parquet_atomic(timesteps_frame([row(trial, t) for t in range(last + 1)]), folder / "timesteps.parquet")
+    """What a trial's driver has written before it reports timestep ``last``: the row files of timesteps
+    0..last (trial.TrialRecorder)."""
+    for t in range(last + 1):
+        storage.write_text(f"trials/{trial.trial_id}/{row_file(t)}", row_file_text(row(trial, t), []))
 
 
 def report(trial, t):
     """What the trial reports with tune.report at timestep t (trial._report, plus the cache hit)."""
     r = row(trial, t)
-    keys = ("timestep", "a_ka", "a_zs", "gm", "policy", "trial_id", "expert_cache_hit")
-    return {k: r[k] for k in keys} | {"tasks": TASKS}
+    return {k: r[k] for k in (*REPORTED, "expert_cache_hit")} | {"tasks": TASKS}
 
 
 def drive(callback, storage, trial, timesteps, end="complete"):

@@ -26,12 +26,17 @@ from time_ray.core import safe_yaml
 from time_ray.core.errors import ConfigError, TimeRayError
 from time_ray.core.policy_defaults import POLICY_DEFAULTS
 from time_ray.core.results import (
+    MAX_ROW_FILE_BYTES,
     METRICS_COLUMNS,
     POLICY_COLUMNS,
+    ROW_FILE,
+    ROWS_FOLDER,
     TIMESTEP_COLUMNS,
     TRIALS_FILE,
     checked_trial_ids,
     concat_rows,
+    metrics_frame,
+    with_row_files,
 )
 
 DESIGN = ["init", "deploy", "technique", "settings", "budget", "multitask"]  # one policy x budget
@@ -121,22 +126,42 @@ def _read_parquet(path: Path, columns: list[str]) -> pd.DataFrame:
     return frame
 
 
+def _trial_rows(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One trial's tables and the row files it has recorded since (a running or interrupted trial)."""
+    texts = []  # before the tables: a row file gone meanwhile is in the tables the trial wrote since
+    for row in sorted(p for p in (folder / ROWS_FOLDER).glob("*.json") if ROW_FILE.fullmatch(p.name)):
+        try:
+            texts.append(safe_yaml.read_text(row, str(row), MAX_ROW_FILE_BYTES))
+        except ConfigError as exc:
+            if row.exists():
+                raise ReportError(f"{exc} Rerun the sweep with --resume to rewrite the trial's rows.") from None
+    steps = metrics = None
+    if (folder / "timesteps.parquet").exists():
+        steps = _read_parquet(folder / "timesteps.parquet", TIMESTEP_COLUMNS)
+        metrics_path = folder / "metrics.parquet"
+        metrics = _read_parquet(metrics_path, METRICS_COLUMNS) if metrics_path.exists() else metrics_frame([])
+    try:
+        steps, metrics = with_row_files(steps, metrics, texts)
+    except ValueError as exc:
+        raise ReportError(
+            f"{folder / ROWS_FOLDER}: a row file that cannot be read ({' '.join(str(exc).split())[:200]}). "
+            "Rerun the sweep with --resume to rewrite the trial's rows, or delete the file."
+        ) from None
+    checked_trial_ids(steps["trial_id"].unique(), str(folder))
+    return steps, metrics
+
+
 def _read_rows(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The per-trial files when DIR/trials exists, else the top-level tables."""
-    trial_dirs = sorted(d for d in (path / "trials").glob("*") if (d / "timesteps.parquet").exists())
+    trial_dirs = sorted(
+        d for d in (path / "trials").glob("*") if (d / "timesteps.parquet").exists() or (d / ROWS_FOLDER).is_dir()
+    )
     if trial_dirs:
-        steps = concat_rows(
-            [_read_parquet(d / "timesteps.parquet", TIMESTEP_COLUMNS) for d in trial_dirs], TIMESTEP_COLUMNS
+        tables = [_trial_rows(d) for d in trial_dirs]
+        return (
+            concat_rows([steps for steps, _ in tables], TIMESTEP_COLUMNS),
+            concat_rows([metrics for _, metrics in tables], METRICS_COLUMNS),
         )
-        metrics = concat_rows(
-            [
-                _read_parquet(d / "metrics.parquet", METRICS_COLUMNS)
-                for d in trial_dirs
-                if (d / "metrics.parquet").exists()
-            ],
-            METRICS_COLUMNS,
-        )
-        return steps, metrics
     if (path / "timesteps.parquet").exists():
         metrics_path = path / "metrics.parquet"
         metrics = (

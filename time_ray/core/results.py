@@ -56,6 +56,13 @@ TRIAL_STATUSES = ("finished", "stopped_early", "failed", "unfinished")
 TRIAL_COLUMNS = POLICY_COLUMNS + ["status", "last_timestep", "expert_trainings_saved", "train_steps_saved"]
 
 
+# trials/<id>/rows/<t>.json: one recorded timestep's rows (its timesteps.parquet row and its metrics.parquet
+# rows), written when it is recorded; the trial's tables are written from them once, when the trial ends (or
+# when the sweep collects its tables), so recording a timestep costs the same at t = 1 and at t = 100
+ROWS_FOLDER = "rows"
+ROW_FILE = re.compile(r"\d{5}\.json")
+MAX_ROW_FILE_BYTES = 16 << 20  # one timestep of one trial: a few hundred rows; a larger file is not ours
+
 TRIALS_FILE = "trials.json"  # the sweep's expanded trials, written when it starts (what a report expects)
 TRIAL_ID = re.compile(r"[A-Za-z0-9_.-]+")  # what policy_space.expand_trials writes: policy-technique-digest
 
@@ -106,3 +113,55 @@ def trials_frame(rows: list[dict]) -> pd.DataFrame:
 
 def timesteps_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TIMESTEP_COLUMNS)
+
+
+def row_file(t: int) -> str:
+    """A recorded timestep's row file, relative to its trial's folder."""
+    return f"{ROWS_FOLDER}/{t:05d}.json"
+
+
+def row_file_text(row: dict, metric_rows: list[dict]) -> str:
+    """The row file of one timestep: its timesteps.parquet row and its metrics.parquet rows, in one document
+    (written atomically: a reader that sees the timestep sees its metrics)."""
+    return json.dumps({"timestep": row, "metrics": metric_rows}, default=_plain)
+
+
+def _plain(value):
+    """numpy scalars as Python numbers (json writes floats exactly: they read back bit for bit)."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not a results value")
+
+
+def with_row_files(
+    steps: pd.DataFrame | None, metrics: pd.DataFrame | None, texts: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A trial's (timesteps, metrics): its written tables (None: not written yet) and the texts of its row
+    files (``row_file``, in timestep order), a timestep in both counted once (the tables'). ValueError for a
+    row file that is not one."""
+    seen = set() if steps is None else {int(t) for t in steps.timestep}
+    step_rows: list[dict] = []
+    metric_rows: list[dict] = []
+    for text in texts:
+        document = json.loads(text)
+        row = document.get("timestep") if isinstance(document, dict) else None
+        rows = document.get("metrics") if isinstance(document, dict) else None
+        if not isinstance(row, dict) or not isinstance(rows, list) or not isinstance(row.get("timestep"), int):
+            raise ValueError("a row file without its timestep row and metrics rows")
+        if row["timestep"] in seen:
+            continue
+        seen.add(row["timestep"])
+        step_rows.append(row)
+        metric_rows += rows
+    if not step_rows:
+        return (
+            steps if steps is not None else timesteps_frame([]),
+            metrics if metrics is not None else metrics_frame([]),
+        )
+    new_steps, new_metrics = timesteps_frame(step_rows), metrics_frame(metric_rows)
+    if steps is None or steps.empty:
+        return new_steps, new_metrics
+    return (
+        pd.concat([steps, new_steps], ignore_index=True),
+        pd.concat([metrics, new_metrics], ignore_index=True) if metrics is not None else new_metrics,
+    )

@@ -1,5 +1,7 @@
-"""Progress lines while a sweep runs: one per finished timestep of any trial, at INFO on this module's
-logger (``--quiet`` hides them)."""
+"""Progress lines while a sweep runs, at INFO on this module's logger (``--quiet`` hides them): one per
+finished timestep of any trial while the sweep has at most ``DETAILED_TRIALS`` trials; beyond that, one line
+every ``SUMMARY_SECONDS`` saying how many trials run, finished, failed, and the best GM so far (a sweep of
+thousands of trials stays readable). Failures and retries are always a line of their own."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from time_ray.orchestration import memory
 
 logger = logging.getLogger(__name__)
 QUIET_SECONDS = 60.0  # after this long without a line, one saying what is still running (a busy machine)
+DETAILED_TRIALS = 24  # sweeps of more trials print a summary line every SUMMARY_SECONDS instead
+SUMMARY_SECONDS = 30.0
 
 
 def last_line(error) -> str:
@@ -57,10 +61,12 @@ class ProgressPrinter(Callback):
         max_failures: int = 0,
         recorded: dict[str, int] | None = None,
         parallel: int = 1,
+        summary_seconds: float = SUMMARY_SECONDS,
     ):
         """``recorded``: each trial's last timestep already recorded (a resumed sweep): not counted again.
         ``parallel``: trials that run at once (the ETA before a second timestep is known). The clock
-        counts from the command's start (:func:`time_ray.core.eta.since_command_start`)."""
+        counts from the command's start (:func:`time_ray.core.eta.since_command_start`). More than
+        ``DETAILED_TRIALS`` trials: a summary line every ``summary_seconds``."""
         self.attempts = max_failures + 1
         last = {t.trial_id: (recorded or {}).get(t.trial_id, -1) for t in trials}
         steps = {t.trial_id: [0, tasks] if t.multitask else list(range(tasks + 1)) for t in trials}
@@ -71,6 +77,11 @@ class ProgressPrinter(Callback):
         self.rate = Rate(trained, parallel)
         self.previous: dict = {}  # each trial's last result time: the gap to its next timestep paces the ETA
         self.last_line = time.monotonic()
+        self.summary = len(trials) > DETAILED_TRIALS
+        self.summary_seconds = summary_seconds
+        self.trials_total, self.started, self.ended, self.failed = len(trials), 0, 0, 0
+        self.best: tuple[float, str] | None = None  # the best final GM so far and its trial
+        self.tasks = tasks
 
     def eta(self) -> str:
         """'  ETA 2m05s': the remaining timesteps t >= 1 at the pace seen so far ('' before the first)."""
@@ -80,9 +91,22 @@ class ProgressPrinter(Callback):
         logger.info("[%6.0fs %3d/%d] %s", since_command_start(), self.done, self.total, msg)
         self.last_line = time.monotonic()
 
+    def _summary_line(self) -> None:
+        running = self.started - self.ended
+        best = f"  best final GM {self.best[0]:.3f} ({self.best[1]})" if self.best else ""
+        failed = f", {self.failed} failed" if self.failed else ""
+        self._line(
+            f"trials: {running} running, {self.ended - self.failed} of {self.trials_total} ended{failed}{best}"
+            f"{self.eta()}"
+        )
+
     def on_step(self, iteration, trials, **info):
-        """Tune's loop, every iteration: after ``QUIET_SECONDS`` without a line, one that says the sweep
-        is alive and what it waits for (on a busy machine, Ray's worker start-up can take minutes)."""
+        """Tune's loop, every iteration: the summary line when it is due; after ``QUIET_SECONDS`` without a
+        line, one that says the sweep is alive and what it waits for (on a busy machine, Ray's worker
+        start-up can take minutes)."""
+        if self.summary and self.done and time.monotonic() - self.last_line >= self.summary_seconds:
+            self._summary_line()
+            return
         if time.monotonic() - self.last_line < QUIET_SECONDS:
             return
         states = [getattr(t, "status", "?") for t in trials]
@@ -91,7 +115,12 @@ class ProgressPrinter(Callback):
         self._line(f"still working: {running} trial(s) running, {pending} waiting (nothing new for {quiet} s)")
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._line(f"{trial.config['trial_id']}: started")
+        self.started += 1
+        if not self.summary:
+            self._line(f"{trial.config['trial_id']}: started")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended += 1
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.done += 1
@@ -100,6 +129,10 @@ class ProgressPrinter(Callback):
             before = self.previous.get(key)
             self.rate.advance(now=now, gap=None if before is None else now - before)
         self.previous[key] = now
+        if result["timestep"] == result["tasks"] and (self.best is None or result["gm"] > self.best[0]):
+            self.best = (result["gm"], key)
+        if self.summary:
+            return
         cached = "  (expert from the cache)" if result.get("expert_cache_hit") else ""
         self._line(
             f"{result['policy']:<16} t={result['timestep']}/{result['tasks']}  "
@@ -115,6 +148,8 @@ class ProgressPrinter(Callback):
         )
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.ended += 1
+        self.failed += 1
         if is_machine_fault(error_text(trial)):
             return
         self._line(

@@ -42,7 +42,7 @@ from time_ray.core.results import (
 )
 from time_ray.orchestration.memory import OutOfMemory
 from time_ray.orchestration.storage import Storage
-from time_ray.orchestration.trial_tables import read_tables
+from time_ray.orchestration.trial_tables import collected_tables, read_tables
 from time_ray.plan import data_outline, size_warnings
 
 logger = logging.getLogger(__name__)
@@ -411,6 +411,9 @@ def _run_trials(
         param_space={"trial_id": tune.grid_search(list(by_id))},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=concurrent,
+            # a trial's driver process runs the next trial when it ends: no process start-up per trial
+            # (docs/performance.md "Sweeps at scale")
+            reuse_actors=True,
             scheduler=scheduler(cfg),
             trial_dirname_creator=lambda t: t.config["trial_id"],
             trial_name_creator=lambda t: t.config["trial_id"],
@@ -519,14 +522,15 @@ def log_merge_service(service: list) -> None:
 
 
 def collect(storage: Storage, trials: list[Trial], tasks: int) -> pd.DataFrame:
-    """Concatenates the trials' files into DIR/metrics.parquet and DIR/timesteps.parquet, and lists
+    """Concatenates the trials' tables into DIR/metrics.parquet and DIR/timesteps.parquet (a trial's tables
+    written first from its row files when it ended before writing them), and lists
     every trial's status in DIR/trials.parquet (finished, stopped early and what that saved, or
     unfinished)."""
     metrics, steps, status = [], [], []
     for trial in trials:
         d = f"trials/{trial.trial_id}"
         last = 0
-        if (tables := read_tables(storage, trial.trial_id)) is not None:
+        if (tables := collected_tables(storage, trial.trial_id)) is not None:
             steps.append(tables[0])
             metrics.append(tables[1])
             last = int(steps[-1].timestep.max())

@@ -3,7 +3,7 @@
 
 A Ray Tune callback in the driver process gives every trial a run of its own in each tracker: its policy
 columns as params (config), and per recorded timestep (step = timestep) A_KA, A_ZS, GM and the costs of
-its row in ``trials/<id>/timesteps.parquet``. At the sweep's end one sweep-level run per tracker gets the
+its row (reported with the result). At the sweep's end one sweep-level run per tracker gets the
 result tables. A resumed sweep continues the runs it started (found by their tags in MLflow, by a run id
 derived from the sweep and the trial in W&B).
 
@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import pandas as pd
 from ray.tune import Callback
 
 from time_ray.config import SweepConfig, TrackingConfig, WandbConfig, mlflow_directory
 from time_ray.core.contracts import Trial
 from time_ray.orchestration.storage import Storage
+from time_ray.orchestration.trial_tables import read_tables
 
 logger = logging.getLogger(__name__)
 
@@ -288,20 +288,22 @@ class TrackingCallback(Callback):
                 self._safely(tracker, tracker.close, trial_id, status)
 
     def _rows(self, trial_id: str, result: dict) -> list[tuple[int, dict[str, float]]]:
-        """(timestep, values) of the trial's recorded timesteps up to the reported one, with the costs of
-        its timesteps.parquet; the reported values alone when that table cannot be read."""
+        """(timestep, values) of the reported timestep (its metrics and costs come with the result) and, when a
+        tracker's run lacks earlier ones (recorded before a crash whose results never came), those from the
+        trial's recorded rows."""
         step = int(result["timestep"])
-        table = self._recorded(trial_id)
+        behind = any(self.last.get((t.name, trial_id), -1) < step - 1 for t in self.trackers)
+        table = self._recorded(trial_id) if behind else None
         rows = {} if table is None else {int(r["timestep"]): _values(r) for r in table if r["timestep"] <= step}
         rows[step] = {**rows.get(step, {}), **_values(result)}
         return sorted(rows.items())
 
     def _recorded(self, trial_id: str) -> list[dict] | None:
         try:
-            path = self.storage.pull(f"trials/{trial_id}/timesteps.parquet", refresh=True)
-            return None if path is None else pd.read_parquet(path).to_dict("records")
-        except Exception as exc:  # noqa: BLE001 - written atomically; a read that fails loses only the costs
-            logger.debug("time-ray: tracking: %s: timesteps.parquet not read: %s", trial_id, exc)
+            tables = read_tables(self.storage, trial_id, set_aside=False)  # the trial decides about damage
+            return None if tables is None else tables[0].to_dict("records")
+        except Exception as exc:  # noqa: BLE001 - written atomically; a read that fails loses only earlier rows
+            logger.debug("time-ray: tracking: %s: recorded rows not read: %s", trial_id, exc)
             return None
 
     def finish(self, failed: bool = False) -> None:

@@ -6,7 +6,8 @@
   submits the job (or finds the expert cached) and links expert t into the pool when it is there
   t = 0: evaluate theta_0
   for t in 1..T: wait for expert t in the pool -> deployed weights from the actor -> evaluate
-                 -> append rows to the trial's parquet files (atomically) -> tune.report
+                 -> its rows as one small file (atomically) -> tune.report
+  at its end: the trial's parquet tables, written once from those rows
 
 Resumable at every timestep: the rows recorded so far, the pool (experts, EMA chain, training info)
 and the expert cache are in storage, and each expert is a deterministic function of its init and its
@@ -34,21 +35,24 @@ from time_ray.core.experiment import Experiment
 from time_ray.core.experts import expert_key
 from time_ray.core.metrics import summarize
 from time_ray.core.predictions import PREDICTIONS_FILE, predictions_frame
-from time_ray.core.results import metrics_frame, timesteps_frame, write_parquet_atomic
+from time_ray.core.results import metrics_frame, row_file, row_file_text, timesteps_frame, write_parquet_atomic
 from time_ray.logs import worker_console
 from time_ray.orchestration import faults
 from time_ray.orchestration.expert_cache import WAIT_SECONDS, ExpertJob, cached_info, expert_file, obtain
 from time_ray.orchestration.storage import Storage
-from time_ray.orchestration.trial_tables import read_tables
+from time_ray.orchestration.trial_tables import read_tables, write_tables
 
 logger = logging.getLogger(__name__)
 
 
 class TrialRecorder:
-    """Accumulates one trial's rows and rewrites its parquet files atomically after each timestep."""
+    """One trial's rows: each recorded timestep is one small row file, written atomically (the cost of a
+    timestep does not grow with t); the trial's parquet tables are written once from all of them at its
+    end (trial_tables.py)."""
 
-    def __init__(self, storage: Storage, trial_dir: str, trial: Trial):
-        self.storage, self.dir = storage, trial_dir
+    def __init__(self, storage: Storage, trial: Trial):
+        self.storage, self.trial_id = storage, trial.trial_id
+        self.dir = f"trials/{trial.trial_id}"
         self.cols = trial.columns()
         self.metric_rows: list[dict] = []
         self.timestep_rows: list[dict] = []
@@ -65,17 +69,16 @@ class TrialRecorder:
 
     def record(self, t: int, records: list[dict], costs: TimestepCosts) -> dict:
         summary = summarize(records)
-        self.metric_rows += [{**self.cols, "timestep": t, **r} for r in records]
+        metric_rows = [{**self.cols, "timestep": t, **r} for r in records]
         row = {**self.cols, "timestep": t, **summary, **costs.to_row()}
+        self.storage.write_text(f"{self.dir}/{row_file(t)}", row_file_text(row, metric_rows))
+        self.metric_rows += metric_rows
         self.timestep_rows.append(row)
-        # metrics first: a reader that sees timestep t in timesteps.parquet finds its metrics too
-        for name, frame in (
-            ("metrics.parquet", metrics_frame(self.metric_rows)),
-            ("timesteps.parquet", timesteps_frame(self.timestep_rows)),
-        ):
-            write_parquet_atomic(frame, self.storage.local(f"{self.dir}/{name}"))
-            self.storage.push(f"{self.dir}/{name}")
         return row
+
+    def finish(self) -> None:
+        """The trial's tables, from every row it recorded (its row files removed)."""
+        write_tables(self.storage, self.trial_id, timesteps_frame(self.timestep_rows), metrics_frame(self.metric_rows))
 
 
 class NonRetryableFailure(Exception):
@@ -93,7 +96,7 @@ class TrialDriver:
         self.tasks = run.settings.tasks
         self.experts = 1 if self.multitask else self.tasks  # the multitask reference: one, on the union
         self.evaluator = evaluator  # the sweep's shared Evaluator actor serving this trial (None: here)
-        self.recorder = TrialRecorder(self.storage, f"trials/{self.trial_id}", trial)
+        self.recorder = TrialRecorder(self.storage, trial)
         self.actor = service  # the merge service actor serving this trial
         self.failure: list[BaseException] = []
         self.training: threading.Thread | None = None
@@ -201,6 +204,7 @@ class TrialDriver:
             self.training.join()
         if self.failure:
             raise self.failure[0]
+        self.recorder.finish()
 
     def obtain_experts(self) -> None:
         """Runs in a thread while the driver evaluates: for t = n_experts+1, ...: theta^i_t from the pool,
@@ -298,13 +302,12 @@ def evaluate_task(
     return experiment.evaluate(model, device=device, subset=subset, seed=seed, predictions=kept), kept
 
 
+# what Tune gets of a recorded timestep: its scheduler's metric, the progress lines, the trackers (with the costs)
+REPORTED = (
+    *("timestep", "a_ka", "a_zs", "gm", "policy", "trial_id"),
+    *("train_steps", "train_gflops", "train_seconds", "merge_seconds", "eval_seconds"),
+)
+
+
 def _report(row: dict, tasks: int) -> dict:
-    return {
-        "timestep": row["timestep"],
-        "tasks": tasks,
-        "a_ka": row["a_ka"],
-        "a_zs": row["a_zs"],
-        "gm": row["gm"],
-        "policy": row["policy"],
-        "trial_id": row["trial_id"],
-    }
+    return {"tasks": tasks} | {key: row[key] for key in REPORTED}

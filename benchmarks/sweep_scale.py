@@ -1,0 +1,213 @@
+"""Sweeps at scale: what a trial costs beyond its own work, as the number of trials grows.
+
+    .venv/bin/python benchmarks/sweep_scale.py [--trials 100,300,1000] [--cluster embedded,loopback] [--quick]
+
+* The sweep: the quickstart reduced as in the end-to-end tests (time_ray/reduced.py: a small built-in
+  benchmark and base model) with 2 tasks of 20 steps, every init x deploy pair of the paper with weight
+  averaging (5 x 4 = 20 policies) crossed with N / 20 seeds; deduplication as it falls (the first expert is
+  shared by every policy of a seed, the second by those of one init strategy). The real CLI,
+  ``time-ray sweep``, on a fresh embedded Ray (``embedded``) and on a 3-node Ray cluster on loopback that it
+  joins (``loopback``: tests/helpers/loopback_cluster.py, 1 CPU per node).
+* Measured per N, from the command's start to its exit: wall time per trial; the CPU time of every process
+  of the sweep (the CLI and its Ray; for ``loopback`` also the cluster's processes, from the sweep's start),
+  sampled from /proc every 0.5 s; the work (train, merge, eval CPU-s as sweep_efficiency.py accounts it,
+  from timesteps.parquet); the fixed cost per trial = (all CPU - work) / N, which includes Ray's start-up
+  (a constant: it shrinks with N); the marginal fixed cost between two sizes = the growth of (all CPU -
+  work) / the growth of N (what one more trial costs); the CLI process's peak resident memory; the bytes
+  of Tune's experiment state (DIR/ray/tune: its experiment-state file and the trials' result files).
+* Targets: fixed cost per trial <= 0.3 CPU-s at every N; flat in N: the per-trial fixed cost at the largest
+  N within 1.2x of the smallest's; the driver's peak memory at the largest N within 1.2x of the smallest's.
+``--quick``: 20 and 60 trials, embedded only (minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import REPO, emit, log, machine, verdict  # noqa: E402
+from sweep_efficiency import account, run_tree, warm_caches  # noqa: E402
+
+from time_ray.reduced import REDUCED  # noqa: E402
+
+CONFIG = REPO / "configs" / "quickstart.yaml"
+INIT = ["zs", "ft", "ema", "all", "ft-zs"]
+DEPLOY = ["ft", "ema", "all", "ft-zs"]
+POLICIES = len(INIT) * len(DEPLOY)
+
+
+def sets_for(trials: int) -> list[str]:
+    """The ``--set`` overrides of the sweep of ``trials`` trials (a multiple of the 20 policies)."""
+    seeds = max(1, trials // POLICIES)
+    return [
+        *REDUCED,
+        "budget.steps_per_task=20",
+        "policies.presets=[]",
+        f"policies.grid={{init: [{', '.join(INIT)}], deploy: [{', '.join(DEPLOY)}], merge: [{{technique: average}}]}}",
+        f"seeds=[{', '.join(str(s) for s in range(seeds))}]",
+    ]
+
+
+def start_loopback(base: Path) -> tuple[subprocess.Popen, str]:
+    """A 3-node Ray cluster on loopback (its own process group); its GCS address."""
+    env = {**os.environ, "RAY_TMPDIR": str(base), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.helpers.loopback_cluster", str(base), "3", "0"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while not (base / "cluster.json").exists():
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError("the loopback cluster did not start")
+        time.sleep(0.5)
+    return proc, json.loads((base / "cluster.json").read_text())["address"]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def tune_state_bytes(out: Path) -> dict:
+    """Tune's experiment state in the sweep directory: its experiment-state file(s) and everything under
+    DIR/ray/tune (the trials' result files included)."""
+    tune = out / "ray" / "tune"
+    files = [p for p in tune.rglob("*") if p.is_file()] if tune.exists() else []
+    state = [p for p in files if p.name.startswith("experiment_state")]
+    return {
+        "experiment_state_bytes": sum(p.stat().st_size for p in state),
+        "tune_dir_bytes": sum(p.stat().st_size for p in files),
+    }
+
+
+def one_sweep(trials: int, cluster: str, tmp: Path) -> dict:
+    out = tmp / f"{cluster}-{trials}"
+    ray_tmp = Path(tempfile.mkdtemp(prefix="tr-", dir="/tmp"))  # short: Ray's socket paths are limited
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    head = None
+    try:
+        if cluster == "loopback":
+            head, address = start_loopback(ray_tmp)
+            env["RAY_ADDRESS"] = address
+        sets = sets_for(trials)
+        args = [str(Path(sys.executable).parent / "time-ray"), "sweep", str(CONFIG), "--output", str(out)]
+        run = run_tree(
+            [*args, *[a for s in sets for a in ("--set", s)]],
+            env,
+            f"{cluster} sweep of {trials} trials",
+            beside=None if head is None else head.pid,
+        )
+    finally:
+        if head is not None:
+            stop(head)
+    cores = 3 if cluster == "loopback" else os.cpu_count() or 1
+    accounted = account(run, out, cores)
+    work = sum(accounted["busy_cpu_s"].values())
+    total = sum(run["cpu_by_process"].values())
+    return {
+        "trials": accounted["trials"],
+        "wall_s": accounted["wall_s"],
+        "wall_per_trial_s": round(run["wall"] / trials, 3),
+        "cpu_s": round(total, 1),
+        "work_cpu_s": round(work, 1),
+        "fixed_cpu_s": round(total - work, 1),
+        "fixed_cpu_per_trial_s": round((total - work) / trials, 3),
+        "busy_fraction": accounted["busy_fraction"],
+        "driver_peak_mib": round(run["driver_peak_mib"], 1),
+        "trainings": accounted["trainings"],
+        "trainings_saved_by_dedup": accounted["trainings_saved_by_dedup"],
+        "cpu_s_by_process": accounted["cpu_s_by_process"],
+        **tune_state_bytes(out),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", default="100,300,1000", help="sweep sizes, multiples of 20 (default 100,300,1000)")
+    parser.add_argument("--cluster", default="embedded,loopback", help="embedded, loopback or both (default)")
+    parser.add_argument("--quick", action="store_true", help="20 and 60 trials on the embedded Ray")
+    args = parser.parse_args(argv)
+    sizes = [20, 60] if args.quick else [int(n) for n in args.trials.split(",")]
+    clusters = ["embedded"] if args.quick else args.cluster.split(",")
+    bad = [n for n in sizes if n < POLICIES or n % POLICIES] + [
+        c for c in clusters if c not in ("embedded", "loopback")
+    ]
+    if bad:
+        parser.error(f"--trials takes multiples of {POLICIES}, --cluster embedded and/or loopback (got {bad})")
+    results: dict = {"benchmark": "sweep_scale", "machine": machine(), "settings": sets_for(POLICIES)[:-1]}
+    log("caches: the reduced benchmark and base model")
+    warm_caches(CONFIG, sets_for(POLICIES))
+    lines, notes = [], []
+    with tempfile.TemporaryDirectory(prefix="tr-scale-") as tmp:
+        for cluster in clusters:
+            runs = {}
+            for n in sizes:
+                log(f"{cluster}: a sweep of {n} trials")
+                runs[n] = one_sweep(n, cluster, Path(tmp))
+                log(f"{cluster} {n}: {runs[n]}")
+            small, large = runs[sizes[0]], runs[sizes[-1]]
+            for n, r in runs.items():
+                lines.append(
+                    verdict(
+                        f"{cluster}, {n} trials: fixed CPU-s per trial (all CPU - train/merge/eval) / N",
+                        r["fixed_cpu_per_trial_s"],
+                        "<= 0.3 CPU-s",
+                        r["fixed_cpu_per_trial_s"] <= 0.3,
+                        unit=" CPU-s",
+                    )
+                )
+            if len(runs) > 1:
+                growth = large["fixed_cpu_per_trial_s"] / max(small["fixed_cpu_per_trial_s"], 1e-9)
+                lines.append(
+                    verdict(
+                        f"{cluster}: fixed cost per trial at {sizes[-1]} / at {sizes[0]} trials",
+                        round(growth, 2),
+                        "<= 1.2x",
+                        growth <= 1.2,
+                    )
+                )
+                memory = large["driver_peak_mib"] / max(small["driver_peak_mib"], 1e-9)
+                lines.append(
+                    verdict(
+                        f"{cluster}: the driver's peak memory at {sizes[-1]} / at {sizes[0]} trials",
+                        round(memory, 2),
+                        "<= 1.2x",
+                        memory <= 1.2,
+                    )
+                )
+                marginal = (large["fixed_cpu_s"] - small["fixed_cpu_s"]) / (sizes[-1] - sizes[0])
+                results[f"{cluster}_marginal_fixed_cpu_per_trial_s"] = round(marginal, 3)
+            results[cluster] = {str(n): r for n, r in runs.items()}
+            notes += [
+                f"{cluster}, {n} trials: wall {r['wall_s']:.0f} s ({r['wall_per_trial_s']:.2f} s per trial), CPU "
+                f"{r['cpu_s']:.0f} s of which work {r['work_cpu_s']:.0f} s, busy {100 * r['busy_fraction']:.0f}%; "
+                f"{r['trainings']} trainings, {r['trainings_saved_by_dedup']} saved; driver peak "
+                f"{r['driver_peak_mib']:.0f} MiB; Tune's experiment state {r['experiment_state_bytes'] / 1024:.0f} KiB "
+                f"(its directory {r['tune_dir_bytes'] / 1024:.0f} KiB)"
+                for n, r in runs.items()
+            ]
+    emit(results, lines, notes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
