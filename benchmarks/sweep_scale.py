@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,6 +41,8 @@ from sweep_efficiency import account, run_tree, warm_caches  # noqa: E402
 from time_ray.reduced import REDUCED  # noqa: E402
 
 CONFIG = REPO / "configs" / "quickstart.yaml"
+SEARCH = REPO / "configs" / "search.yaml"
+SEARCH_POLICIES = 24  # its grid: 2 init x 2 deploy x 3 techniques x 2 budgets, each drawn ``samples`` times
 INIT = ["zs", "ft", "ema", "all", "ft-zs"]
 DEPLOY = ["ft", "ema", "all", "ft-zs"]
 POLICIES = len(INIT) * len(DEPLOY)
@@ -55,6 +58,30 @@ def sets_for(trials: int) -> list[str]:
         f"policies.grid={{init: [{', '.join(INIT)}], deploy: [{', '.join(DEPLOY)}], merge: [{{technique: average}}]}}",
         f"seeds=[{', '.join(str(s) for s in range(seeds))}]",
     ]
+
+
+def search_sets(trials: int) -> list[str]:
+    """configs/search.yaml (random/Sobol draws, ASHA on GM) reduced like the grid sweeps, with as many draws
+    per grid policy as give about ``trials`` trials (plus its sequential-ft preset)."""
+    return [
+        *REDUCED,
+        "budget.steps_per_task=20",
+        f"search.samples={max(1, (trials - 1) // SEARCH_POLICIES)}",
+    ]
+
+
+def timed_report(out: Path, env: dict) -> float:
+    """Seconds `time-ray report DIR` takes on the sweep's results (its figures and tables written)."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "time-ray"), "report", str(out), "--output", str(out / "report")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"time-ray report {out} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return time.perf_counter() - start
 
 
 def start_loopback(base: Path) -> tuple[subprocess.Popen, str]:
@@ -98,8 +125,8 @@ def tune_state_bytes(out: Path) -> dict:
     }
 
 
-def one_sweep(trials: int, cluster: str, tmp: Path) -> dict:
-    out = tmp / f"{cluster}-{trials}"
+def one_sweep(trials: int, cluster: str, tmp: Path, search: bool = False) -> dict:
+    out = tmp / f"{cluster}-{'search-' if search else ''}{trials}"
     ray_tmp = Path(tempfile.mkdtemp(prefix="tr-", dir="/tmp"))  # short: Ray's socket paths are limited
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
@@ -108,8 +135,9 @@ def one_sweep(trials: int, cluster: str, tmp: Path) -> dict:
         if cluster == "loopback":
             head, address = start_loopback(ray_tmp)
             env["RAY_ADDRESS"] = address
-        sets = sets_for(trials)
-        args = [str(Path(sys.executable).parent / "time-ray"), "sweep", str(CONFIG), "--output", str(out)]
+        sets = search_sets(trials) if search else sets_for(trials)
+        config = SEARCH if search else CONFIG
+        args = [str(Path(sys.executable).parent / "time-ray"), "sweep", str(config), "--output", str(out)]
         run = run_tree(
             [*args, *[a for s in sets for a in ("--set", s)]],
             env,
@@ -119,12 +147,21 @@ def one_sweep(trials: int, cluster: str, tmp: Path) -> dict:
     finally:
         if head is not None:
             stop(head)
+    env.pop("RAY_ADDRESS", None)
+    report_s = timed_report(out, env)
     cores = 3 if cluster == "loopback" else os.cpu_count() or 1
     accounted = account(run, out, cores)
     work = sum(accounted["busy_cpu_s"].values())
     total = sum(run["cpu_by_process"].values())
+    text = "\n".join(line for _, line in run["lines"])
+    withdrawn = re.search(r"(\d+) withdrawn from the queue .*?, (\d+) finished after their trials ended", text)
+    stopped = re.search(r"early stopping ended (\d+) of (\d+) trials", text)
     return {
         "trials": accounted["trials"],
+        "report_s": round(report_s, 1),
+        "stopped_early": int(stopped[1]) if stopped else 0,
+        "jobs_withdrawn": int(withdrawn[1]) if withdrawn else 0,
+        "experts_for_nobody": int(withdrawn[2]) if withdrawn else 0,
         "wall_s": accounted["wall_s"],
         "wall_per_trial_s": round(run["wall"] / trials, 3),
         "cpu_s": round(total, 1),
@@ -144,7 +181,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", default="100,300,1000", help="sweep sizes, multiples of 20 (default 100,300,1000)")
     parser.add_argument("--cluster", default="embedded,loopback", help="embedded, loopback or both (default)")
-    parser.add_argument("--quick", action="store_true", help="20 and 60 trials on the embedded Ray")
+    parser.add_argument(
+        "--search",
+        type=int,
+        default=1000,
+        help="also configs/search.yaml (Sobol draws, ASHA), reduced, at about this many trials on the embedded "
+        "Ray (default 1000; 0: not)",
+    )
+    parser.add_argument("--quick", action="store_true", help="20 and 60 trials on the embedded Ray, no search")
     args = parser.parse_args(argv)
     sizes = [20, 60] if args.quick else [int(n) for n in args.trials.split(",")]
     clusters = ["embedded"] if args.quick else args.cluster.split(",")
@@ -197,6 +241,15 @@ def main(argv=None) -> int:
                 marginal = (large["fixed_cpu_s"] - small["fixed_cpu_s"]) / (sizes[-1] - sizes[0])
                 results[f"{cluster}_marginal_fixed_cpu_per_trial_s"] = round(marginal, 3)
             results[cluster] = {str(n): r for n, r in runs.items()}
+            lines.append(
+                verdict(
+                    f"{cluster}: time-ray report on the {sizes[-1]}-trial sweep",
+                    large["report_s"],
+                    "< 60 s",
+                    large["report_s"] < 60,
+                    unit=" s",
+                )
+            )
             notes += [
                 f"{cluster}, {n} trials: wall {r['wall_s']:.0f} s ({r['wall_per_trial_s']:.2f} s per trial), CPU "
                 f"{r['cpu_s']:.0f} s of which work {r['work_cpu_s']:.0f} s, busy {100 * r['busy_fraction']:.0f}%; "
@@ -205,6 +258,33 @@ def main(argv=None) -> int:
                 f"(its directory {r['tune_dir_bytes'] / 1024:.0f} KiB)"
                 for n, r in runs.items()
             ]
+        if args.search and not args.quick:
+            log(f"search: configs/search.yaml reduced, about {args.search} trials")
+            r = results["search"] = one_sweep(args.search, "embedded", Path(tmp), search=True)
+            log(f"search: {r}")
+            lines.append(
+                verdict(
+                    f"search, {r['trials']} trials: experts finished after every trial waiting for them ended",
+                    r["experts_for_nobody"],
+                    "0",
+                    r["experts_for_nobody"] == 0,
+                    unit="",
+                )
+            )
+            lines.append(
+                verdict(
+                    f"search: time-ray report on {r['trials']} trials",
+                    r["report_s"],
+                    "< 60 s",
+                    r["report_s"] < 60,
+                    unit=" s",
+                )
+            )
+            notes.append(
+                f"search, {r['trials']} trials: {r['stopped_early']} stopped early by ASHA, {r['jobs_withdrawn']} "
+                f"expert jobs withdrawn, wall {r['wall_s']:.0f} s, "
+                f"fixed {r['fixed_cpu_per_trial_s']:.2f} CPU-s per trial"
+            )
     emit(results, lines, notes)
     return 0
 

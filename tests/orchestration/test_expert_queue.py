@@ -94,6 +94,10 @@ def test_a_withdrawn_trial_drops_the_jobs_only_it_waited_for():
     assert cache.renew("shared", "g1") is True  # b still waits
     assert cache.entries["shared"].trainer == "b"  # and carries its cost now
     assert cache.submit(job("new"), "a") == "cancelled"  # an ended trial asks for nothing more
+    cache.done("shared", "g1", TRAINED)  # b waits for it: trained for somebody
+    assert cache.stats()["for_nobody"] == 0
+    cache.done("mine", "g0", TRAINED)  # g0 finished before it renewed: an expert nobody waits for
+    assert cache.stats()["for_nobody"] == 1 and cache.stats()["trained"] == 1
     queued = Cache(_Storage())
     queued.submit(job("q"), "a")
     assert queued.cancel("a") == 1 and queued.take("g0") is None

@@ -141,6 +141,7 @@ class ExpertCache:
         self.hits = 0
         self.taken_over = 0  # jobs whose lease ran out while a worker held them
         self.dropped = 0  # jobs nobody waited for any more (their trials ended)
+        self.for_nobody = 0  # experts finished after every trial waiting for them had ended
 
     # -- trials ---------------------------------------------------------------------------------------
     @_changes
@@ -271,6 +272,8 @@ class ExpertCache:
     def done(self, key: str, worker: str, info: ExpertInfo) -> None:
         """The expert file is published."""
         entry = self.entries.get(key)
+        if entry is None or (entry.state != "done" and not entry.waiters):
+            self.for_nobody += 1  # withdrawn while it trained; its file stays in the cache
         if entry is not None and entry.state != "done":  # a second trainer's (an expired lease) counts once
             entry.state, entry.info, entry.worker = "done", info, worker
             self.trained += 1
@@ -347,6 +350,7 @@ class ExpertCache:
             "hits": self.hits,
             "taken_over": self.taken_over,
             "dropped": self.dropped,
+            "for_nobody": self.for_nobody,
             "workers": dict(self.workers),
             "retrained": sum(max(0, e.runs - 1) for e in self.entries.values()),
         }

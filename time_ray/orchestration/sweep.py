@@ -415,8 +415,8 @@ def _run_trials(
             # (docs/performance.md "Sweeps at scale")
             reuse_actors=True,
             scheduler=scheduler(cfg),
-            trial_dirname_creator=lambda t: t.config["trial_id"],
-            trial_name_creator=lambda t: t.config["trial_id"],
+            trial_dirname_creator=trial_name,
+            trial_name_creator=trial_name,
         ),
         run_config=tune.RunConfig(
             name="tune",
@@ -458,7 +458,15 @@ def _run_trials(
         if counts["retrained"]
         else ""
     )
-    logger.info(f"time-ray: experts trained {counts['trained']}, reused from the cache {counts['hits']}{again}")
+    withdrawn = (
+        f"; {counts['dropped']} withdrawn from the queue (their trials had ended), "
+        f"{counts['for_nobody']} finished after their trials ended"
+        if counts["dropped"] or counts["for_nobody"]
+        else ""
+    )
+    logger.info(
+        f"time-ray: experts trained {counts['trained']}, reused from the cache {counts['hits']}{again}{withdrawn}"
+    )
     log_merge_service(service)
     if (fault := machine_fault.final()) is not None:  # its trials were stopped, not finished, early or failed
         raise (DiskFull if fault.startswith(disk.PREFIX) else OutOfMemory)(fault)
@@ -472,6 +480,12 @@ def _run_trials(
         done = [r for r in results if r.config["trial_id"] not in failed]
         record_early_stops(storage, by_id, done, cfg.stream.tasks)
     return failed
+
+
+def trial_name(trial) -> str:
+    """A Tune trial's name and directory: its trial id. A module function, not a lambda: Tune keeps it in every
+    trial's saved state, where a lambda is pickled by value and a function by its name."""
+    return trial.config["trial_id"]
 
 
 TUNE_STATE_LOGGER = "ray.tune.execution.experiment_state"  # logs its failed saves with a traceback
