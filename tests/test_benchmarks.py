@@ -101,6 +101,24 @@ def test_sweep_efficiency_quick_accounts_for_the_reduced_quickstart():
     )
 
 
+@pytest.mark.e2e
+def test_sweep_scale_quick_measures_the_fixed_cost_per_trial_at_two_sizes():
+    results, lines = run_quick("sweep_scale.py")
+    runs = results["embedded"]
+    assert set(runs) == {"20", "40"} and "search" not in results
+    for n, r in runs.items():
+        assert r["trials"] == int(n) and r["wall_per_trial_s"] == pytest.approx(r["wall_s"] / int(n), abs=0.01)
+        assert r["fixed_cpu_s"] == pytest.approx(r["cpu_s"] - r["work_cpu_s"], abs=0.2)
+        assert r["fixed_cpu_per_trial_s"] == pytest.approx(r["fixed_cpu_s"] / int(n), abs=0.01)
+        # 20 policies of one seed share the first expert and, per init strategy, the second
+        assert r["trainings"] + r["trainings_saved_by_dedup"] == 2 * int(n) and r["trainings"] < int(n) / 2
+        assert r["driver_peak_mib"] > 0 and r["experiment_state_bytes"] > 0 and r["report_s"] > 0
+    assert runs["40"]["trainings"] == 2 * runs["20"]["trainings"]  # a second seed trains its own
+    marginal = (runs["40"]["fixed_cpu_s"] - runs["20"]["fixed_cpu_s"]) / 20
+    assert results["embedded_marginal_fixed_cpu_per_trial_s"] == pytest.approx(marginal, abs=0.01)
+    assert len(lines) >= 6 and any(line.startswith("embedded: fixed cost per trial at 40 / at 20") for line in lines)
+
+
 def test_data_loading_quick_reads_training_batches_through_the_real_path():
     results, lines = run_quick("data_loading.py")
     assert results["batch"] == 32 and results["batches"] == 4 and results["device"] in ("cpu", "cuda")

@@ -250,10 +250,10 @@ def test_a_quiet_minute_gets_a_line_saying_what_still_runs(capsys, monkeypatch):
     printer = progress.ProgressPrinter(expand_trials(cfg), tasks=4)
     trials = [SimpleNamespace(status="RUNNING"), SimpleNamespace(status="PENDING"), SimpleNamespace(status="RUNNING")]
     now[0] += progress.QUIET_SECONDS - 1
-    printer.on_step(1, trials)
+    printer.on_step_end(1, trials)
     assert capsys.readouterr().err == ""
     now[0] += 1
-    printer.on_step(2, trials)
+    printer.on_step_end(2, trials)
     assert (
         capsys.readouterr().err
         == "[    60s   0/10] still working: 2 trial(s) running, 1 waiting (nothing new for 60 s)\n"
@@ -264,7 +264,7 @@ def test_a_quiet_minute_gets_a_line_saying_what_still_runs(capsys, monkeypatch):
     )
     capsys.readouterr()
     now[0] += progress.QUIET_SECONDS - 1
-    printer.on_step(3, trials)
+    printer.on_step_end(3, trials)
     assert capsys.readouterr().err == ""
 
 
@@ -291,12 +291,25 @@ def test_a_sweep_of_many_trials_prints_a_summary_line_per_interval_not_a_line_pe
                 {"policy": "p", "trial_id": f"t{i:02d}", "timestep": t, "tasks": 2, "a_ka": gm, "a_zs": gm, "gm": gm},
             )
     printer.on_trial_complete(0, [], SimpleNamespace(config={"trial_id": "t00"}))
-    printer.on_step(0, [])
+    printer.on_step_end(0, [])
     assert capsys.readouterr().err == ""  # 18 s of results, no line per start or timestep; 30 s not yet passed
     now[0] += 30.0
-    printer.on_step(0, [])
+    printer.on_step_end(0, [])
     [line] = capsys.readouterr().err.splitlines()
     assert "trials: 2 running, 1 of 25 ended  best final GM 0.750 (t01)" in line, line
     assert line.startswith("[    48s   9/75]"), line
-    printer.on_step(0, [])  # the next one an interval later
+    printer.on_step_end(0, [])  # the next one an interval later
     assert capsys.readouterr().err == ""
+
+
+def test_every_hook_of_our_tune_callbacks_is_one_tune_calls():
+    """A misnamed hook (``on_step`` where Tune calls ``on_step_begin`` / ``on_step_end``) would never run."""
+    from ray.tune import Callback
+
+    from time_ray.orchestration.progress import ProgressPrinter, StopAtMachineFault, WithdrawEndedTrials
+    from time_ray.orchestration.tracking import TrackingCallback
+
+    for cls in (ProgressPrinter, StopAtMachineFault, WithdrawEndedTrials, TrackingCallback):
+        hooks = [name for name in vars(cls) if name.startswith("on_")]
+        assert hooks and all(hasattr(Callback, name) for name in hooks), (cls.__name__, hooks)
+    assert "on_step_end" in vars(ProgressPrinter)

@@ -56,6 +56,6 @@ def test_trials_are_served_round_robin(monkeypatch):
 
     monkeypatch.setattr(evaluator_module.Evaluator, "options", lambda **kw: _Options(), raising=False)
     served = evaluator_module.start_evaluators("settings", ["a", "b", "c"], 2)
-    assert served == {"a": "evaluator-1", "b": "evaluator-2", "c": "evaluator-1"} and len(made) == 2
+    assert [served.of(t) for t in "abc"] == ["evaluator-1", "evaluator-2", "evaluator-1"] and len(made) == 2
     made.clear()
-    assert evaluator_module.start_evaluators("settings", ["a"], 4) == {"a": "evaluator-1"}  # at most one per trial
+    assert evaluator_module.start_evaluators("settings", ["a"], 4).actors == ("evaluator-1",)  # one per trial at most

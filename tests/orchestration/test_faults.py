@@ -213,3 +213,70 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_finishes_it(
     resumed = run_cli(args[3:] + ["--resume"], cache_dir, ray_dir())
     assert resumed.returncode == 0, resumed.stderr[-6000:]
     assert_same_results(out, reference)
+
+
+# a sweep of many small trials (as benchmarks/sweep_scale.py runs them): 20 init x deploy policies x 2 seeds
+MANY = [
+    *SETS,
+    *("--set", "budget.steps_per_task=20", "--set", "policies.presets=[]"),
+    *(
+        "--set",
+        "policies.grid={init: [zs, ft, ema, all, ft-zs], deploy: [ft, ema, all, ft-zs], merge: [{technique: average}]}",
+    ),
+    *("--set", "seeds=[0, 1]"),
+]
+
+
+@pytest.mark.e2e
+def test_ctrl_c_in_a_sweep_of_many_trials_and_resume_give_the_uninterrupted_rows(cache_dir, tmp_path):
+    """Injected: SIGINT to the process group (as a terminal's Ctrl-C, default action restored) of a 40-trial
+    sweep once 8 trials have recorded their last timestep. Checked: exit 130 with the --resume advice; the
+    console of a sweep this size has no line per timestep; `--resume` finishes it, and every row equals an
+    uninterrupted run's, none twice; no trial's row files are left once its tables are written."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    reference = tmp_path / "reference"
+    ran = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(reference), *MANY], cache_dir, ray_dir())
+    assert ran.returncode == 0, ran.stderr[-6000:]
+    assert "t=1/2" not in ran.stderr and "trials, 2 tasks each" in ran.stderr  # a summary, not a line per timestep
+
+    out = tmp_path / "out"
+    env = {**os.environ, "TIME_RAY_CACHE": str(cache_dir), "RAY_TMPDIR": ray_dir()}
+    env.pop("RAY_ADDRESS", None)
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "time_ray", "sweep", "configs/quickstart.yaml", "--output", str(out), *MANY],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and sweep.poll() is None:
+            if sum(t == 2 for t in recorded_timesteps(out).values()) >= 8:
+                break
+            time.sleep(0.3)
+        assert sweep.poll() is None, "the sweep ended before it could be interrupted"
+        os.killpg(sweep.pid, signal.SIGINT)
+        _, stderr = sweep.communicate(timeout=300)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+            sweep.wait(30)
+    assert sweep.returncode == 130 and "interrupted; rerun with --resume" in stderr, stderr[-4000:]
+    recorded = recorded_timesteps(out)
+    assert 8 <= sum(t == 2 for t in recorded.values()) < 40, recorded
+
+    resumed = run_cli(
+        ["sweep", "configs/quickstart.yaml", "--output", str(out), "--resume", *MANY], cache_dir, ray_dir()
+    )
+    assert resumed.returncode == 0, resumed.stderr[-6000:]
+    finished = re.search(r"40 trials, 2 tasks each \((\d+) already finished\)", resumed.stderr)
+    assert finished and int(finished[1]) >= 8, resumed.stderr[-3000:]
+    assert_same_results(out, reference)
+    assert not list(out.glob("trials/*/rows/*.json"))  # every trial's rows are in its tables

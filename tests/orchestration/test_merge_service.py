@@ -3,6 +3,7 @@ actor serving it, and one actor's per-trial state (the plain class behind the Ra
 several pools, shares their opened expert files, repeats nothing on a retried call and reopens everything
 from storage after a restart."""
 
+import gc
 import importlib.util
 import json
 import sys
@@ -16,7 +17,8 @@ from time_ray.core.contracts import ExpertInfo
 from time_ray.core.strategies import Policy
 from time_ray.orchestration import faults
 from time_ray.orchestration import merge_actor as service_module
-from time_ray.orchestration.merge_actor import PROCESS_TITLE, assign, start_merge_service
+from time_ray.orchestration.merge_actor import PROCESS_TITLE, start_merge_service
+from time_ray.orchestration.served import assign
 from time_ray.orchestration.storage import Storage
 
 Service = service_module.MergeService.__ray_actor_class__  # the plain class: its bookkeeping without Ray
@@ -49,12 +51,14 @@ def test_the_service_starts_at_most_one_actor_per_trial_each_knowing_only_its_tr
     fake = _FakeActorClass()
     monkeypatch.setattr(service_module, "MergeService", fake)
     policies = {f"t{i}": Policy("ft", "ft") for i in range(3)}
-    actors, pools = start_merge_service("storage", policies, 2)
+    served = start_merge_service("storage", policies, 2)
+    actors = served.actors
     assert len(actors) == 2 and [sorted(p) for p in fake.started] == [["t0", "t2"], ["t1"]]
-    assert pools["t0"] is actors[0] and pools["t2"] is actors[0] and pools["t1"] is actors[1]
+    assert served.of("t0") is actors[0] and served.of("t2") is actors[0] and served.of("t1") is actors[1]
+    assert served.index == {"t0": 0, "t1": 1, "t2": 0}  # ints: what every trial's driver unpickles
     fake.started.clear()
-    actors, pools = start_merge_service("storage", policies, 8)
-    assert len(actors) == 3 and [sorted(p) for p in fake.started] == [["t0"], ["t1"], ["t2"]]
+    assert len(start_merge_service("storage", policies, 8).actors) == 3
+    assert [sorted(p) for p in fake.started] == [["t0"], ["t1"], ["t2"]]
 
 
 def test_the_service_actors_go_to_the_nodes_with_cpus_in_turn(monkeypatch):
@@ -128,6 +132,17 @@ def test_one_actor_serves_several_pools_sharing_their_opened_experts(sweep_dir, 
     assert json.loads((sweep_dir / "pool" / "a" / "info_002.json").read_text())["train_steps"] == 60
     assert torch.equal(restarted.deployed("a", 2)[0]["w"], torch.full((4,), 3.0))
     assert restarted.n_experts("a") == 2 and restarted.n_experts("b") == 1
+
+    # a trial that ended leaves memory, with its opened files when no other pool holds them
+    del pool_a, pool_b, state, state_a, state_b
+    restarted.release("b")
+    assert sorted(restarted.trials) == ["a"] and restarted.stats()["trials"] == ["a", "b"]
+    open_before = len(restarted.opened)
+    restarted.release("a")
+    restarted.release("a")  # twice: nothing more
+    gc.collect()
+    assert restarted.trials == {} and len(restarted.opened) < open_before
+    assert restarted.n_experts("a") == 2  # opened again from storage when asked
 
 
 def test_kill_merge_actor_kills_the_service_actor_serving_the_trial(tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ import torch
 from time_ray.core.contracts import ExperimentSettings
 from time_ray.core.experiment import Experiment
 from time_ray.orchestration.local_ray import node_strategies
+from time_ray.orchestration.served import Served, assign
 
 
 @ray.remote(num_cpus=0, max_restarts=3, max_task_retries=-1)
@@ -57,9 +58,9 @@ class Evaluator:
 PROCESS_TITLE = f"ray::{Evaluator.__ray_actor_class__.__name__}"[:15]  # as /proc/<pid>/stat names it
 
 
-def start_evaluators(settings: ExperimentSettings, trial_ids: list[str], count: int) -> dict[str, object]:
+def start_evaluators(settings: ExperimentSettings, trial_ids: list[str], count: int) -> Served:
     """Starts ``min(count, trials)`` evaluators (on the nodes in turn: local_ray.node_strategies); returns
-    each trial's."""
+    them and which serves each trial."""
     n = max(1, min(count, len(trial_ids)))
     actors = [Evaluator.options(scheduling_strategy=s).remote(settings) for s in node_strategies(n)]
-    return {trial_id: actors[i % n] for i, trial_id in enumerate(trial_ids)}
+    return Served(tuple(actors), assign(trial_ids, n))

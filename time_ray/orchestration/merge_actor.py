@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 import ray
 import torch
@@ -33,6 +32,7 @@ from time_ray.core.merging.sidecar import ThresholdStore
 from time_ray.core.pool import CheckpointPool
 from time_ray.core.strategies import Policy, deploy_weights, init_weights
 from time_ray.orchestration.local_ray import node_strategies
+from time_ray.orchestration.served import Served, assign
 from time_ray.orchestration.storage import Storage
 
 THRESHOLDS_DIR = "thresholds"  # sidecar files of the experts' thresholds, in the sweep's storage (shared)
@@ -139,7 +139,8 @@ class MergeService:
         self.storage, self.policies = storage, policies
         self.executor = build_executor(storage)
         self.opened = OpenedCheckpoints()
-        self.trials: dict[str, TrialPool] = {}
+        self.trials: dict[str, TrialPool] = {}  # the pools of trials running now
+        self.served: set[str] = set()  # every trial opened here (since the last restart)
 
     def _trial(self, trial_id: str) -> TrialPool:
         """The trial's state, opened from storage on its first call (after a restart too)."""
@@ -150,7 +151,13 @@ class MergeService:
             found = self.trials[trial_id] = TrialPool(
                 self.storage, trial_id, self.policies[trial_id], self.executor, self.opened
             )
+            self.served.add(trial_id)
         return found
+
+    def release(self, trial_id: str) -> None:
+        """The trial ended: its pool leaves memory (its files stay in storage; a later call opens it again),
+        so the actor's memory follows the trials running, not every trial it served."""
+        self.trials.pop(trial_id, None)
 
     def init_weights(self, trial_id: str, t: int) -> dict:
         return self._trial(trial_id).init_weights(t)
@@ -174,7 +181,7 @@ class MergeService:
         """The trials open here, how the opened checkpoint files were shared, and whether Ray restarted
         this actor after a failure."""
         return {
-            "trials": sorted(self.trials),
+            "trials": sorted(self.served),
             "opened": self.opened.opened,
             "shared": self.opened.shared,
             "restarted": ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed,
@@ -184,15 +191,8 @@ class MergeService:
 PROCESS_TITLE = f"ray::{MergeService.__ray_actor_class__.__name__}"[:15]  # as /proc/<pid>/stat names it
 
 
-def assign(trial_ids: list[str], actors: int) -> dict[str, int]:
-    """Which service actor serves each trial: its index in the list modulo the number of actors."""
-    if actors < 1:
-        raise ValueError(f"merge service: {actors} actors; at least 1 is needed")
-    return {trial_id: i % actors for i, trial_id in enumerate(trial_ids)}
-
-
-def start_merge_service(storage: Storage, policies: dict[str, Policy], actors: int) -> tuple[list, dict[str, Any]]:
-    """Starts ``min(actors, trials)`` service actors; returns them, and for each trial the actor serving it."""
+def start_merge_service(storage: Storage, policies: dict[str, Policy], actors: int) -> Served:
+    """Starts ``min(actors, trials)`` service actors; returns them and which serves each trial."""
     where = assign(list(policies), actors)
     n = min(actors, len(policies))
     served: list[dict[str, Policy]] = [{} for _ in range(n)]
@@ -203,4 +203,4 @@ def start_merge_service(storage: Storage, policies: dict[str, Policy], actors: i
         MergeService.options(scheduling_strategy=strategy).remote(storage, served[i])
         for i, strategy in enumerate(node_strategies(n))
     ]
-    return service, {trial_id: service[index] for trial_id, index in where.items()}
+    return Served(tuple(service), where)

@@ -100,7 +100,7 @@ class ProgressPrinter(Callback):
             f"{self.eta()}"
         )
 
-    def on_step(self, iteration, trials, **info):
+    def on_step_end(self, iteration, trials, **info):
         """Tune's loop, every iteration: the summary line when it is due; after ``QUIET_SECONDS`` without a
         line, one that says the sweep is alive and what it waits for (on a busy machine, Ray's worker
         start-up can take minutes)."""

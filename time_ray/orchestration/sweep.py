@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import pickle
 
 import pandas as pd
 import yaml
@@ -218,6 +219,7 @@ def record_early_stops(storage: Storage, trials: dict[str, Trial], results, task
 DRIVER_CPU = 0.01  # a trial driver only waits and evaluates; merges run in the merge service
 MIN_WORKER_CPU = 0.5
 TRIAL_MAX_FAILURES = 2  # Tune restarts a crashed trial, which resumes after its last recorded timestep
+TUNE_LOGS_UP_TO = 100  # sweeps of more trials to run write no Tune per-trial logs (TensorBoard, CSV, JSON)
 EVAL_GPU = 0.05  # with use_gpu, a trial's evaluations run as short tasks on this slice of a GPU
 
 
@@ -397,14 +399,18 @@ def _run_trials(
     )
     training = start_service(run, cache_name, groups)
     by_id = {t.trial_id: t for t in todo}
-    service, pools = start_merge_service(storage, {t.trial_id: t.policy for t in todo}, cfg.resources.merge_actors)
+    pools = start_merge_service(storage, {t.trial_id: t.policy for t in todo}, cfg.resources.merge_actors)
+    service = list(pools.actors)
     # with use_gpu, evaluations are short tasks holding a GPU slice (trial.evaluate_task), not shared actors
     n_eval = 0 if cfg.resources.use_gpu else min(cfg.resources.evaluators, len(todo))
     evaluated = f"{n_eval} shared evaluator(s)" if n_eval else "evaluation in each trial's driver"
     logger.info(f"time-ray: merge service: {len(service)} merge actor(s) for {len(todo)} trials; {evaluated}")
-    evaluators = start_evaluators(run.settings, list(by_id), n_eval) if n_eval else {}
-    # trials, run context, pool and evaluator handles reach every trial through the object store, once
-    trainable = tune.with_parameters(run_trial, trials=by_id, run=run, pools=pools, evaluators=evaluators)
+    evaluators = start_evaluators(run.settings, list(by_id), n_eval) if n_eval else None
+    # the trials, the run context and which actors serve each trial reach every trial's driver through the
+    # object store; each trial pickled on its own, so that a driver unpickles only its own (a table of the
+    # sweep's N trials unpickled per trial would cost O(N) each: O(N^2) in all)
+    pickled = {trial_id: pickle.dumps(trial) for trial_id, trial in by_id.items()}
+    trainable = tune.with_parameters(run_trial, trials=pickled, run=run, pools=pools, evaluators=evaluators)
     machine_fault = StopAtMachineFault(cache)  # memory or disk exhausted stops the sweep: a retry would be too
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": DRIVER_CPU}),
@@ -441,6 +447,9 @@ def _run_trials(
     # Ctrl-C raises KeyboardInterrupt out of fit() (the CLI exits 130 and --resume finishes): Tune's own
     # handler would end fit() normally, and the unfinished trials would look finished or stopped early
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    # Tune's own per-trial logs (TensorBoard events, progress.csv, result.json: docs/tracking.md "TensorBoard")
+    # cost about 0.05 CPU-s per trial in the driver: written for sweeps of at most TUNE_LOGS_UP_TO trials
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "0" if len(todo) <= TUNE_LOGS_UP_TO else "1"
     if not verbose:  # a failed attempt is one progress line; Tune keeps the traceback in the trial's error.txt
         os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
         # Tune's own output (an experiment banner, a TensorBoard hint, boxed results of failed trials) prints

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import pickle
 import threading
 import time
 from dataclasses import replace
@@ -39,6 +40,7 @@ from time_ray.core.results import metrics_frame, row_file, row_file_text, timest
 from time_ray.logs import worker_console
 from time_ray.orchestration import faults
 from time_ray.orchestration.expert_cache import WAIT_SECONDS, ExpertJob, cached_info, expert_file, obtain
+from time_ray.orchestration.served import Served
 from time_ray.orchestration.storage import Storage
 from time_ray.orchestration.trial_tables import read_tables, write_tables
 
@@ -205,6 +207,7 @@ class TrialDriver:
         if self.failure:
             raise self.failure[0]
         self.recorder.finish()
+        self.actor.release.remote(self.trial_id)
 
     def obtain_experts(self) -> None:
         """Runs in a thread while the driver evaluates: for t = n_experts+1, ...: theta^i_t from the pool,
@@ -249,17 +252,19 @@ class TrialDriver:
 
 def run_trial(
     config: dict,
-    trials: dict[str, Trial],
+    trials: dict[str, bytes],
     run: RunContext,
-    pools: dict[str, Any],
-    evaluators: dict[str, Any] | None = None,
+    pools: Served,
+    evaluators: Served | None = None,
 ) -> None:
-    """The Tune function trial of ``config["trial_id"]`` (``trials``, ``run`` and the merge service actor
-    serving each trial, ``pools``, come through ``tune.with_parameters``). A deterministic failure
-    is recorded in ``trials/<id>/failed.json`` for the sweep's report and the trial ends, so Tune does not
-    retry what would fail the same way."""
+    """The Tune function trial of ``config["trial_id"]``. ``trials`` (each trial pickled on its own: a driver
+    unpickles only its own), ``run``, the merge service (``pools``: which actor holds each trial's pool) and
+    the shared evaluators come through ``tune.with_parameters``. A deterministic failure is recorded in
+    ``trials/<id>/failed.json`` for the sweep's report and the trial ends, so Tune does not retry what would
+    fail the same way."""
     trial_id = config["trial_id"]
-    driver = TrialDriver(trials[trial_id], run, pools[trial_id], (evaluators or {}).get(trial_id))
+    trial = pickle.loads(trials[trial_id])
+    driver = TrialDriver(trial, run, pools.of(trial_id), evaluators.of(trial_id) if evaluators else None)
     try:
         driver.drive()
     except NonRetryableFailure as error:
