@@ -14,7 +14,8 @@
   from timesteps.parquet); the fixed cost per trial = (all CPU - work) / N, which includes Ray's start-up
   (a constant: it shrinks with N); the marginal fixed cost between two sizes = the growth of (all CPU -
   work) / the growth of N (what one more trial costs, start-up cancelled out); the CLI process's peak
-  resident memory; the bytes of Tune's experiment state (DIR/ray/tune: its experiment-state file and the trials' result files).
+  resident memory; the bytes of Tune's experiment state (DIR/ray/tune: its experiment-state file and the
+  trials' result files).
 * Targets: fixed cost per trial <= 0.3 CPU-s at every N, and for one more trial (marginal, smallest to largest
   N); flat in N: the marginal cost between the two largest sizes within 1.2x of that between the two smallest
   (with two sizes: the per-trial cost at the larger within 1.2x of the smaller's); the driver's peak memory at
