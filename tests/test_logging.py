@@ -91,6 +91,9 @@ def test_one_handler_however_often_main_runs(capsys):
     assert os.environ[LEVEL_ENV] == "DEBUG"  # for the processes of the Ray it would start
 
 
+ONE = SimpleNamespace(config={"trial_id": "sequential-ft"})  # what the printer reads of a Tune trial
+
+
 def test_progress_lines_look_as_before(capsys):
     from time_ray.core.eta import mark_command_start
     from time_ray.orchestration.progress import ProgressPrinter
@@ -187,20 +190,20 @@ def test_progress_lines_count_from_the_command_start_and_pace_the_eta_after_star
     def result(t):
         return {"policy": "p", "timestep": t, "tasks": 4, "a_ka": 0.5, "a_zs": 0.5, "gm": 0.5}
 
-    printer.on_trial_result(0, [], None, result(0))  # theta_0's evaluation: no pace yet
+    printer.on_trial_result(0, [], ONE, result(0))  # theta_0's evaluation: no pace yet
     assert "ETA" not in capsys.readouterr().err
     now[0] += 30.0
-    printer.on_trial_result(0, [], None, result(1))  # 30 s after the trial's theta_0 row: 7 x 30 s left
+    printer.on_trial_result(0, [], ONE, result(1))  # 30 s after the trial's theta_0 row: 7 x 30 s left
     line = capsys.readouterr().err.rstrip()
     assert line.startswith("[   130s   2/10]") and line.endswith("GM 0.500  ETA 3m30s"), line
     now[0] += 10.0
-    printer.on_trial_result(0, [], None, result(2))  # then 10 s per timestep: 6 x 10 s left (not 6 x 20 s)
+    printer.on_trial_result(0, [], ONE, result(2))  # then 10 s per timestep: 6 x 10 s left (not 6 x 20 s)
     assert capsys.readouterr().err.rstrip().endswith("GM 0.500  ETA 1m00s")
     for t in (3, 4, 1, 2, 3):
         now[0] += 10.0
-        printer.on_trial_result(0, [], None, result(t))
+        printer.on_trial_result(0, [], ONE, result(t))
     now[0] += 10.0
-    printer.on_trial_result(0, [], None, result(4))  # the last one: no ETA
+    printer.on_trial_result(0, [], ONE, result(4))  # the last one: no ETA
     assert "ETA" not in capsys.readouterr().err.splitlines()[-1]
 
 
@@ -260,7 +263,7 @@ def test_a_quiet_minute_gets_a_line_saying_what_still_runs(capsys, monkeypatch):
     )
     now[0] += 30  # the count starts again from the last line of any kind
     printer.on_trial_result(
-        0, trials, None, {"policy": "p", "timestep": 0, "tasks": 4, "a_ka": 0.5, "a_zs": 0.5, "gm": 0.5}
+        0, trials, ONE, {"policy": "p", "timestep": 0, "tasks": 4, "a_ka": 0.5, "a_zs": 0.5, "gm": 0.5}
     )
     capsys.readouterr()
     now[0] += progress.QUIET_SECONDS - 1
@@ -284,11 +287,11 @@ def test_a_sweep_of_many_trials_prints_a_summary_line_per_interval_not_a_line_pe
         printer.on_trial_start(0, [], SimpleNamespace(config={"trial_id": f"t{i:02d}"}))
         for t in range(3):
             now[0] += 2.0
-            printer.on_trial_result(
+            printer.on_trial_result(  # Tune puts its own id in the result: the trial's config names ours
                 0,
                 [],
-                None,
-                {"policy": "p", "trial_id": f"t{i:02d}", "timestep": t, "tasks": 2, "a_ka": gm, "a_zs": gm, "gm": gm},
+                SimpleNamespace(config={"trial_id": f"t{i:02d}"}),
+                {"policy": "p", "trial_id": "tune_00001", "timestep": t, "tasks": 2, "a_ka": gm, "a_zs": gm, "gm": gm},
             )
     printer.on_trial_complete(0, [], SimpleNamespace(config={"trial_id": "t00"}))
     printer.on_step_end(0, [])

@@ -124,7 +124,7 @@ class ProgressPrinter(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.done += 1
-        now, key = time.monotonic(), result.get("trial_id")
+        now, key = time.monotonic(), trial.config["trial_id"]  # (Tune sets result["trial_id"] to its own id)
         if result["timestep"] > 0:
             before = self.previous.get(key)
             self.rate.advance(now=now, gap=None if before is None else now - before)

@@ -309,7 +309,7 @@ def evaluate_task(
 
 # what Tune gets of a recorded timestep: its scheduler's metric, the progress lines, the trackers (with the costs)
 REPORTED = (
-    *("timestep", "a_ka", "a_zs", "gm", "policy", "trial_id"),
+    *("timestep", "a_ka", "a_zs", "gm", "policy"),  # (not trial_id: Tune writes its own id there)
     *("train_steps", "train_gflops", "train_seconds", "merge_seconds", "eval_seconds"),
 )
 
