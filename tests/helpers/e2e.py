@@ -73,6 +73,37 @@ def kill_once_recorded(args, out: Path, cache_dir, ray_tmp: str, timestep: int =
         subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)  # Ray processes that left the group
 
 
+def ctrl_c_once(args: list[str], env: dict, out: Path, ready, cwd=None, wait: float = 900):
+    """Starts ``args`` in a session of its own with SIGINT's default action (as a terminal's foreground job
+    has it: a test run started in the background hands its children SIGINT ignored, which exec keeps), and
+    sends SIGINT to its process group (what Ctrl-C sends) once ``ready(recorded_timesteps(out))`` holds.
+    Returns the finished process's (return code, stdout, stderr)."""
+    proc = subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.time() + wait
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if ready(recorded_timesteps(out)):
+                break
+            time.sleep(0.3)
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    return proc.returncode, stdout, stderr
+
+
 KEYS = ["trial_id", "timestep", "dataset"]  # a metrics row's key
 
 

@@ -12,7 +12,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers.e2e import SETS, assert_same_results, kill_once_recorded, ray_dir, recorded_timesteps, run_cli
+from tests.helpers.e2e import (
+    SETS,
+    assert_same_results,
+    ctrl_c_once,
+    kill_once_recorded,
+    ray_dir,
+    recorded_timesteps,
+    run_cli,
+)
 from time_ray.core.checkpoints import verify
 
 
@@ -233,10 +241,7 @@ def test_ctrl_c_in_a_sweep_of_many_trials_and_resume_give_the_uninterrupted_rows
     sweep once 8 trials have recorded their last timestep. Checked: exit 130 with the --resume advice; the
     console of a sweep this size has no line per timestep; `--resume` finishes it, and every row equals an
     uninterrupted run's, none twice; no trial's row files are left once its tables are written."""
-    import signal
-    import subprocess
     import sys
-    import time
 
     reference = tmp_path / "reference"
     ran = run_cli(["sweep", "configs/quickstart.yaml", "--output", str(reference), *MANY], cache_dir, ray_dir())
@@ -246,29 +251,9 @@ def test_ctrl_c_in_a_sweep_of_many_trials_and_resume_give_the_uninterrupted_rows
     out = tmp_path / "out"
     env = {**os.environ, "TIME_RAY_CACHE": str(cache_dir), "RAY_TMPDIR": ray_dir()}
     env.pop("RAY_ADDRESS", None)
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "time_ray", "sweep", "configs/quickstart.yaml", "--output", str(out), *MANY],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline and sweep.poll() is None:
-            if sum(t == 2 for t in recorded_timesteps(out).values()) >= 8:
-                break
-            time.sleep(0.3)
-        assert sweep.poll() is None, "the sweep ended before it could be interrupted"
-        os.killpg(sweep.pid, signal.SIGINT)
-        _, stderr = sweep.communicate(timeout=300)
-    finally:
-        if sweep.poll() is None:
-            os.killpg(sweep.pid, signal.SIGKILL)
-            sweep.wait(30)
-    assert sweep.returncode == 130 and "interrupted; rerun with --resume" in stderr, stderr[-4000:]
+    args = [sys.executable, "-m", "time_ray", "sweep", "configs/quickstart.yaml", "--output", str(out), *MANY]
+    returncode, _, stderr = ctrl_c_once(args, env, out, lambda done: sum(t == 2 for t in done.values()) >= 8)
+    assert returncode == 130 and "interrupted; rerun with --resume" in stderr, stderr[-4000:]
     recorded = recorded_timesteps(out)
     assert 8 <= sum(t == 2 for t in recorded.values()) < 40, recorded
 

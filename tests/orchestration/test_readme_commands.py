@@ -10,11 +10,9 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from tests.helpers.e2e import SETS, assert_same_results, recorded_timesteps
+from tests.helpers.e2e import SETS, assert_same_results, ctrl_c_once, recorded_timesteps
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -164,32 +162,10 @@ def test_ctrl_c_then_resume_gives_every_row(reduced_quickstart, cache_dir, relat
     reference, _ = reduced_quickstart
     out = relative_outputs("ctrl-c")
     env = user_env(cache_dir)
-    # as in a terminal, where the foreground job has SIGINT's default action: a test run started in the
-    # background (`make test &`, some CI runners) hands its children SIGINT ignored, which exec keeps
-    sweep = subprocess.Popen(
-        quickstart_command(out),
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    returncode, stdout, stderr = ctrl_c_once(
+        quickstart_command(out), env, ROOT / out, lambda done: any(t >= 1 for t in done.values()), ROOT
     )
-    deadline = time.time() + 900
-    try:
-        while time.time() < deadline and sweep.poll() is None:
-            if any(t >= 1 for t in recorded_timesteps(ROOT / out).values()):
-                break
-            time.sleep(0.3)
-        assert sweep.poll() is None, "the sweep ended before it could be interrupted"
-        os.killpg(sweep.pid, signal.SIGINT)
-        stdout, stderr = sweep.communicate(timeout=300)
-    finally:
-        if sweep.poll() is None:
-            os.killpg(sweep.pid, signal.SIGKILL)
-            sweep.wait(30)
-    assert sweep.returncode == 130, stdout[-2000:] + stderr[-6000:]
+    assert returncode == 130, stdout[-2000:] + stderr[-6000:]
     assert "interrupted; rerun with --resume" in stderr and "Traceback" not in stderr, stderr[-6000:]
     recorded = recorded_timesteps(ROOT / out)
     assert not all(t == 2 for t in recorded.values()) or len(recorded) < 3, recorded
