@@ -230,6 +230,8 @@ def test_gflops_budget_measures_the_real_training_step(cache_dir):
         ("resources.workers_per_expert=0", "resources.workers_per_expert: must be between 1 and 1024, got 0."),
         ("budget.multipliers=[1, -2]", "budget.multipliers[1]: must be > 0, got -2."),
         ("search.samples=-1", "search.samples: must be 0 or more, got -1."),
+        ("stream.builtin.known_exposure=0", "stream.builtin.known_exposure: must be in (0, 1] (the fraction of each"),
+        ("stream.builtin.known_exposure=1.5", "stream.builtin.known_exposure: must be in (0, 1]"),
     ],
 )
 def test_types_are_strict_and_errors_name_the_field(override, message):

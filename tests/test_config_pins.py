@@ -14,16 +14,19 @@ from time_ray.config import SweepConfig, load_config, version_1_fingerprint
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 FINGERPRINTS = {  # schema version 2
-    "quickstart.yaml": "e96c50d104e3db55",
-    "search.yaml": "9bda928bacda5978",
-    "policy-space.yaml": "01b0f09dbb1f5cf0",
-    "findings-t20.yaml": "01846a54db72604c",
-    "findings.yaml": "544526b5154e2d0a",
+    # changed on purpose: stream.builtin.known_exposure (its default 0.05; the findings configs pin 1.0)
+    "quickstart.yaml": "5d90e64136cdcd0b",
+    "search.yaml": "7df57efb229dd5d4",
+    "policy-space.yaml": "2cb76b38d99fb378",
+    "findings-t20.yaml": "ba8f43492c65da6e",
+    "findings.yaml": "f169ed4cee7b2a86",
 }
 VERSION_1_FINGERPRINTS = {  # computed before the move to pydantic, as version 1's sweep.json holds them
-    "quickstart.yaml": "628200a209eb115e",
-    "search.yaml": "c59b7779064d883b",
-    "policy-space.yaml": "acbc67a8b6249635",  # changed on purpose: opcm, tsv_m and iso_c added
+    # changed on purpose: stream.builtin.known_exposure 0.05 is not the benchmark version 1 sweeps computed on
+    # (every image, 1.0: config.BUILTIN_ADDED); the findings configs pin 1.0 and keep theirs
+    "quickstart.yaml": "9b43c7bb2ce5e192",
+    "search.yaml": "44d3a7cc64387dab",
+    "policy-space.yaml": "428dff94c14614dc",  # changed on purpose before: opcm, tsv_m and iso_c added
     "findings-t20.yaml": "0fbb968f17e27ce0",  # also in analysis/reports/findings-t20/sweeps/findings-t20/sweep.json
     "findings.yaml": "ca89be81a59c6526",
 }
@@ -69,6 +72,7 @@ QUICKSTART = {
             "test_per_class": 20,
             "image_size": 32,
             "adaptation_known": 0.5,
+            "known_exposure": 0.05,
         },
     },
     "training": {"batch_size": 64, "lr": 0.0001, "weight_decay": 0.2, "warmup": 0.1, "grad_clip": 1.0},
@@ -140,8 +144,27 @@ def test_fingerprints_of_shipped_configs_are_unchanged(name):
 
 
 def test_default_config_fingerprint_is_unchanged():
-    assert SweepConfig().fingerprint() == "14f09f3b06c1df1d"
-    assert version_1_fingerprint(SweepConfig()) == "f87c8a567c32b923"
+    assert SweepConfig().fingerprint() == "dfd24712f41bfec1"  # changed on purpose: known_exposure
+    assert version_1_fingerprint(SweepConfig()) == "5528c7b80b35bb3d"
+
+
+def test_a_config_on_version_1_benchmark_keeps_its_version_1_fingerprint():
+    """Version 1 sweeps pretrained theta_0 on every image of each known class: a config that says so
+    (stream.builtin.known_exposure 1.0) still has the fingerprint their sweep.json holds; another value does not."""
+    every_image = load_config(CONFIGS / "quickstart.yaml", ["stream.builtin.known_exposure=1"])
+    assert version_1_fingerprint(every_image) == "628200a209eb115e"  # quickstart's, before the field existed
+    assert every_image.fingerprint() != load_config(CONFIGS / "quickstart.yaml").fingerprint()
+    half = load_config(CONFIGS / "quickstart.yaml", ["stream.builtin.known_exposure=0.5"])
+    assert version_1_fingerprint(half) not in ("628200a209eb115e", VERSION_1_FINGERPRINTS["quickstart.yaml"])
+
+
+def test_a_config_yaml_written_before_known_exposure_reads_as_the_benchmark_it_computed_on():
+    """config.yaml writes every field: a builtin section with all of them but known_exposure was written before
+    it existed, when theta_0 saw every image (1.0); a section that leaves other fields out takes the default."""
+    written = load_config(CONFIGS / "quickstart.yaml").to_dict()
+    del written["stream"]["builtin"]["known_exposure"]
+    assert SweepConfig.model_validate(written).stream.builtin.known_exposure == 1.0
+    assert load_config(CONFIGS / "quickstart.yaml").stream.builtin.known_exposure == 0.05  # image_size left out
 
 
 def test_version_1_fingerprint_counts_resources_the_version_2_one_does_not():
@@ -156,4 +179,4 @@ def test_to_dict_is_unchanged_key_order_included():
     assert json.dumps(load_config(CONFIGS / "quickstart.yaml").to_dict()) == json.dumps(QUICKSTART)
     cfg = load_config(CONFIGS / "quickstart.yaml", OVERRIDES)
     assert json.dumps(cfg.to_dict()) == json.dumps(OVERRIDDEN)
-    assert cfg.fingerprint() == "cdd04980bd4233fe" and version_1_fingerprint(cfg) == "fb2dbd8c9ae89ce1"
+    assert cfg.fingerprint() == "3f7f566920b5630b" and version_1_fingerprint(cfg) == "5ea4844153cd8a68"

@@ -128,7 +128,24 @@ class ModelConfig(Section):
     base_training: BaseTrainingSection = Field(default_factory=BaseTraining)
 
 
+# stream.builtin fields added after sweep directories were first written, with the value the benchmark had before
+# them (every image of a known class in theta_0's pretraining pool)
+BUILTIN_ADDED = {"known_exposure": 1.0}
+
+
 class StreamConfig(Section):
+    @model_validator(mode="before")
+    @classmethod
+    def _written_before_builtin_fields(cls, data):
+        """A builtin section that names every field of BenchmarkSpec but those of ``BUILTIN_ADDED`` is a sweep
+        directory's config.yaml written before they existed (config.yaml writes every field): it computed with
+        their earlier values, which it is read with."""
+        builtin = data.get("builtin") if isinstance(data, dict) else None
+        if isinstance(builtin, dict) and not set(builtin) & set(BUILTIN_ADDED):
+            if {f.name for f in fields(BenchmarkSpec)} - set(BUILTIN_ADDED) <= set(builtin):
+                return {**data, "builtin": {**builtin, **BUILTIN_ADDED}}
+        return data
+
     benchmark: Literal[BENCHMARKS] = "builtin"  # builtin | fomo | folders | table (real data, options in `data`)
     data: dict | None = None  # options of the real-data reader (docs/data.md "Using real data"), checked by the reader
     tasks: int = 4  # its range in validate(): the upper bound is the benchmark's
@@ -335,6 +352,10 @@ def version_1_fingerprint(cfg: SweepConfig) -> str:
     for section in ("outputs", "tracking"):
         if data[section] == default[section]:
             del data[section]
+    # stream.builtin fields added since, at the value every version 1 sweep computed with
+    for name, value in BUILTIN_ADDED.items():
+        if data["stream"]["builtin"].get(name) == value:
+            del data["stream"]["builtin"][name]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -669,6 +690,11 @@ def validate(cfg: SweepConfig) -> None:
         0 <= spec.adaptation_known <= 1,
         f"stream.builtin.adaptation_known: must be in [0, 1] (the fraction of each adaptation dataset's classes "
         f"the base model is pretrained on), got {spec.adaptation_known}.",
+    )
+    _check(
+        0 < spec.known_exposure <= 1,
+        f"stream.builtin.known_exposure: must be in (0, 1] (the fraction of each known class's training images "
+        f"the base model is pretrained on), got {spec.known_exposure}.",
     )
     _check(
         0 <= spec.retrieval_datasets <= spec.heldout_datasets,

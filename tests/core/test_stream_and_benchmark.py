@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from time_ray.core.benchmark import BenchmarkSpec, build_benchmark
-from time_ray.core.stream import Mixture, MixtureSampler, make_stream
+from time_ray.core.stream import Mixture, MixtureSampler, PretrainSampler, make_stream
 
 SPEC = BenchmarkSpec(
     adaptation_datasets=3,
@@ -36,6 +36,31 @@ def test_benchmark_is_deterministic_and_structured():
     assert torch.equal(none.train_images, a.train_images)  # which classes are known changes no image
     assert a.train_images.shape == (26 * 5, 3, 32, 32) and a.test_images.shape == (26 * 3, 3, 32, 32)
     assert a.caption(0) == a.datasets["adapt-00"].template.format(a.class_names[0])
+
+
+def test_the_base_model_sees_a_share_of_each_known_class_and_every_image_of_a_generic_concept():
+    """known_exposure: of each held-out class and known adaptation class, round(share x train_per_class) training
+    images (at least one) are in the pretraining pool; generic concepts keep all theirs; no image changes."""
+    spec = BenchmarkSpec(**{**SPEC.__dict__, "known_exposure": 0.4})  # 2 of each known class's 5 images
+    bench = build_benchmark(spec)
+    build_benchmark.cache_clear()
+    reloaded = build_benchmark(spec)  # the same pool after a reload from the disk cache
+    index = bench.pretrain_indices()
+    assert np.array_equal(index, reloaded.pretrain_indices()) and bench.known_pretrain_images == 2
+    labels = bench.train_labels.numpy()
+    counts = {int(c): int(n) for c, n in zip(*np.unique(labels[index], return_counts=True))}
+    generic = set(bench.generic_classes)
+    assert set(counts) == set(bench.pretrain_classes)  # every known class still has some images
+    assert all(n == (5 if c in generic else 2) for c, n in counts.items()), counts
+    first = [int(i) for i in np.nonzero(labels == bench.pretrain_classes[0])[0][:2]]
+    assert [int(i) for i in index if labels[i] == bench.pretrain_classes[0]] == first  # its first images
+    assert torch.equal(bench.train_images, build_benchmark(SPEC).train_images)
+    full = build_benchmark(BenchmarkSpec(**{**SPEC.__dict__, "known_exposure": 1.0}))
+    assert np.array_equal(full.pretrain_indices(), full.train_indices(full.pretrain_classes))  # every image
+    one = build_benchmark(BenchmarkSpec(**{**SPEC.__dict__, "known_exposure": 0.01}))
+    assert one.known_pretrain_images == 1  # at least one image: the concept is known, if barely
+    drawn = PretrainSampler(bench, 64, seed=0).batch()
+    assert set(drawn.tolist()) <= set(index.tolist())
 
 
 def test_other_seed_gives_other_data():

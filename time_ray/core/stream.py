@@ -104,7 +104,7 @@ class PretrainSampler(MixtureSampler):
     """Batches drawn from the pretraining pool only (used to build the base model)."""
 
     def __init__(self, bench: Benchmark, batch_size: int, seed: int):
-        self.sources = (bench.train_indices(bench.pretrain_classes),)
+        self.sources = (bench.pretrain_indices(),)
         self.counts = (batch_size,)
         self.pool_count = 0
         self.rng = np.random.default_rng(seed)
