@@ -34,7 +34,7 @@ from pydantic.fields import FieldInfo
 
 from time_ray.core import policy_space, safe_yaml
 from time_ray.core.base_model import NO_PRETRAIN_DATA, BaseTraining
-from time_ray.core.benchmark import BenchmarkSpec
+from time_ray.core.benchmark import ADDED_FIELDS, BenchmarkSpec, without_added_defaults
 from time_ray.core.contracts import ExperimentSettings, TrainingRecipe, Trial
 from time_ray.core.errors import ConfigError, did_you_mean, shown
 from time_ray.core.policy_space import CHAIN_KEYS, PRESETS
@@ -129,8 +129,8 @@ class ModelConfig(Section):
 
 
 # stream.builtin fields added after sweep directories were first written, with the value the benchmark had before
-# them (every image of a known class in theta_0's pretraining pool)
-BUILTIN_ADDED = {"known_exposure": 1.0}
+# them (every image of a known class in theta_0's pretraining pool): core.benchmark.ADDED_FIELDS
+BUILTIN_ADDED = ADDED_FIELDS
 
 
 class StreamConfig(Section):
@@ -353,9 +353,7 @@ def version_1_fingerprint(cfg: SweepConfig) -> str:
         if data[section] == default[section]:
             del data[section]
     # stream.builtin fields added since, at the value every version 1 sweep computed with
-    for name, value in BUILTIN_ADDED.items():
-        if data["stream"]["builtin"].get(name) == value:
-            del data["stream"]["builtin"][name]
+    data["stream"]["builtin"] = without_added_defaults(data["stream"]["builtin"])
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

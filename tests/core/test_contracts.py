@@ -50,7 +50,8 @@ def test_policy_defaults_live_in_one_place():
 def test_experiment_settings_keep_the_expert_cache_address():
     """Experts are addressed by a hash over the settings' dict: the typed settings must give exactly
     the dict the sweep hashed before (else every cached expert would be trained again)."""
-    cfg = load_config("configs/quickstart.yaml")
+    # the calibration the quickstart had when these addresses were made (core.benchmark.ADDED_FIELDS)
+    cfg = load_config("configs/quickstart.yaml", ["stream.builtin.known_exposure=1.0"])
     settings = experiment_settings(cfg)
     before = {  # config.experiment_settings as it was, a plain dict
         "arch": cfg.model.arch,
@@ -75,6 +76,10 @@ def test_experiment_settings_keep_the_expert_cache_address():
     # the address the sweep's expert cache gave this expert before (experts/<key>.safetensors stay found)
     assert expert_key(init, 1, 10, 0, settings) == "86087d7f05300ef2b48ab757c0953261"
     assert expert_key(init, 1, 10, 0, settings, multitask=True) == "87ed147c487362f10f8703a136821f77"
+    # other data, another expert: the default calibration (2 of 40 images of each known class) has its own
+    calibrated = experiment_settings(load_config("configs/quickstart.yaml"))
+    assert calibrated.benchmark.known_exposure == 0.05
+    assert expert_key(init, 1, 10, 0, calibrated) not in ("86087d7f05300ef2b48ab757c0953261", None)
     assert ExperimentSettings.from_dict(settings.to_dict()) == settings
     assert pickle.loads(pickle.dumps(settings)) == settings
     assert isinstance(settings.training, TrainingRecipe)

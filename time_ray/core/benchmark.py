@@ -92,6 +92,17 @@ class BenchmarkSpec:
     known_exposure: float = 0.05
 
 
+# fields added to BenchmarkSpec since sweeps were first run, with the value every earlier sweep computed with:
+# where a spec has that value, an address made before the field existed (an expert's key, a version-1
+# fingerprint) leaves the field out, so it stays the same
+ADDED_FIELDS: dict[str, object] = {"known_exposure": 1.0}
+
+
+def without_added_defaults(spec: dict) -> dict:
+    """``spec`` (a BenchmarkSpec as a dict) without the ``ADDED_FIELDS`` at their earlier value."""
+    return {k: v for k, v in spec.items() if not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
+
+
 @dataclass(frozen=True)
 class Dataset:
     name: str
