@@ -23,7 +23,7 @@ FINGERPRINTS = {  # schema version 2
 }
 VERSION_1_FINGERPRINTS = {  # computed before the move to pydantic, as version 1's sweep.json holds them
     # changed on purpose: stream.builtin.known_exposure 0.05 is not the benchmark version 1 sweeps computed on
-    # (every image, 1.0: config.BUILTIN_ADDED); the findings configs pin 1.0 and keep theirs
+    # (every image, 1.0: core.benchmark.ADDED_FIELDS); the findings configs pin 1.0 and keep theirs
     "quickstart.yaml": "9b43c7bb2ce5e192",
     "search.yaml": "44d3a7cc64387dab",
     "policy-space.yaml": "428dff94c14614dc",  # changed on purpose before: opcm, tsv_m and iso_c added

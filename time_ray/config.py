@@ -128,22 +128,17 @@ class ModelConfig(Section):
     base_training: BaseTrainingSection = Field(default_factory=BaseTraining)
 
 
-# stream.builtin fields added after sweep directories were first written, with the value the benchmark had before
-# them (every image of a known class in theta_0's pretraining pool): core.benchmark.ADDED_FIELDS
-BUILTIN_ADDED = ADDED_FIELDS
-
-
 class StreamConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _written_before_builtin_fields(cls, data):
-        """A builtin section that names every field of BenchmarkSpec but those of ``BUILTIN_ADDED`` is a sweep
+        """A builtin section that names every field of BenchmarkSpec but those of ``ADDED_FIELDS`` is a sweep
         directory's config.yaml written before they existed (config.yaml writes every field): it computed with
         their earlier values, which it is read with."""
         builtin = data.get("builtin") if isinstance(data, dict) else None
-        if isinstance(builtin, dict) and not set(builtin) & set(BUILTIN_ADDED):
-            if {f.name for f in fields(BenchmarkSpec)} - set(BUILTIN_ADDED) <= set(builtin):
-                return {**data, "builtin": {**builtin, **BUILTIN_ADDED}}
+        if isinstance(builtin, dict) and not set(builtin) & set(ADDED_FIELDS):
+            if {f.name for f in fields(BenchmarkSpec)} - set(ADDED_FIELDS) <= set(builtin):
+                return {**data, "builtin": {**builtin, **ADDED_FIELDS}}
         return data
 
     benchmark: Literal[BENCHMARKS] = "builtin"  # builtin | fomo | folders | table (real data, options in `data`)
