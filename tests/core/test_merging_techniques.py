@@ -65,6 +65,21 @@ def test_registry_names_every_technique():
     }
 
 
+def test_every_technique_pickles_by_reference():
+    """A policy crosses to Ray's processes pickled: every technique, the generated spec-only ones too
+    (TSV-M, Iso-C), must come back equal in a fresh interpreter."""
+    import pickle
+    import subprocess
+    import sys
+
+    techniques = [make_technique(name) for name in sorted(TECHNIQUES)]
+    assert pickle.loads(pickle.dumps(techniques)) == techniques
+    code = "import pickle, sys; print(*(t.name for t in pickle.loads(sys.stdin.buffer.read())))"
+    out = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(techniques), capture_output=True)
+    assert out.returncode == 0, out.stderr.decode()[-400:]
+    assert out.stdout.decode().split() == sorted(TECHNIQUES)
+
+
 # --------------------------------------------------------------------------- SLERP
 
 

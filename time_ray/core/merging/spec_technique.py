@@ -56,9 +56,10 @@ def register_executable(s: Spec) -> None:
             "min_models": s.min_models,
             "max_models": s.max_models,
             "__doc__": inspect.getdoc(s.fn),
-            "__module__": s.fn.__module__,
+            "__module__": __name__,
         },
     )
+    globals()[cls.__name__] = cls  # found where its __module__ says: pickle (Ray) refers to it by name
     register(cls)
 
 
