@@ -29,6 +29,31 @@ NO_VERDICT = "no verdict"
 MIN_SEEDS = 2  # a verdict needs a seed interval: at least two seeds shared by the policies compared
 
 
+BEYOND_TECHNIQUES = ("tsv_m", "iso_c")  # in time-ray's policy space, not in the paper (time_ray.analysis.beyond)
+BEYOND_STRATEGIES = ("opcm",)
+
+
+def technique_name(technique: str) -> str:
+    """``ties(lambda=1.0, prune=0.7)`` -> ``ties``."""
+    return technique.split("(", 1)[0]
+
+
+def is_beyond(final: pd.DataFrame) -> pd.Series:
+    """Which rows of ``final`` are policies beyond the paper (OPCM, TSV-M, Iso-C)."""
+    if final.empty:
+        return pd.Series(False, index=final.index, dtype=bool)
+    return (
+        final.technique.map(technique_name).isin(BEYOND_TECHNIQUES)
+        | final.init.isin(BEYOND_STRATEGIES)
+        | final.deploy.isin(BEYOND_STRATEGIES)
+    ) & ~final.multitask
+
+
+def paper_only(final: pd.DataFrame) -> pd.DataFrame:
+    """``final`` without the policies beyond the paper: what the five findings compare."""
+    return final[~is_beyond(final)] if len(final) else final
+
+
 @dataclass(frozen=True)
 class Finding:
     number: int
@@ -315,6 +340,32 @@ def _technique_context(final: pd.DataFrame, budget: float) -> tuple[tuple[str, s
     return pair, sel.pivot_table(index="seed", columns="technique", values="gm")
 
 
+def _technique_ranges(
+    final: pd.DataFrame, budget: float, range_pairs: pd.Series, seeds, pair: tuple[str, str], techs: pd.DataFrame
+) -> tuple[str, ...]:
+    """Secondary lines of finding 3, no verdict: the technique range without Random, and in offline
+    merging (zs/all) when it ran two or more techniques."""
+    lines = []
+    if "random" in {technique_name(t) for t in techs.columns} and techs.shape[1] >= 3:
+        kept = techs[[t for t in techs.columns if technique_name(t) != "random"]].loc[seeds]
+        lines.append(
+            f"without Random: GM range over {kept.shape[1]} techniques at {pair[0]}/{pair[1]} "
+            f"{(kept.max(axis=1) - kept.min(axis=1)).mean():.3f}; range(init x deploy) - 2 x range = "
+            f"{seed_interval(range_pairs - 2 * (kept.max(axis=1) - kept.min(axis=1))).text()} (secondary, no verdict)"
+        )
+    g = final[(final.settings == "") & (final.budget == budget) & ~final.multitask]
+    offline = g[(g.init == "zs") & (g.deploy == "all")].pivot_table(index="seed", columns="technique", values="gm")
+    if pair != ("zs", "all") and offline.shape[1] >= 2:
+        common = offline.dropna().index.intersection(range_pairs.index)
+        spread = offline.loc[common].max(axis=1) - offline.loc[common].min(axis=1)
+        lines.append(
+            f"in offline merging (zs/all): GM range over {offline.shape[1]} techniques {spread.mean():.3f}; "
+            f"range(init x deploy) - 2 x range = {seed_interval(range_pairs.loc[common] - 2 * spread).text()} "
+            "(secondary, no verdict)"
+        )
+    return tuple(lines)
+
+
 def finding_3(final: pd.DataFrame, budget: float) -> Finding:
     """(a) "far more": per seed, the range of GM over init x deploy pairs (averaging) minus twice the
     range over techniques (at the pair with most techniques) > 0; (b) "little": the best
@@ -339,7 +390,7 @@ def finding_3(final: pd.DataFrame, budget: float) -> Finding:
     best = max(others, key=lambda t: techs[t].mean())
     gain = paired(techs[best], techs["average"])
     quarter = 0.25 * range_pairs.mean()
-    evidence = (
+    evidence: tuple[str, ...] = (
         f"GM range over {pairs.shape[1]} init x deploy pairs (averaging): {range_pairs.mean():.3f}",
         f"GM range over {techs.shape[1]} techniques at {init}/{deploy}: {range_techs.mean():.3f} "
         f"({', '.join(f'{t} {techs[t].mean():.3f}' for t in techs.columns)})",
@@ -347,6 +398,7 @@ def finding_3(final: pd.DataFrame, budget: float) -> Finding:
         f"best other technique {best} - average = {gain.text()} (little means < {quarter:.3f}, a quarter "
         "of the init x deploy range)",
     )
+    evidence += _technique_ranges(final, budget, range_pairs, seeds, (init, deploy), techs)
     a, b = _holds(diff), gain.mean < quarter
     test = (
         f"(a) far more: the GM range over init x deploy pairs is more than twice the GM range over merging "
@@ -552,7 +604,9 @@ def all_findings(
     final: pd.DataFrame, base: pd.Series, budget: float, companions: tuple[Companion, ...] = ()
 ) -> list[Finding]:
     """The five findings at ``budget`` (finding 5 compares budgets); findings 2 and 5 also read the
-    companion sweeps (time_ray.analysis.companions) without replay and with another model."""
+    companion sweeps (time_ray.analysis.companions) without replay and with another model. Policies
+    beyond the paper (OPCM, TSV-M, Iso-C: time_ray.analysis.beyond) take part in none of them."""
+    final = paper_only(final)
     return [
         finding_1(final, base, budget),
         finding_2(final, budget, companions),

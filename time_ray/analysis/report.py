@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from time_ray.analysis import figures
+from time_ray.analysis.beyond import beyond_table, comparisons
 from time_ray.analysis.companions import Companion, load_sweeps
 from time_ray.analysis.findings import MIN_SEEDS, Finding, all_findings, paired
 from time_ray.analysis.formats import DEFAULT_FORMATS, parse_formats, write_tables
@@ -462,6 +463,7 @@ def _finished_blocks(c: Context, fig: dict, missing: Table | None) -> tuple[list
     findings = all_findings(c.final, c.base, c.budget, c.companions)
     companions = [companion_table(comp, c.final) for comp in c.companions]
     variance, variance_table = _variance_block(c.final)
+    beyond = comparisons(c.final, c.budget, c.sweep.tasks)
     blocks: list = [
         ("h2", "Which policy, at what cost?"),
         ("ul", _answer(c.table, c.budget, c.base)),
@@ -472,6 +474,7 @@ def _finished_blocks(c: Context, fig: dict, missing: Table | None) -> tuple[list
         accuracy,
         cost,
         *_findings_blocks(c, findings),
+        *_beyond_blocks(beyond),
     ]
     if companions:
         blocks += [
@@ -486,7 +489,24 @@ def _finished_blocks(c: Context, fig: dict, missing: Table | None) -> tuple[list
     blocks += [variance, ("h2", "More figures")]
     blocks += [b for n, b in fig.items() if n not in ("ka_zs_scatter.png", "cost_vs_gm.png")]
     tables = [accuracy, cost, findings_table(findings), variance_table, *companions, *(t for t in (missing,) if t)]
-    return blocks, tables
+    return blocks, tables + ([beyond_table(beyond)] if beyond else [])
+
+
+def _beyond_blocks(beyond) -> list:
+    """The section "Beyond the paper" when the sweep ran OPCM, TSV-M or Iso-C (time_ray.analysis.beyond)."""
+    if not beyond:
+        return []
+    return [
+        ("h2", "Beyond the paper"),
+        (
+            "p",
+            "Merging methods the paper did not study, inside TIME's strategies: OPCM as init and deploy strategy, "
+            "TSV-M and Iso-C as techniques. Each is compared seed by seed with Best-in-TIME (ema/ema, weight "
+            "averaging) and, for offline merges (zs/all), with offline weight averaging. They take no part in the "
+            "five findings above.",
+        ),
+        beyond_table(beyond),
+    ]
 
 
 def _unfinished_blocks(fig: dict, missing: Table | None) -> list:
