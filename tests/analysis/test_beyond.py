@@ -143,3 +143,16 @@ def test_finding_3_reports_its_secondary_ranges(final):
     assert lines[0].startswith(f"without Random: GM range over 3 techniques at ema/ema {technique_range};")
     assert lines[1].startswith("in offline merging (zs/all): GM range over 2 techniques 0.020;")  # mean of .01,.02,.03
     assert not [e for e in plain.evidence if "secondary" in e]  # nothing to add without them
+
+
+def test_a_technique_missing_a_seed_is_left_out_of_finding_3_not_the_seed(final):
+    frame = final[0]
+    one_seed = added(frame, "ema", "ema", "task_arithmetic(lambda=1.0)", "ema/ema ta", {0: -0.5, 1: -0.5, 2: -0.5})
+    one_seed = one_seed[one_seed.seed == 1]  # it diverged in seeds 0 and 2: no final value there
+    f3 = finding_3(pd.concat([frame, one_seed]), 20.0)
+    plain = finding_3(frame, 20.0)
+    assert f3.verdict == plain.verdict == SUPPORTED
+    assert f3.evidence[:4] == plain.evidence[:4]  # the ranges over the three seeds, as without it
+    assert any(
+        e.startswith("task_arithmetic(lambda=1.0) at ema/ema has no final value in seeds [0, 2]") for e in f3.evidence
+    )

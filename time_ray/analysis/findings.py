@@ -380,8 +380,13 @@ def finding_3(final: pd.DataFrame, budget: float) -> Finding:
             "merging techniques (one of them average) at one init/deploy pair",
         )
     (init, deploy), techs = tech
+    # a technique without a final value in a seed the pairs have (a trial that failed, e.g. a diverged chain, or
+    # one not run yet) is left out of the range rather than taking that seed from every other technique
+    partial = [t for t in techs.columns if techs[t].reindex(pairs.dropna().index).isna().any()]
+    left_out = {t: sorted(int(s) for s in pairs.dropna().index if pd.isna(techs[t].get(s))) for t in partial}
+    techs = techs.drop(columns=[t for t in partial if t != "average"])
     seeds = pairs.dropna().index.intersection(techs.dropna().index)
-    if seeds.empty:
+    if seeds.empty or techs.shape[1] < 2:
         return _not_testable(3, CLAIMS[3], "the init x deploy pairs and the techniques run with a common seed")
     range_pairs = pairs.loc[seeds].max(axis=1) - pairs.loc[seeds].min(axis=1)
     range_techs = techs.loc[seeds].max(axis=1) - techs.loc[seeds].min(axis=1)
@@ -399,6 +404,12 @@ def finding_3(final: pd.DataFrame, budget: float) -> Finding:
         "of the init x deploy range)",
     )
     evidence += _technique_ranges(final, budget, range_pairs, seeds, (init, deploy), techs)
+    evidence += tuple(
+        f"{t} at {init}/{deploy} has no final value in seeds {s} (failed or not run: see the missing trials); "
+        "left out of the technique range"
+        for t, s in left_out.items()
+        if t != "average"
+    )
     a, b = _holds(diff), gain.mean < quarter
     test = (
         f"(a) far more: the GM range over init x deploy pairs is more than twice the GM range over merging "
