@@ -287,3 +287,99 @@ def test_a_trial_failing_on_a_full_disk_stops_the_sweep_without_an_attempt_line(
         stop.on_trial_recover(0, [], FakeTrial())
     assert stop.stop_all() and stop.message.startswith(line)
     assert not [r for r in caplog.records if "attempt" in r.getMessage()]
+
+
+# the training service's own process killed (Ray's memory monitor kills the task that holds it, with Train's
+# controller and workers): nothing inside it can report, so the sweep watches the task
+
+
+class _Remote:
+    def __init__(self, value=None):
+        self.calls, self.value = [], value
+
+    def remote(self, *args):
+        self.calls.append(args)
+        return self.value
+
+
+class _WatchedCache:
+    def __init__(self):
+        self.machine_fault, self.break_down = _Remote("asked"), _Remote()
+
+
+@pytest.mark.parametrize(
+    "raised, expected",
+    [
+        (
+            "OutOfMemoryError",
+            "out of memory: expert-training service (its Train run) on 10.0.0.5 was killed by Ray's memory monitor "
+            "when its node used 11.8 GiB of 12.0 GiB; lower training.batch_size or resources.max_concurrent_trials "
+            "(fewer experts in training at once), or use a machine with more memory",
+        ),
+        (
+            "WorkerCrashedError",
+            "the expert-training service stopped: WorkerCrashedError: The worker died unexpectedly while executing "
+            "this task. Check python-core-worker-*.log files for more information.",
+        ),
+    ],
+)
+def test_the_end_of_the_training_services_task_stops_the_sweep_and_tells_the_waiters(monkeypatch, raised, expected):
+    import ray
+
+    from time_ray.orchestration.progress import StopAtMachineFault
+
+    error = (
+        ray.exceptions.OutOfMemoryError(RAY_260)
+        if raised == "OutOfMemoryError"
+        else ray.exceptions.WorkerCrashedError()
+    )
+    ended = {"now": False}
+    monkeypatch.setattr(ray, "wait", lambda refs, timeout=None: (refs if ended["now"] or refs == ["asked"] else [], []))
+
+    def get(ref, timeout=None):
+        if ref == "service":
+            raise error
+        return None  # the cache's machine_fault: none reported
+
+    monkeypatch.setattr(ray, "get", get)
+    cache = _WatchedCache()
+    stop = StopAtMachineFault(cache, interval=0.0, training="service")
+    for _ in range(3):  # the service runs: asked, nothing
+        assert not stop.stop_all()
+    assert cache.break_down.calls == []
+    ended["now"] = True
+    for _ in range(3):
+        if stop.stop_all():
+            break
+    assert stop.stop_all() and stop.message == expected
+    assert cache.break_down.calls == [(expected,)]  # trials waiting for experts get the same message
+    assert stop.__getstate__()["training"] is None  # Tune pickles its stopper: no ObjectRef in it
+
+
+@pytest.mark.e2e
+def test_a_killed_training_service_stops_the_sweep_in_one_line_and_resume_finishes(cache_dir, tmp_path, monkeypatch):
+    """Injected: the process holding the training service is SIGKILLed after offline-merge's timestep 1 (as
+    Ray's memory monitor or the kernel kills it; nothing in it can report). Checked: the sweep does not wait
+    for experts that no one trains; it exits 2 with one error line saying so, and --resume finishes it."""
+    marks = tmp_path / "fault-marks"
+    marks.mkdir()
+    monkeypatch.setenv(
+        "TIME_RAY_FAULTS",
+        json.dumps([{"fault": "kill_training_service", "trial": "offline-merge", "after_timestep": 1}]),
+    )
+    monkeypatch.setenv("TIME_RAY_FAULTS_DIR", str(marks))
+    out = tmp_path / "out"
+    only = ["--set", "policies.presets=[offline-merge]", "--set", "model.pretrained=none"]
+    args = ["sweep", "configs/quickstart.yaml", "--output", str(out), *SETS, *only]
+    proc = run_cli(args, cache_dir, tempfile.mkdtemp(prefix="tr-", dir="/tmp"), timeout=300)
+    assert proc.returncode == 2, proc.stderr[-6000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("time-ray: error:")]
+    assert len(errors) == 1 and errors[0].startswith("time-ray: error: the expert-training service stopped: "), (
+        proc.stderr[-6000:]
+    )
+    assert errors[0].endswith(f"Every recorded timestep is kept in {out}; rerun with --resume to finish it.")
+    assert "Traceback" not in proc.stderr
+    monkeypatch.delenv("TIME_RAY_FAULTS")
+    resumed = run_cli([*args, "--resume"], cache_dir, tempfile.mkdtemp(prefix="tr-", dir="/tmp"), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-6000:]
+    assert pd.read_parquet(out / "trials.parquet").status.tolist() == ["finished"]

@@ -201,6 +201,7 @@ def run_service(config: ServiceConfig, trainer_kwargs: dict) -> None:
     the waiting trials are told why."""
     from ray.train.torch import TorchTrainer
 
+    faults.note_training_service()
     # Train's controller runs on this node: the Linux OOM killer's count is read here
     trainer_kwargs["run_config"].callbacks.append(MemoryKills(config.queue, config.workers_per_expert))
     try:

@@ -9,6 +9,9 @@
   {"fault": "kill_merge_actor", "trial": "best-in-time", "after_timestep": 1}
       ray.kill the merge service actor serving that trial after that timestep is recorded (Ray restarts
       it; the other trials it serves reopen their pools too)
+  {"fault": "kill_training_service", "trial": "offline-merge", "after_timestep": 1}
+      SIGKILL the process holding the training service (expert_training.run_service: its task, which owns
+      Train's controller and workers) after that timestep, as Ray's memory monitor or the kernel would
   {"fault": "crash_trial", "trial": "best-in-time", "after_timestep": 1}
       raise in the trial's driver after that timestep is recorded (Tune retries the trial, which resumes)
   {"fault": "oom_train_worker", "trial": "offline-merge", "task": 1, "step": 3, "used_gb": 11.8, "total_gb": 12.0}
@@ -103,6 +106,15 @@ class InjectedCrash(RuntimeError):
     """A ``crash_trial`` fault."""
 
 
+SERVICE_PID = "training-service.pid"  # in TIME_RAY_FAULTS_DIR: which process kill_training_service kills
+
+
+def note_training_service() -> None:
+    """Called in the process holding the training service: its pid, when a fault will kill it."""
+    if any(f["fault"] == "kill_training_service" for f in _faults()):
+        (Path(os.environ.get("TIME_RAY_FAULTS_DIR", "/tmp")) / SERVICE_PID).write_text(str(os.getpid()))
+
+
 def after_timestep(trial_id: str, t: int, service) -> None:
     """``service``: the merge service actor serving the trial; ``kill_merge_actor`` kills it (Ray restarts it)."""
     if _matching("crash_trial", trial_id, after_timestep=t):
@@ -111,6 +123,9 @@ def after_timestep(trial_id: str, t: int, service) -> None:
         import ray
 
         ray.kill(service, no_restart=False)
+    if _matching("kill_training_service", trial_id, after_timestep=t):
+        pid = (Path(os.environ.get("TIME_RAY_FAULTS_DIR", "/tmp")) / SERVICE_PID).read_text()
+        os.kill(int(pid), signal.SIGKILL)
 
 
 def lease_seconds(default: float) -> float:

@@ -157,23 +157,29 @@ class ProgressPrinter(Callback):
         )
 
 
+SERVICE_STOPPED = "the expert-training service stopped: "  # StopAtMachineFault's message when its task ended
+
+
 class StopAtMachineFault(Callback, Stopper):
     """Stops every trial at the machine's first fault: a process of the sweep killed for memory, or a file
     that a full disk could not take. A retry would fail the same way. Seen in a trial's failure (its driver,
     the evaluator or merge service actor it called: Ray restarts those actors and retries the call up to
     their ``max_restarts``; the trial fails after that) or reported by the training service to the expert
     cache (``ExpertCache.machine_fault``, asked at most every ``interval`` seconds without blocking Tune's
-    loop). ``message`` is the sweep's error then."""
+    loop). ``message`` is the sweep's error then. ``training``: the ObjectRef of the task that holds the
+    training service (expert_training.run_service): should that task end while the sweep runs (its process
+    killed, e.g. by Ray's memory monitor, which no ``except`` in it sees), the sweep stops with why, and the
+    expert cache is told, instead of trials waiting for experts that no one trains any more."""
 
-    def __init__(self, cache, interval: float = 1.0):
-        self.cache, self.interval = cache, interval
+    def __init__(self, cache, interval: float = 1.0, training=None):
+        self.cache, self.interval, self.training = cache, interval, training
         self.service: str | None = None  # the training service's report (the cache's)
         self.trial: str | None = None  # a trial's
         self.asking = None
         self.asked = 0.0
 
     def __getstate__(self) -> dict:  # Tune saves its stopper with the experiment's state: no call in flight
-        return {**self.__dict__, "asking": None}
+        return {**self.__dict__, "asking": None, "training": None}
 
     def _seen(self, trial) -> None:
         text = error_text(trial)
@@ -208,6 +214,7 @@ class StopAtMachineFault(Callback, Stopper):
         if self.asking is None:
             if time.monotonic() - self.asked >= self.interval:
                 self.asked, self.asking = time.monotonic(), self.cache.machine_fault.remote()
+                self._watch_service()
             return
         if ray.wait([self.asking], timeout=0)[0]:
             try:
@@ -215,6 +222,30 @@ class StopAtMachineFault(Callback, Stopper):
             except Exception:  # noqa: BLE001 - asked again; a lost cache fails the trials anyway
                 pass
             self.asking = None
+
+    def _watch_service(self) -> None:
+        """The training service's task ended before the sweep did: its error (memory: one line, as any machine
+        fault) becomes the sweep's, and the expert cache's waiters are told."""
+        import ray
+
+        if self.training is None or not ray.wait([self.training], timeout=0)[0]:
+            return
+        ref, self.training = self.training, None
+        try:
+            ray.get(ref)
+            why = "its Train run returned before the sweep ended"
+            report = None
+        except Exception as exc:  # noqa: BLE001 - whatever ended it is the sweep's error
+            why = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
+            report = memory.memory_report(exc)
+        if report is not None:
+            self.service = memory.out_of_memory_message("expert-training service (its Train run)", report)
+        else:
+            self.service = f"{SERVICE_STOPPED}{why}"
+        try:
+            self.cache.break_down.remote(self.service)
+        except Exception:  # noqa: BLE001 - the sweep stops anyway
+            pass
 
     def final(self) -> str | None:
         """After the trials ended: the cache's report, asked once more (it may have come last)."""

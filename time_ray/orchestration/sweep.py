@@ -325,11 +325,12 @@ def run_sweep(
             if isinstance(exc, (OutOfMemory, DiskFull)) or not disk.is_disk_full(exc):
                 raise
             raise DiskFull(disk.disk_full_message(getattr(exc, "filename", None) or storage.display())) from None
-    except (OutOfMemory, DiskFull) as exc:  # the machine's fault: the sweep stopped instead of retrying
+    except (OutOfMemory, DiskFull, ServiceStopped) as exc:  # the sweep stopped instead of retrying
         with contextlib.suppress(DiskFull):  # (a full disk may not take the tables either; the trials' are kept)
             collect(storage, trials, cfg.stream.tasks)
+        then = "to finish it" if isinstance(exc, ServiceStopped) else "after the change"
         raise type(exc)(
-            f"{exc}. Every recorded timestep is kept in {storage.display()}; rerun with --resume after the change."
+            f"{exc}. Every recorded timestep is kept in {storage.display()}; rerun with --resume {then}."
         ) from None
     steps = collect(storage, trials, cfg.stream.tasks)  # what finished is always written
     if tracking is not None:  # the tables as artifacts of a sweep-level run
@@ -361,7 +362,13 @@ def _run_trials(
     from ray import tune
 
     from time_ray.orchestration.local_ray import init_ray
-    from time_ray.orchestration.progress import ProgressPrinter, StopAtMachineFault, WithdrawEndedTrials, last_line
+    from time_ray.orchestration.progress import (
+        SERVICE_STOPPED,
+        ProgressPrinter,
+        StopAtMachineFault,
+        WithdrawEndedTrials,
+        last_line,
+    )
     from time_ray.orchestration.trial import run_trial
 
     cluster = init_ray(verbose=verbose, temp_dir=ray_temp_dir)
@@ -411,7 +418,8 @@ def _run_trials(
     # sweep's N trials unpickled per trial would cost O(N) each: O(N^2) in all)
     pickled = {trial_id: pickle.dumps(trial) for trial_id, trial in by_id.items()}
     trainable = tune.with_parameters(run_trial, trials=pickled, run=run, pools=pools, evaluators=evaluators)
-    machine_fault = StopAtMachineFault(cache)  # memory or disk exhausted stops the sweep: a retry would be too
+    # memory or disk exhausted stops the sweep (a retry would be too), and so does the training service's end
+    machine_fault = StopAtMachineFault(cache, training=training)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": DRIVER_CPU}),
         param_space={"trial_id": tune.grid_search(list(by_id))},
@@ -478,6 +486,8 @@ def _run_trials(
     )
     log_merge_service(service)
     if (fault := machine_fault.final()) is not None:  # its trials were stopped, not finished, early or failed
+        if fault.startswith(SERVICE_STOPPED):
+            raise ServiceStopped(fault)
         raise (DiskFull if fault.startswith(disk.PREFIX) else OutOfMemory)(fault)
     failed = {
         t.trial_id: json.loads(text)["error"]
@@ -489,6 +499,11 @@ def _run_trials(
         done = [r for r in results if r.config["trial_id"] not in failed]
         record_early_stops(storage, by_id, done, cfg.stream.tasks)
     return failed
+
+
+class ServiceStopped(TimeRayError):
+    """The process holding the expert-training service died while the sweep ran (not for memory: that is
+    OutOfMemory): the trials were stopped rather than left waiting for experts no one would train."""
 
 
 def trial_name(trial) -> str:
