@@ -20,7 +20,10 @@
   N); flat in N: the marginal cost between the two largest sizes within 1.2x of that between the two smallest
   (with two sizes: the per-trial cost at the larger within 1.2x of the smaller's); the driver's peak memory at
   the largest N within 1.2x of the smallest's; `time-ray report` on the largest sweep in under a minute.
-``--quick``: 20 and 40 trials, embedded only, no search (a few minutes).
+* Resume at scale: a second sweep of the largest size on the embedded Ray is interrupted as Ctrl-C does once
+  half its trials have ended, finished with ``--resume``, and its metrics rows compared with the
+  uninterrupted sweep's: none missing, extra, twice or different (``--no-resume-check``: not).
+``--quick``: 20 and 40 trials, embedded only, no search, no resume check (a few minutes).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -180,6 +185,59 @@ def one_sweep(trials: int, cluster: str, tmp: Path, search: bool = False) -> dic
     }
 
 
+def interrupted_and_resumed(trials: int, tmp: Path, reference: Path) -> dict:
+    """The grid sweep of ``trials`` trials on a fresh embedded Ray, interrupted as Ctrl-C does (SIGINT to its
+    process group, SIGINT's default action restored) once half its trials have ended, then finished with
+    ``--resume``; its metrics rows compared with those of the uninterrupted sweep in ``reference``."""
+    out = tmp / f"resumed-{trials}"
+    ray_tmp = Path(tempfile.mkdtemp(prefix="tr-", dir="/tmp"))
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    args = [str(Path(sys.executable).parent / "time-ray"), "sweep", str(CONFIG), "--output", str(out)]
+    args += [a for s in sets_for(trials) for a in ("--set", s)]
+    start = time.perf_counter()
+    errors = open(tmp / f"resumed-{trials}.stderr", "w+")  # noqa: SIM115 - read back on failure
+    proc = subprocess.Popen(
+        args,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=errors,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    ended = 0
+    while proc.poll() is None:
+        ended = len(list(out.glob("trials/*/timesteps.parquet")))  # a trial's tables are written when it ends
+        if ended >= trials // 2:
+            break
+        time.sleep(2)
+    if proc.poll() is not None:
+        errors.seek(0)
+        raise RuntimeError(
+            f"the sweep of {trials} trials ended ({proc.returncode}) before it could be interrupted:\n"
+            + errors.read()[-3000:]
+        )
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(600)
+    interrupted_at = time.perf_counter() - start
+    log(f"interrupted after {interrupted_at:.0f} s with {ended} of {trials} trials ended (exit {proc.returncode})")
+    resumed = run_tree([*args, "--resume"], env, f"--resume of the {trials}-trial sweep")
+    keys = ["trial_id", "timestep", "dataset"]
+    got, want = pd.read_parquet(out / "metrics.parquet"), pd.read_parquet(reference / "metrics.parquet")
+    merged = want.merge(got, on=keys, how="outer", suffixes=("_want", "_got"), indicator=True)
+    return {
+        "trials": trials,
+        "interrupted_after_s": round(interrupted_at, 1),
+        "ended_before_interrupt": ended,
+        "interrupt_exit_code": proc.returncode,
+        "resume_wall_s": round(resumed["wall"], 1),
+        "rows": len(want),
+        "duplicated_rows": int(got.duplicated(keys).sum()),
+        "missing_or_extra_rows": int((merged._merge != "both").sum()),
+        "different_values": int((merged._merge == "both").sum() - (merged.value_want == merged.value_got).sum()),
+    }
+
+
 def _marginal(runs: dict, a: int, b: int) -> float:
     """What one more trial costs beyond its work, between sweeps of ``a`` and ``b`` trials (CPU-s): the growth
     of the fixed CPU-s over the growth of N (Ray's start-up, a constant, cancels out)."""
@@ -196,6 +254,13 @@ def main(argv=None) -> int:
         default=1000,
         help="also configs/search.yaml (Sobol draws, ASHA), reduced, at about this many trials on the embedded "
         "Ray (default 1000; 0: not)",
+    )
+    parser.add_argument(
+        "--resume-check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also interrupt a sweep of the largest size on the embedded Ray half-way (SIGINT, as Ctrl-C), finish it "
+        "with --resume and compare its rows with the uninterrupted sweep's (default: on; off with --quick)",
     )
     parser.add_argument("--quick", action="store_true", help="20 and 40 trials on the embedded Ray, no search")
     args = parser.parse_args(argv)
@@ -276,6 +341,26 @@ def main(argv=None) -> int:
                 f"(its directory {r['tune_dir_bytes'] / 1024:.0f} KiB)"
                 for n, r in runs.items()
             ]
+        if args.resume_check and not args.quick and "embedded" in clusters:
+            n = sizes[-1]
+            log(f"resume: a sweep of {n} trials interrupted half-way and resumed")
+            r = results["resume"] = interrupted_and_resumed(n, Path(tmp), Path(tmp) / f"embedded-{n}")
+            log(f"resume: {r}")
+            wrong = r["duplicated_rows"] + r["missing_or_extra_rows"] + r["different_values"]
+            lines.append(
+                verdict(
+                    f"resume, {n} trials interrupted after {r['ended_before_interrupt']} ended: metrics rows "
+                    "missing, extra, twice or different from the uninterrupted sweep's",
+                    wrong,
+                    "0",
+                    wrong == 0,
+                    unit="",
+                )
+            )
+            notes.append(
+                f"resume, {n} trials: interrupted after {r['interrupted_after_s']:.0f} s (exit "
+                f"{r['interrupt_exit_code']}), --resume took {r['resume_wall_s']:.0f} s; {r['rows']} metrics rows"
+            )
         if args.search and not args.quick:
             log(f"search: configs/search.yaml reduced, about {args.search} trials")
             r = results["search"] = one_sweep(args.search, "embedded", Path(tmp), search=True)
