@@ -13,7 +13,7 @@ from time_ray.config import expand_trials, load_config
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 MAIN = CONFIGS / "findings-t20-v2.yaml"
 
-# DESIGN.md's table: the authors' configs/config.yaml, ema_paint / zs_paint backbone_merge
+# DESIGN.md's table: config.yaml of the authors' repository (pseudope/fomo_in_flux), ema_paint / zs_paint backbone_merge
 PAPER = {
     "task_arithmetic": ("task_arithmetic", {"lambda": 1.0}),
     "ties": ("ties", {"lambda": 1.0, "prune": 0.7, "disjoint": "mean"}),
