@@ -32,7 +32,6 @@ def added(frame: pd.DataFrame, init: str, deploy: str, technique: str, label: st
         & ~frame.multitask
     ].copy()
     assert len(src) == 3  # three seeds
-    src["init"] = src["init"] if init != "opcm" else "opcm"
     src["technique"], src["label"] = technique, label
     src["gm"] = src.gm + src.seed.map(gm_shift)
     src["a_ka"] = src.a_ka + 0.01

@@ -16,12 +16,11 @@ seeds), and the costs beside it: training GFLOPs, merge seconds per timestep and
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import pandas as pd
 
-from time_ray.analysis.findings import MIN_SEEDS, NO_VERDICT, cell, is_beyond, paired
+from time_ray.analysis.findings import MIN_SEEDS, NO_VERDICT, cell, interval_columns, is_beyond, paired
 from time_ray.analysis.stats import Interval
 from time_ray.analysis.tables import Table
 
@@ -42,7 +41,6 @@ class Comparison:
     budget: float
     diffs: tuple[tuple[str, Interval], ...]  # (metric, policy - reference) for METRICS
     gm: float
-    reference_gm: float
     train_gflops: float
     merge_seconds_per_step: float
     pool_mib: float
@@ -88,7 +86,6 @@ def comparisons(final: pd.DataFrame, budget: float, tasks: int) -> list[Comparis
                     budget=budget,
                     diffs=tuple((m, paired(policy[m], ref[m])) for m in METRICS),
                     gm=float(policy.gm.mean()),
-                    reference_gm=float(ref.loc[seeds].gm.mean()),
                     train_gflops=float(policy.train_gflops.mean()),
                     merge_seconds_per_step=float(policy.merge_seconds.mean()) / max(tasks, 1),
                     pool_mib=float(policy.pool_bytes.mean()) / 2**20,
@@ -117,13 +114,7 @@ def beyond_table(found: list[Comparison]) -> Table:
         )
         row = {"policy": c.label, "reference": c.reference, "steps_per_task": c.budget, "seeds": c.seeds, "gm": c.gm}
         for m in METRICS:
-            iv = d[m]
-            bounded = iv.n >= MIN_SEEDS
-            row |= {
-                f"{m}_diff": iv.mean,
-                f"{m}_diff_lo": iv.lo if bounded else math.nan,
-                f"{m}_diff_hi": iv.hi if bounded else math.nan,
-            }
+            row |= interval_columns(m, d[m])
         row |= {
             "reading": c.reading,
             "train_gflops": c.train_gflops,

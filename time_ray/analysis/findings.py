@@ -88,6 +88,17 @@ def paired(a: pd.Series, b: pd.Series) -> Interval:
     return seed_interval((a.loc[seeds] - b.loc[seeds]).to_numpy())
 
 
+def interval_columns(name: str, iv: Interval) -> dict:
+    """``gm_diff``, ``gm_diff_lo``, ``gm_diff_hi`` of a paired difference for a table's CSV file; no bounds
+    under MIN_SEEDS seeds."""
+    bounded = iv.n >= MIN_SEEDS
+    return {
+        f"{name}_diff": iv.mean,
+        f"{name}_diff_lo": iv.lo if bounded else math.nan,
+        f"{name}_diff_hi": iv.hi if bounded else math.nan,
+    }
+
+
 def _holds(iv: Interval) -> bool:
     return iv.n > 0 and iv.above_zero()
 

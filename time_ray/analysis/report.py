@@ -29,10 +29,10 @@ import pandas as pd
 from time_ray.analysis import figures
 from time_ray.analysis.beyond import beyond_table, comparisons
 from time_ray.analysis.companions import Companion, load_sweeps
-from time_ray.analysis.findings import MIN_SEEDS, Finding, all_findings, paired
+from time_ray.analysis.findings import MIN_SEEDS, Finding, all_findings, interval_columns, paired
 from time_ray.analysis.formats import DEFAULT_FORMATS, parse_formats, write_tables
 from time_ray.analysis.load import ReportError, Sweep
-from time_ray.analysis.stats import Interval, pareto_front, variance_decomposition
+from time_ray.analysis.stats import pareto_front, variance_decomposition
 from time_ray.analysis.tables import (
     Table,
     accuracy_table,
@@ -219,16 +219,6 @@ def _answer(table: pd.DataFrame, budget: float, base: pd.Series) -> list[str]:
     return lines
 
 
-def _interval_columns(name: str, iv: Interval) -> dict:
-    """``gm_diff``, ``gm_diff_lo``, ``gm_diff_hi`` of a paired difference; no bounds under MIN_SEEDS seeds."""
-    bounded = iv.n >= MIN_SEEDS
-    return {
-        f"{name}_diff": iv.mean,
-        f"{name}_diff_lo": iv.lo if bounded else math.nan,
-        f"{name}_diff_hi": iv.hi if bounded else math.nan,
-    }
-
-
 def _companion_row(label: str, budget: float, here: pd.DataFrame, there: pd.DataFrame) -> tuple[list[str], dict]:
     """One policy's cells (the table) and numbers (its CSV file) in a companion table."""
     here, there = here.set_index("seed"), there.set_index("seed")
@@ -243,7 +233,7 @@ def _companion_row(label: str, budget: float, here: pd.DataFrame, there: pd.Data
         "gm_there": there.gm.mean(),
     }
     for metric, iv in diffs.items():
-        numbers |= _interval_columns(metric, iv)
+        numbers |= interval_columns(metric, iv)
     return cells + [iv.text() for iv in diffs.values()], numbers
 
 
