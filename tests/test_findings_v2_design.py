@@ -5,8 +5,10 @@ setting fails here before any sweep runs."""
 
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
+from time_ray.analysis import build_report
 from time_ray.analysis.companions import setting_of
 from time_ray.config import expand_trials, load_config
 
@@ -87,3 +89,26 @@ def test_companions_differ_from_the_main_sweep_in_their_one_setting(tmp_path):
         assert list(cfg.seeds) == [0, 1, 2], name
     compute = load_config(CONFIGS / "findings-t20-v2-compute.yaml")
     assert sorted({t.budget_steps for t in expand_trials(compute) if not t.multitask}) == [15, 240]
+
+
+REPORT = Path(__file__).resolve().parent.parent / "analysis" / "reports" / "findings-t20-v2"
+# the order of the README's regenerate command: the reference first, then those pooled with it, then the companions
+SWEEPS = ["seed0", "seed1", "seed2", "ta01", "compute", "explain", "noreplay", "wide"]
+# the pooled setting: 3 x 45 + 3 + 18 + 3 trials; 6 chains diverged (DESIGN.md "Deviations" 1)
+FINISHED, EXPECTED = 153, 159
+
+
+def test_the_checked_in_report_is_what_the_checked_in_tables_give(tmp_path):
+    """The verdicts of analysis/reports/findings-t20-v2/summary.md (which its README and the project README
+    quote) come out of the checked-in result tables with today's analysis code: a change to a finding's
+    test that moves a verdict fails here until the report is regenerated."""
+    paths = build_report([REPORT / "sweeps" / f"findings-t20-v2-{s}" for s in SWEEPS], tmp_path, formats="csv")
+    assert (paths["finished"], paths["trials"]) == (FINISHED, EXPECTED)
+    tables = {p.name: p for p in paths["tables"]}
+    verdicts = pd.read_csv(tables["findings.csv"]).set_index("finding").verdict
+    summary = (REPORT / "summary.md").read_text()
+    assert [f"### Finding {n}: {v}" for n, v in verdicts.items()] == [
+        line for line in summary.splitlines() if line.startswith("### Finding ")
+    ]
+    beyond = pd.read_csv(tables["beyond-the-paper.csv"])
+    assert len(beyond) == 8 and all(f"| {r} |" in summary for r in beyond.reading)
